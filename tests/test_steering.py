@@ -1,0 +1,131 @@
+"""Interventions: no-ops are exact, additions match a hand-run forward, positions are respected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emocircuits.activations import capture
+from emocircuits.steering import Add, Set, forward, generate
+
+PROMPTS = ["My dog died this morning.", "Can you recommend a book about the sea?", "I got the job!"]
+
+
+def test_alpha_zero_equals_plain_generation_token_for_token(bundled):
+    lm = bundled
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    plain = generate(lm, PROMPTS, max_new_tokens=24, return_ids=True)
+    for positions in ["all", "last:1", "generated"]:
+        steered = generate(lm, PROMPTS, [Add("resid_post.3", v, alpha=0.0, positions=positions)],
+                           max_new_tokens=24, return_ids=True)
+        assert steered == plain, positions
+    assert all(len(ids) > 0 for ids in plain)
+
+
+def test_alpha_zero_equals_plain_sampling_with_a_seed(smol):
+    v = torch.ones(smol.d_model)
+    kw = dict(max_new_tokens=20, do_sample=True, temperature=0.8, seed=3, return_ids=True)
+    plain = generate(smol, PROMPTS, **kw)
+    assert plain == generate(smol, PROMPTS, **kw)  # seeded reruns are identical
+    assert plain == generate(smol, PROMPTS, [Add("resid_post.5", v, alpha=0.0)], **kw)
+    assert plain != generate(smol, PROMPTS, **{**kw, "seed": 4})
+
+
+def _hand_run_from(lm, text, layer, v):
+    """Logits from running layers layer+1.. by hand on resid_post.layer + v."""
+    enc = lm.encode([text])
+    kwargs = {}
+    hooks = [lm.hf_layer(i).register_forward_pre_hook(
+        lambda mod, args, kw, i=i: kwargs.__setitem__(i, kw), with_kwargs=True) for i in range(lm.n_layers)]
+    try:
+        with torch.inference_mode():
+            hs = lm.hf(**enc, output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.inference_mode():
+        h = hs[layer + 1] + v
+        for i in range(layer + 1, lm.n_layers):
+            h = lm.hf_layer(i)(h, **kwargs[i])
+        return lm.hf.lm_head(lm.hf.model.norm(h))
+
+
+def test_adding_v_at_resid_post_matches_running_the_rest_by_hand(bundled):
+    lm = bundled
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1)) * 5
+    layer = lm.n_layers // 3
+    text = "I just heard that my best friend is moving away."
+    ours = forward(lm, [text], [Add(f"resid_post.{layer}", v, alpha=2.0)])[0]
+    ref = _hand_run_from(lm, text, layer, 2.0 * v)[0]
+    plain = forward(lm, [text])[0]
+    assert (ours - plain).abs().max() > 1.0  # the intervention matters
+    assert torch.allclose(ours, ref, atol=1e-3, rtol=1e-4), (ours - ref).abs().max()
+
+
+def test_set_neuron_to_zero_removes_its_write(smol):
+    """Zeroing neuron i of mlp_act changes mlp_out by exactly -a_i * W_down[:, i]."""
+    L, i = 6, 17
+    text = ["The storm destroyed our garden."]
+    base = capture(smol, text, [f"mlp_act.{L}", f"mlp_out.{L}"], pooling="none", progress=False)
+    a_i = base[f"mlp_act.{L}"][0][:, i]
+    got = {}
+    with torch.inference_mode(), smol.nn.trace(smol.encode(text)):
+        from emocircuits.steering import _apply, _resolve
+
+        for site, iv in _resolve(smol, [Set(f"mlp_act.{L}", [i], 0.0)]):
+            _apply(smol, site, iv, 0)
+        got["out"] = smol.mlp(L).output
+    expected = base[f"mlp_out.{L}"][0] - a_i[:, None] * smol.hf_layer(L).mlp.down_proj.weight[:, i].detach()[None]
+    assert torch.allclose(got["out"][0], expected, atol=1e-4)
+
+
+def test_set_head_ablation_changes_only_later_computation(smol):
+    L = 4
+    plain = forward(smol, PROMPTS[:1])
+    ablated = forward(smol, PROMPTS[:1], [Set(f"attn_z.{L}", [0, 1, 2], 0.0)])
+    assert (plain - ablated).abs().max() > 1e-2
+    all_heads = forward(smol, PROMPTS[:1], [Set(f"attn_z.{L}", list(range(smol.n_heads)), 0.0)])
+    no_attn = forward(smol, PROMPTS[:1], [Set(f"attn_out.{L}", list(range(smol.d_model)), 0.0)])
+    assert torch.allclose(all_heads, no_attn, atol=1e-3)  # zero every head == zero the attention output
+
+
+def test_positions_control_where_the_vector_goes(smol):
+    """'prompt' changes the first new token's logits; 'generated' leaves them alone."""
+    v = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(2)) * 40
+    plain = generate(smol, PROMPTS[:2], max_new_tokens=8, return_ids=True)
+    gen_only = generate(smol, PROMPTS[:2], [Add("resid_post.8", v, positions="generated")], max_new_tokens=8,
+                        return_ids=True)
+    prompt_only = generate(smol, PROMPTS[:2], [Add("resid_post.8", v, positions="prompt")], max_new_tokens=8,
+                           return_ids=True)
+    every = generate(smol, PROMPTS[:2], [Add("resid_post.8", v, positions="all")], max_new_tokens=8,
+                     return_ids=True)
+    for r in range(2):
+        assert gen_only[r][0] == plain[r][0]  # first token comes from the unsteered prompt
+        assert gen_only[r] != plain[r]
+    assert prompt_only != plain and every != plain
+
+
+def test_last_k_positions_in_a_forward(smol):
+    v = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(3)) * 40
+    text = ["A long enough sentence to have several tokens in it."]
+    plain = forward(smol, text)[0]
+    last2 = forward(smol, text, [Add("resid_post.5", v, positions="last:2")])[0]
+    assert torch.allclose(plain[:-2], last2[:-2], atol=1e-4)  # causal: earlier positions untouched
+    assert (plain[-2:] - last2[-2:]).abs().max() > 1.0
+
+
+def test_intervention_errors_name_the_input(smol):
+    with pytest.raises(ValueError, match="positions='middle'"):
+        Add("resid_post.1", torch.zeros(smol.d_model), positions="middle")
+    with pytest.raises(ValueError, match="positions='last:0'"):
+        Add("resid_post.1", torch.zeros(smol.d_model), positions="last:0")
+    with pytest.raises(ValueError, match="has 10 dims but site resid_post.1 has 576"):
+        generate(smol, ["hi"], [Add("resid_post.1", torch.zeros(10))])
+    with pytest.raises(ValueError, match=r"out of range for attn_z.1: expected 0\.\.8"):
+        forward(smol, ["hi"], [Set("attn_z.1", [9])])
+    with pytest.raises(TypeError, match="Add or Set"):
+        generate(smol, ["hi"], ["not an intervention"])
+    with pytest.raises(TypeError, match="list of str"):
+        generate(smol, "hi")
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        generate(smol, ["hi"], max_new_tokens=0)
