@@ -22,6 +22,7 @@ The papers' models are named by their hub ids and load through the ordinary
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -155,6 +156,22 @@ def _bundled_gguf_path(spec: ModelSpec) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No per-tensor progress bars or advisory logs while loading bundled weights."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def converted_dir(spec: ModelSpec) -> Path:
     """Where the float32 safetensors copy of a bundled model lives."""
     return cache_dir("models") / spec.name
@@ -168,8 +185,11 @@ def _convert_bundled(spec: ModelSpec) -> Path:
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return final
     gguf = _bundled_gguf_path(spec)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    print(f"[emocircuits] converting {spec.name} from GGUF to float32 safetensors (once, 15-60 s) ...",
+          flush=True)
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain float32 tensors now; drop the GGUF marker so the
     # model serialises like any other checkpoint.
     model.hf_quantizer = None
@@ -178,8 +198,9 @@ def _convert_bundled(spec: ModelSpec) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=final.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         if final.exists():  # a stale, incomplete folder from an older layout
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -422,18 +443,12 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
         raise ModelError(f"device={device!r} but no CUDA GPU is visible; use device='cpu'")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if spec.source == "bundled":
         folder = _convert_bundled(spec)
         tok = AutoTokenizer.from_pretrained(str(folder))
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
+        with _quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
     else:
         hf, tok = _load_hub(spec, device, dtype)
     hf.eval()
