@@ -8,6 +8,8 @@ import torch
 from emocircuits.activations import capture
 from emocircuits.steering import Add, Set, forward, generate
 
+from testkit import hand_run_from
+
 PROMPTS = ["My dog died this morning.", "Can you recommend a book about the sea?", "I got the job!"]
 
 
@@ -31,32 +33,13 @@ def test_alpha_zero_equals_plain_sampling_with_a_seed(smol):
     assert plain != generate(smol, PROMPTS, **{**kw, "seed": 4})
 
 
-def _hand_run_from(lm, text, layer, v):
-    """Logits from running layers layer+1.. by hand on resid_post.layer + v."""
-    enc = lm.encode([text])
-    kwargs = {}
-    hooks = [lm.hf_layer(i).register_forward_pre_hook(
-        lambda mod, args, kw, i=i: kwargs.__setitem__(i, kw), with_kwargs=True) for i in range(lm.n_layers)]
-    try:
-        with torch.inference_mode():
-            hs = lm.hf(**enc, output_hidden_states=True, use_cache=False).hidden_states
-    finally:
-        for h in hooks:
-            h.remove()
-    with torch.inference_mode():
-        h = hs[layer + 1] + v
-        for i in range(layer + 1, lm.n_layers):
-            h = lm.hf_layer(i)(h, **kwargs[i])
-        return lm.hf.lm_head(lm.hf.model.norm(h))
-
-
 def test_adding_v_at_resid_post_matches_running_the_rest_by_hand(bundled):
     lm = bundled
     v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1)) * 5
     layer = lm.n_layers // 3
     text = "I just heard that my best friend is moving away."
     ours = forward(lm, [text], [Add(f"resid_post.{layer}", v, alpha=2.0)])[0]
-    ref = _hand_run_from(lm, text, layer, 2.0 * v)[0]
+    ref = hand_run_from(lm, text, layer, 2.0 * v)[0]
     plain = forward(lm, [text])[0]
     assert (ours - plain).abs().max() > 1.0  # the intervention matters
     assert torch.allclose(ours, ref, atol=1e-3, rtol=1e-4), (ours - ref).abs().max()

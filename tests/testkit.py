@@ -1,0 +1,83 @@
+"""Tiny random-weight models of both layouts, built in memory (no downloads, no bundled files).
+
+They go through the same ``load_model`` path as the papers' hub models: the
+model and a tokenizer trained here on a few sentences are saved to a local
+folder, which a registry entry of source "hub" names in place of a hub id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emocircuits.models import ModelSpec, register_model
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+CORPUS = [
+    "My dog died this morning and I cannot stop crying.",
+    "I got the job! We are going to celebrate tonight.",
+    "The weather turned cold overnight and the lake froze.",
+    "Could you help me plan a birthday party for my grandmother?",
+    "Tell me about your weekend, and what made you happy.",
+] * 20
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
+    """Save a random 3-layer model of ``arch`` ("llama" or "gemma") and register it; returns its name."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=tok.pad_token_id,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=8, layer_types=[
+            "sliding_attention", "sliding_attention", "full_attention"]))
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    name = name or f"tiny-{arch}"
+    register_model(ModelSpec(name, "hub", str(folder), arch, 3, 64, 0.0001, True))
+    return name
+
+
+def hand_run_from(lm, text, layer, v):
+    """Logits from running layers layer+1.. by hand on resid_post.layer + v."""
+    enc = {k: t.to(lm.device) for k, t in lm.encode([text]).items()}
+    kwargs = {}
+    hooks = [lm.hf_layer(i).register_forward_pre_hook(
+        lambda mod, args, kw, i=i: kwargs.__setitem__(i, kw), with_kwargs=True) for i in range(lm.n_layers)]
+    try:
+        with torch.inference_mode():
+            hs = lm.hf(**enc, output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.inference_mode():
+        h = hs[layer + 1] + v
+        for i in range(layer + 1, lm.n_layers):
+            h = lm.hf_layer(i)(h, **kwargs[i])
+        return lm.hf.lm_head(lm.hf.model.norm(h))
