@@ -3,6 +3,8 @@
     emocircuits models
     emocircuits generate --model smollm2-135m --prompt "My dog died." [--system TEXT]
                          [--max-new-tokens N] [--seed S] [--temperature T]
+    emocircuits data validate FILE [--kind K]
+    emocircuits data stats FILE
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
 
 Later chapters add subcommands here (probe, steer, book).
@@ -36,6 +38,24 @@ def _cmd_generate(args) -> int:
     text = generate(lm, [args.prompt], system=args.system, max_new_tokens=args.max_new_tokens,
                     do_sample=sample, temperature=args.temperature if sample else 1.0, seed=args.seed)[0]
     print(text)
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from .datasets import DataError, load, stats
+
+    try:
+        records = load(args.file, kind=args.kind)
+    except DataError as err:
+        print(f"emocircuits: invalid: {err}", file=sys.stderr)
+        return 1
+    if args.action == "validate":
+        print(f"{args.file}: {len(records)} valid records")
+        return 0
+    for field, counts in stats(records).items():
+        print(f"{field}:")
+        for key, n in sorted(counts.items()):
+            print(f"  {key:<24} {n}")
     return 0
 
 
@@ -73,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("data", help="validate a dataset file or print its counts")
+    p.add_argument("action", choices=["validate", "stats"])
+    p.add_argument("file")
+    p.add_argument("--kind", default=None, help="schema to use (default: from the file name)")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",
                        add_help=False)

