@@ -6,9 +6,9 @@
     emocircuits data validate FILE [--kind K]
     emocircuits data stats FILE
     emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M]
+    emocircuits probe --model M --pairs PAIRS.jsonl --out DIR [--layers L,...] [--pooling P] [--seed S]
+    emocircuits score --model M --probe DIR --texts IN.jsonl --out OUT.jsonl [--layer L]
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
-
-Later chapters add subcommands here (probe, steer, book).
 """
 
 from __future__ import annotations
@@ -66,21 +66,7 @@ def _cmd_judge(args) -> int:
     from .cache import atomic_write_text
     from .judges import EmotionJudge, EmpathyJudge, coherence
 
-    items = []
-    with open(args.texts, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{args.texts}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("text"), str):
-                raise ValueError(f"{args.texts}:{lineno}: expected an object with 'id' and a string 'text'")
-            ctx = rec.get("context")
-            if ctx is not None and not isinstance(ctx, str):
-                raise ValueError(f"{args.texts}:{lineno}: field 'context' must be a string")
-            items.append(rec)
-    if not items:
-        raise ValueError(f"{args.texts}: no records")
+    items = _read_texts(args.texts, allow_empty=True)
     texts = [r["text"] for r in items]
     contexts = [r.get("context") or "" for r in items]
     lm = None
@@ -96,6 +82,76 @@ def _cmd_judge(args) -> int:
              for r, e, s, c in zip(items, emo, emp, coh)]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"judged {len(lines)} texts -> {args.out}")
+    return 0
+
+
+def _read_texts(path: str, allow_empty: bool = False) -> list[dict]:
+    """JSONL lines with an ``id`` and a string ``text`` (other fields kept); blank lines skipped."""
+    import json
+
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("text"), str) \
+                    or not (rec["text"] or allow_empty):
+                raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a non-empty string 'text'")
+            if rec.get("context") is not None and not isinstance(rec["context"], str):
+                raise ValueError(f"{path}:{lineno}: field 'context' must be a string when given")
+            items.append(rec)
+    if not items:
+        raise ValueError(f"{path}: no records")
+    return items
+
+
+def _parse_layers(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--layers {value!r}: expected comma-separated integers, e.g. 3,7,12") from None
+
+
+def _cmd_probe(args) -> int:
+    from .datasets import load, load_named
+    from .models import load_model
+    from .probes import fit_pair_probe, save_probe
+
+    records = load(args.pairs, kind="pairs")
+    scenarios = {s.id: s for s in load_named("eia_scenarios")}
+    lm = load_model(args.model, device=args.device)
+    probe = fit_pair_probe(lm, records, scenarios, layers=_parse_layers(args.layers), pooling=args.pooling,
+                           seed=args.seed, progress=True)
+    save_probe(probe, args.out)
+    m = probe.metrics
+    best = m["layers"][str(m["best_layer"])]
+    print(f"best layer {m['best_layer']}: test AUROC {best['auroc']:.3f} "
+          f"[{best['auroc_ci'][0]:.3f}, {best['auroc_ci'][1]:.3f}]; random directions mean "
+          f"{m['random_baseline']['mean']:.3f}, p95 {m['random_baseline']['p95']:.3f} -> {args.out}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    import json
+
+    from .cache import atomic_write_text
+    from .models import load_model
+    from .probes import load_probe, score_texts
+
+    probe = load_probe(args.probe)
+    items = _read_texts(args.texts)
+    lm = load_model(args.model, device=args.device)
+    scores = score_texts(lm, probe, [r["text"] for r in items], layer=args.layer)
+    lines = [json.dumps({"id": r["id"], "score": float(s)}) for r, s in zip(items, scores)]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"scored {len(lines)} texts on layer {args.layer if args.layer is not None else probe.best_layer} "
+          f"-> {args.out}")
     return 0
 
 
@@ -146,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-model", default=None, help="registry model for perplexity (default: none)")
     p.set_defaults(func=_cmd_judge)
 
+    p = sub.add_parser("probe", help="fit mean-difference probes on contrastive pairs, every layer")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--pairs", required=True, help="pairs JSONL (id, scenario, positive, negative, split?)")
+    p.add_argument("--out", required=True, help="folder for metrics.json and directions.safetensors")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    p.add_argument("--pooling", default="mean_all", choices=["mean_all", "last_prompt_token", "mean_response"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("score", help="project texts on a fitted probe's direction")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
+    p.add_argument("--texts", required=True, help='JSONL with lines {"id", "text"}')
+    p.add_argument("--out", required=True, help="output JSONL {id, score}, written atomically")
+    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_score)
+
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -156,11 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .datasets import DataError
     from .judges import JudgeError
     from .models import ModelError
 
     try:
         return args.func(args)
+    except DataError as err:
+        print(f"emocircuits: invalid: {err}", file=sys.stderr)
+        return 2
     except (ModelError, JudgeError, ValueError, FileNotFoundError) as err:
         print(f"emocircuits: error: {err}", file=sys.stderr)
         return 2

@@ -118,8 +118,21 @@ def empathy_corpus(path: Path | None = None, seed: int = 0) -> tuple[list[dict],
     bad = [r["id"] for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
     if bad:
         raise JudgeError(f"judge_empathy.jsonl: records with a score outside 1-5 or an empty reply: {bad[:5]}")
-    groups = [r["situation"] for r in recs]
-    return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=groups)
+    return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=situation_clusters(
+        [r["situation"] for r in recs]))
+
+
+def situation_clusters(situations: Sequence[str], threshold: float = 0.6) -> list[str]:
+    """A group name per situation: situations whose embeddings have cosine > ``threshold`` (directly
+    or through a chain) share a group, so near-duplicates (two texts about a pet's death written
+    alike) never sit on both sides of a split."""
+    from scipy.sparse.csgraph import connected_components
+
+    uniq = sorted(set(situations))
+    E = embed(uniq)
+    _, comp = connected_components((E @ E.T) > threshold, directed=False)
+    name = {s: f"cluster-{c}" for s, c in zip(uniq, comp)}
+    return [name[s] for s in situations]
 
 
 # ---------------------------------------------------------------------------
@@ -139,8 +152,11 @@ def _fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
         clf.n_features_in_ = clf.coef_.shape[1]
         return clf
     clf.fit(X_fn(), y)
-    atomic_write(path, lambda p: save_file({"classes": np.asarray(clf.classes_), "coef": clf.coef_,
-                                            "intercept": clf.intercept_}, str(p)))
+    # safetensors writes an array's memory as is: scikit-learn's coef_ is Fortran-ordered, so make
+    # every array C-contiguous first (without this the reloaded weights are scrambled).
+    atomic_write(path, lambda p: save_file({"classes": np.ascontiguousarray(clf.classes_),
+                                            "coef": np.ascontiguousarray(clf.coef_),
+                                            "intercept": np.ascontiguousarray(clf.intercept_)}, str(p)))
     return clf
 
 
@@ -165,7 +181,7 @@ class EmotionJudge:
     trains on everything, for use after validation.
     """
 
-    def __init__(self, seed: int = 0, C: float = 4.0, use_all: bool = False, corpus: Path | None = None):
+    def __init__(self, seed: int = 0, C: float = 8.0, use_all: bool = False, corpus: Path | None = None):
         recs, test = emotion_corpus(corpus, seed)
         keep = np.ones(len(recs), bool) if use_all else ~test
         texts = [r["text"] for r, k in zip(recs, keep) if k]
@@ -202,7 +218,7 @@ def _pair_features(situations: Sequence[str], replies: Sequence[str]) -> np.ndar
 class EmpathyJudge:
     """A 1-5 empathy score for a reply to a situation (probability-weighted mean over the 5 classes)."""
 
-    def __init__(self, seed: int = 0, C: float = 2.0, use_all: bool = False, corpus: Path | None = None):
+    def __init__(self, seed: int = 0, C: float = 8.0, use_all: bool = False, corpus: Path | None = None):
         recs, test = empathy_corpus(corpus, seed)
         keep = np.ones(len(recs), bool) if use_all else ~test
         sit = [r["situation"] for r, k in zip(recs, keep) if k]

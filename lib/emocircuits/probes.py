@@ -1,14 +1,39 @@
-"""Directions and probes (a first tool in chapter 00; the full set in chapter 03)."""
+"""Directions and probes in activation space (chapter 00 introduces one; chapter 03 the full set).
+
+* :func:`mean_diff`: paper A's normalised mean difference between the two
+  sides of contrastive pairs.
+* :func:`centred_centroids`: paper B's context-agnostic emotion directions:
+  within each scenario-valence group subtract the mean over emotions,
+  average per emotion, centre across emotions, normalise.
+* :func:`logistic_direction`: a scikit-learn logistic-regression probe.
+* :func:`evaluate_direction`: AUROC, accuracy at the midpoint threshold and
+  Cohen's d on held-out pairs, each with a bootstrap interval over pairs.
+* :func:`random_baseline` and :func:`shuffled_baseline`: what a direction
+  with no knowledge of the labels scores on the same test set.
+* :func:`align_procrustes`: maps one model's activations into another's
+  (PCA + orthogonal Procrustes), for cross-model agreement.
+* :func:`fit_pair_probe` / :func:`save_probe` / :func:`load_probe`: what the
+  ``emocircuits probe`` and ``score`` commands run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict, permutation_test_score
 from sklearn.neighbors import NearestCentroid
 
 from .stats import bootstrap_ci
+
+
+# ---------------------------------------------------------------------------
+# chapter 00's first tool
 
 
 @dataclass
@@ -43,3 +68,362 @@ def centroid_separability(X, y, groups, n_perm: int = 100, seed: int = 0) -> Sep
     _, null, p = permutation_test_score(NearestCentroid(), X, y, groups=groups, cv=cv,
                                         n_permutations=n_perm, random_state=seed)
     return Separability(acc, lo, hi, float(null.mean()), float(np.quantile(null, 0.95)), float(p))
+
+
+# ---------------------------------------------------------------------------
+# directions
+
+
+def _as2d(X, name: str) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array [items, width], got shape {X.shape}")
+    return X
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError("a direction is zero: the two sides have identical means")
+    return v / n
+
+
+def mean_diff(X_pos, X_neg) -> np.ndarray:
+    """Paper A's probe: ``mean(X_pos) - mean(X_neg)``, normalised to unit length."""
+    X_pos, X_neg = _as2d(X_pos, "X_pos"), _as2d(X_neg, "X_neg")
+    if X_pos.shape[1] != X_neg.shape[1]:
+        raise ValueError(f"X_pos and X_neg widths differ: {X_pos.shape[1]} vs {X_neg.shape[1]}")
+    return _unit(X_pos.mean(0) - X_neg.mean(0))
+
+
+def centred_centroids(X, labels: Sequence[str], groups: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Paper B's context-agnostic directions, one unit row per class in ``classes``.
+
+    ``groups`` names the context of each row (scenario and event valence);
+    every group must hold every class once or more. Subtracting each
+    group's mean over classes removes what the context adds to all classes
+    alike; the class centroids are then centred across classes.
+    """
+    X = _as2d(X, "X")
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if not (len(X) == len(labels) == len(groups)):
+        raise ValueError(f"X, labels and groups must have the same length, got {len(X)}, {len(labels)}, {len(groups)}")
+    unknown = sorted(set(labels.tolist()) - set(classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in classes {list(classes)}")
+    Xc = X.copy()
+    for g in np.unique(groups):
+        m = groups == g
+        missing = sorted(set(classes) - set(labels[m].tolist()))
+        if missing:
+            raise ValueError(f"group {g!r} lacks classes {missing}; each group needs every class")
+        group_mean = np.mean([X[m & (labels == c)].mean(0) for c in classes], axis=0)
+        Xc[m] -= group_mean
+    cents = np.stack([Xc[labels == c].mean(0) for c in classes])
+    return _unit(cents - cents.mean(0))
+
+
+def logistic_direction(X_pos, X_neg, C: float = 1.0, seed: int = 0) -> np.ndarray:
+    """A logistic-regression probe's weight vector (on standardised features, mapped back), unit length."""
+    X_pos, X_neg = _as2d(X_pos, "X_pos"), _as2d(X_neg, "X_neg")
+    X = np.vstack([X_pos, X_neg])
+    y = np.r_[np.ones(len(X_pos)), np.zeros(len(X_neg))]
+    sd = X.std(0) + 1e-8
+    clf = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit((X - X.mean(0)) / sd, y)
+    return _unit(clf.coef_[0] / sd)
+
+
+# ---------------------------------------------------------------------------
+# metrics
+
+
+@dataclass
+class Detection:
+    """Held-out detection by a direction: values with 95% bootstrap intervals over pairs."""
+
+    auroc: float
+    auroc_ci: tuple[float, float]
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    cohens_d: float
+    cohens_d_ci: tuple[float, float]
+
+    def as_dict(self) -> dict:
+        return {"auroc": self.auroc, "auroc_ci": list(self.auroc_ci), "accuracy": self.accuracy,
+                "accuracy_ci": list(self.accuracy_ci), "cohens_d": self.cohens_d,
+                "cohens_d_ci": list(self.cohens_d_ci)}
+
+
+def cohens_d(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("inf") * np.sign(a.mean() - b.mean())
+
+
+def _auroc(s_pos, s_neg) -> float:
+    return float(roc_auc_score(np.r_[np.ones(len(s_pos)), np.zeros(len(s_neg))], np.r_[s_pos, s_neg]))
+
+
+def _paired_bootstrap(fn, n: int, n_boot: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        try:
+            vals.append(fn(i))
+        except ValueError:  # a resample with one class only
+            continue
+    vals = np.array(vals, float)
+    vals = vals[np.isfinite(vals)]
+    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+
+
+def evaluate_direction(direction, X_pos_test, X_neg_test, threshold: float | None = None,
+                       n_boot: int = 1000, seed: int = 0) -> Detection:
+    """AUROC, midpoint accuracy and Cohen's d of projections on held-out pairs.
+
+    Rows of ``X_pos_test`` and ``X_neg_test`` are the two sides of the same
+    pairs; the bootstrap resamples pairs. ``threshold`` is the midpoint of
+    the *training* class means on the direction (pass it from the training
+    data); without it the test midpoint is used. Accuracy counts both sides.
+    """
+    d = np.asarray(direction, float)
+    P, N = _as2d(X_pos_test, "X_pos_test") @ d, _as2d(X_neg_test, "X_neg_test") @ d
+    if len(P) != len(N):
+        raise ValueError(f"test sides must be paired: {len(P)} positive vs {len(N)} negative rows")
+    thr = (P.mean() + N.mean()) / 2 if threshold is None else float(threshold)
+
+    def acc(i):
+        return float(((P[i] > thr).sum() + (N[i] <= thr).sum()) / (2 * len(i)))
+
+    ar = np.arange(len(P))
+    return Detection(
+        _auroc(P, N), _paired_bootstrap(lambda i: _auroc(P[i], N[i]), len(P), n_boot, seed),
+        acc(ar), _paired_bootstrap(acc, len(P), n_boot, seed),
+        cohens_d(P, N), _paired_bootstrap(lambda i: cohens_d(P[i], N[i]), len(P), n_boot, seed),
+    )
+
+
+def midpoint(direction, X_pos, X_neg) -> float:
+    d = np.asarray(direction, float)
+    return float(((np.asarray(X_pos) @ d).mean() + (np.asarray(X_neg) @ d).mean()) / 2)
+
+
+def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0) -> dict:
+    """Test AUROC of ``n`` random unit directions, each signed so that the training sides separate.
+
+    A random direction has no preferred sign, so each is oriented on the
+    training data (as any probe is) before it is scored on the test data.
+    """
+    rng = np.random.default_rng(seed)
+    Ptr, Ntr = _as2d(X_pos_train, "X_pos_train"), _as2d(X_neg_train, "X_neg_train")
+    Pte, Nte = _as2d(X_pos_test, "X_pos_test"), _as2d(X_neg_test, "X_neg_test")
+    D = _unit(rng.standard_normal((n, Ptr.shape[1])))
+    sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
+    sign[sign == 0] = 1
+    D = D * sign[:, None]
+    aucs = np.array([_auroc(Pte @ d, Nte @ d) for d in D])
+    return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist()}
+
+
+def shuffled_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0) -> dict:
+    """Test AUROC of mean-difference probes trained with the two sides swapped at random within pairs."""
+    rng = np.random.default_rng(seed)
+    Ptr, Ntr = _as2d(X_pos_train, "X_pos_train"), _as2d(X_neg_train, "X_neg_train")
+    Pte, Nte = _as2d(X_pos_test, "X_pos_test"), _as2d(X_neg_test, "X_neg_test")
+    aucs = []
+    for _ in range(n):
+        swap = rng.random(len(Ptr)) < 0.5
+        A = np.where(swap[:, None], Ntr, Ptr)
+        B = np.where(swap[:, None], Ptr, Ntr)
+        if np.allclose(A.mean(0), B.mean(0)):
+            continue
+        d = mean_diff(A, B)
+        aucs.append(_auroc(Pte @ d, Nte @ d))
+    aucs = np.array(aucs)
+    return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist()}
+
+
+# ---------------------------------------------------------------------------
+# cross-model alignment
+
+
+@dataclass
+class Alignment:
+    """An affine map from model B's activation space into model A's (PCA + orthogonal Procrustes)."""
+
+    mean_a: np.ndarray
+    mean_b: np.ndarray
+    basis_a: np.ndarray  # [k, d_a]
+    basis_b: np.ndarray  # [k, d_b]
+    rotation: np.ndarray  # [k, k]
+    scale: float
+
+    def __call__(self, X_b) -> np.ndarray:
+        Z = (np.asarray(X_b, float) - self.mean_b) @ self.basis_b.T
+        return (Z @ self.rotation) * self.scale @ self.basis_a + self.mean_a
+
+
+def align_procrustes(X_a, X_b, k: int = 64) -> Alignment:
+    """Fit a map B -> A on paired rows (the same texts through both models).
+
+    Both spaces are reduced to their top ``k`` principal components; an
+    orthogonal rotation and a global scale map B's coordinates onto A's.
+    Fit it on texts disjoint from those you evaluate on.
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    X_a, X_b = _as2d(X_a, "X_a"), _as2d(X_b, "X_b")
+    if len(X_a) != len(X_b):
+        raise ValueError(f"X_a and X_b must hold the same texts: {len(X_a)} vs {len(X_b)} rows")
+    k = int(min(k, len(X_a) - 1, X_a.shape[1], X_b.shape[1]))
+    if k < 1:
+        raise ValueError("need at least two paired rows to align")
+    ma, mb = X_a.mean(0), X_b.mean(0)
+    ua = np.linalg.svd(X_a - ma, full_matrices=False)[2][:k]
+    ub = np.linalg.svd(X_b - mb, full_matrices=False)[2][:k]
+    Za, Zb = (X_a - ma) @ ua.T, (X_b - mb) @ ub.T
+    R, s = orthogonal_procrustes(Zb, Za)
+    scale = float(s / (Zb ** 2).sum())
+    return Alignment(ma, mb, ua, ub, R, scale)
+
+
+# ---------------------------------------------------------------------------
+# pairs -> texts -> a probe on disk (what the CLI runs)
+
+
+def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], list[str], list[int]]:
+    """Chat texts for both sides of each pair: the prompt, then the reply as the assistant's turn.
+
+    The prompt is the EIA game prompt when ``scenarios`` (id -> scenario)
+    holds the pair's scenario, else the pair's ``scenario`` text itself.
+    Returns ``(positive_texts, negative_texts, response_starts)``.
+    """
+    from .datasets import eia_prompt
+
+    pos, neg, starts = [], [], []
+    for r in records:
+        user = eia_prompt(scenarios[r.scenario]) if scenarios and r.scenario in scenarios else r.scenario
+        prompt = lm.chat_prompt(user)
+        pos.append(prompt + r.positive)
+        neg.append(prompt + r.negative)
+        starts.append(len(prompt))
+    return pos, neg, starts
+
+
+@dataclass
+class PairProbe:
+    """Mean-difference directions for every layer, with what is needed to score new text."""
+
+    model: str
+    pooling: str
+    site_kind: str
+    layers: list[int]
+    directions: dict[int, np.ndarray]
+    thresholds: dict[int, float]
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def best_layer(self) -> int:
+        return int(self.metrics["best_layer"])
+
+
+def fit_pair_probe(lm, records, scenarios: dict | None = None, layers: Sequence[int] | None = None,
+                   pooling: str = "mean_all", site_kind: str = "resid_post", seed: int = 0,
+                   n_random: int = 100, progress: bool = False) -> PairProbe:
+    """Fit mean-difference probes on the train split of ``records`` and evaluate on the test split.
+
+    Records without a ``split`` get a seeded 70/30 split. The best layer is
+    the one with the highest test AUROC (ties: the earliest).
+    """
+    from .activations import capture
+    from .datasets import DataError
+
+    records = list(records)
+    if len(records) < 4:
+        raise DataError(f"need at least 4 pairs to fit and test a probe, got {len(records)}")
+    splits = [getattr(r, "split", None) for r in records]
+    if any(s is None for s in splits):
+        rng = np.random.default_rng(seed)
+        test_idx = set(rng.choice(len(records), size=max(2, round(0.3 * len(records))), replace=False).tolist())
+        splits = ["test" if i in test_idx else "train" for i in range(len(records))]
+    tr = np.array([s == "train" for s in splits])
+    if tr.sum() < 2 or (~tr).sum() < 2:
+        raise DataError(f"need at least 2 train and 2 test pairs, got {tr.sum()} and {(~tr).sum()}")
+    layers = list(range(lm.n_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < lm.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: {lm.name} has layers 0..{lm.n_layers - 1}")
+    pos, neg, starts = pair_texts(lm, records, scenarios)
+    sites = [f"{site_kind}.{l}" for l in layers]
+    acts = capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress)
+    n = len(records)
+    directions, thresholds, per_layer = {}, {}, {}
+    for l, s in zip(layers, sites):
+        X = acts[s].double().numpy()
+        P, N = X[:n], X[n:]
+        d = mean_diff(P[tr], N[tr])
+        thr = midpoint(d, P[tr], N[tr])
+        det = evaluate_direction(d, P[~tr], N[~tr], threshold=thr, seed=seed)
+        directions[l], thresholds[l] = d, thr
+        per_layer[str(l)] = det.as_dict()
+    best = max(layers, key=lambda l: (per_layer[str(l)]["auroc"], -l))
+    X = acts[f"{site_kind}.{best}"].double().numpy()
+    rb = random_baseline(X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr], n=n_random, seed=seed)
+    metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
+               "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
+               "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best}}
+    return PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
+
+
+def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:
+    """``DIR/metrics.json`` and ``DIR/directions.safetensors`` (one ``layer.L`` tensor each), atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .cache import atomic_write, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"layer.{l}": torch.tensor(probe.directions[l], dtype=torch.float32) for l in probe.layers}
+    meta = {"model": probe.model, "pooling": probe.pooling, "site": probe.site_kind,
+            "thresholds": json.dumps({str(l): probe.thresholds[l] for l in probe.layers})}
+    atomic_write(out / "directions.safetensors", lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write_text(out / "metrics.json", json.dumps(probe.metrics, indent=2) + "\n")
+    return out
+
+
+def load_probe(probe_dir: str | Path) -> PairProbe:
+    from safetensors import safe_open
+
+    d = Path(probe_dir)
+    files = [d / "metrics.json", d / "directions.safetensors"]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"{d}: not a probe folder (missing {', '.join(missing)}); "
+                                f"make one with `emocircuits probe`")
+    metrics = json.loads(files[0].read_text())
+    with safe_open(str(files[1]), framework="np") as f:
+        meta = f.metadata()
+        dirs = {int(k.split(".")[1]): f.get_tensor(k).astype(np.float64) for k in f.keys()}
+    thr = {int(k): v for k, v in json.loads(meta["thresholds"]).items()}
+    return PairProbe(meta["model"], meta["pooling"], meta["site"], sorted(dirs), dirs, thr, metrics)
+
+
+def score_texts(lm, probe: PairProbe, texts: Sequence[str], layer: int | None = None,
+                response_starts: Sequence[int] | None = None, progress: bool = False) -> np.ndarray:
+    """Projection of each text's pooled activation on the probe's direction (best layer by default)."""
+    from .activations import capture
+
+    if probe.model != lm.name:
+        raise ValueError(f"the probe was fitted on {probe.model!r}, not {lm.name!r}; directions do not transfer "
+                         f"between models without an alignment")
+    layer = probe.best_layer if layer is None else int(layer)
+    if layer not in probe.directions:
+        raise ValueError(f"layer {layer}: the probe has layers {probe.layers}")
+    pooling = probe.pooling
+    if pooling == "mean_response" and response_starts is None:
+        pooling = "mean_all"
+    site = f"{probe.site_kind}.{layer}"
+    X = capture(lm, list(texts), [site], pooling=pooling, response_starts=response_starts, progress=progress)[site]
+    return X.double().numpy() @ probe.directions[layer]

@@ -1,0 +1,171 @@
+"""The offline judges: measured accuracy on held-out data, caching, coherence, baselines, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.metrics import f1_score
+
+from emocircuits import datasets as ds
+from emocircuits import judges as J
+from emocircuits.cli import main
+
+
+@pytest.fixture(scope="module")
+def emotion_judge():
+    return J.EmotionJudge()
+
+
+@pytest.fixture(scope="module")
+def empathy_judge():
+    return J.EmpathyJudge()
+
+
+def test_emotion_corpus_is_balanced_and_free_of_label_words():
+    recs, test = J.emotion_corpus()
+    labels = [r["label"] for r in recs]
+    assert {l: labels.count(l) for l in J.LABELS} == {l: 110 for l in J.LABELS}
+    for lab in J.LABELS:
+        styles = [r["style"] for r in recs if r["label"] == lab]
+        assert styles.count("reply") == styles.count("statement") == 55
+    banned = ("anger", "angr", "sad", "happ", "fear", "afraid", "surpris", "disgust", "neutral", "emotion")
+    assert not [r["id"] for r in recs if any(w in r["text"].lower().split() for w in banned)]
+    assert test.sum() == 7 * 22  # a 20% stratified hold-out, seeded
+    assert np.array_equal(test, J.emotion_corpus()[1])
+
+
+def test_emotion_judge_beats_the_goal_and_the_majority_baseline_on_held_out_texts(emotion_judge):
+    recs, test = J.emotion_corpus()
+    train_texts = {r["text"] for r, t in zip(recs, test) if not t}
+    assert not train_texts & set(emotion_judge.test_texts)
+    verdicts = emotion_judge(emotion_judge.test_texts)
+    pred = [v["label"] for v in verdicts]
+    acc = np.mean([p == l for p, l in zip(pred, emotion_judge.test_labels)])
+    majority = max(emotion_judge.test_labels.count(l) for l in J.LABELS) / len(pred)
+    assert acc >= 0.85 > majority + 0.5
+    assert f1_score(emotion_judge.test_labels, pred, average="macro") >= 0.8
+    for v in verdicts[:5]:
+        assert set(v["probs"]) == set(J.LABELS) and abs(sum(v["probs"].values()) - 1) < 1e-6
+        assert v["label"] == max(v["probs"], key=v["probs"].get)
+
+
+def test_empathy_judge_ranks_held_out_replies(empathy_judge):
+    recs, test = J.empathy_corpus()
+    held = [r for r, t in zip(recs, test) if t]
+    clusters = np.array(J.situation_clusters([r["situation"] for r in recs]))
+    train_clusters, held_clusters = set(clusters[~test]), set(clusters[test])
+    assert not train_clusters & held_clusters  # whole clusters of situations are held out
+    s = empathy_judge.score([r["reply"] for r in held], [r["situation"] for r in held])
+    assert ((s >= 1) & (s <= 5)).all()
+    assert spearmanr(s, [r["score"] for r in held])[0] >= 0.5
+    by: dict = {}
+    for r, x in zip(held, s):
+        by.setdefault(r["situation"], {})[r["score"]] = x
+    wins = [d[hi] > d[lo] for d in by.values() for hi in (4, 5) for lo in (1, 2)]
+    assert np.mean(wins) >= 0.9
+    # EIA's game pairs are out of domain for the judge (never seen) and harder;
+    # it still beats paper A's keyword heuristic on them.
+    pairs = ds.load_named("eia_pairs")
+    scen = {x.id: x for x in ds.load_named("eia_scenarios")}
+    ctx = [ds.eia_prompt(scen[p.scenario]) for p in pairs]
+    a = empathy_judge.score([p.positive for p in pairs], ctx)
+    b = empathy_judge.score([p.negative for p in pairs], ctx)
+    ka = np.array(J.keyword_judge([p.positive for p in pairs]))
+    kb = np.array(J.keyword_judge([p.negative for p in pairs]))
+    assert np.mean(a > b) >= 0.75 > np.mean(ka > kb)
+    assert [J.EmpathyJudge.rubric_level(x) for x in (1.0, 2.9, 4.2)] == [0, 1, 2]
+
+
+def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]
+    fresh = J.EmpathyJudge().score(texts)
+    files = list((tmp_path / "judges").iterdir())
+    assert [f.suffix for f in files] == [".safetensors"]
+    again = J.EmpathyJudge().score(texts)
+    np.testing.assert_array_equal(fresh, again)
+    assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_coherence_flags_repetition_symbols_and_empty_output():
+    good, loop, junk, empty = J.coherence([
+        "I am so sorry about your dog. Would you like to tell me about him?",
+        "the the the the the the the the the the the the the the",
+        "@@@ ### 123 456 !!! ??? %%% ^^^",
+        "",
+    ])
+    assert good["coherent"] and good["score"] == 1.0
+    assert not loop["coherent"] and not loop["checks"]["distinct"]
+    assert not junk["checks"]["language"]
+    assert not empty["checks"]["nonempty"] and not empty["coherent"]
+    assert loop["longest_repeat"] > J.COHERENCE_THRESHOLDS["max_repeat_ngram"]
+
+
+def test_perplexity_matches_the_models_own_loss(smol):
+    import torch
+
+    text = "The cat sat on the mat and looked out of the window."
+    enc = smol.encode([text])
+    with torch.inference_mode():
+        loss = smol.hf(**enc, labels=enc["input_ids"]).loss
+    (ppl,) = J.perplexity(smol, [text])
+    assert ppl == pytest.approx(float(torch.exp(loss)), rel=1e-4)
+    shuffled = "window the mat. cat out and the of The on sat looked the"
+    assert J.perplexity(smol, [shuffled])[0] > 2 * ppl
+    with_ctx = J.coherence([" Paris."], lm=smol, contexts=["The capital of France is"])[0]
+    assert with_ctx["perplexity"] < J.perplexity(smol, ["Paris."])[0]
+
+
+def test_keyword_baseline_counts_unchanged_outputs_as_success_for_negative_alpha():
+    base = ["I understand, and I am sorry; I will help.", "Finish the task."]
+    assert J.keyword_judge(base) == [3.0, -2.0]
+    assert J.keyword_success(base, base, alpha=-5) == 1.0  # nothing changed, yet "success"
+    assert J.keyword_success(base, base, alpha=+5) == 0.0
+    with pytest.raises(ValueError):
+        J.keyword_success(base, base[:1], alpha=1)
+
+
+def test_model_rubric_judge_scores_on_the_1_to_5_scale(smol):
+    judge = J.ModelRubricJudge(smol)
+    s = judge.score(["I'm here with you. Tell me more.", "Not my problem."], ["My dog died.", "My dog died."])
+    assert s.shape == (2,) and ((s > 1) & (s < 5)).all()
+
+
+def test_api_judge_needs_its_key(monkeypatch):
+    monkeypatch.delenv("EMOCIRCUITS_JUDGE_API_KEY", raising=False)
+    with pytest.raises(J.JudgeError, match="EMOCIRCUITS_JUDGE_API_KEY"):
+        J.APIJudge()
+
+
+def test_judge_cli_writes_every_field_in_order(tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "text": "Wait, you won the lottery? I can't believe it!"},
+            {"id": "b", "text": "That's awful. I'm here; tell me what happened.", "context": "My dog died.",
+             "extra": 1},
+            {"id": "c", "text": ""}]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["judge", "--texts", str(src), "--out", str(out)]) == 0
+    got = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "b", "c"]
+    for g in got:
+        assert set(g) == {"id", "emotion", "emotion_probs", "empathy", "coherence", "coherent"}
+        assert g["emotion"] in J.LABELS and 1 <= g["empathy"] <= 5 and 0 <= g["coherence"] <= 1
+    assert got[0]["emotion"] == "surprise"
+    assert got[1]["empathy"] > got[0]["empathy"]
+    assert got[2]["coherent"] is False
+
+
+@pytest.mark.parametrize("line, msg", [("{not json", "in.jsonl:2: malformed JSON"),
+                                       ('{"text": "no id"}', "in.jsonl:2: expected an object with 'id'"),
+                                       ('{"id": 1, "text": "x", "context": 5}', "in.jsonl:2: field 'context'")])
+def test_judge_cli_bad_line_names_it_and_writes_nothing(tmp_path, capsys, line, msg):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "ok", "text": "fine"}\n' + line + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["judge", "--texts", str(src), "--out", str(out)]) == 2
+    assert msg in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [src]
