@@ -1,0 +1,155 @@
+"""Probes: directions on constructed data where the answer is known, then on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from emocircuits import datasets as ds
+from emocircuits import probes as P
+from emocircuits.activations import capture
+from emocircuits.cli import main
+
+
+def _pairs(n=40, d=32, shift=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    true = np.zeros(d)
+    true[3] = 1.0
+    base = rng.standard_normal((n, d))  # what both sides of a pair share
+    pos = base + shift * true + 0.3 * rng.standard_normal((n, d))
+    neg = base - shift * true + 0.3 * rng.standard_normal((n, d))
+    return pos, neg, true
+
+
+def test_mean_diff_recovers_the_planted_direction_and_metrics_agree_with_sklearn():
+    pos, neg, true = _pairs()
+    d = P.mean_diff(pos[:30], neg[:30])
+    assert np.linalg.norm(d) == pytest.approx(1.0) and d @ true > 0.9
+    det = P.evaluate_direction(d, pos[30:], neg[30:], threshold=P.midpoint(d, pos[:30], neg[:30]))
+    s = np.r_[pos[30:] @ d, neg[30:] @ d]
+    assert det.auroc == pytest.approx(roc_auc_score(np.r_[np.ones(10), np.zeros(10)], s))
+    assert det.auroc_ci[0] <= det.auroc <= det.auroc_ci[1]
+    assert det.accuracy_ci[0] <= det.accuracy <= det.accuracy_ci[1]
+    assert det.cohens_d > 2
+    # the vectorised bootstrap AUROC is the Mann-Whitney count sklearn computes
+    rows_p, rows_n = np.random.default_rng(1).standard_normal((2, 5, 7))
+    np.testing.assert_allclose(P._auroc_rows(rows_p, rows_n),
+                               [roc_auc_score(np.r_[np.ones(7), np.zeros(7)], np.r_[a, b])
+                                for a, b in zip(rows_p, rows_n)])
+
+
+def test_baselines_sit_near_chance_when_there_is_no_signal():
+    pos, neg, _ = _pairs(shift=0.0, seed=2)
+    rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
+    sb = P.shuffled_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=50, seed=0)
+    assert 0.35 < rb["mean"] < 0.65 and 0.35 < sb["mean"] < 0.65
+    assert rb["p95"] < 0.9
+    # with signal, the probe is far above the random directions' 95th percentile
+    pos, neg, _ = _pairs(seed=3)
+    d = P.mean_diff(pos[:30], neg[:30])
+    rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
+    assert P.evaluate_direction(d, pos[30:], neg[30:]).auroc > max(rb["p95"], 0.95)
+
+
+def test_logistic_direction_finds_the_signal_too():
+    pos, neg, true = _pairs(seed=4)
+    assert P.logistic_direction(pos, neg) @ true > 0.5
+
+
+def test_centred_centroids_remove_what_the_context_adds():
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    d = 20
+    cls = {c: rng.standard_normal(d) for c in classes}
+    X, labels, groups = [], [], []
+    for g in range(12):
+        ctx = rng.standard_normal(d) * 10  # a large shift shared by every class in the group
+        for c in classes:
+            X.append(ctx + cls[c] + 0.1 * rng.standard_normal(d))
+            labels.append(c)
+            groups.append(f"g{g}")
+    D = P.centred_centroids(np.array(X), labels, groups, classes)
+    centred = np.stack([cls[c] for c in classes])
+    centred = centred - centred.mean(0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    assert (np.sum(D * centred, 1) > 0.97).all()
+    with pytest.raises(ValueError, match="group 'g0' lacks classes"):
+        P.centred_centroids(np.array(X[1:]), labels[1:], groups[1:], classes)
+    with pytest.raises(ValueError, match="not in classes"):
+        P.centred_centroids(np.array(X), ["z"] + labels[1:], groups, classes)
+
+
+def test_procrustes_alignment_undoes_a_rotation_between_spaces():
+    rng = np.random.default_rng(0)
+    low = rng.standard_normal((200, 8)) * np.arange(8, 0, -1)  # 8 meaningful dimensions
+    A = low @ rng.standard_normal((8, 30)) + 1.0
+    Q, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    B = np.hstack([A @ Q * 2.0, np.zeros((200, 6))]) - 3.0  # rotated, scaled, wider, shifted
+    align = P.align_procrustes(A[:150], B[:150], k=8)
+    mapped = align(B[150:])
+    assert np.abs(mapped - A[150:]).max() < 1e-6 * np.abs(A).max() * 100
+    with pytest.raises(ValueError, match="same texts"):
+        P.align_procrustes(A[:10], B[:11])
+
+
+def test_bad_inputs_name_what_is_accepted():
+    with pytest.raises(ValueError, match="X_pos must be a non-empty 2-D array"):
+        P.mean_diff(np.zeros(3), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="widths differ"):
+        P.mean_diff(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="identical means"):
+        P.mean_diff(np.ones((2, 3)), np.ones((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def smol_probe_dir(smol, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe")
+    pairs = ds.DATA_DIR / "eia_pairs.jsonl"
+    assert main(["probe", "--model", "smollm2-135m", "--pairs", str(pairs), "--out", str(out),
+                 "--layers", "3,5", "--pooling", "mean_response"]) == 0
+    return out
+
+
+def test_probe_cli_separates_held_out_empathy_pairs_on_the_bundled_model(smol_probe_dir):
+    m = json.loads((smol_probe_dir / "metrics.json").read_text())
+    assert m["model"] == "smollm2-135m" and m["pooling"] == "mean_response"
+    assert set(m["layers"]) == {"3", "5"} and m["best_layer"] in (3, 5)
+    assert m["n_train"] == 35 and m["n_test"] == 15
+    best = m["layers"][str(m["best_layer"])]
+    lo, hi = best["auroc_ci"]
+    assert best["auroc"] >= 0.95 and lo <= best["auroc"] <= hi
+    assert best["auroc"] > m["random_baseline"]["p95"]
+    assert sorted(p.name for p in smol_probe_dir.iterdir()) == ["directions.safetensors", "metrics.json"]
+
+
+def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):
+    probe = P.load_probe(smol_probe_dir)
+    texts = ["I put the crate down and sit with him until he can stand.", "I keep walking to the station."]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out.jsonl"
+    assert main(["score", "--model", "smollm2-135m", "--probe", str(smol_probe_dir), "--texts", str(src),
+                 "--out", str(out), "--layer", "3"]) == 0
+    got = [json.loads(l) for l in out.read_text().splitlines()]
+    X = capture(smol, texts, ["resid_post.3"], pooling="mean_all", progress=False)["resid_post.3"].double().numpy()
+    np.testing.assert_allclose([g["score"] for g in got], X @ probe.directions[3], rtol=1e-5)
+    assert [g["id"] for g in got] == [0, 1]
+
+
+def test_probe_errors(smol, smol_probe_dir, tmp_path, capsys):
+    probe = P.load_probe(smol_probe_dir)
+    probe.model = "gemma3-270m"
+    with pytest.raises(ValueError, match="fitted on 'gemma3-270m'"):
+        P.score_texts(smol, probe, ["hi"])
+    assert main(["probe", "--pairs", str(ds.DATA_DIR / "eia_pairs.jsonl"), "--out", str(tmp_path / "p"),
+                 "--layers", "3,99"]) == 2
+    assert "layers [99] out of range" in capsys.readouterr().err
+    assert main(["probe", "--pairs", str(ds.DATA_DIR / "eia_pairs.jsonl"), "--out", str(tmp_path / "p"),
+                 "--layers", "x"]) == 2
+    assert "expected comma-separated integers" in capsys.readouterr().err
+    assert main(["score", "--probe", str(tmp_path), "--texts", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "not a probe folder" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "o").exists()
