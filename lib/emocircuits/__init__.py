@@ -4,6 +4,11 @@ The library behind the book. Modules follow the data flow:
 ``models`` -> ``activations`` -> (probes, circuits, attribution) -> ``steering`` -> judges.
 """
 
+import warnings
+
+# tqdm.auto warns in notebooks without ipywidgets; progress bars still work as text.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .models import DEFAULT_MODEL, LoadedModel, ModelError, load_model
 from .activations import Site, capture, parse_site
 

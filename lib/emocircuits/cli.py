@@ -229,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["book"]:  # its options are the book runner's own (argparse REMAINDER drops leading --flags)
+        from .book import main as book_main
+
+        return book_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from .datasets import DataError
