@@ -53,6 +53,7 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 
 from emocircuits import datasets as ds
 from emocircuits import load_model
+from emocircuits.judges import EmotionJudge
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 
@@ -226,8 +227,10 @@ pd.Series([q.split for q in questions]).value_counts()
 # a reply only when a judge says it expresses the instructed emotion. The
 # judge is chapter 02's subject; here we run the model and store every
 # generation with its prompt, model, seed and settings, which is what the
-# judge and the later chapters read. One scenario per theme in full mode,
-# one in all in QUICK mode.
+# judge and the later chapters read. The judge is chapter 02's emotion
+# judge (its held-out accuracy is measured there); a reply is *accepted*
+# when the judged emotion is the instructed one. One scenario per theme in
+# full mode, one in all in QUICK mode.
 
 # %%
 lm = load_model(MODEL)
@@ -236,16 +239,32 @@ for r in disc:
     per_theme.setdefault(r.theme, r)
 chosen = list(per_theme.values())[: 1 if QUICK else len(per_theme)]
 elicit_prompts = ds.sev_prompts(chosen)
-records = ds.elicit(lm, elicit_prompts, max_new_tokens=24 if QUICK else 48, seed=SEED, progress=False)
-gen = pd.DataFrame([{"emotion": r.emotion, "valence": r.prompt_id.split(":")[1], "reply": r.text} for r in records])
+records = ds.elicit(lm, elicit_prompts, max_new_tokens=24 if QUICK else 48, seed=SEED, progress=False,
+                    judge=EmotionJudge(use_all=True, seed=SEED))
+gen = pd.DataFrame([{"emotion": r.emotion, "valence": r.prompt_id.split(":")[1], "reply": r.text,
+                     "judged": r.judge["label"], "accepted": r.accepted} for r in records])
 print(f"{len(records)} generations from {lm.name}")
 gen[gen.valence == "negative"].head(6)
 
 # %% [markdown]
-# How different are the replies to the six instructions? A first, judge-free
-# look: the share of replies that repeat the emotion word itself, and the
-# mean reply length, per instructed emotion. (Paper B's acceptance rate
-# needs a judge with a measured accuracy; chapter 02 adds it.)
+# Paper B's filter: how many replies per instructed emotion the judge
+# accepts (with a 95% bootstrap interval over replies), beside the 1/7
+# a judge guessing at random among its seven labels would accept. With
+# few replies per emotion the intervals are wide.
+
+# %%
+acc_rows = []
+for emo_name, grp in gen.groupby("emotion"):
+    vals = grp.accepted.astype(float).to_numpy()
+    est, lo, hi = bootstrap_ci(vals, seed=SEED) if len(vals) > 1 else (vals.mean(), np.nan, np.nan)
+    acc_rows.append({"emotion": emo_name, "replies": len(vals), "accepted": f"{est:.2f} [{lo:.2f}, {hi:.2f}]",
+                     "most often judged as": grp.judged.mode().iat[0]})
+acc_rows.append({"emotion": "random judge", "replies": "-", "accepted": f"{1 / 7:.2f}", "most often judged as": "-"})
+pd.DataFrame(acc_rows)
+
+# %% [markdown]
+# A judge-free look at the same replies: the share that repeat the emotion
+# word itself, and the mean reply length, per instructed emotion.
 
 # %%
 stems = {"anger": "ang", "sadness": "sad", "happiness": "happ", "fear": "fear", "surprise": "surpris",

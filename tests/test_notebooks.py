@@ -73,3 +73,17 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
     with pytest.raises(ChapterError, match=r"chapter 99_broken failed in cell .*RuntimeError: boom"):
         run_chapter(bad, tmp_path / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing half-written
+
+
+@pytest.mark.parametrize("stem", ["01_datasets", "02_measuring"])
+def test_chapter_runs_quick_without_errors(stem, tmp_path):
+    """Chapters 01-02 in QUICK mode (03 and later run in `make book`, too slow for CI)."""
+    from emocircuits.book import run_chapter
+
+    out, ran = run_chapter(ROOT / "notebooks" / f"{stem}.py", tmp_path,
+                           {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert ran and outputs
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})]
