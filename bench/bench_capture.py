@@ -93,6 +93,17 @@ def main() -> None:
     print(f"generation, 4 prompts x 32 tokens: plain {g_plain:.2f} s, with Add {g_steer:.2f} s, "
           f"ratio {g_plain / g_steer:.2f}")
 
+    # the judges: 1,000 short texts through emotion, empathy and coherence (goal: under 30 s on 2 cores),
+    # beside the time the sentence encoder alone takes on the same texts
+    from emocircuits import judges as J
+
+    emo, emp = J.EmotionJudge(use_all=True), J.EmpathyJudge(use_all=True)
+    texts = ([r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")] * 2)[:1000]
+    t_enc, t_judge = _median_pair(lambda: J.embed(texts),
+                                  lambda: (emo(texts), emp.score(texts), J.coherence(texts)), 1)
+    print(f"judges, 1000 texts: all three judges {t_judge:.1f} s (goal < 30 s), encoder alone {t_enc:.1f} s, "
+          f"ratio {t_enc / t_judge:.2f}")
+
     if not args.skip_cold:
         with tempfile.TemporaryDirectory() as tmp:
             old = os.environ.get("EMOCIRCUITS_CACHE")

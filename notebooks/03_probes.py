@@ -247,12 +247,12 @@ for l in LAYERS:
         pred = clf.fit(Xl[tr_i], emotions[tr_i]).predict(Xl[te_i])
         correct.extend((pred == emotions[te_i]).tolist())
     acc, lo, hi = bootstrap_ci(np.array(correct, float), n_boot=500, seed=SEED)
-    sil = silhouette_score(PCA(10, random_state=SEED).fit_transform(Xl), emotions)
+    sil = silhouette_score(PCA(10, random_state=SEED).fit_transform(P.centre_by_group(Xl, context)), emotions)
     emo_rows.append({"layer": l, "accuracy": acc, "lo": lo, "hi": hi, "silhouette": sil})
 emo_df = pd.DataFrame(emo_rows)
 fig, ax = plt.subplots()
 band(ax, emo_df.layer, emo_df.accuracy, emo_df.lo, emo_df.hi, label="six-way accuracy, held-out scenarios")
-ax.plot(emo_df.layer, emo_df.silhouette, label="cluster separation (silhouette, PCA-10)")
+ax.plot(emo_df.layer, emo_df.silhouette, label="cluster separation (silhouette, centred, PCA-10)")
 ax.axhline(1 / 6, color="grey", ls=":", label="chance (1/6)")
 ax.set(xlabel="layer", ylim=(-0.2, 1.02), title=f"Where emotions separate in {MODEL}")
 ax.legend(loc="center right", fontsize=8)
@@ -262,14 +262,17 @@ r = emo_df.set_index("layer").loc[best_e]
 print(f"best layer {best_e}: six-way accuracy {fmt(r.accuracy, r.lo, r.hi)} (chance 0.17)")
 
 # %% [markdown]
-# The 2-D views below are PCA of the centred activations at four layers;
-# colours are the instructed emotion.
+# Raw activations are dominated by *which scenario* is being read, so
+# both the silhouette score above and the 2-D views below use activations
+# centred within each scenario-valence group (what varies across the six
+# instructions to the same scenario). PCA at four layers; colours are the
+# instructed emotion.
 
 # %%
 show = [LAYERS[0], LAYERS[len(LAYERS) // 3], best_e, LAYERS[-1]]
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
 for ax, l in zip(axes, show):
-    Z = PCA(2, random_state=SEED).fit_transform(E[f"resid_post.{l}"].double().numpy())
+    Z = PCA(2, random_state=SEED).fit_transform(P.centre_by_group(E[f"resid_post.{l}"].double().numpy(), context))
     for emo_name in ds.EMOTIONS:
         m = emotions == emo_name
         ax.scatter(Z[m, 0], Z[m, 1], s=6, label=emo_name)
@@ -310,29 +313,55 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # ## 4. Do two models agree? (paper A's open question 3)
 #
 # Paper A asked whether probes of different models agree on the same texts.
-# Here both bundled models score the 215 replies of the empathy judge's
-# corpus (texts no probe was trained on) with their own best-layer empathy
-# probe. Their raw agreement is a Pearson r between the two score lists.
-# Then model B's activations are mapped into model A's space (PCA to 64
-# dimensions and an orthogonal Procrustes rotation, fitted on the 770
-# texts of the emotion judge's corpus, disjoint from the 215), and
-# model A's probe scores the mapped activations. The permutation baseline
+# First, the second bundled model's own layer-by-layer result with the
+# `mean_response` probe. Then both models score the 215 replies of the
+# empathy judge's corpus (texts no probe was trained on) with their own
+# best-layer empathy probe. Their raw agreement is a Pearson r between the two score lists.
+# Each reply is read as the assistant's answer to its situation, pooled
+# over the reply, as the probe was trained. Then model B's activations are
+# mapped into model A's space (PCA to 64 dimensions and an orthogonal
+# Procrustes rotation, fitted on the 770 texts of the emotion judge's
+# corpus, disjoint from the 215), and model A's probe scores the mapped
+# activations. The permutation baseline
 # fits the same map on mismatched texts.
 
 # %%
 other = load_model(OTHER)
-fit_o = P.fit_pair_probe(other, pairs, scen, layers=None if not QUICK else list(range(0, other.n_layers, 4)),
-                         pooling="mean_all", seed=SEED)
-fit_a = fits["mean_all"]
-replies = [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
+O_LAYERS = list(range(other.n_layers)) if not QUICK else list(range(0, other.n_layers, 4))
+fit_o = P.fit_pair_probe(other, pairs, scen, layers=O_LAYERS, pooling=POOL, seed=SEED)
+fit_a = fits[POOL]
+fig, ax = plt.subplots(figsize=(8, 3.4))
+for name, fit, ls in [(MODEL, fit_a, LAYERS), (OTHER, fit_o, O_LAYERS)]:
+    m = fit.metrics["layers"]
+    band(ax, np.array(ls) / max(ls), [m[str(l)]["auroc"] for l in ls], [m[str(l)]["auroc_ci"][0] for l in ls],
+         [m[str(l)]["auroc_ci"][1] for l in ls], label=f"{name} (best layer {fit.best_layer}, "
+         f"random p95 {fit.metrics['random_baseline']['p95']:.2f})")
+ax.set(xlabel="relative depth (layer / last layer)", ylabel="test AUROC", ylim=(0.3, 1.02),
+       title=f"Empathy probe ({POOL}) on both bundled models")
+ax.legend(loc="lower right", fontsize=8)
+plt.show()
+
+# %%
+emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
 align_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
 if QUICK:
-    replies, align_texts = replies[::3], align_texts[::4]
+    emp_recs, align_texts = emp_recs[::3], align_texts[::4]
 la, lo_ = fit_a.best_layer, fit_o.best_layer
-A_rep = capture(lm, replies, [f"resid_post.{la}"], pooling="mean_all", progress=False)[f"resid_post.{la}"].double().numpy()
-B_rep = capture(other, replies, [f"resid_post.{lo_}"], pooling="mean_all", progress=False)[f"resid_post.{lo_}"].double().numpy()
-A_al = capture(lm, align_texts, [f"resid_post.{la}"], pooling="mean_all", progress=False)[f"resid_post.{la}"].double().numpy()
-B_al = capture(other, align_texts, [f"resid_post.{lo_}"], pooling="mean_all", progress=False)[f"resid_post.{lo_}"].double().numpy()
+
+
+def reply_acts(model, layer, users, replies):
+    """Pooled over the reply, given as the assistant's answer to its user message."""
+    texts, starts = P.reply_texts(model, users, replies)
+    site = f"resid_post.{layer}"
+    return capture(model, texts, [site], pooling=POOL, response_starts=starts, progress=False)[site].double().numpy()
+
+
+users = [r["situation"] for r in emp_recs]
+replies = [r["reply"] for r in emp_recs]
+A_rep, B_rep = reply_acts(lm, la, users, replies), reply_acts(other, lo_, users, replies)
+# the alignment set: the emotion corpus's texts as replies to one fixed message
+A_al = reply_acts(lm, la, ["Say something."] * len(align_texts), align_texts)
+B_al = reply_acts(other, lo_, ["Say something."] * len(align_texts), align_texts)
 s_a = A_rep @ fit_a.directions[la]
 s_b = B_rep @ fit_o.directions[lo_]
 raw_r = pearsonr(s_a, s_b)[0]

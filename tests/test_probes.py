@@ -153,3 +153,19 @@ def test_probe_errors(smol, smol_probe_dir, tmp_path, capsys):
     assert main(["score", "--probe", str(tmp_path), "--texts", "x", "--out", str(tmp_path / "o")]) == 2
     assert "not a probe folder" in capsys.readouterr().err
     assert not (tmp_path / "p").exists() and not (tmp_path / "o").exists()
+
+
+def test_centre_by_group_removes_each_groups_mean():
+    X = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [12.0, 2.0]])
+    C = P.centre_by_group(X, ["a", "a", "b", "b"])
+    np.testing.assert_allclose(C, [[-1, -1], [1, 1], [-1, -1], [1, 1]])
+    with pytest.raises(ValueError, match="groups has 3"):
+        P.centre_by_group(X, ["a", "a", "b"])
+
+
+def test_reply_texts_put_the_reply_in_the_assistant_turn(smol):
+    texts, starts = P.reply_texts(smol, ["My dog died."], ["I am so sorry."])
+    assert texts[0][starts[0]:] == "I am so sorry."
+    assert texts[0][:starts[0]] == smol.chat_prompt("My dog died.")
+    with pytest.raises(ValueError, match="1 user messages for 2 replies"):
+        P.reply_texts(smol, ["a"], ["b", "c"])

@@ -8,6 +8,8 @@
     emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M]
     emocircuits probe --model M --pairs PAIRS.jsonl --out DIR [--layers L,...] [--pooling P] [--seed S]
     emocircuits score --model M --probe DIR --texts IN.jsonl --out OUT.jsonl [--layer L]
+    emocircuits steer --model M --probe DIR --alpha A --prompts IN.jsonl --out OUT.jsonl [--layer L]
+                      [--max-new-tokens N] [--seed S] [--scale unit|rms] [--positions P]
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
 """
 
@@ -155,6 +157,49 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_steer(args) -> int:
+    import json
+
+    from .cache import atomic_write_text
+    from .models import load_model
+    from .probes import load_probe
+    from .steering import sweep
+
+    probe = load_probe(args.probe)
+    layer = probe.best_layer if args.layer is None else args.layer
+    if layer not in probe.directions:
+        raise ValueError(f"--layer {layer}: the probe has layers {probe.layers}")
+    items = []
+    with open(args.prompts, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.prompts}:{lineno}: malformed JSON ({err.msg})") from None
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("prompt"), str) \
+                    or not rec["prompt"]:
+                raise ValueError(f"{args.prompts}:{lineno}: expected an object with 'id' and a non-empty "
+                                 f"string 'prompt'")
+            if rec.get("system") is not None and not isinstance(rec["system"], str):
+                raise ValueError(f"{args.prompts}:{lineno}: field 'system' must be a string when given")
+            items.append({"id": rec["id"], "user": rec["prompt"], "system": rec.get("system")})
+    if not items:
+        raise ValueError(f"{args.prompts}: no records")
+    lm = load_model(args.model, device=args.device)
+    if probe.model != lm.name:
+        raise ValueError(f"the probe in {args.probe} was fitted on {probe.model!r}, not {lm.name!r}")
+    recs = sweep(lm, items, probe.directions[layer], [layer], [args.alpha], scale=args.scale,
+                 positions=args.positions, seeds=[args.seed], sample=args.temperature > 0,
+                 temperature=args.temperature if args.temperature > 0 else 1.0,
+                 max_new_tokens=args.max_new_tokens, site_kind=probe.site_kind)
+    lines = [json.dumps({"id": r["id"], "alpha": r["alpha"], "layer": r["layer"], "text": r["text"]}) for r in recs]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"steered {len(lines)} replies at layer {layer}, alpha {args.alpha} ({args.scale}) -> {args.out}")
+    return 0
+
+
 def _cmd_book(args) -> int:
     from .book import main as book_main
 
@@ -220,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("steer", help="generate while adding alpha x a probe's direction")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
+    p.add_argument("--alpha", type=float, required=True, help="steering strength (negative suppresses)")
+    p.add_argument("--prompts", required=True, help='JSONL with lines {"id", "prompt", "system"?}')
+    p.add_argument("--out", required=True, help="output JSONL {id, alpha, layer, text}, written atomically")
+    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
+    p.add_argument("--scale", default="unit", choices=["unit", "rms"],
+                   help="alpha multiplies the unit direction (unit) or the residual RMS (rms)")
+    p.add_argument("--positions", default="all", help="all, prompt, generated or last:k")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_steer)
 
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",
                        add_help=False)

@@ -123,6 +123,18 @@ def centred_centroids(X, labels: Sequence[str], groups: Sequence[str], classes: 
     return _unit(cents - cents.mean(0))
 
 
+def centre_by_group(X, groups: Sequence[str]) -> np.ndarray:
+    """Subtract each group's mean (e.g. scenario and valence), leaving what varies within groups."""
+    X = _as2d(X, "X").copy()
+    groups = np.asarray(groups)
+    if len(groups) != len(X):
+        raise ValueError(f"X has {len(X)} rows but groups has {len(groups)}")
+    for g in np.unique(groups):
+        m = groups == g
+        X[m] -= X[m].mean(0)
+    return X
+
+
 def logistic_direction(X_pos, X_neg, C: float = 1.0, seed: int = 0) -> np.ndarray:
     """A logistic-regression probe's weight vector (on standardised features, mapped back), unit length."""
     X_pos, X_neg = _as2d(X_pos, "X_pos"), _as2d(X_neg, "X_neg")
@@ -295,6 +307,15 @@ def align_procrustes(X_a, X_b, k: int = 64) -> Alignment:
 
 # ---------------------------------------------------------------------------
 # pairs -> texts -> a probe on disk (what the CLI runs)
+
+
+def reply_texts(lm, users: Sequence[str], replies: Sequence[str], system: str | None = None
+                ) -> tuple[list[str], list[int]]:
+    """Each reply as the assistant's turn after its user message; returns texts and response starts."""
+    if len(users) != len(replies):
+        raise ValueError(f"{len(users)} user messages for {len(replies)} replies")
+    prompts = [lm.chat_prompt(u, system=system) for u in users]
+    return [p + r for p, r in zip(prompts, replies)], [len(p) for p in prompts]
 
 
 def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], list[str], list[int]]:

@@ -232,3 +232,202 @@ def _strip_after_eos(row: list[int], lm) -> list[int]:
         if t in eos:
             return row[:i]
     return row
+
+
+# ---------------------------------------------------------------------------
+# sweeps and their evaluation (chapter 06)
+
+ALPHAS = (-20, -10, -5, -3, -1, 0, 1, 3, 5, 10, 20)  # paper A's grid, for a unit direction
+
+
+def residual_rms(lm, texts: Sequence[str], layer: int, site_kind: str = "resid_post") -> float:
+    """Root mean square of the site's entries over every real token of ``texts`` (paper B scales alpha by it)."""
+    from .activations import capture
+
+    site = f"{site_kind}.{layer}"
+    rows = capture(lm, list(texts), [site], pooling="none", progress=False)[site]
+    x = torch.cat(rows)
+    return float(x.pow(2).mean().sqrt())
+
+
+def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas: Sequence[float] = ALPHAS,
+          scale: str = "unit", positions: str = "all", seeds: Sequence[int] = (0,), sample: bool = False,
+          temperature: float = 0.7, max_new_tokens: int = 48, site_kind: str = "resid_post", batch_size: int = 8,
+          progress: bool = False) -> list[dict]:
+    """Generate a reply to every prompt at every (layer, alpha, seed), adding ``alpha x direction``.
+
+    ``prompts`` are dicts with ``id``, ``user`` and optionally ``system``.
+    ``direction`` is one vector for every layer or a dict ``{layer: vector}``;
+    it is normalised to unit length. With ``scale="rms"`` alpha is in units
+    of the site's residual RMS on the prompts (paper B); with ``"unit"`` it
+    multiplies the unit vector (paper A). Several ``seeds`` only make sense
+    with ``sample=True`` (greedy decoding ignores the seed); they give the
+    seed-to-seed noise that :func:`steering_success` compares against.
+    Each record: ``id, layer, alpha, scale, coef, seed, positions, text``,
+    where ``coef`` is the multiplier actually applied to the unit vector.
+    """
+    if scale not in ("unit", "rms"):
+        raise ValueError(f"scale={scale!r}: expected 'unit' or 'rms'")
+    if len(set(seeds)) > 1 and not sample:
+        raise ValueError("several seeds with greedy decoding give identical replies; pass sample=True")
+    _check_positions(positions)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty")
+    users = [p["user"] for p in prompts]
+    systems = [p.get("system") for p in prompts]
+    chat_texts = [lm.chat_prompt(u, s) for u, s in zip(users, systems)]
+    out = []
+    for layer in layers:
+        vec = direction[layer] if isinstance(direction, dict) else direction
+        vec = torch.as_tensor(vec, dtype=torch.float32)
+        vec = vec / vec.norm()
+        unit = residual_rms(lm, chat_texts, layer, site_kind) if scale == "rms" else 1.0
+        for alpha in alphas:
+            coef = float(alpha) * unit
+            ivs = [Add(f"{site_kind}.{layer}", vec, alpha=coef, positions=positions)] if alpha != 0 else []
+            for seed in seeds:
+                texts = generate(lm, users, ivs, max_new_tokens=max_new_tokens, do_sample=sample,
+                                 temperature=temperature, seed=seed, batch_size=batch_size, system=systems,
+                                 progress=progress)
+                out.extend({"id": p["id"], "layer": int(layer), "alpha": float(alpha), "scale": scale,
+                            "coef": coef, "seed": int(seed), "positions": positions, "text": t}
+                           for p, t in zip(prompts, texts))
+    return out
+
+
+def steering_success(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool],
+                     n_boot: int = 1000, seed: int = 0):
+    """Per (layer, alpha): judged score, coherent share, and the honest success rate, with intervals.
+
+    For each prompt, ``delta`` is its mean score over seeds at alpha minus
+    at alpha = 0 (same layer). The noise threshold is twice the standard
+    error of a prompt's mean at alpha = 0 (pooled seed-to-seed SD /
+    sqrt(seeds)); with one seed it is 0 and any change counts. A prompt
+    succeeds when ``delta`` has alpha's sign, exceeds the threshold, and
+    every reply at that alpha is coherent. Alpha = 0 rows report the
+    baseline and no success rate. Returns a pandas DataFrame.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .stats import bootstrap_ci
+
+    if not (len(records) == len(scores) == len(coherent)):
+        raise ValueError(f"records, scores and coherent must have the same length, got "
+                         f"{len(records)}, {len(scores)}, {len(coherent)}")
+    df = pd.DataFrame(records)[["id", "layer", "alpha", "seed"]].assign(score=list(scores),
+                                                                        coherent=list(map(bool, coherent)))
+    if not (df.alpha == 0).any():
+        raise ValueError("the sweep needs alpha = 0 as its baseline")
+    per = df.groupby(["layer", "alpha", "id"]).agg(score=("score", "mean"), sd=("score", "std"),
+                                                   n=("score", "size"), coherent=("coherent", "all"))
+    rows = []
+    for layer, grp in per.groupby(level="layer"):
+        base = grp.xs(0.0, level="alpha").droplevel("layer")
+        n_seeds = int(base.n.max())
+        pooled_sd = float(np.sqrt(np.nanmean(base.sd.to_numpy() ** 2))) if n_seeds > 1 else 0.0
+        threshold = 2 * pooled_sd / np.sqrt(n_seeds) if n_seeds > 1 else 0.0
+        for alpha, g in grp.groupby(level="alpha"):
+            g = g.droplevel(["layer", "alpha"])
+            delta = (g.score - base.score.reindex(g.index)).to_numpy()
+            raw = df[(df.layer == layer) & (df.alpha == alpha)]
+            row = {"layer": layer, "alpha": alpha, "score": float(g.score.mean()),
+                   "coherent_share": float(raw.coherent.mean()), "threshold": threshold}
+            if len(g) > 1:
+                row["score_lo"], row["score_hi"] = bootstrap_ci(g.score.to_numpy(), n_boot=n_boot, seed=seed)[1:]
+            if alpha != 0:
+                ok = (np.sign(delta) == np.sign(alpha)) & (np.abs(delta) > threshold) & g.coherent.to_numpy()
+                row["success"] = float(ok.mean())
+                if len(ok) > 1:
+                    row["success_lo"], row["success_hi"] = bootstrap_ci(ok.astype(float), n_boot=n_boot,
+                                                                        seed=seed)[1:]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# export: safetensors with metadata, and llama.cpp control vectors
+
+
+def save_vector(path, vector, *, model: str, layer: int, site: str = "resid_post", pooling: str = "",
+                dataset_hash: str = "", **extra: str):
+    """One steering vector as safetensors (tensor ``vector``), with string metadata; written atomically."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .cache import atomic_write
+
+    vec = torch.as_tensor(vector, dtype=torch.float32).contiguous()
+    if vec.ndim != 1:
+        raise ValueError(f"vector must be 1-D, got shape {tuple(vec.shape)}")
+    meta = {"model": model, "layer": str(int(layer)), "site": site, "pooling": pooling,
+            "dataset_hash": dataset_hash, "d_model": str(vec.numel()), **{k: str(v) for k, v in extra.items()}}
+    return atomic_write(Path(path), lambda p: save_file({"vector": vec}, str(p), metadata=meta))
+
+
+def load_vector(path) -> tuple[torch.Tensor, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "vector" not in f.keys():
+                raise ValueError(f"{path}: no tensor named 'vector' (expected a file written by save_vector)")
+            return f.get_tensor("vector"), dict(f.metadata() or {})
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a safetensors file ({err}); expected a file written by save_vector") from None
+
+
+def export_control_vector(path, directions: dict, model_hint: str, site: str = "resid_post"):
+    """Write llama.cpp's control-vector GGUF (architecture ``controlvector``, tensors ``direction.L``).
+
+    llama.cpp adds ``direction.L`` to the output of block L, which is this
+    book's ``resid_post.L``; it has no slot for L = 0, so layer 0 is refused.
+    The strength is chosen at load time (``--control-vector-scaled FILE s``).
+    """
+    from pathlib import Path
+
+    import gguf
+    import numpy as np
+
+    from .cache import atomic_write
+
+    if site != "resid_post":
+        raise ValueError(f"site={site!r}: llama.cpp control vectors act on the block output, resid_post only")
+    if not directions:
+        raise ValueError("directions is empty")
+    bad = [l for l in directions if int(l) < 1]
+    if bad:
+        raise ValueError(f"layers {bad}: llama.cpp control vectors start at layer 1 (block outputs 1..n-1)")
+
+    def write(p):
+        w = gguf.GGUFWriter(str(p), "controlvector")
+        w.add_string("controlvector.model_hint", model_hint)
+        w.add_uint32("controlvector.layer_count", len(directions))
+        for layer in sorted(directions, key=int):
+            w.add_tensor(f"direction.{int(layer)}",
+                         np.ascontiguousarray(torch.as_tensor(directions[layer]).float().numpy()))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    return atomic_write(Path(path), write)
+
+
+def load_control_vector(path) -> tuple[dict[int, torch.Tensor], str]:
+    """Read a control-vector GGUF back: ``({layer: vector}, model_hint)``."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    arch = r.fields.get("general.architecture")
+    if arch is None or bytes(arch.parts[arch.data[0]]).decode() != "controlvector":
+        raise ValueError(f"{path}: not a control-vector GGUF (general.architecture is not 'controlvector')")
+    hint_field = r.fields.get("controlvector.model_hint")
+    hint = bytes(hint_field.parts[hint_field.data[0]]).decode() if hint_field is not None else ""
+    out = {}
+    for t in r.tensors:
+        if t.name.startswith("direction."):
+            out[int(t.name.split(".")[1])] = torch.tensor(t.data.copy()).reshape(-1).float()
+    return out, hint

@@ -1,0 +1,121 @@
+"""Steering sweeps, the honest success metric, vector export (chapter 06's tools)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emocircuits import steering as S
+from emocircuits.activations import capture
+from emocircuits.cli import main
+
+PROMPTS = [{"id": "a", "user": "My dog died."}, {"id": "b", "user": "I lost my job today.", "system": "Be brief."}]
+
+
+def test_residual_rms_is_the_rms_of_every_real_token(tiny_llama):
+    texts = ["hello there", "a much longer text with several more tokens in it"]
+    rows = capture(tiny_llama, texts, ["resid_post.1"], pooling="none", progress=False)["resid_post.1"]
+    expect = torch.cat(rows).pow(2).mean().sqrt()
+    assert S.residual_rms(tiny_llama, texts, 1) == pytest.approx(float(expect), rel=1e-6)
+
+
+def test_sweep_grid_baseline_and_rms_scaling(tiny_llama):
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0))
+    recs = S.sweep(tiny_llama, PROMPTS, v * 7, layers=[0, 1], alphas=[-2, 0, 2], max_new_tokens=6)
+    assert len(recs) == 2 * 3 * 2
+    plain = S.generate(tiny_llama, [p["user"] for p in PROMPTS], max_new_tokens=6,
+                       system=[p.get("system") for p in PROMPTS])
+    assert [r["text"] for r in recs if r["alpha"] == 0 and r["layer"] == 0] == plain
+    # the vector is normalised: the applied coefficient is alpha itself
+    assert {r["coef"] for r in recs if r["alpha"] == 2} == {2.0}
+    rms = S.residual_rms(tiny_llama, [tiny_llama.chat_prompt(PROMPTS[0]["user"])], 1)
+    scaled = S.sweep(tiny_llama, PROMPTS[:1], v, layers=[1], alphas=[3], scale="rms", max_new_tokens=4)
+    assert scaled[0]["coef"] == pytest.approx(3 * rms)
+    direct = S.generate(tiny_llama, [PROMPTS[0]["user"]], [S.Add("resid_post.1", v / v.norm(), 3 * rms)],
+                        max_new_tokens=4)
+    assert scaled[0]["text"] == direct[0]
+
+
+def test_sweep_rejects_bad_settings(tiny_llama):
+    v = torch.ones(tiny_llama.d_model)
+    with pytest.raises(ValueError, match="scale='db'"):
+        S.sweep(tiny_llama, PROMPTS, v, [0], [1], scale="db")
+    with pytest.raises(ValueError, match="pass sample=True"):
+        S.sweep(tiny_llama, PROMPTS, v, [0], [1], seeds=[0, 1])
+    with pytest.raises(ValueError, match="positions='middle'"):
+        S.sweep(tiny_llama, PROMPTS, v, [0], [1], positions="middle")
+
+
+def _records(scores_by_alpha, seeds=(0, 1)):
+    recs, scores = [], []
+    for alpha, per_prompt in scores_by_alpha.items():
+        for pid, vals in per_prompt.items():
+            for seed, s in zip(seeds, vals):
+                recs.append({"id": pid, "layer": 3, "alpha": alpha, "seed": seed})
+                scores.append(s)
+    return recs, scores
+
+
+def test_success_needs_the_right_sign_beyond_noise_and_coherence():
+    recs, scores = _records({
+        0.0: {"p1": [3.0, 3.2], "p2": [2.0, 2.2], "p3": [4.0, 4.0]},
+        5.0: {"p1": [4.0, 4.2], "p2": [2.1, 2.2], "p3": [4.9, 5.0]},  # p2 moves less than the noise
+        -5.0: {"p1": [3.1, 3.2], "p2": [1.0, 1.1], "p3": [3.0, 3.1]},  # p1 moves the wrong way
+    })
+    coherent = [not (r["alpha"] == -5.0 and r["id"] == "p3" and r["seed"] == 1) for r in recs]  # one broken reply
+    df = S.steering_success(recs, scores, coherent).set_index("alpha")
+    # pooled seed-to-seed SD at alpha 0 is sqrt(mean(0.02, 0.02, 0)) = 0.1155; threshold 2 * SD / sqrt(2)
+    assert df.loc[0.0, "threshold"] == pytest.approx(2 * np.sqrt(0.04 / 3) / np.sqrt(2))
+    assert df.loc[5.0, "success"] == pytest.approx(2 / 3)  # p1 and p3
+    assert df.loc[-5.0, "success"] == pytest.approx(1 / 3)  # p2 only: p1 wrong sign, p3 incoherent
+    assert df.loc[-5.0, "coherent_share"] == pytest.approx(5 / 6)
+    assert np.isnan(df.loc[0.0, "success"])
+    with pytest.raises(ValueError, match="alpha = 0"):
+        S.steering_success(recs[6:], scores[6:], coherent[6:])
+
+
+def test_vector_and_control_vector_files_round_trip(tmp_path):
+    v = torch.randn(16)
+    path = S.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=4, pooling="mean_response",
+                         dataset_hash="abc123")
+    got, meta = S.load_vector(path)
+    assert torch.equal(got, v)
+    assert meta["model"] == "smollm2-135m" and meta["layer"] == "4" and meta["dataset_hash"] == "abc123"
+    dirs = {1: torch.randn(16), 7: torch.randn(16)}
+    S.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="llama")
+    back, hint = S.load_control_vector(tmp_path / "cv.gguf")
+    assert hint == "llama" and sorted(back) == [1, 7]
+    assert all(torch.allclose(back[k], dirs[k]) for k in dirs)
+    with pytest.raises(ValueError, match="start at layer 1"):
+        S.export_control_vector(tmp_path / "bad.gguf", {0: torch.ones(4)}, "llama")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv.gguf", "v.safetensors"]
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        S.load_vector(tmp_path / "cv.gguf")
+
+
+def test_steer_cli_alpha_zero_is_plain_and_alpha_changes_the_reply(smol, tmp_path):
+    from emocircuits.datasets import DATA_DIR
+
+    probe = tmp_path / "probe"
+    assert main(["probe", "--pairs", str(DATA_DIR / "eia_pairs.jsonl"), "--out", str(probe), "--layers", "3",
+                 "--pooling", "mean_response"]) == 0
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "x", "prompt": "My dog died."}) + "\n")
+    outs = {}
+    for alpha in (0, 40):
+        out = tmp_path / f"out{alpha}.jsonl"
+        assert main(["steer", "--probe", str(probe), "--alpha", str(alpha), "--prompts", str(src), "--out", str(out),
+                     "--max-new-tokens", "16"]) == 0
+        (rec,) = [json.loads(l) for l in out.read_text().splitlines()]
+        assert set(rec) == {"id", "alpha", "layer", "text"} and rec["layer"] == 3
+        outs[alpha] = rec["text"]
+    assert outs[0] == S.generate(smol, ["My dog died."], max_new_tokens=16)[0]
+    assert outs[40] != outs[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    assert main(["steer", "--probe", str(probe), "--alpha", "1", "--prompts", str(bad),
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert not (tmp_path / "o.jsonl").exists()
