@@ -282,6 +282,12 @@ axes[-1].legend(fontsize=7, markerscale=2, loc="best")
 plt.show()
 
 # %% [markdown]
+# Clusters that appear already at the first layer are the instruction's
+# emotion word being copied to the last position by the first attention
+# layer; that is the caution above made visible. The layer where held-out
+# accuracy peaks is the better place to look for a representation used
+# downstream, and chapter 06 tests that by steering.
+#
 # Paper B's context-agnostic directions: within each scenario-valence
 # group subtract the mean over the six emotions, average per emotion,
 # centre across emotions and normalise. Their cosine similarities:

@@ -102,6 +102,9 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert not junk["checks"]["language"]
     assert not empty["checks"]["nonempty"] and not empty["coherent"]
     assert loop["longest_repeat"] > J.COHERENCE_THRESHOLDS["max_repeat_ngram"]
+    # fluent-looking non-English (what steering can produce) fails the language check; one accent does not
+    pseudo, cafe = J.coherence(["Maím na báí, achirí náhúa, aída a má", "Let's meet at the café and talk."])
+    assert not pseudo["checks"]["language"] and cafe["coherent"]
 
 
 def test_perplexity_matches_the_models_own_loss(smol):

