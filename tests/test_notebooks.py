@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jupytext
+import numpy as np
 import nbformat
 import pytest
 
@@ -87,3 +88,40 @@ def test_chapter_runs_quick_without_errors(stem, tmp_path):
     assert ran and outputs
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert [o for o in outputs if "image/png" in o.get("data", {})]
+
+
+EXPECTED = sorted((ROOT / "tests" / "expected").glob("*.quick.json"))
+
+
+@pytest.mark.parametrize("expected", EXPECTED, ids=lambda p: p.name.split(".")[0])
+def test_chapter_headline_numbers_within_tolerance(expected, tmp_path):
+    """Regression: a QUICK run's recorded headline numbers stay near the stored ones."""
+    from emocircuits.book import results_path, run_chapter
+
+    stem = expected.name.split(".")[0]
+    out, _ = run_chapter(ROOT / "notebooks" / f"{stem}.py", tmp_path,
+                         {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
+    nb = nbformat.read(out, as_version=4)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    got = json.loads(results_path(tmp_path, stem).read_text())
+    want = {k: v for k, v in json.loads(expected.read_text()).items() if not k.startswith("_")}
+    drift = [f"{stem}: {k} = {got.get(k)} (expected {v} +- {tol})" for k, (v, tol) in want.items()
+             if got.get(k) is None or abs(got[k] - v) > tol]
+    assert not drift, "headline numbers drifted:\n" + "\n".join(drift)
+    if stem == "04_emotion_circuits":  # the causal claim itself, not only its stability
+        assert got["mean_drop_circuit"] > 3 * got["mean_drop_random"]
+        assert got["modulation_accuracy"] > got["plain_accuracy"]
+
+
+def test_record_writes_only_under_the_runner(tmp_path, monkeypatch):
+    from emocircuits.book import RESULTS_ENV, record
+
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    assert record(a=1) == {"a": 1.0}
+    path = tmp_path / "r.json"
+    monkeypatch.setenv(RESULTS_ENV, str(path))
+    record(a=np.float64(0.5))
+    record(b=2)
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": 2.0}
+    with pytest.raises(ValueError, match="expected a number"):
+        record(c="high")

@@ -208,6 +208,7 @@ def capture(
     cache: bool = False,
     progress: bool = True,
     padding_side: str = "left",
+    interventions: Sequence = (),
 ) -> dict[str, torch.Tensor]:
     """Run ``texts`` through the model and return pooled activations per site.
 
@@ -221,6 +222,10 @@ def capture(
     batches to waste little padding; results come back in the input order.
     With ``cache=True`` the result is stored under the cache folder, keyed
     by model, texts, sites, pooling and truncation.
+
+    ``interventions`` (:class:`~emocircuits.steering.Add` or ``Set``) act
+    during the forward pass; a site downstream of them, or at the same site,
+    is read after they act. Captures under interventions are not cached.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of str, not one str")
@@ -236,6 +241,13 @@ def capture(
         raise ValueError(f"batch_size={batch_size}: expected a positive integer")
     site_list = sorted(parse_sites(sites, lm.n_layers), key=lambda s: s.order)
     names = [str(s) for s in site_list]
+    items = []
+    if interventions:
+        from .steering import _resolve
+
+        items = _resolve(lm, interventions)
+        if cache:
+            raise ValueError("cache=True is not supported with interventions (they are not part of the cache key)")
 
     key = None
     if cache:
@@ -266,7 +278,7 @@ def capture(
                 bad = [idx[j] for j in torch.nonzero(span.sum(1) == 0).flatten().tolist()]
                 raise ValueError(f"texts {bad} have no tokens after their response_starts "
                                  f"(too short, or truncated at max_length={max_length})")
-        got = _run_batch(lm, enc, site_list, pooling, mask, span)
+        got = _run_batch(lm, enc, site_list, pooling, mask, span, items)
         for n in names:
             chunks[n].append(got[n])
 
@@ -290,16 +302,22 @@ def capture(
 
 
 def _run_batch(lm, enc: dict, site_list: list[Site], pooling: str, mask: torch.Tensor,
-               span: torch.Tensor | None) -> dict:
+               span: torch.Tensor | None, items: Sequence = ()) -> dict:
     """One traced forward; pools inside the trace so only pooled tensors are kept."""
     got: dict = {}
     dev = lm.device
     enc = {k: v.to(dev) for k, v in enc.items()}
     mask_d = mask.to(dev)
     span_d = span.to(dev) if span is not None else None
+    if items:
+        from .steering import apply_all  # here, not inside the trace: nnsight runs the block's code itself
+
+        last = max(s.order for s in site_list)
+        items = [(s, iv) for s, iv in items if s.order <= last]
     with torch.inference_mode(), lm.nn.trace(enc) as tracer:
+        values = apply_all(lm, items, 0, site_list) if items else None
         for s in site_list:
-            x = read_site(lm, s)
+            x = values[str(s)] if values is not None else read_site(lm, s)
             if pooling == "none":
                 got[str(s)] = x
             else:

@@ -13,12 +13,19 @@
    ``_build/html``.
 
 A failing chapter stops the run with the chapter's name and the failing cell.
+
+Chapters call :func:`record` with their headline numbers; under the runner
+these land in ``NN_slug.results.json`` beside the executed notebook, where
+the regression test compares them with ``tests/expected/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -47,6 +54,35 @@ def _code_hash(root: Path) -> str:
     return h.hexdigest()
 
 
+RESULTS_ENV = "EMOCIRCUITS_RESULTS"
+
+
+def record(**numbers) -> dict:
+    """Store a chapter's headline numbers; returns them.
+
+    Under :func:`run_chapter` they are merged into the chapter's results file
+    (named by the environment variable ``EMOCIRCUITS_RESULTS``); in an
+    interactive session nothing is written.
+    """
+    clean = {}
+    for k, v in numbers.items():
+        try:
+            clean[k] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"record({k}=...): expected a number, got {type(v).__name__}") from None
+    path = os.environ.get(RESULTS_ENV)
+    if path:
+        p = Path(path)
+        old = json.loads(p.read_text()) if p.exists() else {}
+        old.update({k: (None if math.isnan(v) else v) for k, v in clean.items()})
+        atomic_write_text(p, json.dumps(old, indent=1, sort_keys=True))
+    return clean
+
+
+def results_path(out_dir: Path, stem: str) -> Path:
+    return Path(out_dir) / f"{stem}.results.json"
+
+
 def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
     """Execute one chapter; returns (executed notebook, whether it ran)."""
     import jupytext
@@ -63,18 +99,32 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     inp = out_dir / f".{src.stem}.input.ipynb"
     jupytext.write(nb, inp)
     tmp = out_dir / f".{src.stem}.running.ipynb"
+    results = results_path(out_dir, src.stem)
+    tmp_results = out_dir / f".{src.stem}.results.json"
+    tmp_results.unlink(missing_ok=True)
+    old_env = os.environ.get(RESULTS_ENV)
+    os.environ[RESULTS_ENV] = str(tmp_results)  # the kernel inherits it
     try:
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(src.parent), progress_bar=False)
     except pm.PapermillExecutionError as err:
         tmp.unlink(missing_ok=True)
+        tmp_results.unlink(missing_ok=True)
         raise ChapterError(
             f"chapter {src.stem} failed in cell {err.exec_count} (index {err.cell_index}): "
             f"{err.ename}: {err.evalue}"
         ) from None
     finally:
         inp.unlink(missing_ok=True)
+        if old_env is None:
+            os.environ.pop(RESULTS_ENV, None)
+        else:
+            os.environ[RESULTS_ENV] = old_env
     tmp.replace(out)
+    if tmp_results.exists():
+        tmp_results.replace(results)
+    else:
+        results.unlink(missing_ok=True)
     atomic_write_text(key_file, key)
     return out, True
 

@@ -6,7 +6,8 @@ Two kinds of intervention, both applied at a named site (see
 * :class:`Add` adds ``alpha * vector`` to the site, like a steering vector;
 * :class:`Set` sets chosen components (MLP neurons at ``mlp_act``, heads at
   ``attn_z``, or dimensions of any other site) to given values, like an
-  ablation or a clamp.
+  ablation or a clamp;
+* :class:`Scale` multiplies chosen components by a factor (enhancement).
 
 ``positions`` says where in the sequence an intervention acts:
 
@@ -74,22 +75,41 @@ class Set:
     _index: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.positions = _check_positions(self.positions)
-        self._index = torch.as_tensor(list(self.index), dtype=torch.long)
-        if self._index.ndim != 1 or self._index.numel() == 0:
-            raise ValueError("Set.index must be a non-empty list of ints")
+        _init_components(self)
+
+
+def _init_components(iv) -> None:
+    """Shared checks of :class:`Set` and :class:`Scale`: positions, and a non-empty 1-D index."""
+    iv.positions = _check_positions(iv.positions)
+    iv._index = torch.as_tensor(list(iv.index), dtype=torch.long)
+    if iv._index.ndim != 1 or iv._index.numel() == 0:
+        raise ValueError(f"{type(iv).__name__}.index must be a non-empty list of ints")
+
+
+@dataclass
+class Scale:
+    """Multiply components of ``site`` by ``factor`` (neurons at ``mlp_act``, heads at ``attn_z``)."""
+
+    site: str | Site
+    index: Sequence[int]
+    factor: float = 1.0
+    positions: str = "all"
+    _index: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        _init_components(self)
 
 
 def _resolve(lm, interventions) -> list[tuple[Site, object]]:
     items = []
     for iv in interventions:
-        if not isinstance(iv, (Add, Set)):
-            raise TypeError(f"interventions must be Add or Set, got {type(iv).__name__}")
+        if not isinstance(iv, (Add, Set, Scale)):
+            raise TypeError(f"interventions must be Add, Set or Scale, got {type(iv).__name__}")
         site = parse_site(iv.site, lm.n_layers)
         width = site_width(lm, site)
         if isinstance(iv, Add) and iv.vector.shape[0] != width:
             raise ValueError(f"Add.vector has {iv.vector.shape[0]} dims but site {site} has {width}")
-        if isinstance(iv, Set):
+        if isinstance(iv, (Set, Scale)):
             limit = lm.n_heads if site.kind == "attn_z" else width
             if iv._index.min() < 0 or iv._index.max() >= limit:
                 raise ValueError(f"Set.index out of range for {site}: expected 0..{limit - 1}")
@@ -110,15 +130,27 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
     return slice(max(n_tok - k, 0), None) if step == 0 else slice(None)
 
 
-def _apply(lm, site: Site, iv, step: int) -> None:
-    """Read the site, change it at the chosen columns, write it back (inside a trace)."""
-    x = read_site(lm, site)
+def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Read the site (or take ``x``), change it at the chosen columns, write it back (inside a trace).
+
+    Returns the site's value after the change, so several interventions at one
+    site compose and a capture at that site sees the changed value.
+    """
+    x = read_site(lm, site) if x is None else x
     cols = _position_slice(iv.positions, step, x.shape[1])
     if cols is None:
-        return
+        return x
     new = x.clone()
     if isinstance(iv, Add):
         new[:, cols] += iv.alpha * iv.vector.to(device=x.device, dtype=x.dtype)
+    elif isinstance(iv, Scale):
+        idx = iv._index.to(x.device)
+        if site.kind == "attn_z":
+            heads = split_heads(new, lm.n_heads)
+            heads[:, cols, idx] = heads[:, cols, idx] * iv.factor
+            new = heads.reshape(x.shape)
+        else:
+            new[:, cols, idx] = new[:, cols, idx] * iv.factor
     elif site.kind == "attn_z":
         heads = split_heads(new, lm.n_heads)
         val = torch.as_tensor(iv.value, dtype=x.dtype, device=x.device)
@@ -130,6 +162,28 @@ def _apply(lm, site: Site, iv, step: int) -> None:
         val = torch.as_tensor(iv.value, dtype=x.dtype, device=x.device)
         new[:, cols, iv._index.to(x.device)] = val
     write_site(lm, site, new)
+    return new
+
+
+def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
+    """Apply resolved interventions in execution order and read ``reads`` on the way (inside a trace).
+
+    Several interventions at one site act one after the other on the same
+    value. A read at an intervened site sees the changed value. Returns
+    ``{str(site): value}`` for ``reads``.
+    """
+    events = sorted([(s.order, 0, s, iv) for s, iv in items] + [(s.order, 1, s, None) for s in reads],
+                    key=lambda e: (e[0], e[1]))
+    current: dict = {}
+    out: dict = {}
+    for _, is_read, site, iv in events:
+        if is_read:
+            out[str(site)] = current.get(site, None)
+            if out[str(site)] is None:
+                out[str(site)] = read_site(lm, site)
+        else:
+            current[site] = _apply(lm, site, iv, step, current.get(site))
+    return out
 
 
 def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side: str = "left") -> torch.Tensor:
@@ -138,8 +192,7 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
     enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side=padding_side).items()}
     out: dict = {}
     with torch.inference_mode(), lm.nn.trace(enc):
-        for site, iv in items:
-            _apply(lm, site, iv, 0)
+        apply_all(lm, items, 0)
         out["logits"] = lm.nn.output.logits
     return out["logits"].float().cpu()
 
@@ -217,8 +270,7 @@ def _generate_traced(lm, enc: dict, items, gen_kwargs: dict) -> torch.Tensor:
         with torch.inference_mode(), lm.nn.generate(**gen_kwargs) as tracer:
             with tracer.invoke(enc):
                 for step in tracer.all():
-                    for site, iv in items:
-                        _apply(lm, site, iv, step)
+                    apply_all(lm, items, step)
             with tracer.invoke():
                 out["ids"] = tracer.result
     return out["ids"]

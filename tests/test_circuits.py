@@ -1,0 +1,244 @@
+"""Circuits: exact decompositions on tiny models of both layouts, assembly rules, causal checks on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emocircuits import circuits as C
+from emocircuits.activations import capture
+from emocircuits.steering import Scale, Set, generate
+
+TEXTS = ["My dog died this morning.", "I got the job! We celebrate tonight.",
+         "The lake froze overnight and the weather turned cold.", "Could you help me plan a party?"]
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gemma"])
+def tiny(request):
+    return request.getfixturevalue(request.param)
+
+
+def _dirs(lm, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, lm.d_model, generator=g, dtype=torch.float64)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def test_neuron_terms_add_up_to_mlp_output(tiny):
+    layer = 1
+    acts = capture(tiny, TEXTS, [f"mlp_act.{layer}", f"mlp_out.{layer}"], progress=False)
+    V = _dirs(tiny)
+    c = C.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V)
+    assert c.shape == (len(TEXTS), 3, tiny.d_mlp)
+    want = acts[f"mlp_out.{layer}"].double() @ V.T
+    torch.testing.assert_close(c.sum(-1), want, rtol=1e-4, atol=1e-4)
+    single = C.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V[0])
+    torch.testing.assert_close(single, c[:, 0])
+
+
+def test_head_terms_add_up_and_match_zeroing(tiny):
+    layer = 2
+    acts = capture(tiny, TEXTS, [f"attn_z.{layer}", f"attn_out.{layer}", f"resid_mid.{layer}"], progress=False)
+    V = _dirs(tiny, 2, seed=1)
+    c = C.head_contributions(tiny, layer, acts[f"attn_z.{layer}"], V)
+    assert c.shape == (len(TEXTS), 2, tiny.n_heads)
+    torch.testing.assert_close(c.sum(-1), acts[f"attn_out.{layer}"].double() @ V.T, rtol=1e-4, atol=1e-4)
+    # zeroing head h changes the MLP input by exactly its term on Llama; on Gemma the
+    # post-attention norm rescales, so only the sign and rough size carry over
+    base = acts[f"resid_mid.{layer}"].double() @ V[0]
+    drops = []
+    for h in range(tiny.n_heads):
+        got = capture(tiny, TEXTS, [f"resid_mid.{layer}"], progress=False,
+                      interventions=[Set(f"attn_z.{layer}", [h], 0.0)])[f"resid_mid.{layer}"]
+        drops.append(base - got.double() @ V[0])
+    drops = torch.stack(drops, 1)
+    if tiny.arch == "llama":
+        torch.testing.assert_close(drops, c[:, 0], rtol=1e-4, atol=1e-4)
+    else:
+        assert np.corrcoef(drops.flatten(), c[:, 0].flatten())[0, 1] > 0.5
+
+
+def test_bad_shapes_are_named(tiny_llama):
+    with pytest.raises(ValueError, match="attn_z must be"):
+        C.head_contributions(tiny_llama, 0, torch.zeros(2, 3), _dirs(tiny_llama)[0])
+    with pytest.raises(ValueError, match="direction has"):
+        C.neuron_contributions(tiny_llama, 0, torch.zeros(2, tiny_llama.d_mlp), torch.zeros(5))
+
+
+def test_scores_centre_out_what_contexts_share():
+    # two groups, two emotions; a component that is high for every emotion in group g1 scores 0 when centred
+    contrib = torch.zeros(4, 2, 3, dtype=torch.float64)
+    contrib[:2, :, 0] = 5.0  # group g1, both emotions, component 0
+    contrib[0, 0, 1] = 2.0   # emotion a in g1, along a's direction, component 1
+    contrib[2, 0, 1] = 2.0   # emotion a in g2
+    labels, groups = ["a", "b", "a", "b"], ["g1", "g1", "g2", "g2"]
+    s = C.scores_by_emotion(contrib, labels, groups, ["a", "b"])
+    assert s.shape == (2, 3)
+    assert s[0, 0] == pytest.approx(0.0) and s[0, 1] == pytest.approx(1.0)
+    raw = C.scores_by_emotion(contrib, labels, groups, ["a", "b"], centre=False)
+    assert raw[0, 0] == pytest.approx(2.5) and raw[0, 1] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no kept prompts"):
+        C.scores_by_emotion(contrib, labels, groups, ["a", "b"], keep=[False, True, False, True])
+
+
+def test_tail_share():
+    s = np.r_[np.full(99, 0.01), 99.0 * 0.01 * 9]  # one component carries 90% of the positive mass
+    assert C.tail_share(s, (0.01,))[0.01] == pytest.approx(0.9)
+    assert np.isnan(C.tail_share(-np.ones(10))[0.01])
+
+
+def test_allocate_respects_minimum_cap_and_total():
+    infl = np.r_[100.0, np.zeros(9), 1.0, -5.0]
+    q = C.allocate(infl, total=60, capacity=20, minimum=2, cap=0.4)
+    assert q.sum() == 60 and q.min() >= 2
+    assert q[0] == 20  # capacity binds before the 40% cap (24)
+    assert q[10] > q[1] and q[11] == 2  # negative influence earns only the minimum
+    q2 = C.allocate(infl, total=60, capacity=1000, minimum=2, cap=0.4)
+    assert q2[0] == 24 and q2.sum() == 60
+    assert (C.allocate(np.zeros(5), 10, 100, 0) == 2).all()
+    with pytest.raises(ValueError, match="below the per-layer minimum"):
+        C.allocate(infl, total=10, capacity=20, minimum=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        C.allocate(np.ones(3), total=100, capacity=20, minimum=1)
+
+
+def test_assemble_random_like_and_json(tiny_llama, tmp_path):
+    L = tiny_llama.n_layers
+    rng = np.random.default_rng(0)
+    ns = {l: rng.normal(size=tiny_llama.d_mlp) for l in range(L)}
+    hs = {l: rng.normal(size=tiny_llama.n_heads) for l in range(L)}
+    circ = C.assemble("joy", tiny_llama.name, ns, hs, attn_influence=[1, 0, 0], mlp_influence=[0, 0, 3],
+                      n_neurons=20, n_heads=4, min_neurons=2, min_heads=1, cap=0.6)
+    counts = circ.counts(L)
+    assert counts[:, 0].sum() == 20 and counts[:, 1].sum() == 4
+    assert counts[2, 0] == 12 and counts[0, 1] == 2
+    top2 = {c.index for c in circ.components if c.layer == 2 and c.kind == "neuron"}
+    assert top2 == set(np.argsort(-ns[2])[:12].tolist())
+    rand = C.random_like(circ, tiny_llama, seed=1)
+    assert (rand.counts(L) == counts).all()
+    assert not {(c.layer, c.kind, c.index) for c in rand.components} & {(c.layer, c.kind, c.index) for c in circ.components}
+    greedy = C.top_components("joy", tiny_llama.name, ns, hs, k=4, kind="head")
+    if greedy.counts(L)[:, 1].max() == tiny_llama.n_heads:
+        with pytest.raises(ValueError, match="outside the circuit"):
+            C.random_like(greedy, tiny_llama, strict=True)
+        loose = C.random_like(greedy, tiny_llama)
+        assert (loose.counts(L) == greedy.counts(L)).all() and loose.meta["overlap"] > 0
+    path = circ.to_json(tmp_path / "c.json")
+    back = C.Circuit.from_json(path)
+    assert back.components == circ.components and back.emotion == "joy"
+    (tmp_path / "bad.json").write_text(json.dumps({"emotion": "x", "model": "m", "components": [{"layer": 0}]}))
+    with pytest.raises(ValueError, match="not a circuit file"):
+        C.Circuit.from_json(tmp_path / "bad.json")
+
+
+def test_modulation_adds_centred_means_at_components(tiny_llama):
+    labels = ["a", "b"] * 2
+    groups = ["g1", "g1", "g2", "g2"]
+    acts = capture(tiny_llama, TEXTS, ["mlp_act.1", "attn_z.2"], progress=False)
+    means = C.group_centred_means(acts, labels, groups, ["a", "b"])
+    assert means["attn_z.2"].shape == (2, tiny_llama.n_heads, tiny_llama.head_dim)
+    torch.testing.assert_close(means["mlp_act.1"][0], -means["mlp_act.1"][1], rtol=1e-5, atol=1e-6)
+    circ = C.Circuit("a", tiny_llama.name, [C.Component(1, "neuron", 3), C.Component(2, "head", 1)])
+    ivs = C.modulation(circ, means, ["a", "b"], scale=2.0)
+    by = {str(iv.site): iv for iv in ivs}
+    v = by["mlp_act.1"].vector
+    assert v[3] == pytest.approx(2 * float(means["mlp_act.1"][0, 3])) and int((v != 0).sum()) == 1
+    h = by["attn_z.2"].vector.reshape(tiny_llama.n_heads, -1)
+    torch.testing.assert_close(h[1], 2 * means["attn_z.2"][0, 1])
+    assert float(h[[0, 2, 3]].abs().sum()) == 0
+    out = generate(tiny_llama, ["Hello"], ivs, max_new_tokens=4, return_ids=True)
+    assert len(out) == 1
+
+
+def test_scale_doubles_a_neuron(tiny_gemma):
+    base = capture(tiny_gemma, TEXTS[:2], ["mlp_act.0"], progress=False)["mlp_act.0"]
+    got = capture(tiny_gemma, TEXTS[:2], ["mlp_act.0"], progress=False,
+                  interventions=[Scale("mlp_act.0", [5, 7], 2.0)])["mlp_act.0"]
+    torch.testing.assert_close(got[:, [5, 7]], 2 * base[:, [5, 7]])
+    torch.testing.assert_close(got[:, :5], base[:, :5])
+
+
+def test_emotion_signal_cancels_shared_shifts(tiny_llama):
+    V = _dirs(tiny_llama, 2, seed=6).float().numpy()
+    texts = [f"{t} Be {e}." for t in TEXTS[:3] for e in ("glad", "sad")]  # 3 scenarios x 2 asked emotions
+    sig = C.emotion_signal(tiny_llama, texts, V)
+    p = C.projection(tiny_llama, texts, V).reshape(3, 2, 2)
+    np.testing.assert_allclose(sig[:, 0], p[:, 0, 0] - p[:, 1, 0], rtol=1e-5, atol=1e-6)
+    # a push along the last layer's output shifts every prompt alike: the signal does not move
+    from emocircuits.steering import Add
+
+    push = Add(f"resid_post.{tiny_llama.n_layers - 1}", torch.as_tensor(V[0]), alpha=7.0)
+    np.testing.assert_allclose(C.emotion_signal(tiny_llama, texts, V, [push]), sig, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not a multiple"):
+        C.emotion_signal(tiny_llama, texts[:5], V)
+
+
+def test_last_token_runner_matches_full_forward(tiny):
+    circ = C.Circuit("x", tiny.name, [C.Component(0, "neuron", 3), C.Component(1, "head", 2),
+                                      C.Component(2, "neuron", 9)])
+    sites = [f"resid_post.{tiny.n_layers - 1}", "mlp_act.2"]
+    runner = C.LastToken(tiny, TEXTS, batch_size=3)
+    for ivs in ([], C.ablation(circ, positions="last:1"), C.enhance(circ, 3.0, positions="last:1")):
+        got = runner(sites, ivs)
+        want = capture(tiny, TEXTS, sites, interventions=ivs, progress=False)
+        for s in sites:
+            torch.testing.assert_close(got[s], want[s], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="positions='last:1' only"):
+        runner(sites, C.ablation(circ))
+    V = _dirs(tiny, 2).float().numpy()
+    texts = TEXTS[:4]
+    np.testing.assert_allclose(C.emotion_signal(tiny, C.LastToken(tiny, texts), V), C.emotion_signal(tiny, texts, V),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_influence_of_the_last_mlp_on_its_own_direction_is_one(tiny):
+    L = tiny.n_layers
+    V = _dirs(tiny, 2, seed=3).float().numpy()
+    local = {f"attn_out.{L - 1}": V, f"mlp_out.{L - 1}": V}
+    infl = C.sublayer_influence(tiny, TEXTS[:2], local, V, alphas=(1.0, 2.0), layers=[L - 1], progress=False)
+    np.testing.assert_allclose(infl["mlp"][L - 1], 1.0, atol=1e-3)
+    assert np.isnan(infl["mlp"][0]).all()
+    assert np.isfinite(infl["attn"][L - 1]).all()
+
+
+def test_influence_matches_a_full_forward_with_the_push(tiny):
+    """The cached-prefix shortcut gives what a full forward with the push at the last position gives."""
+    from emocircuits.steering import Add
+
+    layer, E = 1, 2
+    V = _dirs(tiny, E, seed=4).float().numpy()
+    local = {f"attn_out.{layer}": V, f"mlp_out.{layer}": V[::-1].copy()}
+    texts = TEXTS[:3]
+    infl = C.sublayer_influence(tiny, texts, local, V, alphas=(1.5,), layers=[layer], batch_size=2,
+                                progress=False)
+    sig = infl["sigma"][f"resid_post.{layer}"]
+    last = f"resid_post.{tiny.n_layers - 1}"
+    base = capture(tiny, texts, [last], progress=False)[last].double().numpy() @ V.T
+    for e in range(E):
+        push = Add(f"mlp_out.{layer}", torch.as_tensor(local[f"mlp_out.{layer}"][e]), alpha=1.5 * sig,
+                   positions="last:1")
+        got = capture(tiny, texts, [last], progress=False, interventions=[push])[last].double().numpy() @ V.T
+        want = (got[:, e] - base[:, e]).mean() / (1.5 * sig)
+        assert infl["mlp"][layer, e] == pytest.approx(want, rel=1e-3, abs=1e-4)
+
+
+def test_circuit_ablation_beats_random_on_smollm2(smol):
+    """On the bundled model: knocking out the neurons that write most along a direction lowers it more than random ones."""
+    texts = [smol.chat_prompt(t) for t in TEXTS]
+    layers = list(range(smol.n_layers - 4, smol.n_layers))
+    acts = capture(smol, texts, [f"mlp_act.{l}" for l in layers], progress=False)
+    v = _dirs(smol, 1, seed=5)[0].numpy()
+    ns = {l: C.neuron_contributions(smol, l, acts[f"mlp_act.{l}"], v).mean(0).numpy() for l in layers}
+    hs = {l: np.zeros(smol.n_heads) for l in layers}
+    circ = C.top_components("x", smol.name, ns, hs, k=40, kind="neuron")
+    measure = lambda ivs: C.projection(smol, texts, v, interventions=ivs)  # noqa: E731
+    res = C.ablate(smol, circ, measure, mode="zero", n_random=3)
+    assert res["circuit"].mean() > 3 * np.abs(res["random"].mean(1)).max()
+    means = C.component_means(acts)
+    res_m = C.ablate(smol, circ, measure, mode="mean", means=means, n_random=1)
+    assert res_m["circuit"].mean() > 0
+    up = C.projection(smol, texts, v, interventions=C.enhance(circ, 2.0))
+    assert (up - res["base"]).mean() > 0
