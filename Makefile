@@ -51,7 +51,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_capture.py
+	$(BIN)/python bench/bench_capture.py --out _build/bench.json
 
 sync: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/*.py

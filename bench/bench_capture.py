@@ -1,122 +1,380 @@
 """Benchmarks, measured side by side in one run (``make bench``).
 
-1. Capture throughput: all-layer ``resid_post`` through emocircuits.capture
-   (nnsight) against a plain transformers forward with
-   ``output_hidden_states=True`` on the same batch. Ratio = plain time /
-   capture time (>= 0.9 is the target; > 1 means capture is faster, which
-   happens because capture stops after the last block and skips the
-   unembedding).
-2. Steered generation: generation with an ``Add`` intervention (alpha = 0)
-   against plain ``generate``, same prompts and settings.
-3. Load times: cold (GGUF -> float32 safetensors conversion in an empty
-   cache folder) and warm (from that cache).
+Every figure compares a baseline A with emocircuits B in the same process:
+one warm-up call of each, then A, B, A, B... (at least ``--repeats`` pairs,
+default 5; quick workloads get more pairs, up to ~4 s worth), medians, so
+drift in machine load hits both sides alike. Peak memory comes from one
+extra untimed call of each side (see ``bench/harness.py``).
 
-Runs alternate A, B, A, B... and report medians, so drift in machine load
-hits both sides alike.
+1. Capture, all layers of ``resid_post`` through ``emocircuits.capture``
+   (nnsight) with pooling ``last_prompt_token``, ``mean_all`` and ``none``
+   (per token), against a plain transformers forward
+   ``lm.hf(**enc, output_hidden_states=True)`` under ``torch.inference_mode``
+   on the same batch. Ratio = plain time / capture time, target >= 0.9.
+   A ratio above 1 means capture is faster: it stops after the last block
+   and skips the unembedding. A stricter line compares with the decoder
+   stack alone (``lm.hf.model``, no unembedding; no target).
+2. Capture of ``mlp_act`` and ``attn_z`` at every layer (60 sites on a
+   30-layer model) against the same plain forward, target >= 0.8.
+3. Steered generation: ``steering.generate`` with an ``Add`` of 4 x a
+   random unit vector at ``resid_post`` of the middle layer, positions
+   "all", against ``generate`` without interventions; same prompts, greedy,
+   fixed ``max_new_tokens``. A steer can make greedy decoding stop at EOS
+   earlier, so both sides count the tokens they generate (up to EOS) and the
+   ratio is of tokens per second (steered / plain), target >= 0.85.
+4. Circuit modulation: ``Add`` at ``mlp_act.L`` and ``attn_z.L`` for 10
+   middle layers (20 interventions), positions "last:1", each vector zero
+   but for 4 neurons or 2 heads; tokens/s ratio against plain, target >= 0.8.
+5. Attribution graph: not built yet in the library; recorded as such.
+6. Judges: emotion, empathy and coherence on 300 short texts, beside the
+   sentence encoder alone on the same texts. The goal is under 30 s per
+   1,000 texts on 2 cores; 5 pairs on 1,000 texts would take minutes, so the
+   target is scaled to the texts used (time is linear in texts, batches of
+   64) and ``per_1000_s`` records the scaled time.
+7. Load: cold (GGUF -> float32 safetensors conversion in an empty cache
+   folder, once) against warm (from that cache, median of 3); target warm
+   <= 3 s. Hub models have no cold GGUF step: warm only.
+
+Every item reports peak memory for both sides and tokens (or texts) per
+second; captures also report batch size and tokens per batch. Each item
+records ``other_cpu_share``, the CPU other processes used meanwhile, and
+warns above 10%: with two intra-op threads on two cores, a busy neighbour
+makes torch wait at every parallel region and a 0.8 s forward takes 11 s.
+Peak memory is an RSS increase on the CPU, so weights that stay
+memory-mapped from safetensors (warm load) count only where touched.
+
+Everything lands in a JSON file (``--out``, default ``_build/bench.json``,
+written atomically). ``--quick`` uses fewer prompts and shorter generation
+(still 5 pairs). ``--model`` takes any registry name and ``--device`` any torch
+device, e.g. ``--model gemma-2-2b-it --device cuda`` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import OtherLoad, PeakMemory, compare, format_table, judge, system_info, write_json  # noqa: E402
 
-def _median_pair(fa, fb, repeats: int) -> tuple[float, float]:
-    fa(), fb()  # warm-up
-    ta, tb = [], []
-    for _ in range(repeats):
-        t = time.perf_counter(); fa(); ta.append(time.perf_counter() - t)
-        t = time.perf_counter(); fb(); tb.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+PROMPTS = [
+    "I came home and found that my dog had died while I was at work today.",
+    "Could you help me write a short note to thank my neighbour for the flowers?",
+    "The exam results came out and I passed every subject, even chemistry!",
+    "We missed the last train and had to sleep at the station in the cold.",
+    "My best friend is moving to another country next month and I feel lost.",
+    "Someone scratched my car in the car park and just drove away.",
+    "I finally finished the marathon after training for a whole year.",
+    "My manager took credit for my project in front of the whole team.",
+]
+
+# settings per profile; explicit flags override them
+PROFILES = {
+    "full": {"batch": 16, "gen_prompts": 8, "max_new_tokens": 32, "judge_texts": 300},
+    "quick": {"batch": 8, "gen_prompts": 4, "max_new_tokens": 16, "judge_texts": 100},
+}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--skip-cold", action="store_true")
-    args = p.parse_args()
+def make_item(name: str, what: str, measured: dict, ratio: str, target: tuple[str, str, float] | None,
+              unit: str = "tok", **extra) -> dict:
+    """A result record. ``ratio`` is "time" (A s / B s) or "rate" (B tok/s / A tok/s);
+    ``target`` is (quantity, op, bound) with quantity "ratio" or "b_s"."""
+    a, b = measured["a"], measured["b"]
+    if ratio == "time":
+        r = a["s"] / b["s"] if a.get("s") and b.get("s") else None
+    else:
+        r = b["tok_s"] / a["tok_s"] if a.get("tok_s") and b.get("tok_s") else None
+    rec = {"name": name, "what": what, "a": a, "b": b, "repeats": measured.get("repeats"),
+           "other_cpu_share": measured.get("other_cpu_share"), "unit": unit,
+           "ratio": r, "ratio_def": "A s / B s" if ratio == "time" else f"B {unit}/s / A {unit}/s",
+           "target": "-", "met": None, **extra}
+    if target is not None:
+        qty, op, bound = target
+        value = r if qty == "ratio" else b.get("s")
+        rec["target"] = f"ratio {op} {bound:g}" if qty == "ratio" else f"B {op} {bound:g} s"
+        rec["met"] = judge(value, op, bound)
+    return rec
 
-    from emocircuits import capture, load_model
+
+# ---------------------------------------------------------------------------
+# workloads
+
+
+def capture_items(lm, texts: list[str], batch: int, repeats: int) -> list[dict]:
+    from emocircuits import capture
     from emocircuits.activations import all_layers
-    from emocircuits.steering import Add, generate
 
-    torch.manual_seed(0)
-    lm = load_model(args.model, device="cpu")
-    base = ["I came home and found that my dog had died while I was at work today.",
-            "Could you help me write a short note to thank my neighbour for the flowers?",
-            "The exam results came out and I passed every subject, even chemistry!",
-            "We missed the last train and had to sleep at the station in the cold."]
-    texts = [f"{base[i % 4]} (note {i})" for i in range(args.batch)]
-    sites = all_layers("resid_post", lm.n_layers)
-    enc = lm.encode(texts)
+    dev = lm.device
+    enc = {k: v.to(dev) for k, v in lm.encode(texts).items()}
     n_tok = int(enc["attention_mask"].sum())
 
-    def plain():
-        with torch.inference_mode():
-            lm.hf(**enc, output_hidden_states=True)
+    def forward(module):
+        def run() -> int:
+            with torch.inference_mode():
+                module(**enc, output_hidden_states=True)
+            return n_tok
+        return run
 
-    def plain_body():  # stricter: the decoder stack only, no unembedding
-        with torch.inference_mode():
-            lm.hf.model(**enc, output_hidden_states=True)
+    def ours(sites: list[str], pooling: str):
+        def run() -> int:
+            capture(lm, texts, sites, pooling=pooling, batch_size=batch, progress=False)
+            return n_tok
+        return run
 
-    def ours_none():
-        capture(lm, texts, sites, pooling="none", batch_size=args.batch, progress=False)
+    plain, stack = forward(lm.hf), forward(lm.hf.model)
+    resid = all_layers("resid_post", lm.n_layers)
+    inner = all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
+    cases = [
+        ("capture resid_post last_prompt_token", resid, "last_prompt_token", plain, 0.9),
+        ("capture resid_post mean_all", resid, "mean_all", plain, 0.9),
+        ("capture resid_post none (per token)", resid, "none", plain, 0.9),
+        ("  same, vs decoder stack only", resid, "none", stack, None),
+        ("capture mlp_act+attn_z last_prompt_token", inner, "last_prompt_token", plain, 0.8),
+    ]
+    items = []
+    for name, sites, pooling, base, bound in cases:
+        m = compare(base, ours(sites, pooling), dev, repeats)
+        a_label = "lm.hf.model(...) decoder stack" if base is stack else "lm.hf(**enc, output_hidden_states=True)"
+        items.append(report(make_item(
+            name, f"{len(sites)} sites, pooling={pooling}", m, "time",
+            ("ratio", ">=", bound) if bound else None, a_label=a_label, b_label="emocircuits.capture",
+            batch=len(texts), tokens_per_batch=n_tok, sites=len(sites), pooling=pooling)))
+    return items
 
-    def ours_last():
-        capture(lm, texts, sites, pooling="last_prompt_token", batch_size=args.batch, progress=False)
 
-    print(f"model {lm.name}, batch {args.batch} texts / {n_tok} tokens, {lm.n_layers} layers, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    t_plain, t_none = _median_pair(plain, ours_none, args.repeats)
-    print(f"capture all-layer resid_post, per-token (pooling=none): plain {t_plain * 1e3:.0f} ms, "
-          f"capture {t_none * 1e3:.0f} ms, throughput ratio {t_plain / t_none:.2f} (target >= 0.9)")
-    t_body, t_none2 = _median_pair(plain_body, ours_none, args.repeats)
-    print(f"  stricter baseline, decoder stack without the unembedding: plain {t_body * 1e3:.0f} ms, "
-          f"capture {t_none2 * 1e3:.0f} ms, ratio {t_body / t_none2:.2f}")
-    t_plain, t_last = _median_pair(plain, ours_last, args.repeats)
-    print(f"capture all-layer resid_post, pooled (last_prompt_token): plain {t_plain * 1e3:.0f} ms, "
-          f"capture {t_last * 1e3:.0f} ms, throughput ratio {t_plain / t_last:.2f} (target >= 0.9)")
+def modulation(lm, n_layers: int = 10, n_neurons: int = 4, n_heads: int = 2, value: float = 2.0,
+               seed: int = 0) -> list:
+    """Circuit-modulation interventions: a few neurons and heads nudged at the last position."""
+    from emocircuits.steering import Add
 
-    v = torch.zeros(lm.d_model)
-    prompts = base[:4]
-    g_plain, g_steer = _median_pair(
-        lambda: generate(lm, prompts, max_new_tokens=32),
-        lambda: generate(lm, prompts, [Add(f"resid_post.{lm.n_layers // 2}", v, alpha=0.0)], max_new_tokens=32),
-        max(2, args.repeats // 2))
-    print(f"generation, 4 prompts x 32 tokens: plain {g_plain:.2f} s, with Add {g_steer:.2f} s, "
-          f"ratio {g_plain / g_steer:.2f}")
+    g = torch.Generator().manual_seed(seed)
+    first = max(0, lm.n_layers // 2 - n_layers // 2)
+    ivs = []
+    for layer in range(first, min(lm.n_layers, first + n_layers)):
+        mlp = torch.zeros(lm.d_mlp)
+        mlp[torch.randperm(lm.d_mlp, generator=g)[:n_neurons]] = value
+        z = torch.zeros(lm.n_heads, lm.head_dim)
+        heads = torch.randperm(lm.n_heads, generator=g)[:n_heads]
+        z[heads] = value * torch.nn.functional.normalize(torch.randn(n_heads, lm.head_dim, generator=g), dim=-1)
+        ivs += [Add(f"mlp_act.{layer}", mlp, positions="last:1"),
+                Add(f"attn_z.{layer}", z.flatten(), positions="last:1")]
+    return ivs
 
-    # the judges: 1,000 short texts through emotion, empathy and coherence (goal: under 30 s on 2 cores),
-    # beside the time the sentence encoder alone takes on the same texts
+
+def generation_items(lm, prompts: list[str], max_new_tokens: int, repeats: int) -> list[dict]:
+    from emocircuits.steering import Add, generate
+
+    def gen(interventions):
+        def run() -> int:
+            ids = generate(lm, prompts, interventions, max_new_tokens=max_new_tokens,
+                           batch_size=len(prompts), return_ids=True)
+            return sum(len(r) for r in ids)
+        return run
+
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(lm.d_model, generator=g), dim=0)
+    mid = lm.n_layers // 2
+    steer = [Add(f"resid_post.{mid}", unit, alpha=4.0, positions="all")]
+    mod = modulation(lm)
+    cases = [("generate steered (Add resid_post)", f"Add 4 x unit vector at resid_post.{mid}, positions=all",
+              steer, 0.85),
+             ("generate circuit modulation", f"{len(mod)} Adds at mlp_act/attn_z of layers "
+              f"{mod[0].site.split('.')[1]}-{mod[-1].site.split('.')[1]}, 4 neurons / 2 heads each, "
+              f"positions=last:1", mod, 0.8)]
+    plain = gen([])
+    items = []
+    for name, what, ivs, bound in cases:
+        m = compare(plain, gen(ivs), lm.device, repeats)
+        items.append(report(make_item(
+            name, what, m, "rate", ("ratio", ">=", bound), a_label="generate (no interventions)",
+            b_label="generate with interventions", batch=len(prompts), max_new_tokens=max_new_tokens,
+            greedy=True, interventions=len(ivs))))
+    return items
+
+
+def attribution_item() -> dict:
+    """The attribution graph is not in the library yet; say so rather than time a stand-in."""
+    try:
+        import emocircuits.attribution as attribution
+        present, has_fn = True, hasattr(attribution, "attribution_graph")
+    except ModuleNotFoundError as err:
+        if err.name != "emocircuits.attribution":
+            raise
+        present = has_fn = False
+    rec = {"name": "attribution graph", "what": "not built yet", "a": {}, "b": {}, "ratio": None,
+           "target": "not built yet", "met": None, "module_present": present, "has_attribution_graph": has_fn}
+    print(f"attribution graph: not built yet (emocircuits.attribution {'present' if present else 'absent'}"
+          f"{', has attribution_graph, skipped anyway' if has_fn else ''})", flush=True)
+    return rec
+
+
+def judges_item(n_texts: int, repeats: int) -> dict:
     from emocircuits import judges as J
 
     emo, emp = J.EmotionJudge(use_all=True), J.EmpathyJudge(use_all=True)
-    texts = ([r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")] * 2)[:1000]
-    t_enc, t_judge = _median_pair(lambda: J.embed(texts),
-                                  lambda: (emo(texts), emp.score(texts), J.coherence(texts)), 1)
-    print(f"judges, 1000 texts: all three judges {t_judge:.1f} s (goal < 30 s), encoder alone {t_enc:.1f} s, "
-          f"ratio {t_enc / t_judge:.2f}")
+    texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
+    texts = (texts * (n_texts // len(texts) + 1))[:n_texts]
 
+    def encoder() -> int:
+        J.embed(texts)
+        return len(texts)
+
+    def all_three() -> int:
+        emo(texts), emp.score(texts), J.coherence(texts)
+        return len(texts)
+
+    m = compare(encoder, all_three, torch.device("cpu"), repeats)
+    return report(make_item(
+        f"judges, {n_texts} texts", "emotion + empathy + coherence vs the sentence encoder alone", m, "time",
+        ("b_s", "<=", 30.0 * n_texts / 1000), unit="text", a_label="sentence encoder alone",
+        b_label="all three judges", texts=n_texts, per_1000_s=m["b"]["s"] * 1000 / n_texts))
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def load_item(model: str, device: torch.device, warm_repeats: int = 3) -> dict:
+    """Cold GGUF load (once, empty cache folder) and warm loads from that cache."""
+    from emocircuits import load_model
+    from emocircuits.models import get_spec
+
+    def timed_load() -> tuple[float, float]:
+        with PeakMemory(device) as mem:
+            t = time.perf_counter()
+            lm = load_model(model, device=str(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t
+        del lm
+        return dt, mem.peak_mb
+
+    bundled = get_spec(model).source == "bundled"
+    with tempfile.TemporaryDirectory() as tmp, _env("EMOCIRCUITS_CACHE", tmp):
+        cold = timed_load() if bundled else (None, None)
+        warm = [timed_load() for _ in range(warm_repeats)]
+    side = lambda t, mb, runs=None: {"s": t, "runs_s": runs, "tokens": None, "tok_s": None,
+                                     "peak_mb": None if mb is None else round(mb, 1)}
+    warm_s = statistics.median(t for t, _ in warm)
+    m = {"a": side(*cold), "b": side(warm_s, max(mb for _, mb in warm), [round(t, 3) for t, _ in warm]),
+         "repeats": warm_repeats}
+    return report(make_item(
+        "load cold (GGUF) vs warm", "cold: GGUF -> safetensors in an empty cache, once; warm: median of "
+        f"{warm_repeats}" + ("" if bundled else "; hub model, no cold step"), m, "time", ("b_s", "<=", 3.0),
+        unit="", a_label="cold load (GGUF conversion)", b_label="warm load (cached safetensors)"))
+
+
+def busy_warning(seconds: float = 1.0) -> float | None:
+    """Other processes competing for the cores make every time meaningless; say so up front."""
+    with OtherLoad() as other:
+        time.sleep(seconds)
+    if other.share is not None and other.share > 0.1:
+        print(f"WARNING: other processes use {other.share:.0%} of the CPU; the times below will be noisy "
+              f"(each item records other_cpu_share)", flush=True)
+    return other.share
+
+
+def report(item: dict) -> dict:
+    """Print one progress line as soon as an item is measured."""
+    ratio = "-" if item["ratio"] is None else f"{item['ratio']:.2f}"
+    met = {True: f"{item['target']}: met", False: f"{item['target']}: NOT met", None: "no target"}[item["met"]]
+    a, b = item["a"].get("s"), item["b"].get("s")
+    fmt = lambda t: "-" if t is None else f"{t:.3f} s"
+    other = item.get("other_cpu_share")
+    busy = f"; WARNING: other processes used {other:.0%} of the CPU meanwhile" if other and other > 0.1 else ""
+    print(f"{item['name'].strip()}: A {fmt(a)}, B {fmt(b)}, ratio {ratio} ({met}){busy}",
+          flush=True)
+    return item
+
+
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="registry name (default smollm2-135m)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA when available)")
+    p.add_argument("--quick", action="store_true", help="fewer prompts and shorter generation (still >= 5 pairs)")
+    p.add_argument("--repeats", type=int, default=5, help="timed A,B pairs per item after the warm-up (>= 5)")
+    p.add_argument("--batch", type=int, help="texts per capture batch (16; quick 8)")
+    p.add_argument("--gen-prompts", type=int, help="prompts per generation batch (8; quick 4)")
+    p.add_argument("--max-new-tokens", type=int, help="generated tokens per prompt (32; quick 16)")
+    p.add_argument("--judge-texts", type=int, help="texts for the judges item (300; quick 100)")
+    p.add_argument("--skip-judges", action="store_true")
+    p.add_argument("--skip-cold", action="store_true", help="skip the load item")
+    p.add_argument("--out", default="_build/bench.json", help="JSON results (default _build/bench.json)")
+    args = p.parse_args(argv)
+    if args.repeats < 5:
+        p.error("--repeats must be at least 5")
+    for key, value in PROFILES["quick" if args.quick else "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 1 <= args.gen_prompts <= len(PROMPTS):
+        p.error(f"--gen-prompts must be between 1 and {len(PROMPTS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    from emocircuits import load_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = system_info(device)  # before loading, so the load average is the machine's, not ours
+    torch.manual_seed(0)
+    lm = load_model(args.model, device=str(device))
+    print(f"model {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}, {lm.dtype}) on {device}; "
+          f"torch {info['torch']}, {info['torch_threads']} threads, {info['cpu_count']} cores, "
+          f"CPU {info['cpu_model']}{', GPU ' + info['gpu'] if 'gpu' in info else ''}", flush=True)
+    info["other_cpu_share_start"] = busy_warning()
+
+    texts = [f"{PROMPTS[i % len(PROMPTS)]} (note {i})" for i in range(args.batch)]
+    items = capture_items(lm, texts, args.batch, args.repeats)
+    items += generation_items(lm, PROMPTS[:args.gen_prompts], args.max_new_tokens, args.repeats)
+    items.append(attribution_item())
+    del lm
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_judges:
+        items.append(judges_item(args.judge_texts, args.repeats))
     if not args.skip_cold:
-        with tempfile.TemporaryDirectory() as tmp:
-            old = os.environ.get("EMOCIRCUITS_CACHE")
-            os.environ["EMOCIRCUITS_CACHE"] = tmp
-            try:
-                t = time.perf_counter(); load_model(args.model, device="cpu"); cold = time.perf_counter() - t
-                t = time.perf_counter(); load_model(args.model, device="cpu"); warm = time.perf_counter() - t
-            finally:
-                if old is None:
-                    os.environ.pop("EMOCIRCUITS_CACHE")
-                else:
-                    os.environ["EMOCIRCUITS_CACHE"] = old
-        print(f"load {args.model}: cold (GGUF conversion) {cold:.1f} s, warm {warm:.1f} s, ratio {cold / warm:.0f}x")
+        items.append(load_item(args.model, device))
+
+    wall = time.perf_counter() - t0
+    info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
+    print()
+    print(format_table(items))
+    targets = [it for it in items if it["met"] is not None]
+    print(f"\n{sum(it['met'] for it in targets)}/{len(targets)} targets met; A = baseline, B = emocircuits; "
+          f"medians of >= {args.repeats} alternating pairs after a warm-up; peak MB = peak memory increase "
+          f"({info['memory_method']}); wall time {wall:.0f} s")
+    print(f"torch {info['torch']}, {info['torch_threads']} threads, CPU {info['cpu_model']}"
+          f"{', GPU ' + info['gpu'] if 'gpu' in info else ''}")
+    busy = [it["name"].strip() for it in items if (it.get("other_cpu_share") or 0) > 0.1]
+    if busy:
+        print(f"WARNING: other processes used over 10% of the CPU during: {', '.join(busy)}; rerun on an idle machine")
+    out = write_json(args.out, {
+        "model": args.model, "profile": "quick" if args.quick else "full", "settings": vars(args),
+        "system": info, "wall_s": round(wall, 1), "attribution_graph": "not built yet", "items": items,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - wall))})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
