@@ -353,8 +353,11 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # `scale x` (the emotion's group-centred mean activation) to each circuit
 # neuron and head, at the last prompt position and every generated
 # position. The scale is chosen on discovery prompts (the smallest that
-# reaches the best judged accuracy with at least 90% coherent replies) and
-# then evaluated once on held-out prompts. **Baselines:** the unmodulated
+# reaches the best judged accuracy with at least 90% coherent replies; if
+# no scale keeps 90% coherent, the most accurate one) and then evaluated
+# once on held-out prompts. Read the coherent share beside the unmodified
+# model's own: a 135M model's plain replies fail the repetition checks
+# often, which caps what any intervention can score there. **Baselines:** the unmodulated
 # replies (how often the judge reads each emotion anyway) and asking for
 # the emotion in the system prompt (paper B's "prompting").
 
