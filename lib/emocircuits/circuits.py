@@ -448,6 +448,24 @@ def projection(lm, texts: Sequence[str], direction, layer: int | None = None, in
     return p[:, 0] if single else p
 
 
+def _prefix_cache(lm, texts: Sequence[str], repeat: int = 1) -> tuple[dict, object]:
+    """Run each text but its last token once; return the last token's inputs and the key/value cache.
+
+    With ``repeat`` every row is repeated that many times (consecutively), so
+    one prefix serves several interventions side by side.
+    """
+    enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side="left").items()}
+    with torch.inference_mode():
+        pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
+                    position_ids=enc["position_ids"][:, :-1], use_cache=True)
+    cache = pre.past_key_values
+    if repeat > 1:
+        cache.batch_repeat_interleave(repeat)
+    last = {"input_ids": enc["input_ids"][:, -1:], "attention_mask": enc["attention_mask"],
+            "position_ids": enc["position_ids"][:, -1:]}
+    return {k: v.repeat_interleave(repeat, 0) for k, v in last.items()}, cache
+
+
 class LastToken:
     """Read sites at each text's last token under interventions that act there only, reusing the prefix's cache.
 
@@ -463,13 +481,7 @@ class LastToken:
         self.batches = []
         texts = list(texts)
         for i in range(0, len(texts), batch_size):
-            enc = {k: v.to(lm.device) for k, v in lm.encode(texts[i:i + batch_size], padding_side="left").items()}
-            with torch.inference_mode():
-                pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
-                            position_ids=enc["position_ids"][:, :-1], use_cache=True)
-            last = {"input_ids": enc["input_ids"][:, -1:], "attention_mask": enc["attention_mask"],
-                    "position_ids": enc["position_ids"][:, -1:]}
-            self.batches.append((last, pre.past_key_values))
+            self.batches.append(_prefix_cache(lm, texts[i:i + batch_size]))
 
     def __call__(self, sites, interventions: Sequence = ()) -> dict[str, torch.Tensor]:
         import copy
@@ -617,15 +629,7 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
     bar = tqdm(total=len(batches) * len(sub), desc="sublayer influence", disable=not progress, leave=False)
     for bt in batches:
         nb = len(bt)
-        enc = {k: v.to(lm.device) for k, v in lm.encode(bt, padding_side="left").items()}
-        with torch.inference_mode():
-            pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
-                        position_ids=enc["position_ids"][:, :-1], use_cache=True)
-        cache = pre.past_key_values
-        cache.batch_repeat_interleave(E * A)
-        enc_last = {"input_ids": enc["input_ids"][:, -1:].repeat_interleave(E * A, 0),
-                    "attention_mask": enc["attention_mask"].repeat_interleave(E * A, 0),
-                    "position_ids": enc["position_ids"][:, -1:].repeat_interleave(E * A, 0)}
+        enc_last, cache = _prefix_cache(lm, bt, repeat=E * A)
         base = torch.einsum("neaD,eD->nea", last_token(enc_last, cache).reshape(nb, E, A, -1), R).numpy()
         for key in sub:
             site, sig, dose = doses[key]
