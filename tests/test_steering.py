@@ -106,7 +106,7 @@ def test_intervention_errors_name_the_input(smol):
         generate(smol, ["hi"], [Add("resid_post.1", torch.zeros(10))])
     with pytest.raises(ValueError, match=r"out of range for attn_z.1: expected 0\.\.8"):
         forward(smol, ["hi"], [Set("attn_z.1", [9])])
-    with pytest.raises(TypeError, match="Add, Set or Scale"):
+    with pytest.raises(TypeError, match="Add, Set, Scale or Transcode"):
         generate(smol, ["hi"], ["not an intervention"])
     with pytest.raises(TypeError, match="list of str"):
         generate(smol, "hi")

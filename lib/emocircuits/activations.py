@@ -8,6 +8,8 @@ A *site* is ``"{kind}.{layer}"``. For decoder block ``L``:
 ``attn_out``    what attention adds to the residual stream (after Gemma's
                 post-attention norm)
 ``resid_mid``   the residual stream between attention and MLP
+``mlp_in``      what the MLP reads: ``resid_mid`` after the pre-MLP norm
+                (the input of a transcoder, chapter 05)
 ``mlp_act``     input of the MLP down projection, ``[d_mlp]`` (one value per neuron)
 ``mlp_out``     what the MLP adds to the residual stream (after Gemma's
                 post-feed-forward norm)
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from .cache import atomic_write, cache_dir, stable_hash
 
 # Execution order inside one block: reads in a trace must follow it.
-SITE_KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_act", "mlp_out", "resid_post")
+SITE_KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_act", "mlp_out", "resid_post")
 _ORDER = {k: i for i, k in enumerate(SITE_KINDS)}
 POOLINGS = ("last_prompt_token", "mean_all", "mean_response", "none")
 
@@ -104,6 +106,8 @@ def _envoy(lm, site: Site):
         return layer.self_attn.o_proj, "input"
     if site.kind == "mlp_act":
         return layer.mlp.down_proj, "input"
+    if site.kind == "mlp_in":
+        return layer.mlp, "input"
     if site.kind == "attn_out":
         return (layer.post_attention_layernorm, "output") if gemma else (layer.self_attn, "output0")
     if site.kind == "resid_mid":

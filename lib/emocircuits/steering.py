@@ -100,12 +100,46 @@ class Scale:
         _init_components(self)
 
 
+@dataclass
+class Transcode:
+    """Act on ``mlp_out`` of a transcoder's layer through its features (chapter 05).
+
+    ``splice=True`` replaces the MLP's output by the transcoder's prediction
+    (the error term dropped). ``clamp={feature: value}`` keeps the MLP's output
+    and moves each listed feature from its current activation to ``value``:
+    ``mlp_out += (value - f) * W_dec[feature]``.
+    """
+
+    transcoder: object
+    clamp: dict | None = None
+    splice: bool = False
+    positions: str = "all"
+
+    def __post_init__(self):
+        self.positions = _check_positions(self.positions)
+        cfg = getattr(self.transcoder, "cfg", None)
+        if cfg is None:
+            raise TypeError(f"Transcode.transcoder must be a Transcoder, got {type(self.transcoder).__name__}")
+        if not self.splice and not self.clamp:
+            raise ValueError("Transcode needs clamp={feature: value} or splice=True")
+        self.clamp = {int(k): float(v) for k, v in (self.clamp or {}).items()}
+        bad = [k for k in self.clamp if not 0 <= k < cfg.n_features]
+        if bad:
+            raise ValueError(f"Transcode.clamp features {bad} out of range 0..{cfg.n_features - 1}")
+
+    @property
+    def site(self) -> str:
+        return f"mlp_out.{self.transcoder.cfg.layer}"
+
+
 def _resolve(lm, interventions) -> list[tuple[Site, object]]:
     items = []
     for iv in interventions:
-        if not isinstance(iv, (Add, Set, Scale)):
-            raise TypeError(f"interventions must be Add, Set or Scale, got {type(iv).__name__}")
+        if not isinstance(iv, (Add, Set, Scale, Transcode)):
+            raise TypeError(f"interventions must be Add, Set, Scale or Transcode, got {type(iv).__name__}")
         site = parse_site(iv.site, lm.n_layers)
+        if isinstance(iv, Transcode) and iv.transcoder.cfg.d_model != lm.d_model:
+            raise ValueError(f"Transcode: transcoder has d_model={iv.transcoder.cfg.d_model}, {lm.name} has {lm.d_model}")
         width = site_width(lm, site)
         if isinstance(iv, Add) and iv.vector.shape[0] != width:
             raise ValueError(f"Add.vector has {iv.vector.shape[0]} dims but site {site} has {width}")
@@ -130,7 +164,22 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
     return slice(max(n_tok - k, 0), None) if step == 0 else slice(None)
 
 
-def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None) -> torch.Tensor:
+def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    tc = iv.transcoder
+    w = tc.W_enc.to(device=x.device, dtype=x.dtype)
+    if iv.splice:
+        f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))
+        x = f @ tc.W_dec.to(x.device, x.dtype) + tc.b_dec.to(x.device, x.dtype)
+    if iv.clamp:
+        idx = torch.tensor(list(iv.clamp), device=x.device)
+        f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))[..., idx]
+        target = torch.tensor(list(iv.clamp.values()), device=x.device, dtype=x.dtype)
+        x = x + (target - f) @ tc.W_dec.to(x.device, x.dtype)[idx]
+    return x
+
+
+def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
+           src: torch.Tensor | None = None) -> torch.Tensor:
     """Read the site (or take ``x``), change it at the chosen columns, write it back (inside a trace).
 
     Returns the site's value after the change, so several interventions at one
@@ -141,7 +190,9 @@ def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None) -> torc
     if cols is None:
         return x
     new = x.clone()
-    if isinstance(iv, Add):
+    if isinstance(iv, Transcode):
+        new[:, cols] = _transcode(iv, x[:, cols], src[:, cols])
+    elif isinstance(iv, Add):
         new[:, cols] += iv.alpha * iv.vector.to(device=x.device, dtype=x.dtype)
     elif isinstance(iv, Scale):
         idx = iv._index.to(x.device)
@@ -172,17 +223,21 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
     value. A read at an intervened site sees the changed value. Returns
     ``{str(site): value}`` for ``reads``.
     """
-    events = sorted([(s.order, 0, s, iv) for s, iv in items] + [(s.order, 1, s, None) for s in reads],
-                    key=lambda e: (e[0], e[1]))
+    ins = {Site("mlp_in", s.layer) for s, iv in items if isinstance(iv, Transcode)}
+    events = sorted([(s.order, 0, s, iv) for s, iv in items] + [(s.order, 1, s, None) for s in reads]
+                    + [(s.order, 2, s, None) for s in ins], key=lambda e: (e[0], e[1]))
     current: dict = {}
     out: dict = {}
-    for _, is_read, site, iv in events:
-        if is_read:
+    sources: dict = {}
+    for _, kind, site, iv in events:
+        if kind == 2:  # a transcoder's input, read where the model computes it
+            sources[site.layer] = read_site(lm, site)
+        elif kind == 1:
             out[str(site)] = current.get(site, None)
             if out[str(site)] is None:
                 out[str(site)] = read_site(lm, site)
         else:
-            current[site] = _apply(lm, site, iv, step, current.get(site))
+            current[site] = _apply(lm, site, iv, step, current.get(site), sources.get(site.layer))
     return out
 
 

@@ -1,0 +1,589 @@
+"""Attribution graphs over transcoder features, persistent features, circuit growth (chapter 05).
+
+The *replacement model* runs one prompt with every MLP replaced by its
+transcoder plus an error term (what the transcoder misses), with the
+attention patterns and every normalisation scale frozen at the values of the
+real forward pass. Frozen that way, everything from the token embeddings,
+the feature activations and the error terms to any feature's pre-activation
+or any logit is *linear*; the direct effect of a source node on a target is
+the gradient of the target with respect to the source times the source's
+value, with the other features held fixed. Summed over every source, plus the
+constant that biases contribute, the edges into a node reproduce it exactly
+(:func:`attribution_graph` checks this for every row it computes).
+
+Nodes: active features at positions 1.. (position 0, the BOS token, is left
+whole to its error node, as in the transcoder-circuits literature), one error
+node per (layer, position), one node per input token, and the target logit
+(the logit of a token minus the mean logit).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transcoders import TranscoderSet
+
+
+class AttributionError(ValueError):
+    pass
+
+
+def _norm_weight(norm) -> torch.Tensor:
+    """The effective elementwise weight of an RMSNorm module (Gemma stores ``weight - 1``)."""
+    w = norm.weight.detach().float()
+    return 1.0 + w if "Gemma" in type(norm).__name__ else w
+
+
+def _inv_rms(norm, x: torch.Tensor) -> torch.Tensor:
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
+@dataclass
+class Context:
+    """One prompt's real forward pass, frozen, with the transcoders' view of it."""
+
+    lm: object
+    tset: TranscoderSet
+    ids: list[int]
+    tokens: list[str]
+    emb: torch.Tensor  # [T, d]
+    pattern: list[torch.Tensor]  # per layer [H, T, T]
+    s_in: list[torch.Tensor]  # per layer [T, 1]
+    s_mid: list[torch.Tensor]
+    s_attn: list[torch.Tensor | None]  # Gemma's post-attention norm
+    s_fin: torch.Tensor  # [T, 1]
+    mlp_in: list[torch.Tensor]
+    mlp_out: list[torch.Tensor]
+    logits: torch.Tensor  # [T, V] of the real model
+    pos: list[torch.Tensor] = field(default_factory=list)  # active features per layer: positions
+    feat: list[torch.Tensor] = field(default_factory=list)  # ... feature ids
+    act: list[torch.Tensor] = field(default_factory=list)  # ... activations
+    err: torch.Tensor | None = None  # [L, T, d]
+    _w: dict | None = field(default=None, repr=False)  # weights of the linear forward, filled on first use
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.pattern)
+
+    @property
+    def n_tok(self) -> int:
+        return len(self.ids)
+
+    def offsets(self) -> np.ndarray:
+        return np.cumsum([0] + [len(p) for p in self.pos])
+
+    def feature_nodes(self) -> list[tuple[int, int, int, float]]:
+        """Every active feature as ``(layer, position, feature, activation)`` in the model's order."""
+        return [(la, int(p), int(f), float(a)) for la in range(self.n_layers)
+                for p, f, a in zip(self.pos[la], self.feat[la], self.act[la])]
+
+
+def prepare(lm, tset: TranscoderSet, text: str) -> Context:
+    """Run ``text`` once and freeze what the replacement model needs."""
+    tset.check(lm)
+    missing = [la for la in range(lm.n_layers) if la not in tset]
+    if missing:
+        raise AttributionError(f"attribution needs a transcoder for every layer; missing {missing}")
+    if not isinstance(text, str) or not text:
+        raise AttributionError("text must be a non-empty string")
+    hf = lm.hf
+    enc = lm.encode([text])
+    ids = enc["input_ids"][0].tolist()
+    got: dict = {}
+    hooks = []
+    gemma = lm.arch == "gemma"
+
+    def keep(name, what="in"):
+        def hook(mod, args, out):
+            got[name] = (args[0] if what == "in" else (out[0] if isinstance(out, tuple) else out)).detach()[0].float()
+        return hook
+
+    hooks.append(hf.model.embed_tokens.register_forward_hook(keep("emb", "out")))
+    for la, block in enumerate(hf.model.layers):
+        hooks.append(block.input_layernorm.register_forward_hook(keep(f"in{la}")))
+        mid_norm = block.pre_feedforward_layernorm if gemma else block.post_attention_layernorm
+        hooks.append(mid_norm.register_forward_hook(keep(f"mid{la}")))
+        if gemma:
+            hooks.append(block.post_attention_layernorm.register_forward_hook(keep(f"attn{la}")))
+            hooks.append(block.post_feedforward_layernorm.register_forward_hook(keep(f"out{la}", "out")))
+        else:
+            hooks.append(block.mlp.register_forward_hook(keep(f"out{la}", "out")))
+        hooks.append(block.mlp.register_forward_hook(keep(f"mlpin{la}")))
+    hooks.append(hf.model.norm.register_forward_hook(keep("fin")))
+    old_impl = hf.config._attn_implementation
+    try:
+        hf.set_attn_implementation("eager")
+        with torch.no_grad():
+            out = hf(input_ids=enc["input_ids"].to(lm.device), attention_mask=enc["attention_mask"].to(lm.device),
+                     output_attentions=True, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        hf.set_attn_implementation(old_impl)
+    L = lm.n_layers
+    blocks = hf.model.layers
+    ctx = Context(
+        lm=lm, tset=tset, ids=ids, tokens=[lm.tokenizer.decode([i]) for i in ids], emb=got["emb"].cpu(),
+        pattern=[a[0].detach().float().cpu() for a in out.attentions],
+        s_in=[_inv_rms(blocks[la].input_layernorm, got[f"in{la}"]).cpu() for la in range(L)],
+        s_mid=[_inv_rms(blocks[la].pre_feedforward_layernorm if gemma else blocks[la].post_attention_layernorm,
+                        got[f"mid{la}"]).cpu() for la in range(L)],
+        s_attn=[_inv_rms(blocks[la].post_attention_layernorm, got[f"attn{la}"]).cpu() if gemma else None
+                for la in range(L)],
+        s_fin=_inv_rms(hf.model.norm, got["fin"]).cpu(),
+        mlp_in=[got[f"mlpin{la}"].cpu() for la in range(L)], mlp_out=[got[f"out{la}"].cpu() for la in range(L)],
+        logits=out.logits[0].detach().float().cpu())
+    errs = []
+    for la in range(L):
+        tc = tset[la]
+        with torch.no_grad():
+            f = tc.encode(ctx.mlp_in[la])
+        f[0] = 0.0  # BOS: left to the error node
+        nz = f.nonzero()
+        ctx.pos.append(nz[:, 0])
+        ctx.feat.append(nz[:, 1])
+        ctx.act.append(f[nz[:, 0], nz[:, 1]])
+        recon = _decode(tc, ctx.pos[la], ctx.feat[la], ctx.act[la], ctx.n_tok)
+        errs.append(ctx.mlp_out[la] - recon)
+    ctx.err = torch.stack(errs)
+    return ctx
+
+
+def _bias_rows(tc, n_tok: int) -> torch.Tensor:
+    b = tc.b_dec.detach().float().expand(n_tok, -1).clone()
+    b[0] = 0.0
+    return b
+
+
+def _decode(tc, pos, feat, act, n_tok: int) -> torch.Tensor:
+    out = _bias_rows(tc, n_tok)
+    return out.index_add(0, pos, act[:, None] * tc.W_dec.detach().float()[feat])
+
+
+def _weights(ctx: Context):
+    """Per-layer tensors the linear forward needs (cached on the context)."""
+    if ctx._w is not None:
+        return ctx._w
+    lm = ctx.lm
+    gemma = lm.arch == "gemma"
+    ws = []
+    for la, b in enumerate(lm.hf.model.layers):
+        at = b.self_attn
+        ws.append(dict(
+            w_in=_norm_weight(b.input_layernorm),
+            w_mid=_norm_weight(b.pre_feedforward_layernorm if gemma else b.post_attention_layernorm),
+            w_attn=_norm_weight(b.post_attention_layernorm) if gemma else None,
+            Wv=at.v_proj.weight.detach().float().cpu(),
+            bv=None if at.v_proj.bias is None else at.v_proj.bias.detach().float().cpu(),
+            Wo=at.o_proj.weight.detach().float().cpu(),
+            bo=None if at.o_proj.bias is None else at.o_proj.bias.detach().float().cpu(),
+            W_enc=ctx.tset[la].W_enc.detach().float(), b_enc=ctx.tset[la].b_enc.detach().float(),
+            W_dec=ctx.tset[la].W_dec.detach().float(), bias=_bias_rows(ctx.tset[la], ctx.n_tok)))
+    W_U = lm.hf.get_output_embeddings().weight.detach().float().cpu()
+    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm.hf.model.norm).cpu(), W_U=W_U)
+    return ctx._w
+
+
+
+def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor], err: torch.Tensor,
+                   deltas: Sequence[torch.Tensor] | None = None, logit_dirs: torch.Tensor | None = None):
+    """The replacement model, linear in its inputs.
+
+    ``feats[l]`` are the activations of layer ``l``'s active features (held
+    fixed: direct effects). With ``deltas`` the features are recomputed from
+    their pre-activations and ``deltas[l]`` is added (total effects flow
+    through them). Returns ``(preacts per layer, z_final [T, d], logits)``
+    with ``logits = z_final[-1] @ logit_dirs.T`` when ``logit_dirs`` is given.
+    """
+    lm = ctx.lm
+    w = _weights(ctx)
+    H, n_kv, hd = lm.n_heads, int(lm.config.num_key_value_heads), lm.head_dim
+    T = ctx.n_tok
+    h = emb
+    pres = []
+    for la, lw in enumerate(w["layers"]):
+        x = h * ctx.s_in[la] * lw["w_in"]
+        v = F.linear(x, lw["Wv"], lw["bv"]).view(T, n_kv, hd).transpose(0, 1)
+        v = v.repeat_interleave(H // n_kv, dim=0)
+        a = (ctx.pattern[la] @ v).transpose(0, 1).reshape(T, H * hd)
+        a = F.linear(a, lw["Wo"], lw["bo"])
+        if lw["w_attn"] is not None:
+            a = a * ctx.s_attn[la] * lw["w_attn"]
+        h = h + a
+        m = h * ctx.s_mid[la] * lw["w_mid"]
+        pos, feat = ctx.pos[la], ctx.feat[la]
+        pre = (m[pos] * lw["W_enc"][feat]).sum(-1) + lw["b_enc"][feat]
+        pres.append(pre)
+        f = feats[la] if deltas is None else pre + deltas[la]
+        out = lw["bias"].index_add(0, pos, f[:, None] * lw["W_dec"][feat]) + err[la]
+        h = h + out
+    z = h * ctx.s_fin * w["w_fin"]
+    logits = z[-1] @ logit_dirs.T if logit_dirs is not None else None
+    return pres, z, logits
+
+
+def logit_direction(ctx: Context, token: int) -> torch.Tensor:
+    """Unembedding row of ``token`` minus the mean row: the target is that logit minus the mean logit."""
+    W_U = _weights(ctx)["W_U"]
+    return W_U[token] - W_U.mean(0)
+
+
+@dataclass
+class Graph:
+    """An attribution graph; ``adjacency[target, source]`` is a direct effect.
+
+    Node order: ``features`` (kept active features), then one error node per
+    (layer, position), then one node per token, then the logit.
+    """
+
+    tokens: list[str]
+    target: str
+    target_id: int
+    features: list[tuple[int, int, int, float]]
+    n_layers: int
+    adjacency: np.ndarray
+    influence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    check: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    n_active: int = 0
+    total_effect: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_tok(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.adjacency.shape[0]
+
+    def error_index(self, layer: int, pos: int) -> int:
+        return len(self.features) + layer * self.n_tok + pos
+
+    def token_index(self, pos: int) -> int:
+        return len(self.features) + self.n_layers * self.n_tok + pos
+
+    @property
+    def logit_index(self) -> int:
+        return self.n_nodes - 1
+
+    def label(self, i: int) -> str:
+        nf, L, T = len(self.features), self.n_layers, self.n_tok
+        if i < nf:
+            la, p, f, _ = self.features[i]
+            return f"L{la}/F{f}@{p}"
+        if i < nf + L * T:
+            la, p = divmod(i - nf, T)
+            return f"err L{la}@{p}"
+        if i < nf + L * T + T:
+            return f"tok {self.tokens[i - nf - L * T]!r}@{i - nf - L * T}"
+        return f"logit {self.target!r}"
+
+    def node_xy(self, i: int) -> tuple[float, float]:
+        """(position, layer) for drawing: tokens at layer -1, the logit above the last layer."""
+        nf, L, T = len(self.features), self.n_layers, self.n_tok
+        if i < nf:
+            return self.features[i][1], self.features[i][0]
+        if i < nf + L * T:
+            la, p = divmod(i - nf, T)
+            return p, la
+        if i < nf + L * T + T:
+            return i - nf - L * T, -1
+        return T - 1, L
+
+
+def attribution_graph(lm, tset: TranscoderSet, text: str, target: int | str | None = None,
+                      max_features: int = 256, batch_size: int = 32, include: Sequence[tuple[int, int, int]] = (),
+                      ctx: Context | None = None) -> Graph:
+    """Direct effects between the most influential active features, error and token nodes and a logit.
+
+    Features are ranked by their *total* effect on the target logit through
+    the replacement model (one backward pass); the top ``max_features`` (plus
+    ``include``, as ``(layer, position, feature)``) get a row of direct
+    effects from every source. ``target`` is a token id, a string (its first
+    token) or, by default, the model's top next token.
+    """
+    t0 = time.perf_counter()
+    ctx = ctx or prepare(lm, tset, text)
+    if target is None:
+        target = int(ctx.logits[-1].argmax())
+    elif isinstance(target, str):
+        ids = lm.tokenizer.encode(target, add_special_tokens=False)
+        if not ids:
+            raise AttributionError(f"target {target!r} encodes to no token")
+        target = ids[0]
+    if not 0 <= int(target) < ctx.logits.shape[-1]:
+        raise AttributionError(f"target token id {target} out of range 0..{ctx.logits.shape[-1] - 1}")
+    L, T = ctx.n_layers, ctx.n_tok
+    ldir = logit_direction(ctx, int(target))[None]
+    offs = ctx.offsets()
+    n_act = int(offs[-1])
+
+    # 1) total effects on the logit, to choose the rows
+    emb = ctx.emb.clone().requires_grad_(True)
+    err = ctx.err.clone().requires_grad_(True)
+    deltas = [torch.zeros(len(p), requires_grad=True) for p in ctx.pos]
+    _, _, logit = linear_forward(ctx, emb, ctx.act, err, deltas=deltas, logit_dirs=ldir)
+    g = torch.autograd.grad(logit[0], deltas)
+    total = torch.cat([gi * a for gi, a in zip(g, ctx.act)]).detach().numpy()
+    chosen = list(np.argsort(-np.abs(total), kind="stable")[:max_features])
+    index = {(la, int(p), int(f)): int(offs[la]) + i for la in range(L)
+             for i, (p, f) in enumerate(zip(ctx.pos[la].tolist(), ctx.feat[la].tolist()))}
+    for node in include:
+        node = tuple(int(v) for v in node)
+        if node not in index:
+            raise AttributionError(f"include: feature {node} (layer, position, feature) is not active in this prompt")
+        if index[node] not in chosen:
+            chosen.append(index[node])
+    chosen = sorted(chosen)
+
+    # 2) direct-effect rows for the chosen features and the logit
+    emb = ctx.emb.clone().requires_grad_(True)
+    err = ctx.err.clone().requires_grad_(True)
+    feats = [a.clone().requires_grad_(True) for a in ctx.act]
+    pres, _, logit = linear_forward(ctx, emb, feats, err, logit_dirs=ldir)
+    outs = torch.cat(pres + [logit])
+    rows = chosen + [n_act]
+    with torch.no_grad():
+        zero_pres, _, zero_logit = linear_forward(ctx, torch.zeros_like(ctx.emb), [torch.zeros_like(a) for a in ctx.act],
+                                                  torch.zeros_like(ctx.err), logit_dirs=ldir)
+        const = torch.cat(zero_pres + [zero_logit])[rows]
+    values = outs.detach()[rows]
+    nf = len(chosen)
+    N = nf + L * T + T + 1
+    A = np.zeros((N, N), dtype=np.float32)
+    col_of_feat = np.full(n_act, -1)
+    col_of_feat[chosen] = np.arange(nf)
+    sums = torch.zeros(len(rows))
+    for start in range(0, len(rows), batch_size):
+        part = rows[start:start + batch_size]
+        onehot = torch.zeros(len(part), outs.shape[0])
+        onehot[torch.arange(len(part)), torch.tensor(part)] = 1.0
+        ge, *gf, gr = torch.autograd.grad(outs, [emb, *feats, err], grad_outputs=onehot, is_grads_batched=True,
+                                          retain_graph=True)
+        e_tok = (ge * ctx.emb).sum(-1)  # [B, T]
+        e_err = (gr * ctx.err).sum(-1)  # [B, L, T]
+        e_feat = torch.cat([gi * a for gi, a in zip(gf, ctx.act)], dim=1)  # [B, n_act]
+        sums[start:start + len(part)] = e_tok.sum(1) + e_err.sum((1, 2)) + e_feat.sum(1)
+        r = np.arange(start, start + len(part))
+        r = np.where(r < nf, r, N - 1)
+        A[r[:, None], np.arange(nf)[None]] = e_feat[:, chosen].numpy()
+        A[r, nf:nf + L * T] = e_err.reshape(len(part), -1).numpy()
+        A[r, nf + L * T:nf + L * T + T] = e_tok.numpy()
+    recon = const + sums
+    diff = (recon - values).abs()
+    check = {"max_abs_error": float(diff.max()), "max_value": float(values.abs().max()),
+             "max_rel_error": float((diff / values.abs().clamp_min(1e-3)).max()),
+             "logit_vs_model": float((logit.detach()[0] - (ctx.logits[-1][int(target)] - ctx.logits[-1].mean())).abs())}
+    nodes = ctx.feature_nodes()
+    graph = Graph(tokens=ctx.tokens, target=lm.tokenizer.decode([int(target)]), target_id=int(target),
+                  features=[nodes[i] for i in chosen], n_layers=L, adjacency=A, check=check, n_active=n_act,
+                  total_effect=total[chosen])
+    graph.influence = influence(graph)
+    graph.seconds = time.perf_counter() - t0
+    return graph
+
+
+def influence(graph: Graph) -> np.ndarray:
+    """Each node's share of influence on the logit through every path (rows of |A| normalised to sum 1)."""
+    W = np.abs(graph.adjacency).astype(np.float64)
+    s = W.sum(1, keepdims=True)
+    W = np.divide(W, s, out=np.zeros_like(W), where=s > 0)
+    e = np.zeros(graph.n_nodes)
+    e[graph.logit_index] = 1.0
+    # x = e W (I - W)^-1  <=>  (I - W)^T x = (e W)^T ; W is nilpotent (a DAG), so I - W is invertible
+    x = np.linalg.solve((np.eye(graph.n_nodes) - W).T, (e @ W))
+    return x
+
+
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict:
+    """Keep the features that carry ``node_threshold`` of the feature influence, and the edges among kept
+    nodes that carry ``edge_threshold`` of the edge influence. Returns masks over nodes and edges."""
+    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0 < v <= 1:
+            raise AttributionError(f"{name}={v}: expected a fraction in (0, 1]")
+    nf = len(graph.features)
+    infl = graph.influence
+    keep = np.ones(graph.n_nodes, bool)
+    order = np.argsort(-infl[:nf], kind="stable")
+    cum = np.cumsum(infl[:nf][order]) / max(infl[:nf].sum(), 1e-12)
+    n_keep = int(np.searchsorted(cum, node_threshold) + 1)
+    keep[:nf] = False
+    keep[order[:n_keep]] = True
+    A = np.abs(graph.adjacency) * keep[:, None] * keep[None, :]
+    weight = infl.copy()
+    weight[graph.logit_index] = 1.0
+    score = A * weight[:, None]
+    flat = score.ravel()
+    idx = np.argsort(-flat, kind="stable")
+    csum = np.cumsum(flat[idx]) / max(flat.sum(), 1e-12)
+    n_e = int(np.searchsorted(csum, edge_threshold) + 1)
+    edges = np.zeros_like(flat, dtype=bool)
+    edges[idx[:n_e]] = True
+    edges &= flat > 0
+    edges = edges.reshape(A.shape)
+    used = edges.any(0) | edges.any(1)
+    used[graph.logit_index] = True
+    return {"nodes": keep & used, "edges": edges, "features_kept": n_keep}
+
+
+# ---------------------------------------------------------------------------
+# growing a circuit from a seed feature (paper C)
+
+
+def direct_effects_from(ctx: Context, source: tuple[int, int, int]) -> torch.Tensor:
+    """Direct effect of one active feature on every active feature's pre-activation, ``[n_active]``.
+
+    The replacement model is linear, so this is the difference of two forward
+    passes: with only ``source`` switched on, and with nothing on.
+    """
+    offs = ctx.offsets()
+    la, p, f = source
+    hit = ((ctx.pos[la] == p) & (ctx.feat[la] == f)).nonzero()
+    if len(hit) == 0:
+        raise AttributionError(f"source feature {source} (layer, position, feature) is not active")
+    zeros = [torch.zeros_like(a) for a in ctx.act]
+    with torch.no_grad():
+        base, _, _ = linear_forward(ctx, torch.zeros_like(ctx.emb), zeros, torch.zeros_like(ctx.err))
+        on = [z.clone() for z in zeros]
+        on[la][hit[0, 0]] = ctx.act[la][hit[0, 0]]
+        moved, _, _ = linear_forward(ctx, torch.zeros_like(ctx.emb), on, torch.zeros_like(ctx.err))
+    eff = torch.cat(moved) - torch.cat(base)
+    eff[int(offs[la]) + int(hit[0, 0])] = 0.0
+    return eff
+
+
+def grow(ctx: Context, seed: tuple[int, int, int], k: int = 5, steps: int = 3) -> list[list[tuple[int, int, int, float]]]:
+    """Paper C's growth: ``steps`` times, add the ``k`` active features with the largest summed positive
+    direct effect (activation x edge weight) from the features added in the step before.
+
+    Returns the seed and each step's additions as ``(layer, position, feature, effect)``.
+    """
+    if k < 1 or steps < 0:
+        raise AttributionError(f"k={k}, steps={steps}: expected k >= 1 and steps >= 0")
+    nodes = ctx.feature_nodes()
+    key = [(la, p, f) for la, p, f, _ in nodes]
+    index = {n: i for i, n in enumerate(key)}
+    seed = tuple(int(v) for v in seed)
+    if seed not in index:
+        raise AttributionError(f"seed {seed} (layer, position, feature) is not active in this prompt")
+    chosen = {seed}
+    out = [[(*seed, float(nodes[index[seed]][3]))]]
+    frontier = [seed]
+    for _ in range(steps):
+        score = sum(direct_effects_from(ctx, s) for s in frontier)
+        for n in chosen:
+            score[index[n]] = float("-inf")
+        top = torch.topk(score, min(k, len(score)))
+        picks = [(key[int(i)], float(v)) for v, i in zip(top.values, top.indices) if float(v) > 0]
+        if not picks:
+            break
+        out.append([(*n, v) for n, v in picks])
+        frontier = [n for n, _ in picks]
+        chosen.update(frontier)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# features across generation steps, and what a feature reads and writes
+
+
+def step_activity(lm, tset: TranscoderSet, prompts: Sequence[str], replies_ids: Sequence[Sequence[int]],
+                  batch_size: int = 8) -> dict[int, np.ndarray]:
+    """For each layer, ``[n_replies, n_features]``: the share of a reply's generation steps where a feature
+    is active. A step is the position whose output chose the next reply token (the last prompt token,
+    then every reply token but the last)."""
+    from .transcoders import mlp_io
+
+    if len(prompts) != len(replies_ids):
+        raise AttributionError(f"{len(prompts)} prompts for {len(replies_ids)} replies")
+    layers = sorted(tset)
+    out = {la: np.zeros((len(prompts), tset[la].cfg.n_features), dtype=np.float32) for la in layers}
+    tok = lm.tokenizer
+    for j in range(0, len(prompts), batch_size):
+        texts, spans = [], []
+        for prompt, rid in zip(prompts[j:j + batch_size], replies_ids[j:j + batch_size]):
+            n_prompt = len(lm.encode([prompt])["input_ids"][0])
+            texts.append(prompt + tok.decode(list(rid)))
+            spans.append((n_prompt - 1, n_prompt - 1 + max(len(rid), 1)))
+        xin, _, mask, ids = mlp_io(lm, texts, layers, max_length=None)
+        for la in layers:
+            for r, (a, b) in enumerate(spans):
+                b = min(b, int(mask[r].sum()))
+                with torch.no_grad():
+                    f = tset[la].encode(xin[la][r, a:b].float().cpu())
+                out[la][j + r] = (f > 0).float().mean(0).numpy()
+    return out
+
+
+def persistent(activity: dict[int, np.ndarray], threshold: float = 1.0) -> list[tuple[int, int, float, float]]:
+    """Features active in at least ``threshold`` of the steps of *every* reply, as
+    ``(layer, feature, min share over replies, mean share)``, most persistent first."""
+    rows = []
+    for la, a in activity.items():
+        lo = a.min(0)
+        for f in np.nonzero(lo >= threshold - 1e-9)[0]:
+            rows.append((la, int(f), float(lo[f]), float(a[:, f].mean())))
+    return sorted(rows, key=lambda r: (-r[2], -r[3], r[0], r[1]))
+
+
+def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, float]]]:
+    """Top tokens a feature reads from the embedding directly and writes toward the unembedding.
+
+    De-embedding: ``W_enc[f] . (w_norm * e_t / rms(e_t))`` over the vocabulary (the direct path from a
+    token's embedding, ignoring attention and earlier layers). Unembedding: ``(w_final * W_dec[f]) @ W_U.T``.
+    """
+    if not 0 <= feature < tc.cfg.n_features:
+        raise AttributionError(f"feature {feature} out of range 0..{tc.cfg.n_features - 1}")
+    hf = lm.hf
+    gemma = lm.arch == "gemma"
+    block = hf.model.layers[tc.cfg.layer]
+    E = hf.get_input_embeddings().weight.detach().float().cpu()
+    if gemma:
+        E = E * float(lm.d_model) ** 0.5
+    mid = block.pre_feedforward_layernorm if gemma else block.post_attention_layernorm
+    e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(mid).cpu()
+    de = e_n @ tc.W_enc[feature].detach().float()
+    W_U = hf.get_output_embeddings().weight.detach().float().cpu()
+    un = W_U @ (tc.W_dec[feature].detach().float() * _norm_weight(hf.model.norm).cpu())
+    tok = lm.tokenizer
+
+    def best(v):
+        idx = torch.topk(v, top).indices
+        return [(tok.decode([int(i)]), float(v[i])) for i in idx]
+
+    return {"reads": best(de), "writes": best(un), "suppresses": best(-un)}
+
+
+def top_contexts(lm, tc, feature: int, texts: Sequence[str], top: int = 5, width: int = 8,
+                 batch_size: int = 16) -> list[dict]:
+    """The ``top`` token positions of ``texts`` where the feature is most active, with ``width`` tokens of
+    context before them."""
+    from .transcoders import mlp_io
+
+    best: list[tuple[float, int, int]] = []
+    toks: dict[int, list[int]] = {}
+    for j in range(0, len(texts), batch_size):
+        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), [tc.cfg.layer], max_length=128)
+        with torch.no_grad():
+            f = tc.encode(xin[tc.cfg.layer].float().cpu())[..., feature]
+        f[~mask.cpu()] = 0
+        f[:, 0] = 0
+        for r in range(f.shape[0]):
+            toks[j + r] = ids[r][mask[r]].tolist()
+            v, p = f[r].max(0)
+            if float(v) > 0:
+                best.append((float(v), j + r, int(p)))
+    best.sort(key=lambda t: -t[0])
+    out = []
+    for v, r, p in best[:top]:
+        ids = toks[r]
+        out.append({"activation": v, "before": lm.tokenizer.decode(ids[max(0, p - width):p]),
+                    "token": lm.tokenizer.decode([ids[p]]), "text_index": r})
+    return out

@@ -1,0 +1,590 @@
+"""Per-layer transcoders: sparse, wide stand-ins for each MLP (chapter 05).
+
+A transcoder for layer ``L`` reads ``mlp_in.L`` (the residual stream after
+the pre-MLP norm) and predicts ``mlp_out.L`` (what the MLP adds to the
+residual stream) through ``n_features`` features of which at most ``k`` are
+non-zero per token::
+
+    pre = x @ W_enc.T + b_enc          # [tokens, n_features]
+    f   = activation(pre)              # top-k of ReLU (ours), JumpReLU or ReLU (published sets)
+    y   = f @ W_dec + b_dec            # [tokens, d_model]
+
+Ours keep every decoder row at unit norm in the model's units, so a
+feature's activation is the length of what it writes into the residual
+stream (clamping a feature to 10 adds a vector of norm 10).
+
+Files: one ``layer_{L}.safetensors`` per layer with the config as JSON in the
+metadata, written atomically. Published transcoder sets in circuit-tracer's
+layout (per-layer safetensors with ``W_enc [F, d]``, ``W_dec [F, d]``,
+``b_enc``, ``b_dec`` and optional ``activation_function.threshold``) and
+GemmaScope ``.npz`` files load through :func:`load_layer_file`;
+:func:`load_published` fetches a set by hub id (GPU users).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .activations import Site, read_site
+from .cache import atomic_write, atomic_write_text, cache_dir, stable_hash
+
+ACTIVATIONS = ("topk", "jumprelu", "relu")
+
+
+class TranscoderError(ValueError):
+    """A transcoder file or argument that cannot be used; the message says what is accepted."""
+
+
+@dataclass
+class TranscoderConfig:
+    d_model: int
+    n_features: int
+    layer: int
+    k: int | None = 32
+    activation: str = "topk"
+    model: str = ""
+    input_site: str = "mlp_in"
+    output_site: str = "mlp_out"
+    tokens_seen: int = 0
+    seed: int = 0
+    corpus: str = ""
+    source: str = "trained here"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise TranscoderError(f"activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        if self.activation == "topk" and (not isinstance(self.k, int) or not 1 <= self.k <= self.n_features):
+            raise TranscoderError(f"k={self.k!r}: expected an int in 1..n_features={self.n_features} for top-k")
+        if self.n_features < 1 or self.d_model < 1:
+            raise TranscoderError(f"n_features={self.n_features}, d_model={self.d_model}: expected positive sizes")
+
+
+class Transcoder(torch.nn.Module):
+    """One layer's transcoder (see the module docstring for the maths)."""
+
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        F, d = cfg.n_features, cfg.d_model
+        self.W_enc = torch.nn.Parameter(torch.zeros(F, d))
+        self.b_enc = torch.nn.Parameter(torch.zeros(F))
+        self.W_dec = torch.nn.Parameter(torch.zeros(F, d))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d))
+        self.register_buffer("threshold", torch.zeros(F))
+
+    @property
+    def layer(self) -> int:
+        return self.cfg.layer
+
+    def preacts(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.W_enc.dtype) @ self.W_enc.T + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.cfg.activation == "relu":
+            return torch.relu(pre)
+        if self.cfg.activation == "jumprelu":
+            return pre * (pre > self.threshold)
+        vals, idx = pre.topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations ``[..., n_features]``."""
+        return self.activate(self.preacts(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- files
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {k: v.detach().cpu().contiguous() for k, v in
+               (("W_enc", self.W_enc), ("b_enc", self.b_enc), ("W_dec", self.W_dec), ("b_dec", self.b_dec))}
+        if self.cfg.activation == "jumprelu":
+            out["activation_function.threshold"] = self.threshold.detach().cpu().contiguous()
+        return out
+
+    def save(self, path) -> Path:
+        """Write ``path`` (safetensors, config in the metadata) atomically."""
+        from safetensors.torch import save_file
+
+        meta = {"emocircuits_transcoder": json.dumps(asdict(self.cfg))}
+        return atomic_write(path, lambda p: save_file(self.state(), str(p), metadata=meta))
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], cfg: TranscoderConfig) -> "Transcoder":
+        tc = cls(cfg)
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(tc, name).copy_(state[name])
+            if "activation_function.threshold" in state:
+                tc.threshold.copy_(state["activation_function.threshold"])
+        tc.requires_grad_(False)
+        return tc
+
+
+def load_layer_file(path, layer: int | None = None, k: int | None = None, model: str = "",
+                    input_site: str = "mlp_in") -> Transcoder:
+    """Load one layer's transcoder: ours, circuit-tracer's safetensors, or a GemmaScope ``.npz``.
+
+    Published files carry no config; ``layer`` (and ``k`` for a top-k set) say
+    what the file does not.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TranscoderError(f"transcoder file {str(path)!r} does not exist")
+    meta: dict = {}
+    if path.suffix == ".npz":
+        raw = dict(np.load(path))
+        need = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
+        if not need <= set(raw):
+            raise TranscoderError(f"{path.name}: a GemmaScope .npz needs keys {sorted(need)}, found {sorted(raw)}")
+        state = {"W_enc": torch.from_numpy(raw["W_enc"]).T.contiguous().float(),
+                 "W_dec": torch.from_numpy(raw["W_dec"]).float(), "b_enc": torch.from_numpy(raw["b_enc"]).float(),
+                 "b_dec": torch.from_numpy(raw["b_dec"]).float(),
+                 "activation_function.threshold": torch.from_numpy(raw["threshold"]).float()}
+    elif path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {key: fh.get_tensor(key).float() for key in fh.keys()}
+    else:
+        raise TranscoderError(f"{path.name}: expected a .safetensors or .npz transcoder file")
+    if "emocircuits_transcoder" in meta:
+        cfg = TranscoderConfig(**json.loads(meta["emocircuits_transcoder"]))
+    else:
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(state)
+        if missing:
+            raise TranscoderError(f"{path.name}: missing tensors {sorted(missing)}; expected W_enc, W_dec, b_enc, b_dec")
+        if "W_skip" in state:
+            raise TranscoderError(f"{path.name}: transcoders with a skip connection (W_skip) are not supported")
+        if layer is None:
+            raise TranscoderError(f"{path.name} has no emocircuits config: pass layer=")
+        F, d = state["W_enc"].shape
+        if "k" in state:
+            k = int(state.pop("k"))
+        act = "jumprelu" if "activation_function.threshold" in state else ("topk" if k else "relu")
+        cfg = TranscoderConfig(d_model=d, n_features=F, layer=layer, k=k, activation=act, model=model,
+                               input_site=input_site, source=str(path))
+    if state["W_enc"].shape != state["W_dec"].shape:
+        raise TranscoderError(f"{path.name}: W_enc {tuple(state['W_enc'].shape)} and W_dec "
+                              f"{tuple(state['W_dec'].shape)} should both be [n_features, d_model]")
+    return Transcoder.from_state(state, cfg)
+
+
+class TranscoderSet(dict):
+    """``{layer: Transcoder}`` with directory save/load."""
+
+    def save(self, folder) -> Path:
+        folder = Path(folder)
+        for layer, tc in self.items():
+            tc.save(folder / f"layer_{layer}.safetensors")
+        atomic_write_text(folder / "config.json", json.dumps(
+            {"layers": sorted(self), "config": asdict(next(iter(self.values())).cfg)}, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder, layers: Iterable[int] | None = None) -> "TranscoderSet":
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise TranscoderError(f"{str(folder)!r} holds no transcoder set (no config.json)")
+        info = json.loads((folder / "config.json").read_text())
+        wanted = sorted(layers) if layers is not None else info["layers"]
+        missing = [layer for layer in wanted if layer not in info["layers"]]
+        if missing:
+            raise TranscoderError(f"layers {missing} are not in {folder}; it has {info['layers']}")
+        return cls({layer: load_layer_file(folder / f"layer_{layer}.safetensors") for layer in wanted})
+
+    def check(self, lm) -> "TranscoderSet":
+        """Raise unless every transcoder fits ``lm`` (width and layer range)."""
+        for layer, tc in self.items():
+            if tc.cfg.d_model != lm.d_model:
+                raise TranscoderError(f"transcoder of layer {layer} has d_model={tc.cfg.d_model}; "
+                                      f"{lm.name} has {lm.d_model}")
+            if not 0 <= layer < lm.n_layers:
+                raise TranscoderError(f"transcoder layer {layer} out of range for {lm.name} (0..{lm.n_layers - 1})")
+        return self
+
+
+def load_published(repo_id: str, layers: Iterable[int] | None = None, revision: str | None = None,
+                   files: dict[int, str] | None = None) -> TranscoderSet:
+    """Download a published per-layer transcoder set from the hub (circuit-tracer's layout).
+
+    The repository's ``config.yaml`` lists one file per layer under
+    ``transcoders`` (``hf://owner/repo/path`` URIs or paths inside the repo);
+    ``files`` overrides that list. Needs network access; a GPU is advisable
+    for Gemma-2-2B's 16k-feature sets.
+    """
+    from huggingface_hub import hf_hub_download
+
+    if files is None:
+        import yaml
+
+        cfg_path = hf_hub_download(repo_id, "config.yaml", revision=revision)
+        files = dict(enumerate(parse_published_config(Path(cfg_path).read_text())["transcoders"]))
+    chosen = sorted(files) if layers is None else sorted(layers)
+    out = TranscoderSet()
+    for layer in chosen:
+        repo, name = _split_uri(files[layer], repo_id)
+        local = hf_hub_download(repo, name, revision=revision if repo == repo_id else None)
+        out[layer] = load_layer_file(local, layer=layer, model=repo_id)
+    return out
+
+
+def parse_published_config(text: str) -> dict:
+    """Parse a circuit-tracer ``config.yaml``; raise on one without a ``transcoders`` list."""
+    import yaml
+
+    cfg = yaml.safe_load(text) or {}
+    if not isinstance(cfg.get("transcoders"), list) or not cfg["transcoders"]:
+        raise TranscoderError("config.yaml needs a non-empty 'transcoders' list (one file per layer)")
+    return cfg
+
+
+def _split_uri(uri: str, default_repo: str) -> tuple[str, str]:
+    if uri.startswith("hf://"):
+        parts = uri[5:].split("/")
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return default_repo, uri
+
+
+# ---------------------------------------------------------------------------
+# activations of the MLPs, streamed
+
+
+def mlp_io(lm, texts: Sequence[str], layers: Sequence[int], max_length: int = 128):
+    """``({layer: mlp_in}, {layer: mlp_out}, mask, input_ids)`` of one batch, ``[B, T, d]`` on the model's device."""
+    enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side="right", max_length=max_length).items()}
+    got_in, got_out = {}, {}
+    with torch.inference_mode(), lm.nn.trace(enc) as tracer:
+        for layer in layers:
+            got_in[layer] = read_site(lm, Site("mlp_in", layer)).save()
+            got_out[layer] = read_site(lm, Site("mlp_out", layer)).save()
+        tracer.stop()
+    return got_in, got_out, enc["attention_mask"].bool(), enc["input_ids"]
+
+
+def _batches(texts: Sequence[str], batch_size: int, seed: int) -> list[list[str]]:
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [[texts[i] for i in order[j:j + batch_size]] for j in range(0, len(order), batch_size)]
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainSettings:
+    n_features: int = 2048
+    k: int = 32
+    epochs: int = 2
+    batch_size: int = 16
+    max_length: int = 128
+    lr: float = 1e-3
+    aux_k: int = 256
+    aux_coef: float = 1 / 32
+    dead_after_tokens: int = 20_000
+    seed: int = 0
+    checkpoint_every: int = 25
+    layers: list[int] | None = field(default=None)
+
+
+class _Trainer:
+    """Trains one transcoder per layer in the normalised space, then folds the scales out."""
+
+    def __init__(self, lm, st: TrainSettings, corpus_hash: str):
+        self.st = st
+        self.layers = list(st.layers) if st.layers is not None else list(range(lm.n_layers))
+        g = torch.Generator().manual_seed(st.seed)
+        d, F = lm.d_model, st.n_features
+        self.params: dict[int, dict[str, torch.Tensor]] = {}
+        for layer in self.layers:
+            W_dec = torch.randn(F, d, generator=g)
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+            W_enc = torch.randn(F, d, generator=g) / math.sqrt(d)
+            self.params[layer] = {n: t.requires_grad_(True) for n, t in {
+                "W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": W_dec, "b_dec": torch.zeros(d)}.items()}
+        self.opt = {layer: torch.optim.Adam(list(p.values()), lr=st.lr) for layer, p in self.params.items()}
+        self.scale_in = {layer: 0.0 for layer in self.layers}
+        self.scale_out = {layer: 0.0 for layer in self.layers}
+        self.last_fired = {layer: torch.zeros(F, dtype=torch.long) for layer in self.layers}
+        self.tokens = 0
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.lm_name, self.d_model, self.corpus_hash = lm.name, d, corpus_hash
+
+    # ---- one batch
+    def train_batch(self, xin: dict, xout: dict, mask: torch.Tensor) -> dict:
+        st = self.st
+        m = mask.reshape(-1)
+        n_tok = int(m.sum())
+        fve = {}
+        for layer in self.layers:
+            x = xin[layer].reshape(-1, self.d_model)[m].float().cpu()
+            y = xout[layer].reshape(-1, self.d_model)[m].float().cpu()
+            if self.scale_in[layer] == 0.0:  # fixed from the first batch: mean squared norm -> d_model
+                self.scale_in[layer] = float(x.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
+                self.scale_out[layer] = float(y.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
+                with torch.no_grad():
+                    self.params[layer]["b_dec"].copy_(y.mean(0) / self.scale_out[layer])
+            x = x / self.scale_in[layer]
+            y = y / self.scale_out[layer]
+            p = self.params[layer]
+            pre = x @ p["W_enc"].T + p["b_enc"]
+            vals, idx = pre.topk(st.k, dim=-1)
+            f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+            y_hat = f @ p["W_dec"] + p["b_dec"]
+            var = (y - y.mean(0)).pow(2).sum(-1).mean()
+            loss = (y_hat - y).pow(2).sum(-1).mean() / var
+            fired = (f > 0).any(0)
+            self.last_fired[layer][fired] = self.tokens + n_tok
+            dead = (self.tokens + n_tok - self.last_fired[layer]) > st.dead_after_tokens
+            total = loss
+            if dead.any() and st.aux_k > 0:
+                kk = min(st.aux_k, int(dead.sum()))
+                aux_pre = pre.masked_fill(~dead, float("-inf"))
+                av, ai = aux_pre.topk(kk, dim=-1)
+                fa = torch.zeros_like(pre).scatter(-1, ai, torch.relu(av))
+                err = (y - y_hat).detach()
+                aux = (fa @ p["W_dec"] - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
+                total = loss + st.aux_coef * torch.nan_to_num(aux)
+            self.opt[layer].zero_grad()
+            total.backward()
+            self.opt[layer].step()
+            with torch.no_grad():
+                p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+            fve[layer] = 1.0 - loss.item()
+        self.tokens += n_tok
+        self.step += 1
+        row = {"step": self.step, "tokens": self.tokens, "fve_mean": float(np.mean(list(fve.values())))}
+        self.history.append(row)
+        return row
+
+    # ---- results
+    def transcoders(self) -> TranscoderSet:
+        out = TranscoderSet()
+        for layer in self.layers:
+            p = {n: t.detach() for n, t in self.params[layer].items()}
+            si, so = self.scale_in[layer], self.scale_out[layer]
+            cfg = TranscoderConfig(d_model=self.d_model, n_features=self.st.n_features, layer=layer, k=self.st.k,
+                                   model=self.lm_name, tokens_seen=self.tokens, seed=self.st.seed,
+                                   corpus=self.corpus_hash)
+            # f' = so * f, so decoder rows stay unit norm in the model's units
+            state = {"W_enc": p["W_enc"] * (so / si), "b_enc": p["b_enc"] * so,
+                     "W_dec": p["W_dec"].clone(), "b_dec": p["b_dec"] * so}
+            out[layer] = Transcoder.from_state(state, cfg)
+        return out
+
+    # ---- checkpoints (safetensors + JSON metadata)
+    def save_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            for n, t in self.params[layer].items():
+                tensors[f"{layer}.{n}"] = t.detach().contiguous()
+            for i, (n, _) in enumerate(self.params[layer].items()):
+                s = self.opt[layer].state.get(self.params[layer][n], {})
+                if s:
+                    tensors[f"{layer}.{n}.exp_avg"] = s["exp_avg"].contiguous()
+                    tensors[f"{layer}.{n}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
+                    tensors[f"{layer}.{n}.step"] = torch.as_tensor(s["step"]).reshape(1).float()
+            tensors[f"{layer}.last_fired"] = self.last_fired[layer]
+        meta = {"step": self.step, "epoch": self.epoch, "tokens": self.tokens, "history": self.history,
+                "scale_in": self.scale_in, "scale_out": self.scale_out, "settings": asdict(self.st),
+                "corpus": self.corpus_hash}
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"trainer": json.dumps(meta)}))
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["trainer"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        self.step, self.epoch, self.tokens = meta["step"], meta["epoch"], meta["tokens"]
+        self.history = meta["history"]
+        self.scale_in = {int(k): v for k, v in meta["scale_in"].items()}
+        self.scale_out = {int(k): v for k, v in meta["scale_out"].items()}
+        for layer in self.layers:
+            with torch.no_grad():
+                for n, t in self.params[layer].items():
+                    t.copy_(tensors[f"{layer}.{n}"])
+            for n, t in self.params[layer].items():
+                if f"{layer}.{n}.exp_avg" in tensors:
+                    self.opt[layer].state[t] = {
+                        "step": tensors[f"{layer}.{n}.step"].reshape(()),
+                        "exp_avg": tensors[f"{layer}.{n}.exp_avg"].clone(),
+                        "exp_avg_sq": tensors[f"{layer}.{n}.exp_avg_sq"].clone()}
+            self.last_fired[layer] = tensors[f"{layer}.last_fired"].clone()
+
+
+def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folder=None, progress: bool = True,
+          stop_after_steps: int | None = None) -> TranscoderSet:
+    """Train transcoders for ``settings.layers`` (default: all) on ``texts``; cached and resumable.
+
+    The finished set is stored under ``folder`` (default: a cache folder keyed
+    by the model, the texts and the settings) and loaded from there next time.
+    A checkpoint is written every ``checkpoint_every`` batches; a run that is
+    stopped (or told to stop with ``stop_after_steps``) picks up where it
+    left off, on the same batches, and ends with the same weights as an
+    uninterrupted run.
+    """
+    st = settings or TrainSettings()
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise TranscoderError("texts is empty: give the training corpus as a list of non-empty strings")
+    if st.k < 1 or st.k > st.n_features:
+        raise TranscoderError(f"k={st.k}: expected 1..n_features={st.n_features}")
+    if st.layers is not None and any(not 0 <= la < lm.n_layers for la in st.layers):
+        raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
+    corpus_hash = stable_hash(list(texts))
+    key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st), "v": 1})
+    folder = Path(folder) if folder is not None else cache_dir("transcoders") / lm.name / key
+    if (folder / "config.json").is_file():
+        return TranscoderSet.load(folder)
+    trainer = _Trainer(lm, st, corpus_hash)
+    ckpt = folder / "checkpoint.safetensors"
+    if ckpt.is_file():
+        trainer.load_checkpoint(ckpt)
+    torch.manual_seed(st.seed)
+    n_batches = math.ceil(len(texts) / st.batch_size)
+    bar = tqdm(total=st.epochs * n_batches, initial=trainer.step, desc="train transcoders", disable=not progress)
+    done_now = 0
+    while trainer.epoch < st.epochs:
+        batches = _batches(texts, st.batch_size, st.seed + trainer.epoch)
+        start = trainer.step - trainer.epoch * n_batches
+        for batch in batches[start:]:
+            xin, xout, mask, _ = mlp_io(lm, batch, trainer.layers, st.max_length)
+            row = trainer.train_batch(xin, xout, mask)
+            bar.update(1)
+            bar.set_postfix(fve=f"{row['fve_mean']:.3f}")
+            done_now += 1
+            if trainer.step % st.checkpoint_every == 0:
+                trainer.save_checkpoint(ckpt)
+            if stop_after_steps is not None and done_now >= stop_after_steps:
+                trainer.save_checkpoint(ckpt)
+                bar.close()
+                return trainer.transcoders()
+        trainer.epoch += 1
+        trainer.save_checkpoint(ckpt)
+    bar.close()
+    out = trainer.transcoders()
+    out.save(folder)
+    atomic_write_text(folder / "history.json", json.dumps(trainer.history))
+    ckpt.unlink(missing_ok=True)
+    return out
+
+
+def training_history(folder) -> list[dict]:
+    path = Path(folder) / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+# ---------------------------------------------------------------------------
+# quality
+
+
+def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
+            progress: bool = False) -> dict[int, dict]:
+    """Per layer on held-out ``texts``: fraction of variance explained, mean L0, dead fraction.
+
+    Also the fraction of variance a least-squares *linear* map from ``mlp_in``
+    to ``mlp_out`` explains on the same tokens, fitted on those tokens (an
+    upper bound for any linear stand-in), as the baseline.
+    """
+    layers = sorted(tset)
+    sums = {la: {"sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features, dtype=torch.bool),
+                 "y": [], "x": []} for la in layers}
+    for batch in tqdm(_batches(list(texts), batch_size, 0), desc="transcoder quality", disable=not progress):
+        xin, xout, mask, _ = mlp_io(lm, batch, layers, max_length)
+        m = mask.reshape(-1)
+        for la in layers:
+            x = xin[la].reshape(-1, lm.d_model)[m].float().cpu()
+            y = xout[la].reshape(-1, lm.d_model)[m].float().cpu()
+            with torch.no_grad():
+                f = tset[la].encode(x)
+                y_hat = tset[la].decode(f)
+            s = sums[la]
+            s["sse"] += float((y_hat - y).pow(2).sum())
+            s["l0"] += float((f > 0).sum())
+            s["n"] += y.shape[0]
+            s["fired"] |= (f > 0).any(0)
+            s["y"].append(y)
+            s["x"].append(x)
+    out = {}
+    for la in layers:
+        s = sums[la]
+        y = torch.cat(s["y"]).double()
+        x = torch.cat(s["x"]).double()
+        sst = float((y - y.mean(0)).pow(2).sum())
+        X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        sol = torch.linalg.lstsq(X, y).solution
+        lin = float((X @ sol - y).pow(2).sum())
+        out[la] = {"fve": 1 - s["sse"] / sst, "l0": s["l0"] / s["n"], "dead": 1 - float(s["fired"].float().mean()),
+                   "linear_fve": 1 - lin / sst, "tokens": s["n"]}
+    return out
+
+
+def next_token_loss(lm, texts: Sequence[str], interventions: Sequence = (), batch_size: int = 16,
+                    max_length: int = 128) -> float:
+    """Mean next-token cross-entropy (nats) over every real token of ``texts``, under ``interventions``."""
+    from .steering import _resolve, apply_all
+
+    items = _resolve(lm, interventions)
+    total, count = 0.0, 0
+    for j in range(0, len(texts), batch_size):
+        enc = {k: v.to(lm.device) for k, v in
+               lm.encode(list(texts[j:j + batch_size]), padding_side="right", max_length=max_length).items()}
+        got: dict = {}
+        with torch.inference_mode(), lm.nn.trace(enc):
+            apply_all(lm, items, 0)
+            got["logits"] = lm.nn.output.logits.save()
+        logits = got["logits"].float()[:, :-1]
+        tgt = enc["input_ids"][:, 1:]
+        keep = enc["attention_mask"][:, 1:].bool()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                               reduction="none").reshape(tgt.shape)
+        total += float(ce[keep].sum())
+        count += int(keep.sum())
+    return total / count
+
+
+def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = True, **kw) -> dict:
+    """Next-token loss clean, with every transcoder spliced in, with each one alone, and with each MLP zeroed."""
+    from .steering import Set, Transcode
+
+    clean = next_token_loss(lm, texts, **kw)
+    out = {"clean": clean,
+           "all": next_token_loss(lm, texts, [Transcode(tc, splice=True) for tc in tset.values()], **kw)}
+    if each:
+        out["each"] = {la: next_token_loss(lm, texts, [Transcode(tset[la], splice=True)], **kw) for la in tset}
+        out["zero_mlp"] = {la: next_token_loss(lm, texts, [Set(f"mlp_out.{la}", list(range(lm.d_model)), 0.0)], **kw)
+                           for la in tset}
+    return out
+
+
+def max_activations(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128
+                    ) -> dict[int, torch.Tensor]:
+    """The largest activation of every feature over ``texts`` (position 0 left out)."""
+    layers = sorted(tset)
+    best = {la: torch.zeros(tset[la].cfg.n_features) for la in layers}
+    for j in range(0, len(texts), batch_size):
+        xin, _, mask, _ = mlp_io(lm, texts[j:j + batch_size], layers, max_length)
+        mask = mask.clone()
+        mask[:, 0] = False
+        for la in layers:
+            with torch.no_grad():
+                f = tset[la].encode(xin[la][mask].float().cpu())
+            best[la] = torch.maximum(best[la], f.max(0).values) if len(f) else best[la]
+    return best

@@ -1,0 +1,204 @@
+"""Transcoders and attribution graphs on tiny models of both layouts: exactness, files, resuming, interventions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emocircuits import attribution as A
+from emocircuits import transcoders as T
+from emocircuits.activations import capture
+from emocircuits.steering import Transcode, forward
+
+from testkit import CORPUS
+
+TEXT = CORPUS[0] + " " + CORPUS[1]
+SETTINGS = dict(n_features=96, k=8, epochs=2, batch_size=8, checkpoint_every=3)
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gemma"])
+def tiny(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def tset(tiny, tmp_path):
+    return T.train(tiny, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+
+
+def test_replacement_model_reproduces_the_real_forward_pass(tiny, tset):
+    ctx = A.prepare(tiny, tset, TEXT)
+    pres, z, _ = A.linear_forward(ctx, ctx.emb, ctx.act, ctx.err)
+    logits = z @ A._weights(ctx)["W_U"].T
+    torch.testing.assert_close(logits, ctx.logits, rtol=1e-4, atol=1e-5)
+    for pre, act in zip(pres, ctx.act):  # active features: pre-activation == activation
+        torch.testing.assert_close(pre, act, rtol=1e-4, atol=1e-5)
+    assert all(int((p == 0).sum()) == 0 for p in ctx.pos), "BOS features belong to the error node"
+
+
+def test_edges_into_each_node_sum_to_its_value(tiny, tset):
+    g = A.attribution_graph(tiny, tset, TEXT, max_features=30, batch_size=7)
+    assert g.check["max_rel_error"] < 1e-4 and g.check["logit_vs_model"] < 1e-4
+    assert len(g.features) == 30 and g.n_active > 30
+    nf = len(g.features)
+    # sources come before targets: no feature gets an edge from its own layer or later, nor from later positions
+    for t in range(nf):
+        lt, pt = g.features[t][:2]
+        for s in np.nonzero(g.adjacency[t, :nf])[0]:
+            ls, ps = g.features[s][:2]
+            assert ls < lt and ps <= pt
+    assert np.all(g.influence >= -1e-9) and g.influence[g.logit_index] == pytest.approx(0.0)
+    kept = A.prune(g, node_threshold=0.5)
+    assert kept["nodes"][g.logit_index] and 1 <= kept["features_kept"] <= nf
+    assert kept["edges"].sum() <= (np.abs(g.adjacency) > 0).sum()
+
+
+def test_direct_effects_match_the_graph_columns(tiny_llama, tmp_path):
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ctx = A.prepare(tiny_llama, ts, TEXT)
+    g = A.attribution_graph(tiny_llama, ts, TEXT, max_features=60, ctx=ctx)
+    nodes = ctx.feature_nodes()
+    index = {n[:3]: i for i, n in enumerate(nodes)}
+    src = min(range(len(g.features)), key=lambda i: g.features[i][0])  # an early-layer source
+    col = A.direct_effects_from(ctx, g.features[src][:3])
+    for t, node in enumerate(g.features):
+        assert g.adjacency[t, src] == pytest.approx(float(col[index[node[:3]]]), abs=1e-5)
+
+
+def test_growth_follows_positive_effects(tiny_llama, tmp_path):
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ctx = A.prepare(tiny_llama, ts, TEXT)
+    seed = next(n[:3] for n in ctx.feature_nodes() if n[0] == 0)
+    steps = A.grow(ctx, seed, k=3, steps=2)
+    assert steps[0][0][:3] == seed and 1 <= len(steps) <= 3
+    picked = [n[:3] for s in steps for n in s]
+    assert len(picked) == len(set(picked))
+    for n in steps[1]:
+        assert n[0] > seed[0] and n[3] > 0 and len(steps[1]) <= 3
+    with pytest.raises(A.AttributionError, match="not active"):
+        A.grow(ctx, (0, 1, 10_000), k=2)
+
+
+def test_files_roundtrip_and_training_resumes(tiny_llama, tmp_path):
+    st = T.TrainSettings(**SETTINGS)
+    full = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "a", progress=False)
+    part = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False, stop_after_steps=4)
+    assert (tmp_path / "b" / "checkpoint.safetensors").is_file() and not (tmp_path / "b" / "config.json").exists()
+    assert not torch.equal(part[1].W_enc, full[1].W_enc)
+    resumed = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False)
+    for la in full:
+        torch.testing.assert_close(resumed[la].W_enc, full[la].W_enc)
+        torch.testing.assert_close(resumed[la].W_dec, full[la].W_dec)
+    assert not (tmp_path / "b" / "checkpoint.safetensors").exists()
+    loaded = T.TranscoderSet.load(tmp_path / "a")
+    assert loaded[2].cfg == full[2].cfg and torch.equal(loaded[2].b_dec, full[2].b_dec)
+    assert torch.allclose(loaded[0].W_dec.norm(dim=1), torch.ones(st.n_features), atol=1e-5)
+    assert not list(tmp_path.glob("a/.*tmp"))
+    with pytest.raises(T.TranscoderError, match="layers"):
+        T.TranscoderSet.load(tmp_path / "a", layers=[7])
+
+
+def test_published_formats_load(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    W_enc, W_dec = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g)
+    b_enc, b_dec, thr = torch.randn(12, generator=g), torch.randn(5, generator=g), torch.rand(12, generator=g)
+    save_file({"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec,
+               "activation_function.threshold": thr}, str(tmp_path / "layer_3.safetensors"))
+    np.savez(tmp_path / "params.npz", W_enc=W_enc.T.numpy(), W_dec=W_dec.numpy(), b_enc=b_enc.numpy(),
+             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    x = torch.randn(4, 5, generator=g)
+    ct = T.load_layer_file(tmp_path / "layer_3.safetensors", layer=3)
+    gs = T.load_layer_file(tmp_path / "params.npz", layer=3)
+    pre = x @ W_enc.T + b_enc
+    expect = (pre * (pre > thr)) @ W_dec + b_dec
+    for tc in (ct, gs):
+        assert tc.cfg.activation == "jumprelu" and tc.layer == 3
+        torch.testing.assert_close(tc(x), expect)
+    with pytest.raises(T.TranscoderError, match="pass layer="):
+        T.load_layer_file(tmp_path / "layer_3.safetensors")
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(T.TranscoderError, match="expected a .safetensors or .npz"):
+        T.load_layer_file(tmp_path / "w.bin", layer=0)
+    with pytest.raises(T.TranscoderError, match="transcoders"):
+        T.parse_published_config("model_name: x\n")
+    # the hub path, with the download replaced by the local files (no network here)
+    (tmp_path / "config.yaml").write_text("model_name: google/gemma-2-2b\nfeature_input_hook: mlp.hook_in\n"
+                                          "transcoders:\n  - hf://someone/other/layer_3.safetensors\n")
+    seen = []
+
+    def fake_download(repo, filename, revision=None):
+        seen.append((repo, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    got = T.load_published("someone/set", files={3: "hf://someone/other/layer_3.safetensors"})
+    assert list(got) == [3] and seen == [("someone/other", "layer_3.safetensors")]
+    got = T.load_published("someone/set", layers=[0])
+    assert seen[-2:] == [("someone/set", "config.yaml"), ("someone/other", "layer_3.safetensors")]
+    torch.testing.assert_close(got[0](x), expect)
+
+
+def test_bad_settings_are_named(tiny_llama, tmp_path):
+    with pytest.raises(T.TranscoderError, match="k=0"):
+        T.train(tiny_llama, CORPUS, T.TrainSettings(n_features=8, k=0), folder=tmp_path)
+    with pytest.raises(T.TranscoderError, match="texts is empty"):
+        T.train(tiny_llama, ["", " "], folder=tmp_path)
+    with pytest.raises(T.TranscoderError, match="layers"):
+        T.train(tiny_llama, CORPUS, T.TrainSettings(layers=[5]), folder=tmp_path)
+    with pytest.raises(T.TranscoderError, match="activation"):
+        T.TranscoderConfig(d_model=4, n_features=8, layer=0, activation="gelu")
+
+
+def test_splice_and_clamp_act_on_mlp_out(tiny, tset):
+    la = 1
+    tc = tset[la]
+    site_in, site_out = f"mlp_in.{la}", f"mlp_out.{la}"
+    base = capture(tiny, CORPUS[:3], [site_in, site_out], pooling="none", progress=False)
+    spliced = capture(tiny, CORPUS[:3], [site_out], pooling="none", progress=False,
+                      interventions=[Transcode(tc, splice=True)])[site_out]
+    for x, y in zip(base[site_in], spliced):
+        torch.testing.assert_close(y, tc(x), rtol=1e-4, atol=1e-5)
+    clamped = capture(tiny, CORPUS[:3], [site_out], pooling="none", progress=False,
+                      interventions=[Transcode(tc, clamp={4: 3.0})])[site_out]
+    for x, y0, y1 in zip(base[site_in], base[site_out], clamped):
+        f = tc.encode(x)[:, 4]
+        torch.testing.assert_close(y1, y0 + (3.0 - f)[:, None] * tc.W_dec[4], rtol=1e-4, atol=1e-5)
+    # the rest of the model sees the change
+    assert not torch.allclose(forward(tiny, CORPUS[:2]), forward(tiny, CORPUS[:2], [Transcode(tc, clamp={4: 3.0})]))
+    with pytest.raises(ValueError, match="out of range"):
+        Transcode(tc, clamp={10_000: 1.0})
+    with pytest.raises(ValueError, match="clamp"):
+        Transcode(tc)
+
+
+def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    q = T.quality(tiny_llama, ts, CORPUS[:10])
+    for la, row in q.items():
+        assert row["l0"] <= 8 + 1e-9 and 0 <= row["dead"] <= 1 and row["fve"] <= 1
+    losses = T.splice_losses(tiny_llama, ts, CORPUS[:4])
+    assert set(losses["each"]) == {0, 1, 2} and losses["clean"] > 0
+    assert losses["all"] != losses["clean"]
+
+
+def test_step_activity_and_persistence(tiny_llama, tmp_path):
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    prompts = [CORPUS[0], CORPUS[1]]
+    replies = [tiny_llama.tokenizer.encode(" and more", add_special_tokens=False)] * 2
+    act = A.step_activity(tiny_llama, ts, prompts, replies)
+    assert set(act) == {0, 1, 2} and act[0].shape == (2, 96)
+    assert np.all((act[1] >= 0) & (act[1] <= 1))
+    # the feature of highest share: recomputed by hand at the steps of reply 0
+    enc = tiny_llama.encode([prompts[0]])["input_ids"][0]
+    n = len(enc)
+    full = capture(tiny_llama, [prompts[0] + " and more"], ["mlp_in.1"], pooling="none", progress=False)["mlp_in.1"][0]
+    f = ts[1].encode(full[n - 1:n - 1 + len(replies[0])])
+    np.testing.assert_allclose(act[1][0], (f > 0).float().mean(0).numpy(), atol=1e-6)
+    rows = A.persistent(act, threshold=1.0)
+    for la, feat, lo, mean in rows:
+        assert lo == pytest.approx(1.0) and act[la][:, feat].min() == pytest.approx(1.0)
