@@ -119,6 +119,12 @@ def test_published_formats_load(tmp_path, monkeypatch):
     for tc in (ct, gs):
         assert tc.cfg.activation == "jumprelu" and tc.layer == 3
         torch.testing.assert_close(tc(x), expect)
+    W_skip = torch.randn(5, 5, generator=g)
+    save_file({"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec, "W_skip": W_skip},
+              str(tmp_path / "skip.safetensors"))
+    sk = T.load_layer_file(tmp_path / "skip.safetensors", layer=0)
+    assert sk.cfg.activation == "relu" and sk.cfg.skip
+    torch.testing.assert_close(sk(x), torch.relu(pre) @ W_dec + b_dec + x @ W_skip.T)
     with pytest.raises(T.TranscoderError, match="pass layer="):
         T.load_layer_file(tmp_path / "layer_3.safetensors")
     (tmp_path / "w.bin").write_bytes(b"x")
@@ -158,16 +164,17 @@ def test_splice_and_clamp_act_on_mlp_out(tiny, tset):
     la = 1
     tc = tset[la]
     site_in, site_out = f"mlp_in.{la}", f"mlp_out.{la}"
-    base = capture(tiny, CORPUS[:3], [site_in, site_out], pooling="none", progress=False)
-    spliced = capture(tiny, CORPUS[:3], [site_out], pooling="none", progress=False,
-                      interventions=[Transcode(tc, splice=True)])[site_out]
-    for x, y in zip(base[site_in], spliced):
-        torch.testing.assert_close(y, tc(x), rtol=1e-4, atol=1e-5)
-    clamped = capture(tiny, CORPUS[:3], [site_out], pooling="none", progress=False,
-                      interventions=[Transcode(tc, clamp={4: 3.0})])[site_out]
-    for x, y0, y1 in zip(base[site_in], base[site_out], clamped):
-        f = tc.encode(x)[:, 4]
-        torch.testing.assert_close(y1, y0 + (3.0 - f)[:, None] * tc.W_dec[4], rtol=1e-4, atol=1e-5)
+    for text in CORPUS[:3]:  # one at a time: no padding, so column 0 is the first token
+        base = capture(tiny, [text], [site_in, site_out], pooling="none", progress=False)
+        x, y0 = base[site_in][0], base[site_out][0]
+        y = capture(tiny, [text], [site_out], pooling="none", progress=False,
+                    interventions=[Transcode(tc, splice=True)])[site_out][0]
+        torch.testing.assert_close(y[1:], tc(x)[1:], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(y[0], y0[0])  # the first token keeps its MLP
+        y1 = capture(tiny, [text], [site_out], pooling="none", progress=False,
+                     interventions=[Transcode(tc, clamp={4: 3.0})])[site_out][0]
+        want = y0 + (3.0 - tc.encode(x)[:, 4])[:, None] * tc.W_dec[4]
+        torch.testing.assert_close(y1[1:], want[1:], rtol=1e-4, atol=1e-5)
     # the rest of the model sees the change
     assert not torch.allclose(forward(tiny, CORPUS[:2]), forward(tiny, CORPUS[:2], [Transcode(tc, clamp={4: 3.0})]))
     with pytest.raises(ValueError, match="out of range"):

@@ -150,7 +150,8 @@ def prepare(lm, tset: TranscoderSet, text: str) -> Context:
         ctx.pos.append(nz[:, 0])
         ctx.feat.append(nz[:, 1])
         ctx.act.append(f[nz[:, 0], nz[:, 1]])
-        recon = _decode(tc, ctx.pos[la], ctx.feat[la], ctx.act[la], ctx.n_tok)
+        with torch.no_grad():
+            recon = _decode(tc, ctx.pos[la], ctx.feat[la], ctx.act[la], ctx.n_tok) + tc.skip_term(ctx.mlp_in[la])
         errs.append(ctx.mlp_out[la] - recon)
     ctx.err = torch.stack(errs)
     return ctx
@@ -185,7 +186,8 @@ def _weights(ctx: Context):
             Wo=at.o_proj.weight.detach().float().cpu(),
             bo=None if at.o_proj.bias is None else at.o_proj.bias.detach().float().cpu(),
             W_enc=ctx.tset[la].W_enc.detach().float(), b_enc=ctx.tset[la].b_enc.detach().float(),
-            W_dec=ctx.tset[la].W_dec.detach().float(), bias=_bias_rows(ctx.tset[la], ctx.n_tok)))
+            W_dec=ctx.tset[la].W_dec.detach().float(), bias=_bias_rows(ctx.tset[la], ctx.n_tok),
+            W_skip=None if ctx.tset[la].W_skip is None else ctx.tset[la].W_skip.detach().float()))
     W_U = lm.hf.get_output_embeddings().weight.detach().float().cpu()
     ctx._w = dict(layers=ws, w_fin=_norm_weight(lm.hf.model.norm).cpu(), W_U=W_U)
     return ctx._w
@@ -223,6 +225,8 @@ def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor
         pres.append(pre)
         f = feats[la] if deltas is None else pre + deltas[la]
         out = lw["bias"].index_add(0, pos, f[:, None] * lw["W_dec"][feat]) + err[la]
+        if lw["W_skip"] is not None:  # a linear path, like attention's: effects pass through it
+            out = out + m @ lw["W_skip"].T
         h = h + out
     z = h * ctx.s_fin * w["w_fin"]
     logits = z[-1] @ logit_dirs.T if logit_dirs is not None else None
@@ -587,3 +591,53 @@ def top_contexts(lm, tc, feature: int, texts: Sequence[str], top: int = 5, width
         out.append({"activation": v, "before": lm.tokenizer.decode(ids[max(0, p - width):p]),
                     "token": lm.tokenizer.decode([ids[p]]), "text_index": r})
     return out
+
+
+# ---------------------------------------------------------------------------
+# picture
+
+
+def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300):
+    """Draw the pruned graph: token positions across, layers up; edge width ~ |direct effect|,
+    orange for positive and blue for negative; feature nodes sized by influence on the logit."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(12, 7))[1]
+    nodes = np.nonzero(kept["nodes"])[0]
+    slot: dict = {}
+    xy = {}
+    for i in nodes:  # spread the nodes that share a (position, layer) cell
+        x, y = graph.node_xy(int(i))
+        n = slot.get((x, y), 0)
+        slot[(x, y)] = n + 1
+        xy[int(i)] = (x + 0.12 * n - 0.3 * (n > 0), y + 0.08 * (n % 3))
+    t, s = np.nonzero(kept["edges"])
+    w = graph.adjacency[t, s]
+    order = np.argsort(-np.abs(w))[:max_edges]
+    wmax = float(np.abs(w[order]).max()) if len(order) else 1.0
+    for j in order[::-1]:
+        a, b = xy.get(int(s[j])), xy.get(int(t[j]))
+        if a is None or b is None:
+            continue
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="#d95f02" if w[j] > 0 else "#1f78b4",
+                lw=0.3 + 3 * abs(w[j]) / wmax, alpha=0.25 + 0.6 * abs(w[j]) / wmax, zorder=1)
+    nf = len(graph.features)
+    infl = graph.influence
+    imax = float(infl[:nf].max()) if nf else 1.0
+    for i, (x, y) in xy.items():
+        if i < nf:
+            ax.scatter(x, y, s=20 + 180 * infl[i] / imax, color="#7570b3", zorder=3)
+        elif i == graph.logit_index:
+            ax.scatter(x, y, s=160, marker="*", color="#e7298a", zorder=3)
+            ax.annotate(f"logit {graph.target!r}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        elif y == -1:
+            ax.scatter(x, y, s=30, marker="s", color="#1b9e77", zorder=3)
+        else:
+            ax.scatter(x, y, s=18, marker="D", color="#999999", zorder=3)
+    ax.set_xticks(range(graph.n_tok))
+    ax.set_xticklabels([repr(tk)[1:-1][:10] for tk in graph.tokens], rotation=90, fontsize=7)
+    ax.set_ylabel("layer (tokens at -1)")
+    ax.set_ylim(-1.6, graph.n_layers + 0.8)
+    ax.set_title(f"attribution graph: {int(kept['nodes'][:nf].sum())} features, "
+                 f"{int(kept['edges'].sum())} edges (violet: features, grey: errors, green: tokens)")
+    return ax

@@ -107,7 +107,9 @@ class Transcode:
     ``splice=True`` replaces the MLP's output by the transcoder's prediction
     (the error term dropped). ``clamp={feature: value}`` keeps the MLP's output
     and moves each listed feature from its current activation to ``value``:
-    ``mlp_out += (value - f) * W_dec[feature]``.
+    ``mlp_out += (value - f) * W_dec[feature]``. The first column of the
+    first forward pass (the first token, an attention sink transcoders are
+    not trained on; in a left-padded batch, a pad) is left alone.
     """
 
     transcoder: object
@@ -170,6 +172,8 @@ def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tenso
     if iv.splice:
         f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))
         x = f @ tc.W_dec.to(x.device, x.dtype) + tc.b_dec.to(x.device, x.dtype)
+        if tc.W_skip is not None:
+            x = x + src.to(x.dtype) @ tc.W_skip.to(x.device, x.dtype).T
     if iv.clamp:
         idx = torch.tensor(list(iv.clamp), device=x.device)
         f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))[..., idx]
@@ -191,6 +195,8 @@ def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
         return x
     new = x.clone()
     if isinstance(iv, Transcode):
+        if step == 0 and (cols.start or 0) == 0:  # transcoders leave the first token (attention sink) alone
+            cols = slice(1, None)
         new[:, cols] = _transcode(iv, x[:, cols], src[:, cols])
     elif isinstance(iv, Add):
         new[:, cols] += iv.alpha * iv.vector.to(device=x.device, dtype=x.dtype)

@@ -8,10 +8,15 @@ non-zero per token::
     pre = x @ W_enc.T + b_enc          # [tokens, n_features]
     f   = activation(pre)              # top-k of ReLU (ours), JumpReLU or ReLU (published sets)
     y   = f @ W_dec + b_dec            # [tokens, d_model]
+        (+ x @ W_skip.T)               # optional linear skip connection
 
 Ours keep every decoder row at unit norm in the model's units, so a
 feature's activation is the length of what it writes into the residual
-stream (clamping a feature to 10 adds a vector of norm 10).
+stream (clamping a feature to 10 adds a vector of norm 10). They have a
+linear skip connection by default ("skip transcoders"): the part of the MLP
+that is linear in its input needs no features, which leaves the features
+for the rest. The skip is a linear path like attention's OV circuit, so the
+attribution graph stays exact with it.
 
 Files: one ``layer_{L}.safetensors`` per layer with the config as JSON in the
 metadata, written atomically. Published transcoder sets in circuit-tracer's
@@ -57,6 +62,7 @@ class TranscoderConfig:
     seed: int = 0
     corpus: str = ""
     source: str = "trained here"
+    skip: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -79,6 +85,7 @@ class Transcoder(torch.nn.Module):
         self.W_dec = torch.nn.Parameter(torch.zeros(F, d))
         self.b_dec = torch.nn.Parameter(torch.zeros(d))
         self.register_buffer("threshold", torch.zeros(F))
+        self.W_skip = torch.nn.Parameter(torch.zeros(d, d)) if cfg.skip else None
 
     @property
     def layer(self) -> int:
@@ -100,10 +107,16 @@ class Transcoder(torch.nn.Module):
         return self.activate(self.preacts(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """What the features (and the bias) write; the skip term is :meth:`skip_term`."""
         return f @ self.W_dec + self.b_dec
 
+    def skip_term(self, x: torch.Tensor) -> torch.Tensor:
+        if self.W_skip is None:
+            return torch.zeros(*x.shape[:-1], self.cfg.d_model, dtype=self.W_dec.dtype, device=x.device)
+        return x.to(self.W_skip.dtype) @ self.W_skip.T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x)) + self.skip_term(x)
 
     # ---- files
     def state(self) -> dict[str, torch.Tensor]:
@@ -111,6 +124,8 @@ class Transcoder(torch.nn.Module):
                (("W_enc", self.W_enc), ("b_enc", self.b_enc), ("W_dec", self.W_dec), ("b_dec", self.b_dec))}
         if self.cfg.activation == "jumprelu":
             out["activation_function.threshold"] = self.threshold.detach().cpu().contiguous()
+        if self.W_skip is not None:
+            out["W_skip"] = self.W_skip.detach().cpu().contiguous()
         return out
 
     def save(self, path) -> Path:
@@ -128,6 +143,8 @@ class Transcoder(torch.nn.Module):
                 getattr(tc, name).copy_(state[name])
             if "activation_function.threshold" in state:
                 tc.threshold.copy_(state["activation_function.threshold"])
+            if tc.W_skip is not None:
+                tc.W_skip.copy_(state["W_skip"])
         tc.requires_grad_(False)
         return tc
 
@@ -166,8 +183,6 @@ def load_layer_file(path, layer: int | None = None, k: int | None = None, model:
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(state)
         if missing:
             raise TranscoderError(f"{path.name}: missing tensors {sorted(missing)}; expected W_enc, W_dec, b_enc, b_dec")
-        if "W_skip" in state:
-            raise TranscoderError(f"{path.name}: transcoders with a skip connection (W_skip) are not supported")
         if layer is None:
             raise TranscoderError(f"{path.name} has no emocircuits config: pass layer=")
         F, d = state["W_enc"].shape
@@ -175,7 +190,7 @@ def load_layer_file(path, layer: int | None = None, k: int | None = None, model:
             k = int(state.pop("k"))
         act = "jumprelu" if "activation_function.threshold" in state else ("topk" if k else "relu")
         cfg = TranscoderConfig(d_model=d, n_features=F, layer=layer, k=k, activation=act, model=model,
-                               input_site=input_site, source=str(path))
+                               input_site=input_site, source=str(path), skip="W_skip" in state)
     if state["W_enc"].shape != state["W_dec"].shape:
         raise TranscoderError(f"{path.name}: W_enc {tuple(state['W_enc'].shape)} and W_dec "
                               f"{tuple(state['W_dec'].shape)} should both be [n_features, d_model]")
@@ -259,6 +274,40 @@ def _split_uri(uri: str, default_repo: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------
+# the training corpus
+
+
+def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -> list[str]:
+    """Every text of the project's data files, in the shapes the chapters show the model.
+
+    Situation/reply records and held-out situations become chat turns (so the
+    transcoders see the chat template), SEV records become scenario + event
+    sentences, other text fields are used as they are. ``replies`` adds
+    ``(user, reply)`` pairs the model generated itself. Sorted by file and line,
+    so the list (and its hash) is the same on every machine.
+    """
+    from .datasets import DATA_DIR
+
+    folder = Path(data_dir) if data_dir is not None else DATA_DIR
+    out: list[str] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if "situation" in rec and "reply" in rec:
+                out.append(lm.chat_prompt(rec["situation"]) + rec["reply"])
+            elif "scenario" in rec and all(k in rec for k in ("positive", "neutral", "negative")):
+                out.extend(f"{rec['scenario']} {rec[k]}" for k in ("positive", "neutral", "negative"))
+            elif path.stem.startswith("situations") and "text" in rec:
+                out.append(lm.chat_prompt(rec["text"]))
+            else:
+                out.extend(v for k, v in sorted(rec.items()) if isinstance(v, str) and len(v) > 20 and k != "id")
+    out.extend(lm.chat_prompt(user) + reply for user, reply in replies)
+    return out
+
+
+# ---------------------------------------------------------------------------
 # activations of the MLPs, streamed
 
 
@@ -274,9 +323,31 @@ def mlp_io(lm, texts: Sequence[str], layers: Sequence[int], max_length: int = 12
     return got_in, got_out, enc["attention_mask"].bool(), enc["input_ids"]
 
 
+def first_left_out(mask: torch.Tensor) -> torch.Tensor:
+    """The mask of a right-padded batch without each text's first token.
+
+    The first token is an attention sink whose MLP output is tens to
+    thousands of times larger than any other's (on smollm2-135m it carries
+    99.7% of the variance of the last MLP's output): left in, it would
+    dominate training and make every variance-explained number a statement
+    about one token. Transcoders neither learn nor replace it; attribution
+    graphs give it to the error node.
+    """
+    mask = mask.clone()
+    mask[:, 0] = False
+    return mask
+
+
 def _batches(texts: Sequence[str], batch_size: int, seed: int) -> list[list[str]]:
-    order = np.random.default_rng(seed).permutation(len(texts))
-    return [[texts[i] for i in order[j:j + batch_size]] for j in range(0, len(order), batch_size)]
+    """Seeded batches of texts of similar length (less padding), in a seeded order."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    chunk = batch_size * 8
+    batches = []
+    for j in range(0, len(order), chunk):
+        part = sorted(order[j:j + chunk], key=lambda i: (len(texts[i]), i))
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [[texts[i] for i in batches[b]] for b in rng.permutation(len(batches))]
 
 
 # ---------------------------------------------------------------------------
@@ -296,6 +367,7 @@ class TrainSettings:
     dead_after_tokens: int = 20_000
     seed: int = 0
     checkpoint_every: int = 25
+    skip: bool = True
     layers: list[int] | None = field(default=None)
 
 
@@ -312,8 +384,10 @@ class _Trainer:
             W_dec = torch.randn(F, d, generator=g)
             W_dec /= W_dec.norm(dim=1, keepdim=True)
             W_enc = torch.randn(F, d, generator=g) / math.sqrt(d)
-            self.params[layer] = {n: t.requires_grad_(True) for n, t in {
-                "W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": W_dec, "b_dec": torch.zeros(d)}.items()}
+            init = {"W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": W_dec, "b_dec": torch.zeros(d)}
+            if st.skip:
+                init["W_skip"] = torch.zeros(d, d)
+            self.params[layer] = {n: t.requires_grad_(True) for n, t in init.items()}
         self.opt = {layer: torch.optim.Adam(list(p.values()), lr=st.lr) for layer, p in self.params.items()}
         self.scale_in = {layer: 0.0 for layer in self.layers}
         self.scale_out = {layer: 0.0 for layer in self.layers}
@@ -327,7 +401,7 @@ class _Trainer:
     # ---- one batch
     def train_batch(self, xin: dict, xout: dict, mask: torch.Tensor) -> dict:
         st = self.st
-        m = mask.reshape(-1)
+        m = first_left_out(mask).reshape(-1)
         n_tok = int(m.sum())
         fve = {}
         for layer in self.layers:
@@ -345,16 +419,17 @@ class _Trainer:
             vals, idx = pre.topk(st.k, dim=-1)
             f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
             y_hat = f @ p["W_dec"] + p["b_dec"]
+            if "W_skip" in p:
+                y_hat = y_hat + x @ p["W_skip"].T
             var = (y - y.mean(0)).pow(2).sum(-1).mean()
             loss = (y_hat - y).pow(2).sum(-1).mean() / var
             fired = (f > 0).any(0)
             self.last_fired[layer][fired] = self.tokens + n_tok
             dead = (self.tokens + n_tok - self.last_fired[layer]) > st.dead_after_tokens
             total = loss
-            if dead.any() and st.aux_k > 0:
+            if dead.any() and st.aux_k > 0:  # AuxK: dead features learn to explain what the live ones miss
                 kk = min(st.aux_k, int(dead.sum()))
-                aux_pre = pre.masked_fill(~dead, float("-inf"))
-                av, ai = aux_pre.topk(kk, dim=-1)
+                av, ai = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
                 fa = torch.zeros_like(pre).scatter(-1, ai, torch.relu(av))
                 err = (y - y_hat).detach()
                 aux = (fa @ p["W_dec"] - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
@@ -379,10 +454,12 @@ class _Trainer:
             si, so = self.scale_in[layer], self.scale_out[layer]
             cfg = TranscoderConfig(d_model=self.d_model, n_features=self.st.n_features, layer=layer, k=self.st.k,
                                    model=self.lm_name, tokens_seen=self.tokens, seed=self.st.seed,
-                                   corpus=self.corpus_hash)
+                                   corpus=self.corpus_hash, skip=self.st.skip)
             # f' = so * f, so decoder rows stay unit norm in the model's units
             state = {"W_enc": p["W_enc"] * (so / si), "b_enc": p["b_enc"] * so,
                      "W_dec": p["W_dec"].clone(), "b_dec": p["b_dec"] * so}
+            if "W_skip" in p:
+                state["W_skip"] = p["W_skip"] * (so / si)
             out[layer] = Transcoder.from_state(state, cfg)
         return out
 
@@ -497,7 +574,7 @@ def training_history(folder) -> list[dict]:
 
 def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
             progress: bool = False) -> dict[int, dict]:
-    """Per layer on held-out ``texts``: fraction of variance explained, mean L0, dead fraction.
+    """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, dead fraction.
 
     Also the fraction of variance a least-squares *linear* map from ``mlp_in``
     to ``mlp_out`` explains on the same tokens, fitted on those tokens (an
@@ -508,13 +585,13 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
                  "y": [], "x": []} for la in layers}
     for batch in tqdm(_batches(list(texts), batch_size, 0), desc="transcoder quality", disable=not progress):
         xin, xout, mask, _ = mlp_io(lm, batch, layers, max_length)
-        m = mask.reshape(-1)
+        m = first_left_out(mask).reshape(-1)
         for la in layers:
             x = xin[la].reshape(-1, lm.d_model)[m].float().cpu()
             y = xout[la].reshape(-1, lm.d_model)[m].float().cpu()
             with torch.no_grad():
                 f = tset[la].encode(x)
-                y_hat = tset[la].decode(f)
+                y_hat = tset[la].decode(f) + tset[la].skip_term(x)
             s = sums[la]
             s["sse"] += float((y_hat - y).pow(2).sum())
             s["l0"] += float((f > 0).sum())
@@ -581,8 +658,7 @@ def max_activations(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: i
     best = {la: torch.zeros(tset[la].cfg.n_features) for la in layers}
     for j in range(0, len(texts), batch_size):
         xin, _, mask, _ = mlp_io(lm, texts[j:j + batch_size], layers, max_length)
-        mask = mask.clone()
-        mask[:, 0] = False
+        mask = first_left_out(mask)
         for la in layers:
             with torch.no_grad():
                 f = tset[la].encode(xin[la][mask].float().cpu())
