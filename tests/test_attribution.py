@@ -185,9 +185,11 @@ def test_splice_and_clamp_act_on_mlp_out(tiny, tset):
 
 def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
     ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
-    q = T.quality(tiny_llama, ts, CORPUS[:10])
+    q = T.quality(tiny_llama, ts, CORPUS[:10], baseline_texts=CORPUS[10:60])
     for la, row in q.items():
         assert row["l0"] <= 8 + 1e-9 and 0 <= row["dead"] <= 1 and row["fve"] <= 1
+        assert row["linear_fve"] > 0.9  # five sentences repeated: a linear map fitted on them fits them
+    assert all(np.isnan(r["linear_fve"]) for r in T.quality(tiny_llama, ts, CORPUS[:4]).values())
     losses = T.splice_losses(tiny_llama, ts, CORPUS[:4])
     assert set(losses["each"]) == {0, 1, 2} and losses["clean"] > 0
     assert losses["all"] != losses["clean"]
@@ -209,3 +211,20 @@ def test_step_activity_and_persistence(tiny_llama, tmp_path):
     rows = A.persistent(act, threshold=1.0)
     for la, feat, lo, mean in rows:
         assert lo == pytest.approx(1.0) and act[la][:, feat].min() == pytest.approx(1.0)
+
+
+def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    texts = CORPUS[:5]
+    acts = capture(tiny_llama, texts, ["mlp_in.1"], pooling="none", progress=False)["mlp_in.1"]
+    f = [ts[1].encode(x)[1:] for x in acts]  # first token left out
+    feat = int(torch.stack([a.max(0).values for a in f]).max(0).values.argmax())
+    got = A.top_contexts(tiny_llama, ts, [(1, feat)], texts, top=2)[(1, feat)]
+    best = sorted((float(a[:, feat].max()), i) for i, a in enumerate(f))[::-1][:2]
+    assert [g["text_index"] for g in got] == [i for _, i in best]
+    assert got[0]["activation"] == pytest.approx(best[0][0], rel=1e-4)
+    lens = A.token_lens(tiny_llama, ts[1], feat, top=3)
+    assert set(lens) == {"reads", "writes", "suppresses"} and len(lens["writes"]) == 3
+    assert lens["writes"][0][1] >= lens["writes"][-1][1]
+    with pytest.raises(A.AttributionError, match="not in the transcoder set"):
+        A.top_contexts(tiny_llama, ts, [(7, 0)], texts)

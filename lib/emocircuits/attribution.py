@@ -233,6 +233,57 @@ def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor
     return pres, z, logits
 
 
+def edge_rows(ctx: Context, targets: Sequence[int], logit_dir: torch.Tensor | None = None):
+    """Direct effects of every source on a batch of targets, by the replacement model's adjoint.
+
+    ``targets`` index the concatenated active features (layer order); ``-1``
+    is the logit along ``logit_dir``. The model is linear, so its transpose
+    carries each target's sensitivity down the layers, all targets at once;
+    at every layer the sensitivity is read off against the layer's feature
+    activations and error terms (features held fixed: direct effects only).
+    Returns ``(tokens [B, T], features [B, n_active], errors [B, L, T])``.
+    """
+    lm = ctx.lm
+    w = _weights(ctx)
+    H, n_kv, hd = lm.n_heads, int(lm.config.num_key_value_heads), lm.head_dim
+    T, d, L = ctx.n_tok, lm.d_model, ctx.n_layers
+    offs = ctx.offsets()
+    B = len(targets)
+    layer_of = np.searchsorted(offs, np.asarray(targets), side="right") - 1
+    g_h = torch.zeros(B, T, d)
+    for b, t in enumerate(targets):
+        if t == -1:
+            g_h[b, -1] = logit_dir * w["w_fin"] * ctx.s_fin[-1]
+    is_logit = np.asarray(targets) == -1
+    e_feat = [torch.zeros(B, len(p)) for p in ctx.pos]
+    e_err = torch.zeros(B, L, T)
+    top = L - 1 if is_logit.any() else int(layer_of.max())
+    for la in range(top, -1, -1):
+        # only the targets at this layer or above (and the logit) have any sensitivity yet
+        rows = torch.from_numpy(np.nonzero(is_logit | (layer_of >= la))[0])
+        g = g_h[rows]
+        n = len(rows)
+        lw = w["layers"][la]
+        pos, feat = ctx.pos[la], ctx.feat[la]
+        # h_after = h_mid + bias + features + err (+ skip(m))
+        e_err[rows, la] = (g * ctx.err[la]).sum(-1)
+        e_feat[la][rows] = (g[:, pos] * lw["W_dec"][feat]).sum(-1) * ctx.act[la]
+        g_m = g @ lw["W_skip"] if lw["W_skip"] is not None else torch.zeros(n, T, d)
+        for j, b in enumerate(rows.tolist()):
+            if layer_of[b] == la and not is_logit[b]:
+                i = int(targets[b]) - int(offs[la])
+                g_m[j, int(pos[i])] += lw["W_enc"][int(feat[i])]
+        g_mid = g + g_m * ctx.s_mid[la] * lw["w_mid"]
+        # h_mid = h + attention(h)
+        g_a = g_mid * ctx.s_attn[la] * lw["w_attn"] if lw["w_attn"] is not None else g_mid
+        g_z = (g_a @ lw["Wo"]).view(n, T, H, hd).transpose(1, 2)  # [n, H, T, hd]
+        g_v = ctx.pattern[la].transpose(-1, -2) @ g_z
+        g_v = g_v.view(n, n_kv, H // n_kv, T, hd).sum(2).transpose(1, 2).reshape(n, T, n_kv * hd)
+        g_h[rows] = g_mid + (g_v @ lw["Wv"]) * ctx.s_in[la] * lw["w_in"]
+    e_tok = (g_h * ctx.emb).sum(-1)
+    return e_tok, torch.cat(e_feat, dim=1), e_err
+
+
 def logit_direction(ctx: Context, token: int) -> torch.Tensor:
     """Unembedding row of ``token`` minus the mean row: the target is that logit minus the mean logit."""
     W_U = _weights(ctx)["W_U"]
@@ -303,7 +354,7 @@ class Graph:
 
 
 def attribution_graph(lm, tset: TranscoderSet, text: str, target: int | str | None = None,
-                      max_features: int = 256, batch_size: int = 32, include: Sequence[tuple[int, int, int]] = (),
+                      max_features: int = 256, batch_size: int = 64, include: Sequence[tuple[int, int, int]] = (),
                       ctx: Context | None = None) -> Graph:
     """Direct effects between the most influential active features, error and token nodes and a logit.
 
@@ -348,32 +399,21 @@ def attribution_graph(lm, tset: TranscoderSet, text: str, target: int | str | No
     chosen = sorted(chosen)
 
     # 2) direct-effect rows for the chosen features and the logit
-    emb = ctx.emb.clone().requires_grad_(True)
-    err = ctx.err.clone().requires_grad_(True)
-    feats = [a.clone().requires_grad_(True) for a in ctx.act]
-    pres, _, logit = linear_forward(ctx, emb, feats, err, logit_dirs=ldir)
-    outs = torch.cat(pres + [logit])
     rows = chosen + [n_act]
     with torch.no_grad():
+        pres, _, logit = linear_forward(ctx, ctx.emb, ctx.act, ctx.err, logit_dirs=ldir)
+        values = torch.cat(pres + [logit])[rows]
         zero_pres, _, zero_logit = linear_forward(ctx, torch.zeros_like(ctx.emb), [torch.zeros_like(a) for a in ctx.act],
                                                   torch.zeros_like(ctx.err), logit_dirs=ldir)
         const = torch.cat(zero_pres + [zero_logit])[rows]
-    values = outs.detach()[rows]
     nf = len(chosen)
     N = nf + L * T + T + 1
     A = np.zeros((N, N), dtype=np.float32)
-    col_of_feat = np.full(n_act, -1)
-    col_of_feat[chosen] = np.arange(nf)
     sums = torch.zeros(len(rows))
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
-        onehot = torch.zeros(len(part), outs.shape[0])
-        onehot[torch.arange(len(part)), torch.tensor(part)] = 1.0
-        ge, *gf, gr = torch.autograd.grad(outs, [emb, *feats, err], grad_outputs=onehot, is_grads_batched=True,
-                                          retain_graph=True)
-        e_tok = (ge * ctx.emb).sum(-1)  # [B, T]
-        e_err = (gr * ctx.err).sum(-1)  # [B, L, T]
-        e_feat = torch.cat([gi * a for gi, a in zip(gf, ctx.act)], dim=1)  # [B, n_act]
+        with torch.no_grad():
+            e_tok, e_feat, e_err = edge_rows(ctx, [t if t < n_act else -1 for t in part], ldir[0])
         sums[start:start + len(part)] = e_tok.sum(1) + e_err.sum((1, 2)) + e_feat.sum(1)
         r = np.arange(start, start + len(part))
         r = np.where(r < nf, r, N - 1)
@@ -384,7 +424,7 @@ def attribution_graph(lm, tset: TranscoderSet, text: str, target: int | str | No
     diff = (recon - values).abs()
     check = {"max_abs_error": float(diff.max()), "max_value": float(values.abs().max()),
              "max_rel_error": float((diff / values.abs().clamp_min(1e-3)).max()),
-             "logit_vs_model": float((logit.detach()[0] - (ctx.logits[-1][int(target)] - ctx.logits[-1].mean())).abs())}
+             "logit_vs_model": float((logit[0] - (ctx.logits[-1][int(target)] - ctx.logits[-1].mean())).abs())}
     nodes = ctx.feature_nodes()
     graph = Graph(tokens=ctx.tokens, target=lm.tokenizer.decode([int(target)]), target_id=int(target),
                   features=[nodes[i] for i in chosen], n_layers=L, adjacency=A, check=check, n_active=n_act,
@@ -565,31 +605,36 @@ def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, 
     return {"reads": best(de), "writes": best(un), "suppresses": best(-un)}
 
 
-def top_contexts(lm, tc, feature: int, texts: Sequence[str], top: int = 5, width: int = 8,
-                 batch_size: int = 16) -> list[dict]:
-    """The ``top`` token positions of ``texts`` where the feature is most active, with ``width`` tokens of
-    context before them."""
-    from .transcoders import mlp_io
+def top_contexts(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], texts: Sequence[str], top: int = 5,
+                 width: int = 8, batch_size: int = 16) -> dict[tuple[int, int], list[dict]]:
+    """For each ``(layer, feature)``, the ``top`` texts where it is most active (one position per text, the
+    first token left out), with ``width`` tokens of context before it. One pass over ``texts`` for all."""
+    from .transcoders import first_left_out, mlp_io
 
-    best: list[tuple[float, int, int]] = []
+    nodes = [(int(la), int(f)) for la, f in nodes]
+    for la, f in nodes:
+        if la not in tset or not 0 <= f < tset[la].cfg.n_features:
+            raise AttributionError(f"node (layer {la}, feature {f}) is not in the transcoder set")
+    layers = sorted({la for la, _ in nodes})
+    best: dict = {n: [] for n in nodes}
     toks: dict[int, list[int]] = {}
     for j in range(0, len(texts), batch_size):
-        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), [tc.cfg.layer], max_length=128)
-        with torch.no_grad():
-            f = tc.encode(xin[tc.cfg.layer].float().cpu())[..., feature]
-        f[~mask.cpu()] = 0
-        f[:, 0] = 0
-        for r in range(f.shape[0]):
+        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), layers, max_length=128)
+        keep = first_left_out(mask).cpu()
+        for r in range(ids.shape[0]):
             toks[j + r] = ids[r][mask[r]].tolist()
-            v, p = f[r].max(0)
-            if float(v) > 0:
-                best.append((float(v), j + r, int(p)))
-    best.sort(key=lambda t: -t[0])
-    out = []
-    for v, r, p in best[:top]:
-        ids = toks[r]
-        out.append({"activation": v, "before": lm.tokenizer.decode(ids[max(0, p - width):p]),
-                    "token": lm.tokenizer.decode([ids[p]]), "text_index": r})
+        for la in layers:
+            with torch.no_grad():
+                acts = tset[la].encode(xin[la].float().cpu())
+            for n in (n for n in nodes if n[0] == la):
+                a = acts[..., n[1]].masked_fill(~keep, 0.0)
+                v, p = a.max(1)
+                best[n] += [(float(v[r]), j + r, int(p[r])) for r in range(a.shape[0]) if float(v[r]) > 0]
+    out = {}
+    for n, rows in best.items():
+        rows.sort(key=lambda t: -t[0])
+        out[n] = [{"activation": v, "before": lm.tokenizer.decode(toks[r][max(0, p - width):p]),
+                   "token": lm.tokenizer.decode([toks[r][p]]), "text_index": r} for v, r, p in rows[:top]]
     return out
 
 

@@ -345,7 +345,7 @@ def _batches(texts: Sequence[str], batch_size: int, seed: int) -> list[list[str]
     chunk = batch_size * 8
     batches = []
     for j in range(0, len(order), chunk):
-        part = sorted(order[j:j + chunk], key=lambda i: (len(texts[i]), i))
+        part = sorted(order[j:j + chunk], key=lambda i: (len(texts[i] if isinstance(texts[i], str) else texts[i][0]), i))
         batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
     return [[texts[i] for i in batches[b]] for b in rng.permutation(len(batches))]
 
@@ -361,7 +361,7 @@ class TrainSettings:
     epochs: int = 2
     batch_size: int = 16
     max_length: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 20_000
@@ -573,22 +573,33 @@ def training_history(folder) -> list[dict]:
 
 
 def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
-            progress: bool = False) -> dict[int, dict]:
+            progress: bool = False, baseline_texts: Sequence[str] = ()) -> dict[int, dict]:
     """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, dead fraction.
 
-    Also the fraction of variance a least-squares *linear* map from ``mlp_in``
-    to ``mlp_out`` explains on the same tokens, fitted on those tokens (an
-    upper bound for any linear stand-in), as the baseline.
+    Also, as the baseline, the fraction of variance a least-squares *linear*
+    map from ``mlp_in`` to ``mlp_out`` explains on ``texts`` (``linear_fve``),
+    fitted on ``baseline_texts`` (e.g. some of the transcoders' training
+    texts; without them, no baseline).
     """
     layers = sorted(tset)
     sums = {la: {"sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features, dtype=torch.bool),
-                 "y": [], "x": []} for la in layers}
-    for batch in tqdm(_batches(list(texts), batch_size, 0), desc="transcoder quality", disable=not progress):
-        xin, xout, mask, _ = mlp_io(lm, batch, layers, max_length)
-        m = first_left_out(mask).reshape(-1)
+                 "y": [], "x": [], "half": []} for la in layers}
+    tagged = [(t, 0) for t in baseline_texts] + [(t, 1) for t in texts]
+    for batch in tqdm(_batches(tagged, batch_size, 0), desc="transcoder quality", disable=not progress):
+        xin, xout, mask, _ = mlp_io(lm, [t for t, _ in batch], layers, max_length)
+        keep = first_left_out(mask)
+        m = keep.reshape(-1)
+        half = torch.tensor([h for _, h in batch])[:, None].expand_as(keep).reshape(-1)[m.cpu()]
         for la in layers:
-            x = xin[la].reshape(-1, lm.d_model)[m].float().cpu()
-            y = xout[la].reshape(-1, lm.d_model)[m].float().cpu()
+            if not half.any():
+                s = sums[la]
+                s["x"].append(xin[la].reshape(-1, lm.d_model)[m].float().cpu())
+                s["y"].append(xout[la].reshape(-1, lm.d_model)[m].float().cpu())
+                s["half"].append(half)
+                continue
+            x_all = xin[la].reshape(-1, lm.d_model)[m].float().cpu()
+            y_all = xout[la].reshape(-1, lm.d_model)[m].float().cpu()
+            x, y = x_all[half.bool()], y_all[half.bool()]
             with torch.no_grad():
                 f = tset[la].encode(x)
                 y_hat = tset[la].decode(f) + tset[la].skip_term(x)
@@ -597,19 +608,24 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
             s["l0"] += float((f > 0).sum())
             s["n"] += y.shape[0]
             s["fired"] |= (f > 0).any(0)
-            s["y"].append(y)
-            s["x"].append(x)
+            s["y"].append(y_all)
+            s["x"].append(x_all)
+            s["half"].append(half)
     out = {}
     for la in layers:
         s = sums[la]
         y = torch.cat(s["y"]).double()
         x = torch.cat(s["x"]).double()
-        sst = float((y - y.mean(0)).pow(2).sum())
-        X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-        sol = torch.linalg.lstsq(X, y).solution
-        lin = float((X @ sol - y).pow(2).sum())
+        h = torch.cat(s["half"]).bool()
+        yt = y[h]
+        sst = float((yt - yt.mean(0)).pow(2).sum())
+        lin = float("nan")
+        if (~h).any():
+            X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            sol = torch.linalg.lstsq(X[~h], y[~h]).solution
+            lin = 1 - float((X[h] @ sol - yt).pow(2).sum()) / sst
         out[la] = {"fve": 1 - s["sse"] / sst, "l0": s["l0"] / s["n"], "dead": 1 - float(s["fired"].float().mean()),
-                   "linear_fve": 1 - lin / sst, "tokens": s["n"]}
+                   "linear_fve": lin, "tokens": s["n"]}
     return out
 
 
