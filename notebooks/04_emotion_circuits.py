@@ -347,37 +347,49 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
         .set_caption(f"replies judged as the instructed emotion ({len(gen) // 3} per condition, all emotions)"))
 
 # %% [markdown]
-# ## 7. Circuit modulation: an emotion the model was not asked for
+# ## 7. Three ways to an emotion the model was not asked for
 #
-# Paper B's control: on prompts *without* an emotion instruction, add
-# `scale x` (the emotion's group-centred mean activation) to each circuit
-# neuron and head, at the last prompt position and every generated
-# position. The scale is chosen on discovery prompts (the smallest that
-# reaches the best judged accuracy with at least 90% coherent replies; if
-# no scale keeps 90% coherent, the most accurate one) and then evaluated
-# once on held-out prompts. Read the coherent share beside the unmodified
+# Paper B's comparison, on prompts *without* an emotion instruction:
+# (a) **prompting**, asking for the emotion in the system prompt;
+# (b) **steering vectors**, adding the emotion's direction to the residual
+# stream of the middle third of the layers (a total of `alpha` x the
+# residual RMS, split evenly over those layers); (c) **circuit
+# modulation**, adding `scale x` (the emotion's group-centred mean
+# activation) to each circuit neuron and head. (b) and (c) act at the last
+# prompt position and every generated position. `scale` and `alpha` are
+# each chosen on discovery prompts (the smallest that reaches the best
+# judged accuracy with at least 90% coherent replies; if none keeps 90%
+# coherent, the most accurate one) and then evaluated once on held-out
+# prompts. Read the coherent share beside the unmodified
 # model's own: a 135M model's plain replies fail the repetition checks
-# often, which caps what any intervention can score there. **Baselines:** the unmodulated
-# replies (how often the judge reads each emotion anyway) and asking for
-# the emotion in the system prompt (paper B's "prompting").
+# often, which caps what any intervention can score there. **Baseline:** the
+# unmodified replies (how often the judge reads each emotion anyway). Paper
+# B on Llama-3.2-3B-Instruct: prompting 98.96%, steering vectors 91.22%,
+# circuit modulation 99.65%.
 
 # %%
 c_means = C.group_centred_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
                                 labels, groups, EMO)
 
 
-def modulated(recs, scale, n_tokens):
-    """Replies to neutral-valence prompts without instruction, modulated toward each emotion in turn.
+steer_layers = list(range(L // 3, 2 * L // 3))
+rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_layers}
 
-    With ``scale=0`` the model is unchanged, so one set of replies serves as
-    the baseline for every target emotion.
+
+def toward(recs, scale, n_tokens, how="modulation"):
+    """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
+
+    ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
+    ``scale`` = alpha in RMS units). With ``scale=0`` the model is unchanged,
+    so one set of replies serves as the baseline for every target emotion.
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
     plain = generate(lm, users, max_new_tokens=n_tokens, batch_size=8) if not scale else None
     out = []
     for emo in EMO:
-        texts = plain or generate(lm, users, C.modulation(circuits[emo], c_means, EMO, scale),
-                                  max_new_tokens=n_tokens, batch_size=8)
+        ivs = (C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation" else
+               C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers))
+        texts = plain or generate(lm, users, ivs, max_new_tokens=n_tokens, batch_size=8)
         out += [{"emotion": emo, "scale": scale, "user": u, "text": t} for u, t in zip(users, texts)]
     df = pd.DataFrame(out)
     verdict = {t: v["label"] for t, v in zip(df.text.unique(), judge(list(df.text.unique())))}
@@ -387,25 +399,33 @@ def modulated(recs, scale, n_tokens):
     return df
 
 
-scales = (4.0, 8.0) if QUICK else (2.0, 4.0, 8.0, 16.0)
-tune = pd.concat([modulated(disc[:1 if QUICK else 6], s, new_tokens) for s in scales])
-tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
-display(tuned.style.format("{:.2f}").set_caption("choosing the scale on discovery prompts"))
-ok = tuned[tuned.coherent >= 0.9]
-scale = float((ok if len(ok) else tuned).accuracy.idxmax())
-print(f"chosen scale: {scale}")
+def choose(how, grid):
+    tune = pd.concat([toward(disc[:1 if QUICK else 6], s, new_tokens, how) for s in grid])
+    tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+    display(tuned.style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
+    ok = tuned[tuned.coherent >= 0.9]
+    return float((ok if len(ok) else tuned).accuracy.idxmax())
+
+
+scale = choose("modulation", (4.0, 8.0) if QUICK else (2.0, 4.0, 8.0, 16.0))
+alpha = choose("steering", (2.0, 8.0) if QUICK else (1.0, 2.0, 4.0, 8.0, 16.0))
+print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
+      f"{steer_layers[0]}-{steer_layers[-1]}")
 
 # %%
 held = test_recs[: 3 if QUICK else 16]
-mod = modulated(held, scale, new_tokens)
-plain = modulated(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
+mod = toward(held, scale, new_tokens)
+steered = toward(held, alpha, new_tokens, "steering")
+plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
 asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
                  batch_size=8)
 asked_hit = [v["label"] == p["emotion"] for v, p in zip(judge(asked), tp)]
 asked_coh = [c["coherent"] for c in J.coherence(asked)]
 res = {}
-for name, hit, coh in (("circuit modulation", mod.hit, mod.coherent), ("no intervention", plain.hit, plain.coherent),
+for name, hit, coh in (("circuit modulation", mod.hit, mod.coherent),
+                       ("steering vector (directions)", steered.hit, steered.coherent),
+                       ("no intervention", plain.hit, plain.coherent),
                        ("prompting (instruction)", asked_hit, asked_coh)):
     a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
     c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
@@ -469,6 +489,8 @@ headline = record(
     modulation_accuracy=res.loc["circuit modulation", "accuracy"],
     modulation_coherent=res.loc["circuit modulation", "coherent"],
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
+    steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
+    steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,
     scale=scale,
 )
 pd.Series(headline).to_frame("value")

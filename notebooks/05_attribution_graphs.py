@@ -137,7 +137,7 @@ print(f"{len(tset)} transcoders, {settings.n_features} features each, k={setting
 
 # %%
 qual = pd.DataFrame(T.quality(lm, tset, held, baseline_texts=train[: 64 if QUICK else 400])).T
-loss_texts = held[: 4 if QUICK else 48]
+loss_texts = held[: 4 if QUICK else 32]
 losses = T.splice_losses(lm, tset, loss_texts)
 qual["d_loss (this transcoder)"] = [losses["each"][la] - losses["clean"] for la in qual.index]
 qual["d_loss (MLP zeroed)"] = [losses["zero_mlp"][la] - losses["clean"] for la in qual.index]
@@ -293,6 +293,12 @@ print(f"{g40.n_tok}-token prompt, {len(g40.features)} feature rows: {graph40_sec
 # layers below the top, so that there is a downstream to grow into; the
 # features of the last layers that stay on everywhere are, on this model,
 # as active under the neutral prompt.
+#
+# One change from "activation x edge weight": we rank a downstream feature
+# by that effect *divided by its own activation* (the share of its input
+# the circuit provides). With raw effects, the last layer's features, whose
+# activations are tens of times larger than anyone else's on this model,
+# win every step on scale alone and the circuit ends after one step.
 
 # %%
 active = {}
@@ -309,13 +315,13 @@ if seed is None:  # fall back on the feature with the largest total effect on th
     seed = graph.features[max(low, key=lambda i: abs(graph.total_effect[i]))][:3]
     print("no persistent feature below the top layers is active in this prompt; seeding with the graph's top feature")
 K, STEPS = 5, 3
-grown = A.grow(ctx0, seed, k=K, steps=STEPS)
+grown = A.grow(ctx0, seed, k=K, steps=STEPS, relative=True)
 rows = []
 for step, nodes in enumerate(grown):
     for la, p, f, eff in nodes:
         lens = A.token_lens(lm, tset[la], f, top=3)
         rows.append({"step": step, "node": f"L{la}/F{f}@{p}", "token": ctx0.tokens[p],
-                     "effect from previous step": eff if step else float("nan"),
+                     "share of its input from previous step": eff if step else float("nan"),
                      "writes": " ".join(repr(t) for t, _ in lens["writes"])})
 growth = pd.DataFrame(rows)
 display(growth)

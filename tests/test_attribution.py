@@ -78,6 +78,12 @@ def test_growth_follows_positive_effects(tiny_llama, tmp_path):
     assert len(picked) == len(set(picked))
     for n in steps[1]:
         assert n[0] > seed[0] and n[3] > 0 and len(steps[1]) <= 3
+    rel = A.grow(ctx, seed, k=3, steps=1, relative=True)
+    acts = {n[:3]: n[3] for n in ctx.feature_nodes()}
+    col = A.direct_effects_from(ctx, seed)
+    index = {n[:3]: i for i, n in enumerate(ctx.feature_nodes())}
+    for la, p, f, score in rel[1]:
+        assert score == pytest.approx(float(col[index[(la, p, f)]]) / acts[(la, p, f)], rel=1e-4)
     with pytest.raises(A.AttributionError, match="not active"):
         A.grow(ctx, (0, 1, 10_000), k=2)
 

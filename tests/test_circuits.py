@@ -242,3 +242,16 @@ def test_circuit_ablation_beats_random_on_smollm2(smol):
     assert res_m["circuit"].mean() > 0
     up = C.projection(smol, texts, v, interventions=C.enhance(circ, 2.0))
     assert (up - res["base"]).mean() > 0
+
+
+def test_direction_steering_splits_the_push_over_layers():
+    emos = ["anger", "joy"]
+    dirs = {f"resid_post.{la}": np.eye(2, 4)[[1, 0]] for la in (1, 2)}
+    ivs = C.direction_steering(dirs, emos, "joy", alpha=3.0, rms={1: 2.0, 2: 4.0}, layers=[1, 2])
+    assert [str(iv.site) for iv in ivs] == ["resid_post.1", "resid_post.2"]
+    assert [iv.alpha for iv in ivs] == [3.0, 6.0] and all(iv.positions == "last:1" for iv in ivs)
+    assert torch.equal(ivs[0].vector, torch.tensor([1.0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="no direction or RMS"):
+        C.direction_steering(dirs, emos, "joy", 1.0, {1: 1.0}, layers=[1, 2])
+    with pytest.raises(ValueError, match="not one of"):
+        C.direction_steering(dirs, emos, "fear", 1.0, {1: 1.0}, layers=[1])

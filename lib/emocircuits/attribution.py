@@ -503,11 +503,16 @@ def direct_effects_from(ctx: Context, source: tuple[int, int, int]) -> torch.Ten
     return eff
 
 
-def grow(ctx: Context, seed: tuple[int, int, int], k: int = 5, steps: int = 3) -> list[list[tuple[int, int, int, float]]]:
+def grow(ctx: Context, seed: tuple[int, int, int], k: int = 5, steps: int = 3,
+         relative: bool = False) -> list[list[tuple[int, int, int, float]]]:
     """Paper C's growth: ``steps`` times, add the ``k`` active features with the largest summed positive
     direct effect (activation x edge weight) from the features added in the step before.
 
-    Returns the seed and each step's additions as ``(layer, position, feature, effect)``.
+    With ``relative=True`` a target is ranked by the effect divided by its own
+    activation (the share of its input the sources provide), so features
+    with huge activations (the last layers' on smollm2) do not win on scale
+    alone. Returns the seed and each step's additions as
+    ``(layer, position, feature, score)``.
     """
     if k < 1 or steps < 0:
         raise AttributionError(f"k={k}, steps={steps}: expected k >= 1 and steps >= 0")
@@ -522,6 +527,8 @@ def grow(ctx: Context, seed: tuple[int, int, int], k: int = 5, steps: int = 3) -
     frontier = [seed]
     for _ in range(steps):
         score = sum(direct_effects_from(ctx, s) for s in frontier)
+        if relative:
+            score = score / torch.cat(ctx.act).clamp_min(1e-6)
         for n in chosen:
             score[index[n]] = float("-inf")
         top = torch.topk(score, min(k, len(score)))

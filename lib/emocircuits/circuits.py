@@ -433,6 +433,29 @@ def modulation(circuit: Circuit, centred_means: dict[str, torch.Tensor], emotion
     return _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions)
 
 
+def direction_steering(dirs: dict[str, np.ndarray], emotions: Sequence[str], emotion: str, alpha: float,
+                       rms: dict[int, float], layers: Sequence[int], positions: str = "last:1") -> list[Add]:
+    """Paper B's steering-vector baseline: add the emotion's direction at ``resid_post`` of ``layers``.
+
+    Each layer gets ``alpha * rms[layer] / len(layers)`` times the unit
+    direction, so ``alpha`` is the total push in units of the residual
+    stream's RMS at the pushed position, whatever the number of layers.
+    Same positions as :func:`modulation` (the last prompt position and every
+    generated one).
+    """
+    if emotion not in emotions:
+        raise ValueError(f"emotion {emotion!r} is not one of {list(emotions)}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty: give the resid_post layers to push at")
+    missing = [la for la in layers if f"resid_post.{la}" not in dirs or la not in rms]
+    if missing:
+        raise ValueError(f"no direction or RMS for resid_post of layers {missing}")
+    e = list(emotions).index(emotion)
+    return [Add(f"resid_post.{la}", torch.as_tensor(dirs[f"resid_post.{la}"][e], dtype=torch.float32),
+                alpha=alpha * rms[la] / len(layers), positions=positions) for la in layers]
+
+
 # ---------------------------------------------------------------------------
 # measurements
 

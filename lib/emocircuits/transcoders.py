@@ -636,6 +636,7 @@ def next_token_loss(lm, texts: Sequence[str], interventions: Sequence = (), batc
 
     items = _resolve(lm, interventions)
     total, count = 0.0, 0
+    texts = sorted(texts, key=len)  # batches of similar length: little padding
     for j in range(0, len(texts), batch_size):
         enc = {k: v.to(lm.device) for k, v in
                lm.encode(list(texts[j:j + batch_size]), padding_side="right", max_length=max_length).items()}
