@@ -92,7 +92,7 @@ lm
 # %%
 pd.DataFrame({"site": [f"{k}.L" for k in SITE_KINDS],
               "width": [lm.d_model, f"{lm.n_heads} heads x {lm.head_dim}", lm.d_model, lm.d_model,
-                        lm.d_mlp, lm.d_model, lm.d_model]})
+                        lm.d_model, lm.d_mlp, lm.d_model, lm.d_model]})
 
 # %% [markdown]
 # Papers index layers differently. Here layer `L` is `model.layers[L]`, and
