@@ -168,17 +168,17 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
 
 def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     tc = iv.transcoder
-    w = tc.W_enc.to(device=x.device, dtype=x.dtype)
+    src = src.to(x.dtype)
+    w_dec = tc.W_dec.to(x.device, x.dtype)
+    f = tc.activate(src @ tc.W_enc.to(x.device, x.dtype).T + tc.b_enc.to(x.device, x.dtype))  # once for both
     if iv.splice:
-        f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))
-        x = f @ tc.W_dec.to(x.device, x.dtype) + tc.b_dec.to(x.device, x.dtype)
+        x = f @ w_dec + tc.b_dec.to(x.device, x.dtype)
         if tc.W_skip is not None:
-            x = x + src.to(x.dtype) @ tc.W_skip.to(x.device, x.dtype).T
+            x = x + src @ tc.W_skip.to(x.device, x.dtype).T
     if iv.clamp:
         idx = torch.tensor(list(iv.clamp), device=x.device)
-        f = tc.activate(src.to(x.dtype) @ w.T + tc.b_enc.to(x.device, x.dtype))[..., idx]
         target = torch.tensor(list(iv.clamp.values()), device=x.device, dtype=x.dtype)
-        x = x + (target - f) @ tc.W_dec.to(x.device, x.dtype)[idx]
+        x = x + (target - f[..., idx]) @ w_dec[idx]
     return x
 
 

@@ -243,8 +243,6 @@ def load_published(repo_id: str, layers: Iterable[int] | None = None, revision: 
     from huggingface_hub import hf_hub_download
 
     if files is None:
-        import yaml
-
         cfg_path = hf_hub_download(repo_id, "config.yaml", revision=revision)
         files = dict(enumerate(parse_published_config(Path(cfg_path).read_text())["transcoders"]))
     chosen = sorted(files) if layers is None else sorted(layers)
@@ -561,11 +559,6 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
     atomic_write_text(folder / "history.json", json.dumps(trainer.history))
     ckpt.unlink(missing_ok=True)
     return out
-
-
-def training_history(folder) -> list[dict]:
-    path = Path(folder) / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
 
 
 # ---------------------------------------------------------------------------
