@@ -22,6 +22,7 @@ export TOKENIZERS_PARALLELISM := false
 
 help:
 	@echo "make book   - set up .venv and build the book into _build/html"
+	@echo "make book-quick - the same in QUICK mode, into _build/html-quick"
 	@echo "make test   - set up .venv and run the tests"
 	@echo "make bench  - benchmarks (ratios measured side by side)"
 	@echo "make sync   - re-pair notebooks/*.py with their .ipynb"
@@ -35,13 +36,22 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Headless Chromium and its driver for the browser check of the rendered
+# book (tests/test_html.py), from Debian's packages; needs root (CI is).
+BROWSER_STAMP := $(VENV)/.browser-installed
+$(BROWSER_STAMP): $(STAMP)
+	@{ command -v chromium || command -v google-chrome; } >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  { echo "make: could not install Debian's chromium and chromium-driver (the browser check needs them; run as root)"; exit 1; }
+	@touch $@
+
 book: $(STAMP)
 	$(BIN)/emocircuits book
 
 book-quick: $(STAMP)
 	$(BIN)/emocircuits book --quick
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -129,7 +129,7 @@ print(f"last layer: raw {diffs[-1]:.2e}, after the final norm {final_diff:.2e}")
 # %%
 situation = "My dog died this morning."
 for system in [None, "You are a warm, caring friend who listens closely."]:
-    reply = generate(lm, [situation], system=system, max_new_tokens=60)[0]
+    reply = generate(lm, [situation], system=system, max_new_tokens=30 if QUICK else 60)[0]
     print(f"system={system!r}\n  -> {reply}\n")
 
 # %% [markdown]
@@ -211,9 +211,9 @@ for layer in sorted({lm.n_layers // 4, read_layer}):
     direction = direction / direction.norm()
     scale = X.norm(dim=1).mean().item()
     print(f"--- layer {layer} (|resid| = {scale:.1f})")
-    for alpha in [-0.3, -0.15, 0.0, 0.15, 0.3]:
+    for alpha in [-0.3, 0.0, 0.3] if QUICK else [-0.3, -0.15, 0.0, 0.15, 0.3]:
         steer = [Add(f"resid_post.{layer}", direction, alpha=alpha * scale, positions="all")]
-        text = generate(lm, [prompt], steer, max_new_tokens=32)[0]
+        text = generate(lm, [prompt], steer, max_new_tokens=16 if QUICK else 32)[0]
         print(f"alpha = {alpha:+.2f}: {text}")
 
 # %% [markdown]

@@ -81,6 +81,8 @@ OTHER = "gemma3-270m" if MODEL != "gemma3-270m" else "smollm2-135m"
 lm = load_model(MODEL)
 LAYERS = list(range(lm.n_layers)) if not QUICK else list(range(0, lm.n_layers, 4))
 pairs = ds.load_named("eia_pairs")
+if QUICK:  # every other pair (the stored split is kept for the rest)
+    pairs = pairs[::2]
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 print(lm, f"\n{len(pairs)} pairs, {sum(p.split == 'train' for p in pairs)} train / "
       f"{sum(p.split == 'test' for p in pairs)} test (stored split)")
@@ -108,8 +110,8 @@ def fmt(est, lo, hi, digits=2):
 # each oriented on the training pairs as a probe would be.
 
 # %%
-fits = {pool: P.fit_pair_probe(lm, pairs, scen, layers=LAYERS, pooling=pool, seed=SEED)
-        for pool in ("mean_all", "last_prompt_token", "mean_response")}
+fits = P.fit_pair_probes(lm, pairs, scen, layers=LAYERS, poolings=("mean_all", "last_prompt_token", "mean_response"),
+                        seed=SEED)  # one forward pass, three poolings
 fig, ax = plt.subplots(figsize=(8, 3.8))
 for pool, fit in fits.items():
     m = fit.metrics["layers"]

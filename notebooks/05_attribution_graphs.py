@@ -114,7 +114,7 @@ n_held = max(16, len(corpus) // 10)
 held = [corpus[i] for i in perm[:n_held]]
 train = [corpus[i] for i in perm[n_held:]]
 if QUICK:
-    held, train = held[:48], train[:320]
+    held, train = held[:24], train[:320]
 n_train_tok = sum(len(lm.tokenizer.encode(t)) for t in train)
 print(f"corpus: {len(corpus)} texts; training on {len(train)} texts ({n_train_tok:,} tokens), "
       f"{len(held)} held out")

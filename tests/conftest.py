@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,3 +46,15 @@ def tiny_gemma(tmp_path_factory):
     name = make_tiny(tmp_path_factory.mktemp("tiny-gemma"), "gemma")
     yield load_model(name, device="cpu")
     REGISTRY.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def quick_book():
+    """The QUICK book as ``make book-quick`` builds it: every chapter executed by
+    papermill into ``_build/executed-quick`` (a chapter whose source, parameters
+    and library code are unchanged is reused) and rendered to ``_build/html-quick``."""
+    from emocircuits.book import DEFAULT_MODEL, ROOT, build, html_dir
+
+    build(quick=True, model=DEFAULT_MODEL, seed=0)
+    return SimpleNamespace(root=ROOT, executed=ROOT / "_build" / "executed-quick", html=html_dir(ROOT, quick=True),
+                           params={"MODEL": DEFAULT_MODEL, "QUICK": True, "SEED": 0})

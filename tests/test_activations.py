@@ -172,3 +172,25 @@ def test_bad_capture_inputs(smol):
 def test_parse_site_negative_layers_and_str():
     assert parse_site("resid_post.-1", 30) == Site("resid_post", 29)
     assert str(parse_site("attn_z.3")) == "attn_z.3"
+
+
+def test_several_poolings_from_one_pass_equal_separate_captures(smol, tmp_path, monkeypatch):
+    texts = ["Hi. I am sorry to hear that.", "Hello there. That sounds hard, tell me more."]
+    starts = [4, 13]
+    pools = ("mean_all", "last_prompt_token", "mean_response")
+    sites = ["resid_post.2", "mlp_act.4"]
+    both = capture(smol, texts, sites, pooling=pools, response_starts=starts, progress=False)
+    assert list(both) == list(pools)
+    for p in pools:
+        one = capture(smol, texts, sites, pooling=p, response_starts=starts, progress=False)
+        for s in sites:
+            torch.testing.assert_close(both[p][s], one[s], rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    first = capture(smol, texts, sites, pooling=pools, response_starts=starts, progress=False, cache=True)
+    again = capture(smol, texts, sites, pooling=pools, response_starts=starts, progress=False, cache=True)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    for p in pools:
+        for s in sites:
+            torch.testing.assert_close(first[p][s], again[p][s])
+    with pytest.raises(ValueError, match="or a tuple of"):
+        capture(smol, texts, sites, pooling=("mean_all", "none"), progress=False)

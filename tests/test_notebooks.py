@@ -43,25 +43,24 @@ def test_parameters_cell(src):
         assert f"{name} =" in params[0].source, f"{src.name}: parameters cell lacks {name}"
 
 
-def test_chapter_00_runs_quick_and_shows_real_output(tmp_path):
-    from emocircuits.book import run_chapter
+def _executed(quick_book, stem):
+    nb = nbformat.read(quick_book.executed / f"{stem}.ipynb", as_version=4)
+    return nb, [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
 
-    out, ran = run_chapter(ROOT / "notebooks" / "00_setup.py", tmp_path,
-                           {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
-    assert ran
-    nb = nbformat.read(out, as_version=4)
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+
+def test_chapter_00_runs_quick_and_shows_real_output(quick_book):
+    from emocircuits.book import _code_hash, run_chapter
+
+    nb, outputs = _executed(quick_book, "00_setup")
+    text = "\n".join(o.get("text", "") for o in outputs)
     import re
 
     diff = float(re.search(r"over layers 0\.\.28: ([0-9.e+-]+)", text).group(1))
     assert diff < 1e-4
     assert "after the final norm" in text and "alpha = +0.00" in text
-    assert len(images) >= 1
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     # a second run with nothing changed is skipped
-    _, ran_again = run_chapter(ROOT / "notebooks" / "00_setup.py", tmp_path,
-                               {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
+    _, ran_again = run_chapter(ROOT / "notebooks" / "00_setup.py", quick_book.executed, quick_book.params,
+                               code_hash=_code_hash(ROOT))
     assert not ran_again
 
 
@@ -76,34 +75,26 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing half-written
 
 
-@pytest.mark.parametrize("stem", ["01_datasets", "02_measuring"])
-def test_chapter_runs_quick_without_errors(stem, tmp_path):
-    """Chapters 01-02 in QUICK mode (03 and later run in `make book`, too slow for CI)."""
-    from emocircuits.book import run_chapter
-
-    out, ran = run_chapter(ROOT / "notebooks" / f"{stem}.py", tmp_path,
-                           {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
-    nb = nbformat.read(out, as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert ran and outputs
+@pytest.mark.parametrize("stem", [p.stem for p in SOURCES])
+def test_chapter_runs_quick_without_errors(stem, quick_book):
+    """Every chapter in QUICK mode (the session's QUICK book): outputs, figures, no error."""
+    nb, outputs = _executed(quick_book, stem)
+    assert nb.metadata["papermill"]["parameters"] == quick_book.params
+    assert outputs
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert [o for o in outputs if "image/png" in o.get("data", {})]
+    assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure"
 
 
 EXPECTED = sorted((ROOT / "tests" / "expected").glob("*.quick.json"))
 
 
 @pytest.mark.parametrize("expected", EXPECTED, ids=lambda p: p.name.split(".")[0])
-def test_chapter_headline_numbers_within_tolerance(expected, tmp_path):
+def test_chapter_headline_numbers_within_tolerance(expected, quick_book):
     """Regression: a QUICK run's recorded headline numbers stay near the stored ones."""
-    from emocircuits.book import results_path, run_chapter
+    from emocircuits.book import results_path
 
     stem = expected.name.split(".")[0]
-    out, _ = run_chapter(ROOT / "notebooks" / f"{stem}.py", tmp_path,
-                         {"MODEL": "smollm2-135m", "QUICK": True, "SEED": 0}, code_hash="test")
-    nb = nbformat.read(out, as_version=4)
-    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    got = json.loads(results_path(tmp_path, stem).read_text())
+    got = json.loads(results_path(quick_book.executed, stem).read_text())
     want = {k: v for k, v in json.loads(expected.read_text()).items() if not k.startswith("_")}
     drift = [f"{stem}: {k} = {got.get(k)} (expected {v} +- {tol})" for k, (v, tol) in want.items()
              if got.get(k) is None or abs(got[k] - v) > tol]

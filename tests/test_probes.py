@@ -125,6 +125,18 @@ def test_probe_cli_separates_held_out_empathy_pairs_on_the_bundled_model(smol_pr
     assert sorted(p.name for p in smol_probe_dir.iterdir()) == ["directions.safetensors", "metrics.json"]
 
 
+def test_fit_pair_probes_share_one_pass_and_match_single_fits(smol):
+    pairs = ds.load_named("eia_pairs")
+    scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+    many = P.fit_pair_probes(smol, pairs, scen, layers=[3], poolings=("mean_all", "mean_response"), n_random=10)
+    one = P.fit_pair_probe(smol, pairs, scen, layers=[3], pooling="mean_response", n_random=10)
+    assert set(many) == {"mean_all", "mean_response"}
+    assert many["mean_response"].metrics == one.metrics
+    np.testing.assert_allclose(many["mean_response"].directions[3], one.directions[3], rtol=1e-6)
+    assert many["mean_all"].metrics["pooling"] == "mean_all"
+    assert many["mean_all"].metrics["layers"]["3"]["auroc"] != one.metrics["layers"]["3"]["auroc"]
+
+
 def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):
     probe = P.load_probe(smol_probe_dir)
     texts = ["I put the crate down and sit with him until he can stand.", "I keep walking to the station."]

@@ -205,7 +205,7 @@ def capture(
     lm,
     texts: Sequence[str],
     sites: str | Iterable[str | Site],
-    pooling: str = "last_prompt_token",
+    pooling: str | Sequence[str] = "last_prompt_token",
     response_starts: Sequence[int] | None = None,
     batch_size: int = 16,
     max_length: int | None = 512,
@@ -230,15 +230,21 @@ def capture(
     ``interventions`` (:class:`~emocircuits.steering.Add` or ``Set``) act
     during the forward pass; a site downstream of them, or at the same site,
     is read after they act. Captures under interventions are not cached.
+
+    ``pooling`` may also be a tuple of poolings (not ``"none"``): one forward
+    pass then gives ``{pooling: {site: tensor}}``, each pooled as above.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of str, not one str")
     texts = list(texts)
     if not texts or not all(isinstance(t, str) and t for t in texts):
         raise ValueError("texts must be a non-empty list of non-empty strings")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
-    if pooling == "mean_response":
+    multi = not isinstance(pooling, str)
+    poolings = tuple(pooling) if multi else (pooling,)
+    if not poolings or any(p not in POOLINGS for p in poolings) or (multi and "none" in poolings):
+        raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}, "
+                         f"or a tuple of {', '.join(POOLINGS[:3])}")
+    if "mean_response" in poolings:
         if response_starts is None or len(response_starts) != len(texts):
             raise ValueError("pooling='mean_response' needs response_starts, one character offset per text")
     if batch_size < 1:
@@ -255,57 +261,64 @@ def capture(
 
     key = None
     if cache:
-        if pooling == "none":
+        if "none" in poolings:
             raise ValueError("cache=True is supported for pooled captures only")
-        key = stable_hash({**_model_key(lm), "texts": texts, "sites": names, "pooling": pooling,
+        key = stable_hash({**_model_key(lm), "texts": texts, "sites": names,
+                           "pooling": list(poolings) if multi else pooling,
                            "starts": list(response_starts or []), "max_length": max_length,
                            "padding_side": padding_side})
         path = cache_dir("activations") / f"{lm.name}-{key}.safetensors"
         if path.exists():
             from safetensors.torch import load_file
 
-            return {n: v for n, v in load_file(path).items()}
+            flat = load_file(path)
+            if multi:
+                return {p: {n: flat[f"{p}|{n}"] for n in names} for p in poolings}
+            return dict(flat)
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks: dict[str, list] = {n: [] for n in names}
+    chunks: dict[tuple[str, str], list] = {(p, n): [] for p in poolings for n in names}
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, leave=False):
         batch_texts = [texts[i] for i in idx]
         enc = lm.encode(batch_texts, padding_side=padding_side, max_length=max_length,
-                        return_offsets=pooling == "mean_response")
+                        return_offsets="mean_response" in poolings)
         offsets = enc.pop("offset_mapping", None)
         mask = enc["attention_mask"]
         span = None
-        if pooling == "mean_response":
+        if "mean_response" in poolings:
             span = response_mask(offsets, mask, [response_starts[i] for i in idx])
             if (span.sum(1) == 0).any():
                 bad = [idx[j] for j in torch.nonzero(span.sum(1) == 0).flatten().tolist()]
                 raise ValueError(f"texts {bad} have no tokens after their response_starts "
                                  f"(too short, or truncated at max_length={max_length})")
-        got = _run_batch(lm, enc, site_list, pooling, mask, span, items)
-        for n in names:
-            chunks[n].append(got[n])
+        got = _run_batch(lm, enc, site_list, poolings, mask, span, items)
+        for k in chunks:
+            chunks[k].append(got[k])
 
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.as_tensor(order)] = torch.arange(len(order))
-    out: dict[str, torch.Tensor] = {}
-    for s, n in zip(site_list, names):
-        if pooling == "none":
-            flat = [row for part in chunks[n] for row in part]
-            out[n] = [flat[j] for j in inverse.tolist()]
-            continue
-        val = torch.cat(chunks[n])[inverse]
-        if s.kind == "attn_z":
-            val = split_heads(val, lm.n_heads)
-        out[n] = val.contiguous()
+    out: dict[str, dict] = {p: {} for p in poolings}
+    for p in poolings:
+        for s, n in zip(site_list, names):
+            if p == "none":
+                flat = [row for part in chunks[p, n] for row in part]
+                out[p][n] = [flat[j] for j in inverse.tolist()]
+                continue
+            val = torch.cat(chunks[p, n])[inverse]
+            if s.kind == "attn_z":
+                val = split_heads(val, lm.n_heads)
+            out[p][n] = val.contiguous()
     if key is not None:
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda p: save_file(out, str(p), metadata={"model": lm.name, "pooling": pooling}))
-    return out
+        flat = {f"{p}|{n}": v for p in poolings for n, v in out[p].items()} if multi else out[poolings[0]]
+        atomic_write(path, lambda f: save_file(flat, str(f), metadata={"model": lm.name,
+                                                                        "pooling": ",".join(poolings)}))
+    return out if multi else out[poolings[0]]
 
 
-def _run_batch(lm, enc: dict, site_list: list[Site], pooling: str, mask: torch.Tensor,
+def _run_batch(lm, enc: dict, site_list: list[Site], poolings: tuple[str, ...], mask: torch.Tensor,
                span: torch.Tensor | None, items: Sequence = ()) -> dict:
     """One traced forward; pools inside the trace so only pooled tensors are kept."""
     got: dict = {}
@@ -322,13 +335,11 @@ def _run_batch(lm, enc: dict, site_list: list[Site], pooling: str, mask: torch.T
         values = apply_all(lm, items, 0, site_list) if items else None
         for s in site_list:
             x = values[str(s)] if values is not None else read_site(lm, s)
-            if pooling == "none":
-                got[str(s)] = x
-            else:
-                got[str(s)] = pool(x, mask_d, pooling, span_d).float().cpu()
+            for p in poolings:
+                got[p, str(s)] = x if p == "none" else pool(x, mask_d, p, span_d).float().cpu()
         # nothing downstream is needed: skip the remaining layers and the unembedding
         tracer.stop()
-    if pooling == "none":
+    if "none" in poolings:
         m = mask.bool()
-        return {n: [x[r][m[r]].float().cpu() for r in range(x.shape[0])] for n, x in got.items()}
+        return {k: [x[r][m[r]].float().cpu() for r in range(x.shape[0])] for k, x in got.items()}
     return got

@@ -9,8 +9,8 @@
 2. a chapter whose source, parameters and library code are unchanged since
    its last successful run is not run again;
 3. ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks are
-   staged in ``_build/src`` and rendered by Jupyter Book (execution off) to
-   ``_build/html``.
+   staged and rendered by Jupyter Book (execution off) to ``_build/html``
+   (``_build/html-quick`` for ``--quick``), replacing it only on success.
 
 A failing chapter stops the run with the chapter's name and the failing cell.
 
@@ -160,16 +160,38 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
         print(f"[book] {src.stem}: {status}", flush=True)
     if not render:
         return executed
-    staging = build_dir / "src"
+    return render_html(root, executed, html_dir(root, quick))
+
+
+def html_dir(root: Path = ROOT, quick: bool = False) -> Path:
+    """Where the rendered site goes: ``_build/html`` (``_build/html-quick`` for a QUICK build)."""
+    return root / "_build" / ("html-quick" if quick else "html")
+
+
+def render_html(root: Path, executed: Path, out: Path) -> Path:
+    """Render the executed notebooks with Jupyter Book into ``out`` (replaced
+    only when the build succeeds); returns ``out/index.html``."""
+    work = root / "_build" / f".render-{out.name}"
+    if work.exists():
+        shutil.rmtree(work)
+    staging = work / "src"
     stage(root, executed, staging)
     t0 = time.time()
     print("[book] rendering with Jupyter Book ...", flush=True)
     jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run([str(jb), "build", str(staging), "--path-output", str(root), "--quiet"],
+    proc = subprocess.run([str(jb), "build", str(staging), "--path-output", str(work), "--quiet"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise ChapterError(f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    index = build_dir / "html" / "index.html"
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    (work / "_build" / "html").rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    index = out / "index.html"
     print(f"[book] rendered in {time.time() - t0:.1f}s: {index}", flush=True)
     return index
 

@@ -362,6 +362,13 @@ def fit_pair_probe(lm, records, scenarios: dict | None = None, layers: Sequence[
     Records without a ``split`` get a seeded 70/30 split. The best layer is
     the one with the highest test AUROC (ties: the earliest).
     """
+    return fit_pair_probes(lm, records, scenarios, layers, (pooling,), site_kind, seed, n_random, progress)[pooling]
+
+
+def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence[int] | None = None,
+                    poolings: Sequence[str] = ("mean_all",), site_kind: str = "resid_post", seed: int = 0,
+                    n_random: int = 100, progress: bool = False) -> dict[str, PairProbe]:
+    """:func:`fit_pair_probe` for several poolings from one forward pass: ``{pooling: PairProbe}``."""
     from .activations import capture
     from .datasets import DataError
 
@@ -380,26 +387,30 @@ def fit_pair_probe(lm, records, scenarios: dict | None = None, layers: Sequence[
     bad = [l for l in layers if not 0 <= l < lm.n_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range: {lm.name} has layers 0..{lm.n_layers - 1}")
+    poolings = tuple(poolings)
     pos, neg, starts = pair_texts(lm, records, scenarios)
     sites = [f"{site_kind}.{l}" for l in layers]
-    acts = capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress)
+    by_pool = capture(lm, pos + neg, sites, pooling=poolings, response_starts=starts + starts, progress=progress)
     n = len(records)
-    directions, thresholds, per_layer = {}, {}, {}
-    for l, s in zip(layers, sites):
-        X = acts[s].double().numpy()
-        P, N = X[:n], X[n:]
-        d = mean_diff(P[tr], N[tr])
-        thr = midpoint(d, P[tr], N[tr])
-        det = evaluate_direction(d, P[~tr], N[~tr], threshold=thr, seed=seed)
-        directions[l], thresholds[l] = d, thr
-        per_layer[str(l)] = det.as_dict()
-    best = max(layers, key=lambda l: (per_layer[str(l)]["auroc"], -l))
-    X = acts[f"{site_kind}.{best}"].double().numpy()
-    rb = random_baseline(X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr], n=n_random, seed=seed)
-    metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
-               "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
-               "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best}}
-    return PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
+    out = {}
+    for pooling, acts in by_pool.items():
+        directions, thresholds, per_layer = {}, {}, {}
+        for l, s in zip(layers, sites):
+            X = acts[s].double().numpy()
+            P, N = X[:n], X[n:]
+            d = mean_diff(P[tr], N[tr])
+            thr = midpoint(d, P[tr], N[tr])
+            det = evaluate_direction(d, P[~tr], N[~tr], threshold=thr, seed=seed)
+            directions[l], thresholds[l] = d, thr
+            per_layer[str(l)] = det.as_dict()
+        best = max(layers, key=lambda l: (per_layer[str(l)]["auroc"], -l))
+        X = acts[f"{site_kind}.{best}"].double().numpy()
+        rb = random_baseline(X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr], n=n_random, seed=seed)
+        metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
+                   "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
+                   "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best}}
+        out[pooling] = PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
+    return out
 
 
 def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:
