@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -181,6 +182,13 @@ def test_splice_and_clamp_act_on_mlp_out(tiny, tset):
                      interventions=[Transcode(tc, clamp={4: 3.0})])[site_out][0]
         want = y0 + (3.0 - tc.encode(x)[:, 4])[:, None] * tc.W_dec[4]
         torch.testing.assert_close(y1[1:], want[1:], rtol=1e-4, atol=1e-5)
+    # a transcoder in another dtype is cast once (a copy; the original is left as it was)
+    tc64 = copy.deepcopy(tc).double()
+    iv = Transcode(tc64, splice=True)
+    y64 = capture(tiny, [CORPUS[0]], [site_out], pooling="none", progress=False, interventions=[iv])[site_out][0]
+    x = capture(tiny, [CORPUS[0]], [site_in], pooling="none", progress=False)[site_in][0]
+    torch.testing.assert_close(y64[1:], tc(x)[1:], rtol=1e-4, atol=1e-5)
+    assert tc64.W_dec.dtype == torch.float64 and iv._cast[1].W_dec.dtype == torch.float32
     # the rest of the model sees the change
     assert not torch.allclose(forward(tiny, CORPUS[:2]), forward(tiny, CORPUS[:2], [Transcode(tc, clamp={4: 3.0})]))
     with pytest.raises(ValueError, match="out of range"):

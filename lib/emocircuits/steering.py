@@ -166,19 +166,30 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
     return slice(max(n_tok - k, 0), None) if step == 0 else slice(None)
 
 
-def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+def _transcoder_like(iv: Transcode, x: torch.Tensor):
+    """The intervention's transcoder on ``x``'s device and dtype (a copy made once, when they differ)."""
     tc = iv.transcoder
-    src = src.to(x.dtype)
-    w_dec = tc.W_dec.to(x.device, x.dtype)
-    f = tc.activate(src @ tc.W_enc.to(x.device, x.dtype).T + tc.b_enc.to(x.device, x.dtype))  # once for both
+    if tc.W_dec.device == x.device and tc.W_dec.dtype == x.dtype:
+        return tc
+    key = (x.device, x.dtype)
+    cast = getattr(iv, "_cast", None)
+    if cast is None or cast[0] != key:
+        import copy
+
+        cast = (key, copy.deepcopy(tc).to(device=x.device, dtype=x.dtype))
+        iv._cast = cast
+    return cast[1]
+
+
+def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    tc = _transcoder_like(iv, x)
+    f = tc.encode(src)  # once, for splicing and clamping alike
     if iv.splice:
-        x = f @ w_dec + tc.b_dec.to(x.device, x.dtype)
-        if tc.W_skip is not None:
-            x = x + src @ tc.W_skip.to(x.device, x.dtype).T
+        x = tc.decode(f) + tc.skip_term(src)
     if iv.clamp:
         idx = torch.tensor(list(iv.clamp), device=x.device)
         target = torch.tensor(list(iv.clamp.values()), device=x.device, dtype=x.dtype)
-        x = x + (target - f[..., idx]) @ w_dec[idx]
+        x = x + (target - f[..., idx]) @ tc.W_dec[idx]
     return x
 
 
