@@ -358,7 +358,7 @@ plt.show()
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
 align_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
 if QUICK:
-    emp_recs, align_texts = emp_recs[::3], align_texts[::4]
+    emp_recs, align_texts = emp_recs[::4], align_texts[::6]
 la, lo_ = fit_a.best_layer, fit_o.best_layer
 
 

@@ -335,7 +335,7 @@ plt.show()
 # %%
 judge = J.EmotionJudge(use_all=True, seed=SEED)
 gen_n = 2 if QUICK else 8
-new_tokens = 20 if QUICK else 48
+new_tokens = 14 if QUICK else 48
 gen_rows = []
 for emo in EMO:
     tp = ds.sev_prompts(test_recs[:gen_n], emotions=[emo], valences=("neutral",))
@@ -412,8 +412,8 @@ def choose(how, grid):
     return float((ok if len(ok) else tuned).accuracy.idxmax())
 
 
-scale = choose("modulation", (4.0, 8.0) if QUICK else (2.0, 4.0, 8.0, 16.0))
-alpha = choose("steering", (2.0, 8.0) if QUICK else (1.0, 2.0, 4.0, 8.0, 16.0))
+scale = choose("modulation", (8.0,) if QUICK else (2.0, 4.0, 8.0, 16.0))
+alpha = choose("steering", (8.0,) if QUICK else (1.0, 2.0, 4.0, 8.0, 16.0))
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
 

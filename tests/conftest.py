@@ -58,3 +58,10 @@ def quick_book():
     build(quick=True, model=DEFAULT_MODEL, seed=0)
     return SimpleNamespace(root=ROOT, executed=ROOT / "_build" / "executed-quick", html=html_dir(ROOT, quick=True),
                            params={"MODEL": DEFAULT_MODEL, "QUICK": True, "SEED": 0})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that need the QUICK book first: the chapters then execute
+    while this process holds no models yet (on a small CI machine the memory
+    of loaded session fixtures slowed every chapter's kernel)."""
+    items.sort(key=lambda item: "quick_book" not in getattr(item, "fixturenames", ()))

@@ -91,6 +91,8 @@ def _nav_pages(driver):
 
 def test_every_chapter_page_in_a_browser(site, browser):
     html_dir, base = site
+    index = (html_dir / "index.html").read_text()
+    assert 'rel="icon"' in index and "Refresh" in index, "index.html is not the redirect page with the book's icon"
     errors = _open(browser, f"{base}/index.html")
     assert not errors, f"index.html logs console errors: {errors}"
     assert set(CHAPTERS) <= _nav_pages(browser), "the sidebar of the start page misses chapters"

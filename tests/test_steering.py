@@ -16,10 +16,10 @@ PROMPTS = ["My dog died this morning.", "Can you recommend a book about the sea?
 def test_alpha_zero_equals_plain_generation_token_for_token(bundled):
     lm = bundled
     v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
-    plain = generate(lm, PROMPTS, max_new_tokens=24, return_ids=True)
+    plain = generate(lm, PROMPTS, max_new_tokens=12, return_ids=True)
     for positions in ["all", "last:1", "generated"]:
         steered = generate(lm, PROMPTS, [Add("resid_post.3", v, alpha=0.0, positions=positions)],
-                           max_new_tokens=24, return_ids=True)
+                           max_new_tokens=12, return_ids=True)
         assert steered == plain, positions
     assert all(len(ids) > 0 for ids in plain)
 

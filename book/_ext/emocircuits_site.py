@@ -5,9 +5,19 @@
   declared ``const THEBE_JS_URL`` twice and logged a SyntaxError in the
   browser (tests/test_html.py caught it). Each page's scripts are
   de-duplicated here, keeping the first of identical entries.
+- The site's ``index.html`` (the root page is not called ``index``) was a
+  bare ``<meta>`` redirect written by sphinx-external-toc: no title, no
+  icon, so a browser asked the server for ``/favicon.ico`` and logged a
+  404. It is written here first, as a small page with the book's title,
+  its icon and a link for readers whose browser does not follow the
+  redirect.
 """
 
 from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
 
 
 def _script_key(js) -> tuple:
@@ -29,6 +39,23 @@ def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     scripts[:] = kept
 
 
+def write_index(app, exception) -> None:
+    if exception is not None or app.builder.format != "html" or app.config.root_doc == "index":
+        return
+    target = f"{app.config.root_doc}.html"
+    title = html.escape(app.config.html_title or app.config.project or "")
+    icon = app.config.html_favicon
+    icon_link = f'<link rel="icon" href="_static/{Path(icon).name}">' if icon and "://" not in icon else ""
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+            f'<meta http-equiv="Refresh" content="0; url={target}">\n<title>{title}</title>\n{icon_link}\n'
+            f'</head><body><p><a href="{target}">{title}</a></p></body></html>\n')
+    out = Path(app.outdir) / "index.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf8")
+    os.replace(tmp, out)
+
+
 def setup(app):
     app.connect("html-page-context", dedupe_scripts)
+    app.connect("build-finished", write_index, priority=400)  # before sphinx-external-toc's bare redirect
     return {"parallel_read_safe": True, "parallel_write_safe": True}
