@@ -68,6 +68,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
+from emocircuits.book import record
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 
@@ -249,7 +250,7 @@ pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["
 
 # %%
 cp = {r.id: r for r in ds.load_named("circuit_prompts")}
-situations = [r.text for r in ds.load_named("situations_heldout")][: 6 if QUICK else 20]
+situations = [r.text for r in ds.load_named("situations_heldout")][: 4 if QUICK else 20]
 systems = {"empathetic": cp["empathetic-2"].text, "neutral": cp["neutral-1"].text}
 t0 = time.perf_counter()
 gens = {k: [g.text for g in ds.elicit(lm, [{"id": f"s{i}", "user": s, "system": sys_}
@@ -290,6 +291,20 @@ emp.score(batch)
 J.coherence(batch)
 dt = time.perf_counter() - t0
 print(f"{len(batch)} texts judged in {dt:.1f} s ({len(batch) / dt:.0f} texts/s)")
+
+# %% [markdown]
+# ## Headline numbers
+#
+# Recorded for the results chapter and the regression check: each judge's
+# held-out quality with its interval, and its baseline.
+
+# %%
+headline = record(
+    emotion_judge_accuracy=acc[0], emotion_judge_accuracy_lo=acc[1], emotion_judge_accuracy_hi=acc[2],
+    emotion_judge_majority=majority,
+    empathy_judge_rho=rho, empathy_judge_rho_lo=rho_ci[1], empathy_judge_rho_hi=rho_ci[2],
+)
+pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # ## What these judges cannot show

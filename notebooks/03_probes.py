@@ -71,6 +71,7 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits.activations import capture
+from emocircuits.book import record
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 
@@ -209,9 +210,9 @@ band(ax, abl.layer, abl.ablated, abl.ablated_lo, abl.ablated_hi, label="lexicall
 ax.set(xlabel="layer", ylabel="test AUROC", ylim=(0.3, 1.02), title="Does the probe survive lexical ablation?")
 ax.legend(loc="lower right")
 plt.show()
-row = abl.set_index("layer").loc[best]
-print(f"best layer {best}: AUROC {row.original:.3f} -> {row.ablated:.3f} "
-      f"[{row.ablated_lo:.2f}, {row.ablated_hi:.2f}] (drop {row.original - row.ablated:+.3f})")
+abl_best = abl.set_index("layer").loc[best]
+print(f"best layer {best}: AUROC {abl_best.original:.3f} -> {abl_best.ablated:.3f} "
+      f"[{abl_best.ablated_lo:.2f}, {abl_best.ablated_hi:.2f}] (drop {abl_best.original - abl_best.ablated:+.3f})")
 
 # %% [markdown]
 # ## 3. Emotion directions (paper B)
@@ -234,7 +235,7 @@ sev = ds.load_named("sev_discovery")
 per_theme = {}
 for r in sev:
     per_theme.setdefault(r.theme, []).append(r)
-chosen = [r for rs in per_theme.values() for r in rs[: 2 if QUICK else 5]]
+chosen = [r for rs in per_theme.values() for r in rs[: 1 if QUICK else 5]]
 prompts = ds.sev_prompts(chosen)
 texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
 emotions = np.array([p["emotion"] for p in prompts])
@@ -391,11 +392,12 @@ def r_ci(x, y):
                         n_boot=500, seed=SEED)
 
 
+raw_ci, al_ci = r_ci(s_a, s_b), r_ci(s_a, align(B_rep) @ fit_a.directions[la])
 pd.DataFrame([
-    {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": fmt(*r_ci(s_a, s_b)),
+    {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": fmt(*raw_ci),
      "baseline (mean / 95th pct)": f"permuted texts: {np.mean(null_raw):+.2f} / {np.quantile(null_raw, .95):+.2f}"},
     {"comparison": f"{MODEL} probe on {OTHER} activations mapped into {MODEL}'s space",
-     "Pearson r [95% CI]": fmt(*r_ci(s_a, align(B_rep) @ fit_a.directions[la])),
+     "Pearson r [95% CI]": fmt(*al_ci),
      "baseline (mean / 95th pct)": f"map fitted on mismatched texts: {np.mean(null_al):+.2f} / "
                                    f"{np.quantile(null_al, .95):+.2f}"},
 ])
@@ -438,6 +440,33 @@ ax.set(xlabel=f"probe projection (layer {best}, {POOL})", ylabel="judged empathy
        title="Probe vs judge on the model's own replies")
 ax.legend(fontsize=8)
 plt.show()
+
+# %% [markdown]
+# ## Headline numbers
+#
+# Recorded for the results chapter and the regression check.
+
+# %%
+def best_of(fit, prefix):
+    b, rb = fit.metrics["layers"][str(fit.best_layer)], fit.metrics["random_baseline"]
+    return {prefix: b["auroc"], f"{prefix}_lo": b["auroc_ci"][0], f"{prefix}_hi": b["auroc_ci"][1],
+            f"{prefix}_layer": fit.best_layer}, rb["p95"]
+
+
+(ma, ma_p95), (mr, mr_p95), (oth, oth_p95) = best_of(fits["mean_all"], "auroc_mean_all"), \
+    best_of(fits[POOL], "auroc_response"), best_of(fit_o, "other_auroc")
+e_best = emo_df.set_index("layer").loc[best_e]
+headline = record(
+    **ma, random_p95_mean_all=ma_p95, **mr, random_p95_response=mr_p95, **oth, other_random_p95=oth_p95,
+    ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
+    emotion_accuracy=e_best.accuracy, emotion_accuracy_lo=e_best.lo, emotion_accuracy_hi=e_best.hi,
+    cross_r_raw=raw_ci[0], cross_r_raw_lo=raw_ci[1], cross_r_raw_hi=raw_ci[2],
+    cross_r_raw_null_p95=np.quantile(null_raw, .95),
+    cross_r_aligned=al_ci[0], cross_r_aligned_lo=al_ci[1], cross_r_aligned_hi=al_ci[2],
+    cross_r_aligned_null_p95=np.quantile(null_al, .95),
+    behaviour_r=r_est, behaviour_r_lo=r_lo, behaviour_r_hi=r_hi, behaviour_r_null_p95=np.quantile(null_gen, .95),
+)
+pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # ## What this chapter cannot show

@@ -114,7 +114,7 @@ n_held = max(16, len(corpus) // 10)
 held = [corpus[i] for i in perm[:n_held]]
 train = [corpus[i] for i in perm[n_held:]]
 if QUICK:
-    held, train = held[:24], train[:320]
+    held, train = held[:24], train[:200]
 n_train_tok = sum(len(lm.tokenizer.encode(t)) for t in train)
 print(f"corpus: {len(corpus)} texts; training on {len(train)} texts ({n_train_tok:,} tokens), "
       f"{len(held)} held out")
@@ -434,7 +434,12 @@ headline = record(
     empathy_unmodified=clamp_table.loc["unmodified", "empathy (1-5)"],
     empathy_best_clamp=best_clamp["empathy (1-5)"].max(),
     coherent_unmodified=clamp_table.loc["unmodified", "coherent"],
+    empathy_unmodified_lo=clamp_table.loc["unmodified", "lo"], empathy_unmodified_hi=clamp_table.loc["unmodified", "hi"],
 )
+for name, r in clamp_table.drop(index="unmodified").iterrows():  # "circuit = 10" -> clamp_circuit_10_...
+    slug = "clamp_" + name.replace(" = ", "_").replace(" its max", "").replace(" ", "_")
+    record(**{f"{slug}_empathy": r["empathy (1-5)"], f"{slug}_empathy_lo": r["lo"], f"{slug}_empathy_hi": r["hi"],
+              f"{slug}_coherent": r["coherent"]})
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]

@@ -41,8 +41,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # that direction, does the model's reply change the way the direction
 # suggests? This chapter covers direction steering (paper A, Persona
 # Vectors). Circuit modulation and feature clamping, the other two
-# interventions the papers compare, need the components found in chapters
-# 04 and 05 and are added here when those chapters land.
+# interventions the papers compare, live beside the components they need
+# (chapter 04's three-way comparison and chapter 05's clamping table);
+# chapter 07 puts all three papers' numbers side by side.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -66,8 +67,10 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import steering as S
+from emocircuits.book import record
 from emocircuits.cache import stable_hash
 from emocircuits.plots import band, setup_style
+from emocircuits.stats import bootstrap_ci
 
 setup_style()
 pd.set_option("display.max_colwidth", 90)
@@ -214,6 +217,26 @@ for layer in LAYERS:
                           "meets goal": bool(both >= 0.8 and coh >= 0.9)})
 goal = pd.DataFrame(goal_rows)
 goal
+
+# %% [markdown]
+# Recorded for the results chapter: the best setting's share with an
+# interval over situations, and paper A's keyword metric on the same
+# replies beside it.
+
+# %%
+top = goal.sort_values(["share of situations moved both ways", "coherent share"]).iloc[-1]
+p_top = per[per.layer == top.layer].pivot(index="id", columns="alpha", values="score")
+a_top = top["|alpha|"]
+moved = ((p_top[a_top] > p_top[0]) & (p_top[-a_top] < p_top[0])).to_numpy(float)
+kw = pd.DataFrame(rows)
+kw_top = kw[(kw.layer == top.layer) & (kw.alpha.abs() == a_top)]["keyword success (paper A)"]
+headline = record(
+    both_ways_best=moved.mean(), **dict(zip(("both_ways_best_lo", "both_ways_best_hi"),
+                                            bootstrap_ci(moved, seed=SEED)[1:])),
+    both_ways_best_coherent=top["coherent share"], both_ways_best_layer=top.layer, both_ways_best_alpha=a_top,
+    keyword_success_best=kw_top.mean(), coherent_alpha0=df[df.alpha == 0].coherent.mean(),
+)
+pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # On the bundled 135M model the answer is printed above, not assumed. A

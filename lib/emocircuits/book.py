@@ -83,6 +83,27 @@ def results_path(out_dir: Path, stem: str) -> Path:
     return Path(out_dir) / f"{stem}.results.json"
 
 
+def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, dict]:
+    """Every chapter's recorded numbers, ``{stem: {name: value}}``.
+
+    ``folder`` defaults to the build this chapter runs in (under
+    :func:`run_chapter`), else ``_build/executed`` or, failing that,
+    ``_build/executed-quick``. A folder without records gives ``{}``.
+    """
+    if folder is None:
+        running = os.environ.get(RESULTS_ENV)
+        if running:
+            folder = Path(running).parent
+        else:
+            full, quick = root / "_build" / "executed", root / "_build" / "executed-quick"
+            folder = full if list(full.glob("*.results.json")) else quick
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"recorded(folder={str(folder)!r}): expected a build folder of executed chapters")
+    return {p.name.removesuffix(".results.json"): json.loads(p.read_text())
+            for p in sorted(folder.glob("[0-9][0-9]_*.results.json"))}
+
+
 def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
     """Execute one chapter; returns (executed notebook, whether it ran)."""
     import jupytext
@@ -91,7 +112,11 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{src.stem}.ipynb"
     key_file = out_dir / f"{src.stem}.key"
-    key = hashlib.sha256((src.read_text() + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
+    text = src.read_text()
+    if "recorded(" in text:  # a chapter that reads earlier chapters' numbers re-runs when they change
+        text += "".join(p.read_text() for p in sorted(out_dir.glob("[0-9][0-9]_*.results.json"))
+                        if p.name < src.stem)
+    key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
     if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
         return out, False
     nb = jupytext.read(src)

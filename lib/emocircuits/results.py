@@ -1,0 +1,161 @@
+"""The three papers' numbers beside this book's: the tables of the results chapter.
+
+Each chapter records its headline numbers with :func:`emocircuits.book.record`
+(``NN_slug.results.json`` beside the executed notebook). :func:`comparison`
+turns those records into one table per paper: what the paper reported, on
+which model, what this build measured (with its 95% interval where the
+number is a sample statistic), the baseline to read it against, and the
+caveat that keeps the two from being the same measurement.
+
+A number a chapter did not record (a chapter not run, or a setting only the
+full run has) is shown as "not run in this build", never filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+NOT_RUN = "not run in this build"
+
+PAPERS = {
+    "A": "Detecting and Steering LLMs' Empathy in Action (arXiv 2511.16699): Phi-3-mini, Qwen2.5-7B, "
+         "Dolphin-Llama-3.1-8B",
+    "B": "Do LLMs \"Feel\"? Emotion Circuits Discovery and Control (arXiv 2510.11328): Llama-3.2-3B-Instruct",
+    "C": "Preliminary Investigation of Empathy Regulating Circuits in Language Models: Gemma-2-2B, "
+         "cross-layer transcoder, Claude judge",
+    "judges": "This book's judges (chapter 02), which score every generated reply on this page",
+}
+
+Getter = Callable[[dict], "str | None"]
+
+
+@dataclass(frozen=True)
+class Row:
+    paper: str
+    measurement: str
+    theirs: str
+    chapter: str
+    key: str  # the recorded number; ``key_lo`` / ``key_hi`` are its interval when recorded
+    baseline: Getter
+    caveat: str
+    digits: int = 2
+    unit: str = ""
+
+
+def _num(rec: dict, key: str, digits: int = 2, ci: bool = True) -> str | None:
+    v = rec.get(key)
+    if v is None:
+        return None
+    text = f"{v:.{digits}f}"
+    lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
+    if ci and lo is not None and hi is not None:
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def _base(template: str, *keys: str, digits: int = 2) -> Getter:
+    """A baseline cell filled from recorded numbers; None when one is missing."""
+    def get(rec: dict) -> str | None:
+        vals = [rec.get(k) for k in keys]
+        if any(v is None for v in vals):
+            return None
+        return template.format(*[f"{v:.{digits}f}" for v in vals])
+    return get
+
+
+def _fixed(text: str) -> Getter:
+    return lambda rec: text
+
+
+ROWS: tuple[Row, ...] = (
+    # the instruments
+    Row("judges", "emotion judge: held-out accuracy (six emotions + neutral)", "GPT-4o-mini (paper B)",
+        "02_measuring", "emotion_judge_accuracy", _base("majority class: {}", "emotion_judge_majority"),
+        "held-out texts are written like its training texts: an upper bound for model replies"),
+    Row("judges", "empathy judge: Spearman rho with held-out labels", "Claude (paper C); keyword counts (paper A)",
+        "02_measuring", "empathy_judge_rho", _fixed("no relation: 0"),
+        "1-5 scale like paper C's; chapter 02 compares it with paper A's keyword heuristic"),
+    # paper A: detection
+    Row("A", "empathy probe, best-layer test AUROC, mean over all tokens (paper A's pooling)",
+        "0.996-1.00 (layers 8-16)", "03_probes", "auroc_mean_all",
+        _base("random directions: p95 {}", "random_p95_mean_all"),
+        "15 test pairs; paper A's random p95 was 0.857; ours orients each random direction on the training pairs"),
+    Row("A", "same, mean over the reply's tokens (this book's pooling)", "-", "03_probes", "auroc_response",
+        _base("random directions: p95 {}", "random_p95_response"),
+        "the shared prompt no longer dilutes the reply"),
+    Row("A", "same, on the second bundled model (mean over the reply)", "-", "03_probes", "other_auroc",
+        _base("random directions: p95 {}", "other_random_p95"), "gemma3-270m"),
+    Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
+        "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
+        "44 keywords replaced on both sides; few test replies contain them"),
+    Row("A", "probe projection vs judged empathy, Pearson r", "0.71 (12 hand-written texts, Phi-3)", "03_probes",
+        "behaviour_r", _base("permutation p95: {}", "behaviour_r_null_p95"),
+        "the model's own replies to unseen situations, scored by chapter 02's judge"),
+    Row("A", "cross-model agreement of probe scores, Pearson r", "-0.06 to 0.18", "03_probes", "cross_r_raw",
+        _base("permutation p95: {}", "cross_r_raw_null_p95"), "two bundled models on unseen replies"),
+    Row("A", "cross-model agreement after Procrustes alignment (paper A's open question 3)", "not tested",
+        "03_probes", "cross_r_aligned", _base("map fitted on mismatched texts: p95 {}", "cross_r_aligned_null_p95"),
+        "map fitted on disjoint texts"),
+    # paper A: steering
+    Row("A", "steering: share of situations moved both ways (best layer and |alpha|)",
+        "65.3% bidirectional (Qwen); 94.4% pro-empathy only (Dolphin)", "06_steering", "both_ways_best",
+        _base("paper A's keyword metric on the same replies: {}", "keyword_success_best"),
+        "ours: judged empathy beyond seed noise, alpha in residual-RMS units; paper A: keyword counts"),
+    Row("A", "steering: coherent share at that setting", "-", "06_steering", "both_ways_best_coherent",
+        _base("unsteered replies: {}", "coherent_alpha0"), "chapter 02's coherence checks"),
+    # paper B
+    Row("B", "six-way emotion probe accuracy, held out by scenario", "not reported", "03_probes",
+        "emotion_accuracy", _fixed("chance 0.17"), "the instruction names the emotion (see chapter 03)"),
+    Row("B", "mean-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
+        "04_emotion_circuits", "mean_drop_circuit", _base("as many random components: {}", "mean_drop_random"),
+        "held-out prompts; mean over emotions"),
+    Row("B", "zero-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
+        "04_emotion_circuits", "zero_drop_circuit", _base("as many random components: {}", "zero_drop_random"),
+        "held-out prompts; mean over emotions"),
+    Row("B", "emotion control by prompting (judged as the target)", "98.96%", "04_emotion_circuits",
+        "prompting_accuracy", _base("no intervention: {}", "plain_accuracy"),
+        "ours: emotion judge of chapter 02; paper B: GPT-4o-mini"),
+    Row("B", "emotion control by steering vectors", "91.22%", "04_emotion_circuits", "steering_accuracy",
+        _base("no intervention: {}; coherent share {}", "plain_accuracy", "steering_coherent"),
+        "alpha chosen on discovery prompts"),
+    Row("B", "emotion control by circuit modulation", "99.65%", "04_emotion_circuits", "modulation_accuracy",
+        _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
+        "scale chosen on discovery prompts; circuit budget scaled to the model"),
+    # paper C
+    Row("C", "features active at every generation step (persistent)", "1", "05_attribution_graphs", "n_persistent",
+        _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
+    Row("C", "transcoders: mean fraction of MLP variance explained (held out)", "- (published CLT)",
+        "05_attribution_graphs", "fve_mean", _base("dense linear map: {}", "linear_fve_mean"),
+        "trained on a CPU for this book"),
+    Row("C", "judged empathy, unmodified (1-5)", "4.07", "05_attribution_graphs", "empathy_unmodified",
+        _base("coherent share {}", "coherent_unmodified"), "ours: chapter 02's judge; paper C: Claude"),
+) + tuple(
+    Row("C", f"judged empathy, circuit clamped to {v} (1-5)", theirs, "05_attribution_graphs",
+        f"clamp_circuit_{v}_empathy", _base("unmodified {}; coherent share {}", "empathy_unmodified",
+                                            f"clamp_circuit_{v}_coherent"),
+        "absolute values mean different things in different dictionaries")
+    for v, theirs in (("1", "3.60"), ("10", "3.67"), ("100", "4.53"), ("1000", "4.27"))
+) + (
+    Row("C", "judged empathy, circuit clamped to 4x its max activation (1-5)", "-", "05_attribution_graphs",
+        "clamp_circuit_4x_empathy", _base("random control circuit, same clamp: {}", "clamp_control_4x_empathy"),
+        "clamp scaled to each feature's own range"),
+)
+
+
+def comparison(recorded: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """One table per paper from ``{chapter stem: recorded numbers}``."""
+    if not isinstance(recorded, dict):
+        raise TypeError(f"recorded must be a dict of chapter stem -> numbers, got {type(recorded).__name__}")
+    tables: dict[str, list[dict]] = {p: [] for p in PAPERS}
+    for row in ROWS:
+        rec = recorded.get(row.chapter) or {}
+        ours = _num(rec, row.key, row.digits)
+        tables[row.paper].append({
+            "measurement": row.measurement, "paper": row.theirs,
+            "this book [95% CI]": ours if ours is not None else NOT_RUN,
+            "baseline": (row.baseline(rec) or NOT_RUN) if ours is not None else "",
+            "caveat": row.caveat, "chapter": row.chapter})
+    return {p: pd.DataFrame(rows) for p, rows in tables.items()}
