@@ -42,16 +42,15 @@ class Row:
     baseline: Getter
     caveat: str
     digits: int = 2
-    unit: str = ""
 
 
-def _num(rec: dict, key: str, digits: int = 2, ci: bool = True) -> str | None:
+def _num(rec: dict, key: str, digits: int = 2) -> str | None:
     v = rec.get(key)
     if v is None:
         return None
     text = f"{v:.{digits}f}"
     lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
-    if ci and lo is not None and hi is not None:
+    if lo is not None and hi is not None:
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
 
