@@ -79,9 +79,9 @@ def show(paper):
 # %% [markdown]
 # ## Paper A: detecting and steering empathy
 #
-# Detection transfers: a mean-difference probe reads empathic from
-# task-focused replies in a 135M model too, and the reply-only pooling is
-# the cleaner measurement. The random-direction baseline matters more than
+# On the bundled models detection transfers: a mean-difference probe
+# reads empathic from task-focused replies in a 135M model too, and the
+# reply-only pooling is the cleaner measurement. The random-direction baseline matters more than
 # paper A's table suggests: oriented random directions reach high AUROCs
 # on 15 test pairs. Steering is where small models part ways with the
 # paper: read the coherent share beside every success rate.
