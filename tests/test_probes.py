@@ -52,6 +52,12 @@ def test_baselines_sit_near_chance_when_there_is_no_signal():
     d = P.mean_diff(pos[:30], neg[:30])
     rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
     assert P.evaluate_direction(d, pos[30:], neg[30:]).auroc > max(rb["p95"], 0.95)
+    # paper A's unsigned directions: the same draws, centred on chance even where the data separate,
+    # so their percentile sits below the oriented one
+    ru = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0, oriented=False)
+    assert abs(ru["mean"] - 0.5) < 0.06 and rb["mean"] > ru["mean"] and ru["p95"] <= rb["p95"]
+    with pytest.raises(TypeError, match="oriented="):
+        P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], oriented="yes")
 
 
 def test_logistic_direction_finds_the_signal_too():

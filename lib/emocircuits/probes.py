@@ -226,19 +226,25 @@ def midpoint(direction, X_pos, X_neg) -> float:
     return float(((np.asarray(X_pos) @ d).mean() + (np.asarray(X_neg) @ d).mean()) / 2)
 
 
-def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0) -> dict:
+def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0,
+                    oriented: bool = True) -> dict:
     """Test AUROC of ``n`` random unit directions, each signed so that the training sides separate.
 
     A random direction has no preferred sign, so each is oriented on the
     training data (as any probe is) before it is scored on the test data.
+    ``oriented=False`` scores the directions as drawn (paper A's baseline):
+    their AUROCs spread around 0.5 whatever the data, a weaker comparison.
     """
+    if not isinstance(oriented, bool):
+        raise TypeError(f"oriented={oriented!r}: expected True or False")
     rng = np.random.default_rng(seed)
     Ptr, Ntr = _as2d(X_pos_train, "X_pos_train"), _as2d(X_neg_train, "X_neg_train")
     Pte, Nte = _as2d(X_pos_test, "X_pos_test"), _as2d(X_neg_test, "X_neg_test")
     D = _unit(rng.standard_normal((n, Ptr.shape[1])))
-    sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
-    sign[sign == 0] = 1
-    D = D * sign[:, None]
+    if oriented:
+        sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
+        sign[sign == 0] = 1
+        D = D * sign[:, None]
     aucs = _auroc_rows((Pte @ D.T).T, (Nte @ D.T).T)
     return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist()}
 
@@ -405,10 +411,14 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
             per_layer[str(l)] = det.as_dict()
         best = max(layers, key=lambda l: (per_layer[str(l)]["auroc"], -l))
         X = acts[f"{site_kind}.{best}"].double().numpy()
-        rb = random_baseline(X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr], n=n_random, seed=seed)
+        split = (X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr])
+        rb = random_baseline(*split, n=n_random, seed=seed)
+        ru = random_baseline(*split, n=n_random, seed=seed, oriented=False)  # the same draws, unsigned
         metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
                    "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
-                   "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best}}
+                   "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best},
+                   "random_baseline_unoriented": {"mean": ru["mean"], "p95": ru["p95"], "n": n_random,
+                                                  "layer": best}}
         out[pooling] = PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
     return out
 

@@ -65,6 +65,11 @@ def _base(template: str, *keys: str, digits: int = 2) -> Getter:
     return get
 
 
+def _random(key: str) -> Getter:
+    """The random-direction baselines of chapter 03: oriented on the training pairs, and unsigned (paper A's)."""
+    return _base("random directions, p95: {} oriented, {} unsigned (paper A's)", key, f"{key}_unoriented")
+
+
 def _fixed(text: str) -> Getter:
     return lambda rec: text
 
@@ -80,13 +85,13 @@ ROWS: tuple[Row, ...] = (
     # paper A: detection
     Row("A", "empathy probe, best-layer test AUROC, mean over all tokens (paper A's pooling)",
         "0.996-1.00 (layers 8-16)", "03_probes", "auroc_mean_all",
-        _base("random directions: p95 {}", "random_p95_mean_all"),
-        "15 test pairs; paper A's random p95 was 0.857; ours orients each random direction on the training pairs"),
+        _random("random_p95_mean_all"),
+        "15 test pairs; paper A's unsigned random p95 was 0.857"),
     Row("A", "same, mean over the reply's tokens (this book's pooling)", "-", "03_probes", "auroc_response",
-        _base("random directions: p95 {}", "random_p95_response"),
+        _random("random_p95_response"),
         "the shared prompt no longer dilutes the reply"),
     Row("A", "same, on the second bundled model (mean over the reply)", "-", "03_probes", "other_auroc",
-        _base("random directions: p95 {}", "other_random_p95"), "gemma3-270m"),
+        _random("other_random_p95"), "gemma3-270m"),
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
         "44 keywords replaced on both sides; few test replies contain them"),
