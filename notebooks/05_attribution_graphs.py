@@ -72,6 +72,7 @@ from emocircuits import transcoders as T
 from emocircuits.book import record
 from emocircuits.datasets import DATA_DIR
 from emocircuits.plots import setup_style
+from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import Transcode, generate
 
@@ -386,7 +387,7 @@ for name, ivs in conditions.items():
     rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi, "coherent": cm,
                  "coh lo": clo, "coh hi": chi, "n": len(out)})
 clamp_table = pd.DataFrame(rows).set_index("condition")
-paper_c = {"unmodified": 4.07, "circuit = 1": 3.60, "circuit = 10": 3.67, "circuit = 100": 4.53, "circuit = 1000": 4.27}
+paper_c = {k if k == "unmodified" else f"circuit = {k}": v for k, v in PAPER_C_CLAMP.items()}
 clamp_table["paper C (Gemma-2-2B, Claude)"] = [paper_c.get(c, np.nan) for c in clamp_table.index]
 display(clamp_table)
 for name in list(conditions)[:3]:

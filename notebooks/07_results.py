@@ -134,17 +134,19 @@ show("judges")
 
 # %%
 def pick(chapter, key):
-    r = rec.get(chapter, {})
-    v = r.get(key)
-    return (np.nan, np.nan, np.nan) if v is None else (v, r.get(f"{key}_lo", v), r.get(f"{key}_hi", v))
+    """(value, low, high) as recorded; NaN when not run, the value itself when no interval was recorded."""
+    got = R.value(rec.get(chapter, {}), key)
+    if got is None:
+        return np.nan, np.nan, np.nan
+    v, lo, hi = got
+    return v, v if lo is None else lo, v if hi is None else hi
 
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-rows_b = [("prompting", "prompting_accuracy", 0.9896), ("steering vector", "steering_accuracy", 0.9122),
-          ("circuit modulation", "modulation_accuracy", 0.9965)]
-rows_c = [("unmodified", "empathy_unmodified", 4.07)] + [
-    (f"clamp {v}", f"clamp_circuit_{v}_empathy", p) for v, p in (("1", 3.60), ("10", 3.67), ("100", 4.53),
-                                                                  ("1000", 4.27))]
+label_b = {"prompting": "prompting", "steering": "steering vector", "modulation": "circuit modulation"}
+rows_b = [(label_b[how], f"{how}_accuracy", p) for how, p in R.PAPER_B_CONTROL.items()]
+rows_c = [("unmodified", "empathy_unmodified", R.PAPER_C_CLAMP["unmodified"])] + [
+    (f"clamp {v}", f"clamp_circuit_{v}_empathy", p) for v, p in R.PAPER_C_CLAMP.items() if v != "unmodified"]
 for ax, chapter, items, base_key, label in (
         (axes[0], "04_emotion_circuits", rows_b, "plain_accuracy", "share judged as the target"),
         (axes[1], "05_attribution_graphs", rows_c, "empathy_unmodified", "judged empathy (1-5)")):

@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
+
+from emocircuits.cache import atomic_write_text
 
 
 def _script_key(js) -> tuple:
@@ -49,10 +50,7 @@ def write_index(app, exception) -> None:
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
             f'<meta http-equiv="Refresh" content="0; url={target}">\n<title>{title}</title>\n{icon_link}\n'
             f'</head><body><p><a href="{target}">{title}</a></p></body></html>\n')
-    out = Path(app.outdir) / "index.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf8")
-    os.replace(tmp, out)
+    atomic_write_text(Path(app.outdir) / "index.html", page)
 
 
 def setup(app):

@@ -114,8 +114,8 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     key_file = out_dir / f"{src.stem}.key"
     text = src.read_text()
     if "recorded(" in text:  # a chapter that reads earlier chapters' numbers re-runs when they change
-        text += "".join(p.read_text() for p in sorted(out_dir.glob("[0-9][0-9]_*.results.json"))
-                        if p.name < src.stem)
+        earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
+        text += json.dumps(earlier, sort_keys=True)
     key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
     if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
         return out, False

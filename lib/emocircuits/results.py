@@ -29,6 +29,10 @@ PAPERS = {
     "judges": "This book's judges (chapter 02), which score every generated reply on this page",
 }
 
+# The papers' own numbers that the book sets beside its figures (as reported, not re-derived).
+PAPER_B_CONTROL = {"prompting": 0.9896, "steering": 0.9122, "modulation": 0.9965}  # share judged as target
+PAPER_C_CLAMP = {"unmodified": 4.07, "1": 3.60, "10": 3.67, "100": 4.53, "1000": 4.27}  # judged empathy, 1-5
+
 Getter = Callable[[dict], "str | None"]
 
 
@@ -44,12 +48,18 @@ class Row:
     digits: int = 2
 
 
-def _num(rec: dict, key: str, digits: int = 2) -> str | None:
+def value(rec: dict, key: str) -> tuple[float, float | None, float | None] | None:
+    """A recorded number and its interval, ``(v, lo, hi)`` (``lo``/``hi`` None when not recorded); None if absent."""
     v = rec.get(key)
-    if v is None:
+    return None if v is None else (v, rec.get(f"{key}_lo"), rec.get(f"{key}_hi"))
+
+
+def _num(rec: dict, key: str, digits: int = 2) -> str | None:
+    got = value(rec, key)
+    if got is None:
         return None
+    v, lo, hi = got
     text = f"{v:.{digits}f}"
-    lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
     if lo is not None and hi is not None:
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
@@ -119,13 +129,15 @@ ROWS: tuple[Row, ...] = (
     Row("B", "zero-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
         "04_emotion_circuits", "zero_drop_circuit", _base("as many random components: {}", "zero_drop_random"),
         "held-out prompts; mean over emotions"),
-    Row("B", "emotion control by prompting (judged as the target)", "98.96%", "04_emotion_circuits",
+    Row("B", "emotion control by prompting (judged as the target)", f"{PAPER_B_CONTROL['prompting']:.2%}", "04_emotion_circuits",
         "prompting_accuracy", _base("no intervention: {}", "plain_accuracy"),
         "ours: emotion judge of chapter 02; paper B: GPT-4o-mini"),
-    Row("B", "emotion control by steering vectors", "91.22%", "04_emotion_circuits", "steering_accuracy",
+    Row("B", "emotion control by steering vectors", f"{PAPER_B_CONTROL['steering']:.2%}", "04_emotion_circuits",
+        "steering_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "steering_coherent"),
         "alpha chosen on discovery prompts"),
-    Row("B", "emotion control by circuit modulation", "99.65%", "04_emotion_circuits", "modulation_accuracy",
+    Row("B", "emotion control by circuit modulation", f"{PAPER_B_CONTROL['modulation']:.2%}", "04_emotion_circuits",
+        "modulation_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
         "scale chosen on discovery prompts; circuit budget scaled to the model"),
     # paper C
@@ -134,14 +146,14 @@ ROWS: tuple[Row, ...] = (
     Row("C", "transcoders: mean fraction of MLP variance explained (held out)", "- (published CLT)",
         "05_attribution_graphs", "fve_mean", _base("dense linear map: {}", "linear_fve_mean"),
         "trained on a CPU for this book"),
-    Row("C", "judged empathy, unmodified (1-5)", "4.07", "05_attribution_graphs", "empathy_unmodified",
+    Row("C", "judged empathy, unmodified (1-5)", f"{PAPER_C_CLAMP['unmodified']:.2f}", "05_attribution_graphs", "empathy_unmodified",
         _base("coherent share {}", "coherent_unmodified"), "ours: chapter 02's judge; paper C: Claude"),
 ) + tuple(
-    Row("C", f"judged empathy, circuit clamped to {v} (1-5)", theirs, "05_attribution_graphs",
+    Row("C", f"judged empathy, circuit clamped to {v} (1-5)", f"{theirs:.2f}", "05_attribution_graphs",
         f"clamp_circuit_{v}_empathy", _base("unmodified {}; coherent share {}", "empathy_unmodified",
                                             f"clamp_circuit_{v}_coherent"),
         "absolute values mean different things in different dictionaries")
-    for v, theirs in (("1", "3.60"), ("10", "3.67"), ("100", "4.53"), ("1000", "4.27"))
+    for v, theirs in PAPER_C_CLAMP.items() if v != "unmodified"
 ) + (
     Row("C", "judged empathy, circuit clamped to 4x its max activation (1-5)", "-", "05_attribution_graphs",
         "clamp_circuit_4x_empathy", _base("random control circuit, same clamp: {}", "clamp_control_4x_empathy"),

@@ -24,6 +24,7 @@ Generation pads on the left, so "the last k prompt positions" are the last
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -174,8 +175,6 @@ def _transcoder_like(iv: Transcode, x: torch.Tensor):
     key = (x.device, x.dtype)
     cast = getattr(iv, "_cast", None)
     if cast is None or cast[0] != key:
-        import copy
-
         cast = (key, copy.deepcopy(tc).to(device=x.device, dtype=x.dtype))
         iv._cast = cast
     return cast[1]
