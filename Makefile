@@ -18,11 +18,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv book book-quick test bench sync clean help
+.PHONY: venv book book-quick book-full test bench sync clean help
 
 help:
 	@echo "make book   - set up .venv and build the book into _build/html"
 	@echo "make book-quick - the same in QUICK mode, into _build/html-quick"
+	@echo "make book-full - the largest samples, into _build/html-full (for a GPU)"
 	@echo "make test   - set up .venv and run the tests"
 	@echo "make bench  - benchmarks (ratios measured side by side)"
 	@echo "make sync   - re-pair notebooks/*.py with their .ipynb"
@@ -50,6 +51,9 @@ book: $(STAMP)
 
 book-quick: $(STAMP)
 	$(BIN)/emocircuits book --quick
+
+book-full: $(STAMP)
+	$(BIN)/emocircuits book --full
 
 test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q

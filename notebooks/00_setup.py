@@ -47,6 +47,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"  # any name from `emocircuits models`
 QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 
 # %%
@@ -56,12 +57,14 @@ import matplotlib.pyplot as plt
 
 from emocircuits import load_model, capture
 from emocircuits.activations import SITE_KINDS, all_layers
+from emocircuits.book import sizer
 from emocircuits.models import model_table
 from emocircuits.plots import band, setup_style
 from emocircuits.probes import centroid_separability
 from emocircuits.steering import Add, generate
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 torch.manual_seed(SEED)
 
 # %% [markdown]
@@ -129,7 +132,7 @@ print(f"last layer: raw {diffs[-1]:.2e}, after the final norm {final_diff:.2e}")
 # %%
 situation = "My dog died this morning."
 for system in [None, "You are a warm, caring friend who listens closely."]:
-    reply = generate(lm, [situation], system=system, max_new_tokens=30 if QUICK else 60)[0]
+    reply = generate(lm, [situation], system=system, max_new_tokens=size(30, 48, 60))[0]
     print(f"system={system!r}\n  -> {reply}\n")
 
 # %% [markdown]
@@ -161,15 +164,14 @@ bad = ["My sister lost the baby last night.", "I failed the exam I studied for a
        "Someone slashed my paintings at the fair.", "The bank took our house.",
        "The rescue team found the missing hiker too late.", "My son was taken to hospital today.",
        "The bakery burned down on our anniversary.", "Our team was laid off a week before the deadline."]
-if QUICK:
-    good, bad = good[:8], bad[:8]
+good, bad = good[: size(8, 16, 16)], bad[: size(8, 16, 16)]
 n = len(good)
 labels = np.r_[np.ones(n), np.zeros(n)]
 pairs = np.r_[np.arange(n), np.arange(n)]
 
 sites = all_layers("resid_post", lm.n_layers)
 acts = capture(lm, good + bad, sites, pooling="last_prompt_token", cache=True, progress=False)
-sep = [centroid_separability(acts[s].numpy(), labels, pairs, n_perm=10 if QUICK else 30, seed=SEED)
+sep = [centroid_separability(acts[s].numpy(), labels, pairs, n_perm=size(10, 10, 30), seed=SEED)
        for s in sites]
 
 layers = np.arange(lm.n_layers)
@@ -211,9 +213,9 @@ for layer in sorted({lm.n_layers // 4, read_layer}):
     direction = direction / direction.norm()
     scale = X.norm(dim=1).mean().item()
     print(f"--- layer {layer} (|resid| = {scale:.1f})")
-    for alpha in [-0.3, 0.0, 0.3] if QUICK else [-0.3, -0.15, 0.0, 0.15, 0.3]:
+    for alpha in size([-0.3, 0.0, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3]):
         steer = [Add(f"resid_post.{layer}", direction, alpha=alpha * scale, positions="all")]
-        text = generate(lm, [prompt], steer, max_new_tokens=16 if QUICK else 32)[0]
+        text = generate(lm, [prompt], steer, max_new_tokens=size(16, 16, 32))[0]
         print(f"alpha = {alpha:+.2f}: {text}")
 
 # %% [markdown]

@@ -47,6 +47,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -59,11 +60,13 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 
 from emocircuits import datasets as ds
 from emocircuits import load_model
+from emocircuits.book import sizer
 from emocircuits.judges import EmotionJudge
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.max_colwidth", 120)
 
 # %% [markdown]
@@ -235,17 +238,18 @@ pd.Series([q.split for q in questions]).value_counts()
 # generation with its prompt, model, seed and settings, which is what the
 # judge and the later chapters read. The judge is chapter 02's emotion
 # judge (its held-out accuracy is measured there); a reply is *accepted*
-# when the judged emotion is the instructed one. One scenario per theme in
-# full mode, one in all in QUICK mode.
+# when the judged emotion is the instructed one. One scenario per theme
+# (of eight) in a FULL run, two themes in the default book, one scenario in
+# QUICK mode.
 
 # %%
 lm = load_model(MODEL)
 per_theme = {}
 for r in disc:
     per_theme.setdefault(r.theme, r)
-chosen = list(per_theme.values())[: 1 if QUICK else len(per_theme)]
+chosen = list(per_theme.values())[: size(1, 2, len(per_theme))]
 elicit_prompts = ds.sev_prompts(chosen)
-records = ds.elicit(lm, elicit_prompts, max_new_tokens=24 if QUICK else 48, seed=SEED, progress=False,
+records = ds.elicit(lm, elicit_prompts, max_new_tokens=size(24, 32, 48), seed=SEED, progress=False,
                     judge=EmotionJudge(use_all=True, seed=SEED))
 gen = pd.DataFrame([{"emotion": r.emotion, "valence": r.prompt_id.split(":")[1], "reply": r.text,
                      "judged": r.judge["label"], "accepted": r.accepted} for r in records])

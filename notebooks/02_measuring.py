@@ -53,6 +53,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -68,11 +69,12 @@ from sklearn.metrics import confusion_matrix, f1_score
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
-from emocircuits.book import record
+from emocircuits.book import record, sizer
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.max_colwidth", 110)
 
 
@@ -250,12 +252,12 @@ pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["
 
 # %%
 cp = {r.id: r for r in ds.load_named("circuit_prompts")}
-situations = [r.text for r in ds.load_named("situations_heldout")][: 4 if QUICK else 20]
+situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 8, 20)]
 systems = {"empathetic": cp["empathetic-2"].text, "neutral": cp["neutral-1"].text}
 t0 = time.perf_counter()
 gens = {k: [g.text for g in ds.elicit(lm, [{"id": f"s{i}", "user": s, "system": sys_}
                                            for i, s in enumerate(situations)],
-                                      max_new_tokens=32 if QUICK else 60, seed=SEED, progress=False)]
+                                      max_new_tokens=size(32, 40, 60), seed=SEED, progress=False)]
         for k, sys_ in systems.items()}
 print(f"{2 * len(situations)} replies in {time.perf_counter() - t0:.0f} s")
 scores = {k: emp.score(v, situations) for k, v in gens.items()}
@@ -284,7 +286,7 @@ pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"], "score
 
 # %%
 corpus_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
-batch = (corpus_texts * 2)[: 200 if QUICK else 1000]
+batch = (corpus_texts * 2)[: size(200, 400, 1000)]
 t0 = time.perf_counter()
 emo(batch)
 emp.score(batch)

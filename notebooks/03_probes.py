@@ -51,6 +51,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -71,19 +72,19 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits.activations import capture
-from emocircuits.book import record
+from emocircuits.book import record, sizer
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.max_colwidth", 100)
 OTHER = "gemma3-270m" if MODEL != "gemma3-270m" else "smollm2-135m"
 
 lm = load_model(MODEL)
-LAYERS = list(range(lm.n_layers)) if not QUICK else list(range(0, lm.n_layers, 4))
+LAYERS = list(range(0, lm.n_layers, size(4, 2, 1)))
 pairs = ds.load_named("eia_pairs")
-if QUICK:  # every other pair (the stored split is kept for the rest)
-    pairs = pairs[::2]
+pairs = pairs[:: size(2, 1, 1)]  # QUICK: every other pair (the stored split is kept for the rest)
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 print(lm, f"\n{len(pairs)} pairs, {sum(p.split == 'train' for p in pairs)} train / "
       f"{sum(p.split == 'test' for p in pairs)} test (stored split)")
@@ -240,7 +241,7 @@ sev = ds.load_named("sev_discovery")
 per_theme = {}
 for r in sev:
     per_theme.setdefault(r.theme, []).append(r)
-chosen = [r for rs in per_theme.values() for r in rs[: 1 if QUICK else 5]]
+chosen = [r for rs in per_theme.values() for r in rs[: size(1, 2, 5)]]
 prompts = ds.sev_prompts(chosen)
 texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
 emotions = np.array([p["emotion"] for p in prompts])
@@ -253,7 +254,7 @@ print(f"{len(texts)} prompts: {len(chosen)} scenarios x 3 valences x 6 emotions"
 clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 cv = GroupKFold(n_splits=5)
 emo_rows = []
-for l in LAYERS:
+for l in LAYERS[:: size(1, 2, 1)]:  # the default book: every fourth layer
     Xl = E[f"resid_post.{l}"].double().numpy()
     correct = []
     for tr_i, te_i in cv.split(Xl, emotions, scenario):
@@ -334,7 +335,8 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # Paper A asked whether probes of different models agree on the same texts.
 # First, the second bundled model's own layer-by-layer result with the
 # `mean_response` probe. Then both models score the 215 replies of the
-# empathy judge's corpus (texts no probe was trained on) with their own
+# empathy judge's corpus (every fourth in the default book, every sixth
+# in QUICK mode; the alignment set likewise thinned) (texts no probe was trained on) with their own
 # best-layer empathy probe. Their raw agreement is a Pearson r between the two score lists.
 # Each reply is read as the assistant's answer to its situation, pooled
 # over the reply, as the probe was trained. Then model B's activations are
@@ -346,7 +348,7 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 
 # %%
 other = load_model(OTHER)
-O_LAYERS = list(range(other.n_layers)) if not QUICK else list(range(0, other.n_layers, 4))
+O_LAYERS = list(range(0, other.n_layers, size(4, 4, 1)))
 fit_o = P.fit_pair_probe(other, pairs, scen, layers=O_LAYERS, pooling=POOL, seed=SEED)
 fit_a = fits[POOL]
 fig, ax = plt.subplots(figsize=(8, 3.4))
@@ -363,8 +365,7 @@ plt.show()
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
 align_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
-if QUICK:
-    emp_recs, align_texts = emp_recs[::4], align_texts[::6]
+emp_recs, align_texts = emp_recs[:: size(6, 4, 1)], align_texts[:: size(10, 6, 1)]
 la, lo_ = fit_a.best_layer, fit_o.best_layer
 
 
@@ -389,7 +390,7 @@ al_r = pearsonr(s_a, align(B_rep) @ fit_a.directions[la])[0]
 rng = np.random.default_rng(SEED)
 null_raw = [pearsonr(s_a, rng.permutation(s_b))[0] for _ in range(1000)]
 null_al = [pearsonr(s_a, P.align_procrustes(A_al, B_al[rng.permutation(len(B_al))], k=64)(B_rep)
-                    @ fit_a.directions[la])[0] for _ in range(20 if QUICK else 50)]
+                    @ fit_a.directions[la])[0] for _ in range(size(20, 50, 50))]
 
 
 def r_ci(x, y):
@@ -417,17 +418,17 @@ pd.DataFrame([
 #
 # ## 5. Does the probe track the empathy of real generations?
 #
-# The last check uses the model's own greedy replies to 20 held-out
-# situations (none of them in the pairs), under paper C's empathetic and
+# The last check uses the model's own greedy replies to the held-out
+# situations (20 in a FULL run, 8 in the default book; none of them in the pairs), under paper C's empathetic and
 # neutral system prompts. Each reply is scored by the `mean_response`
 # probe and by the empathy judge of chapter 02.
 
 # %%
 cp = {r.id: r for r in ds.load_named("circuit_prompts")}
-situations = [r.text for r in ds.load_named("situations_heldout")][: 6 if QUICK else 20]
+situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 8, 20)]
 gen_prompts = [{"id": f"{k}-{i}", "user": s, "system": cp[k].text}
                for k in ("empathetic-2", "neutral-1") for i, s in enumerate(situations)]
-gens = ds.elicit(lm, gen_prompts, max_new_tokens=32 if QUICK else 60, seed=SEED, progress=False)
+gens = ds.elicit(lm, gen_prompts, max_new_tokens=size(24, 40, 60), seed=SEED, progress=False)
 full = [lm.chat_prompt(g.user, system=g.system) + g.text for g in gens]
 g_starts = [len(lm.chat_prompt(g.user, system=g.system)) for g in gens]
 keep = [i for i, g in enumerate(gens) if g.text.strip()]

@@ -49,6 +49,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -64,13 +65,14 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.activations import all_layers, capture
-from emocircuits.book import record
+from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import generate
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.precision", 3)
 torch.manual_seed(SEED)
 lm = load_model(MODEL)
@@ -99,7 +101,7 @@ print(lm)
 per_theme = {}
 for r in ds.load_named("sev_discovery"):
     per_theme.setdefault(r.theme, []).append(r)
-disc = [r for rs in per_theme.values() for r in rs[: 1 if QUICK else 3]]
+disc = [r for rs in per_theme.values() for r in rs[: size(1, 2, 3)]]
 prompts = ds.sev_prompts(disc)
 texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
 labels = [p["emotion"] for p in prompts]
@@ -200,7 +202,7 @@ plt.show()
 # leaks onto an emotion direction.
 
 # %%
-neutral = ds.sev_prompts(disc[: 4 if QUICK else 12], emotions=None, valences=("neutral",))
+neutral = ds.sev_prompts(disc[: size(4, 4, 12)], emotions=None, valences=("neutral",))
 neutral_texts = [lm.chat_prompt(p["user"]) for p in neutral]
 rand_u = rng.normal(size=lm.d_model)
 local = {}
@@ -208,7 +210,7 @@ for l in range(L):
     for k in ("attn_out", "mlp_out"):
         local[f"{k}.{l}"] = np.vstack([dirs[f"{k}.{l}"], rand_u])
 ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
-alphas = (1.0,) if QUICK else (0.5, 1.0, 2.0)
+alphas = size((1.0,), (0.5, 2.0), (0.5, 1.0, 2.0))
 infl = C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=2, progress=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
@@ -281,11 +283,11 @@ display(overlap.style.format("{:.2f}").set_caption("share of components two circ
 
 # %%
 test_recs = ds.load_named("sev_test")
-test_recs = test_recs[:: max(1, len(test_recs) // (4 if QUICK else 16))][: 4 if QUICK else 16]
+test_recs = test_recs[:: max(1, len(test_recs) // size(4, 8, 16))][: size(4, 8, 16)]
 tp_all = ds.sev_prompts(test_recs, emotions=EMO, valences=("neutral",))  # scenario-major, 6 emotions each
 tt_all = [lm.chat_prompt(p["user"], system=p["system"]) for p in tp_all]
 means = C.component_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")})
-n_random = 2 if QUICK else 5
+n_random = size(2, 2, 5)
 ref_dirs = dirs[f"resid_post.{L - 1}"]
 runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
 signal = C.emotion_signal(lm, runner, ref_dirs)
@@ -334,10 +336,10 @@ plt.show()
 
 # %%
 judge = J.EmotionJudge(use_all=True, seed=SEED)
-gen_n = 2 if QUICK else 8
-new_tokens = 14 if QUICK else 48
+gen_n = size(2, 3, 8)
+new_tokens = size(14, 24, 48)
 gen_rows = []
-for emo in EMO[:3] if QUICK else EMO:
+for emo in EMO[: size(3, 3, 6)]:  # a generate call per emotion and condition: the cost here
     tp = ds.sev_prompts(test_recs[:gen_n], emotions=[emo], valences=("neutral",))
     users, systems = [p["user"] for p in tp], [p["system"] for p in tp]
     for cond, ivs in (("unchanged", []), ("circuit zeroed", C.ablation(circuits[emo], positions="last:1")),
@@ -366,7 +368,9 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # each chosen on discovery prompts (the smallest that reaches the best
 # judged accuracy with at least 90% coherent replies; if none keeps 90%
 # coherent, the most accurate one) and then evaluated once on held-out
-# prompts. Read the coherent share beside the unmodified
+# prompts. A FULL run searches scales 2-16 and alphas 1-16; to save time the
+# default book tries only what FULL runs on this model chose (scale 8;
+# alpha 8 or 16) and QUICK mode 8 for both. Read the coherent share beside the unmodified
 # model's own: a 135M model's plain replies fail the repetition checks
 # often, which caps what any intervention can score there. **Baseline:** the
 # unmodified replies (how often the judge reads each emotion anyway). Paper
@@ -406,20 +410,20 @@ def toward(recs, scale, n_tokens, how="modulation"):
 
 
 def choose(how, grid):
-    tune = pd.concat([toward(disc[:1 if QUICK else 6], s, new_tokens, how) for s in grid])
+    tune = pd.concat([toward(disc[: size(1, 1, 6)], s, new_tokens, how) for s in grid])
     tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
     display(tuned.style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
     ok = tuned[tuned.coherent >= 0.9]
     return float((ok if len(ok) else tuned).accuracy.idxmax())
 
 
-scale = choose("modulation", (8.0,) if QUICK else (2.0, 4.0, 8.0, 16.0))
-alpha = choose("steering", (8.0,) if QUICK else (1.0, 2.0, 4.0, 8.0, 16.0))
+scale = choose("modulation", size((8.0,), (8.0,), (2.0, 4.0, 8.0, 16.0)))
+alpha = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
 
 # %%
-held = test_recs[: 3 if QUICK else 16]
+held = test_recs[: size(2, 4, 16)]
 mod = toward(held, scale, new_tokens)
 steered = toward(held, alpha, new_tokens, "steering")
 plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target

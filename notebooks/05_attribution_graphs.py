@@ -52,6 +52,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -69,7 +70,7 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import transcoders as T
-from emocircuits.book import record
+from emocircuits.book import record, sizer
 from emocircuits.datasets import DATA_DIR
 from emocircuits.plots import setup_style
 from emocircuits.results import PAPER_C_CLAMP
@@ -77,6 +78,7 @@ from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import Transcode, generate
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.precision", 3)
 torch.manual_seed(SEED)
 lm = load_model(MODEL)
@@ -107,22 +109,22 @@ SITUATIONS = [p["text"] for p in prompts_c if p["kind"] == "situation"]
 HELDOUT = [r.text for r in ds.load_named("situations_heldout")]
 
 sev = ds.load_named("sev_discovery")
-own_users = [f"{r.scenario} {r.neutral}" for r in sev[:: 4 if QUICK else 2]][: 8 if QUICK else 80]
-own = generate(lm, own_users, max_new_tokens=24 if QUICK else 48, seed=SEED, batch_size=16)
+own_users = [f"{r.scenario} {r.neutral}" for r in sev[:: size(4, 2, 2)]][: size(8, 24, 80)]
+own = generate(lm, own_users, max_new_tokens=size(24, 32, 48), seed=SEED, batch_size=16)
 corpus = T.project_corpus(lm, replies=list(zip(own_users, own)))
 perm = np.random.default_rng(SEED).permutation(len(corpus))
 n_held = max(16, len(corpus) // 10)
 held = [corpus[i] for i in perm[:n_held]]
 train = [corpus[i] for i in perm[n_held:]]
-if QUICK:
-    held, train = held[:24], train[:200]
+held, train = held[: size(24, 32, None)], train[: size(200, 400, None)]
 n_train_tok = sum(len(lm.tokenizer.encode(t)) for t in train)
 print(f"corpus: {len(corpus)} texts; training on {len(train)} texts ({n_train_tok:,} tokens), "
       f"{len(held)} held out")
 
 # %%
-settings = (T.TrainSettings(n_features=512, k=16, epochs=1, seed=SEED) if QUICK
-            else T.TrainSettings(n_features=2048, k=32, epochs=2, seed=SEED))
+settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, seed=SEED),
+                T.TrainSettings(n_features=512, k=32, epochs=1, seed=SEED),
+                T.TrainSettings(n_features=2048, k=32, epochs=2, seed=SEED))
 t0 = time.perf_counter()
 tset = T.train(lm, train, settings)
 print(f"{len(tset)} transcoders, {settings.n_features} features each, k={settings.k}: "
@@ -142,8 +144,8 @@ print(f"{len(tset)} transcoders, {settings.n_features} features each, k={setting
 #   output is zeroed instead.
 
 # %%
-qual = pd.DataFrame(T.quality(lm, tset, held, baseline_texts=train[: 64 if QUICK else 400])).T
-loss_texts = held[: 4 if QUICK else 32]
+qual = pd.DataFrame(T.quality(lm, tset, held, baseline_texts=train[: size(64, 64, 400)])).T
+loss_texts = held[: size(4, 4, 32)]
 losses = T.splice_losses(lm, tset, loss_texts)
 qual["d_loss (this transcoder)"] = [losses["each"][la] - losses["clean"] for la in qual.index]
 qual["d_loss (MLP zeroed)"] = [losses["zero_mlp"][la] - losses["clean"] for la in qual.index]
@@ -184,8 +186,8 @@ plt.show()
 # The neutral replies tell the two apart.
 
 # %%
-new_tok = 16 if QUICK else 32
-emp_systems = EMPATHETIC[:2] if QUICK else EMPATHETIC
+new_tok = size(16, 24, 32)
+emp_systems = EMPATHETIC[: size(2, 3, None)]
 pairs = [(s, u) for s in emp_systems for u in SITUATIONS]
 emp_prompts = [lm.chat_prompt(u, s) for s, u in pairs]
 emp_ids = generate(lm, [u for _, u in pairs], system=[s for s, _ in pairs], max_new_tokens=new_tok,
@@ -259,7 +261,7 @@ s_idx = 1 if len(emp_systems) > 1 else 0
 prompt0 = emp_prompts[s_idx * len(SITUATIONS)]
 reply0 = emp_ids[s_idx * len(SITUATIONS)]
 text0 = prompt0 + lm.tokenizer.decode(reply0[:6])
-max_features = 64 if QUICK else 256
+max_features = size(64, 128, 256)
 ctx0 = A.prepare(lm, tset, text0)
 graph = A.attribution_graph(lm, tset, text0, max_features=max_features, ctx=ctx0)
 kept = A.prune(graph, node_threshold=0.8, edge_threshold=0.98)
@@ -364,20 +366,20 @@ def clamps(feats, value=None, relative=None):
     return [Transcode(tset[la], clamp=c) for la, c in per.items()]
 
 
-eval_sit = SITUATIONS if QUICK else SITUATIONS + HELDOUT
+eval_sit = size(SITUATIONS, SITUATIONS + HELDOUT[:5], SITUATIONS + HELDOUT)
 conditions = {"unmodified": []}
-for v in ((10, 100) if QUICK else (1, 10, 100, 1000)):
+for v in size((10, 100), (1, 10, 100, 1000), (1, 10, 100, 1000)):
     conditions[f"circuit = {v}"] = clamps(circuit_feats, value=v)
-for r in ((4,) if QUICK else (1, 4)):
+for r in size((4,), (1, 4), (1, 4)):
     conditions[f"circuit = {r}x its max"] = clamps(circuit_feats, relative=r)
     conditions[f"control = {r}x its max"] = clamps(control, relative=r)
-if not QUICK:
+if size.name == "full":
     conditions["control = 100"] = clamps(control, value=100)
 emp_judge = J.EmpathyJudge(seed=SEED)
 rows = []
 replies_by = {}
 for name, ivs in conditions.items():
-    out = generate(lm, eval_sit, interventions=ivs, system=NEUTRAL, max_new_tokens=24 if QUICK else 40,
+    out = generate(lm, eval_sit, interventions=ivs, system=NEUTRAL, max_new_tokens=size(24, 32, 40),
                    seed=SEED, batch_size=16)
     replies_by[name] = out
     scores = emp_judge.score(out, eval_sit)

@@ -52,6 +52,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -67,12 +68,13 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import steering as S
-from emocircuits.book import record
+from emocircuits.book import record, sizer
 from emocircuits.cache import stable_hash
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 
 setup_style()
+size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.max_colwidth", 90)
 lm = load_model(MODEL)
 print(lm)
@@ -95,12 +97,12 @@ print(lm)
 # *massive activations* appear.
 
 # %%
-pairs = ds.load_named("eia_pairs")
+pairs = ds.load_named("eia_pairs")[:: size(2, 1, 1)]  # QUICK: every other pair
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 n = lm.n_layers
 CANDIDATES = sorted({n // 6, n // 3, n // 2, (2 * n) // 3})
 fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
-situations = [r.text for r in ds.load_named("situations_heldout")][: 4 if QUICK else 12]
+situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 6, 12)]
 chat_texts = [lm.chat_prompt(s) for s in situations]
 pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
                "residual RMS": round(S.residual_rms(lm, chat_texts, l), 2)} for l in CANDIDATES])
@@ -111,11 +113,11 @@ pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l
 
 # %%
 LAYERS = [CANDIDATES[0], n // 2]
-ALPHAS = [-1, 0, 1] if QUICK else [-2, -1, -0.5, 0, 0.5, 1, 2]
-SEEDS = [SEED] if QUICK else [SEED, SEED + 1, SEED + 2]
+ALPHAS = size([-1, 0, 1], [-2, -1, 0, 1, 2], [-2, -1, -0.5, 0, 0.5, 1, 2])
+SEEDS = [SEED + i for i in range(size(1, 2, 3))]
 prompts = [{"id": f"sit-{i}", "user": s} for i, s in enumerate(situations)]
 records = S.sweep(lm, prompts, fit.directions, LAYERS, ALPHAS, scale="rms", positions="all", seeds=SEEDS,
-                  sample=True, temperature=0.7, max_new_tokens=24 if QUICK else 40)
+                  sample=True, temperature=0.7, max_new_tokens=size(24, 32, 40))
 print(f"{len(records)} replies: {len(prompts)} situations x {len(LAYERS)} layers x {len(ALPHAS)} alphas x "
       f"{len(SEEDS)} seeds (sampled at temperature 0.7)")
 
@@ -283,8 +285,9 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 # - **Judged is not felt.** Every effect here is measured by chapter 02's
 #   judges, with their measured accuracy; a judge blind to sarcasm would
 #   score a sarcastic reply as warm.
-# - **Small models, few situations.** The intervals above are over 12
-#   situations (4 in QUICK mode), three sampled seeds each.
+# - **Small models, few situations.** The intervals above are over 6
+#   situations and two sampled seeds in the default book (12 and three in
+#   a FULL run, 4 and one in QUICK mode).
 #
 # ## Summary
 #

@@ -38,7 +38,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # numbers when it runs (`emocircuits.book.record`), and this page reads the
 # records of the same build. A QUICK build (what `make test` runs) records
 # QUICK numbers from fewer items, so read its intervals, not its digits;
-# the published book is a full run. A number a chapter did not record says
+# the published book is the default size (`make book`, about a quarter of
+# an hour on 2 CPU cores), and `make book-full` repeats it on larger
+# samples. A number a chapter did not record says
 # "not run in this build".
 
 # %% [markdown]
@@ -48,6 +50,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
@@ -63,7 +66,7 @@ from emocircuits.plots import setup_style
 setup_style()
 pd.set_option("display.max_colwidth", 120)
 rec = recorded()
-print(f"model {MODEL}, QUICK={QUICK}; chapters with recorded numbers: {', '.join(rec) or 'none'}")
+print(f"model {MODEL}, QUICK={QUICK}, FULL={FULL}; chapters with recorded numbers: {', '.join(rec) or 'none'}")
 if not rec:
     print("No chapter has recorded numbers yet: run the book first (`make book`, or "
           "`emocircuits book --only 03 04 05 06 07`).")

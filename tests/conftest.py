@@ -57,7 +57,7 @@ def quick_book():
 
     build(quick=True, model=DEFAULT_MODEL, seed=0)
     return SimpleNamespace(root=ROOT, executed=ROOT / "_build" / "executed-quick", html=html_dir(ROOT, quick=True),
-                           params={"MODEL": DEFAULT_MODEL, "QUICK": True, "SEED": 0})
+                           params={"MODEL": DEFAULT_MODEL, "QUICK": True, "FULL": False, "SEED": 0})
 
 
 def pytest_collection_modifyitems(config, items):

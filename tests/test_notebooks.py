@@ -39,7 +39,7 @@ def test_parameters_cell(src):
     nb = jupytext.read(src)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{src.name} needs exactly one cell tagged 'parameters'"
-    for name in ("MODEL", "QUICK", "SEED"):
+    for name in ("MODEL", "QUICK", "FULL", "SEED"):
         assert f"{name} =" in params[0].source, f"{src.name}: parameters cell lacks {name}"
 
 
@@ -119,3 +119,34 @@ def test_record_writes_only_under_the_runner(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"a": 0.5, "b": 2.0}
     with pytest.raises(ValueError, match="expected a number"):
         record(c="high")
+
+
+def test_sizer_picks_one_value_per_run_size_and_rejects_quick_with_full(tmp_path):
+    from emocircuits.book import executed_dir, html_dir, sizer
+
+    assert [sizer(q, f)(1, 2, 3) for q, f in [(True, False), (False, False), (False, True)]] == [1, 2, 3]
+    assert [sizer(q, f).name for q, f in [(True, False), (False, False), (False, True)]] == ["quick", "book", "full"]
+    with pytest.raises(ValueError, match="QUICK=True and FULL=True"):
+        sizer(True, True)
+    assert [executed_dir(tmp_path, q, f).name for q, f in [(True, False), (False, False), (False, True)]] == \
+        ["executed-quick", "executed", "executed-full"]
+    assert html_dir(tmp_path, full=True).name == "html-full" and html_dir(tmp_path).name == "html"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_sample_sizes_go_through_the_size_knob(src):
+    """Every chapter picks its sizes with ``size(quick, book, full)``: no chapter
+    tests ``QUICK`` by itself, which would give FULL runs the book's sizes."""
+    code = "\n".join(c.source for c in jupytext.read(src).cells
+                     if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    lines = [ln for ln in code.splitlines() if "QUICK" in ln.split("#")[0] and "sizer(QUICK, FULL)" not in ln
+             and not ln.lstrip().startswith("print(")]
+    assert not lines, f"{src.name} branches on QUICK outside the size knob: {lines}"
+
+
+def test_book_command_refuses_quick_with_full(capsys):
+    from emocircuits.book import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--quick", "--full"])
+    assert err.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -1,16 +1,25 @@
 """Run every chapter with papermill, then render the book with Jupyter Book.
 
-``emocircuits book [--quick] [--model M] [--only NN]`` (and ``make book``):
+``emocircuits book [--quick | --full] [--model M] [--only NN]`` (and ``make book``):
 
 1. each ``notebooks/NN_slug.py`` (the jupytext source) is converted to a
    notebook and executed by papermill, in order, with the parameters
-   ``MODEL``, ``QUICK`` and ``SEED``; executed copies go to
-   ``_build/executed/``;
+   ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
+   ``_build/executed/`` (``executed-quick``, ``executed-full``);
 2. a chapter whose source, parameters and library code are unchanged since
    its last successful run is not run again;
 3. ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks are
    staged and rendered by Jupyter Book (execution off) to ``_build/html``
-   (``_build/html-quick`` for ``--quick``), replacing it only on success.
+   (``_build/html-quick``, ``_build/html-full``), replacing it only on success.
+
+Three sizes, one per use (:func:`sizer` picks a chapter's numbers):
+
+- ``QUICK``: the regression run of ``make test``; smallest samples, a few
+  minutes for the whole book on 2 CPU cores;
+- default: ``make book``, sized to build in about a quarter of an hour on
+  2 CPU cores; every number keeps its interval and baseline;
+- ``FULL``: the larger samples (more layers, prompts, seeds, transcoder
+  features and tokens), for a GPU or a patient CPU.
 
 A failing chapter stops the run with the chapter's name and the failing cell.
 
@@ -40,6 +49,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class ChapterError(RuntimeError):
     pass
+
+
+SIZES = ("quick", "book", "full")
+
+
+def size_name(quick: bool = False, full: bool = False) -> str:
+    """``"quick"``, ``"book"`` or ``"full"`` from a chapter's two flags."""
+    if quick and full:
+        raise ValueError("QUICK=True and FULL=True: choose one (QUICK for the regression run, FULL for the "
+                         "largest samples, neither for the default book)")
+    return "quick" if quick else "full" if full else "book"
+
+
+def sizer(quick: bool = False, full: bool = False):
+    """The chapters' size knob: ``size = sizer(QUICK, FULL)`` once, then
+    ``size(q, b, f)`` wherever a number depends on the run's size; it
+    returns ``q`` in a QUICK run, ``f`` in a FULL one and ``b`` otherwise
+    (the default book)."""
+    i = SIZES.index(size_name(quick, full))
+
+    def size(quick_value, book_value, full_value):
+        return (quick_value, book_value, full_value)[i]
+
+    size.name = SIZES[i]
+    return size
 
 
 def chapters(root: Path = ROOT) -> list[Path]:
@@ -87,16 +121,18 @@ def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, d
     """Every chapter's recorded numbers, ``{stem: {name: value}}``.
 
     ``folder`` defaults to the build this chapter runs in (under
-    :func:`run_chapter`), else ``_build/executed`` or, failing that,
-    ``_build/executed-quick``. A folder without records gives ``{}``.
+    :func:`run_chapter`), else the first of ``_build/executed-full``,
+    ``_build/executed`` and ``_build/executed-quick`` that holds records.
+    A folder without records gives ``{}``.
     """
     if folder is None:
         running = os.environ.get(RESULTS_ENV)
         if running:
             folder = Path(running).parent
         else:
-            full, quick = root / "_build" / "executed", root / "_build" / "executed-quick"
-            folder = full if list(full.glob("*.results.json")) else quick
+            found = [d for d in (executed_dir(root, full=True), executed_dir(root), executed_dir(root, quick=True))
+                     if list(d.glob("*.results.json"))]
+            folder = found[0] if found else executed_dir(root, quick=True)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"recorded(folder={str(folder)!r}): expected a build folder of executed chapters")
@@ -166,11 +202,16 @@ def stage(root: Path, executed: Path, staging: Path) -> None:
         shutil.copy(nb, staging / "notebooks" / nb.name)
 
 
+def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
+    """Where executed chapters go: ``_build/executed`` (``-quick``, ``-full``)."""
+    name = size_name(quick, full)
+    return root / "_build" / ("executed" if name == "book" else f"executed-{name}")
+
+
 def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: list[str] | None = None,
-          force: bool = False, root: Path = ROOT, render: bool = True) -> Path:
-    build_dir = root / "_build"
-    executed = build_dir / ("executed-quick" if quick else "executed")
-    params = {"MODEL": model, "QUICK": bool(quick), "SEED": int(seed)}
+          force: bool = False, root: Path = ROOT, render: bool = True, full: bool = False) -> Path:
+    executed = executed_dir(root, quick, full)
+    params = {"MODEL": model, "QUICK": bool(quick), "FULL": bool(full), "SEED": int(seed)}
     srcs = chapters(root)
     if only:
         srcs = [s for s in srcs if any(s.stem.startswith(o) for o in only)]
@@ -179,18 +220,19 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     code_hash = _code_hash(root)
     for src in srcs:
         t0 = time.time()
-        print(f"[book] {src.stem}: running (MODEL={model}, QUICK={quick}) ...", flush=True)
+        print(f"[book] {src.stem}: running (MODEL={model}, size {size_name(quick, full)}) ...", flush=True)
         _, ran = run_chapter(src, executed, params, code_hash, force=force)
         status = f"done in {time.time() - t0:.1f}s" if ran else "unchanged, reused"
         print(f"[book] {src.stem}: {status}", flush=True)
     if not render:
         return executed
-    return render_html(root, executed, html_dir(root, quick))
+    return render_html(root, executed, html_dir(root, quick, full))
 
 
-def html_dir(root: Path = ROOT, quick: bool = False) -> Path:
-    """Where the rendered site goes: ``_build/html`` (``_build/html-quick`` for a QUICK build)."""
-    return root / "_build" / ("html-quick" if quick else "html")
+def html_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
+    """Where the rendered site goes: ``_build/html`` (``html-quick``, ``html-full``)."""
+    name = size_name(quick, full)
+    return root / "_build" / ("html" if name == "book" else f"html-{name}")
 
 
 def render_html(root: Path, executed: Path, out: Path) -> Path:
@@ -223,7 +265,9 @@ def render_html(root: Path, executed: Path, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="emocircuits book", description="Execute every chapter and build the book.")
-    p.add_argument("--quick", action="store_true", help="run each chapter on fewer items (what the tests do)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the smallest run (what the tests do)")
+    size.add_argument("--full", action="store_true", help="the largest samples (hours on a CPU; for a GPU)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", help="chapter number prefixes to run, e.g. 00 03")
@@ -231,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-render", action="store_true", help="execute the notebooks only")
     args = p.parse_args(argv)
     try:
-        build(quick=args.quick, model=args.model, seed=args.seed, only=args.only, force=args.force,
+        build(quick=args.quick, full=args.full, model=args.model, seed=args.seed, only=args.only, force=args.force,
               render=not args.no_render)
     except ChapterError as err:
         print(f"[book] error: {err}", file=sys.stderr)
