@@ -253,8 +253,9 @@ print(f"{len(texts)} prompts: {len(chosen)} scenarios x 3 valences x 6 emotions"
 # %%
 clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 cv = GroupKFold(n_splits=5)
+E_LAYERS = LAYERS[:: size(1, 2, 1)]  # the default book: every fourth layer
 emo_rows = []
-for l in LAYERS[:: size(1, 2, 1)]:  # the default book: every fourth layer
+for l in E_LAYERS:
     Xl = E[f"resid_post.{l}"].double().numpy()
     correct = []
     for tr_i, te_i in cv.split(Xl, emotions, scenario):
@@ -283,7 +284,7 @@ print(f"best layer {best_e}: six-way accuracy {fmt(r.accuracy, r.lo, r.hi)} (cha
 # instructed emotion.
 
 # %%
-show = [LAYERS[0], LAYERS[len(LAYERS) // 3], best_e, LAYERS[-1]]
+show = [E_LAYERS[0], E_LAYERS[len(E_LAYERS) // 3], best_e, E_LAYERS[-1]]
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
 for ax, l in zip(axes, show):
     Z = PCA(2, random_state=SEED).fit_transform(P.centre_by_group(E[f"resid_post.{l}"].double().numpy(), context))

@@ -169,6 +169,18 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# **Read these against the run's size.** To build the whole book in about a
+# quarter of an hour on 2 CPU cores, the default book trains 512 features
+# per layer for one pass over 400 texts (QUICK mode: 200). Dictionaries that
+# small and that briefly trained explain about as much of the MLP as the
+# dense linear map does, or less, and splicing all of them in costs several
+# nats. A FULL run (`FULL = True`: 2,048 features, 2,000 texts, two passes;
+# 26 minutes of training on 2 cores, once, then cached) reached a mean FVE
+# of 0.73 against the linear map's 0.63, and +1.2 nats with every layer
+# spliced in. Everything below rests on these dictionaries: the error
+# nodes' share of the graph's influence (section 3) says how much.
+
+# %% [markdown]
 # ## 2. Replies under empathetic system prompts, and the features that persist
 #
 # Paper C asked Gemma-2-2B five emotionally charged situations under five

@@ -150,3 +150,31 @@ def test_book_command_refuses_quick_with_full(capsys):
     with pytest.raises(SystemExit) as err:
         main(["--quick", "--full"])
     assert err.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_path):
+    """Two chapters at a time: the first chapter runs alone, the middle ones
+    overlap, a chapter reading the records waits for all earlier ones, and
+    each kernel gets one CPU thread."""
+    from emocircuits.book import ChapterError, build, recorded
+
+    head = '# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nFULL = False\nSEED = 0\n\n# %%\n'
+    body = ("import os, time\nfrom emocircuits.book import record\nt0 = time.time()\ntime.sleep({s})\n"
+            "record(start=t0, end=time.time(), threads=float(os.environ.get('OMP_NUM_THREADS', 0)))\n")
+    nb = tmp_path / "notebooks"
+    nb.mkdir()
+    (nb / "00_a.py").write_text(head + body.format(s=0.5))
+    (nb / "01_b.py").write_text(head + body.format(s=3))
+    (nb / "02_c.py").write_text(head + body.format(s=3))
+    (nb / "03_d.py").write_text(head + "from emocircuits.book import recorded, record\nimport time\n"
+                                "record(n=len(recorded()), start=time.time())\n")
+    executed = build(quick=True, model="x", root=tmp_path, render=False, jobs=2)
+    rec = recorded(executed)
+    a, b, c, d = (rec[k] for k in ("00_a", "01_b", "02_c", "03_d"))
+    assert a["end"] <= min(b["start"], c["start"]), "the first chapter runs alone"
+    assert b["start"] < c["end"] and c["start"] < b["end"], "independent chapters overlap"
+    assert d["start"] >= max(b["end"], c["end"]) and d["n"] == 3, "the reader waits for every earlier chapter"
+    assert a["threads"] == b["threads"] == 1
+    (nb / "02_c.py").write_text(head + "raise ValueError('broken on purpose')\n")
+    with pytest.raises(ChapterError, match=r"chapter 02_c failed in cell .*ValueError: broken on purpose"):
+        build(quick=True, model="x", root=tmp_path, render=False, jobs=2)

@@ -3,7 +3,9 @@
 ``emocircuits book [--quick | --full] [--model M] [--only NN]`` (and ``make book``):
 
 1. each ``notebooks/NN_slug.py`` (the jupytext source) is converted to a
-   notebook and executed by papermill, in order, with the parameters
+   notebook and executed by papermill, in order of the numbers and two at a
+   time on a machine with 2 or more cores (``--jobs``; the first chapter and
+   one that reads earlier chapters' records run alone), with the parameters
    ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
    ``_build/executed/`` (``executed-quick``, ``executed-full``);
 2. a chapter whose source, parameters and library code are unchanged since
@@ -208,22 +210,93 @@ def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> 
     return root / "_build" / ("executed" if name == "book" else f"executed-{name}")
 
 
+def _waits_for_all_earlier(src: Path, index: int) -> bool:
+    """The first chapter (it prepares the caches the rest share) and any
+    chapter that reads earlier chapters' records run after every earlier one."""
+    return index == 0 or "recorded(" in src.read_text()
+
+
+def _run_in_worker(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool, threads: int):
+    """One chapter in a worker process: its kernel gets ``threads`` CPU threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    t0 = time.time()
+    _, ran = run_chapter(src, out_dir, params, code_hash, force=force)
+    return ran, time.time() - t0
+
+
+def default_jobs() -> int:
+    """Chapters at once: 2 where there are at least 2 CPU cores (a chapter's
+    generation loop is bound by Python's per-step overhead, so two chapters
+    share 2 cores better than one chapter with 2 threads), else 1."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: list[str] | None = None,
-          force: bool = False, root: Path = ROOT, render: bool = True, full: bool = False) -> Path:
+          force: bool = False, root: Path = ROOT, render: bool = True, full: bool = False,
+          jobs: int | None = None) -> Path:
+    """Run the chapters (``jobs`` at a time, in order of their numbers) and render the book.
+
+    With ``jobs > 1`` each chapter runs in its own process with one CPU
+    thread per kernel, whatever the machine, so numbers do not depend on the
+    number of cores; ``jobs=1`` runs them one by one with torch's default
+    threads. A failing chapter stops the run (chapters already running
+    finish) and is named with its failing cell.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+
     executed = executed_dir(root, quick, full)
     params = {"MODEL": model, "QUICK": bool(quick), "FULL": bool(full), "SEED": int(seed)}
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: expected 1 or more chapters at a time")
     srcs = chapters(root)
     if only:
         srcs = [s for s in srcs if any(s.stem.startswith(o) for o in only)]
         if not srcs:
             raise ChapterError(f"--only {only} matches no chapter; chapters: {[s.stem for s in chapters(root)]}")
     code_hash = _code_hash(root)
-    for src in srcs:
-        t0 = time.time()
-        print(f"[book] {src.stem}: running (MODEL={model}, size {size_name(quick, full)}) ...", flush=True)
-        _, ran = run_chapter(src, executed, params, code_hash, force=force)
-        status = f"done in {time.time() - t0:.1f}s" if ran else "unchanged, reused"
+    size = size_name(quick, full)
+
+    def report(src, ran, seconds):
+        status = f"done in {seconds:.1f}s" if ran else "unchanged, reused"
         print(f"[book] {src.stem}: {status}", flush=True)
+
+    if jobs == 1:
+        for src in srcs:
+            t0 = time.time()
+            print(f"[book] {src.stem}: running (MODEL={model}, size {size}) ...", flush=True)
+            _, ran = run_chapter(src, executed, params, code_hash, force=force)
+            report(src, ran, time.time() - t0)
+    else:
+        pending = list(enumerate(srcs))
+        running: dict = {}
+        failure = None
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            while pending or running:
+                while failure is None and pending and len(running) < jobs:
+                    i, src = pending[0]
+                    if _waits_for_all_earlier(src, i) and running:
+                        break
+                    pending.pop(0)
+                    print(f"[book] {src.stem}: running (MODEL={model}, size {size}, {jobs} at a time) ...", flush=True)
+                    running[pool.submit(_run_in_worker, src, executed, params, code_hash, force, 1)] = src
+                    if _waits_for_all_earlier(src, i):
+                        break  # it runs alone
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    src = running.pop(fut)
+                    try:
+                        ran, seconds = fut.result()
+                    except ChapterError as err:
+                        failure = failure or err
+                        continue
+                    report(src, ran, seconds)
+        if failure is not None:
+            raise failure
     if not render:
         return executed
     return render_html(root, executed, html_dir(root, quick, full))
@@ -273,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="chapter number prefixes to run, e.g. 00 03")
     p.add_argument("--force", action="store_true", help="re-run chapters even when unchanged")
     p.add_argument("--no-render", action="store_true", help="execute the notebooks only")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="chapters run at once (default: 2 on a machine with 2 or more cores)")
     args = p.parse_args(argv)
     try:
-        build(quick=args.quick, full=args.full, model=args.model, seed=args.seed, only=args.only, force=args.force,
+        build(quick=args.quick, full=args.full, jobs=args.jobs, model=args.model, seed=args.seed, only=args.only, force=args.force,
               render=not args.no_render)
     except ChapterError as err:
         print(f"[book] error: {err}", file=sys.stderr)

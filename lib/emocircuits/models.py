@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .cache import cache_dir
+from .cache import cache_dir, file_lock
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -190,11 +190,18 @@ def converted_dir(spec: ModelSpec) -> Path:
 
 def _convert_bundled(spec: ModelSpec) -> Path:
     """Dequantize a bundled GGUF once and save it as safetensors (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     final = converted_dir(spec)
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return final
+    with file_lock(final.parent / f".{spec.name}.lock"):  # chapters run in parallel convert once
+        if (final / "config.json").exists() and (final / "model.safetensors").exists():
+            return final
+        return _convert_locked(spec, final)
+
+
+def _convert_locked(spec: ModelSpec, final: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     gguf = _bundled_gguf_path(spec)
     print(f"[emocircuits] converting {spec.name} from GGUF to float32 safetensors (once, 15-60 s) ...",
           flush=True)
