@@ -193,7 +193,7 @@ def _convert_bundled(spec: ModelSpec) -> Path:
     final = converted_dir(spec)
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return final
-    with file_lock(final.parent / f".{spec.name}.lock"):  # chapters run in parallel convert once
+    with file_lock(cache_dir("locks") / f"model-{spec.name}.lock"):  # chapters run in parallel convert once
         if (final / "config.json").exists() and (final / "model.safetensors").exists():
             return final
         return _convert_locked(spec, final)
