@@ -4,8 +4,8 @@
 
 1. each ``notebooks/NN_slug.py`` (the jupytext source) is converted to a
    notebook and executed by papermill, in order of the numbers and two at a
-   time on a machine with 2 or more cores (``--jobs``; the first chapter and
-   one that reads earlier chapters' records run alone), with the parameters
+   time on a machine with 2 or more cores (``--jobs``; a chapter that reads
+   earlier chapters' records runs alone, after them), with the parameters
    ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
    ``_build/executed/`` (``executed-quick``, ``executed-full``);
 2. a chapter whose source, parameters and library code are unchanged since
@@ -210,10 +210,11 @@ def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> 
     return root / "_build" / ("executed" if name == "book" else f"executed-{name}")
 
 
-def _waits_for_all_earlier(src: Path, index: int) -> bool:
-    """The first chapter (it prepares the caches the rest share) and any
-    chapter that reads earlier chapters' records run after every earlier one."""
-    return index == 0 or "recorded(" in src.read_text()
+def _waits_for_all_earlier(src: Path) -> bool:
+    """A chapter that reads earlier chapters' records runs after every earlier
+    one. Other chapters share only caches, which are written atomically
+    (model conversion under a lock), so they may overlap."""
+    return "recorded(" in src.read_text()
 
 
 def _run_in_worker(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool, threads: int):
@@ -270,19 +271,19 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             _, ran = run_chapter(src, executed, params, code_hash, force=force)
             report(src, ran, time.time() - t0)
     else:
-        pending = list(enumerate(srcs))
+        pending = list(srcs)
         running: dict = {}
         failure = None
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             while pending or running:
                 while failure is None and pending and len(running) < jobs:
-                    i, src = pending[0]
-                    if _waits_for_all_earlier(src, i) and running:
+                    src = pending[0]
+                    if _waits_for_all_earlier(src) and running:
                         break
                     pending.pop(0)
                     print(f"[book] {src.stem}: running (MODEL={model}, size {size}, {jobs} at a time) ...", flush=True)
                     running[pool.submit(_run_in_worker, src, executed, params, code_hash, force, 1)] = src
-                    if _waits_for_all_earlier(src, i):
+                    if _waits_for_all_earlier(src):
                         break  # it runs alone
                 if not running:
                     break
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="chapters run at once (default: 2 on a machine with 2 or more cores)")
     args = p.parse_args(argv)
     try:
-        build(quick=args.quick, full=args.full, jobs=args.jobs, model=args.model, seed=args.seed, only=args.only, force=args.force,
-              render=not args.no_render)
+        build(quick=args.quick, full=args.full, jobs=args.jobs, model=args.model, seed=args.seed, only=args.only,
+              force=args.force, render=not args.no_render)
     except ChapterError as err:
         print(f"[book] error: {err}", file=sys.stderr)
         return 1
