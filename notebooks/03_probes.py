@@ -336,9 +336,11 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # Paper A asked whether probes of different models agree on the same texts.
 # First, the second bundled model's own layer-by-layer result with the
 # `mean_response` probe. Then both models score the 215 replies of the
-# empathy judge's corpus (every fourth in the default book, every sixth
-# in QUICK mode; the alignment set likewise thinned) (texts no probe was trained on) with their own
-# best-layer empathy probe. Their raw agreement is a Pearson r between the two score lists.
+# empathy judge's corpus (texts no probe was trained on; a FULL run takes
+# all of them, the default book every fourth, QUICK mode every sixth, and
+# the alignment set below is thinned alike) with their own best-layer
+# empathy probe. Their raw agreement is a Pearson r between the two score
+# lists.
 # Each reply is read as the assistant's answer to its situation, pooled
 # over the reply, as the probe was trained. Then model B's activations are
 # mapped into model A's space (PCA to 64 dimensions and an orthogonal
@@ -419,9 +421,10 @@ pd.DataFrame([
 #
 # ## 5. Does the probe track the empathy of real generations?
 #
-# The last check uses the model's own greedy replies to the held-out
-# situations (20 in a FULL run, 8 in the default book; none of them in the pairs), under paper C's empathetic and
-# neutral system prompts. Each reply is scored by the `mean_response`
+# The last check uses the model's own greedy replies to held-out
+# situations (20 in a FULL run, 8 in the default book, 4 in QUICK mode;
+# none of them in the pairs), under paper C's empathetic and neutral
+# system prompts. Each reply is scored by the `mean_response`
 # probe and by the empathy judge of chapter 02.
 
 # %%
