@@ -119,6 +119,12 @@ def results_path(out_dir: Path, stem: str) -> Path:
     return Path(out_dir) / f"{stem}.results.json"
 
 
+def reads_records(text: str) -> bool:
+    """Whether a chapter's source reads earlier chapters' records: such a chapter
+    re-runs when they change and, in a parallel build, runs after all of them."""
+    return "recorded(" in text
+
+
 def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, dict]:
     """Every chapter's recorded numbers, ``{stem: {name: value}}``.
 
@@ -151,7 +157,7 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     out = out_dir / f"{src.stem}.ipynb"
     key_file = out_dir / f"{src.stem}.key"
     text = src.read_text()
-    if "recorded(" in text:  # a chapter that reads earlier chapters' numbers re-runs when they change
+    if reads_records(text):
         earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
         text += json.dumps(earlier, sort_keys=True)
     key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
@@ -204,17 +210,15 @@ def stage(root: Path, executed: Path, staging: Path) -> None:
         shutil.copy(nb, staging / "notebooks" / nb.name)
 
 
+def _sized_dir(root: Path, base: str, quick: bool, full: bool) -> Path:
+    """``_build/<base>`` for the default book, ``_build/<base>-quick`` / ``-full`` otherwise."""
+    name = size_name(quick, full)
+    return root / "_build" / (base if name == "book" else f"{base}-{name}")
+
+
 def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
     """Where executed chapters go: ``_build/executed`` (``-quick``, ``-full``)."""
-    name = size_name(quick, full)
-    return root / "_build" / ("executed" if name == "book" else f"executed-{name}")
-
-
-def _waits_for_all_earlier(src: Path) -> bool:
-    """A chapter that reads earlier chapters' records runs after every earlier
-    one. Other chapters share only caches, which are written atomically
-    (model conversion under a lock), so they may overlap."""
-    return "recorded(" in src.read_text()
+    return _sized_dir(root, "executed", quick, full)
 
 
 def _run_in_worker(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool, threads: int):
@@ -271,6 +275,9 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             _, ran = run_chapter(src, executed, params, code_hash, force=force)
             report(src, ran, time.time() - t0)
     else:
+        # A chapter that reads earlier records runs alone, after every earlier one; the
+        # others share only caches (written atomically, model conversion under a lock).
+        alone = {src: reads_records(src.read_text()) for src in srcs}
         pending = list(srcs)
         running: dict = {}
         failure = None
@@ -278,13 +285,13 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             while pending or running:
                 while failure is None and pending and len(running) < jobs:
                     src = pending[0]
-                    if _waits_for_all_earlier(src) and running:
+                    if alone[src] and running:
                         break
                     pending.pop(0)
                     print(f"[book] {src.stem}: running (MODEL={model}, size {size}, {jobs} at a time) ...", flush=True)
                     running[pool.submit(_run_in_worker, src, executed, params, code_hash, force, 1)] = src
-                    if _waits_for_all_earlier(src):
-                        break  # it runs alone
+                    if alone[src]:
+                        break
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -305,8 +312,7 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
 
 def html_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
     """Where the rendered site goes: ``_build/html`` (``html-quick``, ``html-full``)."""
-    name = size_name(quick, full)
-    return root / "_build" / ("html" if name == "book" else f"html-{name}")
+    return _sized_dir(root, "html", quick, full)
 
 
 def render_html(root: Path, executed: Path, out: Path) -> Path:

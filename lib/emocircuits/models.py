@@ -191,12 +191,14 @@ def converted_dir(spec: ModelSpec) -> Path:
 def _convert_bundled(spec: ModelSpec) -> Path:
     """Dequantize a bundled GGUF once and save it as safetensors (atomically)."""
     final = converted_dir(spec)
-    if (final / "config.json").exists() and (final / "model.safetensors").exists():
+
+    def done() -> bool:
+        return (final / "config.json").exists() and (final / "model.safetensors").exists()
+
+    if done():
         return final
     with file_lock(cache_dir("locks") / f"model-{spec.name}.lock"):  # chapters run in parallel convert once
-        if (final / "config.json").exists() and (final / "model.safetensors").exists():
-            return final
-        return _convert_locked(spec, final)
+        return final if done() else _convert_locked(spec, final)
 
 
 def _convert_locked(spec: ModelSpec, final: Path) -> Path:
