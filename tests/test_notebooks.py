@@ -152,6 +152,20 @@ def test_book_command_refuses_quick_with_full(capsys):
     assert err.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
+def test_schedule_starts_the_longest_chapter_first_and_holds_back_a_reader(tmp_path):
+    from emocircuits.book import next_chapter
+
+    a, b, c, d = (tmp_path / f"{n}.py" for n in ("00_a", "01_b", "02_c", "03_d"))
+    reads = {a: False, b: False, c: False, d: True}
+    timings = {"00_a": 5, "01_b": 50, "02_c": 20, "03_d": 1}
+    assert next_chapter([a, b, c, d], [], reads, timings) == b
+    assert next_chapter([a, c, d], [b], reads, timings) == c
+    assert next_chapter([a, c, d], [b], reads, {"00_a": 5}) == c, "a chapter never timed goes first (ties: by number)"
+    assert next_chapter([d], [a], reads, timings) is None, "the reader waits while an earlier chapter runs"
+    assert next_chapter([d], [], reads, timings) == d
+    assert next_chapter([], [a, b], reads, timings) is None
+
+
 def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_path):
     """Two chapters at a time: independent chapters overlap, a chapter reading
     the records waits for all earlier ones, and each kernel gets one CPU thread."""
@@ -172,6 +186,14 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
     a, b, c, d = (rec[k] for k in ("00_a", "01_b", "02_c", "03_d"))
     assert a["start"] < b["end"] and b["start"] < a["end"], "independent chapters overlap"
     assert c["start"] >= min(a["end"], b["end"]), "no more than two at a time"
+    took = json.loads((executed / "timings.json").read_text())
+    assert sorted(took) == ["00_a", "01_b", "02_c", "03_d"] and took["00_a"] >= 3 > took["02_c"]
+    # the next build starts the chapters measured longest first, whatever their numbers
+    (executed / "timings.json").write_text(json.dumps({"00_a": 10, "01_b": 1, "02_c": 99, "03_d": 1}))
+    for name in ("00_a", "01_b", "02_c"):
+        (nb / f"{name}.py").write_text(head + body.format(s=1))
+    again = recorded(build(quick=True, model="x", root=tmp_path, render=False, jobs=2))
+    assert again["01_b"]["start"] >= min(again["02_c"]["end"], again["00_a"]["end"]), "01_b, the shortest, waited"
     assert d["start"] >= max(a["end"], b["end"], c["end"]) and d["n"] == 3, "the reader waits for every earlier one"
     assert a["threads"] == b["threads"] == 1
     (nb / "02_c.py").write_text(head + "raise ValueError('broken on purpose')\n")

@@ -3,9 +3,9 @@
 ``emocircuits book [--quick | --full] [--model M] [--only NN]`` (and ``make book``):
 
 1. each ``notebooks/NN_slug.py`` (the jupytext source) is converted to a
-   notebook and executed by papermill, in order of the numbers and two at a
-   time on a machine with 2 or more cores (``--jobs``; a chapter that reads
-   earlier chapters' records runs alone, after them), with the parameters
+   notebook and executed by papermill, two at a time on a machine with 2 or
+   more cores (``--jobs``), the longest first by the last measured times (a
+   chapter that reads earlier chapters' records waits for them), with the parameters
    ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
    ``_build/executed/`` (``executed-quick``, ``executed-full``);
 2. a chapter whose source, parameters and library code are unchanged since
@@ -237,10 +237,49 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+TIMINGS = "timings.json"
+
+
+def _timings(root: Path, executed: Path, size: str) -> dict[str, float]:
+    """Seconds each chapter took when it last ran at this size: the build
+    folder's ``timings.json`` over ``notebooks/timings.json`` (measured on
+    2 CPU cores and committed, so that a fresh clone schedules well too)."""
+    out: dict[str, float] = {}
+    for path, section in ((root / "notebooks" / TIMINGS, size), (executed / TIMINGS, None)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        data = data.get(section, {}) if section else data
+        if isinstance(data, dict):
+            out.update({str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))})
+    return out
+
+
+def next_chapter(pending: list[Path], running: list[Path], reads: dict[Path, bool],
+                 timings: dict[str, float]) -> Path | None:
+    """The chapter to start next, or None when none may start yet.
+
+    The longest first (by ``timings``; a chapter never timed counts as the
+    longest), so that two workers finish together: on the QUICK book this
+    starts chapters 03 and 05 at once instead of after 00-02. A chapter that
+    reads earlier records waits until every lower-numbered chapter is done.
+    """
+    busy = pending + running
+
+    def ready(src: Path) -> bool:
+        return not reads[src] or not any(o.stem < src.stem for o in busy if o != src)
+
+    ready_now = [s for s in pending if ready(s)]
+    if not ready_now:
+        return None
+    return min(ready_now, key=lambda s: (-timings.get(s.stem, math.inf), s.stem))
+
+
 def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: list[str] | None = None,
           force: bool = False, root: Path = ROOT, render: bool = True, full: bool = False,
           jobs: int | None = None) -> Path:
-    """Run the chapters (``jobs`` at a time, in order of their numbers) and render the book.
+    """Run the chapters (``jobs`` at a time, the longest first) and render the book.
 
     With ``jobs > 1`` each chapter runs in its own process with one CPU
     thread per kernel, whatever the machine, so numbers do not depend on the
@@ -264,9 +303,14 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     code_hash = _code_hash(root)
     size = size_name(quick, full)
 
+    timings = _timings(root, executed, size)
+
     def report(src, ran, seconds):
         status = f"done in {seconds:.1f}s" if ran else "unchanged, reused"
         print(f"[book] {src.stem}: {status}", flush=True)
+        if ran:  # kept for the next build's schedule
+            timings[src.stem] = round(seconds, 1)
+            atomic_write_text(executed / TIMINGS, json.dumps(timings, indent=1, sort_keys=True) + "\n")
 
     if jobs == 1:
         for src in srcs:
@@ -275,23 +319,19 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             _, ran = run_chapter(src, executed, params, code_hash, force=force)
             report(src, ran, time.time() - t0)
     else:
-        # A chapter that reads earlier records runs alone, after every earlier one; the
-        # others share only caches (written atomically, model conversion under a lock).
-        alone = {src: reads_records(src.read_text()) for src in srcs}
+        reads = {src: reads_records(src.read_text()) for src in srcs}
         pending = list(srcs)
         running: dict = {}
         failure = None
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             while pending or running:
-                while failure is None and pending and len(running) < jobs:
-                    src = pending[0]
-                    if alone[src] and running:
+                while failure is None and len(running) < jobs:
+                    src = next_chapter(pending, list(running.values()), reads, timings)
+                    if src is None:
                         break
-                    pending.pop(0)
+                    pending.remove(src)
                     print(f"[book] {src.stem}: running (MODEL={model}, size {size}, {jobs} at a time) ...", flush=True)
                     running[pool.submit(_run_in_worker, src, executed, params, code_hash, force, 1)] = src
-                    if alone[src]:
-                        break
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -183,6 +183,29 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses a GGUF file three times to load one model (tokenizer,
+    config, weights); parsing Gemma-3's 262k-entry vocabulary takes ~10 s on
+    one core. Within this block each file is parsed once and the reader reused."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def converted_dir(spec: ModelSpec) -> Path:
     """Where the float32 safetensors copy of a bundled model lives."""
     return cache_dir("models") / spec.name
@@ -207,7 +230,7 @@ def _convert_locked(spec: ModelSpec, final: Path) -> Path:
     gguf = _bundled_gguf_path(spec)
     print(f"[emocircuits] converting {spec.name} from GGUF to float32 safetensors (once, 15-60 s) ...",
           flush=True)
-    with _quiet_transformers():
+    with _quiet_transformers(), _gguf_parsed_once():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain float32 tensors now; drop the GGUF marker so the
