@@ -213,9 +213,11 @@ for layer in sorted({lm.n_layers // 4, read_layer}):
     direction = direction / direction.norm()
     scale = X.norm(dim=1).mean().item()
     print(f"--- layer {layer} (|resid| = {scale:.1f})")
-    for alpha in size([-0.3, 0.0, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3]):
-        steer = [Add(f"resid_post.{layer}", direction, alpha=alpha * scale, positions="all")]
-        text = generate(lm, [prompt], steer, max_new_tokens=size(16, 16, 32))[0]
+    alphas = size([-0.3, 0.0, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3])
+    # one call for every alpha: each row of the batch gets its own intervention
+    texts = generate(lm, [prompt] * len(alphas), max_new_tokens=size(16, 16, 32),
+                     interventions_each=[[Add(f"resid_post.{layer}", direction, alpha=a * scale)] for a in alphas])
+    for alpha, text in zip(alphas, texts):
         print(f"alpha = {alpha:+.2f}: {text}")
 
 # %% [markdown]

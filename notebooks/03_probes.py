@@ -82,7 +82,7 @@ pd.set_option("display.max_colwidth", 100)
 OTHER = "gemma3-270m" if MODEL != "gemma3-270m" else "smollm2-135m"
 
 lm = load_model(MODEL)
-LAYERS = list(range(0, lm.n_layers, size(4, 2, 1)))
+LAYERS = list(range(0, lm.n_layers, size(6, 2, 1)))
 pairs = ds.load_named("eia_pairs")
 pairs = pairs[:: size(2, 1, 1)]  # QUICK: every other pair (the stored split is kept for the rest)
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
@@ -351,7 +351,7 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 
 # %%
 other = load_model(OTHER)
-O_LAYERS = list(range(0, other.n_layers, size(4, 4, 1)))
+O_LAYERS = list(range(0, other.n_layers, size(6, 4, 1)))
 fit_o = P.fit_pair_probe(other, pairs, scen, layers=O_LAYERS, pooling=POOL, seed=SEED)
 fit_a = fits[POOL]
 fig, ax = plt.subplots(figsize=(8, 3.4))

@@ -338,16 +338,19 @@ plt.show()
 judge = J.EmotionJudge(use_all=True, seed=SEED)
 gen_n = size(2, 3, 8)
 new_tokens = size(14, 24, 48)
-gen_rows = []
-for emo in EMO[: size(3, 3, 6)]:  # a generate call per emotion and condition: the cost here
+gen_rows, users, systems, each = [], [], [], []
+for emo in EMO[: size(3, 3, 6)]:
     tp = ds.sev_prompts(test_recs[:gen_n], emotions=[emo], valences=("neutral",))
-    users, systems = [p["user"] for p in tp], [p["system"] for p in tp]
     for cond, ivs in (("unchanged", []), ("circuit zeroed", C.ablation(circuits[emo], positions="last:1")),
                       ("random zeroed", C.ablation(C.random_like(circuits[emo], lm, seed=SEED), positions="last:1"))):
-        replies = generate(lm, users, ivs, system=systems, max_new_tokens=new_tokens, batch_size=8)
-        hit = [v["label"] == emo for v in judge(replies)]
-        gen_rows += [{"emotion": emo, "condition": cond, "judged as instructed": h} for h in hit]
+        gen_rows += [{"emotion": emo, "condition": cond} for _ in tp]
+        users += [p["user"] for p in tp]
+        systems += [p["system"] for p in tp]
+        each += [ivs] * len(tp)
+# one batched call: each row carries its own emotion's and condition's interventions
+replies = generate(lm, users, system=systems, interventions_each=each, max_new_tokens=new_tokens, batch_size=32)
 gen = pd.DataFrame(gen_rows)
+gen["judged as instructed"] = [v["label"] == e for v, e in zip(judge(replies), gen.emotion)]
 agg = gen.groupby("condition")["judged as instructed"].agg(list)
 display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v, float), seed=SEED)))
                       for c, v in agg.items()}).T.style.format("{:.2f}")
@@ -394,14 +397,15 @@ def toward(recs, scale, n_tokens, how="modulation"):
     so one set of replies serves as the baseline for every target emotion.
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
-    plain = generate(lm, users, max_new_tokens=n_tokens, batch_size=8) if not scale else None
-    out = []
-    for emo in EMO:
-        ivs = (C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation" else
-               C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers))
-        texts = plain or generate(lm, users, ivs, max_new_tokens=n_tokens, batch_size=8)
-        out += [{"emotion": emo, "scale": scale, "user": u, "text": t} for u, t in zip(users, texts)]
-    df = pd.DataFrame(out)
+    if not scale:
+        texts = generate(lm, users, max_new_tokens=n_tokens, batch_size=8) * len(EMO)
+    else:  # one batched call: each row carries its own target emotion's interventions
+        each = [C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation" else
+                C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers) for emo in EMO]
+        texts = generate(lm, users * len(EMO), interventions_each=[ivs for ivs in each for _ in users],
+                         max_new_tokens=n_tokens, batch_size=32)
+    df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u} for emo in EMO for u in users])
+    df["text"] = texts
     verdict = {t: v["label"] for t, v in zip(df.text.unique(), judge(list(df.text.unique())))}
     coh = {t: c["coherent"] for t, c in zip(df.text.unique(), J.coherence(list(df.text.unique())))}
     df["judged"], df["coherent"] = df.text.map(verdict), df.text.map(coh)

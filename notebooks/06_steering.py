@@ -100,7 +100,8 @@ print(lm)
 pairs = ds.load_named("eia_pairs")[:: size(2, 1, 1)]  # QUICK: every other pair
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 n = lm.n_layers
-CANDIDATES = sorted({n // 6, n // 3, n // 2, (2 * n) // 3})
+CANDIDATES = [n // 6, n // 3, n // 2, (2 * n) // 3]
+CANDIDATES = sorted(set(size(CANDIDATES[::2], CANDIDATES, CANDIDATES)))  # QUICK: only the two steered below
 fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
 situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 6, 12)]
 chat_texts = [lm.chat_prompt(s) for s in situations]

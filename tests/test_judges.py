@@ -90,6 +90,26 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp*"))
 
 
+def test_both_variants_of_a_judge_share_one_embedding_pass_over_the_corpus(tmp_path, monkeypatch):
+    """A judge fitted on the training part and one fitted on everything embed
+    the corpus once between them; the fitted weights match embedding directly."""
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    calls = []
+    real = J.embed
+    monkeypatch.setattr(J, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
+    split, full = J.EmotionJudge(), J.EmotionJudge(use_all=True)
+    recs, test = J.emotion_corpus(None, 0)
+    assert calls == [len({r["text"] for r in recs})], "one pass over the distinct corpus texts"
+    assert len(list((tmp_path / "embeddings").iterdir())) == 1
+    direct = real([r["text"] for r, t in zip(recs, test) if not t][:50])
+    table = J.embed_cached([r["text"] for r in recs])
+    np.testing.assert_allclose(np.stack([table[r["text"]] for r, t in zip(recs, test) if not t][:50]), direct,
+                               atol=1e-5)
+    assert not np.allclose(split.clf.coef_, full.clf.coef_), "the two variants are fitted on different texts"
+    J.EmpathyJudge(), J.EmpathyJudge(use_all=True)  # its situations (for the split) once, the corpus once
+    assert len(calls) == 3 and len(list((tmp_path / "embeddings").iterdir())) == 3
+
+
 def test_coherence_flags_repetition_symbols_and_empty_output():
     good, loop, junk, empty = J.coherence([
         "I am so sorry about your dog. Would you like to tell me about him?",

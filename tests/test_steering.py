@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.steering import Add, Set, forward, generate
+from emocircuits.steering import Add, Scale, Set, forward, generate
 
 from testkit import hand_run_from
 
@@ -95,6 +95,30 @@ def test_last_k_positions_in_a_forward(smol):
     last2 = forward(smol, text, [Add("resid_post.5", v, positions="last:2")])[0]
     assert torch.allclose(plain[:-2], last2[:-2], atol=1e-4)  # causal: earlier positions untouched
     assert (plain[-2:] - last2[-2:]).abs().max() > 1.0
+
+
+def test_each_prompt_its_own_interventions_in_one_batch_matches_one_call_per_setting(bundled):
+    """Rows with different interventions share a batch: each row's tokens are
+    exactly those of a run where every row had that row's interventions."""
+    lm = bundled
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(2))
+    a = [Add(f"resid_post.{lm.n_layers // 3}", v, alpha=8.0, positions="last:1")]
+    b = [Set(f"mlp_act.{lm.n_layers // 2}", list(range(40)), 0.0), Scale(f"attn_z.{lm.n_layers // 2}", [0, 1], 3.0)]
+    settings = [a, b, []]
+    prompts = PROMPTS * 2
+    each = [settings[i % 3] for i in range(len(prompts))]
+    kw = dict(max_new_tokens=10, return_ids=True, batch_size=len(prompts))
+    got = generate(lm, prompts, interventions_each=each, **kw)
+    for k, ivs in enumerate(settings):
+        alone = generate(lm, prompts, ivs, **kw)
+        rows = [i for i in range(len(prompts)) if i % 3 == k]
+        assert [got[i] for i in rows] == [alone[i] for i in rows], f"setting {k}"
+    assert got[0] != got[2], "the added vector changed its rows"
+    assert generate(lm, prompts, interventions_each=[[]] * len(prompts), **kw) == generate(lm, prompts, **kw)
+    with pytest.raises(ValueError, match="one list of interventions per prompt"):
+        generate(lm, prompts, interventions_each=[a])
+    with pytest.raises(ValueError, match="not both"):
+        generate(lm, prompts, a, interventions_each=each)
 
 
 def test_intervention_errors_name_the_input(smol):

@@ -78,6 +78,23 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                              show_progress_bar=False, convert_to_numpy=True)
 
 
+def embed_cached(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{text: embedding}`` for the distinct ``texts``, cached as safetensors
+    under the cache folder (keyed by the texts and the encoder). The judges
+    embed their whole corpus through this, so a judge fitted on all of it and
+    one fitted on its training part share one embedding pass."""
+    from safetensors.numpy import load_file, save_file
+
+    uniq = sorted(set(texts))
+    path = cache_dir("embeddings") / f"{stable_hash({'texts': uniq, 'encoder': EMBEDDER_PACKAGE})}.safetensors"
+    if path.exists():
+        X = load_file(str(path))["x"]
+    else:
+        X = np.ascontiguousarray(embed(uniq))
+        atomic_write(path, lambda p: save_file({"x": X}, str(p)))
+    return dict(zip(uniq, X))
+
+
 # ---------------------------------------------------------------------------
 # corpora
 
@@ -129,7 +146,8 @@ def situation_clusters(situations: Sequence[str], threshold: float = 0.6) -> lis
     from scipy.sparse.csgraph import connected_components
 
     uniq = sorted(set(situations))
-    E = embed(uniq)
+    table = embed_cached(uniq)
+    E = np.stack([table[s] for s in uniq])
     _, comp = connected_components((E @ E.T) > threshold, directed=False)
     name = {s: f"cluster-{c}" for s, c in zip(uniq, comp)}
     return [name[s] for s in situations]
@@ -187,7 +205,12 @@ class EmotionJudge:
         texts = [r["text"] for r, k in zip(recs, keep) if k]
         y = np.array([LABELS.index(r["label"]) for r, k in zip(recs, keep) if k])
         key = {"texts": texts, "y": y.tolist(), "C": C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
-        self.clf = _fit_cached("emotion", key, lambda: embed(texts), y, C, seed)
+
+        def features():
+            E = embed_cached([r["text"] for r in recs])
+            return np.stack([E[t] for t in texts])
+
+        self.clf = _fit_cached("emotion", key, features, y, C, seed)
         self.test_texts = [r["text"] for r, t in zip(recs, test) if t]
         self.test_labels = [r["label"] for r, t in zip(recs, test) if t]
 
@@ -210,8 +233,13 @@ class EmotionJudge:
 # the empathy judge
 
 
-def _pair_features(situations: Sequence[str], replies: Sequence[str]) -> np.ndarray:
-    s, r = embed(situations), embed(replies)
+def _pair_features(situations: Sequence[str], replies: Sequence[str], table: dict | None = None) -> np.ndarray:
+    """The empathy judge's features of (situation, reply) pairs; embeddings
+    are looked up in ``table`` (from :func:`embed_cached`) where given."""
+    if table is None:
+        s, r = embed(situations), embed(replies)
+    else:
+        s, r = np.stack([table[t] for t in situations]), np.stack([table[t] for t in replies])
     return np.hstack([r, s * r])
 
 
@@ -225,7 +253,11 @@ class EmpathyJudge:
         rep = [r["reply"] for r, k in zip(recs, keep) if k]
         y = np.array([r["score"] for r, k in zip(recs, keep) if k])
         key = {"sit": sit, "rep": rep, "y": y.tolist(), "C": C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
-        self.clf = _fit_cached("empathy", key, lambda: _pair_features(sit, rep), y, C, seed)
+
+        def features():
+            return _pair_features(sit, rep, embed_cached([r["situation"] for r in recs] + [r["reply"] for r in recs]))
+
+        self.clf = _fit_cached("empathy", key, features, y, C, seed)
         self.test = [r for r, t in zip(recs, test) if t]
 
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
