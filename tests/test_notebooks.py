@@ -187,7 +187,7 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
     assert a["start"] < b["end"] and b["start"] < a["end"], "independent chapters overlap"
     assert c["start"] >= min(a["end"], b["end"]), "no more than two at a time"
     took = json.loads((executed / "timings.json").read_text())
-    assert sorted(took) == ["00_a", "01_b", "02_c", "03_d"] and took["00_a"] >= 3 > took["02_c"]
+    assert sorted(took) == ["00_a", "01_b", "02_c", "03_d"] and took["00_a"] >= 3 and took["02_c"] >= 0.5
     # the next build starts the chapters measured longest first, whatever their numbers
     (executed / "timings.json").write_text(json.dumps({"00_a": 10, "01_b": 1, "02_c": 99, "03_d": 1}))
     for name in ("00_a", "01_b", "02_c"):

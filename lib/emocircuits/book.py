@@ -319,6 +319,8 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             _, ran = run_chapter(src, executed, params, code_hash, force=force)
             report(src, ran, time.time() - t0)
     else:
+        # Chapters share only caches (written atomically, model conversion under a lock),
+        # so any two may overlap, except that a reader of records waits for earlier chapters.
         reads = {src: reads_records(src.read_text()) for src in srcs}
         pending = list(srcs)
         running: dict = {}
