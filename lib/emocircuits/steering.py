@@ -239,7 +239,8 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
     """Apply resolved interventions in execution order and read ``reads`` on the way (inside a trace).
 
     ``items`` are ``(site, intervention)`` or ``(site, intervention, rows)``
-    with ``rows`` a boolean mask over the batch (see :func:`_rows_items`). Several interventions at one site act one after the other on the same
+    with ``rows`` a boolean mask over the batch (see :func:`_rows_items`).
+    Several interventions at one site act one after the other on the same
     value. A read at an intervened site sees the changed value. Returns
     ``{str(site): value}`` for ``reads``.
     """
@@ -302,9 +303,10 @@ def generate(
     ``interventions_each`` (instead of ``interventions``) gives each prompt its
     own list of interventions, e.g. one alpha or one target emotion per row:
     prompts with different lists still share batches, each intervention acting
-    only on its own rows. On a CPU a decoding step costs about as much for 16
-    rows as for 2 (the weights are read from memory once per step either way),
-    so a sweep run this way takes a fraction of the time of one call per setting.
+    only on its own rows. On a CPU a decoding step is bound by reading the
+    weights from memory, once per step whatever the batch: 16 rows cost about
+    twice as much as 2 (smollm2, one thread), so a sweep run this way takes a
+    fraction of the time of one call per setting.
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of str, not one str")
