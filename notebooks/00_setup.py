@@ -61,7 +61,7 @@ from emocircuits.book import sizer
 from emocircuits.models import model_table
 from emocircuits.plots import band, setup_style
 from emocircuits.probes import centroid_separability
-from emocircuits.steering import Add, generate
+from emocircuits.steering import Add, generate, generate_grid
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -215,9 +215,9 @@ for layer in sorted({lm.n_layers // 4, read_layer}):
     print(f"--- layer {layer} (|resid| = {scale:.1f})")
     alphas = size([-0.3, 0.0, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3], [-0.3, -0.15, 0.0, 0.15, 0.3])
     # one call for every alpha: each row of the batch gets its own intervention
-    texts = generate(lm, [prompt] * len(alphas), max_new_tokens=size(16, 16, 32),
-                     interventions_each=[[Add(f"resid_post.{layer}", direction, alpha=a * scale)] for a in alphas])
-    for alpha, text in zip(alphas, texts):
+    texts = generate_grid(lm, [prompt], [[Add(f"resid_post.{layer}", direction, alpha=a * scale)] for a in alphas],
+                          max_new_tokens=size(16, 16, 32))
+    for alpha, (text,) in zip(alphas, texts):
         print(f"alpha = {alpha:+.2f}: {text}")
 
 # %% [markdown]

@@ -69,7 +69,7 @@ from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import generate
+from emocircuits.steering import generate, generate_grid
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -398,14 +398,13 @@ def toward(recs, scale, n_tokens, how="modulation"):
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
     if not scale:
-        texts = generate(lm, users, max_new_tokens=n_tokens, batch_size=8) * len(EMO)
+        replies = [generate(lm, users, max_new_tokens=n_tokens, batch_size=8)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        each = [C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation" else
-                C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers) for emo in EMO]
-        texts = generate(lm, users * len(EMO), interventions_each=[ivs for ivs in each for _ in users],
-                         max_new_tokens=n_tokens, batch_size=32)
-    df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u} for emo in EMO for u in users])
-    df["text"] = texts
+        replies = generate_grid(lm, users, [C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation"
+                                            else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers)
+                                            for emo in EMO], max_new_tokens=n_tokens, batch_size=32)
+    df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u, "text": t}
+                       for emo, texts in zip(EMO, replies) for u, t in zip(users, texts)])
     verdict = {t: v["label"] for t, v in zip(df.text.unique(), judge(list(df.text.unique())))}
     coh = {t: c["coherent"] for t, c in zip(df.text.unique(), J.coherence(list(df.text.unique())))}
     df["judged"], df["coherent"] = df.text.map(verdict), df.text.map(coh)

@@ -75,7 +75,7 @@ from emocircuits.datasets import DATA_DIR
 from emocircuits.plots import setup_style
 from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import Transcode, generate
+from emocircuits.steering import Transcode, generate, generate_grid
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -389,13 +389,11 @@ if size.name == "full":
     conditions["control = 100"] = clamps(control, value=100)
 emp_judge = J.EmpathyJudge(seed=SEED)
 # one batched call: each condition's rows carry that condition's clamps
-every = generate(lm, eval_sit * len(conditions), interventions_each=[ivs for ivs in conditions.values()
-                                                                     for _ in eval_sit],
-                 system=NEUTRAL, max_new_tokens=size(24, 32, 40), seed=SEED, batch_size=32)
+every = generate_grid(lm, eval_sit, list(conditions.values()), system=NEUTRAL, max_new_tokens=size(24, 32, 40),
+                      seed=SEED, batch_size=32)
 rows = []
 replies_by = {}
-for c, name in enumerate(conditions):
-    out = every[c * len(eval_sit):(c + 1) * len(eval_sit)]
+for name, out in zip(conditions, every):
     replies_by[name] = out
     scores = emp_judge.score(out, eval_sit)
     coh = np.array([c["coherent"] for c in J.coherence(out)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.steering import Add, Scale, Set, forward, generate
+from emocircuits.steering import Add, Scale, Set, forward, generate, generate_grid
 
 from testkit import hand_run_from
 
@@ -119,6 +119,16 @@ def test_each_prompt_its_own_interventions_in_one_batch_matches_one_call_per_set
         generate(lm, prompts, interventions_each=[a])
     with pytest.raises(ValueError, match="not both"):
         generate(lm, prompts, a, interventions_each=each)
+    # the grid form: [setting][prompt], each setting's rows exactly as in a call where every row had it
+    systems = ["Be kind.", None, "Be brief."]
+    kw = dict(max_new_tokens=10, return_ids=True, batch_size=9)
+    grid = generate_grid(lm, PROMPTS, settings, system=systems, **kw)
+    assert [len(g) for g in grid] == [len(PROMPTS)] * len(settings)
+    for k, ivs in enumerate(settings):
+        alone = generate(lm, PROMPTS * len(settings), ivs, system=systems * len(settings), **kw)
+        assert grid[k] == alone[k * len(PROMPTS):(k + 1) * len(PROMPTS)], f"setting {k}"
+    with pytest.raises(ValueError, match="settings is empty"):
+        generate_grid(lm, PROMPTS, [])
 
 
 def test_intervention_errors_name_the_input(smol):

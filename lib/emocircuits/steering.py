@@ -359,6 +359,22 @@ def generate(
     return results
 
 
+def generate_grid(lm, prompts: Sequence[str], settings: Sequence[Sequence], system=None, **kwargs) -> list[list]:
+    """Replies to every prompt under each setting (one list of interventions
+    per setting), as ``[setting][prompt]``. All rows share batches, each with
+    its own setting's interventions (:func:`generate` with
+    ``interventions_each``); ``system`` is one string, or one per prompt."""
+    prompts, settings = list(prompts), list(settings)
+    if not settings:
+        raise ValueError("settings is empty: expected one list of interventions per setting")
+    if system is not None and not isinstance(system, str):
+        system = list(system) * len(settings)
+    flat = generate(lm, prompts * len(settings), system=system,
+                    interventions_each=[ivs for ivs in settings for _ in prompts], **kwargs)
+    n = len(prompts)
+    return [flat[i * n:(i + 1) * n] for i in range(len(settings))]
+
+
 def _rows_items(per_row: Sequence[list]) -> list:
     """One batch's interventions from each row's resolved list: the shared list
     as is when every row has the same one, else each distinct intervention
@@ -431,7 +447,7 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
     Each record: ``id, layer, alpha, scale, coef, seed, positions, text``,
     where ``coef`` is the multiplier actually applied to the unit vector.
     All settings' replies for one seed share batches of ``batch_size`` rows,
-    each row with its own intervention (see ``generate(interventions_each=)``).
+    each row with its own intervention (:func:`generate_grid`).
     """
     if scale not in ("unit", "rms"):
         raise ValueError(f"scale={scale!r}: expected 'unit' or 'rms'")
@@ -454,17 +470,16 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
             coef = float(alpha) * unit
             ivs = [Add(f"{site_kind}.{layer}", vec, alpha=coef, positions=positions)] if alpha != 0 else []
             grid.append((int(layer), float(alpha), coef, ivs))
-    texts = {}  # seed -> replies, setting-major; every setting's rows share batches, each with its own intervention
-    for seed in seeds:
-        texts[seed] = generate(lm, users * len(grid), interventions_each=[g[3] for g in grid for _ in users],
-                               max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed,
-                               batch_size=batch_size, system=systems * len(grid), progress=progress)
+    texts = {seed: generate_grid(lm, users, [g[3] for g in grid], system=systems, max_new_tokens=max_new_tokens,
+                                 do_sample=sample, temperature=temperature, seed=seed, batch_size=batch_size,
+                                 progress=progress)
+             for seed in seeds}  # seed -> [setting][prompt]
     out = []
     for g, (layer, alpha, coef, _) in enumerate(grid):
         for seed in seeds:
             out.extend({"id": p["id"], "layer": layer, "alpha": alpha, "scale": scale, "coef": coef,
-                        "seed": int(seed), "positions": positions, "text": texts[seed][g * len(users) + i]}
-                       for i, p in enumerate(prompts))
+                        "seed": int(seed), "positions": positions, "text": t}
+                       for p, t in zip(prompts, texts[seed][g]))
     return out
 
 
