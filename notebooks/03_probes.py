@@ -67,6 +67,7 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from emocircuits import circuits as C
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
@@ -237,18 +238,13 @@ print(f"best layer {best}: AUROC {abl_best.original:.3f} -> {abl_best.ablated:.3
 # anything.
 
 # %%
-sev = ds.load_named("sev_discovery")
-per_theme = {}
-for r in sev:
-    per_theme.setdefault(r.theme, []).append(r)
-chosen = [r for rs in per_theme.values() for r in rs[: size(1, 2, 5)]]
-prompts = ds.sev_prompts(chosen)
-texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+chosen = ds.first_per_theme(ds.load_named("sev_discovery"), size(1, 2, 5))
+# one cached capture of every site chapter 04 reads too (whichever runs first pays)
+prompts, E = C.sev_activations(lm, chosen)
 emotions = np.array([p["emotion"] for p in prompts])
 scenario = np.array([p["record_id"] for p in prompts])
 context = np.array([f"{p['record_id']}:{p['valence']}" for p in prompts])
-E = capture(lm, texts, sites, pooling="last_prompt_token", progress=False, cache=True)
-print(f"{len(texts)} prompts: {len(chosen)} scenarios x 3 valences x 6 emotions")
+print(f"{len(prompts)} prompts: {len(chosen)} scenarios x 3 valences x 6 emotions")
 
 # %%
 clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))

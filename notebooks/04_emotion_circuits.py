@@ -98,18 +98,12 @@ print(lm)
 # applies the filter when a larger model makes it affordable.
 
 # %%
-per_theme = {}
-for r in ds.load_named("sev_discovery"):
-    per_theme.setdefault(r.theme, []).append(r)
-disc = [r for rs in per_theme.values() for r in rs[: size(1, 2, 3)]]
-prompts = ds.sev_prompts(disc)
-texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+disc = ds.first_per_theme(ds.load_named("sev_discovery"), size(1, 2, 3))
+prompts, acts = C.sev_activations(lm, disc)
 labels = [p["emotion"] for p in prompts]
 groups = [f"{p['record_id']}:{p['valence']}" for p in prompts]
-sites = C.direction_sites(L) + all_layers("mlp_act", L) + all_layers("attn_z", L)
-acts = capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
 dirs = C.directions(acts, labels, groups, EMO)
-print(f"{len(texts)} prompts ({len(disc)} scenarios x 3 valences x 6 emotions), {len(sites)} sites")
+print(f"{len(prompts)} prompts ({len(disc)} scenarios x 3 valences x 6 emotions), {len(acts)} sites")
 
 # %% [markdown]
 # ## 2. Neurons: who writes the emotion into the residual stream?

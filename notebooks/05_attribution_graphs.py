@@ -144,7 +144,9 @@ print(f"{len(tset)} transcoders, {settings.n_features} features each, k={setting
 #   output is zeroed instead.
 
 # %%
-qual = pd.DataFrame(T.quality(lm, tset, held, baseline_texts=train[: size(64, 64, 400)])).T
+q = T.quality(lm, tset, held, baseline_texts=train[: size(64, 64, 400)], with_max=True)
+maxact = {la: row.pop("max_act") for la, row in q.items()}  # each feature's largest activation, for section 5
+qual = pd.DataFrame(q).T
 loss_texts = held[: size(2, 4, 32)]
 losses = T.splice_losses(lm, tset, loss_texts)
 qual["d_loss (this transcoder)"] = [losses["each"][la] - losses["clean"] for la in qual.index]
@@ -365,7 +367,6 @@ print(f"seed L{seed[0]}/F{seed[2]}; circuit: {len(circuit_feats)} features over 
 # control shows too is a "something changed" effect, not the circuit's.
 
 # %%
-maxact = T.max_activations(lm, tset, held[:64])
 rng = np.random.default_rng(SEED)
 control = [(la, int(rng.integers(tset[la].cfg.n_features))) for la, _ in circuit_feats]
 

@@ -207,6 +207,32 @@ def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
     losses = T.splice_losses(tiny_llama, ts, CORPUS[:4])
     assert set(losses["each"]) == {0, 1, 2} and losses["clean"] > 0
     assert losses["all"] != losses["clean"]
+    # the largest activations come from the same passes as max_activations would make
+    q = T.quality(tiny_llama, ts, CORPUS[:10], with_max=True)
+    direct = T.max_activations(tiny_llama, ts, CORPUS[:10])
+    for la in ts:
+        torch.testing.assert_close(q[la]["max_act"], direct[la], rtol=1e-5, atol=1e-5)
+        assert float(q[la]["max_act"].max()) > 0
+    with pytest.raises(TypeError, match="with_max"):
+        T.quality(tiny_llama, ts, CORPUS[:2], with_max="yes")
+
+
+def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):
+    """Skipping the blocks under the changed layer gives what full forwards give, on both layouts."""
+    from emocircuits.steering import Set
+
+    texts = CORPUS[:5]
+    got = T.splice_losses(tiny, tset, texts, batch_size=3)
+    assert got["clean"] == pytest.approx(T.next_token_loss(tiny, texts, batch_size=3), abs=1e-6)
+    assert got["all"] == pytest.approx(
+        T.next_token_loss(tiny, texts, [Transcode(tc, splice=True) for tc in tset.values()], batch_size=3), abs=1e-6)
+    for la in tset:
+        one = T.next_token_loss(tiny, texts, [Transcode(tset[la], splice=True)], batch_size=3)
+        zero = T.next_token_loss(tiny, texts, [Set(f"mlp_out.{la}", list(range(tiny.d_model)), 0.0)], batch_size=3)
+        assert got["each"][la] == pytest.approx(one, abs=1e-5)
+        assert got["zero_mlp"][la] == pytest.approx(zero, abs=1e-5)
+    # a layer's own change shows: the conditions differ from clean and from each other
+    assert len({round(v, 6) for v in got["each"].values()} | {round(got["clean"], 6)}) > 2
 
 
 def test_step_activity_and_persistence(tiny_llama, tmp_path):

@@ -255,3 +255,23 @@ def test_direction_steering_splits_the_push_over_layers():
         C.direction_steering(dirs, emos, "joy", 1.0, {1: 1.0}, layers=[1, 2])
     with pytest.raises(ValueError, match="not one of"):
         C.direction_steering(dirs, emos, "fear", 1.0, {1: 1.0}, layers=[1])
+
+
+def test_sev_activations_is_one_cached_capture_of_every_site(tiny_llama, tmp_path, monkeypatch):
+    """Chapters 03 and 04 read the same cached capture: prompts, sites and values as a direct capture gives."""
+    from emocircuits import datasets as ds
+
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    recs = ds.first_per_theme(ds.load_named("sev_discovery"), 1)[:2]
+    prompts, acts = C.sev_activations(tiny_llama, recs)
+    assert len(prompts) == 2 * 3 * 6
+    L = tiny_llama.n_layers
+    assert set(acts) == set(C.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
+    texts = [tiny_llama.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+    direct = capture(tiny_llama, texts, ["resid_post.1", "attn_z.0"], progress=False)
+    torch.testing.assert_close(acts["resid_post.1"], direct["resid_post.1"], rtol=1e-4, atol=1e-4)
+    assert acts["attn_z.0"].shape == direct["attn_z.0"].shape
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
+    again = C.sev_activations(tiny_llama, recs)[1]  # from the cache
+    assert all(torch.equal(again[k], acts[k]) for k in acts)
+

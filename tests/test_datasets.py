@@ -87,6 +87,13 @@ def test_sev_design():
     assert len(bare) == 6 and all(b["system"] is None and b["emotion"] is None for b in bare)
     with pytest.raises(ds.DataError, match="unknown emotion 'joy'"):
         ds.sev_prompts(disc[:1], emotions=["joy"])
+    # the first n of each theme, themes in order of appearance
+    two = ds.first_per_theme(disc, 2)
+    assert len(two) == 2 * len(ds.THEMES) and [r.theme for r in two[::2]] == list(dict.fromkeys(r.theme for r in disc))
+    assert all(r is next(x for x in disc if x.theme == r.theme) for r in two[::2])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            ds.first_per_theme(disc, bad)
 
 
 def test_eia_split_is_stored_seeded_and_balanced():

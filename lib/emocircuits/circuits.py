@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .activations import capture
+from .activations import all_layers, capture
 from .steering import Add, Scale, Set
 
 KINDS = ("neuron", "head")
@@ -670,6 +670,23 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
 def direction_sites(n_layers: int) -> list[str]:
     """Sites whose last-token activations give the directions chapter 04 uses."""
     return [f"{k}.{l}" for l in range(n_layers) for k in ("attn_out", "resid_mid", "mlp_out", "resid_post")]
+
+
+def sev_activations(lm, records: Sequence, emotions: Sequence[str] | None = None) -> tuple[list[dict], dict]:
+    """Paper B's prompts for ``records`` and their last-prompt-token activations at every site chapter 04 reads.
+
+    Returns ``(prompts, {site: tensor})`` for the residual-width sites of
+    :func:`direction_sites` plus ``mlp_act`` and ``attn_z`` of every layer,
+    one cached capture. Chapter 03 reads its residual-stream sites from the
+    same capture, so whichever of the two chapters runs first pays for the
+    forward passes and the other loads them from the cache.
+    """
+    from . import datasets as ds
+
+    prompts = ds.sev_prompts(records, emotions=ds.EMOTIONS if emotions is None else emotions)
+    texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+    sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
+    return prompts, capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
 
 
 # ---------------------------------------------------------------------------

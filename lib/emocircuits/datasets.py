@@ -281,6 +281,16 @@ def stats(records: list[BaseModel]) -> dict[str, Counter]:
 # prompts
 
 
+def first_per_theme(records: Iterable[SEVRecord], n: int) -> list[SEVRecord]:
+    """The first ``n`` records of each theme, themes in the order they first appear."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n={n!r}: expected a positive integer")
+    per: dict[str, list] = {}
+    for r in records:
+        per.setdefault(r.theme, []).append(r)
+    return [r for rs in per.values() for r in rs[:n]]
+
+
 def sev_prompts(records: Iterable[SEVRecord], emotions: Iterable[str] | None = EMOTIONS,
                 valences: Iterable[str] = VALENCES) -> list[dict]:
     """Paper B's prompts, built by code: one per (scenario, event valence, emotion).

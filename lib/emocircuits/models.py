@@ -23,6 +23,7 @@ The papers' models are named by their hub ids and load through the ordinary
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -187,23 +188,44 @@ def _quiet_transformers():
 def _gguf_parsed_once():
     """transformers parses a GGUF file three times to load one model (tokenizer,
     config, weights); parsing Gemma-3's 262k-entry vocabulary takes ~10 s on
-    one core. Within this block each file is parsed once and the reader reused."""
+    one core. Within this block each file is parsed once and the reader reused,
+    and tensor-name maps are built once per architecture."""
     import gguf
+    import numpy as np
 
-    original = gguf.GGUFReader
+    original, original_names = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict = {}
+
+    class PlainReader(original):
+        """Reads the file through a plain ndarray view of its memory map.
+
+        The reader slices its buffer once per value (Gemma's vocabulary: about
+        three million slices), and slicing an ``np.memmap`` runs Python code in
+        ``__getitem__`` and ``__array_finalize__`` each time; slicing the same
+        bytes viewed as an ndarray does not. The values are the same bytes.
+        """
+
+        @property
+        def data(self):
+            return self._plain
+
+        @data.setter
+        def data(self, value):
+            self._plain = value.view(np.ndarray)
 
     def reader(path, mode="r"):
         key = (os.fspath(path), mode)
         if key not in readers:
-            readers[key] = original(path, mode)
+            readers[key] = PlainReader(path, mode)
         return readers[key]
 
     gguf.GGUFReader = reader
+    # transformers builds the same tensor-name map once per submodule (313 times for gemma3-270m)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original, original_names
 
 
 def converted_dir(spec: ModelSpec) -> Path:
