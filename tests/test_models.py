@@ -160,3 +160,29 @@ def test_cold_conversion_from_the_bundled_gguf(smol, tmp_path, monkeypatch):
     enc = smol.encode(["Hello, how are you?"])
     with torch.inference_mode():
         assert torch.equal(fresh.hf(**enc).logits, smol.hf(**enc).logits)
+
+
+def test_fast_gguf_reading_gives_the_library_readers_values():
+    """Inside the conversion, GGUF files are read through a plain ndarray view and parsed once:
+    every field and tensor holds the same values as the gguf library's own reader gives."""
+    import gguf
+    import numpy as np
+
+    path = models._bundled_gguf_path(get_spec("smollm2-135m"))
+    library = gguf.GGUFReader, gguf.get_tensor_name_map
+    plain = gguf.GGUFReader(path)
+    with models._gguf_parsed_once():
+        fast = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(path) is fast  # parsed once per file
+        names = gguf.get_tensor_name_map
+        assert names(gguf.MODEL_ARCH.LLAMA, 30) is names(gguf.MODEL_ARCH.LLAMA, 30)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == library  # restored
+    assert not isinstance(fast.data, np.memmap) and isinstance(plain.data, np.memmap)
+    assert list(fast.fields) == list(plain.fields)
+    for name, field in plain.fields.items():
+        other = fast.fields[name]
+        assert other.types == field.types and other.data == field.data, name
+        assert all(np.array_equal(a, b) for a, b in zip(other.parts, field.parts)), name
+    assert [t.name for t in fast.tensors] == [t.name for t in plain.tensors]
+    for a, b in zip(fast.tensors, plain.tensors):
+        assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name
