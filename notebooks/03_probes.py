@@ -136,6 +136,7 @@ for pool, fit in fits.items():
                  "accuracy [95% CI]": fmt(b["accuracy"], *b["accuracy_ci"]),
                  "Cohen's d [95% CI]": fmt(b["cohens_d"], *b["cohens_d_ci"], digits=1),
                  "random dirs, oriented: mean / p95": f"{rb['mean']:.2f} / {rb['p95']:.2f}",
+                 "random dirs, oriented: d mean / p95": f"{rb['d_mean']:.1f} / {rb['d_p95']:.1f}",
                  "random dirs, unsigned (paper A): mean / p95": f"{ru['mean']:.2f} / {ru['p95']:.2f}"})
 pd.DataFrame(rows)
 
@@ -153,6 +154,12 @@ pd.DataFrame(rows)
 # the last column does the same with the same draws, for a like-for-like
 # comparison. Unsigned directions centre on 0.5 by construction, so the
 # oriented baseline is the stricter of the two.
+#
+# When both the probe and the random directions separate nearly every test
+# pair, AUROC (which stops at 1) hides the gap between them; Cohen's d does
+# not. The `d` columns compare the probe's d with the random directions'
+# on the same test pairs: how much farther apart the probe puts the two
+# sides than a direction that knows nothing but the training sign.
 #
 # A second baseline: the same probe trained after swapping the two sides
 # of each training pair at random.
@@ -457,7 +464,8 @@ def best_of(fit, prefix, random_key):
     b = fit.metrics["layers"][str(fit.best_layer)]
     return {prefix: b["auroc"], f"{prefix}_lo": b["auroc_ci"][0], f"{prefix}_hi": b["auroc_ci"][1],
             f"{prefix}_layer": fit.best_layer, random_key: fit.metrics["random_baseline"]["p95"],
-            f"{random_key}_unoriented": fit.metrics["random_baseline_unoriented"]["p95"]}
+            f"{random_key}_unoriented": fit.metrics["random_baseline_unoriented"]["p95"],
+            f"{prefix}_d": b["cohens_d"], f"{random_key}_d": fit.metrics["random_baseline"]["d_p95"]}
 
 
 e_best = emo_df.set_index("layer").loc[best_e]

@@ -51,7 +51,16 @@ def test_baselines_sit_near_chance_when_there_is_no_signal():
     pos, neg, _ = _pairs(seed=3)
     d = P.mean_diff(pos[:30], neg[:30])
     rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
-    assert P.evaluate_direction(d, pos[30:], neg[30:]).auroc > max(rb["p95"], 0.95)
+    det = P.evaluate_direction(d, pos[30:], neg[30:])
+    assert det.auroc > max(rb["p95"], 0.95)
+    # Cohen's d of every random direction, as evaluate_direction computes it for one
+    k = int(np.argmax(rb["ds"]))
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((200, pos.shape[1]))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    v = D[k] * np.sign((pos[:30] @ D[k]).mean() - (neg[:30] @ D[k]).mean())
+    assert P.evaluate_direction(v, pos[30:], neg[30:]).cohens_d == pytest.approx(rb["ds"][k], rel=1e-9)
+    assert rb["d_p95"] == pytest.approx(np.quantile(rb["ds"], 0.95)) and det.cohens_d > rb["d_p95"]
     # paper A's unsigned directions: the same draws, centred on chance even where the data separate,
     # so their percentile sits below the oriented one
     ru = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0, oriented=False)

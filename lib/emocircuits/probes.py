@@ -232,6 +232,10 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
 
     A random direction has no preferred sign, so each is oriented on the
     training data (as any probe is) before it is scored on the test data.
+    Also returns each direction's Cohen's d on the test data (``d_mean``,
+    ``d_p95``, ``ds``): AUROC cannot exceed 1, so when both the probe and
+    the random directions separate the test pairs almost perfectly, d still
+    shows how much farther apart the probe puts them.
     ``oriented=False`` scores the directions as drawn (paper A's baseline):
     their AUROCs spread around 0.5 whatever the data, a weaker comparison.
     """
@@ -245,8 +249,11 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
         sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
         sign[sign == 0] = 1
         D = D * sign[:, None]
-    aucs = _auroc_rows((Pte @ D.T).T, (Nte @ D.T).T)
-    return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist()}
+    sp, sn = (Pte @ D.T).T, (Nte @ D.T).T
+    aucs = _auroc_rows(sp, sn)
+    ds = _d_rows(sp, sn)
+    return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist(),
+            "d_mean": float(np.nanmean(ds)), "d_p95": float(np.nanquantile(ds, 0.95)), "ds": ds.tolist()}
 
 
 def shuffled_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0) -> dict:
@@ -416,9 +423,10 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
         ru = random_baseline(*split, n=n_random, seed=seed, oriented=False)  # the same draws, unsigned
         metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
                    "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
-                   "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "n": n_random, "layer": best},
-                   "random_baseline_unoriented": {"mean": ru["mean"], "p95": ru["p95"], "n": n_random,
-                                                  "layer": best}}
+                   "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "d_mean": rb["d_mean"],
+                                       "d_p95": rb["d_p95"], "n": n_random, "layer": best},
+                   "random_baseline_unoriented": {"mean": ru["mean"], "p95": ru["p95"], "d_mean": ru["d_mean"],
+                                                  "d_p95": ru["d_p95"], "n": n_random, "layer": best}}
         out[pooling] = PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
     return out
 
