@@ -64,7 +64,7 @@ from emocircuits import circuits as C
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
-from emocircuits.activations import all_layers, capture
+from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style

@@ -569,12 +569,12 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
             progress: bool = False, baseline_texts: Sequence[str] = (), with_max: bool = False) -> dict[int, dict]:
     """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, dead fraction.
 
-    ``with_max=True`` adds ``"max_act"``: every feature's largest activation
-    on ``texts`` (a tensor, what :func:`max_activations` gives), from the same
-    forward passes. Also, as the baseline, the fraction of variance a least-squares *linear*
+    Also, as the baseline, the fraction of variance a least-squares *linear*
     map from ``mlp_in`` to ``mlp_out`` explains on ``texts`` (``linear_fve``),
     fitted on ``baseline_texts`` (e.g. some of the transcoders' training
-    texts; without them, no baseline).
+    texts; without them, no baseline). ``with_max=True`` adds ``"max_act"``:
+    every feature's largest activation on ``texts`` (a tensor, what
+    :func:`max_activations` gives), from the same forward passes.
     """
     layers = sorted(tset)
     if not isinstance(with_max, bool):
@@ -680,7 +680,8 @@ def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = Tr
     if each:
         for la in sorted(tset):
             conditions.append((("each", la), la, _resolve(lm, [Transcode(tset[la], splice=True)])))
-            conditions.append((("zero_mlp", la), la, _resolve(lm, [Set(f"mlp_out.{la}", list(range(lm.d_model)), 0.0)])))
+            zero = Set(f"mlp_out.{la}", list(range(lm.d_model)), 0.0)
+            conditions.append((("zero_mlp", la), la, _resolve(lm, [zero])))
     below = max((first for _, first, _ in conditions), default=0)
     totals = {"clean": 0.0, **{key: 0.0 for key, _, _ in conditions}}
     count = 0
