@@ -244,10 +244,8 @@ pd.Series([q.split for q in questions]).value_counts()
 
 # %%
 lm = load_model(MODEL)
-per_theme = {}
-for r in disc:
-    per_theme.setdefault(r.theme, r)
-chosen = list(per_theme.values())[: size(1, 2, len(per_theme))]
+first = ds.first_per_theme(disc, 1)  # one scenario per theme
+chosen = first[: size(1, 2, len(first))]
 elicit_prompts = ds.sev_prompts(chosen)
 records = ds.elicit(lm, elicit_prompts, max_new_tokens=size(24, 32, 48), seed=SEED, progress=False,
                     judge=EmotionJudge(use_all=True, seed=SEED))

@@ -672,7 +672,7 @@ def direction_sites(n_layers: int) -> list[str]:
     return [f"{k}.{l}" for l in range(n_layers) for k in ("attn_out", "resid_mid", "mlp_out", "resid_post")]
 
 
-def sev_activations(lm, records: Sequence, emotions: Sequence[str] | None = None) -> tuple[list[dict], dict]:
+def sev_activations(lm, records: Sequence) -> tuple[list[dict], dict]:
     """Paper B's prompts for ``records`` and their last-prompt-token activations at every site chapter 04 reads.
 
     Returns ``(prompts, {site: tensor})`` for the residual-width sites of
@@ -683,7 +683,7 @@ def sev_activations(lm, records: Sequence, emotions: Sequence[str] | None = None
     """
     from . import datasets as ds
 
-    prompts = ds.sev_prompts(records, emotions=ds.EMOTIONS if emotions is None else emotions)
+    prompts = ds.sev_prompts(records)
     texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
     sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
     return prompts, capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
