@@ -198,6 +198,23 @@ plt.show()
 # show: other shallow cues (sentence structure, pronouns, the word *task*)
 # remain, and 50 pairs written by one author carry that author's style.
 #
+# Keywords separate the stored pairs well, yet ablation finds only a few of
+# them to replace (the empathic replies mostly *act*). For a strong test,
+# `eia_lexical.jsonl` puts the keywords where they matter: 20 pairs in the
+# same games, never trained on. In `care_words` pairs only the empathic
+# reply uses them; in `polite_task` pairs only the task-focused reply does,
+# wrapped around a refusal. Chapter 03 scores the probe on both.
+
+# %%
+lexical = ds.load_named("eia_lexical")
+kw = pd.DataFrame([{"variant": r.variant, "empathic side": keyword_count(r.positive),
+                    "task side": keyword_count(r.negative)} for r in lexical])
+for variant in ("care_words", "polite_task"):
+    r = next(r for r in lexical if r.variant == variant)
+    print(f"{variant}\n  empathic: {r.positive}\n  task-focused: {r.negative}\n")
+kw.groupby("variant").agg(["count", "sum"])
+
+# %% [markdown]
 # ## 3. Paper C's prompts, and held-out situations
 #
 # Paper C compares five empathetic system prompts with a neutral one on five
@@ -284,11 +301,12 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 # %% [markdown]
 # ## Summary
 #
-# - `ds.load_named(name)` reads and validates any of the eight files; bad
+# - `ds.load_named(name)` reads and validates any of the nine files; bad
 #   records fail with the file, line and field.
 # - `ds.sev_prompts` builds paper B's 2,880 discovery prompts by code.
 # - EIA pairs carry a stored 35/15 split; `ds.lexical_ablation` removes the
-#   keyword cue from both sides.
+#   keyword cue from both sides; `eia_lexical.jsonl` (20 pairs) is where
+#   that cue is strong, used as a stress test in chapter 03.
 # - `ds.elicit` keeps generations with everything needed to redo them.
 #
 # The lexical-ablation keyword list, with the neutral word each becomes:

@@ -206,18 +206,9 @@ print(f"share of shuffled probes at or above the real one: "
 test_pairs = [p for p in pairs if p.split == "test"]
 ablated, counts = ds.lexical_ablation(test_pairs)
 print(f"replacements: {counts['positive']} on the empathic side, {counts['negative']} on the task side")
-a_pos, a_neg, a_starts = P.pair_texts(lm, ablated, scen)
-sites = [f"resid_post.{l}" for l in LAYERS]
-XA = capture(lm, a_pos + a_neg, sites, pooling=POOL, response_starts=a_starts + a_starts, progress=False)
-abl_rows = []
-for l in LAYERS:
-    d = fits[POOL].directions[l]
-    A = XA[f"resid_post.{l}"].double().numpy()
-    det = P.evaluate_direction(d, A[:len(ablated)], A[len(ablated):], threshold=fits[POOL].thresholds[l], seed=SEED)
-    orig = fits[POOL].metrics["layers"][str(l)]
-    abl_rows.append({"layer": l, "original": orig["auroc"], "ablated": det.auroc,
-                     "ablated_lo": det.auroc_ci[0], "ablated_hi": det.auroc_ci[1]})
-abl = pd.DataFrame(abl_rows)
+on_ablated = P.evaluate_pairs(lm, fits[POOL], ablated, scen, layers=LAYERS, seed=SEED)
+abl = pd.DataFrame([{"layer": l, "original": fits[POOL].metrics["layers"][str(l)]["auroc"], "ablated": det.auroc,
+                     "ablated_lo": det.auroc_ci[0], "ablated_hi": det.auroc_ci[1]} for l, det in on_ablated.items()])
 fig, ax = plt.subplots()
 ax.plot(abl.layer, abl.original, label="original test pairs")
 band(ax, abl.layer, abl.ablated, abl.ablated_lo, abl.ablated_hi, label="lexically ablated (both sides)")
@@ -227,6 +218,76 @@ plt.show()
 abl_best = abl.set_index("layer").loc[best]
 print(f"best layer {best}: AUROC {abl_best.original:.3f} -> {abl_best.ablated:.3f} "
       f"[{abl_best.ablated_lo:.2f}, {abl_best.ablated_hi:.2f}] (drop {abl_best.original - abl_best.ablated:+.3f})")
+
+# %% [markdown]
+# That is a weak test on these pairs: they show empathy through actions
+# ("I hand Jonah two bottles and sit with him"), so the ablation finds few
+# keywords to replace. `eia_lexical.jsonl` was written to make it strong,
+# with 20 pairs in the same five games, never used for training:
+#
+# - **care words** (10 pairs): the empathic reply is full of the lexicon's
+#   words ("I'm so sorry... I understand... you are not alone"), the
+#   task-focused reply has none. Ablation removes them all.
+# - **polite task** (10 pairs): the reverse. The empathic reply only acts
+#   ("I kneel by Priya, wrap her ankle"), the task-focused reply wraps its
+#   refusal in care words ("I'm so sorry you're hurt... but my score drops
+#   every minute").
+#
+# The baseline is a detector that counts keywords. By construction it is
+# perfect on the first set and perfectly wrong on the second. A probe that
+# had learned the words would behave the same way; one that reads what the
+# reply *does* would not.
+
+# %%
+lexical = ds.load_named("eia_lexical")
+stress_rows, per_layer = [], []
+for variant in ("care_words", "polite_task"):
+    recs = [r for r in lexical if r.variant == variant]
+    abl_recs, n_rep = ds.lexical_ablation(recs)
+    kw = ds.keyword_counts([r.positive for r in recs]), ds.keyword_counts([r.negative for r in recs])
+    keyword = P.evaluate_direction([1.0], kw[0][:, None], kw[1][:, None], seed=SEED)  # the count is the score
+    for name, rs in (("original", recs), ("ablated", abl_recs)):
+        dets = P.evaluate_pairs(lm, fits[POOL], rs, scen, layers=LAYERS, seed=SEED)
+        per_layer += [{"pairs": variant, "texts": name, "layer": l, "auroc": d.auroc} for l, d in dets.items()]
+        det = dets[best]
+        stress_rows.append({"pairs": variant, "texts": name, "probe AUROC": det.auroc, "lo": det.auroc_ci[0],
+                            "hi": det.auroc_ci[1], "keyword counter AUROC": keyword.auroc if name == "original" else
+                            float("nan"), "words replaced": n_rep["positive"] + n_rep["negative"]})
+stress = pd.DataFrame(stress_rows)
+stress_at = stress.set_index(["pairs", "texts"])
+fig, ax = plt.subplots(figsize=(8, 3.4))
+sns.lineplot(pd.DataFrame(per_layer), x="layer", y="auroc", hue="pairs", style="texts", ax=ax)
+ax.axhline(0.5, color="grey", lw=0.8)
+ax.axvline(best, color="k", ls=":", lw=1, label=f"best layer ({best})")
+ax.set(ylabel="probe AUROC", ylim=(-0.02, 1.02), title="The probe on pairs written to fool a keyword detector")
+ax.legend(loc="lower left", fontsize=8, ncol=2)
+plt.show()
+stress.assign(**{"probe AUROC [95% CI]": [fmt(r["probe AUROC"], r.lo, r.hi) for _, r in stress.iterrows()]})[
+    ["pairs", "texts", "probe AUROC [95% CI]", "keyword counter AUROC", "words replaced"]]
+
+# %%
+cw, pt = stress_at.loc["care_words"], stress_at.loc["polite_task"]
+print(f"care words: probe AUROC {cw.loc['original', 'probe AUROC']:.3f} -> {cw.loc['ablated', 'probe AUROC']:.3f} "
+      f"after {int(cw.loc['ablated', 'words replaced'])} keywords are replaced "
+      f"(drop {cw.loc['original', 'probe AUROC'] - cw.loc['ablated', 'probe AUROC']:+.3f}; goal: at most 0.05)")
+print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 'hi']])} "
+      f"(0.5 is chance; the keyword counter gets {pt.loc['original', 'keyword counter AUROC']:.2f}); "
+      f"{pt.loc['ablated', 'probe AUROC']:.2f} once the refusals lose their care words")
+
+# %% [markdown]
+# Read the table with the picture. On **care words**, ablation removes
+# every keyword the empathic replies hold; what the probe loses is the drop
+# to compare with the goal of 0.05 or less. On **polite task**, the probe
+# must rank a reply that acts above one that only speaks kindly. On the
+# bundled default model, no layer does this reliably and the best layer
+# sits near or below chance. Ablating the care words out of the refusals
+# raises the later layers' AUROC, so there the words do pull refusals
+# towards the empathic side; at the best layer it changes little, so the
+# words are not all that misleads it. The task-focused replies here talk
+# *to* the person *about their feelings*, the empathic ones say what they
+# do; the probe reads the first as empathy, which the training pairs never
+# had to tell apart from the second. Detection on the stored test pairs is
+# real, but it is not detection of empathic *action*.
 
 # %% [markdown]
 # ## 3. Emotion directions (paper B)
@@ -474,6 +535,14 @@ headline = record(
     **best_of(fits[POOL], "auroc_response", "random_p95_response"),
     **best_of(fit_o, "other_auroc", "other_random_p95"),
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
+    care_words_auroc=stress_at.loc[("care_words", "original"), "probe AUROC"],
+    care_words_ablated_auroc=stress_at.loc[("care_words", "ablated"), "probe AUROC"],
+    care_words_ablated_auroc_lo=stress_at.loc[("care_words", "ablated"), "lo"],
+    care_words_ablated_auroc_hi=stress_at.loc[("care_words", "ablated"), "hi"],
+    polite_task_auroc=stress_at.loc[("polite_task", "original"), "probe AUROC"],
+    polite_task_auroc_lo=stress_at.loc[("polite_task", "original"), "lo"],
+    polite_task_auroc_hi=stress_at.loc[("polite_task", "original"), "hi"],
+    polite_task_ablated_auroc=stress_at.loc[("polite_task", "ablated"), "probe AUROC"],
     emotion_accuracy=e_best.accuracy, emotion_accuracy_lo=e_best.lo, emotion_accuracy_hi=e_best.hi,
     cross_r_raw=raw_ci[0], cross_r_raw_lo=raw_ci[1], cross_r_raw_hi=raw_ci[2],
     cross_r_raw_null_p95=np.quantile(null_raw, .95),
@@ -502,5 +571,8 @@ pd.Series(headline).to_frame("value")
 #   baselines a probe at every layer; `emocircuits score` applies it.
 # - Pool over the reply: `mean_all` dilutes the signal with the shared
 #   prompt.
+# - Removing care words does not hurt the probe, even where there are
+#   many to remove; but kind words around a refusal fool it, so it reads
+#   attention to feelings more than empathic action (`eia_lexical`).
 # - The numbers above, with their baselines, are this model's answer to
 #   each of paper A's and paper B's detection questions.

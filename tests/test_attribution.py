@@ -268,3 +268,21 @@ def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
     assert lens["writes"][0][1] >= lens["writes"][-1][1]
     with pytest.raises(A.AttributionError, match="not in the transcoder set"):
         A.top_contexts(tiny_llama, ts, [(7, 0)], texts)
+
+
+def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_llama, tmp_path):
+    from emocircuits import datasets as ds
+
+    for name in ("sev_test", "situations_heldout", "eia_pairs", "eia_lexical"):
+        (tmp_path / f"{name}.jsonl").write_text((ds.DATA_DIR / f"{name}.jsonl").read_text().splitlines()[0] + "\n")
+    sev = json.loads((tmp_path / "sev_test.jsonl").read_text())
+    pair = json.loads((tmp_path / "eia_pairs.jsonl").read_text())
+    situation = json.loads((tmp_path / "situations_heldout.jsonl").read_text())
+    got = T.project_corpus(tiny_llama, replies=[("How are you?", "Fine.")], data_dir=tmp_path)
+    assert got == [pair["negative"], pair["positive"],  # eia_pairs: its text fields in key order
+                   *(f"{sev['scenario']} {sev[k]}" for k in ("positive", "neutral", "negative")),
+                   tiny_llama.chat_prompt(situation["text"]),
+                   tiny_llama.chat_prompt("How are you?") + "Fine."]
+    assert "eia_lexical" in T.CORPUS_EXCLUDE
+    lexical = (tmp_path / "eia_lexical.jsonl").read_text()
+    assert not any(t in lexical for t in got)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emocircuits import datasets as ds
@@ -119,6 +120,32 @@ def test_lexical_ablation_replaces_on_both_sides():
     real, counts = ds.lexical_ablation(ds.load_named("eia_pairs"))
     assert counts["positive"] > 0 and counts["negative"] > 0
     assert all(ds.ablate_text(r.positive)[1] == 0 for r in real)  # nothing left to replace
+
+
+def test_lexical_stress_pairs_hold_their_design():
+    """eia_lexical: care-word pairs carry the keywords on the empathic side only, polite-task pairs on the
+    task side only; each game has two of each; lengths match within a pair; no text is in eia_pairs."""
+    lex = ds.load_named("eia_lexical")
+    assert len(lex) == 20 and all(r.split == "test" for r in lex)
+    for scen in ds.EIA_SCENARIOS:
+        assert sorted(r.variant for r in lex if r.scenario == scen) == ["care_words"] * 2 + ["polite_task"] * 2
+    for r in lex:
+        kp, kn = ds.keyword_counts([r.positive, r.negative])
+        if r.variant == "care_words":
+            assert kp >= 4 and kn == 0, r.id
+        else:
+            assert kp == 0 and kn >= 3, r.id
+        lp, ln = len(r.positive.split()), len(r.negative.split())
+        assert max(lp, ln) / min(lp, ln) < 1.4, r.id
+    stored = {t for p in ds.load_named("eia_pairs") for t in (p.positive, p.negative)}
+    assert not stored & {t for r in lex for t in (r.positive, r.negative)}
+
+
+def test_keyword_counts_count_whole_words_only():
+    got = ds.keyword_counts(["I'm sorry; I feel your pain.", "A painful, careful sort of task.", ""])
+    np.testing.assert_array_equal(got, [3, 0, 0])
+    with pytest.raises(ds.DataError, match="texts: expected a list of strings"):
+        ds.keyword_counts("sorry")
 
 
 def test_stats_cli(capsys):

@@ -152,6 +152,26 @@ def test_fit_pair_probes_share_one_pass_and_match_single_fits(smol):
     assert many["mean_all"].metrics["layers"]["3"]["auroc"] != one.metrics["layers"]["3"]["auroc"]
 
 
+def test_evaluate_pairs_scores_other_pairs_with_the_fitted_threshold(smol):
+    pairs = ds.load_named("eia_pairs")
+    scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+    probe = P.fit_pair_probe(smol, pairs, scen, layers=[3, 5], pooling="mean_response", n_random=5)
+    lex = [r for r in ds.load_named("eia_lexical") if r.variant == "care_words"][:6]
+    got = P.evaluate_pairs(smol, probe, lex, scen, layers=[5])
+    assert list(got) == [5]
+    pos, neg, starts = P.pair_texts(smol, lex, scen)
+    X = capture(smol, pos + neg, ["resid_post.5"], pooling="mean_response", response_starts=starts + starts,
+                progress=False)["resid_post.5"].double().numpy()
+    ref = P.evaluate_direction(probe.directions[5], X[:6], X[6:], threshold=probe.thresholds[5])
+    for key, val in ref.as_dict().items():
+        assert got[5].as_dict()[key] == pytest.approx(val, abs=1e-9), key
+    assert set(P.evaluate_pairs(smol, probe, lex[:2], scen)) == {3, 5}  # every fitted layer by default
+    with pytest.raises(ValueError, match=r"layers \[4\]: the probe has directions for layers \[3, 5\]"):
+        P.evaluate_pairs(smol, probe, lex, scen, layers=[4])
+    with pytest.raises(ds.DataError, match="need at least 2 pairs"):
+        P.evaluate_pairs(smol, probe, lex[:1], scen)
+
+
 def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):
     probe = P.load_probe(smol_probe_dir)
     texts = ["I put the crate down and sit with him until he can stand.", "I keep walking to the station."]

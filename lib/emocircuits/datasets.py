@@ -170,7 +170,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 
 FILES = {
     "sev_discovery": "sev", "sev_test": "sev", "eia_scenarios": "eia_scenarios", "eia_pairs": "pairs",
-    "persona_pairs": "pairs", "circuit_prompts": "prompts", "situations_heldout": "situations",
+    "eia_lexical": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts", "situations_heldout": "situations",
     "persona_questions": "questions",
 }
 
@@ -208,7 +208,7 @@ def load(path: str | Path, kind: str | None = None) -> list[BaseModel]:
         raise DataError(f"kind={kind!r}: expected one of {', '.join(SCHEMAS)}")
     schema = SCHEMAS[kind]
     known_scenarios = None
-    if path.name.startswith("eia_pairs"):
+    if path.name.startswith(("eia_pairs", "eia_lexical")):
         known_scenarios = set(EIA_SCENARIOS)
     records, seen, split_of = [], {}, {}
     with path.open(encoding="utf-8") as fh:
@@ -377,6 +377,13 @@ def ablate_text(text: str) -> tuple[str, int]:
         return rep[0].upper() + rep[1:] if word[0].isupper() else rep
 
     return _KW_RE.sub(sub, text), count
+
+
+def keyword_counts(texts: list[str]) -> np.ndarray:
+    """How many empathy keywords each text holds: the score of a purely lexical detector."""
+    if isinstance(texts, str):
+        raise DataError("texts: expected a list of strings, got one string")
+    return np.array([len(_KW_RE.findall(t)) for t in texts], dtype=float)
 
 
 def lexical_ablation(records: list[PairRecord]) -> tuple[list[PairRecord], dict[str, int]]:

@@ -431,6 +431,34 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
     return out
 
 
+def evaluate_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
+                   layers: Sequence[int] | None = None, seed: int = 0) -> dict[int, Detection]:
+    """Score a fitted probe on other pairs (ablated or adversarial ones): ``{layer: Detection}``.
+
+    Every record is a test pair here; each layer's direction keeps the
+    threshold it was fitted with, and the texts are pooled as the probe was.
+    """
+    from .activations import capture
+    from .datasets import DataError
+
+    records = list(records)
+    if len(records) < 2:
+        raise DataError(f"need at least 2 pairs to score a probe, got {len(records)}")
+    layers = list(probe.layers) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if l not in probe.directions]
+    if bad:
+        raise ValueError(f"layers {bad}: the probe has directions for layers {sorted(probe.directions)}")
+    pos, neg, starts = pair_texts(lm, records, scenarios)
+    sites = [f"{probe.site_kind}.{l}" for l in layers]
+    acts = capture(lm, pos + neg, sites, pooling=probe.pooling, response_starts=starts + starts, progress=False)
+    n = len(records)
+    out = {}
+    for l, s in zip(layers, sites):
+        X = acts[s].double().numpy()
+        out[l] = evaluate_direction(probe.directions[l], X[:n], X[n:], threshold=probe.thresholds[l], seed=seed)
+    return out
+
+
 def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:
     """``DIR/metrics.json`` and ``DIR/directions.safetensors`` (one ``layer.L`` tensor each), atomically."""
     import torch

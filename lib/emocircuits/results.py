@@ -105,6 +105,13 @@ ROWS: tuple[Row, ...] = (
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
         "44 keywords replaced on both sides; few test replies contain them"),
+    Row("A", "same, on 10 pairs written rich in care words (eia_lexical)", "-", "03_probes",
+        "care_words_ablated_auroc", _base("before ablation: {}", "care_words_auroc"),
+        "59 keywords replaced, all on the empathic side; never trained on"),
+    Row("A", "probe AUROC on polite refusals vs wordless help (eia_lexical)", "-", "03_probes",
+        "polite_task_auroc", _fixed("chance 0.5; keyword counter 0.00"),
+        "the task side speaks kindly, the empathic side only acts: a probe of words or of attention to "
+        "feelings fails here"),
     Row("A", "probe projection vs judged empathy, Pearson r", "0.71 (12 hand-written texts, Phi-3)", "03_probes",
         "behaviour_r", _base("permutation p95: {}", "behaviour_r_null_p95"),
         "the model's own replies to unseen situations, scored by chapter 02's judge"),
