@@ -306,7 +306,7 @@ print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 
 # anything.
 
 # %%
-chosen = ds.first_per_theme(ds.load_named("sev_discovery"), size(1, 2, 5))
+chosen = ds.first_per_theme(ds.load_named("sev_discovery"), size(1, 5, 5))
 # one cached capture of every site chapter 04 reads too (whichever runs first pays)
 prompts, E = C.sev_activations(lm, chosen)
 emotions = np.array([p["emotion"] for p in prompts])
@@ -317,7 +317,7 @@ print(f"{len(prompts)} prompts: {len(chosen)} scenarios x 3 valences x 6 emotion
 # %%
 clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 cv = GroupKFold(n_splits=5)
-E_LAYERS = LAYERS[:: size(1, 2, 1)]  # the default book: every fourth layer
+E_LAYERS = LAYERS
 emo_rows = []
 for l in E_LAYERS:
     Xl = E[f"resid_post.{l}"].double().numpy()

@@ -98,8 +98,10 @@ print(lm)
 # applies the filter when a larger model makes it affordable.
 
 # %%
-disc = ds.first_per_theme(ds.load_named("sev_discovery"), size(1, 2, 3))
-prompts, acts = C.sev_activations(lm, disc)
+all_disc = ds.load_named("sev_discovery")
+disc = ds.first_per_theme(all_disc, size(1, 2, 3))
+# rows of the capture chapter 03 makes of more scenarios (whichever chapter runs first pays for it)
+prompts, acts = C.sev_activations(lm, ds.first_per_theme(all_disc, size(1, 5, 5)), keep=disc)
 labels = [p["emotion"] for p in prompts]
 groups = [f"{p['record_id']}:{p['valence']}" for p in prompts]
 dirs = C.directions(acts, labels, groups, EMO)
@@ -365,9 +367,10 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # each chosen on discovery prompts (the smallest that reaches the best
 # judged accuracy with at least 90% coherent replies; if none keeps 90%
 # coherent, the most accurate one) and then evaluated once on held-out
-# prompts. A FULL run searches scales 2-16 and alphas 1-16; to save time the
-# default book tries only what FULL runs on this model chose (scale 8;
-# alpha 8 or 16) and QUICK mode 8 for both. Read the coherent share beside the unmodified
+# prompts. The default book tries scales 6-12 on 4 discovery scenarios (24
+# replies per scale) and alphas 8 and 16 (what FULL runs on this model
+# chose); a FULL run searches scales 2-16 and alphas 1-16 on 6 scenarios;
+# QUICK mode uses 8 for both. Read the coherent share beside the unmodified
 # model's own: a 135M model's plain replies fail the repetition checks
 # often, which caps what any intervention can score there. **Baseline:** the
 # unmodified replies (how often the judge reads each emotion anyway). Paper
@@ -407,14 +410,14 @@ def toward(recs, scale, n_tokens, how="modulation"):
 
 
 def choose(how, grid):
-    tune = pd.concat([toward(disc[: size(1, 1, 6)], s, new_tokens, how) for s in grid])
+    tune = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how) for s in grid])
     tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
     display(tuned.style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
     ok = tuned[tuned.coherent >= 0.9]
     return float((ok if len(ok) else tuned).accuracy.idxmax())
 
 
-scale = choose("modulation", size((8.0,), (8.0,), (2.0, 4.0, 8.0, 16.0)))
+scale = choose("modulation", size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)))
 alpha = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")

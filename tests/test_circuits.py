@@ -275,3 +275,11 @@ def test_sev_activations_is_one_cached_capture_of_every_site(tiny_llama, tmp_pat
     again = C.sev_activations(tiny_llama, recs)[1]  # from the cache
     assert all(torch.equal(again[k], acts[k]) for k in acts)
 
+    sub_prompts, sub = C.sev_activations(tiny_llama, recs, keep=recs[1:])  # rows of the same capture
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
+    rows = [i for i, p in enumerate(prompts) if p["record_id"] == recs[1].id]
+    assert sub_prompts == [prompts[i] for i in rows] and len(rows) == 18
+    assert all(torch.equal(sub[k], acts[k][rows]) for k in acts)
+    other = ds.load_named("sev_discovery")[-1]
+    with pytest.raises(ValueError, match=rf"keep: records \['{other.id}'\] are not among the 2 records captured"):
+        C.sev_activations(tiny_llama, recs, keep=[other])

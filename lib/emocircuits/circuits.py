@@ -672,21 +672,32 @@ def direction_sites(n_layers: int) -> list[str]:
     return [f"{k}.{l}" for l in range(n_layers) for k in ("attn_out", "resid_mid", "mlp_out", "resid_post")]
 
 
-def sev_activations(lm, records: Sequence) -> tuple[list[dict], dict]:
+def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tuple[list[dict], dict]:
     """Paper B's prompts for ``records`` and their last-prompt-token activations at every site chapter 04 reads.
 
     Returns ``(prompts, {site: tensor})`` for the residual-width sites of
     :func:`direction_sites` plus ``mlp_act`` and ``attn_z`` of every layer,
     one cached capture. Chapter 03 reads its residual-stream sites from the
     same capture, so whichever of the two chapters runs first pays for the
-    forward passes and the other loads them from the cache.
+    forward passes and the other loads them from the cache. ``keep`` (some
+    of ``records``) returns only their prompts' rows, so a chapter that
+    needs fewer scenarios still reads the shared capture.
     """
     from . import datasets as ds
 
     prompts = ds.sev_prompts(records)
     texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
     sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
-    return prompts, capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
+    acts = capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
+    if keep is None:
+        return prompts, acts
+    ids = [r.id for r in keep]
+    missing = sorted(set(ids) - {r.id for r in records})
+    if missing:
+        raise ValueError(f"keep: records {missing} are not among the {len(records)} records captured")
+    rows = [i for i, p in enumerate(prompts) if p["record_id"] in set(ids)]
+    index = torch.tensor(rows)
+    return [prompts[i] for i in rows], {site: x[index] for site, x in acts.items()}
 
 
 # ---------------------------------------------------------------------------
