@@ -483,7 +483,51 @@ pd.DataFrame([
 # replies' shared structure (length, topic), which is why its baseline is
 # not zero.
 #
-# ## 5. Does the probe track the empathy of real generations?
+# ## 5. Does the probe rank replies to situations the pairs never cover?
+#
+# The pairs come from five games. The empathy judge's corpus (chapter 02)
+# holds 215 replies to 43 other situations (28 personal messages from
+# friends, colleagues, strangers; 15 other games), each graded 1-5 by its
+# author. Every reply is
+# scored by the probe at its best layer, as the assistant's answer to the
+# situation. Does it rank the empathic replies (grade 4-5) above the
+# cold or task-focused ones (1-2)? **Baselines:** chance (0.5) and paper
+# A's keyword count on the same replies.
+
+# %%
+graded = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
+gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])
+gr_score = P.score_texts(lm, fits[POOL], gr_texts, response_starts=gr_starts)
+grade = np.array([r["score"] for r in graded])
+high, low = grade >= 4, grade <= 2
+gr_auc = P.auroc_ci(gr_score[high], gr_score[low], seed=SEED)
+gr_kw = ds.keyword_counts([r["reply"] for r in graded])
+gr_kw_auc = P.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
+# 15 of the situations are other games told by an agent (the EIA pairs' genre); the rest are personal
+game = np.array([any(w in r["situation"].lower() for w in ("game", "simulation")) or
+                 r["situation"].startswith("You are a") for r in graded])
+gr_personal = P.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
+print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
+      f"situations: probe AUROC {fmt(*gr_auc)}; keyword count {fmt(*gr_kw_auc)}; chance 0.50")
+print(f"the {len({r['situation'] for r, g in zip(graded, game) if not g})} personal situations only "
+      f"(no game, unlike every pair): probe AUROC {fmt(*gr_personal)}")
+fig, ax = plt.subplots(figsize=(5, 3.2))
+sns.boxplot(x=grade, y=gr_score, color="#9ecae1", ax=ax)
+ax.set(xlabel="author's grade (1 = cold or dismissive, 5 = most empathic)",
+       ylabel=f"probe projection (layer {best})", title="The probe on graded replies to new situations")
+plt.show()
+
+# %% [markdown]
+# The probe ranks replies to new situations above chance, with much less
+# separation than on the held-out pairs, and less again on the personal
+# situations, the farthest from the games it was trained on. The pairs
+# contrast caring with pursuing a game's objective; these replies contrast
+# warm with cold, practical-only or dismissive answers, a subtler
+# contrast. A keyword count is near chance here (a third of the low
+# grades say "sorry" or "understand" perfunctorily), so what the probe
+# picks up is not the lexicon.
+#
+# ## 6. Does the probe track the empathy of real generations?
 #
 # The last check uses the model's own greedy replies to held-out
 # situations (20 in a FULL run, 8 in the default book, 4 in QUICK mode;
@@ -535,6 +579,9 @@ headline = record(
     **best_of(fits[POOL], "auroc_response", "random_p95_response"),
     **best_of(fit_o, "other_auroc", "other_random_p95"),
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
+    graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
+    graded_personal_auroc=gr_personal[0], graded_personal_auroc_lo=gr_personal[1],
+    graded_personal_auroc_hi=gr_personal[2],
     care_words_auroc=stress_at.loc[("care_words", "original"), "probe AUROC"],
     care_words_ablated_auroc=stress_at.loc[("care_words", "ablated"), "probe AUROC"],
     care_words_ablated_auroc_lo=stress_at.loc[("care_words", "ablated"), "lo"],
@@ -574,5 +621,7 @@ pd.Series(headline).to_frame("value")
 # - Removing care words does not hurt the probe, even where there are
 #   many to remove; but kind words around a refusal fool it, so it reads
 #   attention to feelings more than empathic action (`eia_lexical`).
+# - On graded replies to situations the pairs never cover, the probe ranks
+#   warm above cold well above chance but far from perfectly.
 # - The numbers above, with their baselines, are this model's answer to
 #   each of paper A's and paper B's detection questions.

@@ -110,6 +110,18 @@ def test_procrustes_alignment_undoes_a_rotation_between_spaces():
         P.align_procrustes(A[:10], B[:11])
 
 
+def test_auroc_ci_resamples_each_group_and_agrees_with_sklearn():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 50)
+    est, lo, hi = P.auroc_ci(pos, neg, seed=1)
+    assert est == pytest.approx(roc_auc_score(np.r_[np.ones(30), np.zeros(50)], np.r_[pos, neg]))
+    assert lo < est < hi and 0.5 < lo and hi - lo < 0.3  # a real but modest separation
+    assert P.auroc_ci(pos, neg, seed=1) == (est, lo, hi)  # seeded
+    assert P.auroc_ci(neg, neg + 0.0)[0] == 0.5
+    with pytest.raises(ValueError, match="at least 2 scores in each group, got 1 positive"):
+        P.auroc_ci([1.0], neg)
+
+
 def test_bad_inputs_name_what_is_accepted():
     with pytest.raises(ValueError, match="X_pos must be a non-empty 2-D array"):
         P.mean_diff(np.zeros(3), np.zeros((2, 3)))

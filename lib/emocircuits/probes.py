@@ -194,6 +194,16 @@ def _ci(vals: np.ndarray) -> tuple[float, float]:
     return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
 
 
+def auroc_ci(s_pos, s_neg, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """``(AUROC, low, high)`` of scores of two *unpaired* groups; the bootstrap resamples each group on its own."""
+    P, N = np.asarray(s_pos, float).ravel(), np.asarray(s_neg, float).ravel()
+    if len(P) < 2 or len(N) < 2:
+        raise ValueError(f"need at least 2 scores in each group, got {len(P)} positive and {len(N)} negative")
+    rng = np.random.default_rng(seed)
+    Pb, Nb = P[rng.integers(0, len(P), (n_boot, len(P)))], N[rng.integers(0, len(N), (n_boot, len(N)))]
+    return (_auroc(P, N), *_ci(_auroc_rows(Pb, Nb)))
+
+
 def evaluate_direction(direction, X_pos_test, X_neg_test, threshold: float | None = None,
                        n_boot: int = 1000, seed: int = 0) -> Detection:
     """AUROC, midpoint accuracy and Cohen's d of projections on held-out pairs.

@@ -112,6 +112,9 @@ ROWS: tuple[Row, ...] = (
         "polite_task_auroc", _fixed("chance 0.5; keyword counter 0.00"),
         "the task side speaks kindly, the empathic side only acts: a probe of words or of attention to "
         "feelings fails here"),
+    Row("A", "probe AUROC, graded replies to 43 new situations (grades 4-5 vs 1-2)", "-", "03_probes",
+        "graded_auroc", _base("keyword count: {}", "graded_keyword_auroc"),
+        "215 replies written and graded for chapter 02's judge; 28 personal situations alone: see chapter 03"),
     Row("A", "probe projection vs judged empathy, Pearson r", "0.71 (12 hand-written texts, Phi-3)", "03_probes",
         "behaviour_r", _base("permutation p95: {}", "behaviour_r_null_p95"),
         "the model's own replies to unseen situations, scored by chapter 02's judge"),
