@@ -59,6 +59,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_score
 
 from emocircuits import datasets as ds
+from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import sizer
 from emocircuits.judges import EmotionJudge
@@ -292,9 +293,7 @@ pd.DataFrame(acc_rows)
 # word itself, and the mean reply length, per instructed emotion.
 
 # %%
-stems = {"anger": "ang", "sadness": "sad", "happiness": "happ", "fear": "fear", "surprise": "surpris",
-         "disgust": "disgust"}
-gen["names its emotion"] = [stems[e] in t.lower() for e, t in zip(gen.emotion, gen.reply)]
+gen["names its emotion"] = J.names_emotion(gen.reply, gen.emotion)
 gen["words"] = gen.reply.str.split().str.len()
 gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 

@@ -223,7 +223,11 @@ print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample
 # A steered model can score high on any judge while emitting fragments.
 # `coherence` checks each text for emptiness, non-language output,
 # repetition and, given the unsteered model, perplexity; `coherent` is true
-# when every check passes. The thresholds are fixed in the library:
+# when every check passes. Repetition has three checks, because pushed
+# models repeat in more than one way: few distinct bigrams, a long repeated
+# n-gram, or one content word taking over the text ("I'm angry, angry
+# enough. You're angry..."), which varies its bigrams and would pass the
+# other two. The thresholds are fixed in the library:
 
 # %%
 pd.DataFrame([J.COHERENCE_THRESHOLDS]).T.rename(columns={0: "threshold"})
@@ -233,13 +237,15 @@ lm = load_model(MODEL)
 examples = [
     "I'm so sorry to hear that. Would you like to talk about what happened?",
     "sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry",
+    "I'm angry, angry enough. You're angry, angry enough. You're angry",
     "The the mat cat window of looked sat on and out the the.",
     "!!! ### ::: 0101 ;;; @@@",
     "",
 ]
 coh = J.coherence(examples, lm=lm)
 pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["distinct_2"], 2),
-               "longest repeat": c["longest_repeat"], "coherent": c["coherent"]} for t, c in zip(examples, coh)])
+               "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
+               "coherent": c["coherent"]} for t, c in zip(examples, coh)])
 
 # %% [markdown]
 # ## 5. Judging the model's own replies

@@ -433,13 +433,16 @@ asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], 
 asked_hit = [v["label"] == p["emotion"] for v, p in zip(judge(asked), tp)]
 asked_coh = [c["coherent"] for c in J.coherence(asked)]
 res = {}
-for name, hit, coh in (("circuit modulation", mod.hit, mod.coherent),
-                       ("steering vector (directions)", steered.hit, steered.coherent),
-                       ("no intervention", plain.hit, plain.coherent),
-                       ("prompting (instruction)", asked_hit, asked_coh)):
+for name, hit, coh, texts, targets in (
+        ("circuit modulation", mod.hit, mod.coherent, mod.text, mod.emotion),
+        ("steering vector (directions)", steered.hit, steered.coherent, steered.text, steered.emotion),
+        ("no intervention", plain.hit, plain.coherent, plain.text, plain.emotion),
+        ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp])):
     a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
     c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
-    res[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1], "coh hi": c[2]}
+    both = np.asarray(hit, bool) & np.asarray(coh, bool)
+    res[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1], "coh hi": c[2],
+                 "on target and coherent": both.mean(), "names the target": J.names_emotion(texts, targets).mean()}
 res = pd.DataFrame(res).T
 display(res.style.format("{:.2f}").set_caption(f"held-out prompts: {len(mod)} replies per row (goal: accuracy >= "
                                                "0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B: circuit "
@@ -447,8 +450,17 @@ display(res.style.format("{:.2f}").set_caption(f"held-out prompts: {len(mod)} re
 display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:.2f}")
         .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
 
+# %% [markdown]
+# Two columns keep the accuracy honest. **On target and coherent** counts
+# a reply only when both hold. **Names the target** is judge-free: the
+# share of replies that contain the emotion's own word. A small model
+# pushed toward an emotion tends to *say* it ("Sad, sorrowful tears...
+# sorrowful"); the emotion judge reads the word, and the coherence checks
+# catch only the replies where one word takes over. Read the replies
+# below before reading the accuracy as "writes in the emotion".
+
 # %%
-show = mod.groupby("emotion").head(1)[["emotion", "text", "judged", "coherent"]]
+show = mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent"]]
 display(show.style.hide(axis="index"))
 
 # %% [markdown]
@@ -498,6 +510,9 @@ headline = record(
     emotions_ratio_ge_3=(np.minimum(zero.ratio.to_numpy(), mean_ab.ratio.to_numpy()) >= 3).sum(),
     modulation_accuracy=res.loc["circuit modulation", "accuracy"],
     modulation_coherent=res.loc["circuit modulation", "coherent"],
+    modulation_on_target_coherent=res.loc["circuit modulation", "on target and coherent"],
+    modulation_names_target=res.loc["circuit modulation", "names the target"],
+    steering_on_target_coherent=res.loc["steering vector (directions)", "on target and coherent"],
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
     steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
     steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,

@@ -125,6 +125,25 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     # fluent-looking non-English (what steering can produce) fails the language check; one accent does not
     pseudo, cafe = J.coherence(["Maím na báí, achirí náhúa, aída a má", "Let's meet at the café and talk."])
     assert not pseudo["checks"]["language"] and cafe["coherent"]
+    # one word taking over passes the bigram and n-gram checks but not the top-word check
+    takeover, twice, warm = J.coherence([
+        "Alright, anger, anger, anger. I'm gonna charge you, you angry angry angry angry, anger, anger",
+        "Anger is fine. Anger passes, and the day goes on without it.",
+        "That's wonderful news! I'm so happy for you; you must be thrilled, and you earned every bit of it.",
+    ])
+    assert takeover["checks"]["distinct"] and takeover["checks"]["repetition"]
+    assert not takeover["checks"]["top_word"] and not takeover["coherent"]
+    assert takeover["top_word_share"] == pytest.approx(5 / 16)  # "anger" 5 of 16 words ("angry" is another word)
+    assert twice["coherent"] and twice["top_word_share"] == pytest.approx(2 / 12)  # twice is not a takeover
+    assert warm["coherent"]  # "you" three times is a function word
+
+
+def test_top_word_check_passes_the_written_corpora():
+    """The written replies and emotion texts (985 texts) are coherent by this check, bar one emphatic 'nope'."""
+    texts = [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
+    texts += [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
+    failed = [t for t, c in zip(texts, J.coherence(texts)) if not c["checks"]["top_word"]]
+    assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
 
 
 def test_perplexity_matches_the_models_own_loss(smol):
@@ -192,3 +211,13 @@ def test_judge_cli_bad_line_names_it_and_writes_nothing(tmp_path, capsys, line, 
     assert main(["judge", "--texts", str(src), "--out", str(out)]) == 2
     assert msg in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_names_emotion_finds_each_word_family():
+    got = J.names_emotion(["I'm so angry!", "What a SURPRISING day", "Lovely weather.", "Fearless, really"],
+                          ["anger", "surprise", "happiness", "fear"])
+    assert got.tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="emotions \\['joy'\\]: expected one of anger"):
+        J.names_emotion(["x"], ["joy"])
+    with pytest.raises(ValueError, match="differ in length: 1 vs 2"):
+        J.names_emotion(["x"], ["anger", "fear"])

@@ -277,6 +277,25 @@ class EmpathyJudge:
 
 
 # ---------------------------------------------------------------------------
+# naming the emotion
+
+# The start of each emotion's word family ("ang" for anger, angry, angrily).
+EMOTION_STEMS = {"anger": "ang", "sadness": "sad", "happiness": "happ", "fear": "fear", "surprise": "surpris",
+                 "disgust": "disgust"}
+
+
+def names_emotion(texts: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
+    """Whether each text contains its emotion's word (a judge-free check of how an emotion is expressed)."""
+    texts, emotions = list(texts), list(emotions)
+    if len(texts) != len(emotions):
+        raise ValueError(f"texts and emotions differ in length: {len(texts)} vs {len(emotions)}")
+    bad = sorted({e for e in emotions if e not in EMOTION_STEMS})
+    if bad:
+        raise ValueError(f"emotions {bad}: expected one of {', '.join(EMOTION_STEMS)}")
+    return np.array([EMOTION_STEMS[e] in t.lower() for t, e in zip(texts, emotions)], dtype=bool)
+
+
+# ---------------------------------------------------------------------------
 # coherence
 
 COHERENCE_THRESHOLDS = {
@@ -285,8 +304,25 @@ COHERENCE_THRESHOLDS = {
     "min_ascii_letters": 0.9,  # ASCII letters / letters: the judges read English only
     "min_distinct_2": 0.5,  # distinct bigrams / bigrams
     "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
+    "max_top_word_share": 0.2,  # one content word's share of all words, once it occurs 3 or more times
     "max_perplexity": 200.0,  # under the unsteered model, when one is given
 }
+
+# Function words that may dominate a short reply without it being degenerate;
+# the top-word check counts only other words of three or more letters.
+# Words are split at apostrophes, so "don't" counts as "don" and "t".
+_FUNCTION_WORDS = frozenset("""the and you your that this with for are was were have has had but not what they them
+she her his him from will can all just our its there their then than been being into out about would could should
+when who how why which also very more some any one don didn doesn isn won""".split())
+
+
+def _top_word(words: list[str]) -> tuple[int, float]:
+    """Occurrences of the most frequent content word, and its share of all ``words``."""
+    content = [w for w in words if len(w) >= 3 and w not in _FUNCTION_WORDS]
+    if not content:
+        return 0, 0.0
+    n = Counter(content).most_common(1)[0][1]
+    return n, n / len(words)
 
 
 def _longest_repeated_ngram(words: list[str]) -> int:
@@ -310,6 +346,11 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
               thresholds: dict | None = None) -> list[dict]:
     """Repetition and language checks per text, plus perplexity when ``lm`` is given.
 
+    Repetition is checked three ways: distinct bigrams, the longest repeated
+    n-gram, and whether one content word takes over the text ("I'm angry,
+    angry, angry. You're angry...", what a strong push toward an emotion
+    makes a small model write: its bigrams vary, yet it is no reply).
+
     ``coherent`` is true when every measured quantity is within
     :data:`COHERENCE_THRESHOLDS`; ``score`` in [0, 1] is the share of checks
     passed. Perplexity is of the text given its context (the prompt), under
@@ -328,17 +369,19 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         bigrams = list(zip(plain, plain[1:]))
         distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
         rep = _longest_repeated_ngram(plain)
+        top_n, top_share = _top_word(plain)
         checks = {
             "nonempty": len(plain) >= th["min_words"],
             "language": alpha >= th["min_alpha_fraction"] and ascii_share >= th["min_ascii_letters"],
             "distinct": distinct2 >= th["min_distinct_2"],
             "repetition": rep <= th["max_repeat_ngram"],
+            "top_word": top_n < 3 or top_share <= th["max_top_word_share"],
         }
         if pp is not None:
             checks["perplexity"] = pp <= th["max_perplexity"]
         out.append({"words": len(plain), "alpha_fraction": alpha, "ascii_letters": ascii_share,
                     "distinct_2": distinct2,
-                    "longest_repeat": rep, "perplexity": pp, "checks": checks,
+                    "longest_repeat": rep, "top_word_share": top_share, "perplexity": pp, "checks": checks,
                     "score": sum(checks.values()) / len(checks), "coherent": all(checks.values())})
     return out
 

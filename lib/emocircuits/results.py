@@ -150,6 +150,9 @@ ROWS: tuple[Row, ...] = (
         "modulation_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
         "scale chosen on discovery prompts; circuit budget scaled to the model"),
+    Row("B", "same, replies on target *and* coherent", "-", "04_emotion_circuits", "modulation_on_target_coherent",
+        _base("share naming the target emotion's word: {}", "modulation_names_target"),
+        "a small model pushed to an emotion often names it; read the replies in chapter 04"),
     # paper C
     Row("C", "features active at every generation step (persistent)", "1", "05_attribution_graphs", "n_persistent",
         _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
