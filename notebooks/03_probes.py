@@ -206,7 +206,8 @@ print(f"share of shuffled probes at or above the real one: "
 test_pairs = [p for p in pairs if p.split == "test"]
 ablated, counts = ds.lexical_ablation(test_pairs)
 print(f"replacements: {counts['positive']} on the empathic side, {counts['negative']} on the task side")
-on_ablated = P.evaluate_pairs(lm, fits[POOL], ablated, scen, layers=LAYERS, seed=SEED)
+CHECK_LAYERS = size([best], LAYERS, LAYERS)  # QUICK: the best layer only (the forward pass stops there)
+on_ablated = P.evaluate_pairs(lm, fits[POOL], ablated, scen, layers=CHECK_LAYERS, seed=SEED)
 abl = pd.DataFrame([{"layer": l, "original": fits[POOL].metrics["layers"][str(l)]["auroc"], "ablated": det.auroc,
                      "ablated_lo": det.auroc_ci[0], "ablated_hi": det.auroc_ci[1]} for l, det in on_ablated.items()])
 fig, ax = plt.subplots()
@@ -240,7 +241,6 @@ print(f"best layer {best}: AUROC {abl_best.original:.3f} -> {abl_best.ablated:.3
 
 # %%
 lexical = ds.load_named("eia_lexical")
-STRESS_LAYERS = size([best], LAYERS, LAYERS)  # QUICK: the best layer only (the forward pass stops there)
 stress_rows, per_layer = [], []
 for variant in ("care_words", "polite_task"):
     recs = [r for r in lexical if r.variant == variant]
@@ -248,7 +248,7 @@ for variant in ("care_words", "polite_task"):
     kw = ds.keyword_counts([r.positive for r in recs]), ds.keyword_counts([r.negative for r in recs])
     keyword = P.evaluate_direction([1.0], kw[0][:, None], kw[1][:, None], seed=SEED)  # the count is the score
     for name, rs in (("original", recs), ("ablated", abl_recs)):
-        dets = P.evaluate_pairs(lm, fits[POOL], rs, scen, layers=STRESS_LAYERS, seed=SEED)
+        dets = P.evaluate_pairs(lm, fits[POOL], rs, scen, layers=CHECK_LAYERS, seed=SEED)
         per_layer += [{"pairs": variant, "texts": name, "layer": l, "auroc": d.auroc} for l, d in dets.items()]
         det = dets[best]
         stress_rows.append({"pairs": variant, "texts": name, "probe AUROC": det.auroc, "lo": det.auroc_ci[0],
