@@ -489,11 +489,11 @@ pd.DataFrame([
 # The pairs come from five games. The empathy judge's corpus (chapter 02)
 # holds 215 replies to 43 other situations (28 personal messages from
 # friends, colleagues, strangers; 15 other games), each graded 1-5 by its
-# author. Every reply is
-# scored by the probe at its best layer, as the assistant's answer to the
-# situation. Does it rank the empathic replies (grade 4-5) above the
-# cold or task-focused ones (1-2)? **Baselines:** chance (0.5) and paper
-# A's keyword count on the same replies.
+# author. Every reply is scored by the probe at its best layer, as the
+# assistant's answer to the situation. Does it rank the empathic replies
+# (grade 4-5) above the dismissive or task-only ones (1-2)?
+# **Baselines:** chance (0.5) and paper A's keyword count on the same
+# replies.
 
 # %%
 graded = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -514,7 +514,7 @@ print(f"the {len({r['situation'] for r, g in zip(graded, game) if not g})} perso
       f"(no game, unlike every pair): probe AUROC {fmt(*gr_personal)}")
 fig, ax = plt.subplots(figsize=(5, 3.2))
 sns.boxplot(x=grade, y=gr_score, color="#9ecae1", ax=ax)
-ax.set(xlabel="author's grade (1 = cold or dismissive, 5 = most empathic)",
+ax.set(xlabel="author's grade (1 = dismissive, 2 = task only, 5 = deeply attuned)",
        ylabel=f"probe projection (layer {best})", title="The probe on graded replies to new situations")
 plt.show()
 

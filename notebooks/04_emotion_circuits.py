@@ -440,9 +440,11 @@ for name, hit, coh, texts, targets in (
         ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp])):
     a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
     c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
-    both = np.asarray(hit, bool) & np.asarray(coh, bool)
+    b = bootstrap_ci((np.asarray(hit, bool) & np.asarray(coh, bool)).astype(float), seed=SEED)
+    n = bootstrap_ci(J.names_emotion(texts, targets).astype(float), seed=SEED)
     res[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1], "coh hi": c[2],
-                 "on target and coherent": both.mean(), "names the target": J.names_emotion(texts, targets).mean()}
+                 "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
+                 "names the target": n[0], "names lo": n[1], "names hi": n[2]}
 res = pd.DataFrame(res).T
 display(res.style.format("{:.2f}").set_caption(f"held-out prompts: {len(mod)} replies per row (goal: accuracy >= "
                                                "0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B: circuit "
@@ -511,6 +513,8 @@ headline = record(
     modulation_accuracy=res.loc["circuit modulation", "accuracy"],
     modulation_coherent=res.loc["circuit modulation", "coherent"],
     modulation_on_target_coherent=res.loc["circuit modulation", "on target and coherent"],
+    modulation_on_target_coherent_lo=res.loc["circuit modulation", "both lo"],
+    modulation_on_target_coherent_hi=res.loc["circuit modulation", "both hi"],
     modulation_names_target=res.loc["circuit modulation", "names the target"],
     steering_on_target_coherent=res.loc["steering vector (directions)", "on target and coherent"],
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],

@@ -691,11 +691,11 @@ def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tupl
     acts = capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
     if keep is None:
         return prompts, acts
-    ids = [r.id for r in keep]
-    missing = sorted(set(ids) - {r.id for r in records})
+    ids = {r.id for r in keep}
+    missing = sorted(ids - {r.id for r in records})
     if missing:
         raise ValueError(f"keep: records {missing} are not among the {len(records)} records captured")
-    rows = [i for i, p in enumerate(prompts) if p["record_id"] in set(ids)]
+    rows = [i for i, p in enumerate(prompts) if p["record_id"] in ids]
     index = torch.tensor(rows)
     return [prompts[i] for i in rows], {site: x[index] for site, x in acts.items()}
 
