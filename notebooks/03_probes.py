@@ -504,9 +504,7 @@ high, low = grade >= 4, grade <= 2
 gr_auc = P.auroc_ci(gr_score[high], gr_score[low], seed=SEED)
 gr_kw = ds.keyword_counts([r["reply"] for r in graded])
 gr_kw_auc = P.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
-# 15 of the situations are other games told by an agent (the EIA pairs' genre); the rest are personal
-game = np.array([any(w in r["situation"].lower() for w in ("game", "simulation")) or
-                 r["situation"].startswith("You are a") for r in graded])
+game = np.array([r["setting"] == "game" for r in graded])  # other games told by an agent: the pairs' genre
 gr_personal = P.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
 print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
       f"situations: probe AUROC {fmt(*gr_auc)}; keyword count {fmt(*gr_kw_auc)}; chance 0.50")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -221,3 +222,13 @@ def test_names_emotion_finds_each_word_family():
         J.names_emotion(["x"], ["joy"])
     with pytest.raises(ValueError, match="differ in length: 1 vs 2"):
         J.names_emotion(["x"], ["anger", "fear"])
+
+
+def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
+    recs, _ = J.empathy_corpus()
+    setting = {r["situation"]: r["setting"] for r in recs}
+    assert sorted(Counter(setting.values()).items()) == [("game", 15), ("personal", 28)]  # the dataset card's counts
+    bad = tmp_path / "judge_empathy.jsonl"
+    bad.write_text("".join(json.dumps({**r, "setting": "work"}) + "\n" for r in recs[:5]))
+    with pytest.raises(J.JudgeError, match="setting is not 'personal' or 'game'"):
+        J.empathy_corpus(bad)

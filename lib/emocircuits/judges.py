@@ -135,6 +135,9 @@ def empathy_corpus(path: Path | None = None, seed: int = 0) -> tuple[list[dict],
     bad = [r["id"] for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
     if bad:
         raise JudgeError(f"judge_empathy.jsonl: records with a score outside 1-5 or an empty reply: {bad[:5]}")
+    bad = [r["id"] for r in recs if r.get("setting") not in ("personal", "game")]
+    if bad:
+        raise JudgeError(f"judge_empathy.jsonl: records whose setting is not 'personal' or 'game': {bad[:5]}")
     return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=situation_clusters(
         [r["situation"] for r in recs]))
 
