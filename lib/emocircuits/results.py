@@ -133,6 +133,8 @@ ROWS: tuple[Row, ...] = (
     # paper B
     Row("B", "six-way emotion probe accuracy, held out by scenario", "not reported", "03_probes",
         "emotion_accuracy", _fixed("chance 0.17"), "the instruction names the emotion (see chapter 03)"),
+    Row("B", "same, fitted on discovery, scored once on sev_test scenarios", "not reported", "03_probes",
+        "emotion_test_accuracy", _fixed("chance 0.17"), "no layer selection on these prompts; not in QUICK runs"),
     Row("B", "mean-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
         "04_emotion_circuits", "mean_drop_circuit", _base("as many random components: {}", "mean_drop_random"),
         "held-out prompts; mean over emotions"),
