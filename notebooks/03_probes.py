@@ -261,7 +261,7 @@ sns.lineplot(pd.DataFrame(per_layer), x="layer", y="auroc", hue="pairs", style="
 ax.axhline(0.5, color="grey", lw=0.8)
 ax.axvline(best, color="k", ls=":", lw=1, label=f"best layer ({best})")
 ax.set(ylabel="probe AUROC", ylim=(-0.02, 1.02), title="The probe on pairs written to fool a keyword detector")
-ax.legend(loc="lower left", fontsize=8, ncol=2)
+ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 plt.show()
 stress.assign(**{"probe AUROC [95% CI]": [fmt(r["probe AUROC"], r.lo, r.hi) for _, r in stress.iterrows()]})[
     ["pairs", "texts", "probe AUROC [95% CI]", "keyword counter AUROC", "words replaced"]]
@@ -545,7 +545,12 @@ plt.show()
 # warm with cold, practical-only or dismissive answers, a subtler
 # contrast. A keyword count is near chance here (a third of the low
 # grades say "sorry" or "understand" perfunctorily), so what the probe
-# picks up is not the lexicon.
+# picks up is not the lexicon. The boxes show where the ranking comes
+# from on the default model: the task-only replies (grade 2) sit lowest,
+# while dismissive replies (grade 1) project about as high as warm ones.
+# That fits the polite-refusal test above: the probe separates replies
+# about the task from replies about the person, not kind ones from
+# unkind ones.
 #
 # ## 6. Does the probe track the empathy of real generations?
 #
