@@ -158,7 +158,8 @@ pd.crosstab(pd.Series([r.scenario for r in pairs], name="game"), pd.Series([r.sp
 
 # %%
 def shallow_accuracy(records, feature):
-    X = np.array([[feature(r.positive)] for r in records] + [[feature(r.negative)] for r in records], float)
+    """``feature`` maps a list of texts to one number per text."""
+    X = np.r_[feature([r.positive for r in records]), feature([r.negative for r in records])][:, None]
     y = np.r_[np.ones(len(records)), np.zeros(len(records))]
     groups = np.r_[[r.scenario for r in records], [r.scenario for r in records]]
     scores = cross_val_score(LogisticRegression(), X, y, groups=groups, cv=GroupKFold(5))
@@ -166,10 +167,9 @@ def shallow_accuracy(records, feature):
 
 
 ablated, n_repl = ds.lexical_ablation(pairs)
-keyword_count = lambda t: ds.ablate_text(t)[1]  # noqa: E731
-word_count = lambda t: len(t.split())  # noqa: E731
+word_counts = lambda texts: np.array([len(t.split()) for t in texts], float)  # noqa: E731
 table = []
-for cue, fn in [("length (words)", word_count), ("empathy keywords", keyword_count)]:
+for cue, fn in [("length (words)", word_counts), ("empathy keywords", ds.keyword_counts)]:
     for label, recs in [("original", pairs), ("after lexical ablation", ablated)]:
         mean, lo, hi = shallow_accuracy(recs, fn)
         table.append({"cue": cue, "pairs": label, "accuracy": round(mean, 3), "fold min": round(lo, 3),
@@ -208,8 +208,9 @@ plt.show()
 
 # %%
 lexical = ds.load_named("eia_lexical")
-kw = pd.DataFrame([{"variant": r.variant, "empathic side": keyword_count(r.positive),
-                    "task side": keyword_count(r.negative)} for r in lexical])
+kw = pd.DataFrame({"variant": [r.variant for r in lexical],
+                   "empathic side": ds.keyword_counts([r.positive for r in lexical]).astype(int),
+                   "task side": ds.keyword_counts([r.negative for r in lexical]).astype(int)})
 for variant in ("care_words", "polite_task"):
     r = next(r for r in lexical if r.variant == variant)
     print(f"{variant}\n  empathic: {r.positive}\n  task-focused: {r.negative}\n")

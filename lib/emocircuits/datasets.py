@@ -208,7 +208,7 @@ def load(path: str | Path, kind: str | None = None) -> list[BaseModel]:
         raise DataError(f"kind={kind!r}: expected one of {', '.join(SCHEMAS)}")
     schema = SCHEMAS[kind]
     known_scenarios = None
-    if path.name.startswith(("eia_pairs", "eia_lexical")):
+    if kind == "pairs" and path.name.startswith("eia_"):  # pairs written for the EIA games
         known_scenarios = set(EIA_SCENARIOS)
     records, seen, split_of = [], {}, {}
     with path.open(encoding="utf-8") as fh:
