@@ -33,6 +33,8 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   and of coherence;
 # - use a success metric that cannot be gamed by broken or unchanged
 #   replies, and see where paper A's keyword metric disagrees with it;
+# - choose where and how hard to push on some situations, and confirm the
+#   choice on others;
 # - export a steering vector for other tools (safetensors, and llama.cpp's
 #   control-vector GGUF).
 #
@@ -101,26 +103,50 @@ pairs = ds.load_named("eia_pairs")[:: size(2, 1, 1)]  # QUICK: every other pair
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 n = lm.n_layers
 CANDIDATES = [n // 6, n // 3, n // 2, (2 * n) // 3]
-CANDIDATES = sorted(set(size(CANDIDATES[::2], CANDIDATES, CANDIDATES)))  # QUICK: only the two steered below
+CANDIDATES = sorted(set(size(CANDIDATES[::2], CANDIDATES, CANDIDATES)))  # QUICK: two of them
 fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
 situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 6, 12)]
 chat_texts = [lm.chat_prompt(s) for s in situations]
+rms = {l: S.residual_rms(lm, chat_texts, l) for l in CANDIDATES}
 pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
-               "residual RMS": round(S.residual_rms(lm, chat_texts, l), 2)} for l in CANDIDATES])
+               "residual RMS": round(rms[l], 2)} for l in CANDIDATES])
+
+# %% [markdown]
+# Paper A's alphas multiply a unit vector. In this model's units, its
+# largest push (20) is a few RMS at the early layers and a small fraction
+# of one at the layers after the massive activations appear:
+
+# %%
+pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in rms.items()} for a in (1, 5, 20)}
+             ).rename_axis("in units of the residual RMS")
 
 # %% [markdown]
 # We steer at two layers: the earliest candidate (where the probe reads
-# empathy best in small models, chapter 03) and the middle of the network.
+# empathy best in small models, chapter 03) and the middle of the network,
+# adding the vector at every position, as paper A did.
+#
+# *Where* to push is a choice too. Paper B added its vector at the last
+# prompt position and every generated one. Pushing the prompt's positions
+# changes how the model reads the situation, not only how it answers, and
+# may cost coherence. At the middle layer we also push only the generated
+# tokens (`generated`: the first new token is predicted from an untouched
+# prompt) and only the last four prompt positions plus the generated ones
+# (`last:4`), at |alpha| <= 1. The alpha = 0 replies are the baseline of
+# every setting at their layer.
 
 # %%
-LAYERS = [CANDIDATES[0], n // 2]
-ALPHAS = size([-1, 0, 1], [-2, -1, 0, 1, 2], [-2, -1, -0.5, 0, 0.5, 1, 2])
+LAYERS = size([n // 2], [CANDIDATES[0], n // 2], [CANDIDATES[0], n // 2])  # QUICK: the middle layer only
+ALPHAS = size([-1, 0, 1], [-2, -1, -0.5, 0, 0.5, 1, 2], [-2, -1, -0.5, 0, 0.5, 1, 2])
+POSITIONS = size(["generated"], ["generated", "last:4"], ["generated", "last:4", "last:1"])
 SEEDS = [SEED + i for i in range(size(1, 2, 3))]
+NEW_TOKENS = size(24, 32, 40)
 prompts = [{"id": f"sit-{i}", "user": s} for i, s in enumerate(situations)]
-records = S.sweep(lm, prompts, fit.directions, LAYERS, ALPHAS, scale="rms", positions="all", seeds=SEEDS,
-                  sample=True, temperature=0.7, max_new_tokens=size(24, 32, 40))
-print(f"{len(records)} replies: {len(prompts)} situations x {len(LAYERS)} layers x {len(ALPHAS)} alphas x "
-      f"{len(SEEDS)} seeds (sampled at temperature 0.7)")
+settings = [("all", LAYERS, ALPHAS)] + [(p, [n // 2], [a for a in ALPHAS if a and abs(a) <= 1]) for p in POSITIONS]
+records = [r for pos, layers, alphas in settings
+           for r in S.sweep(lm, prompts, fit.directions, layers, alphas, scale="rms", positions=pos, seeds=SEEDS,
+                            sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
+pd.DataFrame(records).groupby(["positions", "layer"]).alpha.agg(["unique", "size"]).rename(
+    columns={"unique": "alphas", "size": "replies"})
 
 # %% [markdown]
 # ## 2. Judging every reply
@@ -153,10 +179,13 @@ table.round(3)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-for layer in LAYERS:
-    t = table[table.layer == layer]
-    band(axes[0], t.alpha, t.score, t.score_lo, t.score_hi, label=f"layer {layer}")
-    axes[1].plot(t.alpha, t.coherent_share, marker="o", label=f"layer {layer}")
+base0 = table[table.alpha == 0].set_index("layer")
+for (layer, pos), t in table[table.alpha != 0].groupby(["layer", "positions"]):
+    t = pd.concat([t, base0.loc[[layer]].reset_index()]).sort_values("alpha")  # every line passes its alpha = 0
+    label = f"layer {layer}" + ("" if pos == "all" else f", {pos}")
+    style = dict(ls="-" if pos == "all" else "--")
+    band(axes[0], t.alpha, t.score, t.score_lo, t.score_hi, label=label, **style)
+    axes[1].plot(t.alpha, t.coherent_share, marker="o", label=label, **style)
 axes[0].set(xlabel="alpha (x residual RMS)", ylabel="judged empathy (1-5)", title="Dose-response (95% CI)")
 axes[1].set(xlabel="alpha (x residual RMS)", ylabel="share coherent", ylim=(-0.02, 1.02),
             title="Coherence")
@@ -178,14 +207,15 @@ plt.show()
 # %%
 df = pd.DataFrame(records).assign(score=scores, coherent=coherent)
 rows = []
-for (layer, alpha), g in df[df.alpha != 0].groupby(["layer", "alpha"]):
-    base = df[(df.layer == layer) & (df.alpha == 0)].set_index(["id", "seed"]).text
+for (layer, pos, alpha), g in df[df.alpha != 0].groupby(["layer", "positions", "alpha"]):
+    base = df[(df.layer == layer) & (df.alpha == 0)].drop_duplicates(["id", "seed"]).set_index(["id", "seed"]).text
     g = g.set_index(["id", "seed"])
     kw = J.keyword_success(base.loc[g.index].tolist(), g.text.tolist(), alpha)
-    honest = table[(table.layer == layer) & (table.alpha == alpha)].success.iat[0]
-    rows.append({"layer": layer, "alpha": alpha, "keyword success (paper A)": round(kw, 2),
+    honest = table[(table.layer == layer) & (table.positions == pos) & (table.alpha == alpha)].success.iat[0]
+    rows.append({"layer": layer, "positions": pos, "alpha": alpha, "keyword success (paper A)": round(kw, 2),
                  "honest success": round(honest, 2), "coherent share": round(g.coherent.mean(), 2)})
-pd.DataFrame(rows)
+kw = pd.DataFrame(rows)
+kw
 
 # %% [markdown]
 # Where the two disagree, look at the replies: at negative alpha the
@@ -193,8 +223,9 @@ pd.DataFrame(rows)
 # it rewards broken text that happens to drop (or repeat) a keyword.
 
 # %%
-ex_layer = LAYERS[0]
-ex = df[(df.layer == ex_layer) & (df.seed == SEED) & (df.id == prompts[0]["id"])].sort_values("alpha")
+ex_layer = LAYERS[-1]  # the middle layer, where the push changes the reply
+ex = df[(df.layer == ex_layer) & (df.positions == "all") & (df.seed == SEED) & (df.id == prompts[0]["id"])]
+ex = ex.sort_values("alpha")
 print("situation:", prompts[0]["user"])
 ex[["alpha", "text", "score", "coherent"]]
 
@@ -203,52 +234,82 @@ ex[["alpha", "text", "score", "coherent"]]
 #
 # The goal set for this book: at some layer and alpha, judged empathy
 # rises for alpha > 0 *and* falls for alpha < 0 on at least 80% of held-out
-# situations, while at least 90% of replies stay coherent. The table lists,
-# per layer and |alpha|, the share of situations where both happen.
+# situations, while at least 90% of replies stay coherent. This is a plain
+# sign test per situation (mean over seeds), looser than the success
+# metric above, which also asks the change to beat the seed noise. Its
+# baseline is `chance`: the share expected if steering did nothing,
+# computed by shuffling each situation's replies among -|alpha|, 0 and
+# +|alpha| (about 1/6, the chance that the three means fall in the right
+# order). The table covers every layer, positions and |alpha| tried above.
 
 # %%
-per = df.groupby(["layer", "alpha", "id"]).agg(score=("score", "mean"), coherent=("coherent", "all")).reset_index()
-goal_rows = []
-for layer in LAYERS:
-    p = per[per.layer == layer].pivot(index="id", columns="alpha", values="score")
-    c = per[per.layer == layer].pivot(index="id", columns="alpha", values="coherent")
-    for a in sorted({abs(x) for x in ALPHAS if x}):
-        both = ((p[a] > p[0]) & (p[-a] < p[0])).mean()
-        coh = df[(df.layer == layer) & (df.alpha.abs() == a)].coherent.mean()
-        goal_rows.append({"layer": layer, "|alpha|": a, "share of situations moved both ways": round(both, 2),
-                          "coherent share": round(coh, 2),
-                          "meets goal": bool(both >= 0.8 and coh >= 0.9)})
-goal = pd.DataFrame(goal_rows)
-goal
+goal = S.both_ways(records, scores, coherent, seed=SEED)
+goal.round(2)
 
 # %% [markdown]
-# Recorded for the results chapter: the best setting's share with an
-# interval over situations, and paper A's keyword metric on the same
-# replies beside it.
+# The best setting is chosen from this table: among settings that keep at
+# least 90% of replies coherent, the one that moves the most situations
+# (when none does, the most situations regardless). Chosen on these
+# situations, its share is biased upward, more so the more settings are
+# tried. So the chosen setting is run once more on situations that took
+# no part in the choice, and that number is the one held against the
+# goal.
 
 # %%
-top = goal.sort_values(["share of situations moved both ways", "coherent share"]).iloc[-1]
-p_top = per[per.layer == top.layer].pivot(index="id", columns="alpha", values="score")
-a_top = top["|alpha|"]
-moved = ((p_top[a_top] > p_top[0]) & (p_top[-a_top] < p_top[0])).to_numpy(float)
-kw = pd.DataFrame(rows)
-kw_top = kw[(kw.layer == top.layer) & (kw.alpha.abs() == a_top)]["keyword success (paper A)"]
+top = S.best_setting(goal)
+fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(4, 12, 18)]
+fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
+a_top = float(top.alpha)
+conf_records = S.sweep(lm, fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale="rms",
+                       positions=top.positions, seeds=SEEDS, sample=True, temperature=0.7,
+                       max_new_tokens=NEW_TOKENS)
+sit_of.update({p["id"]: p["user"] for p in fresh})
+chat_of.update({p["id"]: lm.chat_prompt(p["user"]) for p in fresh})
+conf_texts = [r["text"] for r in conf_records]
+conf_scores = emp.score(conf_texts, [sit_of[r["id"]] for r in conf_records])
+conf_coherent = [c["coherent"] for c in J.coherence(conf_texts, lm=lm,
+                                                      contexts=[chat_of[r["id"]] for r in conf_records])]
+confirmed = S.both_ways(conf_records, conf_scores, conf_coherent, seed=SEED).iloc[0]
+pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
+    ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
+     "score_down", "score_0", "score_up", "meets_goal"]]
+
+# %% [markdown]
+# Recorded for the results chapter: the chosen setting's share on the
+# situations it was chosen on and on fresh ones, each with an interval
+# over situations, and paper A's keyword metric on the same replies as the
+# first.
+
+# %%
+kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.alpha.abs() == a_top)]
 headline = record(
-    both_ways_best=moved.mean(), **dict(zip(("both_ways_best_lo", "both_ways_best_hi"),
-                                            bootstrap_ci(moved, seed=SEED)[1:])),
-    both_ways_best_coherent=top["coherent share"], both_ways_best_layer=top.layer, both_ways_best_alpha=a_top,
-    keyword_success_best=kw_top.mean(), coherent_alpha0=df[df.alpha == 0].coherent.mean(),
+    both_ways_best=top.share, both_ways_best_lo=top.share_lo, both_ways_best_hi=top.share_hi,
+    both_ways_best_coherent=top.coherent_share, both_ways_best_layer=top.layer, both_ways_best_alpha=a_top,
+    both_ways_best_chance=top.chance,
+    both_ways_confirmed=confirmed.share, both_ways_confirmed_lo=confirmed.share_lo,
+    both_ways_confirmed_hi=confirmed.share_hi, both_ways_confirmed_coherent=confirmed.coherent_share,
+    both_ways_confirmed_chance=confirmed.chance,
+    keyword_success_best=kw_top["keyword success (paper A)"].mean(),
+    coherent_alpha0=df[df.alpha == 0].coherent.mean(),
 )
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]
-# On the bundled 135M model the answer is printed above, not assumed. A
-# probe direction that reads empathy well (AUROC near 1 in chapter 03) need
-# not be a direction the model *writes* empathy with: the early layer
-# where the probe is best is also where a push is most disruptive, and the
-# replies at alpha = 0 already open with sympathy, leaving little room
-# upward. Re-run with `MODEL = "gemma-2-2b-it"` (GPU) for a model with a
-# wider range.
+# On the bundled 135M model the goal is not met, and the tables say why.
+# The early layer, where the probe reads empathy best, barely moves the
+# replies: from -2 to +2 RMS its judged empathy stays inside the
+# alpha = 0 interval. The middle layer moves them both ways, but not far
+# before they break. Pushed away from empathy, the model writes digits and
+# game scores, the task side of the training pairs (the example in section 3),
+# and at alpha = -1 hardly a reply passes the coherence checks, wherever
+# the push is applied. Pushing only the generated tokens keeps replies
+# coherent up to |alpha| = 0.5, where the effect is small: on the fresh
+# situations the chosen setting moves well under the 80% asked, though
+# more than chance. A probe direction that reads empathy well (AUROC near
+# 1 in chapter 03) need not be a direction the model *writes* empathy
+# with, and the replies at alpha = 0 already open with sympathy, leaving
+# little room upward. Re-run with `MODEL = "gemma-2-2b-it"` (GPU) for a
+# model with a wider range.
 #
 # ## 5. Export
 #
@@ -287,13 +348,20 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   judges, with their measured accuracy; a judge blind to sarcasm would
 #   score a sarcastic reply as warm.
 # - **Small models, few situations.** The intervals above are over 6
-#   situations and two sampled seeds in the default book (12 and three in
-#   a FULL run, 4 and one in QUICK mode).
+#   situations and two sampled seeds for choosing the setting and 12 fresh
+#   situations for confirming it in the default book (12, 18 and three
+#   seeds in a FULL run; 4, 4 and one in QUICK mode). A share of 6
+#   situations moves in steps of 1/6, and the best of ten such shares is
+#   biased upward, which is why the confirmation exists.
 #
 # ## Summary
 #
-# - `steering.sweep` runs the grid; `steering.steering_success` turns
-#   judged replies into the honest success rate with its threshold.
+# - `steering.sweep` runs the grid (layers, alphas in RMS units,
+#   positions); `steering.steering_success` turns judged replies into the
+#   honest success rate with its threshold.
+# - `steering.both_ways` measures the goal (moved both ways, coherent)
+#   against a shuffled-alpha chance level; `steering.best_setting` picks a
+#   setting, which is then confirmed on situations that did not choose it.
 # - Paper A's keyword metric is shown beside it, and its negative-alpha
 #   rule is why it reads higher.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a

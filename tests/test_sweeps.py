@@ -119,3 +119,47 @@ def test_steer_cli_alpha_zero_is_plain_and_alpha_changes_the_reply(smol, tmp_pat
     assert main(["steer", "--probe", str(probe), "--alpha", "1", "--prompts", str(bad),
                  "--out", str(tmp_path / "o.jsonl")]) == 2
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def _both_records(rows):
+    """rows: (id, alpha, seed, score, coherent[, positions])."""
+    recs = [{"id": r[0], "layer": 2, "alpha": r[1], "seed": r[2], "positions": r[5] if len(r) > 5 else "all"}
+            for r in rows]
+    return recs, [r[3] for r in rows], [r[4] for r in rows]
+
+
+def test_both_ways_counts_prompts_moved_in_both_directions_per_positions():
+    rows = []
+    for i, (down, base, up) in enumerate([(1, 2, 3), (2, 3, 4), (0, 1, 5), (3, 2, 4)]):  # the last rises at -a
+        for seed in (0, 1):
+            rows += [(f"p{i}", 0.0, seed, base, True), (f"p{i}", -1.0, seed, down, True),
+                     (f"p{i}", 1.0, seed, up, seed == 0)]
+            # the same prompts pushed at generated positions only: only p0 moves both ways
+            rows += [(f"p{i}", -1.0, seed, down if i == 0 else base + 1, True, "generated"),
+                     (f"p{i}", 1.0, seed, up, True, "generated")]
+    t = S.both_ways(*_both_records(rows), n_perm=50).set_index("positions")
+    assert t.loc["all", "share"] == pytest.approx(0.75) and t.loc["generated", "share"] == pytest.approx(0.25)
+    assert t.loc["all", "coherent_share"] == pytest.approx(12 / 16)  # +1 at seed 1 is incoherent
+    assert t.loc["all", "score_0"] == pytest.approx(2.0) and t.loc["all", "score_up"] == pytest.approx(4.0)
+    assert not t.meets_goal.any()
+    assert (t.prompts == 4).all() and (t.share_lo <= t.share).all() and (t.share <= t.share_hi).all()
+    best = S.best_setting(S.both_ways(*_both_records(rows), n_perm=10), min_coherent=0.9)
+    assert best.positions == "generated"  # 'all' moves more prompts but breaks a quarter of its replies
+    ss = S.steering_success(*_both_records(rows)).set_index(["positions", "alpha"])
+    assert ss.loc[("generated", 1.0), "success"] == 1.0  # same alpha = 0 baseline for every positions
+    assert ss.loc[("generated", -1.0), "success"] == pytest.approx(0.25)
+    assert ss.loc[("all", 1.0), "success"] == 0.0  # every prompt has an incoherent reply at +1
+    assert ("generated", 0.0) not in ss.index and ss.loc[("all", 0.0), "score"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="layer 2 has no alpha = 0"):
+        S.both_ways(*_both_records([r for r in rows if r[1] != 0]))
+
+
+def test_both_ways_chance_is_one_in_six_without_an_effect():
+    rng = np.random.default_rng(1)
+    rows = [(f"p{i}", a, s, float(rng.normal()), True) for i in range(300) for a in (-2.0, 0.0, 2.0) for s in (0, 1)]
+    t = S.both_ways(*_both_records(rows), n_perm=40, seed=3)
+    assert t.chance.iat[0] == pytest.approx(1 / 6, abs=0.02)
+    assert t.share.iat[0] == pytest.approx(1 / 6, abs=0.07)
+    assert t.share_lo.iat[0] < 1 / 6 < t.share_hi.iat[0]
+    again = S.both_ways(*_both_records(rows), n_perm=40, seed=3)
+    assert again.equals(t)

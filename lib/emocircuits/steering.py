@@ -483,43 +483,60 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
     return out
 
 
+def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool]):
+    """Sweep records with their judged score and coherence as a DataFrame (``positions`` "all" when absent)."""
+    import pandas as pd
+
+    if not (len(records) == len(scores) == len(coherent)):
+        raise ValueError(f"records, scores and coherent must have the same length, got "
+                         f"{len(records)}, {len(scores)}, {len(coherent)}")
+    df = pd.DataFrame(records)
+    if "positions" not in df:
+        df["positions"] = "all"
+    return df[["id", "layer", "alpha", "seed", "positions"]].assign(score=list(map(float, scores)),
+                                                                    coherent=list(map(bool, coherent)))
+
+
 def steering_success(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool],
                      n_boot: int = 1000, seed: int = 0):
-    """Per (layer, alpha): judged score, coherent share, and the honest success rate, with intervals.
+    """Per (layer, positions, alpha): judged score, coherent share, and the honest success rate, with intervals.
 
     For each prompt, ``delta`` is its mean score over seeds at alpha minus
-    at alpha = 0 (same layer). The noise threshold is twice the standard
-    error of a prompt's mean at alpha = 0 (pooled seed-to-seed SD /
-    sqrt(seeds)); with one seed it is 0 and any change counts. A prompt
-    succeeds when ``delta`` has alpha's sign, exceeds the threshold, and
-    every reply at that alpha is coherent. Alpha = 0 rows report the
-    baseline and no success rate. Returns a pandas DataFrame.
+    at alpha = 0 (same layer; the alpha = 0 replies of a layer are the
+    baseline of every ``positions``, since nothing acts at alpha = 0). The
+    noise threshold is twice the standard error of a prompt's mean at
+    alpha = 0 (pooled seed-to-seed SD / sqrt(seeds)); with one seed it is 0
+    and any change counts. A prompt succeeds when ``delta`` has alpha's
+    sign, exceeds the threshold, and every reply at that alpha is coherent.
+    Alpha = 0 rows (``positions`` "all") report the baseline and no success
+    rate. Records without ``positions`` count as "all". Returns a pandas
+    DataFrame.
     """
     import numpy as np
     import pandas as pd
 
     from .stats import bootstrap_ci
 
-    if not (len(records) == len(scores) == len(coherent)):
-        raise ValueError(f"records, scores and coherent must have the same length, got "
-                         f"{len(records)}, {len(scores)}, {len(coherent)}")
-    df = pd.DataFrame(records)[["id", "layer", "alpha", "seed"]].assign(score=list(scores),
-                                                                        coherent=list(map(bool, coherent)))
+    df = _judged_frame(records, scores, coherent)
     if not (df.alpha == 0).any():
         raise ValueError("the sweep needs alpha = 0 as its baseline")
-    per = df.groupby(["layer", "alpha", "id"]).agg(score=("score", "mean"), sd=("score", "std"),
-                                                   n=("score", "size"), coherent=("coherent", "all"))
+    df.loc[df.alpha == 0, "positions"] = "all"
+    df = df.drop_duplicates(["id", "layer", "alpha", "seed", "positions"])
     rows = []
-    for layer, grp in per.groupby(level="layer"):
-        base = grp.xs(0.0, level="alpha").droplevel("layer")
+    for layer, lay in df.groupby("layer"):
+        per = lay.groupby(["positions", "alpha", "id"]).agg(score=("score", "mean"), sd=("score", "std"),
+                                                           n=("score", "size"), coherent=("coherent", "all"))
+        if not (lay.alpha == 0).any():
+            raise ValueError(f"layer {layer} has no alpha = 0 replies: the sweep needs them as its baseline")
+        base = per.xs(("all", 0.0), level=("positions", "alpha"))
         n_seeds = int(base.n.max())
         pooled_sd = float(np.sqrt(np.nanmean(base.sd.to_numpy() ** 2))) if n_seeds > 1 else 0.0
         threshold = 2 * pooled_sd / np.sqrt(n_seeds) if n_seeds > 1 else 0.0
-        for alpha, g in grp.groupby(level="alpha"):
-            g = g.droplevel(["layer", "alpha"])
+        for (pos, alpha), g in per.groupby(level=["positions", "alpha"]):
+            g = g.droplevel(["positions", "alpha"])
             delta = (g.score - base.score.reindex(g.index)).to_numpy()
-            raw = df[(df.layer == layer) & (df.alpha == alpha)]
-            row = {"layer": layer, "alpha": alpha, "score": float(g.score.mean()),
+            raw = lay[(lay.positions == pos) & (lay.alpha == alpha)]
+            row = {"layer": layer, "positions": pos, "alpha": alpha, "score": float(g.score.mean()),
                    "coherent_share": float(raw.coherent.mean()), "threshold": threshold}
             if len(g) > 1:
                 row["score_lo"], row["score_hi"] = bootstrap_ci(g.score.to_numpy(), n_boot=n_boot, seed=seed)[1:]
@@ -531,6 +548,85 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
                                                                         seed=seed)[1:]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool], min_share: float = 0.8,
+              min_coherent: float = 0.9, n_perm: int = 200, n_boot: int = 1000, seed: int = 0):
+    """Per (layer, positions, |alpha|): the share of prompts moved both ways, with its chance level.
+
+    A prompt is *moved both ways* when its mean score over seeds is above
+    its alpha = 0 mean at ``+|alpha|`` and below it at ``-|alpha|``. The
+    alpha = 0 replies of a layer are the baseline of every ``positions`` at
+    that layer (no intervention acts at alpha = 0). ``coherent_share`` is
+    over every reply at ``+-|alpha|``. ``chance`` is the share expected
+    when steering does nothing: each prompt's replies at ``-|alpha|``, 0
+    and ``+|alpha|`` are shuffled among the three alphas (``n_perm`` times,
+    seeded) and the share recomputed; without effect each order of the
+    three means is equally likely, so it is near 1/6. ``meets_goal``: share >=
+    ``min_share`` and coherent share >= ``min_coherent``. Records need
+    ``id, layer, alpha, seed`` and may carry ``positions`` (default
+    ``"all"``). Returns a pandas DataFrame with a bootstrap interval over
+    prompts for the share.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .stats import bootstrap_ci
+
+    df = _judged_frame(records, scores, coherent)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer, lay in df.groupby("layer"):
+        base = lay[lay.alpha == 0].drop_duplicates(["id", "seed"])
+        if base.empty:
+            raise ValueError(f"layer {layer} has no alpha = 0 replies: the sweep needs them as its baseline")
+        for pos, grp in lay[lay.alpha != 0].groupby("positions"):
+            for a in sorted(set(grp.alpha.abs())):
+                up, down = grp[grp.alpha == a], grp[grp.alpha == -a]
+                ids = sorted(set(up.id) & set(down.id) & set(base.id))
+                if not ids:
+                    continue
+                trip = pd.concat([down.assign(k=0), base.assign(k=1), up.assign(k=2)])
+                trip = trip[trip.id.isin(ids)]
+                groups = [g.sort_values(["k", "seed"]) for _, g in trip.groupby("id")]
+                s = [g.score.to_numpy() for g in groups]
+                k = [g.k.to_numpy() for g in groups]
+
+                def moved(labels):
+                    m = np.array([x[lab == 0].mean() for x, lab in zip(s, labels)]), \
+                        np.array([x[lab == 1].mean() for x, lab in zip(s, labels)]), \
+                        np.array([x[lab == 2].mean() for x, lab in zip(s, labels)])
+                    return (m[2] > m[1]) & (m[0] < m[1])
+
+                ok = moved(k).astype(float)
+                chance = np.mean([moved([rng.permutation(lab) for lab in k]).mean() for _ in range(n_perm)])
+                coh = float(pd.concat([up, down]).coherent.mean())
+                row = {"layer": layer, "positions": pos, "alpha": float(a), "prompts": len(ids),
+                       "share": float(ok.mean()), "chance": float(chance), "coherent_share": coh,
+                       "score_up": float(up[up.id.isin(ids)].score.mean()),
+                       "score_0": float(base[base.id.isin(ids)].score.mean()),
+                       "score_down": float(down[down.id.isin(ids)].score.mean())}
+                row["share_lo"], row["share_hi"] = (bootstrap_ci(ok, n_boot=n_boot, seed=seed)[1:]
+                                                    if len(ok) > 1 else (np.nan, np.nan))
+                row["meets_goal"] = bool(row["share"] >= min_share and coh >= min_coherent)
+                rows.append(row)
+    cols = ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
+            "score_down", "score_0", "score_up", "meets_goal"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def best_setting(table, min_coherent: float = 0.9):
+    """The row of a :func:`both_ways` table to carry forward: coherent enough first, then the largest share.
+
+    Ranked by (coherent share >= ``min_coherent``, share, coherent share):
+    a setting that keeps replies coherent beats one that moves more prompts
+    by breaking them. Ties go to the smaller |alpha| (the gentler push).
+    """
+    if len(table) == 0:
+        raise ValueError("the both_ways table is empty: no setting had replies at +alpha, -alpha and 0")
+    t = table.assign(_ok=table.coherent_share >= min_coherent, _neg_alpha=-table.alpha)
+    return t.sort_values(["_ok", "share", "coherent_share", "_neg_alpha"], kind="stable").iloc[-1].drop(
+        ["_ok", "_neg_alpha"])
 
 
 # ---------------------------------------------------------------------------
