@@ -33,6 +33,37 @@ def test_alpha_zero_equals_plain_sampling_with_a_seed(smol):
     assert plain != generate(smol, PROMPTS, **{**kw, "seed": 4})
 
 
+def test_a_sampled_reply_depends_on_its_row_not_on_the_batch(smol):
+    kw = dict(max_new_tokens=16, do_sample=True, temperature=1.0, seed=5, return_ids=True)
+    together = generate(smol, PROMPTS + [PROMPTS[0]], batch_size=4, **kw)
+    alone = [generate(smol, [p], batch_size=1, **kw)[0] for p in PROMPTS]
+    assert together[:3] == alone  # batch size and neighbours do not change a row's reply
+    assert together[3] != together[0]  # a repeated prompt is a new draw, not a copy
+    with pytest.raises(ValueError, match="top_p=0"):
+        generate(smol, PROMPTS, do_sample=True, top_p=0)
+    # a push too weak to flip any token choice gives the unpushed reply: rows of a grid share random numbers
+    v = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(0))
+    grid = generate_grid(smol, PROMPTS, [[], [Add("resid_post.10", v, alpha=1e-4)], [Add("resid_post.10", v, 60.0)]],
+                         **kw)
+    assert grid[0] == alone and grid[1] == alone and grid[2] != alone
+
+
+def test_row_sampler_draws_from_the_softmax_and_respects_top_p():
+    from emocircuits.steering import _RowSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    n = 4000
+    rows = logits.expand(n, -1)
+    picks = _RowSampler(range(n), temperature=1.0)(None, rows).argmax(-1)
+    freq = torch.bincount(picks, minlength=5).double() / n
+    assert torch.allclose(freq, logits.double().softmax(-1), atol=0.025)
+    hot = _RowSampler(range(n), temperature=4.0)(None, rows).argmax(-1)  # flatter at a higher temperature
+    assert torch.allclose(torch.bincount(hot, minlength=5).double() / n, (logits / 4).double().softmax(-1),
+                          atol=0.025)
+    nucleus = _RowSampler(range(n), temperature=1.0, top_p=0.8)(None, rows).argmax(-1)
+    assert set(nucleus.tolist()) == {0, 1}  # p = 0.64, 0.24: the first two reach 0.8
+
+
 def test_adding_v_at_resid_post_matches_running_the_rest_by_hand(bundled):
     lm = bundled
     v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1)) * 5

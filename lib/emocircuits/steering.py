@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .activations import Site, parse_site, read_site, site_width, split_heads, write_site
 
@@ -296,8 +297,16 @@ def generate(
     ``prompts`` are user messages; with ``chat=True`` each is wrapped by
     :meth:`LoadedModel.chat_prompt` with ``system`` (one string for all, or
     one per prompt), otherwise used as is.
-    Greedy by default; with ``do_sample=True`` the generator is seeded with
-    ``seed`` before every batch, so reruns on a CPU give the same text.
+    Greedy by default. With ``do_sample=True`` every row draws its tokens
+    from its own random stream, keyed by ``seed``, its text and (when the
+    same text and interventions occur more than once) its occurrence: the
+    Gumbel-max trick on the temperature-scaled logits, which samples from
+    the same distribution as softmax sampling. So a reply does not depend
+    on the batch size or on the other rows, and rows that differ only in
+    their interventions (a grid of alphas) share their random numbers: a
+    push too weak to change any token choice gives the unpushed reply
+    exactly, and differences between settings come from the push, not from
+    sampling noise.
     With ``return_ids=True`` returns a list of generated token-id lists instead.
 
     ``interventions_each`` (instead of ``interventions``) gives each prompt its
@@ -317,6 +326,8 @@ def generate(
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature={temperature}: expected > 0 when sampling")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p}: expected a number in (0, 1]")
     if interventions_each is not None:
         if interventions:
             raise ValueError("give interventions (the same for every prompt) or interventions_each, not both")
@@ -330,12 +341,10 @@ def generate(
     if len(systems) != len(prompts):
         raise ValueError(f"system has {len(systems)} entries for {len(prompts)} prompts")
     texts = [lm.chat_prompt(p, s) for p, s in zip(prompts, systems)] if chat else prompts
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+    # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                       pad_token_id=lm.tokenizer.pad_token_id)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    keys = _row_keys(texts, per_row, seed) if do_sample else None
 
     results: list = []
     starts = range(0, len(texts), batch_size)
@@ -345,18 +354,63 @@ def generate(
         enc = lm.encode(batch, padding_side="left")
         enc.pop("position_ids")  # generate derives positions from the mask itself
         enc = {k: v.to(lm.device) for k, v in enc.items()}
-        torch.manual_seed(seed)
+        kwargs = gen_kwargs
+        if do_sample:
+            sampler = _RowSampler(keys[j:j + batch_size], temperature, top_p)
+            kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList([sampler])}
         if not items:
             with torch.inference_mode():
-                ids = lm.hf.generate(**enc, **gen_kwargs)
+                ids = lm.hf.generate(**enc, **kwargs)
         else:
-            ids = _generate_traced(lm, enc, items, gen_kwargs)
+            ids = _generate_traced(lm, enc, items, kwargs)
         new = ids[:, enc["input_ids"].shape[1]:].cpu()
         for row in new:
             row = row.tolist()
             cut = _strip_after_eos(row, lm)
             results.append(cut if return_ids else lm.tokenizer.decode(cut, skip_special_tokens=True).strip())
     return results
+
+
+def _row_keys(texts: Sequence[str], per_row: Sequence[list], seed: int) -> list[int]:
+    """One random-stream key per row: the seed, the text, and the row's
+    occurrence among rows with the same text and the same interventions
+    (so repeated rows still get independent samples)."""
+    import hashlib
+
+    seen: dict = {}
+    keys = []
+    for text, row in zip(texts, per_row):
+        who = (text, tuple(id(iv) for _, iv in row))
+        k = seen.get(who, 0)
+        seen[who] = k + 1
+        digest = hashlib.sha256(f"{int(seed)}\x00{k}\x00{text}".encode()).digest()
+        keys.append(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+    return keys
+
+
+class _RowSampler(LogitsProcessor):
+    """Sampling as greedy decoding of Gumbel-perturbed logits, one seeded stream per row.
+
+    argmax(logits / T + g) with g standard Gumbel noise is a draw from
+    softmax(logits / T); with ``top_p`` < 1 the noise is added only inside
+    the nucleus. Every row draws one noise vector per step from its own
+    generator, so its reply does not depend on the rows beside it.
+    """
+
+    def __init__(self, keys: Sequence[int], temperature: float, top_p: float = 1.0):
+        self.gens = [torch.Generator().manual_seed(k) for k in keys]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+
+    def __call__(self, input_ids, scores):
+        logits = scores.float() / self.temperature
+        if self.top_p < 1:
+            order = logits.sort(-1, descending=True)
+            before = order.values.softmax(-1).cumsum(-1) - order.values.softmax(-1)
+            drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order.indices, before >= self.top_p)
+            logits = logits.masked_fill(drop, float("-inf"))
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
+        return logits + gumbel.to(logits.device, logits.dtype)
 
 
 def generate_grid(lm, prompts: Sequence[str], settings: Sequence[Sequence], system=None, **kwargs) -> list[list]:
