@@ -227,7 +227,11 @@ print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample
 # models repeat in more than one way: few distinct bigrams, a long repeated
 # n-gram, or one content word taking over the text ("I'm angry, angry
 # enough. You're angry..."), which varies its bigrams and would pass the
-# other two. The thresholds are fixed in the library:
+# other two. A last check catches what a push toward empathy makes the
+# default model write in chapter 06: a soup of one- and two-word
+# sentences ("You're not? What's she? He's? He's?"), built from function
+# words the top-word check leaves alone. None of the 985 texts written for
+# the judges fails it. The thresholds are fixed in the library:
 
 # %%
 pd.DataFrame([J.COHERENCE_THRESHOLDS]).T.rename(columns={0: "threshold"})
@@ -238,6 +242,7 @@ examples = [
     "I'm so sorry to hear that. Would you like to talk about what happened?",
     "sorry sorry sorry sorry sorry sorry sorry sorry sorry sorry",
     "I'm angry, angry enough. You're angry, angry enough. You're angry",
+    "You're not? What's she? Does she? What's she's going to be? He's? He's? He'd be so",
     "The the mat cat window of looked sat on and out the the.",
     "!!! ### ::: 0101 ;;; @@@",
     "",
@@ -245,6 +250,7 @@ examples = [
 coh = J.coherence(examples, lm=lm)
 pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["distinct_2"], 2),
                "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
+               "short sentences": round(c["fragment_share"], 2),
                "coherent": c["coherent"]} for t, c in zip(examples, coh)])
 
 # %% [markdown]

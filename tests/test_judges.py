@@ -137,14 +137,26 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert takeover["top_word_share"] == pytest.approx(5 / 16)  # "anger" 5 of 16 words ("angry" is another word)
     assert twice["coherent"] and twice["top_word_share"] == pytest.approx(2 / 12)  # twice is not a takeover
     assert warm["coherent"]  # "you" three times is a function word
+    # a pushed model's question soup passes every other check; the fragment check counts its one-word sentences
+    soup, asks, cut = J.coherence([
+        "You're not? What's she? Does she? What's she's going to be? He's? He's?He's?He'd be so",
+        "Oh no. What happened? Are you okay? Do you want me to come over tonight?",
+        "I'm here. Really. Take your time, and tell me whenever you want. Okay",
+    ])
+    assert soup["checks"]["distinct"] and soup["checks"]["repetition"] and soup["checks"]["top_word"]
+    assert not soup["checks"]["fragments"] and soup["fragment_share"] == pytest.approx(6 / 7)
+    assert asks["coherent"] and asks["fragment_share"] == pytest.approx(2 / 4)  # two short sentences are fine
+    assert cut["coherent"] and cut["fragment_share"] == pytest.approx(2 / 3)  # the unfinished "Okay" is not counted
 
 
-def test_top_word_check_passes_the_written_corpora():
-    """The written replies and emotion texts (985 texts) are coherent by this check, bar one emphatic 'nope'."""
+def test_top_word_and_fragment_checks_pass_the_written_corpora():
+    """The written replies and emotion texts (985 texts) are coherent by these checks, bar one emphatic 'nope'."""
     texts = [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
     texts += [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
-    failed = [t for t, c in zip(texts, J.coherence(texts)) if not c["checks"]["top_word"]]
+    checked = J.coherence(texts)
+    failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
+    assert all(c["checks"]["fragments"] for c in checked)
 
 
 def test_perplexity_matches_the_models_own_loss(smol):

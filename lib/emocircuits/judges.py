@@ -308,6 +308,7 @@ COHERENCE_THRESHOLDS = {
     "min_distinct_2": 0.5,  # distinct bigrams / bigrams
     "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
     "max_top_word_share": 0.2,  # one content word's share of all words, once it occurs 3 or more times
+    "max_fragment_share": 0.4,  # sentences of one or two words / sentences, once there are 3 or more such
     "max_perplexity": 200.0,  # under the unsteered model, when one is given
 }
 
@@ -326,6 +327,22 @@ def _top_word(words: list[str]) -> tuple[int, float]:
         return 0, 0.0
     n = Counter(content).most_common(1)[0][1]
     return n, n / len(words)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.?!\u2026])")
+
+
+def _fragments(text: str) -> tuple[int, float]:
+    """Finished sentences of at most two words, as a count and a share of finished sentences.
+
+    A sentence is finished when it ends with . ? ! or an ellipsis; the last,
+    unfinished one of a reply cut at its token limit is not counted. A
+    word is a whitespace-separated token with a letter in it.
+    """
+    done = [p for p in _SENTENCE_END.split(text) if p.rstrip()[-1:] in (".", "?", "!", "\u2026")]
+    done = [p for p in done if re.search(r"[^\W\d_]", p)]
+    short = sum(len([w for w in p.split() if re.search(r"[^\W\d_]", w)]) <= 2 for p in done)
+    return short, short / len(done) if done else 0.0
 
 
 def _longest_repeated_ngram(words: list[str]) -> int:
@@ -353,6 +370,10 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
     n-gram, and whether one content word takes over the text ("I'm angry,
     angry, angry. You're angry...", what a strong push toward an emotion
     makes a small model write: its bigrams vary, yet it is no reply).
+    A fourth check counts sentences of one or two words ("You're not?
+    What's she? He's? He's?", what a strong push toward empathy makes the
+    default model write): three or more of them, making up more than 40%
+    of the finished sentences, fail.
 
     ``coherent`` is true when every measured quantity is within
     :data:`COHERENCE_THRESHOLDS`; ``score`` in [0, 1] is the share of checks
@@ -373,18 +394,21 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
         rep = _longest_repeated_ngram(plain)
         top_n, top_share = _top_word(plain)
+        frag_n, frag_share = _fragments(text)
         checks = {
             "nonempty": len(plain) >= th["min_words"],
             "language": alpha >= th["min_alpha_fraction"] and ascii_share >= th["min_ascii_letters"],
             "distinct": distinct2 >= th["min_distinct_2"],
             "repetition": rep <= th["max_repeat_ngram"],
             "top_word": top_n < 3 or top_share <= th["max_top_word_share"],
+            "fragments": frag_n < 3 or frag_share <= th["max_fragment_share"],
         }
         if pp is not None:
             checks["perplexity"] = pp <= th["max_perplexity"]
         out.append({"words": len(plain), "alpha_fraction": alpha, "ascii_letters": ascii_share,
                     "distinct_2": distinct2,
-                    "longest_repeat": rep, "top_word_share": top_share, "perplexity": pp, "checks": checks,
+                    "longest_repeat": rep, "top_word_share": top_share, "fragment_share": frag_share,
+                    "perplexity": pp, "checks": checks,
                     "score": sum(checks.values()) / len(checks), "coherent": all(checks.values())})
     return out
 
