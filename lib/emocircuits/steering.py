@@ -646,11 +646,10 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
                 s = [g.score.to_numpy() for g in groups]
                 k = [g.k.to_numpy() for g in groups]
 
-                def moved(labels):
-                    m = np.array([x[lab == 0].mean() for x, lab in zip(s, labels)]), \
-                        np.array([x[lab == 1].mean() for x, lab in zip(s, labels)]), \
-                        np.array([x[lab == 2].mean() for x, lab in zip(s, labels)])
-                    return (m[2] > m[1]) & (m[0] < m[1])
+                def moved(labels):  # per prompt: the mean at -a below the mean at 0, and that below +a
+                    down_, base_, up_ = (np.array([x[lab == j].mean() for x, lab in zip(s, labels)])
+                                         for j in range(3))
+                    return (up_ > base_) & (down_ < base_)
 
                 ok = moved(k).astype(float)
                 chance = np.mean([moved([rng.permutation(lab) for lab in k]).mean() for _ in range(n_perm)])
