@@ -221,7 +221,8 @@ print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample
 # ## 4. Coherence
 #
 # A steered model can score high on any judge while emitting fragments.
-# `coherence` checks each text for emptiness, non-language output,
+# `coherence` checks each text for emptiness, non-language output
+# (symbols, other scripts, or letters run together into no English word),
 # repetition and, given the unsteered model, perplexity; `coherent` is true
 # when every check passes. Repetition has three checks, because pushed
 # models repeat in more than one way: few distinct bigrams, a long repeated

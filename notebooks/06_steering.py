@@ -296,20 +296,22 @@ pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # On the bundled 135M model the goal is not met, and the tables say why.
-# The early layer, where the probe reads empathy best, barely moves the
-# replies: from -2 to +2 RMS its judged empathy stays inside the
-# alpha = 0 interval. The middle layer moves them both ways, but not far
+# The early layer, where the probe reads empathy best, does not move
+# judged empathy with the push: from -2 to +2 RMS no alpha raises it above
+# the unsteered replies, and no |alpha| moves more situations both ways
+# than chance. The middle layer moves replies both ways, but not far
 # before they break. Pushed away from empathy, the model writes digits and
-# game scores, the task side of the training pairs (the example in section 3),
-# and at alpha = -1 hardly a reply passes the coherence checks, wherever
-# the push is applied. Pushing only the generated tokens keeps replies
-# coherent up to |alpha| = 0.5, where the effect is small: on the fresh
-# situations the chosen setting moves well under the 80% asked, though
-# more than chance. A probe direction that reads empathy well (AUROC near
-# 1 in chapter 03) need not be a direction the model *writes* empathy
-# with, and the replies at alpha = 0 already open with sympathy, leaving
-# little room upward. Re-run with `MODEL = "gemma-2-2b-it"` (GPU) for a
-# model with a wider range.
+# game scores, the task side of the training pairs (the example in
+# section 3), and at alpha = -1 hardly a reply passes the coherence
+# checks, wherever the push is applied; pushed toward it, the model writes
+# a soup of short questions. Pushing only the generated tokens keeps
+# replies coherent at |alpha| = 0.5, where the effect is small: on the
+# fresh situations the chosen setting moves far fewer than the 80% asked,
+# with an interval that reaches down to chance. A probe direction that
+# reads empathy well (AUROC near 1 in chapter 03) need not be a direction
+# the model *writes* empathy with, and the replies at alpha = 0 already
+# open with sympathy, leaving little room upward. Re-run with
+# `MODEL = "gemma-2-2b-it"` (GPU) for a model with a wider range.
 #
 # ## 5. Export
 #

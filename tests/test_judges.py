@@ -126,6 +126,10 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     # fluent-looking non-English (what steering can produce) fails the language check; one accent does not
     pseudo, cafe = J.coherence(["Maím na báí, achirí náhúa, aída a má", "Let's meet at the café and talk."])
     assert not pseudo["checks"]["language"] and cafe["coherent"]
+    # letters run together into no English word (a push at the default model's middle layer)
+    run_on, long_word = J.coherence(["LARGEURESURASSURALPAURIS SURELENGAMATURALPAURISSEURDEURDEUR DEURSE",
+                                     "That was incomprehensible, and the paperwork is overwhelming."])
+    assert not run_on["checks"]["language"] and long_word["coherent"]  # 17 letters is still a word
     # one word taking over passes the bigram and n-gram checks but not the top-word check
     takeover, twice, warm = J.coherence([
         "Alright, anger, anger, anger. I'm gonna charge you, you angry angry angry angry, anger, anger",
@@ -156,7 +160,7 @@ def test_top_word_and_fragment_checks_pass_the_written_corpora():
     checked = J.coherence(texts)
     failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
-    assert all(c["checks"]["fragments"] for c in checked)
+    assert all(c["checks"]["fragments"] and c["checks"]["language"] for c in checked)
 
 
 def test_perplexity_matches_the_models_own_loss(smol):

@@ -305,6 +305,7 @@ COHERENCE_THRESHOLDS = {
     "min_words": 3,  # fewer words is treated as empty
     "min_alpha_fraction": 0.6,  # letters / non-space characters
     "min_ascii_letters": 0.9,  # ASCII letters / letters: the judges read English only
+    "max_word_letters": 20,  # longest run of letters: English words are shorter (the written corpora: 15)
     "min_distinct_2": 0.5,  # distinct bigrams / bigrams
     "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
     "max_top_word_share": 0.2,  # one content word's share of all words, once it occurs 3 or more times
@@ -390,6 +391,7 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         letters = [c for c in chars if c.isalpha()]
         alpha = len(letters) / max(len(chars), 1)
         ascii_share = sum(c.isascii() for c in letters) / len(letters) if letters else 1.0
+        longest = max((len(w) for w in re.findall(r"[^\W\d_]+", text)), default=0)
         bigrams = list(zip(plain, plain[1:]))
         distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
         rep = _longest_repeated_ngram(plain)
@@ -397,7 +399,8 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         frag_n, frag_share = _fragments(text)
         checks = {
             "nonempty": len(plain) >= th["min_words"],
-            "language": alpha >= th["min_alpha_fraction"] and ascii_share >= th["min_ascii_letters"],
+            "language": (alpha >= th["min_alpha_fraction"] and ascii_share >= th["min_ascii_letters"]
+                         and longest <= th["max_word_letters"]),
             "distinct": distinct2 >= th["min_distinct_2"],
             "repetition": rep <= th["max_repeat_ngram"],
             "top_word": top_n < 3 or top_share <= th["max_top_word_share"],
