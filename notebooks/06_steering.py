@@ -133,6 +133,13 @@ pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in r
 # prompt) and only the last four prompt positions plus the generated ones
 # (`last:4`), at |alpha| <= 1. The alpha = 0 replies are the baseline of
 # every setting at their layer.
+#
+# Replies are sampled at temperature 0.7, and each situation and seed
+# draws the same random numbers at every alpha, layer and position (one
+# seeded stream per reply, see `steering.generate`). A push too weak to
+# change any token leaves the reply exactly as it was, so differences
+# between alphas are the push's doing, not sampling noise; the seeds give
+# the noise that the success metric below compares against.
 
 # %%
 LAYERS = size([n // 2], [CANDIDATES[0], n // 2], [CANDIDATES[0], n // 2])  # QUICK: the middle layer only
