@@ -62,7 +62,6 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from emocircuits import datasets as ds
@@ -73,7 +72,6 @@ from emocircuits import steering as S
 from emocircuits.book import record, sizer
 from emocircuits.cache import stable_hash
 from emocircuits.plots import band, setup_style
-from emocircuits.stats import bootstrap_ci
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size

@@ -374,7 +374,8 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
     A fourth check counts sentences of one or two words ("You're not?
     What's she? He's? He's?", what a strong push toward empathy makes the
     default model write): three or more of them, making up more than 40%
-    of the finished sentences, fail.
+    of the finished sentences, fail. The language check fails symbols,
+    other scripts, and letters run together past 20 ("LARGEURESURASS...").
 
     ``coherent`` is true when every measured quantity is within
     :data:`COHERENCE_THRESHOLDS`; ``score`` in [0, 1] is the share of checks
