@@ -409,18 +409,50 @@ def toward(recs, scale, n_tokens, how="modulation"):
     return df
 
 
+tuned = {}
+
+
 def choose(how, grid):
     tune = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how) for s in grid])
-    tuned = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
-    display(tuned.style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
-    ok = tuned[tuned.coherent >= 0.9]
-    return float((ok if len(ok) else tuned).accuracy.idxmax())
+    tuned[how] = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+    display(tuned[how].style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
+    ok = tuned[how][tuned[how].coherent >= 0.9]
+    return float((ok if len(ok) else tuned[how]).accuracy.idxmax())
 
 
 scale = choose("modulation", size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)))
 alpha = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
+
+# %% [markdown]
+# A stronger push buys accuracy with coherence, so two methods are
+# compared fairly only at equal coherence. Every strength tried above is
+# a point; for each coherence requirement, the table takes each method's
+# most accurate strength that meets it (no interpolation between
+# strengths). Where a row has both numbers, the methods are compared at
+# equal coherence; a blank means the method never kept that many replies
+# coherent.
+
+# %%
+at_coh = C.best_at_coherence(tuned)
+both_reach = at_coh.dropna()
+gap = both_reach["modulation"] - both_reach["steering"]
+display(at_coh.style.format("{:.2f}", na_rep="-").set_caption(
+    "best accuracy among strengths keeping at least this coherent share (discovery prompts)"))
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for k, (how, t) in enumerate(tuned.items()):
+    ax.scatter(t.coherent, t.accuracy, color=f"C{k}", label=how)
+    for s_, row in t.iterrows():
+        ax.annotate(f"{s_:g}", (row.coherent, row.accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    # the best accuracy at coherence >= c, for c up to each level: a step that holds before the level
+    ax.step(at_coh.index, at_coh[how], where="pre", color=f"C{k}", alpha=0.4)
+ax.set(xlabel="coherent share (discovery prompts)", ylabel="judged as the target",
+       title="Accuracy against coherence, every strength tried", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+ax.legend(fontsize=8)
+plt.show()
+print(f"coherence levels both methods reach: {len(both_reach)}; modulation minus steering there: "
+      f"min {gap.min():+.2f}, max {gap.max():+.2f}" if len(both_reach) else "no coherence level both methods reach")
 
 # %%
 held = test_recs[: size(2, 4, 16)]
@@ -520,6 +552,7 @@ headline = record(
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
     steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
     steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,
+    equal_coherence_gap_min=gap.min() if len(both_reach) else float("nan"), equal_coherence_levels=len(both_reach),
     scale=scale,
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),

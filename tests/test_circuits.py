@@ -283,3 +283,17 @@ def test_sev_activations_is_one_cached_capture_of_every_site(tiny_llama, tmp_pat
     other = ds.load_named("sev_discovery")[-1]
     with pytest.raises(ValueError, match=rf"keep: records \['{other.id}'\] are not among the 2 records captured"):
         C.sev_activations(tiny_llama, recs, keep=[other])
+
+
+def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent():
+    import pandas as pd
+
+    mod = pd.DataFrame({"accuracy": [0.58, 0.75, 0.83], "coherent": [0.96, 0.75, 0.71]}, index=[6, 8, 10])
+    steer = pd.DataFrame({"accuracy": [0.33, 0.42], "coherent": [0.92, 0.92]}, index=[8, 16])
+    t = C.best_at_coherence({"modulation": mod, "steering": steer})
+    assert list(t.index) == [0.71, 0.75, 0.92, 0.96]
+    assert t.loc[0.71].tolist() == [0.83, 0.42] and t.loc[0.92].tolist() == [0.58, 0.42]
+    assert t.loc[0.96, "modulation"] == 0.58 and np.isnan(t.loc[0.96, "steering"])  # steering never reaches 0.96
+    assert C.best_at_coherence({"m": mod}, levels=[0.8]).loc[0.8, "m"] == 0.58
+    with pytest.raises(ValueError, match="tables\\['s'\\] needs rows with columns accuracy and coherent"):
+        C.best_at_coherence({"s": pd.DataFrame({"accuracy": [0.1]})})

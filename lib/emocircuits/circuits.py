@@ -749,3 +749,31 @@ def summarise(drops: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: i
                   if np.size(random) else (float("nan"), float("nan")))
     return {"circuit": m, "circuit_lo": lo, "circuit_hi": hi, "random": r, "random_lo": r_lo, "random_hi": r_hi,
             "ratio": m / r if r > 0 else float("inf") if m > 0 else float("nan")}
+
+
+def best_at_coherence(tables: dict, levels: Sequence[float] | None = None):
+    """Each method's best accuracy among its settings that keep at least a given coherent share.
+
+    ``tables`` maps a method's name to a table with one row per strength
+    and columns ``accuracy`` and ``coherent`` (shares of replies). For a
+    coherence requirement ``c``, a method's value is the highest accuracy
+    of its settings with ``coherent >= c`` (NaN when none reaches ``c``):
+    the comparison "at equal coherence" without interpolating between grid
+    points. ``levels`` default to every coherent share any method reached.
+    Returns a pandas DataFrame indexed by the requirement, one column per
+    method.
+    """
+    import pandas as pd
+
+    if not tables:
+        raise ValueError("tables is empty: expected {method: table with accuracy and coherent columns}")
+    for name, t in tables.items():
+        missing = {"accuracy", "coherent"} - set(t.columns)
+        if missing or len(t) == 0:
+            raise ValueError(f"tables[{name!r}] needs rows with columns accuracy and coherent; missing {sorted(missing)}"
+                             if missing else f"tables[{name!r}] has no rows")
+    if levels is None:
+        levels = sorted({float(c) for t in tables.values() for c in t.coherent})
+    out = {name: [float(t.accuracy[t.coherent >= c].max()) if (t.coherent >= c).any() else float("nan")
+                  for c in levels] for name, t in tables.items()}
+    return pd.DataFrame(out, index=pd.Index([float(c) for c in levels], name="coherent share at least"))

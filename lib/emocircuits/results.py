@@ -154,6 +154,11 @@ ROWS: tuple[Row, ...] = (
         "steering_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "steering_coherent"),
         "alpha chosen on discovery prompts"),
+    Row("B", "modulation minus steering, best accuracy at equal coherence (the least margin over coherence levels "
+        "both reach)", "+0.08 (99.65% vs 91.22%, coherence not reported)", "04_emotion_circuits",
+        "equal_coherence_gap_min", _base("coherence levels compared: {}", "equal_coherence_levels", digits=0),
+        ">= 0: modulation at least as accurate at every coherence both reach; every strength tried on discovery "
+        "prompts, no intervals"),
     Row("B", "emotion control by circuit modulation", f"{PAPER_B_CONTROL['modulation']:.2%}", "04_emotion_circuits",
         "modulation_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
