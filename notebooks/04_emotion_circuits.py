@@ -581,5 +581,10 @@ pd.Series(headline).to_frame("value")
 #   heads; paper B's 99.65% was on a 3B model whose instruction following is
 #   far stronger (see the prompting row). Run this chapter with a larger
 #   `MODEL` on a GPU to compare.
+# - **Equal coherence, on discovery prompts.** The comparison at equal
+#   coherence covers every strength tried on the discovery prompts, 24
+#   replies each in the default book and without intervals; on held-out
+#   prompts each method is run at its one chosen strength, so their
+#   coherent shares match only by chance.
 # - **Gemma-style norms.** On Gemma the post-sublayer norms are frozen for
 #   the split, so a head's term is its zeroing effect only to first order.
