@@ -517,7 +517,7 @@ pd.DataFrame([
 # replies.
 
 # %%
-graded = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
+graded, _ = J.empathy_corpus()  # the judge's graded replies, checked as the judge reads them
 gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])
 gr_score = P.score_texts(lm, fits[POOL], gr_texts, response_starts=gr_starts)
 grade = np.array([r["score"] for r in graded])

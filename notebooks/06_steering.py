@@ -165,11 +165,17 @@ pd.DataFrame(records).groupby(["positions", "layer"]).alpha.agg(["unique", "size
 
 # %%
 emp = J.EmpathyJudge(use_all=True, seed=SEED)
-sit_of = {p["id"]: p["user"] for p in prompts}
-texts = [r["text"] for r in records]
-scores = emp.score(texts, [sit_of[r["id"]] for r in records])
-chat_of = {p["id"]: lm.chat_prompt(p["user"]) for p in prompts}
-coherent = [c["coherent"] for c in J.coherence(texts, lm=lm, contexts=[chat_of[r["id"]] for r in records])]
+
+
+def judge(recs, situations_by_id):
+    """Each reply's empathy score given its situation, and whether it is coherent (perplexity given its prompt)."""
+    texts = [r["text"] for r in recs]
+    users = [situations_by_id[r["id"]] for r in recs]
+    checks = J.coherence(texts, lm=lm, contexts=[lm.chat_prompt(u) for u in users])
+    return emp.score(texts, users), [c["coherent"] for c in checks]
+
+
+scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
 table = S.steering_success(records, scores, coherent, seed=SEED)
 table.round(3)
 
@@ -268,12 +274,7 @@ a_top = float(top.alpha)
 conf_records = S.sweep(lm, fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale="rms",
                        positions=top.positions, seeds=SEEDS, sample=True, temperature=0.7,
                        max_new_tokens=NEW_TOKENS)
-sit_of.update({p["id"]: p["user"] for p in fresh})
-chat_of.update({p["id"]: lm.chat_prompt(p["user"]) for p in fresh})
-conf_texts = [r["text"] for r in conf_records]
-conf_scores = emp.score(conf_texts, [sit_of[r["id"]] for r in conf_records])
-conf_coherent = [c["coherent"] for c in J.coherence(conf_texts, lm=lm,
-                                                      contexts=[chat_of[r["id"]] for r in conf_records])]
+conf_scores, conf_coherent = judge(conf_records, {p["id"]: p["user"] for p in fresh})
 confirmed = S.both_ways(conf_records, conf_scores, conf_coherent, seed=SEED).iloc[0]
 pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
     ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",

@@ -768,10 +768,11 @@ def best_at_coherence(tables: dict, levels: Sequence[float] | None = None):
     if not tables:
         raise ValueError("tables is empty: expected {method: table with accuracy and coherent columns}")
     for name, t in tables.items():
-        missing = {"accuracy", "coherent"} - set(t.columns)
-        if missing or len(t) == 0:
-            raise ValueError(f"tables[{name!r}] needs rows with columns accuracy and coherent; missing {sorted(missing)}"
-                             if missing else f"tables[{name!r}] has no rows")
+        missing = sorted({"accuracy", "coherent"} - set(t.columns))
+        if missing:
+            raise ValueError(f"tables[{name!r}] needs rows with columns accuracy and coherent; missing {missing}")
+        if len(t) == 0:
+            raise ValueError(f"tables[{name!r}] has no rows")
     if levels is None:
         levels = sorted({float(c) for t in tables.values() for c in t.coherent})
     out = {name: [float(t.accuracy[t.coherent >= c].max()) if (t.coherent >= c).any() else float("nan")

@@ -538,7 +538,13 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
 
 
 def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool]):
-    """Sweep records with their judged score and coherence as a DataFrame (``positions`` "all" when absent)."""
+    """Sweep records with their judged score and coherence as a DataFrame, checked for a baseline.
+
+    ``positions`` is "all" when absent. Nothing acts at alpha = 0, so those
+    replies are labelled "all" whatever their positions and kept once per
+    (id, layer, seed): they are the baseline of every positions setting of
+    their layer, which each layer must have.
+    """
     import pandas as pd
 
     if not (len(records) == len(scores) == len(coherent)):
@@ -547,8 +553,14 @@ def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Se
     df = pd.DataFrame(records)
     if "positions" not in df:
         df["positions"] = "all"
-    return df[["id", "layer", "alpha", "seed", "positions"]].assign(score=list(map(float, scores)),
-                                                                    coherent=list(map(bool, coherent)))
+    df = df[["id", "layer", "alpha", "seed", "positions"]].assign(score=list(map(float, scores)),
+                                                                  coherent=list(map(bool, coherent)))
+    df.loc[df.alpha == 0, "positions"] = "all"
+    df = df.drop_duplicates(["id", "layer", "alpha", "seed", "positions"])
+    no_base = sorted(set(df.layer) - set(df.layer[df.alpha == 0]))
+    if no_base:
+        raise ValueError(f"layer {no_base[0]} has no alpha = 0 replies: the sweep needs them as its baseline")
+    return df
 
 
 def steering_success(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool],
@@ -572,16 +584,10 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
     from .stats import bootstrap_ci
 
     df = _judged_frame(records, scores, coherent)
-    if not (df.alpha == 0).any():
-        raise ValueError("the sweep needs alpha = 0 as its baseline")
-    df.loc[df.alpha == 0, "positions"] = "all"
-    df = df.drop_duplicates(["id", "layer", "alpha", "seed", "positions"])
     rows = []
     for layer, lay in df.groupby("layer"):
         per = lay.groupby(["positions", "alpha", "id"]).agg(score=("score", "mean"), sd=("score", "std"),
                                                            n=("score", "size"), coherent=("coherent", "all"))
-        if not (lay.alpha == 0).any():
-            raise ValueError(f"layer {layer} has no alpha = 0 replies: the sweep needs them as its baseline")
         base = per.xs(("all", 0.0), level=("positions", "alpha"))
         n_seeds = int(base.n.max())
         pooled_sd = float(np.sqrt(np.nanmean(base.sd.to_numpy() ** 2))) if n_seeds > 1 else 0.0
@@ -631,9 +637,7 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
     rng = np.random.default_rng(seed)
     rows = []
     for layer, lay in df.groupby("layer"):
-        base = lay[lay.alpha == 0].drop_duplicates(["id", "seed"])
-        if base.empty:
-            raise ValueError(f"layer {layer} has no alpha = 0 replies: the sweep needs them as its baseline")
+        base = lay[lay.alpha == 0]
         for pos, grp in lay[lay.alpha != 0].groupby("positions"):
             for a in sorted(set(grp.alpha.abs())):
                 up, down = grp[grp.alpha == a], grp[grp.alpha == -a]
