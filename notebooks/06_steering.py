@@ -62,6 +62,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from emocircuits import datasets as ds
@@ -119,9 +120,14 @@ pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in r
              ).rename_axis("in units of the residual RMS")
 
 # %% [markdown]
-# We steer at two layers: the earliest candidate (where the probe reads
-# empathy best in small models, chapter 03) and the middle of the network,
-# adding the vector at every position, as paper A did.
+# We steer at two layers, adding the vector at every position as paper A
+# did. At the earliest candidate (where the probe reads empathy best in
+# small models, chapter 03) we use paper A's own grid, alpha in {-20, -10,
+# -5, -3, -1, 0, 1, 3, 5, 10, 20} times the unit vector, which the table
+# above puts between a fraction of one RMS and a few. At the middle of the
+# network that grid would barely touch the residual stream, so there alpha
+# is in units of the residual RMS, as in paper B. (A FULL run sweeps both
+# grids at both layers.)
 #
 # *Where* to push is a choice too. Paper B added its vector at the last
 # prompt position and every generated one. Pushing the prompt's positions
@@ -141,16 +147,21 @@ pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in r
 
 # %%
 LAYERS = size([n // 2], [CANDIDATES[0], n // 2], [CANDIDATES[0], n // 2])  # QUICK: the middle layer only
+UNIT_LAYERS = size([], [CANDIDATES[0]], LAYERS)  # paper A's grid, on the unit vector
+RMS_LAYERS = size([n // 2], [n // 2], LAYERS)  # paper B's scale
+PAPER_A_ALPHAS = [-20, -10, -5, -3, -1, 0, 1, 3, 5, 10, 20]
 ALPHAS = size([-1, 0, 1], [-2, -1, -0.5, 0, 0.5, 1, 2], [-2, -1, -0.5, 0, 0.5, 1, 2])
 POSITIONS = size(["generated"], ["generated", "last:4"], ["generated", "last:4", "last:1"])
 SEEDS = [SEED + i for i in range(size(1, 2, 3))]
 NEW_TOKENS = size(24, 32, 40)
 prompts = [{"id": f"sit-{i}", "user": s} for i, s in enumerate(situations)]
-settings = [("all", LAYERS, ALPHAS)] + [(p, [n // 2], [a for a in ALPHAS if a and abs(a) <= 1]) for p in POSITIONS]
-records = [r for pos, layers, alphas in settings
-           for r in S.sweep(lm, prompts, fit.directions, layers, alphas, scale="rms", positions=pos, seeds=SEEDS,
+settings = ([("all", "unit", UNIT_LAYERS, PAPER_A_ALPHAS)] if UNIT_LAYERS else []) + [
+    ("all", "rms", RMS_LAYERS, ALPHAS)] + [(p, "rms", [n // 2], [a for a in ALPHAS if a and abs(a) <= 1])
+                                           for p in POSITIONS]
+records = [r for pos, scale, layers, alphas in settings
+           for r in S.sweep(lm, prompts, fit.directions, layers, alphas, scale=scale, positions=pos, seeds=SEEDS,
                             sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
-pd.DataFrame(records).groupby(["positions", "layer"]).alpha.agg(["unique", "size"]).rename(
+pd.DataFrame(records).groupby(["positions", "scale", "layer"]).alpha.agg(["unique", "size"]).rename(
     columns={"unique": "alphas", "size": "replies"})
 
 # %% [markdown]
@@ -177,6 +188,8 @@ def judge(recs, situations_by_id):
 
 scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
 table = S.steering_success(records, scores, coherent, seed=SEED)
+# every push in one unit, for the figures: paper A's unit alphas divided by the layer's RMS
+table.insert(4, "alpha_rms", np.where(table.scale == "unit", table.alpha / table.layer.map(rms), table.alpha))
 table.round(3)
 
 # %% [markdown]
@@ -191,14 +204,14 @@ table.round(3)
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 base0 = table[table.alpha == 0].set_index("layer")
-for (layer, pos), t in table[table.alpha != 0].groupby(["layer", "positions"]):
-    t = pd.concat([t, base0.loc[[layer]].reset_index()]).sort_values("alpha")  # every line passes its alpha = 0
-    label = f"layer {layer}" + ("" if pos == "all" else f", {pos}")
-    style = dict(ls="-" if pos == "all" else "--")
-    band(axes[0], t.alpha, t.score, t.score_lo, t.score_hi, label=label, **style)
-    axes[1].plot(t.alpha, t.coherent_share, marker="o", label=label, **style)
-axes[0].set(xlabel="alpha (x residual RMS)", ylabel="judged empathy (1-5)", title="Dose-response (95% CI)")
-axes[1].set(xlabel="alpha (x residual RMS)", ylabel="share coherent", ylim=(-0.02, 1.02),
+for (layer, pos, scale), t in table[table.alpha != 0].groupby(["layer", "positions", "scale"]):
+    t = pd.concat([t, base0.loc[[layer]].reset_index()]).sort_values("alpha_rms")  # every line passes alpha = 0
+    label = f"layer {layer}" + ("" if pos == "all" else f", {pos}") + (", paper A's grid" if scale == "unit" else "")
+    style = dict(ls="-" if pos == "all" else "--", marker="s" if scale == "unit" else "o")
+    band(axes[0], t.alpha_rms, t.score, t.score_lo, t.score_hi, label=label, **style)
+    axes[1].plot(t.alpha_rms, t.coherent_share, label=label, **style)
+axes[0].set(xlabel="push (x residual RMS)", ylabel="judged empathy (1-5)", title="Dose-response (95% CI)")
+axes[1].set(xlabel="push (x residual RMS)", ylabel="share coherent", ylim=(-0.02, 1.02),
             title="Coherence")
 axes[1].axhline(0.9, color="grey", ls=":", lw=1)
 for ax in axes:
@@ -218,12 +231,14 @@ plt.show()
 # %%
 df = pd.DataFrame(records).assign(score=scores, coherent=coherent)
 rows = []
-for (layer, pos, alpha), g in df[df.alpha != 0].groupby(["layer", "positions", "alpha"]):
+for (layer, pos, scale, alpha), g in df[df.alpha != 0].groupby(["layer", "positions", "scale", "alpha"]):
     base = df[(df.layer == layer) & (df.alpha == 0)].drop_duplicates(["id", "seed"]).set_index(["id", "seed"]).text
     g = g.set_index(["id", "seed"])
     kw = J.keyword_success(base.loc[g.index].tolist(), g.text.tolist(), alpha)
-    honest = table[(table.layer == layer) & (table.positions == pos) & (table.alpha == alpha)].success.iat[0]
-    rows.append({"layer": layer, "positions": pos, "alpha": alpha, "keyword success (paper A)": round(kw, 2),
+    honest = table[(table.layer == layer) & (table.positions == pos) & (table.scale == scale)
+                   & (table.alpha == alpha)].success.iat[0]
+    rows.append({"layer": layer, "positions": pos, "scale": scale, "alpha": alpha,
+                 "keyword success (paper A)": round(kw, 2),
                  "honest success": round(honest, 2), "coherent share": round(g.coherent.mean(), 2)})
 kw = pd.DataFrame(rows)
 kw
@@ -271,23 +286,28 @@ top = S.best_setting(goal)
 fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(4, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
-conf_records = S.sweep(lm, fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale="rms",
+conf_records = S.sweep(lm, fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale=top.scale,
                        positions=top.positions, seeds=SEEDS, sample=True, temperature=0.7,
                        max_new_tokens=NEW_TOKENS)
 conf_scores, conf_coherent = judge(conf_records, {p["id"]: p["user"] for p in fresh})
 confirmed = S.both_ways(conf_records, conf_scores, conf_coherent, seed=SEED).iloc[0]
 pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
-    ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
+    ["layer", "positions", "scale", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
      "score_down", "score_0", "score_up", "meets_goal"]]
 
 # %% [markdown]
 # Recorded for the results chapter: the chosen setting's share on the
 # situations it was chosen on and on fresh ones, each with an interval
-# over situations, and paper A's keyword metric on the same replies as the
-# first.
+# over situations, paper A's keyword metric on the same replies as the
+# first, and the best share on paper A's unit grid (chosen on the same
+# situations, so biased up as well; not in QUICK runs, which skip that
+# grid).
 
 # %%
-kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.alpha.abs() == a_top)]
+unit_goal = goal[goal.scale == "unit"]
+unit_best = S.best_setting(unit_goal) if len(unit_goal) else pd.Series(np.nan, index=goal.columns)
+kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.scale == top.scale)
+            & (kw.alpha.abs() == a_top)]
 headline = record(
     both_ways_best=top.share, both_ways_best_lo=top.share_lo, both_ways_best_hi=top.share_hi,
     both_ways_best_coherent=top.coherent_share, both_ways_best_layer=top.layer, both_ways_best_alpha=a_top,
@@ -297,15 +317,22 @@ headline = record(
     both_ways_confirmed_chance=confirmed.chance,
     keyword_success_best=kw_top["keyword success (paper A)"].mean(),
     coherent_alpha0=df[df.alpha == 0].coherent.mean(),
+    paper_a_grid_best=unit_best.share, paper_a_grid_best_lo=unit_best.share_lo,
+    paper_a_grid_best_hi=unit_best.share_hi, paper_a_grid_best_chance=unit_best.chance,
+    paper_a_grid_best_coherent=unit_best.coherent_share, paper_a_grid_best_alpha=unit_best.alpha,
 )
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # On the bundled 135M model the goal is not met, and the tables say why.
 # The early layer, where the probe reads empathy best, does not move
-# judged empathy with the push: from -2 to +2 RMS no alpha raises it above
-# the unsteered replies, and no |alpha| moves more situations both ways
-# than chance. The middle layer moves replies both ways, but not far
+# judged empathy with the push: across paper A's whole grid (up to about
+# 3 RMS either way) replies stay coherent, but no alpha moves judged
+# empathy outside the unsteered replies' interval, and no |alpha| moves
+# more situations both ways than its interval allows by chance. Paper A's
+# keyword metric reads 0.75 to 0.92 at that layer's negative alphas,
+# where the honest rate is 0 to 0.17: its rule counts an unchanged reply
+# as a success. The middle layer moves replies both ways, but not far
 # before they break. Pushed away from empathy, the model writes digits and
 # game scores, the task side of the training pairs (the example in
 # section 3), and at alpha = -1 hardly a reply passes the coherence
@@ -364,8 +391,8 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #
 # ## Summary
 #
-# - `steering.sweep` runs the grid (layers, alphas in RMS units,
-#   positions); `steering.steering_success` turns judged replies into the
+# - `steering.sweep` runs the grid (layers, alphas on the unit vector as
+#   in paper A or in RMS units as in paper B, positions); `steering.steering_success` turns judged replies into the
 #   honest success rate with its threshold.
 # - `steering.both_ways` measures the goal (moved both ways, coherent)
 #   against a shuffled-alpha chance level; `steering.best_setting` picks a

@@ -151,6 +151,13 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert not soup["checks"]["fragments"] and soup["fragment_share"] == pytest.approx(6 / 7)
     assert asks["coherent"] and asks["fragment_share"] == pytest.approx(2 / 4)  # two short sentences are fine
     assert cut["coherent"] and cut["fragment_share"] == pytest.approx(2 / 3)  # the unfinished "Okay" is not counted
+    # a pronoun taking over (a push at alpha = 2): every other check passes, "he" is 9 of 15 words
+    he, you = J.coherence(["He's really He\u2019 She\u2019s, He\u2019\u2019 He\u2019\u2019 He\u2019 She\u2019 "
+                           "He\u2019\u2019 He\u2019\u2019 He She\u2019\u2019 He\u2019\u2019",
+                           "You did it. You really did, and you should be proud of how far you have come."])
+    assert he["checks"]["distinct"] and he["checks"]["fragments"] and he["top_word_share"] < 0.1
+    assert not he["checks"]["top_word"] and he["any_word_share"] == pytest.approx(9 / 15)
+    assert you["coherent"] and you["any_word_share"] == pytest.approx(4 / 17)  # "you" four times is fine
 
 
 def test_top_word_and_fragment_checks_pass_the_written_corpora():
@@ -161,6 +168,7 @@ def test_top_word_and_fragment_checks_pass_the_written_corpora():
     failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
     assert all(c["checks"]["fragments"] and c["checks"]["language"] for c in checked)
+    assert max(c["any_word_share"] for c in checked if c["words"] >= 16) < 0.25  # "the", "i": at most 22%
 
 
 def test_perplexity_matches_the_models_own_loss(smol):

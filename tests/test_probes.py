@@ -69,6 +69,24 @@ def test_baselines_sit_near_chance_when_there_is_no_signal():
         P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], oriented="yes")
 
 
+def test_pc_baseline_tells_a_dominant_contrast_from_a_minor_one():
+    pos, neg, true = _pairs(seed=5)
+    pc = P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
+    assert pc["auroc"][0] > 0.95 and pc["explained_variance"][0] > pc["explained_variance"][1]
+    # the same contrast beside an axis that both sides of a pair share, with ten times the spread:
+    # the first component is that axis and knows nothing of the contrast; the second is the contrast
+    shared = np.zeros_like(pos)
+    shared[:, 0] = 10 * np.random.default_rng(6).standard_normal(len(pos))
+    pos, neg = pos + shared, neg + shared
+    pc = P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
+    assert 0.2 < pc["auroc"][0] < 0.8 and pc["auroc"][1] > 0.9
+    assert pc["explained_variance"][0] > 0.5
+    d = P.mean_diff(pos[:30], neg[:30])
+    assert P.evaluate_direction(d, pos[30:], neg[30:]).auroc > 0.95
+    with pytest.raises(ValueError, match="k=0"):
+        P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=0)
+
+
 def test_logistic_direction_finds_the_signal_too():
     pos, neg, true = _pairs(seed=4)
     assert P.logistic_direction(pos, neg) @ true > 0.5

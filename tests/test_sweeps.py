@@ -154,6 +154,31 @@ def test_both_ways_counts_prompts_moved_in_both_directions_per_positions():
         S.both_ways(*_both_records([r for r in rows if r[1] != 0]))
 
 
+def test_unit_and_rms_alphas_at_one_layer_are_separate_settings_with_one_baseline():
+    """Paper A's unit alpha 1 and paper B's RMS alpha 1 are different pushes; their alpha = 0 replies coincide."""
+    rows, scales = [], []
+    for i in range(4):
+        for seed in (0, 1):
+            for scale in ("unit", "rms"):  # both sweeps generated their own (identical) alpha = 0 replies
+                rows.append((f"p{i}", 0.0, seed, 2.0 + 0.2 * seed, True))
+                scales.append(scale)
+            rows += [(f"p{i}", -1.0, seed, 2.0, True), (f"p{i}", 1.0, seed, 2.0, True)]  # unit: too weak to act
+            scales += ["unit", "unit"]
+            rows += [(f"p{i}", -1.0, seed, 1.0, True), (f"p{i}", 1.0, seed, 3.0 if i else 2.0, True)]
+            scales += ["rms", "rms"]
+    recs, scores, coherent = _both_records(rows)
+    for r, sc in zip(recs, scales):
+        r["scale"] = sc
+    t = S.both_ways(recs, scores, coherent, n_perm=20).set_index("scale")
+    assert t.loc["unit", "share"] == 0.0 and t.loc["rms", "share"] == pytest.approx(0.75)
+    assert (t.prompts == 4).all()
+    ss = S.steering_success(recs, scores, coherent).set_index(["scale", "alpha"])
+    assert ss.loc[("rms", 1.0), "success"] == pytest.approx(0.75) and ss.loc[("unit", 1.0), "success"] == 0.0
+    assert ss.loc[("any", 0.0), "score"] == pytest.approx(2.1) and len(ss) == 5  # one baseline row
+    # kept once: two seeds' SD 0.141 -> 2 x 0.141 / sqrt(2); counted twice it would be 0.115
+    assert ss.loc[("any", 0.0), "threshold"] == pytest.approx(0.2)
+
+
 def test_both_ways_chance_is_one_in_six_without_an_effect():
     rng = np.random.default_rng(1)
     rows = [(f"p{i}", a, s, float(rng.normal()), True) for i in range(300) for a in (-2.0, 0.0, 2.0) for s in (0, 1)]

@@ -309,6 +309,7 @@ COHERENCE_THRESHOLDS = {
     "min_distinct_2": 0.5,  # distinct bigrams / bigrams
     "max_repeat_ngram": 6,  # longest word n-gram that occurs twice
     "max_top_word_share": 0.2,  # one content word's share of all words, once it occurs 3 or more times
+    "max_any_word_share": 0.35,  # any one word's share, function words too, once it occurs 4 or more times
     "max_fragment_share": 0.4,  # sentences of one or two words / sentences, once there are 3 or more such
     "max_perplexity": 200.0,  # under the unsteered model, when one is given
 }
@@ -321,9 +322,10 @@ she her his him from will can all just our its there their then than been being 
 when who how why which also very more some any one don didn doesn isn won""".split())
 
 
-def _top_word(words: list[str]) -> tuple[int, float]:
-    """Occurrences of the most frequent content word, and its share of all ``words``."""
-    content = [w for w in words if len(w) >= 3 and w not in _FUNCTION_WORDS]
+def _top_word(words: list[str], content_only: bool = True) -> tuple[int, float]:
+    """Occurrences of the most frequent content word (any word if not ``content_only``), and its share of
+    all ``words``."""
+    content = [w for w in words if len(w) >= 3 and w not in _FUNCTION_WORDS] if content_only else words
     if not content:
         return 0, 0.0
     n = Counter(content).most_common(1)[0][1]
@@ -368,9 +370,12 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
     """Repetition and language checks per text, plus perplexity when ``lm`` is given.
 
     Repetition is checked three ways: distinct bigrams, the longest repeated
-    n-gram, and whether one content word takes over the text ("I'm angry,
-    angry, angry. You're angry...", what a strong push toward an emotion
-    makes a small model write: its bigrams vary, yet it is no reply).
+    n-gram, and whether one word takes over the text: a content word past
+    20% ("I'm angry, angry, angry. You're angry...", what a strong push
+    toward an emotion makes a small model write: its bigrams vary, yet it
+    is no reply) or any word, function words too, past 35% ("He's really
+    He' She's, He'' He'' He' She'..."; the written corpora's highest share
+    is 22%).
     A fourth check counts sentences of one or two words ("You're not?
     What's she? He's? He's?", what a strong push toward empathy makes the
     default model write): three or more of them, making up more than 40%
@@ -397,6 +402,7 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
         distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
         rep = _longest_repeated_ngram(plain)
         top_n, top_share = _top_word(plain)
+        any_n, any_share = _top_word(plain, content_only=False)
         frag_n, frag_share = _fragments(text)
         checks = {
             "nonempty": len(plain) >= th["min_words"],
@@ -404,14 +410,16 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
                          and longest <= th["max_word_letters"]),
             "distinct": distinct2 >= th["min_distinct_2"],
             "repetition": rep <= th["max_repeat_ngram"],
-            "top_word": top_n < 3 or top_share <= th["max_top_word_share"],
+            "top_word": ((top_n < 3 or top_share <= th["max_top_word_share"])
+                         and (any_n < 4 or any_share <= th["max_any_word_share"])),
             "fragments": frag_n < 3 or frag_share <= th["max_fragment_share"],
         }
         if pp is not None:
             checks["perplexity"] = pp <= th["max_perplexity"]
         out.append({"words": len(plain), "alpha_fraction": alpha, "ascii_letters": ascii_share,
                     "distinct_2": distinct2,
-                    "longest_repeat": rep, "top_word_share": top_share, "fragment_share": frag_share,
+                    "longest_repeat": rep, "top_word_share": top_share, "any_word_share": any_share,
+                    "fragment_share": frag_share,
                     "perplexity": pp, "checks": checks,
                     "score": sum(checks.values()) / len(checks), "coherent": all(checks.values())})
     return out

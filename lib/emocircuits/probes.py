@@ -9,7 +9,8 @@
 * :func:`evaluate_direction`: AUROC, accuracy at the midpoint threshold and
   Cohen's d on held-out pairs, each with a bootstrap interval over pairs.
 * :func:`random_baseline` and :func:`shuffled_baseline`: what a direction
-  with no knowledge of the labels scores on the same test set.
+  with no knowledge of the labels scores on the same test set;
+  :func:`pc_baseline`: what the texts' main axes of variation score.
 * :func:`align_procrustes`: maps one model's activations into another's
   (PCA + orthogonal Procrustes), for cross-model agreement.
 * :func:`fit_pair_probe` / :func:`save_probe` / :func:`load_probe`: what the
@@ -266,6 +267,33 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
             "d_mean": float(np.nanmean(ds)), "d_p95": float(np.nanquantile(ds, 0.95)), "ds": ds.tolist()}
 
 
+def pc_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, k: int = 3) -> dict:
+    """Test AUROC of the training texts' top ``k`` principal components, each oriented on the training sides.
+
+    The components are fitted on both sides' training vectors without their
+    labels (scikit-learn's PCA), so they are the texts' main axes of
+    variation. When the first of them already separates the test pairs, the
+    contrast is the largest thing that varies across these texts, and any
+    direction with a share of that axis separates them too: the reason a
+    random-direction baseline can sit high. Returns ``auroc`` and
+    ``explained_variance`` (share of the training variance), one per
+    component.
+    """
+    from sklearn.decomposition import PCA
+
+    Ptr, Ntr = _as2d(X_pos_train, "X_pos_train"), _as2d(X_neg_train, "X_neg_train")
+    Pte, Nte = _as2d(X_pos_test, "X_pos_test"), _as2d(X_neg_test, "X_neg_test")
+    if not isinstance(k, int) or not 1 <= k <= len(Ptr) + len(Ntr):
+        raise ValueError(f"k={k!r}: expected an int from 1 to the number of training vectors ({len(Ptr) + len(Ntr)})")
+    pca = PCA(n_components=k, svd_solver="full").fit(np.vstack([Ptr, Ntr]))
+    D = pca.components_
+    sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
+    sign[sign == 0] = 1
+    D = D * sign[:, None]
+    aucs = _auroc_rows((Pte @ D.T).T, (Nte @ D.T).T)
+    return {"auroc": aucs.tolist(), "explained_variance": pca.explained_variance_ratio_.tolist()}
+
+
 def shuffled_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0) -> dict:
     """Test AUROC of mean-difference probes trained with the two sides swapped at random within pairs."""
     rng = np.random.default_rng(seed)
@@ -431,12 +459,14 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
         split = (X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr])
         rb = random_baseline(*split, n=n_random, seed=seed)
         ru = random_baseline(*split, n=n_random, seed=seed, oriented=False)  # the same draws, unsigned
+        pcb = pc_baseline(*split, k=min(3, 2 * int(tr.sum())))
         metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
                    "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
                    "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "d_mean": rb["d_mean"],
                                        "d_p95": rb["d_p95"], "n": n_random, "layer": best},
                    "random_baseline_unoriented": {"mean": ru["mean"], "p95": ru["p95"], "d_mean": ru["d_mean"],
-                                                  "d_p95": ru["d_p95"], "n": n_random, "layer": best}}
+                                                  "d_p95": ru["d_p95"], "n": n_random, "layer": best},
+                   "pc_baseline": {**pcb, "layer": best}}
         out[pooling] = PairProbe(lm.name, pooling, site_kind, layers, directions, thresholds, metrics)
     return out
 

@@ -76,8 +76,10 @@ def _base(template: str, *keys: str, digits: int = 2) -> Getter:
 
 
 def _random(key: str) -> Getter:
-    """The random-direction baselines of chapter 03: oriented on the training pairs, and unsigned (paper A's)."""
-    return _base("random directions, p95: {} oriented, {} unsigned (paper A's)", key, f"{key}_unoriented")
+    """Chapter 03's label-free baselines: random directions oriented on the training pairs and unsigned (paper
+    A's), and the training texts' first principal component."""
+    return _base("random directions, p95: {} oriented, {} unsigned (paper A's); first principal component: {}",
+                 key, f"{key}_unoriented", f"{key}_pc1")
 
 
 def _fixed(text: str) -> Getter:
@@ -128,8 +130,14 @@ ROWS: tuple[Row, ...] = (
         "65.3% bidirectional (Qwen); 94.4% pro-empathy only (Dolphin)", "06_steering", "both_ways_best",
         _base("chance {}; paper A's keyword metric on the same replies: {}", "both_ways_best_chance",
               "keyword_success_best"),
-        "ours: judged empathy up at +alpha and down at -alpha, alpha in residual-RMS units, chosen on these "
+        "ours: judged empathy up at +alpha and down at -alpha, on either grid below, chosen on these "
         "situations (biased up); paper A: keyword counts"),
+    Row("A", "steering on paper A's own grid (alpha -20..20 x the unit vector, early layer): best share moved "
+        "both ways", "65.3% bidirectional (Qwen)", "06_steering", "paper_a_grid_best",
+        _base("chance {}; coherent share {}; at |alpha| {}", "paper_a_grid_best_chance",
+              "paper_a_grid_best_coherent", "paper_a_grid_best_alpha"),
+        "chosen on these situations (biased up); a unit alpha is a different push in each model (chapter 06 "
+        "converts it to residual-RMS units)"),
     Row("A", "steering: coherent share at that setting", "-", "06_steering", "both_ways_best_coherent",
         _base("unsteered replies: {}", "coherent_alpha0"), "chapter 02's coherence checks"),
     Row("A", "steering: the same setting on fresh situations (goal: >= 0.8 while >= 0.9 coherent)", "-",

@@ -540,10 +540,11 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
 def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool]):
     """Sweep records with their judged score and coherence as a DataFrame, checked for a baseline.
 
-    ``positions`` is "all" when absent. Nothing acts at alpha = 0, so those
-    replies are labelled "all" whatever their positions and kept once per
-    (id, layer, seed): they are the baseline of every positions setting of
-    their layer, which each layer must have.
+    ``positions`` is "all" and ``scale`` "unit" when absent. Nothing acts at
+    alpha = 0, so those replies are labelled positions "all" and scale
+    "any" whatever they were swept with, and kept once per (id, layer,
+    seed): they are the baseline of every positions and scale of their
+    layer, which each layer must have.
     """
     import pandas as pd
 
@@ -553,10 +554,12 @@ def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Se
     df = pd.DataFrame(records)
     if "positions" not in df:
         df["positions"] = "all"
-    df = df[["id", "layer", "alpha", "seed", "positions"]].assign(score=list(map(float, scores)),
-                                                                  coherent=list(map(bool, coherent)))
-    df.loc[df.alpha == 0, "positions"] = "all"
-    df = df.drop_duplicates(["id", "layer", "alpha", "seed", "positions"])
+    if "scale" not in df:
+        df["scale"] = "unit"
+    df = df[["id", "layer", "alpha", "seed", "positions", "scale"]].assign(score=list(map(float, scores)),
+                                                                           coherent=list(map(bool, coherent)))
+    df.loc[df.alpha == 0, ["positions", "scale"]] = ["all", "any"]
+    df = df.drop_duplicates(["id", "layer", "alpha", "seed", "positions", "scale"])
     no_base = sorted(set(df.layer) - set(df.layer[df.alpha == 0]))
     if no_base:
         raise ValueError(f"layer {no_base[0]} has no alpha = 0 replies: the sweep needs them as its baseline")
@@ -565,7 +568,7 @@ def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Se
 
 def steering_success(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool],
                      n_boot: int = 1000, seed: int = 0):
-    """Per (layer, positions, alpha): judged score, coherent share, and the honest success rate, with intervals.
+    """Per (layer, positions, scale, alpha): judged score, coherent share, and the honest success rate.
 
     For each prompt, ``delta`` is its mean score over seeds at alpha minus
     at alpha = 0 (same layer; the alpha = 0 replies of a layer are the
@@ -575,8 +578,9 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
     and any change counts. A prompt succeeds when ``delta`` has alpha's
     sign, exceeds the threshold, and every reply at that alpha is coherent.
     Alpha = 0 rows (``positions`` "all") report the baseline and no success
-    rate. Records without ``positions`` count as "all". Returns a pandas
-    DataFrame.
+    rate (and scale "any"). Records without ``positions`` count as "all",
+    without ``scale`` as "unit". Returns a pandas DataFrame with bootstrap
+    intervals over prompts.
     """
     import numpy as np
     import pandas as pd
@@ -586,17 +590,17 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
     df = _judged_frame(records, scores, coherent)
     rows = []
     for layer, lay in df.groupby("layer"):
-        per = lay.groupby(["positions", "alpha", "id"]).agg(score=("score", "mean"), sd=("score", "std"),
-                                                           n=("score", "size"), coherent=("coherent", "all"))
-        base = per.xs(("all", 0.0), level=("positions", "alpha"))
+        per = lay.groupby(["positions", "scale", "alpha", "id"]).agg(
+            score=("score", "mean"), sd=("score", "std"), n=("score", "size"), coherent=("coherent", "all"))
+        base = per.xs(("all", "any", 0.0), level=("positions", "scale", "alpha"))
         n_seeds = int(base.n.max())
         pooled_sd = float(np.sqrt(np.nanmean(base.sd.to_numpy() ** 2))) if n_seeds > 1 else 0.0
         threshold = 2 * pooled_sd / np.sqrt(n_seeds) if n_seeds > 1 else 0.0
-        for (pos, alpha), g in per.groupby(level=["positions", "alpha"]):
-            g = g.droplevel(["positions", "alpha"])
+        for (pos, sc, alpha), g in per.groupby(level=["positions", "scale", "alpha"]):
+            g = g.droplevel(["positions", "scale", "alpha"])
             delta = (g.score - base.score.reindex(g.index)).to_numpy()
-            raw = lay[(lay.positions == pos) & (lay.alpha == alpha)]
-            row = {"layer": layer, "positions": pos, "alpha": alpha, "score": float(g.score.mean()),
+            raw = lay[(lay.positions == pos) & (lay.scale == sc) & (lay.alpha == alpha)]
+            row = {"layer": layer, "positions": pos, "scale": sc, "alpha": alpha, "score": float(g.score.mean()),
                    "coherent_share": float(raw.coherent.mean()), "threshold": threshold}
             if len(g) > 1:
                 row["score_lo"], row["score_hi"] = bootstrap_ci(g.score.to_numpy(), n_boot=n_boot, seed=seed)[1:]
@@ -612,7 +616,7 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
 
 def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool], min_share: float = 0.8,
               min_coherent: float = 0.9, n_perm: int = 200, n_boot: int = 1000, seed: int = 0):
-    """Per (layer, positions, |alpha|): the share of prompts moved both ways, with its chance level.
+    """Per (layer, positions, scale, |alpha|): the share of prompts moved both ways, with its chance level.
 
     A prompt is *moved both ways* when its mean score over seeds is above
     its alpha = 0 mean at ``+|alpha|`` and below it at ``-|alpha|``. The
@@ -625,7 +629,7 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
     three means is equally likely, so it is near 1/6. ``meets_goal``: share >=
     ``min_share`` and coherent share >= ``min_coherent``. Records need
     ``id, layer, alpha, seed`` and may carry ``positions`` (default
-    ``"all"``). Returns a pandas DataFrame with a bootstrap interval over
+    ``"all"``) and ``scale`` (default ``"unit"``). Returns a pandas DataFrame with a bootstrap interval over
     prompts for the share.
     """
     import numpy as np
@@ -638,7 +642,7 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
     rows = []
     for layer, lay in df.groupby("layer"):
         base = lay[lay.alpha == 0]
-        for pos, grp in lay[lay.alpha != 0].groupby("positions"):
+        for (pos, sc), grp in lay[lay.alpha != 0].groupby(["positions", "scale"]):
             for a in sorted(set(grp.alpha.abs())):
                 up, down = grp[grp.alpha == a], grp[grp.alpha == -a]
                 ids = sorted(set(up.id) & set(down.id) & set(base.id))
@@ -658,7 +662,7 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
                 ok = moved(k).astype(float)
                 chance = np.mean([moved([rng.permutation(lab) for lab in k]).mean() for _ in range(n_perm)])
                 coh = float(pd.concat([up, down]).coherent.mean())
-                row = {"layer": layer, "positions": pos, "alpha": float(a), "prompts": len(ids),
+                row = {"layer": layer, "positions": pos, "scale": sc, "alpha": float(a), "prompts": len(ids),
                        "share": float(ok.mean()), "chance": float(chance), "coherent_share": coh,
                        "score_up": float(up[up.id.isin(ids)].score.mean()),
                        "score_0": float(base[base.id.isin(ids)].score.mean()),
@@ -667,7 +671,7 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
                                                     if len(ok) > 1 else (np.nan, np.nan))
                 row["meets_goal"] = bool(row["share"] >= min_share and coh >= min_coherent)
                 rows.append(row)
-    cols = ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
+    cols = ["layer", "positions", "scale", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
             "score_down", "score_0", "score_up", "meets_goal"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -677,7 +681,8 @@ def best_setting(table, min_coherent: float = 0.9):
 
     Ranked by (coherent share >= ``min_coherent``, share, coherent share):
     a setting that keeps replies coherent beats one that moves more prompts
-    by breaking them. Ties go to the smaller |alpha| (the gentler push).
+    by breaking them. Ties go to the smaller |alpha| (the gentler push, when the tied settings share a
+    scale).
     """
     if len(table) == 0:
         raise ValueError("the both_ways table is empty: no setting had replies at +alpha, -alpha and 0")
