@@ -485,6 +485,32 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
         .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
 
 # %% [markdown]
+# The held-out table compares one chosen strength per method, and their
+# coherent shares need not match. So every strength tried on the
+# discovery prompts is run on the held-out prompts too, and the
+# equal-coherence table is built again from those replies. Each level
+# still takes the best of a few strengths, for both methods alike.
+
+# %%
+held_runs = {"modulation": {scale: mod}, "steering": {alpha: steered}}
+for how, t in tuned.items():
+    for s_ in t.index:
+        if s_ not in held_runs[how]:
+            held_runs[how][s_] = toward(held, s_, new_tokens, how)
+held_tuned = {how: pd.concat(runs.values()).groupby("scale").agg(accuracy=("hit", "mean"),
+                                                                  coherent=("coherent", "mean"))
+              for how, runs in held_runs.items()}
+held_at_coh = C.best_at_coherence(held_tuned)
+held_both = held_at_coh.dropna()
+held_gap = held_both["modulation"] - held_both["steering"]
+display(held_at_coh.style.format("{:.2f}", na_rep="-").set_caption(
+    f"best accuracy among strengths keeping at least this coherent share (held-out prompts, {len(mod)} replies "
+    "per strength)"))
+print(f"coherence levels both methods reach on held-out prompts: {len(held_both)}; modulation minus steering "
+      f"there: min {held_gap.min():+.2f}, max {held_gap.max():+.2f}" if len(held_both)
+      else "no coherence level both methods reach on held-out prompts")
+
+# %% [markdown]
 # Two columns keep the accuracy honest. **On target and coherent** counts
 # a reply only when both hold. **Names the target** is judge-free: the
 # share of replies that contain the emotion's own word. A small model
@@ -553,6 +579,8 @@ headline = record(
     steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
     steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,
     equal_coherence_gap_min=gap.min() if len(both_reach) else float("nan"), equal_coherence_levels=len(both_reach),
+    heldout_equal_coherence_gap_min=held_gap.min() if len(held_both) else float("nan"),
+    heldout_equal_coherence_levels=len(held_both),
     scale=scale,
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),

@@ -167,6 +167,10 @@ ROWS: tuple[Row, ...] = (
         "equal_coherence_gap_min", _base("coherence levels compared: {}", "equal_coherence_levels", digits=0),
         ">= 0: modulation at least as accurate at every coherence both reach; every strength tried on discovery "
         "prompts, no intervals"),
+    Row("B", "same, every strength run again on the held-out prompts", "-", "04_emotion_circuits",
+        "heldout_equal_coherence_gap_min",
+        _base("coherence levels compared: {}", "heldout_equal_coherence_levels", digits=0),
+        "the strengths tried on discovery prompts; each level takes each method's best of them, no intervals"),
     Row("B", "emotion control by circuit modulation", f"{PAPER_B_CONTROL['modulation']:.2%}", "04_emotion_circuits",
         "modulation_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
