@@ -541,8 +541,12 @@ gr_kw = ds.keyword_counts([r["reply"] for r in graded])
 gr_kw_auc = P.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
 game = np.array([r["setting"] == "game" for r in graded])  # other games told by an agent: the pairs' genre
 gr_personal = P.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
+gr_task = P.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)  # empathic vs task-focused: the pairs' contrast
+gr_cold = P.auroc_ci(gr_score[high], gr_score[grade == 1], seed=SEED)  # empathic vs dismissive
 print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
       f"situations: probe AUROC {fmt(*gr_auc)}; keyword count {fmt(*gr_kw_auc)}; chance 0.50")
+print(f"split by the low grade: 4-5 vs task only (2, {(grade == 2).sum()} replies) {fmt(*gr_task)}; "
+      f"4-5 vs dismissive (1, {(grade == 1).sum()} replies) {fmt(*gr_cold)}")
 print(f"the {len({r['situation'] for r, g in zip(graded, game) if not g})} personal situations only "
       f"(no game, unlike every pair): probe AUROC {fmt(*gr_personal)}")
 fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -559,9 +563,11 @@ plt.show()
 # warm with cold, practical-only or dismissive answers, a subtler
 # contrast. A keyword count is near chance here (a third of the low
 # grades say "sorry" or "understand" perfunctorily), so what the probe
-# picks up is not the lexicon. The boxes show where the ranking comes
-# from on the default model: the task-only replies (grade 2) sit lowest,
-# while dismissive replies (grade 1) project about as high as warm ones.
+# picks up is not the lexicon. The split by the low grade and the boxes
+# show where the ranking comes from: empathic replies against task-only
+# ones (grade 2), the contrast the pairs teach, separate well; against
+# dismissive ones (grade 1) the probe does much worse, and on the default
+# model dismissive replies project about as high as warm ones.
 # That fits the polite-refusal test above: the probe separates replies
 # about the task from replies about the person, not kind ones from
 # unkind ones.
@@ -620,6 +626,9 @@ headline = record(
     **best_of(fit_o, "other_auroc", "other_random_p95"),
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
     graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
+    graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],
+    graded_dismissive_auroc=gr_cold[0], graded_dismissive_auroc_lo=gr_cold[1],
+    graded_dismissive_auroc_hi=gr_cold[2],
     graded_personal_auroc=gr_personal[0], graded_personal_auroc_lo=gr_personal[1],
     graded_personal_auroc_hi=gr_personal[2],
     care_words_auroc=stress_at.loc[("care_words", "original"), "probe AUROC"],

@@ -250,7 +250,8 @@ kw
 
 # %%
 ex_layer = LAYERS[-1]  # the middle layer, where the push changes the reply
-ex = df[(df.layer == ex_layer) & (df.positions == "all") & (df.seed == SEED) & (df.id == prompts[0]["id"])]
+ex = df[(df.layer == ex_layer) & (df.positions == "all") & (df.scale == "rms") & (df.seed == SEED)
+        & (df.id == prompts[0]["id"])]
 ex = ex.sort_values("alpha")
 print("situation:", prompts[0]["user"])
 ex[["alpha", "text", "score", "coherent"]]
