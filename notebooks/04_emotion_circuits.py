@@ -270,7 +270,8 @@ display(overlap.style.format("{:.2f}").set_caption("share of components two circ
 # defined by.
 #
 # We knock out each emotion's circuit and, separately, as many random
-# components of the same layers (several draws), at the last prompt
+# components of the same layers (2 draws in the default book, 5 in a FULL
+# run), at the last prompt
 # position, where the components were scored. *Zero* ablation sets
 # components to 0; *mean* ablation sets them to their mean over the
 # discovery prompts, which keeps activations in range. Then we *enhance*
@@ -354,6 +355,17 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
                      f"{gen.emotion.nunique()} emotions)"))
 
 # %% [markdown]
+# Read this check for what it can show at this size. The unchanged model
+# rarely writes the instructed emotion in a way the judge reads (about a
+# fifth of its replies on the default model), so there is little for an
+# ablation to remove, and with 9 replies per condition the intervals are
+# wide. On the default model the check runs against the signal result:
+# zeroing the circuit does not lower the share, while zeroing as many
+# random components does (zeroing is off the activations' usual range,
+# and can break a reply outright). The drop of the signal above is what
+# the circuit does to the model's representation; whether that reaches
+# the text is not something this check can show at this size.
+#
 # ## 7. Three ways to an emotion the model was not asked for
 #
 # Paper B's comparison, on prompts *without* an emotion instruction:
@@ -372,7 +384,8 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # chose); a FULL run searches scales 2-16 and alphas 1-16 on 6 scenarios;
 # QUICK mode uses 8 for both. Read the coherent share beside the unmodified
 # model's own: a 135M model's plain replies fail the repetition checks
-# often, which caps what any intervention can score there. **Baseline:** the
+# fairly often too, so not every incoherent reply is the push's doing.
+# **Baseline:** the
 # unmodified replies (how often the judge reads each emotion anyway). Paper
 # B on Llama-3.2-3B-Instruct: prompting 98.96%, steering vectors 91.22%,
 # circuit modulation 99.65%.
@@ -514,7 +527,7 @@ print(f"coherence levels both methods reach on held-out prompts: {len(held_both)
 # Two columns keep the accuracy honest. **On target and coherent** counts
 # a reply only when both hold. **Names the target** is judge-free: the
 # share of replies that contain the emotion's own word. A small model
-# pushed toward an emotion tends to *say* it ("Sad, sorrowful tears...
+# pushed toward an emotion tends to *say* it ("so sad...", "I am sad to say...
 # sorrowful"); the emotion judge reads the word, and the coherence checks
 # catch only the replies where one word takes over. Read the replies
 # below before reading the accuracy as "writes in the emotion".
@@ -605,8 +618,9 @@ pd.Series(headline).to_frame("value")
 #   angry. Modulation success is read by a judge trained on this project's
 #   texts (chapter 02): its errors are part of the accuracy.
 # - **Small model, small circuits.** The budget keeps paper B's *shares*
-#   of components, which for this model means a few dozen neurons and
-#   heads; paper B's 99.65% was on a 3B model whose instruction following is
+#   of components, which for the default model means 147 components (79
+#   neurons and 68 heads, against paper B's 560); paper B's 99.65% was on a
+#   3B model whose instruction following is
 #   far stronger (see the prompting row). Run this chapter with a larger
 #   `MODEL` on a GPU to compare.
 # - **Equal coherence, a few strengths.** The comparison at equal

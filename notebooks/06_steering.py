@@ -328,23 +328,23 @@ pd.Series(headline).to_frame("value")
 # On the bundled 135M model the goal is not met, and the tables say why.
 # The early layer, where the probe reads empathy best, does not move
 # judged empathy with the push: across paper A's whole grid (up to about
-# 3 RMS either way) replies stay coherent, but no alpha moves judged
-# empathy outside the unsteered replies' interval, and no |alpha| moves
+# 3 RMS either way) replies stay coherent, but every alpha's interval
+# overlaps the unsteered replies' interval, and no |alpha| moves
 # more situations both ways than its interval allows by chance. Paper A's
 # keyword metric reads 0.75 to 0.92 at that layer's negative alphas,
 # where the honest rate is 0 to 0.17: its rule counts an unchanged reply
 # as a success. The middle layer moves replies both ways, but not far
 # before they break. Pushed away from empathy, the model writes digits and
-# game scores, the task side of the training pairs (the example in
-# section 3), and at alpha = -1 hardly a reply passes the coherence
+# letter salad (the example in section 3), and at alpha = -1 hardly a
+# reply passes the coherence
 # checks, wherever the push is applied; pushed toward it, the model writes
 # a soup of short questions. Pushing only the generated tokens keeps
-# replies coherent at |alpha| = 0.5, where the effect is small: on the
+# replies coherent at |alpha| = 0.5, where the effect is small, and
+# smaller upward than downward: on the
 # fresh situations the chosen setting moves far fewer than the 80% asked,
-# with an interval that reaches down to chance. A probe direction that
+# with an interval that reaches below chance. A probe direction that
 # reads empathy well (AUROC near 1 in chapter 03) need not be a direction
-# the model *writes* empathy with, and the replies at alpha = 0 already
-# open with sympathy, leaving little room upward. Re-run with
+# the model *writes* empathy with. Re-run with
 # `MODEL = "gemma-2-2b-it"` (GPU) for a model with a wider range.
 #
 # ## 5. Export
@@ -387,8 +387,9 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   situations and two sampled seeds for choosing the setting and 12 fresh
 #   situations for confirming it in the default book (12, 18 and three
 #   seeds in a FULL run; 4, 4 and one in QUICK mode). A share of 6
-#   situations moves in steps of 1/6, and the best of ten such shares is
-#   biased upward, which is why the confirmation exists.
+#   situations moves in steps of 1/6, and the best of a dozen such shares
+#   (the default book's goal table) is biased upward, which is why the
+#   confirmation exists.
 #
 # ## Summary
 #
@@ -398,7 +399,8 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 # - `steering.both_ways` measures the goal (moved both ways, coherent)
 #   against a shuffled-alpha chance level; `steering.best_setting` picks a
 #   setting, which is then confirmed on situations that did not choose it.
-# - Paper A's keyword metric is shown beside it, and its negative-alpha
-#   rule is why it reads higher.
+# - Paper A's keyword metric is shown beside it. It reads higher, mostly
+#   because its negative-alpha rule counts unchanged replies, and also
+#   because broken text can drop or repeat a keyword.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.
