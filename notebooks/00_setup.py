@@ -30,7 +30,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # **Objectives.** By the end of this chapter you will
 # - load a real language model that runs offline on a CPU, and know how to
 #   swap in the papers' models on a GPU;
-# - know the seven *sites* every later chapter reads or changes, and check one
+# - know the eight *sites* every later chapter reads or changes, and check one
 #   of them against transformers' own output;
 # - capture activations for a batch of prompts and see that emotional content
 #   already separates in the residual stream, measured against a

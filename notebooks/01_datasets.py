@@ -192,15 +192,15 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# Length tells the sides apart at about chance; keywords tell them apart
-# well, and lexical ablation removes that cue (a keyword count of zero on
+# Length tells the sides apart at about chance; keywords do better than
+# chance but not well (the accuracy above), and lexical ablation removes that cue (a keyword count of zero on
 # both sides leaves nothing to learn). So in chapter 03 a probe that still
 # separates ablated pairs is reading more than vocabulary. What this cannot
 # show: other shallow cues (sentence structure, pronouns, the word *task*)
 # remain, and 50 pairs written by one author carry that author's style.
 #
-# Keywords separate the stored pairs well, yet ablation finds only a few of
-# them to replace (the empathic replies mostly *act*). For a strong test,
+# Keywords separate the stored pairs only moderately, and ablation finds
+# few of them to replace (the empathic replies mostly *act*). For a strong test,
 # `eia_lexical.jsonl` puts the keywords where they matter: 20 pairs in the
 # same games, never trained on. In `care_words` pairs only the empathic
 # reply uses them; in `polite_task` pairs only the task-focused reply does,

@@ -114,8 +114,9 @@ ax.set(xlabel="judged", ylabel="written as", title="Emotion judge, held-out text
 plt.show()
 
 # %% [markdown]
-# Where it errs, it errs between neighbours a reader would also hesitate
-# over. The held-out texts come from the same writers and style as the
+# Read its errors in the matrix: some fall between neighbours a reader
+# would also hesitate over, others (sadness read as happiness) are plain
+# mistakes. The held-out texts come from the same writers and style as the
 # training texts, so this accuracy is an upper bound for model generations,
 # which are shorter, stranger and often mixed.
 
@@ -205,8 +206,9 @@ levels
 # Paper A scored steering by counting 11 empathy words minus 10 task words
 # and called a steered reply a success if the count moved in the direction
 # of alpha. For negative alpha an *unchanged* count also counted as
-# success. On an unsteered model that rule already reports a high
-# "suppression" rate: compare each reply with itself.
+# success. Without any steering that rule already reports a high
+# "suppression" rate: compare each of the 100 written replies of the EIA
+# pairs with itself.
 
 # %%
 sample = [p.positive for p in pairs] + [p.negative for p in pairs]
@@ -290,12 +292,14 @@ pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"], "score
 # messages. That is a finding about the model, and it is why later
 # chapters measure steering against each model's own unsteered replies
 # rather than against a fixed bar. Re-run with a larger chat model
-# (`MODEL = "gemma-2-2b-it"` on a GPU) to see the prompts pull apart.
+# (`MODEL = "gemma-2-2b-it"` on a GPU) to see whether the prompts pull
+# apart there.
 #
 # ## 6. Speed
 #
 # Every steering sweep judges thousands of replies, so the judges must be
-# quick. Timing 1,000 short texts through all three (no perplexity):
+# quick. Timing 400 short texts (1,000 in a FULL run) through all three
+# (no perplexity):
 
 # %%
 corpus_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]

@@ -38,8 +38,8 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # numbers when it runs (`emocircuits.book.record`), and this page reads the
 # records of the same build. A QUICK build (what `make test` runs) records
 # QUICK numbers from fewer items, so read its intervals, not its digits;
-# the published book is the default size (`make book`, about a quarter of
-# an hour on 2 CPU cores), and `make book-full` repeats it on larger
+# the published book is the default size (`make book`, about 11 minutes
+# on 2 CPU cores from an empty cache, plus setting up `.venv`), and `make book-full` repeats it on larger
 # samples. A number a chapter did not record says
 # "not run in this build".
 
@@ -84,7 +84,8 @@ def show(paper):
 #
 # On the bundled models detection transfers: a mean-difference probe
 # reads empathic from task-focused replies in a 135M model too, and the
-# reply-only pooling is the cleaner measurement. The random-direction baseline matters more than
+# reply-only pooling gives the highest AUROC, though its random-direction
+# baseline rises with it (chapter 03 says why). The random-direction baseline matters more than
 # paper A's table suggests: oriented random directions reach high AUROCs
 # on 15 test pairs. Steering is where small models part ways with the
 # paper: read the coherent share beside every success rate.
@@ -100,7 +101,7 @@ show("A")
 # comparison keeps paper B's ranking question (does modulating the circuit
 # beat prompting and steering vectors?) but not its level: a 135M model
 # barely follows an instruction to write in an emotion, which is also why
-# prompting scores low here.
+# prompting scores low here, no higher than no intervention.
 
 # %%
 show("B")
@@ -180,8 +181,9 @@ plt.show()
 #   2B-3B model; those are marked by the model name printed above.
 # - **The papers' judges.** Papers B and C judged replies with GPT-4o-mini
 #   and Claude; this book's judges (chapter 02) are small classifiers whose
-#   accuracy chapter 02 measures. A difference of a few points between a
-#   paper and this page is within what a change of judge can do.
+#   accuracy chapter 02 measures, not how they would differ from the
+#   papers' judges; a gap between a paper and this page can come from the
+#   judge as well as from the model.
 # - **Equal measurements.** Where the caveat column names a different
 #   metric (keyword counts vs judged empathy, clamp values in different
 #   dictionaries), the two numbers answer related questions, not the same

@@ -103,10 +103,11 @@ ROWS: tuple[Row, ...] = (
         _random("random_p95_response"),
         "the shared prompt no longer dilutes the reply"),
     Row("A", "same, on the second bundled model (mean over the reply)", "-", "03_probes", "other_auroc",
-        _random("other_random_p95"), "gemma3-270m"),
+        _random("other_random_p95"), "the other bundled model: gemma3-270m beside smollm2-135m, and the reverse"),
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
-        "44 keywords replaced on both sides; few test replies contain them"),
+        "the 44-word lexicon replaced on both sides; the test replies contain few of its words (chapter 03 "
+        "counts them)"),
     Row("A", "same, on 10 pairs written rich in care words (eia_lexical)", "-", "03_probes",
         "care_words_ablated_auroc", _base("before ablation: {}", "care_words_auroc"),
         "59 keywords replaced, all on the empathic side; never trained on"),
