@@ -25,6 +25,12 @@ def test_comparison_puts_each_recorded_number_with_its_interval_and_baseline():
     steer = R.comparison({"04_emotion_circuits": {"steering_accuracy": 0.25}})["B"].set_index("measurement")
     assert steer.loc["emotion control by steering vectors", "this book [95% CI]"] == "0.25"
     assert steer.loc["emotion control by steering vectors", "baseline"] == R.NOT_RUN
+    # a count or a strength keeps its own number of decimals beside two-decimal shares
+    grid = R.comparison({"06_steering": {"paper_a_grid_best": 0.33, "paper_a_grid_best_chance": 0.162,
+                                         "paper_a_grid_best_coherent": 0.958, "paper_a_grid_best_alpha": 20.0}})
+    a = grid["A"].set_index("measurement")
+    cell = a.loc[a.index.str.startswith("steering on paper A's own grid"), "baseline"].iat[0]
+    assert cell == "chance 0.16; coherent share 0.96; at |alpha| 20"
     # nothing recorded: every row says so, none is filled in
     empty = R.comparison({})
     assert all((df["this book [95% CI]"] == R.NOT_RUN).all() for df in empty.values())

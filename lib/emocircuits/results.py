@@ -65,13 +65,18 @@ def _num(rec: dict, key: str, digits: int = 2) -> str | None:
     return text
 
 
-def _base(template: str, *keys: str, digits: int = 2) -> Getter:
-    """A baseline cell filled from recorded numbers; None when one is missing."""
+def _base(template: str, *keys: str | tuple[str, int], digits: int = 2) -> Getter:
+    """A baseline cell filled from recorded numbers; None when one is missing.
+
+    A key given as ``(key, n)`` is printed with ``n`` decimals instead of ``digits``.
+    """
+    spec = [(k, digits) if isinstance(k, str) else k for k in keys]
+
     def get(rec: dict) -> str | None:
-        vals = [rec.get(k) for k in keys]
+        vals = [rec.get(k) for k, _ in spec]
         if any(v is None for v in vals):
             return None
-        return template.format(*[f"{v:.{digits}f}" for v in vals])
+        return template.format(*[f"{v:.{n}f}" for v, (_, n) in zip(vals, spec)])
     return get
 
 
@@ -139,7 +144,7 @@ ROWS: tuple[Row, ...] = (
     Row("A", "steering on paper A's own grid (alpha -20..20 x the unit vector, early layer): best share moved "
         "both ways", "65.3% bidirectional (Qwen)", "06_steering", "paper_a_grid_best",
         _base("chance {}; coherent share {}; at |alpha| {}", "paper_a_grid_best_chance",
-              "paper_a_grid_best_coherent", "paper_a_grid_best_alpha"),
+              "paper_a_grid_best_coherent", ("paper_a_grid_best_alpha", 0)),
         "chosen on these situations (biased up); a unit alpha is a different push in each model (chapter 06 "
         "converts it to residual-RMS units)"),
     Row("A", "steering: coherent share at that setting", "-", "06_steering", "both_ways_best_coherent",
