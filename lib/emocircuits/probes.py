@@ -237,6 +237,13 @@ def midpoint(direction, X_pos, X_neg) -> float:
     return float(((np.asarray(X_pos) @ d).mean() + (np.asarray(X_neg) @ d).mean()) / 2)
 
 
+def _orient(D: np.ndarray, P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Rows of ``D`` signed so that the positive side projects higher on average (a tie keeps the sign)."""
+    sign = np.sign((P @ D.T).mean(0) - (N @ D.T).mean(0))
+    sign[sign == 0] = 1
+    return D * sign[:, None]
+
+
 def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 100, seed: int = 0,
                     oriented: bool = True) -> dict:
     """Test AUROC of ``n`` random unit directions, each signed so that the training sides separate.
@@ -257,9 +264,7 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
     Pte, Nte = _as2d(X_pos_test, "X_pos_test"), _as2d(X_neg_test, "X_neg_test")
     D = _unit(rng.standard_normal((n, Ptr.shape[1])))
     if oriented:
-        sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
-        sign[sign == 0] = 1
-        D = D * sign[:, None]
+        D = _orient(D, Ptr, Ntr)
     sp, sn = (Pte @ D.T).T, (Nte @ D.T).T
     aucs = _auroc_rows(sp, sn)
     ds = _d_rows(sp, sn)
@@ -286,10 +291,7 @@ def pc_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, k: int = 3) ->
     if not isinstance(k, int) or not 1 <= k <= len(Ptr) + len(Ntr):
         raise ValueError(f"k={k!r}: expected an int from 1 to the number of training vectors ({len(Ptr) + len(Ntr)})")
     pca = PCA(n_components=k, svd_solver="full").fit(np.vstack([Ptr, Ntr]))
-    D = pca.components_
-    sign = np.sign((Ptr @ D.T).mean(0) - (Ntr @ D.T).mean(0))
-    sign[sign == 0] = 1
-    D = D * sign[:, None]
+    D = _orient(pca.components_, Ptr, Ntr)
     aucs = _auroc_rows((Pte @ D.T).T, (Nte @ D.T).T)
     return {"auroc": aucs.tolist(), "explained_variance": pca.explained_variance_ratio_.tolist()}
 
