@@ -405,7 +405,8 @@ class _RowSampler(LogitsProcessor):
         logits = scores.float() / self.temperature
         if self.top_p < 1:
             order = logits.sort(-1, descending=True)
-            before = order.values.softmax(-1).cumsum(-1) - order.values.softmax(-1)
+            probs = order.values.softmax(-1)
+            before = probs.cumsum(-1) - probs  # probability mass ranked above each token
             drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order.indices, before >= self.top_p)
             logits = logits.masked_fill(drop, float("-inf"))
         u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in self.gens])
