@@ -448,11 +448,21 @@ print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over laye
 # coherent.
 
 # %%
-at_coh = C.best_at_coherence(tuned)
-both_reach = at_coh.dropna()
-gap = both_reach["modulation"] - both_reach["steering"]
-display(at_coh.style.format("{:.2f}", na_rep="-").set_caption(
-    "best accuracy among strengths keeping at least this coherent share (discovery prompts)"))
+def at_equal_coherence(tables, where):
+    """Show each method's best accuracy per coherence level; print and return modulation minus steering
+    at the levels both reach."""
+    at = C.best_at_coherence(tables)
+    display(at.style.format("{:.2f}", na_rep="-").set_caption(
+        f"best accuracy among strengths keeping at least this coherent share ({where})"))
+    both = at.dropna()
+    margin = both["modulation"] - both["steering"]
+    print(f"coherence levels both methods reach ({where}): {len(both)}; modulation minus steering there: "
+          f"min {margin.min():+.2f}, max {margin.max():+.2f}" if len(both)
+          else f"no coherence level both methods reach ({where})")
+    return at, margin
+
+
+at_coh, gap = at_equal_coherence(tuned, "discovery prompts")
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for k, (how, t) in enumerate(tuned.items()):
     ax.scatter(t.coherent, t.accuracy, color=f"C{k}", label=how)
@@ -464,8 +474,6 @@ ax.set(xlabel="coherent share (discovery prompts)", ylabel="judged as the target
        title="Accuracy against coherence, every strength tried", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
 ax.legend(fontsize=8)
 plt.show()
-print(f"coherence levels both methods reach: {len(both_reach)}; modulation minus steering there: "
-      f"min {gap.min():+.2f}, max {gap.max():+.2f}" if len(both_reach) else "no coherence level both methods reach")
 
 # %%
 held = test_recs[: size(2, 4, 16)]
@@ -513,15 +521,7 @@ for how, t in tuned.items():
 held_tuned = {how: pd.concat(runs.values()).groupby("scale").agg(accuracy=("hit", "mean"),
                                                                   coherent=("coherent", "mean"))
               for how, runs in held_runs.items()}
-held_at_coh = C.best_at_coherence(held_tuned)
-held_both = held_at_coh.dropna()
-held_gap = held_both["modulation"] - held_both["steering"]
-display(held_at_coh.style.format("{:.2f}", na_rep="-").set_caption(
-    f"best accuracy among strengths keeping at least this coherent share (held-out prompts, {len(mod)} replies "
-    "per strength)"))
-print(f"coherence levels both methods reach on held-out prompts: {len(held_both)}; modulation minus steering "
-      f"there: min {held_gap.min():+.2f}, max {held_gap.max():+.2f}" if len(held_both)
-      else "no coherence level both methods reach on held-out prompts")
+held_at_coh, held_gap = at_equal_coherence(held_tuned, f"held-out prompts, {len(mod)} replies per strength")
 
 # %% [markdown]
 # Two columns keep the accuracy honest. **On target and coherent** counts
@@ -591,9 +591,9 @@ headline = record(
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
     steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
     steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,
-    equal_coherence_gap_min=gap.min() if len(both_reach) else float("nan"), equal_coherence_levels=len(both_reach),
-    heldout_equal_coherence_gap_min=held_gap.min() if len(held_both) else float("nan"),
-    heldout_equal_coherence_levels=len(held_both),
+    equal_coherence_gap_min=gap.min() if len(gap) else float("nan"), equal_coherence_levels=len(gap),
+    heldout_equal_coherence_gap_min=held_gap.min() if len(held_gap) else float("nan"),
+    heldout_equal_coherence_levels=len(held_gap),
     scale=scale,
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
