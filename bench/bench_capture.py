@@ -35,7 +35,15 @@ extra untimed call of each side (see ``bench/harness.py``).
    1,000 texts on 2 cores; 5 pairs on 1,000 texts would take minutes, so the
    target is scaled to the texts used (time is linear in texts, batches of
    64) and ``per_1000_s`` records the scaled time.
-7. Load: cold (GGUF -> float32 safetensors conversion in an empty cache
+7. Transcoder training (chapter 05): one training step of all layers'
+   transcoders (2,048 features, k=32, AuxK on, as in a FULL run) on one
+   batch of captured ``mlp_in``/``mlp_out``. A is the textbook dense step
+   (the top-k activations scattered into a ``[tokens, features]`` matrix
+   and multiplied by the decoder, AuxK likewise), B is
+   ``transcoders._Trainer.train_batch``, which decodes the chosen rows only
+   (an embedding bag). Same maths (tested to float precision); target
+   ratio >= 1.3.
+8. Load: cold (GGUF -> float32 safetensors conversion in an empty cache
    folder, once) against warm (from that cache, median of 3); target warm
    <= 3 s. Hub models have no cold GGUF step: warm only.
 
@@ -256,6 +264,61 @@ def attribution_items(lm, repeats: int, lengths=(10, 20, 40, 80), max_features: 
     return items
 
 
+def transcoder_training_item(lm, texts: list[str], repeats: int, n_features: int = 2048, k: int = 32) -> dict:
+    """One training step of every layer's transcoder: dense reference (A) against the library's (B)."""
+    from emocircuits import transcoders as T
+
+    st = T.TrainSettings(n_features=n_features, k=k, seed=0)
+    xin, xout, mask, _ = T.mlp_io(lm, texts, list(range(lm.n_layers)), st.max_length)
+    keep = T.first_left_out(mask).reshape(-1)
+    n_tok = int(keep.sum())
+    trainer = T._Trainer(lm, st, "bench")
+    trainer.train_batch(xin, xout, mask)  # sets the scales; then mark a tenth of the features dead, so AuxK runs
+    for la in trainer.layers:
+        trainer.last_fired[la][: n_features // 10] = -10 * st.dead_after_tokens
+    ref = {la: {n: t.detach().clone().requires_grad_(True) for n, t in trainer.params[la].items()}
+           for la in trainer.layers}
+    ref_opt = {la: torch.optim.Adam(list(p.values()), lr=st.lr) for la, p in ref.items()}
+    dead = {la: trainer.last_fired[la] < 0 for la in trainer.layers}
+
+    def dense() -> int:
+        for la in trainer.layers:
+            x = xin[la].reshape(-1, lm.d_model)[keep].float().cpu() / trainer.scale_in[la]
+            y = xout[la].reshape(-1, lm.d_model)[keep].float().cpu() / trainer.scale_out[la]
+            p = ref[la]
+            pre = x @ p["W_enc"].T + p["b_enc"]
+            vals, idx = pre.topk(k, dim=-1)
+            f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+            y_hat = f @ p["W_dec"] + p["b_dec"] + x @ p["W_skip"].T
+            loss = (y_hat - y).pow(2).sum(-1).mean() / (y - y.mean(0)).pow(2).sum(-1).mean()
+            fired = torch.zeros(n_features, dtype=torch.bool)
+            fired[idx[vals > 0]] = True
+            dead_now = dead[la] & ~fired  # as in train_batch: a feature that fires in this batch is not dead
+            av, ai = pre.masked_fill(~dead_now, float("-inf")).topk(min(st.aux_k, int(dead_now.sum())), dim=-1)
+            fa = torch.zeros_like(pre).scatter(-1, ai, torch.relu(av))
+            err = (y - y_hat).detach()
+            aux = (fa @ p["W_dec"] - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
+            ref_opt[la].zero_grad()
+            (loss + st.aux_coef * aux).backward()
+            ref_opt[la].step()
+            with torch.no_grad():
+                p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return n_tok
+
+    def ours() -> int:
+        for la in trainer.layers:  # the same dead features every call, as on side A
+            trainer.last_fired[la].fill_(trainer.tokens)
+            trainer.last_fired[la][dead[la]] = -10 * st.dead_after_tokens
+        trainer.train_batch(xin, xout, mask)
+        return n_tok
+
+    m = compare(dense, ours, lm.device, repeats, min_seconds=0.0, max_repeats=repeats)
+    return report(make_item(
+        "transcoder training step", f"{lm.n_layers} layers, {n_features} features, k={k}, AuxK on, "
+        f"{len(texts)} texts", m, "time", ("ratio", ">=", 1.3), a_label="dense top-k step (scatter + matmul)",
+        b_label="_Trainer.train_batch (embedding-bag decoder)", tokens_per_batch=n_tok))
+
+
 def judges_item(n_texts: int, repeats: int) -> dict:
     from emocircuits import judges as J
 
@@ -347,6 +410,9 @@ def report(item: dict) -> dict:
 # ---------------------------------------------------------------------------
 
 
+GROUPS = ("capture", "generation", "attribution", "transcoders", "judges", "load")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="registry name (default smollm2-135m)")
@@ -359,6 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--judge-texts", type=int, help="texts for the judges item (300; quick 100)")
     p.add_argument("--skip-judges", action="store_true")
     p.add_argument("--skip-cold", action="store_true", help="skip the load item")
+    p.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups of items (default: all)")
     p.add_argument("--out", default="_build/bench.json", help="JSON results (default _build/bench.json)")
     args = p.parse_args(argv)
     if args.repeats < 5:
@@ -386,15 +453,22 @@ def main(argv=None) -> None:
     info["other_cpu_share_start"] = busy_warning()
 
     texts = [f"{PROMPTS[i % len(PROMPTS)]} (note {i})" for i in range(args.batch)]
-    items = capture_items(lm, texts, args.batch, args.repeats)
-    items += generation_items(lm, PROMPTS[:args.gen_prompts], args.max_new_tokens, args.repeats)
-    items += attribution_items(lm, args.repeats)
+    want = set(args.only) if args.only else set(GROUPS)
+    items = []
+    if "capture" in want:
+        items += capture_items(lm, texts, args.batch, args.repeats)
+    if "generation" in want:
+        items += generation_items(lm, PROMPTS[:args.gen_prompts], args.max_new_tokens, args.repeats)
+    if "attribution" in want:
+        items += attribution_items(lm, args.repeats)
+    if "transcoders" in want:
+        items.append(transcoder_training_item(lm, texts, args.repeats))
     del lm
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    if not args.skip_judges:
+    if "judges" in want and not args.skip_judges:
         items.append(judges_item(args.judge_texts, args.repeats))
-    if not args.skip_cold:
+    if "load" in want and not args.skip_cold:
         items.append(load_item(args.model, device))
 
     wall = time.perf_counter() - t0

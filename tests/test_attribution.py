@@ -89,8 +89,31 @@ def test_growth_follows_positive_effects(tiny_llama, tmp_path):
         A.grow(ctx, (0, 1, 10_000), k=2)
 
 
+def test_sparse_decoder_matches_the_dense_product():
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(40, 6, generator=g, requires_grad=True)
+    pre = torch.randn(9, 40, generator=g, requires_grad=True)
+    vals, idx = pre.topk(5, dim=-1)
+    sparse = T._sparse_decode(idx, torch.relu(vals), W_dec)
+    dense = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)) @ W_dec
+    torch.testing.assert_close(sparse, dense)
+    gs = torch.autograd.grad(sparse.pow(2).sum(), (W_dec, pre), retain_graph=True)
+    gd = torch.autograd.grad(dense.pow(2).sum(), (W_dec, pre))
+    for a, b in zip(gs, gd):
+        torch.testing.assert_close(a, b)
+
+
+def test_learning_rate_decays_over_the_last_steps(tiny_llama):
+    tr = T._Trainer(tiny_llama, T.TrainSettings(**SETTINGS, lr_decay=0.5), "x", n_batches=5)  # 10 steps
+    rates = [tr.lr_at(s) for s in range(10)]
+    assert rates[:5] == [tr.st.lr] * 5
+    assert rates[5:] == pytest.approx([tr.st.lr * f for f in (1.0, 0.8, 0.6, 0.4, 0.2)])
+    flat = T._Trainer(tiny_llama, T.TrainSettings(**SETTINGS), "x", n_batches=5)
+    assert {flat.lr_at(s) for s in range(10)} == {flat.st.lr}
+
+
 def test_files_roundtrip_and_training_resumes(tiny_llama, tmp_path):
-    st = T.TrainSettings(**SETTINGS)
+    st = T.TrainSettings(**SETTINGS, lr_decay=0.5)  # the schedule must resume where it stopped too
     full = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "a", progress=False)
     part = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False, stop_after_steps=4)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file() and not (tmp_path / "b" / "config.json").exists()
@@ -163,6 +186,8 @@ def test_bad_settings_are_named(tiny_llama, tmp_path):
         T.train(tiny_llama, ["", " "], folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="layers"):
         T.train(tiny_llama, CORPUS, T.TrainSettings(layers=[5]), folder=tmp_path)
+    with pytest.raises(T.TranscoderError, match="lr_decay=1.5"):
+        T.train(tiny_llama, CORPUS, T.TrainSettings(n_features=8, k=2, lr_decay=1.5), folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="activation"):
         T.TranscoderConfig(d_model=4, n_features=8, layer=0, activation="gelu")
 

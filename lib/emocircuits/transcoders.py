@@ -369,6 +369,7 @@ class TrainSettings:
     batch_size: int = 16
     max_length: int = 128
     lr: float = 2e-3
+    lr_decay: float = 0.0  # the last fraction of the steps, over which the learning rate falls linearly to 0
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 20_000
@@ -378,11 +379,17 @@ class TrainSettings:
     layers: list[int] | None = field(default=None)
 
 
+def _sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """``sum_j vals[t, j] * W_dec[idx[t, j]]`` per token: a top-k decoder's output without the dense product."""
+    return torch.nn.functional.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals)
+
+
 class _Trainer:
     """Trains one transcoder per layer in the normalised space, then folds the scales out."""
 
-    def __init__(self, lm, st: TrainSettings, corpus_hash: str):
+    def __init__(self, lm, st: TrainSettings, corpus_hash: str, n_batches: int = 1):
         self.st = st
+        self.n_batches = n_batches
         self.layers = list(st.layers) if st.layers is not None else list(range(lm.n_layers))
         g = torch.Generator().manual_seed(st.seed)
         d, F = lm.d_model, st.n_features
@@ -405,12 +412,22 @@ class _Trainer:
         self.history: list[dict] = []
         self.lm_name, self.d_model, self.corpus_hash = lm.name, d, corpus_hash
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step``: ``lr``, then a linear decay to 0 over the last ``lr_decay`` of the steps."""
+        st = self.st
+        total = st.epochs * self.n_batches
+        start = total * (1.0 - st.lr_decay)
+        if st.lr_decay <= 0 or step < start:
+            return st.lr
+        return st.lr * max(0.0, (total - step) / (total - start))
+
     # ---- one batch
     def train_batch(self, xin: dict, xout: dict, mask: torch.Tensor) -> dict:
         st = self.st
         m = first_left_out(mask).reshape(-1)
         n_tok = int(m.sum())
         fve = {}
+        lr = self.lr_at(self.step)
         for layer in self.layers:
             x = xin[layer].reshape(-1, self.d_model)[m].float().cpu()
             y = xout[layer].reshape(-1, self.d_model)[m].float().cpu()
@@ -424,25 +441,28 @@ class _Trainer:
             p = self.params[layer]
             pre = x @ p["W_enc"].T + p["b_enc"]
             vals, idx = pre.topk(st.k, dim=-1)
-            f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-            y_hat = f @ p["W_dec"] + p["b_dec"]
+            f_vals = torch.relu(vals)
+            # the decoder reads only the k chosen rows per token (an embedding bag), not a dense [tokens, F] product
+            y_hat = _sparse_decode(idx, f_vals, p["W_dec"]) + p["b_dec"]
             if "W_skip" in p:
                 y_hat = y_hat + x @ p["W_skip"].T
             var = (y - y.mean(0)).pow(2).sum(-1).mean()
             loss = (y_hat - y).pow(2).sum(-1).mean() / var
-            fired = (f > 0).any(0)
+            fired = torch.zeros(st.n_features, dtype=torch.bool)
+            fired[idx[f_vals > 0]] = True
             self.last_fired[layer][fired] = self.tokens + n_tok
             dead = (self.tokens + n_tok - self.last_fired[layer]) > st.dead_after_tokens
             total = loss
             if dead.any() and st.aux_k > 0:  # AuxK: dead features learn to explain what the live ones miss
                 kk = min(st.aux_k, int(dead.sum()))
                 av, ai = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
-                fa = torch.zeros_like(pre).scatter(-1, ai, torch.relu(av))
                 err = (y - y_hat).detach()
-                aux = (fa @ p["W_dec"] - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
+                aux = (_sparse_decode(ai, torch.relu(av), p["W_dec"]) - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
                 total = loss + st.aux_coef * torch.nan_to_num(aux)
             self.opt[layer].zero_grad()
             total.backward()
+            for group in self.opt[layer].param_groups:
+                group["lr"] = lr
             self.opt[layer].step()
             with torch.no_grad():
                 p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
@@ -530,19 +550,21 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
         raise TranscoderError("texts is empty: give the training corpus as a list of non-empty strings")
     if st.k < 1 or st.k > st.n_features:
         raise TranscoderError(f"k={st.k}: expected 1..n_features={st.n_features}")
+    if not 0.0 <= st.lr_decay <= 1.0:
+        raise TranscoderError(f"lr_decay={st.lr_decay!r}: expected a fraction of the steps in 0..1")
     if st.layers is not None and any(not 0 <= la < lm.n_layers for la in st.layers):
         raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
     corpus_hash = stable_hash(list(texts))
-    key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st), "v": 1})
+    key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st), "v": 2})
     folder = Path(folder) if folder is not None else cache_dir("transcoders") / lm.name / key
     if (folder / "config.json").is_file():
         return TranscoderSet.load(folder)
-    trainer = _Trainer(lm, st, corpus_hash)
+    n_batches = math.ceil(len(texts) / st.batch_size)
+    trainer = _Trainer(lm, st, corpus_hash, n_batches)
     ckpt = folder / "checkpoint.safetensors"
     if ckpt.is_file():
         trainer.load_checkpoint(ckpt)
     torch.manual_seed(st.seed)
-    n_batches = math.ceil(len(texts) / st.batch_size)
     bar = tqdm(total=st.epochs * n_batches, initial=trainer.step, desc="train transcoders", disable=not progress)
     done_now = 0
     while trainer.epoch < st.epochs:
