@@ -100,9 +100,10 @@ print(lm)
 # norm) and predicts `mlp_out` through `n_features` features, of which the
 # `k` largest per token stay on (top-k). Decoder rows have unit norm, so an
 # activation is the length of what the feature writes into the residual
-# stream. Training (Adam; the learning rate falls linearly to zero over
-# the last 30% of the steps) is cached under the model, the corpus and the
-# settings, checkpointed, and resumes where it stopped.
+# stream. Training (Adam; in a FULL run the learning rate falls linearly
+# to zero over the last 30% of the steps, which cost FVE in one short
+# epoch) is cached under the model, the corpus and the settings,
+# checkpointed, and resumes where it stopped.
 
 # %%
 prompts_c = [json.loads(x) for x in (DATA_DIR / "circuit_prompts.jsonl").read_text().splitlines() if x.strip()]
@@ -125,8 +126,8 @@ print(f"corpus: {len(corpus)} texts; training on {len(train)} texts ({n_train_to
       f"{len(held)} held out")
 
 # %%
-settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, lr_decay=0.3, seed=SEED),
-                T.TrainSettings(n_features=512, k=32, epochs=1, lr_decay=0.3, seed=SEED),
+settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, seed=SEED),
+                T.TrainSettings(n_features=512, k=32, epochs=1, seed=SEED),
                 T.TrainSettings(n_features=2048, k=32, epochs=8, lr_decay=0.3, seed=SEED))
 t0 = time.perf_counter()
 tset = T.train(lm, train, settings)
