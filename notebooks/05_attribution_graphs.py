@@ -100,10 +100,11 @@ print(lm)
 # norm) and predicts `mlp_out` through `n_features` features, of which the
 # `k` largest per token stay on (top-k). Decoder rows have unit norm, so an
 # activation is the length of what the feature writes into the residual
-# stream. Training (Adam; in a FULL run the learning rate falls linearly
-# to zero over the last 30% of the steps, which cost FVE in one short
-# epoch) is cached under the model, the corpus and the settings,
-# checkpointed, and resumes where it stopped.
+# stream. Training uses Adam; in a FULL run the learning rate falls
+# linearly to zero over the last 30% of the steps (over a single short
+# pass the decay cost FVE, so the smaller runs keep it constant). It is
+# cached under the model, the corpus and the settings, checkpointed, and
+# resumes where it stopped.
 
 # %%
 prompts_c = [json.loads(x) for x in (DATA_DIR / "circuit_prompts.jsonl").read_text().splitlines() if x.strip()]
@@ -186,9 +187,9 @@ plt.show()
 # reached, on all 222 held-out texts, a mean FVE of 0.81 [0.78, 0.83]
 # over layers against the linear map's 0.63 (lowest layer 0.71; 13 of 30
 # layers at 0.80 or more), with 27 features on per token and 9% dead, and
-# +0.66 nats with every layer spliced in (clean 3.90). Two passes, as
-# before the decay, had given 0.72 and +1.25 nats: on a corpus this small
-# more passes still help. Everything below rests on these dictionaries:
+# +0.66 nats with every layer spliced in (clean 3.90). The earlier FULL
+# recipe, two passes without the decay, gave 0.72 and +1.25 nats: on a
+# corpus this small, more passes still help. Everything below rests on these dictionaries:
 # the error nodes' share of the graph's influence (section 3) says how
 # much; it was 72% in the default book and 41% in that FULL run.
 
