@@ -192,7 +192,8 @@ ROWS: tuple[Row, ...] = (
         _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
     Row("C", "transcoders: mean fraction of MLP variance explained (held out)", "- (published CLT)",
         "05_attribution_graphs", "fve_mean", _base("dense linear map: {}", "linear_fve_mean"),
-        "trained on a CPU for this book"),
+        "trained on a CPU for this book; the default book's set is small (512 features, one pass), "
+        "chapter 05 gives a FULL run's numbers"),
     Row("C", "judged empathy, unmodified (1-5)", f"{PAPER_C_CLAMP['unmodified']:.2f}", "05_attribution_graphs", "empathy_unmodified",
         _base("coherent share {}", "coherent_unmodified"), "ours: chapter 02's judge; paper C: Claude"),
 ) + tuple(
