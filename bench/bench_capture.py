@@ -272,7 +272,7 @@ def transcoder_training_item(lm, texts: list[str], repeats: int, n_features: int
     xin, xout, mask, _ = T.mlp_io(lm, texts, list(range(lm.n_layers)), st.max_length)
     keep = T.first_left_out(mask).reshape(-1)
     n_tok = int(keep.sum())
-    trainer = T._Trainer(lm, st, "bench")
+    trainer = T._Trainer(lm, st, "bench", n_batches=1)  # one batch; no learning-rate decay here
     trainer.train_batch(xin, xout, mask)  # sets the scales; then mark a tenth of the features dead, so AuxK runs
     for la in trainer.layers:
         trainer.last_fired[la][: n_features // 10] = -10 * st.dead_after_tokens

@@ -387,7 +387,7 @@ def _sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -
 class _Trainer:
     """Trains one transcoder per layer in the normalised space, then folds the scales out."""
 
-    def __init__(self, lm, st: TrainSettings, corpus_hash: str, n_batches: int = 1):
+    def __init__(self, lm, st: TrainSettings, corpus_hash: str, n_batches: int):
         self.st = st
         self.n_batches = n_batches
         self.layers = list(st.layers) if st.layers is not None else list(range(lm.n_layers))
