@@ -383,8 +383,23 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # replies per scale) and alphas 8 and 16 (what FULL runs on this model
 # chose); a FULL run searches scales 2-16 and alphas 1-16 on 6 scenarios;
 # QUICK mode uses 8 for both. Read the coherent share beside the unmodified
-# model's own: a 135M model's plain replies fail the repetition checks
-# fairly often too, so not every incoherent reply is the push's doing.
+# model's own.
+#
+# **Decoding.** Paper B decoded greedily. A 135M model decoded greedily
+# falls into loops ("I'm so sorry to hear about your little ones. I'm so
+# sorry to hear about your little ones. I'm"), which the coherence checks
+# rightly fail, pushed or not: on the held-out prompts a quarter of the
+# unmodified model's greedy replies did. A loop says nothing about the
+# intervention, and it hides what the push did. So every row here decodes
+# greedily with a repetition penalty of 1.2 (`REP_PENALTY`; CTRL's rule,
+# at the value its authors suggest for greedy decoding, not tuned here):
+# a token already in the row has its logit shrunk before the pick. The
+# penalty can push a model toward rare tokens instead, so coherence here
+# also checks the reply's perplexity under the unmodified model given its
+# prompt (chapter 02). The last two rows of the held-out table repeat the
+# unmodified model and the chosen modulation with plain greedy decoding,
+# so the penalty's effect is in the table.
+#
 # **Baseline:** the
 # unmodified replies (how often the judge reads each emotion anyway). Paper
 # B on Llama-3.2-3B-Instruct: prompting 98.96%, steering vectors 91.22%,
@@ -396,28 +411,41 @@ c_means = C.group_centred_means({k: v for k, v in acts.items() if k.split(".")[0
 
 
 steer_layers = list(range(L // 3, 2 * L // 3))
+REP_PENALTY = 1.2  # every reply in this section; 1.0 is plain greedy decoding
 rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_layers}
 
 
-def toward(recs, scale, n_tokens, how="modulation"):
+def judged(texts, users, systems=None):
+    """The emotion judge's label and the coherence verdict (perplexity under the unmodified model given the
+    prompt included) of each reply; each distinct (prompt, reply) is scored once."""
+    contexts = [lm.chat_prompt(u, s) for u, s in zip(users, systems or [None] * len(users))]
+    pairs = list(dict.fromkeys(zip(contexts, texts)))
+    labels = [v["label"] for v in judge([t for _, t in pairs])]
+    checks = J.coherence([t for _, t in pairs], lm=lm, contexts=[c for c, _ in pairs])
+    verdict = {pair: (lab, c["coherent"]) for pair, lab, c in zip(pairs, labels, checks)}
+    out = [verdict[pair] for pair in zip(contexts, texts)]
+    return [lab for lab, _ in out], [ok for _, ok in out]
+
+
+def toward(recs, scale, n_tokens, how="modulation", penalty=REP_PENALTY):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
     ``scale`` = alpha in RMS units). With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
+    ``penalty`` is the decoding's repetition penalty (1.0: plain greedy).
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
+    kw = dict(max_new_tokens=n_tokens, repetition_penalty=penalty)
     if not scale:
-        replies = [generate(lm, users, max_new_tokens=n_tokens, batch_size=8)] * len(EMO)
+        replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
         replies = generate_grid(lm, users, [C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation"
                                             else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers)
-                                            for emo in EMO], max_new_tokens=n_tokens, batch_size=32)
+                                            for emo in EMO], batch_size=32, **kw)
     df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u, "text": t}
                        for emo, texts in zip(EMO, replies) for u, t in zip(users, texts)])
-    verdict = {t: v["label"] for t, v in zip(df.text.unique(), judge(list(df.text.unique())))}
-    coh = {t: c["coherent"] for t, c in zip(df.text.unique(), J.coherence(list(df.text.unique())))}
-    df["judged"], df["coherent"] = df.text.map(verdict), df.text.map(coh)
+    df["judged"], df["coherent"] = judged(df.text, df.user)
     df["hit"] = df.judged == df.emotion
     return df
 
@@ -476,21 +504,29 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %%
-held = test_recs[: size(2, 4, 16)]
+all_test = ds.load_named("sev_test")
+n_held = size(2, 16, 16)  # scenarios spread over the test file, 6 replies each (one per target emotion)
+held = all_test[:: max(1, len(all_test) // size(4, n_held, n_held))][:n_held]
 mod = toward(held, scale, new_tokens)
 steered = toward(held, alpha, new_tokens, "steering")
 plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
+mod_greedy = toward(held, scale, new_tokens, penalty=1.0)
+plain_greedy = toward(held, 0.0, new_tokens, penalty=1.0)
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
 asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
-                 batch_size=8)
-asked_hit = [v["label"] == p["emotion"] for v, p in zip(judge(asked), tp)]
-asked_coh = [c["coherent"] for c in J.coherence(asked)]
+                 batch_size=8, repetition_penalty=REP_PENALTY)
+asked_labels, asked_coh = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
+asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
 res = {}
 for name, hit, coh, texts, targets in (
         ("circuit modulation", mod.hit, mod.coherent, mod.text, mod.emotion),
         ("steering vector (directions)", steered.hit, steered.coherent, steered.text, steered.emotion),
         ("no intervention", plain.hit, plain.coherent, plain.text, plain.emotion),
-        ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp])):
+        ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp]),
+        ("no intervention, plain greedy", plain_greedy.hit, plain_greedy.coherent, plain_greedy.text,
+         plain_greedy.emotion),
+        ("circuit modulation, plain greedy", mod_greedy.hit, mod_greedy.coherent, mod_greedy.text,
+         mod_greedy.emotion)):
     a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
     c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
     b = bootstrap_ci((np.asarray(hit, bool) & np.asarray(coh, bool)).astype(float), seed=SEED)
@@ -499,13 +535,27 @@ for name, hit, coh, texts, targets in (
                  "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
                  "names the target": n[0], "names lo": n[1], "names hi": n[2]}
 res = pd.DataFrame(res).T
-display(res.style.format("{:.2f}").set_caption(f"held-out prompts: {len(mod)} replies per row (goal: accuracy >= "
-                                               "0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B: circuit "
-                                               "0.9965, prompting 0.9896, steering 0.9122"))
+display(res.style.format("{:.2f}").set_caption(
+    f"held-out prompts: {len(mod)} replies per row, repetition penalty {REP_PENALTY} unless marked (goal: "
+    "accuracy >= 0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B, greedy: circuit 0.9965, prompting 0.9896, "
+    "steering 0.9122"))
 display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:.2f}")
         .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
 
 # %% [markdown]
+# How to read these two tables on the default model (96 held-out replies
+# per row). With the penalty, the unmodified model's replies are all
+# coherent, and so are nearly all modulated ones. Modulation lands just
+# under the goal of 0.80 with 0.90 coherent: the interval covers 0.80, the
+# point estimate does not. The confusion table says where it falls short:
+# anger, sadness, happiness and surprise are read as the target almost
+# every time, disgust about half the time, and fear rarely; fear's
+# modulated replies read as neutral (the circuit's push does not reach
+# the text; a stronger one only breaks replies). Plain greedy decoding,
+# the last two rows, loses about a quarter of the unmodified replies to
+# loops, and more of the modulated ones: with greedy decoding, most of
+# the incoherence is the decoder's, not the push's.
+#
 # The held-out table compares one chosen strength per method, and their
 # coherent shares need not match. So every strength tried on the
 # discovery prompts is run on the held-out prompts too, and the
@@ -587,6 +637,10 @@ headline = record(
     modulation_on_target_coherent_lo=res.loc["circuit modulation", "both lo"],
     modulation_on_target_coherent_hi=res.loc["circuit modulation", "both hi"],
     modulation_names_target=res.loc["circuit modulation", "names the target"],
+    modulation_greedy_accuracy=res.loc["circuit modulation, plain greedy", "accuracy"],
+    modulation_greedy_coherent=res.loc["circuit modulation, plain greedy", "coherent"],
+    plain_greedy_coherent=res.loc["no intervention, plain greedy", "coherent"],
+    plain_coherent=res.loc["no intervention", "coherent"],
     steering_on_target_coherent=res.loc["steering vector (directions)", "on target and coherent"],
     plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
     steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
@@ -625,11 +679,12 @@ pd.Series(headline).to_frame("value")
 #   `MODEL` on a GPU to compare.
 # - **Equal coherence, a few strengths.** The comparison at equal
 #   coherence covers every strength tried, on the discovery prompts and
-#   again on the held-out ones, 24 replies each in the default book and
-#   without intervals. Each level takes each method's best strength, the
+#   again on the held-out ones (24 and 96 replies per strength in the
+#   default book), without intervals. Each level takes each method's best strength, the
 #   same small selection for both; a level only one method reaches is no
-#   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`,
-#   only steering kept 0.83 of held-out replies coherent, and there it was
-#   no more accurate than the unmodified model).
+#   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`
+#   and plain greedy decoding, only steering kept 0.83 of held-out replies
+#   coherent, and there it was no more accurate than the unmodified
+#   model).
 # - **Gemma-style norms.** On Gemma the post-sublayer norms are frozen for
 #   the split, so a head's term is its zeroing effect only to first order.

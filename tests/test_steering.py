@@ -162,6 +162,30 @@ def test_each_prompt_its_own_interventions_in_one_batch_matches_one_call_per_set
         generate_grid(lm, PROMPTS, [])
 
 
+def test_repetition_penalty_is_ctrls_rule_on_every_path(smol):
+    """The penalty reaches decoding, plain and traced alike, and is CTRL's rule:
+    a token already in the row (prompt included) has its logit divided by the
+    penalty when positive, multiplied when negative, before the greedy pick."""
+    lm, pen, n_new = smol, 1.3, 12
+    text = lm.chat_prompt("Tell me about the sea, the sea, the sea.")
+    ids = lm.encode([text])["input_ids"]
+    with torch.inference_mode():
+        for _ in range(n_new):
+            logits = lm.hf(input_ids=ids).logits[0, -1].clone()
+            seen = torch.unique(ids[0])
+            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / pen, logits[seen] * pen)
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+    by_hand = ids[0, -n_new:].tolist()
+    kw = dict(max_new_tokens=n_new, return_ids=True, chat=False, repetition_penalty=pen)
+    plain = generate(lm, [text], **kw)[0]
+    traced = generate(lm, [text], [Add("resid_post.3", torch.ones(lm.d_model), alpha=0.0)], **kw)[0]
+    assert plain == by_hand and traced == by_hand
+    assert generate(lm, [text], **{**kw, "repetition_penalty": 1.0})[0] != by_hand  # it changed the reply
+    for bad in (0, -1.2, float("nan"), True, "1.2"):
+        with pytest.raises(ValueError, match="repetition_penalty="):
+            generate(lm, ["hi"], repetition_penalty=bad)
+
+
 def test_intervention_errors_name_the_input(smol):
     with pytest.raises(ValueError, match="positions='middle'"):
         Add("resid_post.1", torch.zeros(smol.d_model), positions="middle")

@@ -291,6 +291,7 @@ def generate(
     progress: bool = False,
     return_ids: bool = False,
     interventions_each: Sequence[Sequence] | None = None,
+    repetition_penalty: float = 1.0,
 ):
     """Generate replies, optionally with interventions, and return the new text.
 
@@ -308,6 +309,15 @@ def generate(
     exactly, and differences between settings come from the push, not from
     sampling noise.
     With ``return_ids=True`` returns a list of generated token-id lists instead.
+
+    ``repetition_penalty`` > 1 lowers the logit of every token already in
+    the row (prompt included) before the token is chosen, as in
+    transformers' ``generate`` (CTRL's penalty; 1.2 is its authors'
+    suggestion for greedy decoding). 1 leaves decoding untouched. Small
+    models decoded greedily fall into loops ("I'm so sorry to hear that.
+    I'm so sorry to hear that."), which the coherence checks fail whatever
+    was pushed; a mild penalty keeps those loops from hiding the effect
+    of an intervention.
 
     ``interventions_each`` (instead of ``interventions``) gives each prompt its
     own list of interventions, e.g. one alpha or one target emotion per row:
@@ -328,6 +338,9 @@ def generate(
         raise ValueError(f"temperature={temperature}: expected > 0 when sampling")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p}: expected a number in (0, 1]")
+    if isinstance(repetition_penalty, bool) or not (isinstance(repetition_penalty, (int, float))
+                                                    and 0 < repetition_penalty < float("inf")):
+        raise ValueError(f"repetition_penalty={repetition_penalty!r}: expected a number > 0 (1 = no penalty)")
     if interventions_each is not None:
         if interventions:
             raise ValueError("give interventions (the same for every prompt) or interventions_each, not both")
@@ -343,7 +356,7 @@ def generate(
     texts = [lm.chat_prompt(p, s) for p, s in zip(prompts, systems)] if chat else prompts
     # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                      pad_token_id=lm.tokenizer.pad_token_id)
+                      pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=float(repetition_penalty))
     keys = _row_keys(texts, per_row, seed) if do_sample else None
 
     results: list = []
