@@ -184,6 +184,17 @@ def test_perplexity_matches_the_models_own_loss(smol):
     assert J.perplexity(smol, [shuffled])[0] > 2 * ppl
     with_ctx = J.coherence([" Paris."], lm=smol, contexts=["The capital of France is"])[0]
     assert with_ctx["perplexity"] < J.perplexity(smol, ["Paris."])[0]
+    # a padded batch, contexts of different lengths: each text's perplexity is the model's loss on its own tokens
+    contexts = ["The capital of France is", "Once upon a time, in a small village by the sea, there lived", "Hi"]
+    texts = [" Paris, a city on the Seine.", " an old fisherman.", " there, how are you?"]
+    got = J.perplexity(smol, texts, contexts, batch_size=3)
+    for c, t, g in zip(contexts, texts, got):
+        enc = smol.encode([c + t])
+        labels = enc["input_ids"].clone()
+        labels[:, :smol.encode([c])["input_ids"].shape[1]] = -100
+        with torch.inference_mode():
+            want = float(torch.exp(smol.hf(**enc, labels=labels).loss))
+        assert g == pytest.approx(want, rel=1e-4), (c, t)
 
 
 def test_keyword_baseline_counts_unchanged_outputs_as_success_for_negative_alpha():

@@ -437,15 +437,20 @@ def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, 
         enc = lm.encode(full, padding_side="right", return_offsets=True)
         offsets = enc.pop("offset_mapping")
         enc = {k: v.to(lm.device) for k, v in enc.items()}
-        with torch.inference_mode():
-            logits = lm.hf(**enc).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0].cpu()
         mask = enc["attention_mask"][:, 1:].bool().cpu()
         starts = torch.tensor([len(c) for c in ctx])[:, None]
-        in_text = (offsets[:, 1:, 0] >= starts) & mask
+        in_text = (offsets[:, 1:, 0] >= starts) & mask  # [row, j]: token j + 1 is the text's, predicted at j
+        # the vocabulary projection only where some row predicts a text token (not over every context token)
+        keep = in_text.any(0).nonzero()[:, 0]
+        if keep.numel():
+            with torch.inference_mode():
+                logits = lm.hf(**enc, logits_to_keep=keep.to(lm.device)).logits.float()
+            targets = enc["input_ids"][:, keep.to(lm.device) + 1, None]
+            logp = torch.log_softmax(logits, -1).gather(-1, targets)[..., 0].cpu()
+        sel = in_text[:, keep]
         for r in range(len(full)):
-            n = int(in_text[r].sum())
-            out.append(float(math.exp(-logp[r][in_text[r]].mean())) if n else float("inf"))
+            n = int(sel[r].sum())
+            out.append(float(math.exp(-logp[r][sel[r]].mean())) if n else float("inf"))
     return out
 
 
