@@ -184,17 +184,29 @@ def test_perplexity_matches_the_models_own_loss(smol):
     assert J.perplexity(smol, [shuffled])[0] > 2 * ppl
     with_ctx = J.coherence([" Paris."], lm=smol, contexts=["The capital of France is"])[0]
     assert with_ctx["perplexity"] < J.perplexity(smol, ["Paris."])[0]
-    # a padded batch, contexts of different lengths: each text's perplexity is the model's loss on its own tokens
-    contexts = ["The capital of France is", "Once upon a time, in a small village by the sea, there lived", "Hi"]
-    texts = [" Paris, a city on the Seine.", " an old fisherman.", " there, how are you?"]
-    got = J.perplexity(smol, texts, contexts, batch_size=3)
+
+
+def test_perplexity_of_each_text_after_its_context_alone_or_sharing_it(bundled):
+    """A padded batch with contexts of different lengths, and texts that share a context (scored on one
+    cached pass of it): each text's perplexity is the model's own loss on that text's tokens."""
+    import torch
+
+    lm = bundled
+    story = lm.chat_prompt("Once upon a time, in a small village by the sea, there lived")
+    contexts = ["The capital of France is", story, "Hi", story, story, story]
+    texts = [" Paris, a city on the Seine.", "an old fisherman.", " there, how are you?", "a girl who sang.",
+             "a dog.", "a cat, a cat, a cat, a cat."]
+    got = J.perplexity(lm, texts, contexts, batch_size=2)  # the story's four texts: two batches of the cache
     for c, t, g in zip(contexts, texts, got):
-        enc = smol.encode([c + t])
+        enc = lm.encode([c + t])
         labels = enc["input_ids"].clone()
-        labels[:, :smol.encode([c])["input_ids"].shape[1]] = -100
+        labels[:, :lm.encode([c])["input_ids"].shape[1]] = -100
         with torch.inference_mode():
-            want = float(torch.exp(smol.hf(**enc, labels=labels).loss))
+            want = float(torch.exp(lm.hf(**enc, labels=labels).loss))
         assert g == pytest.approx(want, rel=1e-4), (c, t)
+    assert got[5] < got[3]  # the repetition is easy to predict once started
+    with pytest.raises(ValueError, match="contexts has 1 entries for 2 texts"):
+        J.perplexity(lm, ["a", "b"], ["c"])
 
 
 def test_keyword_baseline_counts_unchanged_outputs_as_success_for_negative_alpha():

@@ -426,32 +426,73 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
 
 
 def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, batch_size: int = 16) -> list[float]:
-    """Per-text perplexity of ``text`` (after ``context``, if given) under a loaded model."""
+    """Per-text perplexity of ``text`` (after ``context``, if given) under a loaded model.
+
+    Texts that share a context (a sweep's replies to one prompt) are scored
+    together: the context's tokens run through the model once and their
+    key-value cache serves every text after it, which gives the same numbers
+    as scoring each text alone and costs a fraction of it when contexts are
+    long.
+    """
+    contexts = list(contexts) if contexts is not None else [""] * len(texts)
+    if len(contexts) != len(texts):
+        raise ValueError(f"contexts has {len(contexts)} entries for {len(texts)} texts")
+    by_context: dict[str, list[int]] = {}
+    for i, c in enumerate(contexts):
+        by_context.setdefault(c, []).append(i)
+    out: list[float] = [float("nan")] * len(texts)
+    alone = [i for c, idx in by_context.items() if not c or len(idx) == 1 for i in idx]
+    for j in range(0, len(alone), batch_size):
+        rows = alone[j:j + batch_size]
+        for i, v in zip(rows, _perplexity_batch(lm, [contexts[i] for i in rows], [texts[i] for i in rows])):
+            out[i] = v
+    for c, idx in by_context.items():
+        if c and len(idx) > 1:
+            for j in range(0, len(idx), batch_size):
+                rows = idx[j:j + batch_size]
+                for i, v in zip(rows, _perplexity_batch(lm, [c] * len(rows), [texts[i] for i in rows], shared=True)):
+                    out[i] = v
+    return out
+
+
+def _perplexity_batch(lm, ctx: list[str], txt: list[str], shared: bool = False) -> list[float]:
+    """Perplexity of each ``txt`` after its ``ctx``, one padded forward pass. With ``shared=True`` (every
+    ``ctx`` the same) the tokens all rows share before the text run once, and their cache serves every row."""
+    import copy
+
     import torch
 
-    contexts = list(contexts) if contexts is not None else [""] * len(texts)
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ctx, txt = contexts[i:i + batch_size], texts[i:i + batch_size]
-        full = [c + t if t else c + " " for c, t in zip(ctx, txt)]
-        enc = lm.encode(full, padding_side="right", return_offsets=True)
-        offsets = enc.pop("offset_mapping")
-        enc = {k: v.to(lm.device) for k, v in enc.items()}
-        mask = enc["attention_mask"][:, 1:].bool().cpu()
-        starts = torch.tensor([len(c) for c in ctx])[:, None]
-        in_text = (offsets[:, 1:, 0] >= starts) & mask  # [row, j]: token j + 1 is the text's, predicted at j
-        # the vocabulary projection only where some row predicts a text token (not over every context token)
-        keep = in_text.any(0).nonzero()[:, 0]
-        if keep.numel():
-            with torch.inference_mode():
-                logits = lm.hf(**enc, logits_to_keep=keep.to(lm.device)).logits.float()
-            targets = enc["input_ids"][:, keep.to(lm.device) + 1, None]
-            logp = torch.log_softmax(logits, -1).gather(-1, targets)[..., 0].cpu()
-        sel = in_text[:, keep]
-        for r in range(len(full)):
-            n = int(sel[r].sum())
-            out.append(float(math.exp(-logp[r][sel[r]].mean())) if n else float("inf"))
-    return out
+    full = [c + t if t else c + " " for c, t in zip(ctx, txt)]
+    enc = lm.encode(full, padding_side="right", return_offsets=True)
+    offsets = enc.pop("offset_mapping")
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    starts = torch.tensor([len(c) for c in ctx])[:, None]
+    in_text = (offsets[:, 1:, 0] >= starts) & att[:, 1:].bool()  # [row, j]: token j + 1 is the text's, read at j
+    n_pre = 0
+    if shared:  # the leading tokens that lie inside the context and are the same in every row
+        inside = (offsets[:, :, 1] <= starts) & (ids == ids[:1]) & att.bool()
+        n_pre = int(inside.int().cumprod(1).sum(1).min())
+    dev = lm.device
+    with torch.inference_mode():
+        if n_pre >= 2:
+            pre = lm.hf(input_ids=ids[:1, :n_pre].to(dev), use_cache=True, logits_to_keep=1)
+            cache = copy.deepcopy(pre.past_key_values)
+            cache.batch_repeat_interleave(len(full))
+            mask = torch.cat([torch.ones(len(full), n_pre, dtype=att.dtype), att[:, n_pre:]], 1)
+            pos = torch.arange(n_pre, ids.shape[1])[None].expand(len(full), -1)
+            logits = lm.hf(input_ids=ids[:, n_pre:].to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                           past_key_values=cache, use_cache=True).logits
+            # read at positions n_pre - 1 (the shared pass's last) to the second-to-last
+            logits = torch.cat([pre.logits.expand(len(full), -1, -1), logits[:, :-1]], 1)
+            targets, sel = ids[:, n_pre:], in_text[:, n_pre - 1:]
+        else:
+            keep = in_text.any(0).nonzero()[:, 0]  # project onto the vocabulary only where a text token is read
+            if not keep.numel():
+                return [float("inf")] * len(full)
+            logits = lm.hf(**{k: v.to(dev) for k, v in enc.items()}, logits_to_keep=keep.to(dev)).logits
+            targets, sel = ids[:, keep + 1], in_text[:, keep]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.to(logits.device)[..., None])[..., 0].cpu()
+    return [float(math.exp(-logp[r][sel[r]].mean())) if sel[r].any() else float("inf") for r in range(len(full))]
 
 
 # ---------------------------------------------------------------------------
