@@ -558,20 +558,25 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 #
 # The held-out table compares one chosen strength per method, and their
 # coherent shares need not match. So every strength tried on the
-# discovery prompts is run on the held-out prompts too, and the
-# equal-coherence table is built again from those replies. Each level
+# discovery prompts is run on the first 8 held-out scenarios too (48
+# replies per strength; FULL: all 16), and the equal-coherence table is
+# built again from those replies. Each level
 # still takes the best of a few strengths, for both methods alike.
 
 # %%
-held_runs = {"modulation": {scale: mod}, "steering": {alpha: steered}}
+n_eq = size(2, 8, 16)  # held-out scenarios for the every-strength re-run (the first ones of the table's)
+eq_users = {p["user"] for p in ds.sev_prompts(held[:n_eq], emotions=None, valences=("neutral",))}
+held_runs = {"modulation": {scale: mod[mod.user.isin(eq_users)]},
+             "steering": {alpha: steered[steered.user.isin(eq_users)]}}
 for how, t in tuned.items():
     for s_ in t.index:
         if s_ not in held_runs[how]:
-            held_runs[how][s_] = toward(held, s_, new_tokens, how)
+            held_runs[how][s_] = toward(held[:n_eq], s_, new_tokens, how)
 held_tuned = {how: pd.concat(runs.values()).groupby("scale").agg(accuracy=("hit", "mean"),
                                                                   coherent=("coherent", "mean"))
               for how, runs in held_runs.items()}
-held_at_coh, held_gap = at_equal_coherence(held_tuned, f"held-out prompts, {len(mod)} replies per strength")
+held_at_coh, held_gap = at_equal_coherence(held_tuned, f"held-out prompts, {len(held_runs['modulation'][scale])} "
+                                                        "replies per strength")
 
 # %% [markdown]
 # Two columns keep the accuracy honest. **On target and coherent** counts
@@ -679,7 +684,7 @@ pd.Series(headline).to_frame("value")
 #   `MODEL` on a GPU to compare.
 # - **Equal coherence, a few strengths.** The comparison at equal
 #   coherence covers every strength tried, on the discovery prompts and
-#   again on the held-out ones (24 and 96 replies per strength in the
+#   again on the held-out ones (24 and 48 replies per strength in the
 #   default book), without intervals. Each level takes each method's best strength, the
 #   same small selection for both; a level only one method reaches is no
 #   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`
