@@ -551,7 +551,8 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # anger, sadness, happiness and surprise are read as the target almost
 # every time, disgust about half the time, and fear rarely; fear's
 # modulated replies read as neutral (the circuit's push does not reach
-# the text; a stronger one only breaks replies). Plain greedy decoding,
+# the text, and the larger scales tried above did not change that while
+# they cost coherence overall). Plain greedy decoding,
 # the last two rows, loses about a quarter of the unmodified replies to
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.
