@@ -551,8 +551,8 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # anger, sadness, happiness and surprise are read as the target almost
 # every time, disgust about half the time, and fear rarely; fear's
 # modulated replies read as neutral (the circuit's push does not reach
-# the text, and the larger scales tried above did not change that while
-# they cost coherence overall). Plain greedy decoding,
+# the text, and the larger scales do not change that while they cost
+# coherence overall: see the per-scale table below). Plain greedy decoding,
 # the last two rows, loses about a quarter of the unmodified replies to
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.
@@ -578,6 +578,9 @@ held_tuned = {how: pd.concat(runs.values()).groupby("scale").agg(accuracy=("hit"
               for how, runs in held_runs.items()}
 held_at_coh, held_gap = at_equal_coherence(held_tuned, f"held-out prompts, {len(held_runs['modulation'][scale])} "
                                                         "replies per strength")
+display(pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]).hit.mean().unstack()
+        .style.format("{:.2f}").set_caption("modulation on these held-out prompts: share judged as the target, "
+                                            "per scale (rows) and target emotion (columns)"))
 
 # %% [markdown]
 # Two columns keep the accuracy honest. **On target and coherent** counts
