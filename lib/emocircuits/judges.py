@@ -448,51 +448,74 @@ def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, 
             out[i] = v
     for c, idx in by_context.items():
         if c and len(idx) > 1:
-            for j in range(0, len(idx), batch_size):
-                rows = idx[j:j + batch_size]
-                for i, v in zip(rows, _perplexity_batch(lm, [c] * len(rows), [texts[i] for i in rows], shared=True)):
-                    out[i] = v
+            for i, v in zip(idx, _perplexity_shared(lm, c, [texts[i] for i in idx], batch_size)):
+                out[i] = v
     return out
 
 
-def _perplexity_batch(lm, ctx: list[str], txt: list[str], shared: bool = False) -> list[float]:
-    """Perplexity of each ``txt`` after its ``ctx``, one padded forward pass. With ``shared=True`` (every
-    ``ctx`` the same) the tokens all rows share before the text run once, and their cache serves every row."""
-    import copy
-
+def _encode_after(lm, ctx: list[str], txt: list[str]):
+    """Each context followed by its text, right-padded: the encoding, the token offsets, and ``in_text[row, j]``,
+    true where token ``j + 1`` is the text's (it is read from the logits at ``j``)."""
     import torch
 
     full = [c + t if t else c + " " for c, t in zip(ctx, txt)]
     enc = lm.encode(full, padding_side="right", return_offsets=True)
     offsets = enc.pop("offset_mapping")
-    ids, att = enc["input_ids"], enc["attention_mask"]
     starts = torch.tensor([len(c) for c in ctx])[:, None]
-    in_text = (offsets[:, 1:, 0] >= starts) & att[:, 1:].bool()  # [row, j]: token j + 1 is the text's, read at j
-    n_pre = 0
-    if shared:  # the leading tokens that lie inside the context and are the same in every row
-        inside = (offsets[:, :, 1] <= starts) & (ids == ids[:1]) & att.bool()
-        n_pre = int(inside.int().cumprod(1).sum(1).min())
-    dev = lm.device
-    with torch.inference_mode():
-        if n_pre >= 2:
-            pre = lm.hf(input_ids=ids[:1, :n_pre].to(dev), use_cache=True, logits_to_keep=1)
-            cache = copy.deepcopy(pre.past_key_values)
-            cache.batch_repeat_interleave(len(full))
-            mask = torch.cat([torch.ones(len(full), n_pre, dtype=att.dtype), att[:, n_pre:]], 1)
-            pos = torch.arange(n_pre, ids.shape[1])[None].expand(len(full), -1)
-            logits = lm.hf(input_ids=ids[:, n_pre:].to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           past_key_values=cache, use_cache=True).logits
-            # read at positions n_pre - 1 (the shared pass's last) to the second-to-last
-            logits = torch.cat([pre.logits.expand(len(full), -1, -1), logits[:, :-1]], 1)
-            targets, sel = ids[:, n_pre:], in_text[:, n_pre - 1:]
-        else:
-            keep = in_text.any(0).nonzero()[:, 0]  # project onto the vocabulary only where a text token is read
-            if not keep.numel():
-                return [float("inf")] * len(full)
-            logits = lm.hf(**{k: v.to(dev) for k, v in enc.items()}, logits_to_keep=keep.to(dev)).logits
-            targets, sel = ids[:, keep + 1], in_text[:, keep]
+    return enc, offsets, (offsets[:, 1:, 0] >= starts) & enc["attention_mask"][:, 1:].bool()
+
+
+def _exp_mean_nll(logits, targets, sel) -> list[float]:
+    """Per row, exp of the mean negative log-probability of ``targets`` where ``sel``; inf for a row without any."""
+    import torch
+
     logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.to(logits.device)[..., None])[..., 0].cpu()
-    return [float(math.exp(-logp[r][sel[r]].mean())) if sel[r].any() else float("inf") for r in range(len(full))]
+    return [float(math.exp(-logp[r][sel[r]].mean())) if sel[r].any() else float("inf") for r in range(len(sel))]
+
+
+def _perplexity_batch(lm, ctx: list[str], txt: list[str]) -> list[float]:
+    """Perplexity of each ``txt`` after its ``ctx``, in one padded forward pass that projects onto the
+    vocabulary only where some row reads a text token."""
+    import torch
+
+    enc, _, in_text = _encode_after(lm, ctx, txt)
+    keep = in_text.any(0).nonzero()[:, 0]
+    if not keep.numel():
+        return [float("inf")] * len(txt)
+    with torch.inference_mode():
+        logits = lm.hf(**{k: v.to(lm.device) for k, v in enc.items()}, logits_to_keep=keep.to(lm.device)).logits
+    return _exp_mean_nll(logits, enc["input_ids"][:, keep + 1], in_text[:, keep])
+
+
+def _perplexity_shared(lm, context: str, txt: list[str], batch_size: int) -> list[float]:
+    """Perplexity of each ``txt`` after the one ``context``: the leading tokens every row shares inside the
+    context run through the model once, and a copy of their cache serves each batch of texts."""
+    import copy
+
+    import torch
+
+    enc, offsets, in_text = _encode_after(lm, [context] * len(txt), txt)
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    inside = (offsets[:, :, 1] <= len(context)) & (ids == ids[:1]) & att.bool()
+    n_pre = int(inside.int().cumprod(1).sum(1).min())
+    if n_pre < 2:  # nothing worth sharing
+        return [v for j in range(0, len(txt), batch_size)
+                for v in _perplexity_batch(lm, [context] * len(txt[j:j + batch_size]), txt[j:j + batch_size])]
+    dev, out = lm.device, []
+    with torch.inference_mode():
+        pre = lm.hf(input_ids=ids[:1, :n_pre].to(dev), use_cache=True, logits_to_keep=1)
+        for j in range(0, len(txt), batch_size):
+            rows = slice(j, j + batch_size)
+            b, width = len(txt[rows]), int(att[rows].sum(1).max())  # this batch's longest row
+            cache = copy.deepcopy(pre.past_key_values)
+            cache.batch_repeat_interleave(b)
+            pos = torch.arange(n_pre, width)[None].expand(b, -1)
+            logits = lm.hf(input_ids=ids[rows, n_pre:width].to(dev), attention_mask=att[rows, :width].to(dev),
+                           position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits
+            # read at positions n_pre - 1 (the shared pass's last) to the second-to-last
+            logits = torch.cat([pre.logits.expand(b, -1, -1), logits[:, :-1]], 1)
+            out += _exp_mean_nll(logits, ids[rows, n_pre:width], in_text[rows, n_pre - 1:width - 1])
+    return out
 
 
 # ---------------------------------------------------------------------------
