@@ -279,8 +279,8 @@ display(overlap.style.format("{:.2f}").set_caption("share of components two circ
 # unablated signal (1 = the whole signal), with intervals over scenarios.
 
 # %%
-test_recs = ds.load_named("sev_test")
-test_recs = test_recs[:: max(1, len(test_recs) // size(4, 8, 16))][: size(4, 8, 16)]
+all_test = ds.load_named("sev_test")
+test_recs = all_test[:: max(1, len(all_test) // size(4, 8, 16))][: size(4, 8, 16)]
 tp_all = ds.sev_prompts(test_recs, emotions=EMO, valences=("neutral",))  # scenario-major, 6 emotions each
 tt_all = [lm.chat_prompt(p["user"], system=p["system"]) for p in tp_all]
 means = C.component_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")})
@@ -504,7 +504,6 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %%
-all_test = ds.load_named("sev_test")
 n_held = size(2, 16, 16)  # scenarios spread over the test file, 6 replies each (one per target emotion)
 held = all_test[:: max(1, len(all_test) // size(4, n_held, n_held))][:n_held]
 mod = toward(held, scale, new_tokens)
