@@ -239,7 +239,9 @@ for r in held[:5]:
 #
 # Persona Vectors extracts a trait direction from the difference between
 # replies under a trait-eliciting and a trait-suppressing system prompt, on
-# one half of the questions, and evaluates on the other half.
+# one half of the questions, and evaluates on the other half. Chapter 06
+# builds this direction from the bundled model's own replies and steers
+# with it, beside the probe direction.
 
 # %%
 persona, questions = ds.load_named("persona_pairs"), ds.load_named("persona_questions")

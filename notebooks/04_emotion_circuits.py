@@ -229,14 +229,16 @@ display(summary)
 # the budget, the rest shared in proportion to each sublayer's influence.
 # `default_budget` keeps the same *shares* of all neurons and heads for
 # this model (it is a parameter of `assemble`). Within a layer the
-# highest-scoring components are taken. Circuits are stored as JSON under
-# the cache folder, where chapter 06 finds them.
+# highest-scoring components are taken. Each circuit is written as JSON
+# (layer, kind, index, score per component) under the cache folder, one
+# folder per model and run size; `circuits.Circuit.from_json` reads one
+# back, for use outside the book.
 
 # %%
 budget = C.default_budget(lm)
 print("budget:", budget)
 circuits = {}
-out_dir = cache_dir("circuits") / lm.name
+out_dir = cache_dir("circuits") / lm.name / ("quick" if QUICK else "full" if FULL else "book")
 for e, emo in enumerate(EMO):
     circuits[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
                                {l: head_scores[l][e] for l in range(L)},
@@ -549,9 +551,17 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # point estimate does not. The confusion table says where it falls short:
 # anger, sadness, happiness and surprise are read as the target almost
 # every time, disgust about half the time, and fear rarely; fear's
-# modulated replies read as neutral (the circuit's push does not reach
-# the text, and the larger scales do not change that while they cost
-# coherence overall: see the per-scale table below). Plain greedy decoding,
+# modulated replies read as neutral. Read them (two are in the table of
+# replies below): the push does reach the text, as a register rather than
+# a feeling. On the default model's held-out prompts they turn to
+# preparation and vigilance ("As I'm preparing to dispense medication
+# from my cart, you're likely within 10 feet of the nearest location");
+# pushed harder (scale 16, on discovery prompts), to "threat analysis
+# scenarios" and "the risk of physical access". That is the topic of
+# danger, without anyone afraid in
+# it, and the judge rightly reads it as neutral. Larger scales do not
+# change that while they cost coherence overall (the per-scale table
+# below). Plain greedy decoding,
 # the last two rows, loses about a quarter of the unmodified replies to
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.

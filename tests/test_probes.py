@@ -246,3 +246,52 @@ def test_reply_texts_put_the_reply_in_the_assistant_turn(smol):
     assert texts[0][:starts[0]] == smol.chat_prompt("My dog died.")
     with pytest.raises(ValueError, match="1 user messages for 2 replies"):
         P.reply_texts(smol, ["a"], ["b", "c"])
+
+
+def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_read_after_their_prompts(smol):
+    from emocircuits.steering import generate
+
+    personas = ds.load_named("persona_pairs")[:2]
+    questions = [q for q in ds.load_named("persona_questions") if q.split == "extract"][:2]
+    R = P.persona_replies(smol, personas, questions, max_new_tokens=6)
+    assert len(R) == 4 and R.question == [q.text for q in questions] * 2
+    assert R.persona == [personas[0].id] * 2 + [personas[1].id] * 2
+    assert R.negative_system[3] == personas[1].negative
+    # each row is the model's own greedy reply (repetition penalty 1.2) under that row's system prompt
+    assert R.positive[0] == generate(smol, [questions[0].text], system=personas[0].positive, max_new_tokens=6,
+                                     repetition_penalty=1.2)[0]
+    assert R.negative[3] == generate(smol, [questions[1].text], system=personas[1].negative, max_new_tokens=6,
+                                     repetition_penalty=1.2)[0]
+    assert R.positive != R.negative
+
+    dirs = P.persona_directions(smol, R, [2, 5])
+    assert sorted(dirs) == [2, 5] and all(np.linalg.norm(v) == pytest.approx(1.0) for v in dirs.values())
+
+    def by_hand(system, reply, question, layer=5):
+        """The reply's tokens' mean activation, from an unpooled capture of the prompt and of prompt + reply."""
+        site = f"resid_post.{layer}"
+        prompt = smol.chat_prompt(question, system=system)
+        n_prompt = capture(smol, [prompt], [site], pooling="none", progress=False)[site][0].shape[0]
+        full = capture(smol, [prompt + reply], [site], pooling="none", progress=False)[site][0]
+        return full[n_prompt:].double().mean(0).numpy()
+
+    keep = np.array([True, False, False, True])
+    pos = np.stack([by_hand(R.positive_system[i], R.positive[i], R.question[i]) for i in (0, 3)])
+    neg = np.stack([by_hand(R.negative_system[i], R.negative[i], R.question[i]) for i in (0, 3)])
+    np.testing.assert_allclose(P.persona_directions(smol, R, [5], keep=keep)[5], P.mean_diff(pos, neg), atol=1e-4)
+    assert abs(P.persona_directions(smol, R, [5], keep=keep)[5] @ dirs[5]) < 0.999  # keep changes the answer
+    # the control reads each reply after its question alone
+    alone = P.persona_activations(smol, R, [5], system=False)[0][5][0]
+    np.testing.assert_allclose(alone, by_hand(None, R.positive[0], R.question[0]), atol=1e-4)
+    assert not np.allclose(alone, pos[0], atol=1e-2)
+
+    with pytest.raises(ValueError, match="keep: expected 4 booleans"):
+        P.persona_directions(smol, R, [5], keep=[True, False])
+    with pytest.raises(ValueError, match="keep selects no row"):
+        P.persona_directions(smol, R, [5], keep=np.zeros(4, bool))
+    with pytest.raises(ValueError, match=r"layers \[99\]"):
+        P.persona_directions(smol, R, [99])
+    with pytest.raises(ValueError, match="personas: expected .* records with a non-empty 'positive'"):
+        P.persona_replies(smol, ["be kind"], questions)
+    with pytest.raises(ValueError, match="questions: expected .*got an empty one"):
+        P.persona_replies(smol, personas, [])

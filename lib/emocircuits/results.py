@@ -153,6 +153,16 @@ ROWS: tuple[Row, ...] = (
         "06_steering", "both_ways_confirmed", _base("chance {}; coherent share {}", "both_ways_confirmed_chance",
                                                     "both_ways_confirmed_coherent"),
         "situations that took no part in choosing the setting"),
+    Row("A", "steering with a persona vector (the model's own replies under a warm and a cold system prompt), its "
+        "best setting on fresh situations: share moved both ways", "-", "06_steering", "persona_confirmed",
+        _base("chance {}; coherent share {}; the probe direction at the same setting: {}",
+              "persona_confirmed_chance", "persona_confirmed_coherent", "probe_same_setting_both"),
+        "Persona Vectors' extraction, not paper A's; chosen on other situations (chapter 06, section 5)"),
+    Row("A", "same, one sign at a time: success at +alpha (judged empathy up beyond the seed noise, coherent)",
+        "94.4% pro-empathy only (Dolphin)", "06_steering", "persona_confirmed_up",
+        _base("the probe direction at the same setting: {}; success at -alpha: {}", "probe_same_setting_up",
+              "persona_confirmed_down"),
+        "ours: the judge's score against the seed noise; paper A: keyword counts"),
     # paper B
     Row("B", "six-way emotion probe accuracy, held out by scenario", "not reported", "03_probes",
         "emotion_accuracy", _fixed("chance 0.17"), "the instruction names the emotion (see chapter 03)"),
