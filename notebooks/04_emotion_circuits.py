@@ -238,7 +238,7 @@ display(summary)
 budget = C.default_budget(lm)
 print("budget:", budget)
 circuits = {}
-out_dir = cache_dir("circuits") / lm.name / ("quick" if QUICK else "full" if FULL else "book")
+out_dir = cache_dir("circuits") / lm.name / size.name  # "quick", "book" or "full"
 for e, emo in enumerate(EMO):
     circuits[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
                                {l: head_scores[l][e] for l in range(L)},
