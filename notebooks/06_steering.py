@@ -487,8 +487,8 @@ persona_headline = record(
 # Its warm and cold replies get the same judged empathy (warm minus cold
 # -0.04 [-0.25, +0.15]), and the warm reply is judged above the cold one
 # on 0.57 [0.46, 0.68] of questions, against 0.5 if the prompt were
-# ignored; the example above is typical, both replies sympathetic in
-# different openings. The direction built from them is not the probe's
+# ignored (the example above is one pair, the first question under the
+# first persona pair). The direction built from them is not the probe's
 # (cosines between -0.23 and +0.10 at the four layers), and it does tell
 # the two personas' replies apart on the evaluation questions, 0.73
 # [0.63, 0.82] AUROC even read without the prompt that produced them. So
