@@ -404,7 +404,7 @@ kept = warm > cold
 persona_dirs = P.persona_directions(lm, own, CANDIDATES, keep=kept)
 # the evaluation replies read as Persona Vectors reads them (system prompt in context) and after the question alone
 det, det_alone = (P.evaluate_direction(persona_dirs[MID], *(X[MID] for X in P.persona_activations(
-    lm, own_eval, [MID], system=with_system)), seed=SEED) for with_system in (True, False))
+    lm, own_eval.select(own_eval.complete), [MID], system=with_system)), seed=SEED) for with_system in (True, False))
 pd.DataFrame({"cosine with the probe direction": {l: float(persona_dirs[l] @ fit.directions[l]
                                                            / np.linalg.norm(fit.directions[l]))
                                                  for l in CANDIDATES}}).rename_axis("layer").T.round(2)

@@ -575,6 +575,17 @@ class PersonaReplies:
     def __len__(self) -> int:
         return len(self.question)
 
+    @property
+    def complete(self) -> np.ndarray:
+        """One bool per row: both replies have text (an empty reply has no tokens to average)."""
+        return np.array([bool(a.strip()) and bool(b.strip()) for a, b in zip(self.positive, self.negative)], bool)
+
+    def select(self, rows) -> "PersonaReplies":
+        """The rows picked by a boolean mask or a list of indices."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, int)
+        return PersonaReplies(*([getattr(self, f)[i] for i in rows] for f in
+                                ("persona", "question", "positive_system", "negative_system", "positive", "negative")))
+
 
 def _texts_of(items, name: str, field_name: str, bare: bool) -> list[str]:
     """``field_name`` of each record (or dict); plain strings too when ``bare``."""
@@ -627,7 +638,9 @@ def persona_activations(lm, replies: PersonaReplies, layers: Sequence[int], site
     With the system prompt in context every reply token can carry which
     prompt it followed, so a direction can tell the two sides apart even
     where the replies themselves do not differ; ``system=False`` reads the
-    replies after the question alone, the control for that.
+    replies after the question alone, the control for that. An empty reply
+    is refused (``capture`` names it); ``replies.select(replies.complete)``
+    leaves those rows out.
     Returns ``({layer: X_pos}, {layer: X_neg})``, rows in the order of ``replies``.
     """
     from .activations import capture
@@ -656,13 +669,15 @@ def persona_directions(lm, replies: PersonaReplies, layers: Sequence[int], keep=
     ``keep`` (one bool per row of ``replies``) restricts the difference to
     the rows where the prompts worked, e.g. where a judge scored the
     trait-eliciting reply above the other (Persona Vectors keeps replies by
-    their trait score). ``system``: as in :func:`persona_activations`.
+    their trait score). A row where either reply is empty has no tokens to
+    average and is left out. ``system``: as in :func:`persona_activations`.
     """
     keep = np.ones(len(replies), bool) if keep is None else np.asarray(keep)
     if keep.shape != (len(replies),) or keep.dtype != bool:
         raise ValueError(f"keep: expected {len(replies)} booleans, one per row of replies; got "
                          f"shape {keep.shape}, dtype {keep.dtype}")
+    keep = keep & replies.complete
     if not keep.any():
-        raise ValueError("keep selects no row: a direction needs at least one pair of replies")
-    X_pos, X_neg = persona_activations(lm, replies, layers, site_kind, system, progress)
-    return {l: mean_diff(X_pos[l][keep], X_neg[l][keep]) for l in X_pos}
+        raise ValueError("keep selects no row with two non-empty replies: a direction needs at least one pair")
+    X_pos, X_neg = persona_activations(lm, replies.select(keep), layers, site_kind, system, progress)
+    return {l: mean_diff(X_pos[l], X_neg[l]) for l in X_pos}
