@@ -88,7 +88,11 @@ def show(paper):
 # baseline rises with it (chapter 03 says why). The random-direction baseline matters more than
 # paper A's table suggests: oriented random directions reach high AUROCs
 # on 15 test pairs. Steering is where small models part ways with the
-# paper: read the coherent share beside every success rate.
+# paper: read the coherent share beside every success rate. A direction
+# built from the model's own replies (Persona Vectors, chapter 06's
+# section 5) steers one way only on the default model, up, as paper A
+# found on Dolphin; the model hardly follows the persona prompts it is
+# built from.
 
 # %%
 show("A")
