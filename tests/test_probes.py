@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -290,7 +291,6 @@ def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_re
     with pytest.raises(ValueError, match="keep selects no row"):
         P.persona_directions(smol, R, [5], keep=np.zeros(4, bool))
     # a row with an empty reply has nothing to average: it is left out, as if not kept
-    import dataclasses
     blank = dataclasses.replace(R, negative=[R.negative[0], "", " ", R.negative[3]])
     np.testing.assert_allclose(P.persona_directions(smol, blank, [5])[5], P.mean_diff(pos, neg), atol=1e-4)
     assert blank.complete.tolist() == keep.tolist() and blank.select([3]).negative == [R.negative[3]]
