@@ -502,8 +502,11 @@ persona_headline = record(
 # 0.17. What holds is the upward push: judged empathy rises from 2.52 to
 # 3.50, beyond the seed noise on 0.42 [0.17, 0.67] of the fresh
 # situations, with 0.94 of replies coherent. Pushed the other way,
-# nothing happens (2.57). Paper A saw the same asymmetry on
-# Dolphin-Llama-3.1-8B (94.4% pro-empathy only).
+# nothing happens (2.57). Paper A saw an asymmetry too, on
+# Dolphin-Llama-3.1-8B (94.4% success pushing toward empathy), but of
+# another kind: there the push away from empathy broke the replies
+# (empty outputs, "move move move"); here they stay coherent and
+# unchanged.
 #
 # **The probe direction at the same setting** moves more of the fresh
 # situations both ways, 0.67 [0.42, 0.92] with 0.94 coherent (2.07, 2.52

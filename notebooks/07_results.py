@@ -90,9 +90,10 @@ def show(paper):
 # on 15 test pairs. Steering is where small models part ways with the
 # paper: read the coherent share beside every success rate. A direction
 # built from the model's own replies (Persona Vectors, chapter 06's
-# section 5) steers one way only on the default model, up, as paper A
-# found on Dolphin; the model hardly follows the persona prompts it is
-# built from.
+# section 5) steers one way only on the default model, up; pushed the
+# other way the replies stay coherent and unchanged, where paper A's
+# Dolphin broke down. The model hardly follows the persona prompts the
+# direction is built from.
 
 # %%
 show("A")
