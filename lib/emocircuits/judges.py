@@ -442,10 +442,9 @@ def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, 
         by_context.setdefault(c, []).append(i)
     out: list[float] = [float("nan")] * len(texts)
     alone = [i for c, idx in by_context.items() if not c or len(idx) == 1 for i in idx]
-    for j in range(0, len(alone), batch_size):
-        rows = alone[j:j + batch_size]
-        for i, v in zip(rows, _perplexity_batch(lm, [contexts[i] for i in rows], [texts[i] for i in rows])):
-            out[i] = v
+    for i, v in zip(alone, _perplexity_batches(lm, [contexts[i] for i in alone], [texts[i] for i in alone],
+                                               batch_size)):
+        out[i] = v
     for c, idx in by_context.items():
         if c and len(idx) > 1:
             for i, v in zip(idx, _perplexity_shared(lm, c, [texts[i] for i in idx], batch_size)):
@@ -471,6 +470,12 @@ def _exp_mean_nll(logits, targets, sel) -> list[float]:
 
     logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.to(logits.device)[..., None])[..., 0].cpu()
     return [float(math.exp(-logp[r][sel[r]].mean())) if sel[r].any() else float("inf") for r in range(len(sel))]
+
+
+def _perplexity_batches(lm, ctx: list[str], txt: list[str], batch_size: int) -> list[float]:
+    """:func:`_perplexity_batch` over consecutive batches of ``batch_size`` rows."""
+    return [v for j in range(0, len(txt), batch_size)
+            for v in _perplexity_batch(lm, ctx[j:j + batch_size], txt[j:j + batch_size])]
 
 
 def _perplexity_batch(lm, ctx: list[str], txt: list[str]) -> list[float]:
@@ -499,8 +504,7 @@ def _perplexity_shared(lm, context: str, txt: list[str], batch_size: int) -> lis
     inside = (offsets[:, :, 1] <= len(context)) & (ids == ids[:1]) & att.bool()
     n_pre = int(inside.int().cumprod(1).sum(1).min())
     if n_pre < 2:  # nothing worth sharing
-        return [v for j in range(0, len(txt), batch_size)
-                for v in _perplexity_batch(lm, [context] * len(txt[j:j + batch_size]), txt[j:j + batch_size])]
+        return _perplexity_batches(lm, [context] * len(txt), txt, batch_size)
     dev, out = lm.device, []
     with torch.inference_mode():
         pre = lm.hf(input_ids=ids[:1, :n_pre].to(dev), use_cache=True, logits_to_keep=1)
