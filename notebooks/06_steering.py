@@ -416,16 +416,25 @@ for what, d_ in (("read after their system prompt", det), ("read after the quest
           f"AUROC {d_.auroc:.2f} [{d_.auroc_ci[0]:.2f}, {d_.auroc_ci[1]:.2f}] (chance 0.5)")
 
 # %%
-P_ALPHAS = [a for a in ALPHAS if abs(a) <= 1]
+def with_unpushed(judged_, source):
+    """Judged sweep replies ``(records, scores, coherent)`` plus the alpha = 0 ones of another judged sweep at
+    the same layers, situations and seeds: nothing acts at alpha = 0, so they are the same replies."""
+    recs, sc, coh = judged_
+    layers_ = {r["layer"] for r in recs}
+    zero = [i for i, r in enumerate(source[0]) if r["alpha"] == 0 and r["layer"] in layers_]
+    return (recs + [source[0][i] for i in zero], np.r_[sc, np.asarray(source[1])[zero]],
+            [*coh, *(source[2][i] for i in zero)])
+
+
+P_ALPHAS = [a for a in ALPHAS if a and abs(a) <= 1]
 P_POSITIONS = size(["generated"], ["all", "generated"], ["all", "generated"])
-persona_records = [r for k, pos in enumerate(P_POSITIONS)  # the alpha = 0 replies once, with the first positions
-                   for r in S.sweep(lm, prompts, persona_dirs, [MID], [a for a in P_ALPHAS if a or not k],
-                                    scale="rms", positions=pos, seeds=SEEDS, sample=True, temperature=0.7,
-                                    max_new_tokens=NEW_TOKENS)]
-p_scores, p_coherent = judge(persona_records, {p["id"]: p["user"] for p in prompts})
-persona_goal = S.both_ways(persona_records, p_scores, p_coherent, seed=SEED)
+persona_records = [r for pos in P_POSITIONS
+                   for r in S.sweep(lm, prompts, persona_dirs, [MID], P_ALPHAS, scale="rms", positions=pos,
+                                    seeds=SEEDS, sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
+p_judged = (persona_records, *judge(persona_records, {p["id"]: p["user"] for p in prompts}))
+persona_goal = S.both_ways(*with_unpushed(p_judged, (records, scores, coherent)), seed=SEED)  # alpha 0: section 1's
 probe_rows = goal[(goal.layer == MID) & (goal.scale == "rms") & goal.positions.isin(P_POSITIONS)
-                  & goal.alpha.isin([abs(a) for a in P_ALPHAS if a])]
+                  & goal.alpha.isin([abs(a) for a in P_ALPHAS])]
 cols = ["positions", "alpha", "share", "share_lo", "share_hi", "chance", "coherent_share", "score_down",
         "score_0", "score_up"]
 compare = pd.concat({"persona direction": persona_goal[cols], "probe direction": probe_rows[cols]})
@@ -444,11 +453,19 @@ compare.round(2)
 p_top = S.best_setting(persona_goal)
 p_a = float(p_top.alpha)
 fresh_ids = {p["id"]: p["user"] for p in fresh}
+
+
+def on_fresh(dirs_, alphas_):
+    """Judged replies to the fresh situations at the chosen setting, pushed along ``dirs_`` by each alpha."""
+    recs = S.sweep(lm, fresh, dirs_, [int(p_top.layer)], alphas_, scale=p_top.scale, positions=p_top.positions,
+                   seeds=SEEDS, sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)
+    return (recs, *judge(recs, fresh_ids))
+
+
+unpushed = on_fresh(persona_dirs, [0])  # nothing acts at alpha = 0: one set serves both directions
 confirm = {}
 for name, dirs_ in (("persona direction", persona_dirs), ("probe direction", fit.directions)):
-    recs_ = S.sweep(lm, fresh, dirs_, [int(p_top.layer)], [-p_a, 0, p_a], scale=p_top.scale,
-                    positions=p_top.positions, seeds=SEEDS, sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)
-    sc_, coh_ = judge(recs_, fresh_ids)
+    recs_, sc_, coh_ = with_unpushed(on_fresh(dirs_, [-p_a, p_a]), unpushed)
     bw = S.both_ways(recs_, sc_, coh_, seed=SEED).iloc[0]
     ss = S.steering_success(recs_, sc_, coh_, seed=SEED).set_index("alpha")
     confirm[name] = {"moved both ways": bw.share, "lo": bw.share_lo, "hi": bw.share_hi, "chance": bw.chance,
