@@ -393,6 +393,16 @@ def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], l
     return pos, neg, starts
 
 
+def _layers(lm, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` as ints (all of ``lm``'s when None), refused by name when empty or out of range."""
+    layers = list(range(lm.n_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < lm.n_layers]
+    if bad or not layers:
+        what = f"layers {bad} out of range" if bad else "layers is empty"
+        raise ValueError(f"{what}: {lm.name} has layers 0..{lm.n_layers - 1}")
+    return layers
+
+
 @dataclass
 class PairProbe:
     """Mean-difference directions for every layer, with what is needed to score new text."""
@@ -439,10 +449,7 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
     tr = np.array([s == "train" for s in splits])
     if tr.sum() < 2 or (~tr).sum() < 2:
         raise DataError(f"need at least 2 train and 2 test pairs, got {tr.sum()} and {(~tr).sum()}")
-    layers = list(range(lm.n_layers)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < lm.n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: {lm.name} has layers 0..{lm.n_layers - 1}")
+    layers = _layers(lm, layers)
     poolings = tuple(poolings)
     pos, neg, starts = pair_texts(lm, records, scenarios)
     sites = [f"{site_kind}.{l}" for l in layers]
@@ -645,10 +652,7 @@ def persona_activations(lm, replies: PersonaReplies, layers: Sequence[int], site
     """
     from .activations import capture
 
-    layers = [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < lm.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers {bad or layers}: expected some of {lm.name}'s layers 0..{lm.n_layers - 1}")
+    layers = _layers(lm, layers)
     texts, starts = [], []
     for systems, answers in ((replies.positive_system, replies.positive), (replies.negative_system, replies.negative)):
         for u, s, a in zip(replies.question, systems, answers):
