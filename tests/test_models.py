@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
@@ -137,6 +138,22 @@ def test_encode_adds_no_second_bos(gemma):
     assert (enc["input_ids"][0] == gemma.tokenizer.bos_token_id).sum() == 1
     enc = gemma.encode(["Hello"])
     assert enc["input_ids"][0, 0] == gemma.tokenizer.bos_token_id
+
+
+def test_past_hands_the_cache_under_the_name_the_forward_takes(bundled):
+    """A prefix's cache given through ``past`` is used (the last token's logits match a full pass) and raises no
+    deprecation warning; a cache dropped on the way would leave the last token to be read alone."""
+    enc = bundled.encode(["I lost my keys and my train leaves in ten minutes."])
+    ids, att, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        full = bundled.hf(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, -1]
+        pre = bundled.hf(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+        last = bundled.hf(input_ids=ids[:, -1:], attention_mask=att, position_ids=pos[:, -1:],
+                          **bundled.past(bundled.cache_of(pre))).logits[:, -1]
+        alone = bundled.hf(input_ids=ids[:, -1:]).logits[:, -1]
+    torch.testing.assert_close(last, full, atol=1e-3, rtol=1e-3)
+    assert (alone - full).abs().max() > 0.1
 
 
 def test_hub_loading_path_with_local_folders(tiny_llama, tiny_gemma):

@@ -481,7 +481,7 @@ def _prefix_cache(lm, texts: Sequence[str], repeat: int = 1) -> tuple[dict, obje
     with torch.inference_mode():
         pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
                     position_ids=enc["position_ids"][:, :-1], use_cache=True)
-    cache = pre.past_key_values
+    cache = lm.cache_of(pre)
     if repeat > 1:
         cache.batch_repeat_interleave(repeat)
     last = {"input_ids": enc["input_ids"][:, -1:], "attention_mask": enc["attention_mask"],
@@ -523,8 +523,7 @@ class LastToken:
         chunks: dict[str, list] = {str(s): [] for s in site_list}
         for enc_last, cache in self.batches:
             got = {}
-            with torch.inference_mode(), self.lm.nn.trace(dict(enc_last, past_key_values=copy.deepcopy(cache),
-                                                               use_cache=True)) as tracer:
+            with torch.inference_mode(), self.lm.nn.trace(dict(enc_last, **self.lm.past(copy.deepcopy(cache)))) as tracer:
                 values = apply_all(self.lm, items, 0, site_list)
                 for s in site_list:
                     got[str(s)] = values[str(s)][:, -1].float().cpu()
@@ -639,8 +638,7 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
 
     def last_token(enc_last, cache, site=None, add=None):
         got = {}
-        with torch.inference_mode(), lm.nn.trace(dict(enc_last, past_key_values=copy.deepcopy(cache),
-                                                      use_cache=True)) as tracer:
+        with torch.inference_mode(), lm.nn.trace(dict(enc_last, **lm.past(copy.deepcopy(cache)))) as tracer:
             if site is not None:
                 x = read_site(lm, site)
                 write_site(lm, site, x + add[:, None, :])

@@ -511,11 +511,11 @@ def _perplexity_shared(lm, context: str, txt: list[str], batch_size: int) -> lis
         for j in range(0, len(txt), batch_size):
             rows = slice(j, j + batch_size)
             b, width = len(txt[rows]), int(att[rows].sum(1).max())  # this batch's longest row
-            cache = copy.deepcopy(pre.past_key_values)
+            cache = copy.deepcopy(lm.cache_of(pre))
             cache.batch_repeat_interleave(b)
             pos = torch.arange(n_pre, width)[None].expand(b, -1)
             logits = lm.hf(input_ids=ids[rows, n_pre:width].to(dev), attention_mask=att[rows, :width].to(dev),
-                           position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits
+                           position_ids=pos.to(dev), **lm.past(cache)).logits
             # read at positions n_pre - 1 (the shared pass's last) to the second-to-last
             logits = torch.cat([pre.logits.expand(b, -1, -1), logits[:, :-1]], 1)
             out += _exp_mean_nll(logits, ids[rows, n_pre:width], in_text[rows, n_pre - 1:width - 1])

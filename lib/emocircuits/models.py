@@ -393,6 +393,24 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.hf.parameters()).dtype
 
+    def past(self, cache) -> dict:
+        """Forward-pass keyword arguments that hand the model a key-value cache.
+
+        Transformers 5 renamed the forward's ``past_key_values`` to ``cache``
+        (the old name warns, and goes in 5.40); 4.x knows only the old name.
+        """
+        import inspect
+
+        name = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+        return {name: cache, "use_cache": True}
+
+    @staticmethod
+    def cache_of(output):
+        """The key-value cache a forward pass with ``use_cache=True`` returned (``cache`` in transformers 5,
+        ``past_key_values`` before; the old name logs a deprecation)."""
+        cache = getattr(output, "cache", None)
+        return output.past_key_values if cache is None else cache
+
     # ---- modules (nnsight envoys; use inside a trace)
     def layer(self, i: int):
         """Decoder block ``i`` (its output is ``resid_post.i``)."""
