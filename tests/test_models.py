@@ -167,10 +167,13 @@ def test_hub_loading_path_with_local_folders(tiny_llama, tiny_gemma):
         assert logits.shape[:2] == enc["input_ids"].shape and torch.isfinite(logits).all()
 
 
-def test_cold_conversion_from_the_bundled_gguf(smol, tmp_path, monkeypatch):
-    """The first load dequantizes the GGUF and caches safetensors atomically; same weights as the shared cache."""
+def test_cold_conversion_from_the_bundled_gguf(smol, tmp_path, monkeypatch, capsys):
+    """The first load dequantizes the GGUF and caches safetensors atomically; same weights as the shared cache.
+    It says so in one line, without transformers' per-tensor progress bar."""
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     fresh = load_model("smollm2-135m", device="cpu")
+    out = capsys.readouterr()
+    assert "converting smollm2-135m" in out.out and "GGUF tensors" not in out.err + out.out
     folder = tmp_path / "models" / "smollm2-135m"
     assert {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m"]  # no temporary folder left

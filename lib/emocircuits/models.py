@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import io
 import os
 import shutil
 import tempfile
@@ -252,7 +253,9 @@ def _convert_locked(spec: ModelSpec, final: Path) -> Path:
     gguf = _bundled_gguf_path(spec)
     print(f"[emocircuits] converting {spec.name} from GGUF to float32 safetensors (once, 15-60 s) ...",
           flush=True)
-    with _quiet_transformers(), _gguf_parsed_once():
+    # transformers' GGUF reader draws its own progress bar, which its progress-bar switch does not reach; it
+    # would land in the output of whichever chapter converts first
+    with _quiet_transformers(), _gguf_parsed_once(), contextlib.redirect_stderr(io.StringIO()):
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain float32 tensors now; drop the GGUF marker so the
