@@ -124,6 +124,11 @@ def test_every_chapter_page_in_a_browser(site, browser):
             problems.append(f"{stem}: no Binder launch button")
         if "Run this chapter on a GPU" not in browser.execute_script("return document.body.innerText"):
             problems.append(f"{stem}: the GPU admonition is missing")
+        outputs = browser.execute_script("return [...document.querySelectorAll('.cell_output')].map(o => o.innerText)")
+        for i, text in enumerate(outputs):  # a progress bar shows its last state, as in Jupyter, not every update
+            bars = [line.split(":")[0] for line in text.splitlines() if "%|" in line]
+            if len(bars) != len(set(bars)):
+                problems.append(f"{stem}: output {i} prints a progress bar's updates: {sorted(set(bars))}")
         views = browser.execute_script(
             "return [...document.querySelectorAll('div[id^=\"circuits-vis-\"]')].map(d => d.innerText.length)")
         problems += [f"{stem}: circuitsvis view {i} rendered nothing" for i, n in enumerate(views) if n == 0]

@@ -199,3 +199,33 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
     (nb / "02_c.py").write_text(head + "raise ValueError('broken on purpose')\n")
     with pytest.raises(ChapterError, match=r"chapter 02_c failed in cell .*ValueError: broken on purpose"):
         build(quick=True, model="x", root=tmp_path, render=False, jobs=2)
+
+
+def test_rendered_pages_show_a_progress_bar_as_a_front_end_does(tmp_path):
+    """tqdm writes each update as its own output starting with a carriage return: the staged page keeps the
+    last state of each line, joins consecutive outputs of one stream, and leaves other outputs alone."""
+    from emocircuits.book import stage
+
+    figure = {"output_type": "display_data", "data": {"text/plain": "<Figure>"}, "metadata": {}}
+    cell = {"cell_type": "code", "source": "train()", "metadata": {}, "execution_count": 1, "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["corpus: 3 texts\n"]},
+        *({"output_type": "stream", "name": "stderr", "text": f"\rtrain: {i}/3"} for i in range(4)),
+        {"output_type": "stream", "name": "stderr", "text": "\n"},
+        figure,
+        {"output_type": "stream", "name": "stdout", "text": ["a\rb\n", "c\r\n"]}]}
+    nb = {"cells": [cell, {"cell_type": "markdown", "source": "text", "metadata": {}}], "metadata": {},
+          "nbformat": 4, "nbformat_minor": 5}
+    for name in ("_config.yml", "_toc.yml"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "05_x.ipynb").write_text(json.dumps(nb))
+    stage(tmp_path, tmp_path / "run", tmp_path / "staged")
+    page = json.loads((tmp_path / "staged" / "notebooks" / "05_x.ipynb").read_text())
+    assert page["cells"][0]["outputs"] == [
+        {"output_type": "stream", "name": "stdout", "text": "corpus: 3 texts\n"},
+        {"output_type": "stream", "name": "stderr", "text": "train: 3/3\n"},
+        figure,
+        {"output_type": "stream", "name": "stdout", "text": "b\nc\n"}]
+    assert page["cells"][1] == nb["cells"][1]
+    assert json.loads((tmp_path / "run" / "05_x.ipynb").read_text()) == nb  # the executed notebook is untouched

@@ -207,7 +207,48 @@ def stage(root: Path, executed: Path, staging: Path) -> None:
     shutil.copytree(root / "book", staging / "book")
     (staging / "notebooks").mkdir()
     for nb in executed.glob("[0-9][0-9]_*.ipynb"):
-        shutil.copy(nb, staging / "notebooks" / nb.name)
+        page = tidy_streams(json.loads(nb.read_text()))
+        (staging / "notebooks" / nb.name).write_text(json.dumps(page, indent=1, ensure_ascii=False))
+
+
+def _after_carriage_returns(text: str) -> str:
+    """Each line as a terminal leaves it: the part after its last carriage return (a line that ends with one
+    keeps the part before it)."""
+    lines = []
+    for line in text.split("\n"):
+        parts = [p for p in line.split("\r") if p]
+        lines.append(parts[-1] if parts else "")
+    return "\n".join(lines)
+
+
+def tidy_streams(nb: dict) -> dict:
+    """An executed notebook's printed output as a Jupyter front end shows it, for a static page.
+
+    A progress bar (tqdm) writes each update as its own output, starting
+    with a carriage return; a front end redraws the line in place, while a
+    rendered page would print every update. Within each cell, consecutive
+    outputs of one stream (stdout, stderr) are joined and every line keeps
+    only what follows its last carriage return. Other outputs are left
+    alone. Returns ``nb``, changed in place.
+    """
+    for cell in nb.get("cells", []):
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") != "stream":
+                outputs.append(out)
+                continue
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            prev = outputs[-1] if outputs else None
+            if prev is not None and prev.get("output_type") == "stream" and prev["name"] == out["name"]:
+                prev["text"] += text
+            else:
+                outputs.append({**out, "text": text})
+        for out in outputs:
+            if out.get("output_type") == "stream":
+                out["text"] = _after_carriage_returns(out["text"])
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    return nb
 
 
 def _sized_dir(root: Path, base: str, quick: bool, full: bool) -> Path:
