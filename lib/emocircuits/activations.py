@@ -274,7 +274,7 @@ def capture(
             flat = load_file(path)
             if multi:
                 return {p: {n: flat[f"{p}|{n}"] for n in names} for p in poolings}
-            return {n: flat[n] for n in names}  # the sites in the order asked, as a fresh capture gives them
+            return {n: flat[n] for n in names}  # in forward order, as a fresh capture gives them (not the file's)
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks: dict[tuple[str, str], list] = {(p, n): [] for p in poolings for n in names}

@@ -523,7 +523,8 @@ class LastToken:
         chunks: dict[str, list] = {str(s): [] for s in site_list}
         for enc_last, cache in self.batches:
             got = {}
-            with torch.inference_mode(), self.lm.nn.trace(dict(enc_last, **self.lm.past(copy.deepcopy(cache)))) as tracer:
+            inputs = dict(enc_last, **self.lm.past(copy.deepcopy(cache)))
+            with torch.inference_mode(), self.lm.nn.trace(inputs) as tracer:
                 values = apply_all(self.lm, items, 0, site_list)
                 for s in site_list:
                     got[str(s)] = values[str(s)][:, -1].float().cpu()
