@@ -396,16 +396,17 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.hf.parameters()).dtype
 
-    def past(self, cache) -> dict:
-        """Forward-pass keyword arguments that hand the model a key-value cache.
-
-        Transformers 5 renamed the forward's ``past_key_values`` to ``cache``
-        (the old name warns, and goes in 5.40); 4.x knows only the old name.
-        """
+    @functools.cached_property
+    def _cache_arg(self) -> str:
+        """The forward's name for a key-value cache: transformers 5 renamed ``past_key_values`` to ``cache`` (the
+        old name warns, and goes in 5.40); 4.x knows only the old name. Read once per model."""
         import inspect
 
-        name = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
-        return {name: cache, "use_cache": True}
+        return "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+
+    def past(self, cache) -> dict:
+        """Forward-pass keyword arguments that hand the model a key-value cache, under the name it takes."""
+        return {self._cache_arg: cache, "use_cache": True}
 
     @staticmethod
     def cache_of(output):
