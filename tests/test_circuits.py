@@ -285,6 +285,40 @@ def test_sev_activations_is_one_cached_capture_of_every_site(tiny_llama, tmp_pat
         C.sev_activations(tiny_llama, recs, keep=[other])
 
 
+def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_path, monkeypatch):
+    """Chapter 03's larger emotion set: shared records come from sev_activations' capture, the others
+    from a residual-only capture; rows in sev_prompts order, values as a direct capture gives."""
+    from emocircuits import datasets as ds
+
+    monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    recs = ds.first_per_theme(ds.load_named("sev_discovery"), 2)[:4]  # two themes, two scenarios each
+    shared = [recs[0], recs[2]]
+    _, shared_acts = C.sev_activations(tiny_llama, shared)
+    prompts, acts = C.sev_residuals(tiny_llama, recs, shared=shared)
+    assert prompts == ds.sev_prompts(recs)
+    L = tiny_llama.n_layers
+    assert list(acts) == [f"resid_post.{l}" for l in range(L)]
+    assert all(x.shape == (4 * 18, tiny_llama.d_model) for x in acts.values())
+    # shared rows are the shared capture's rows, bit for bit
+    for k, rec in enumerate(shared):
+        mine = [i for i, p in enumerate(prompts) if p["record_id"] == rec.id]
+        assert torch.equal(acts["resid_post.1"][mine], shared_acts["resid_post.1"][k * 18:(k + 1) * 18])
+    # every row equals a direct capture of its prompt
+    texts = [tiny_llama.chat_prompt(p["user"], system=p["system"]) for p in prompts]
+    direct = capture(tiny_llama, texts, [f"resid_post.{L - 1}"], progress=False)
+    torch.testing.assert_close(acts[f"resid_post.{L - 1}"], direct[f"resid_post.{L - 1}"], rtol=1e-4, atol=1e-4)
+    # one more capture file (the unshared records', residual stream only); a rerun reads both back
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
+    again = C.sev_residuals(tiny_llama, recs, shared=shared)[1]
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
+    assert all(torch.equal(again[k], acts[k]) for k in acts)
+    # with every record shared, nothing new is captured
+    assert C.sev_residuals(tiny_llama, shared, shared=shared)[0] == ds.sev_prompts(shared)
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
+    with pytest.raises(ValueError, match="records: a scenario appears more than once"):
+        C.sev_residuals(tiny_llama, [recs[0], recs[0]])
+
+
 def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent():
     import pandas as pd
 

@@ -699,6 +699,45 @@ def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tupl
     return [prompts[i] for i in rows], {site: x[index] for site, x in acts.items()}
 
 
+def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[dict], dict]:
+    """Paper B's prompts for ``records`` and their last-prompt-token ``resid_post`` activations at every layer.
+
+    The records that are also in ``shared`` are read from
+    :func:`sev_activations` of ``shared`` (the capture chapters 03 and 04
+    share, so they cost nothing when it is cached); the rest are captured
+    here, residual stream only, one cached capture. Rows come in the order
+    of :func:`datasets.sev_prompts` over ``records``.
+    """
+    from . import datasets as ds
+
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("records: a scenario appears more than once; expected distinct records")
+    shared_ids = {r.id for r in shared}
+    sites = all_layers("resid_post", lm.n_layers)
+    parts = {}  # record id -> (its prompts, {site: its rows})
+    if shared_ids & set(ids):
+        s_prompts, s_acts = sev_activations(lm, shared, keep=[r for r in records if r.id in shared_ids])
+        parts.update(_by_record(s_prompts, {s: s_acts[s] for s in sites}))
+    rest = [r for r in records if r.id not in shared_ids]
+    if rest:
+        r_prompts = ds.sev_prompts(rest)
+        r_acts = capture(lm, [lm.chat_prompt(p["user"], system=p["system"]) for p in r_prompts], sites,
+                         cache=True, progress=False, batch_size=24)
+        parts.update(_by_record(r_prompts, r_acts))
+    prompts = [p for i in ids for p in parts[i][0]]
+    return prompts, {s: torch.cat([parts[i][1][s] for i in ids]) for s in sites}
+
+
+def _by_record(prompts: list[dict], acts: dict) -> dict:
+    """Split prompts and their activation rows by the record they were built from."""
+    rows: dict[str, list[int]] = {}
+    for k, p in enumerate(prompts):
+        rows.setdefault(p["record_id"], []).append(k)
+    return {rid: ([prompts[k] for k in ks], {s: x[torch.tensor(ks)] for s, x in acts.items()})
+            for rid, ks in rows.items()}
+
+
 # ---------------------------------------------------------------------------
 # the pipeline's steps over all layers (what chapter 04 calls)
 
