@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jupytext
@@ -73,6 +74,34 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
     with pytest.raises(ChapterError, match=r"chapter 99_broken failed in cell .*RuntimeError: boom"):
         run_chapter(bad, tmp_path / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing half-written
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows has no Unix-domain sockets; the kernel stays on TCP")
+def test_chapter_kernel_talks_over_local_sockets_not_tcp(tmp_path, capfd):
+    """The chapter's kernel runs on ipc transport: it answers, and ipykernel's TCP warning is not printed."""
+    from emocircuits.book import kernel_manager_class, run_chapter
+
+    assert kernel_manager_class()().transport == "ipc"
+    src = tmp_path / "98_ipc.py"
+    src.write_text('# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\n'
+                   'import os\nprint("pid", os.getpid())\n')
+    out, ran = run_chapter(src, tmp_path / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
+    assert ran
+    nb = nbformat.read(out, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert printed.startswith("pid ") and int(printed.split()[1]) != os.getpid()  # a kernel of its own ran it
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.out + captured.err
+    assert not list(tmp_path.glob("**/*-ipc-*")) and not list(Path.cwd().glob("kernel-ipc*"))  # no socket left
+
+
+def test_chapter_kernel_stays_on_tcp_where_a_socket_path_would_be_too_long(tmp_path, monkeypatch):
+    from emocircuits.book import kernel_manager_class
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("r" * 60)))
+    assert kernel_manager_class()().transport == "tcp"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", "/tmp/rt")
+    assert kernel_manager_class()().transport == ("tcp" if os.name == "nt" else "ipc")
 
 
 @pytest.mark.parametrize("stem", [p.stem for p in SOURCES])

@@ -148,6 +148,33 @@ def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, d
             for p in sorted(folder.glob("[0-9][0-9]_*.results.json"))}
 
 
+def kernel_manager_class():
+    """The kernel manager papermill starts each chapter's kernel with.
+
+    Where the platform has Unix-domain sockets, the kernel talks to papermill
+    through them (``transport = "ipc"``, socket files named after the
+    kernel's connection file in Jupyter's runtime folder) rather than
+    through unencrypted localhost TCP ports, which ipykernel 7 warns about
+    on every kernel start. It stays TCP on Windows, and where the runtime
+    folder's path is so long that a socket's path would pass the operating
+    system's limit (104 bytes on macOS, 108 on Linux).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    # a socket is <runtime>/kernel-<36-character id>-ipc-<n>
+    if os.name == "nt" or len(os.fsencode(jupyter_runtime_dir())) + len("/kernel--ipc-9") + 36 >= 104:
+        return AsyncKernelManager
+
+    class LocalSocketKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return LocalSocketKernelManager
+
+
 def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
     """Execute one chapter; returns (executed notebook, whether it ran)."""
     import jupytext
@@ -175,7 +202,7 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     os.environ[RESULTS_ENV] = str(tmp_results)  # the kernel inherits it
     try:
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
-                            cwd=str(src.parent), progress_bar=False)
+                            cwd=str(src.parent), progress_bar=False, kernel_manager_class=kernel_manager_class())
     except pm.PapermillExecutionError as err:
         tmp.unlink(missing_ok=True)
         tmp_results.unlink(missing_ok=True)
