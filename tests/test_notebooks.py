@@ -76,32 +76,40 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing half-written
 
 
-@pytest.mark.skipif(os.name == "nt", reason="Windows has no Unix-domain sockets; the kernel stays on TCP")
-def test_chapter_kernel_talks_over_local_sockets_not_tcp(tmp_path, capfd):
-    """The chapter's kernel runs on ipc transport: it answers, and ipykernel's TCP warning is not printed."""
-    from emocircuits.book import kernel_manager_class, run_chapter
+def _run_tiny_chapter(folder: Path, k: int) -> str:
+    """Run a one-cell chapter in its own kernel; what it printed."""
+    from emocircuits.book import run_chapter
 
-    assert kernel_manager_class()().transport == "ipc"
-    src = tmp_path / "98_ipc.py"
+    src = folder / f"9{k}_tiny.py"
     src.write_text('# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\n'
-                   'import os\nprint("pid", os.getpid())\n')
-    out, ran = run_chapter(src, tmp_path / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
+                   f'import os, time\ntime.sleep(2)\nprint("chapter {k} pid", os.getpid())\n')
+    out, ran = run_chapter(src, folder / f"out{k}", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
     assert ran
     nb = nbformat.read(out, as_version=4)
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert printed.startswith("pid ") and int(printed.split()[1]) != os.getpid()  # a kernel of its own ran it
-    captured = capfd.readouterr()
-    assert "without encryption" not in captured.out + captured.err
-    assert not list(tmp_path.glob("**/*-ipc-*")) and not list(Path.cwd().glob("kernel-ipc*"))  # no socket left
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def test_chapter_kernel_stays_on_tcp_where_a_socket_path_would_be_too_long(tmp_path, monkeypatch):
+def test_chapter_kernels_run_side_by_side_encrypted_and_quiet(tmp_path, capfd):
+    """Two chapters' kernels at once (as `emocircuits book` runs them): each answers its own chapter, and
+    ipykernel's warning about unencrypted TCP is not printed where the installed packages can encrypt."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+
     from emocircuits.book import kernel_manager_class
 
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("r" * 60)))
-    assert kernel_manager_class()().transport == "tcp"
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", "/tmp/rt")
-    assert kernel_manager_class()().transport == ("tcp" if os.name == "nt" else "ipc")
+    can_encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve")
+    if can_encrypt:
+        assert kernel_manager_class()().transport_encryption == "auto"
+    with ProcessPoolExecutor(2) as pool:
+        printed = list(pool.map(_run_tiny_chapter, [tmp_path, tmp_path], [1, 2]))
+    pids = [int(p.split()[-1]) for p in printed]
+    assert [p.split(" pid")[0] for p in printed] == ["chapter 1", "chapter 2"]
+    assert len(set(pids)) == 2 and os.getpid() not in pids  # two kernels of their own
+    if can_encrypt:
+        captured = capfd.readouterr()
+        assert "without encryption" not in captured.out + captured.err
 
 
 @pytest.mark.parametrize("stem", [p.stem for p in SOURCES])

@@ -151,28 +151,26 @@ def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, d
 def kernel_manager_class():
     """The kernel manager papermill starts each chapter's kernel with.
 
-    Where the platform has Unix-domain sockets, the kernel talks to papermill
-    through them (``transport = "ipc"``, socket files named after the
-    kernel's connection file in Jupyter's runtime folder) rather than
-    through unencrypted localhost TCP ports, which ipykernel 7 warns about
-    on every kernel start. It stays TCP on Windows, and where the runtime
-    folder's path is so long that a socket's path would pass the operating
-    system's limit (104 bytes on macOS, 108 on Linux).
+    The kernel and papermill talk over localhost TCP. Where jupyter_client,
+    the kernelspec and pyzmq all support it (jupyter_client 8.10's
+    ``transport_encryption``), the manager provisions CurveZMQ keys so the
+    traffic is encrypted; without them ipykernel 7 warns, on every kernel
+    start, that it is not. Elsewhere (older jupyter_client, as Colab may
+    have, or pyzmq without libsodium) this is the plain manager.
     """
+    import zmq
     from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
-    # a socket is <runtime>/kernel-<36-character id>-ipc-<n>
-    if os.name == "nt" or len(os.fsencode(jupyter_runtime_dir())) + len("/kernel--ipc-9") + 36 >= 104:
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names() or not zmq.has("curve"):
         return AsyncKernelManager
 
-    class LocalSocketKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _transport_default(self):
-            return "ipc"
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _encryption_default(self):
+            return "auto"  # provisioned when the kernelspec declares support
 
-    return LocalSocketKernelManager
+    return EncryptedKernelManager
 
 
 def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
