@@ -385,14 +385,15 @@ if n_test_scen:
     rank, seen = {}, {}  # each discovery scenario's place within its theme
     for rec in chosen:
         rank[rec.id] = seen[rec.theme] = seen.get(rec.theme, -1) + 1
+    per_theme = max(seen.values()) + 1
     curve = []
-    for n in [n for n in (5, 10, 20) if n <= max(seen.values()) + 1]:
+    for n in sorted({n for n in (5, 10) if n < per_theme} | {per_theme}):
         m = np.array([rank[s_] < n for s_ in scenario])
         t_pred = clf.fit(E[site_e].double().numpy()[m], emotions[m]).predict(X_t)
         acc_n = bootstrap_ci((t_pred == y_t).astype(float), seed=SEED)
         curve.append({"discovery scenarios per theme": n, "training prompts": int(m.sum()),
                       "test accuracy [95% CI]": fmt(*acc_n)})
-    emo_test = acc_n  # the last row: every discovery prompt
+    emo_test = acc_n  # the last row: every discovery prompt read
     display(pd.DataFrame(curve).style.hide(axis="index").set_caption(
         f"six-way probe at layer {best_e}, scored on {len(t_prompts)} test prompts (chance 0.17)"))
 else:
