@@ -92,6 +92,7 @@ def _run_tiny_chapter(folder: Path, k: int) -> str:
 def test_chapter_kernels_run_side_by_side_encrypted_and_quiet(tmp_path, capfd):
     """Two chapters' kernels at once (as `emocircuits book` runs them): each answers its own chapter, and
     ipykernel's warning about unencrypted TCP is not printed where the installed packages can encrypt."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     import zmq
@@ -102,7 +103,7 @@ def test_chapter_kernels_run_side_by_side_encrypted_and_quiet(tmp_path, capfd):
     can_encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve")
     if can_encrypt:
         assert kernel_manager_class()().transport_encryption == "auto"
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:  # as the book does
         printed = list(pool.map(_run_tiny_chapter, [tmp_path, tmp_path], [1, 2]))
     pids = [int(p.split()[-1]) for p in printed]
     assert [p.split(" pid")[0] for p in printed] == ["chapter 1", "chapter 2"]
