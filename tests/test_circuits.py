@@ -315,7 +315,7 @@ def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_p
     # with every record shared, nothing new is captured
     assert C.sev_residuals(tiny_llama, shared, shared=shared)[0] == ds.sev_prompts(shared)
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
-    with pytest.raises(ValueError, match="records: a scenario appears more than once"):
+    with pytest.raises(ValueError, match=rf"records: \['{recs[0].id}'\] appear more than once"):
         C.sev_residuals(tiny_llama, [recs[0], recs[0]])
 
 

@@ -711,8 +711,9 @@ def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[di
     from . import datasets as ds
 
     ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError("records: a scenario appears more than once; expected distinct records")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"records: {repeated} appear more than once; expected distinct scenario records")
     shared_ids = {r.id for r in shared}
     sites = all_layers("resid_post", lm.n_layers)
     parts = {}  # record id -> (its prompts, {site: its rows})
