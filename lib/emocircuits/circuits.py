@@ -23,6 +23,7 @@ lacks. Everything is measured at the last prompt token.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -489,6 +490,14 @@ def _prefix_cache(lm, texts: Sequence[str], repeat: int = 1) -> tuple[dict, obje
     return {k: v.repeat_interleave(repeat, 0) for k, v in last.items()}, cache
 
 
+def _over_prefix(lm, enc_last, cache) -> dict:
+    """The last token's forward inputs with a copy of the prefix's cache (a forward pass appends to the cache
+    it is given, and one prefix serves many passes)."""
+    import copy
+
+    return dict(enc_last, **lm.past(copy.deepcopy(cache)))
+
+
 class LastToken:
     """Read sites at each text's last token under interventions that act there only, reusing the prefix's cache.
 
@@ -507,8 +516,6 @@ class LastToken:
             self.batches.append(_prefix_cache(lm, texts[i:i + batch_size]))
 
     def __call__(self, sites, interventions: Sequence = ()) -> dict[str, torch.Tensor]:
-        import copy
-
         from .activations import parse_sites
         from .steering import _resolve, apply_all
 
@@ -523,8 +530,7 @@ class LastToken:
         chunks: dict[str, list] = {str(s): [] for s in site_list}
         for enc_last, cache in self.batches:
             got = {}
-            inputs = dict(enc_last, **self.lm.past(copy.deepcopy(cache)))
-            with torch.inference_mode(), self.lm.nn.trace(inputs) as tracer:
+            with torch.inference_mode(), self.lm.nn.trace(_over_prefix(self.lm, enc_last, cache)) as tracer:
                 values = apply_all(self.lm, items, 0, site_list)
                 for s in site_list:
                     got[str(s)] = values[str(s)][:, -1].float().cpu()
@@ -601,8 +607,6 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
     sublayer then costs one forward of a single token for every (text,
     direction, alpha) row.
     """
-    import copy
-
     from tqdm.auto import tqdm
 
     from .activations import parse_site, read_site, write_site
@@ -639,7 +643,7 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
 
     def last_token(enc_last, cache, site=None, add=None):
         got = {}
-        with torch.inference_mode(), lm.nn.trace(dict(enc_last, **lm.past(copy.deepcopy(cache)))) as tracer:
+        with torch.inference_mode(), lm.nn.trace(_over_prefix(lm, enc_last, cache)) as tracer:
             if site is not None:
                 x = read_site(lm, site)
                 write_site(lm, site, x + add[:, None, :])
@@ -711,32 +715,30 @@ def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[di
     from . import datasets as ds
 
     ids = [r.id for r in records]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
     if repeated:
         raise ValueError(f"records: {repeated} appear more than once; expected distinct scenario records")
     shared_ids = {r.id for r in shared}
     sites = all_layers("resid_post", lm.n_layers)
-    parts = {}  # record id -> (its prompts, {site: its rows})
+    prompts, acts = [], {s: [] for s in sites}
     if shared_ids & set(ids):
         s_prompts, s_acts = sev_activations(lm, shared, keep=[r for r in records if r.id in shared_ids])
-        parts.update(_by_record(s_prompts, {s: s_acts[s] for s in sites}))
+        prompts += s_prompts
+        for s in sites:
+            acts[s].append(s_acts[s])
     rest = [r for r in records if r.id not in shared_ids]
     if rest:
         r_prompts = ds.sev_prompts(rest)
         r_acts = capture(lm, [lm.chat_prompt(p["user"], system=p["system"]) for p in r_prompts], sites,
                          cache=True, progress=False, batch_size=24)
-        parts.update(_by_record(r_prompts, r_acts))
-    prompts = [p for i in ids for p in parts[i][0]]
-    return prompts, {s: torch.cat([parts[i][1][s] for i in ids]) for s in sites}
-
-
-def _by_record(prompts: list[dict], acts: dict) -> dict:
-    """Split prompts and their activation rows by the record they were built from."""
-    rows: dict[str, list[int]] = {}
-    for k, p in enumerate(prompts):
-        rows.setdefault(p["record_id"], []).append(k)
-    return {rid: ([prompts[k] for k in ks], {s: x[torch.tensor(ks)] for s, x in acts.items()})
-            for rid, ks in rows.items()}
+        prompts += r_prompts
+        for s in sites:
+            acts[s].append(r_acts[s])
+    # back into the order of records (a stable sort keeps each record's own prompts in sev_prompts order)
+    place = {i: k for k, i in enumerate(ids)}
+    order = sorted(range(len(prompts)), key=lambda k: place[prompts[k]["record_id"]])
+    index = torch.tensor(order)
+    return [prompts[k] for k in order], {s: torch.cat(xs)[index] for s, xs in acts.items()}
 
 
 # ---------------------------------------------------------------------------
