@@ -330,7 +330,8 @@ print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 
 
 # %%
 disc_all = ds.load_named("sev_discovery")
-chosen = ds.first_per_theme(disc_all, size(1, 10, 20))
+per_theme = size(1, 10, 20)
+chosen = ds.first_per_theme(disc_all, per_theme)
 # the scenarios chapter 04 captures (its size(1, 5, 5) per theme) come from that shared capture
 # (whichever chapter runs first pays); the others are captured here, residual stream only
 prompts, E = C.sev_residuals(lm, chosen, shared=ds.first_per_theme(disc_all, size(1, 5, 5)))
@@ -382,13 +383,9 @@ if n_test_scen:
     X_t = capture(lm, [lm.chat_prompt(p["user"], system=p["system"]) for p in t_prompts], [site_e],
                   progress=False)[site_e].double().numpy()
     y_t = np.array([p["emotion"] for p in t_prompts])
-    rank, seen = {}, {}  # each discovery scenario's place within its theme
-    for rec in chosen:
-        rank[rec.id] = seen[rec.theme] = seen.get(rec.theme, -1) + 1
-    per_theme = max(seen.values()) + 1
     curve = []
     for n in sorted({n for n in (5, 10) if n < per_theme} | {per_theme}):
-        m = np.array([rank[s_] < n for s_ in scenario])
+        m = np.isin(scenario, [rec.id for rec in ds.first_per_theme(chosen, n)])
         t_pred = clf.fit(E[site_e].double().numpy()[m], emotions[m]).predict(X_t)
         acc_n = bootstrap_ci((t_pred == y_t).astype(float), seed=SEED)
         curve.append({"discovery scenarios per theme": n, "training prompts": int(m.sum()),
