@@ -35,6 +35,8 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   replies, and see where paper A's keyword metric disagrees with it;
 # - choose where and how hard to push on some situations, and confirm the
 #   choice on others;
+# - build a second direction from the model's own replies (Persona
+#   Vectors), and push along both directions at once;
 # - export a steering vector for other tools (safetensors, and llama.cpp's
 #   control-vector GGUF).
 #
@@ -64,6 +66,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import display
 
 from emocircuits import datasets as ds
 from emocircuits import judges as J
@@ -326,8 +329,8 @@ headline = record(
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]
-# On the bundled 135M model the goal is not met, and the tables say why.
-# The early layer, where the probe reads empathy best, does not move
+# With the probe direction alone the goal is not met on the bundled 135M
+# model, and the tables say why. The early layer, where the probe reads empathy best, does not move
 # judged empathy with the push: across paper A's whole grid (up to about
 # 3 RMS either way) replies stay coherent, but every alpha's interval
 # overlaps the unsteered replies' interval, and no |alpha| moves
@@ -347,6 +350,8 @@ pd.Series(headline).to_frame("value")
 # reads empathy well (AUROC near 1 in chapter 03) need not be a direction
 # the model *writes* empathy with. Re-run with
 # `MODEL = "gemma-2-2b-it"` (GPU) for a model with a wider range.
+# Section 6 comes back to the goal with a second direction beside this
+# one.
 
 # %% [markdown]
 # ## 5. A direction from the model's own replies (Persona Vectors)
@@ -532,7 +537,8 @@ persona_headline = record(
 # with 0.75 coherent. With six situations and two seeds per setting, the
 # choice among settings is noisy, which is why section 4 confirms its
 # choice on fresh situations and this comparison is not used to choose
-# anything. Neither direction reaches the goal of 0.80.
+# anything. Neither direction alone reaches the goal of 0.80; section 6
+# pushes along both at once.
 #
 # What this cannot show is whether a model that *does* follow its persona
 # prompt gives a direction that steers both ways. Persona Vectors
@@ -540,7 +546,139 @@ persona_headline = record(
 # to test it.
 
 # %% [markdown]
-# ## 6. Export
+# ## 6. The two directions together
+#
+# The two directions fail on opposite sides. The probe direction lowers
+# judged empathy and raises it little; the persona direction raises it
+# and leaves it where it was when pushed the other way. At the middle
+# layer they are close to orthogonal (the cosine table of section 5), so
+# one push can carry both: along their normalised sum
+# `u = (p/|p| + q/|q|) / |p/|p| + q/|q||`, where `p` is the probe
+# direction and `q` the persona direction, +alpha adds mostly the
+# persona's rise and -alpha mostly the probe's fall.
+#
+# The protocol is section 4's, with more situations and seeds, because
+# section 4's six situations and two seeds left its choice noisy:
+# - **choose** the strength on 24 situations of `situations_heldout` that
+#   section 4 did not choose on (its fresh situations and the rest of the
+#   file), four seeds each, alpha in {0.35, 0.45, 0.55} x RMS, at all
+#   positions of the middle layer (`best_setting`'s rule: the most
+#   situations moved among strengths that keep 90% of replies coherent);
+# - **confirm** it once on `situations_confirm`: 24 situations written for
+#   this purpose after this direction, layer, positions and grid had been
+#   fixed in explorations on the choice situations. No other part of the
+#   book reads them.
+#
+# Choosing the grid by exploring on the choice situations biases the
+# choice's share upward; the confirmation is the number to read against
+# the goal. The unpushed replies (alpha = 0) of each set are its baseline.
+
+# %%
+def unit(v):
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+both_dir = {MID: unit(unit(fit.directions[MID]) + unit(persona_dirs[MID]))}
+B_SEEDS = [SEED + i for i in range(size(1, 4, 6))]
+B_ALPHAS = size([-0.45, 0, 0.45], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55])
+pool = [r.text for r in ds.load_named("situations_heldout")][len(situations):]
+choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(4, 24, 24)])]
+confirm_set = [{"id": f"confirm-{i}", "user": r.text}
+               for i, r in enumerate(ds.load_named("situations_confirm")[: size(4, 24, 24)])]
+
+
+def sum_sweep(prompts_, alphas_, positions="all"):
+    """Judged replies to ``prompts_`` pushed along the summed direction at the middle layer by each alpha."""
+    recs = S.sweep(lm, prompts_, both_dir, [MID], alphas_, scale="rms", positions=positions, seeds=B_SEEDS,
+                   sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)
+    return (recs, *judge(recs, {p["id"]: p["user"] for p in prompts_}))
+
+
+b_goal = S.both_ways(*sum_sweep(choice, B_ALPHAS), seed=SEED)
+b_top = S.best_setting(b_goal)
+b_a = float(b_top.alpha)
+b_confirm = sum_sweep(confirm_set, [-b_a, 0, b_a], positions=b_top.positions)
+b_conf = S.both_ways(*b_confirm, seed=SEED).iloc[0]
+b_ss = S.steering_success(*b_confirm, seed=SEED).set_index("alpha")
+print(f"cosine of the probe and persona directions at layer {MID}: "
+      f"{unit(fit.directions[MID]) @ unit(persona_dirs[MID]):+.2f}; {len(B_SEEDS)} seeds per situation")
+display(b_goal[cols].round(2).style.format(precision=2).set_caption(
+    f"choosing the strength: {len(choice)} situations of situations_heldout"))
+pd.DataFrame({"chosen on": b_top, "confirmed on situations_confirm": b_conf}).loc[
+    ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
+     "score_down", "score_0", "score_up", "meets_goal"]]
+
+# %% [markdown]
+# The confirmation one sign at a time: each alpha's judged empathy, its
+# coherent share, and section 2's honest success rate (the change has
+# alpha's sign, beats the seed noise, and every reply is coherent).
+
+# %%
+b_ss[["score", "score_lo", "score_hi", "coherent_share", "success", "success_lo", "success_hi"]].round(2)
+
+# %%
+c_df = pd.DataFrame(b_confirm[0]).assign(score=b_confirm[1], coherent=b_confirm[2])
+c_ex = c_df[(c_df.id == confirm_set[0]["id"]) & (c_df.seed == SEED)].sort_values("alpha")
+print("situation:", confirm_set[0]["user"])
+display(c_ex[["alpha", "text", "score", "coherent"]].style.hide(axis="index"))
+broken = c_df[~c_df.coherent & (c_df.alpha != 0)]
+print(f"replies failing the coherence checks at -alpha / +alpha: {(broken.alpha < 0).sum()} / "
+      f"{(broken.alpha > 0).sum()} of {len(c_df[c_df.alpha < 0])} each; e.g.:")
+for t in broken.text.head(3):
+    print("  ", repr(t[:100]))
+
+# %%
+sum_headline = record(
+    sum_cosine=float(unit(fit.directions[MID]) @ unit(persona_dirs[MID])),
+    sum_best=b_top.share, sum_best_lo=b_top.share_lo, sum_best_hi=b_top.share_hi,
+    sum_best_coherent=b_top.coherent_share, sum_best_alpha=b_a, sum_best_chance=b_top.chance,
+    sum_confirmed=b_conf.share, sum_confirmed_lo=b_conf.share_lo, sum_confirmed_hi=b_conf.share_hi,
+    sum_confirmed_chance=b_conf.chance, sum_confirmed_coherent=b_conf.coherent_share,
+    sum_confirmed_up=b_ss.success[b_a], sum_confirmed_up_lo=b_ss.success_lo[b_a],
+    sum_confirmed_up_hi=b_ss.success_hi[b_a], sum_confirmed_down=b_ss.success[-b_a],
+    sum_confirmed_down_lo=b_ss.success_lo[-b_a], sum_confirmed_down_hi=b_ss.success_hi[-b_a],
+    sum_score_down=b_conf.score_down, sum_score_0=b_conf.score_0, sum_score_up=b_conf.score_up)
+pd.Series(sum_headline).to_frame("value")
+
+# %% [markdown]
+# How to read this section on the default model (the default book's
+# numbers). On the 24 choice situations, 0.45 x RMS moved the most
+# situations both ways among the strengths that kept 90% of replies
+# coherent: 0.79 [0.62, 0.92], with 0.90 coherent. At 0.55 the push
+# breaks a fifth of the replies (0.79 coherent) and moves fewer (0.71);
+# at 0.35 it moves 0.62. **On the 24 confirmation situations the same
+# push moved 0.88 [0.75, 1.00] of them both ways**, against a chance of
+# 0.17, **with 0.90 of the replies coherent**: judged empathy 2.37 at
+# -0.45, 3.05 unpushed and 3.51 at +0.45. That meets the goal as it was
+# set: at least 80% moved both ways while at least 90% stay coherent.
+#
+# Three things keep it from being more than that.
+# - **It meets the coherence half at the edge.** 173 of the 192 pushed
+#   replies are coherent (0.901). All 19 that are not were pushed away
+#   from empathy: 0.80 coherent at -0.45, 1.00 at +0.45, against 0.97
+#   for the unpushed replies. Pushed down, the model still writes digits
+#   and loops (the examples above), only less often than at the larger
+#   pushes of section 4. Six seeds instead of four on the same
+#   confirmation situations (what a FULL run draws) moved 0.92 with 0.89
+#   coherent when this section was written: on the bar, not above it.
+# - **Most single moves are within the sampling noise.** The goal is a
+#   sign test on each situation's mean over four seeds. Section 2's
+#   stricter metric, which asks each change to beat twice the seed-noise
+#   standard error and every reply at that alpha to be coherent, credits
+#   0.29 [0.12, 0.46] of the situations going up and 0.12 [0.00, 0.25]
+#   going down. The push moves nearly every situation the right way, and
+#   most of them by less than the standard deviation of their scores
+#   across seeds.
+# - **The direction and grid were found by searching.** Two directions
+#   that each failed alone, summed, at strengths found by exploring the
+#   choice situations. The confirmation situations guard the number
+#   against that search. They do not guard it against fitting this
+#   judge: the score that moves is chapter 02's empathy judge's, with its
+#   measured accuracy, and "judged empathy rises" is that judge's reading.
+
+# %% [markdown]
+# ## 7. Export
 #
 # A steering vector is saved with what produced it (model, layer, site,
 # pooling and a hash of the training pairs) as safetensors, and as a
@@ -582,7 +720,8 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   seeds in a FULL run; 4, 4 and one in QUICK mode). A share of 6
 #   situations moves in steps of 1/6, and the best of a dozen such shares
 #   (the default book's goal table) is biased upward, which is why the
-#   confirmation exists.
+#   confirmation exists. Section 6 uses 24 situations to choose and 24 to
+#   confirm, with four seeds each (18, 24 and six seeds in a FULL run).
 #
 # ## Summary
 #
@@ -599,5 +738,9 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   Vectors' direction from the model's own replies under a warm and a cold
 #   system prompt; `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
+# - Neither direction alone moves 80% of fresh situations both ways on the
+#   default model. Their normalised sum does, on 24 situations kept for
+#   that one check, with the coherent share at the goal's bar and most
+#   single moves within the seed noise.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.

@@ -70,7 +70,7 @@ def test_bundled_datasets_are_valid_and_sized():
     counts = ds.validate_all()
     assert counts["sev_discovery"] == 160 and counts["sev_test"] == 160
     assert counts["eia_scenarios"] == 5 and counts["eia_pairs"] >= 50
-    assert counts["situations_heldout"] >= 25 and counts["persona_pairs"] >= 5 and counts["persona_questions"] >= 20
+    assert counts["situations_heldout"] >= 25 and counts["situations_confirm"] == 24 and counts["persona_pairs"] >= 5 and counts["persona_questions"] >= 20
     for name in ds.FILES:
         assert main(["data", "validate", str(ds.DATA_DIR / f"{name}.jsonl")]) == 0
 

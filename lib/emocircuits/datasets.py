@@ -12,6 +12,7 @@ eia_scenarios.jsonl        ``eia_scenarios``   5 games modelled on Empathy-in-Ac
 eia_pairs.jsonl            ``pairs``           empathic / task-focused replies, 35/15 split
 circuit_prompts.jsonl      ``prompts``         paper C's system prompts and situations
 situations_heldout.jsonl   ``situations``      further situations written here
+situations_confirm.jsonl   ``situations``      situations kept for one confirmation (chapter 06)
 persona_pairs.jsonl        ``pairs``           empathetic / apathetic system instructions
 persona_questions.jsonl    ``questions``       extraction and evaluation questions
 =========================  ==================  =========================================
@@ -171,7 +172,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 FILES = {
     "sev_discovery": "sev", "sev_test": "sev", "eia_scenarios": "eia_scenarios", "eia_pairs": "pairs",
     "eia_lexical": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts", "situations_heldout": "situations",
-    "persona_questions": "questions",
+    "situations_confirm": "situations", "persona_questions": "questions",
 }
 
 
