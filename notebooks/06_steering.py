@@ -567,7 +567,7 @@ persona_headline = record(
 # - **confirm** it once on `situations_confirm`: 24 situations written for
 #   this purpose after this direction, layer, positions and grid had been
 #   fixed in explorations on the choice situations. No other part of the
-#   book reads them.
+#   book uses them (chapter 05's transcoder corpus leaves them out).
 #
 # Choosing the grid by exploring on the choice situations biases the
 # choice's share upward; the confirmation is the number to read against
