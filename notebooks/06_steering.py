@@ -190,6 +190,14 @@ def judge(recs, situations_by_id):
     return emp.score(texts, users), [c["coherent"] for c in checks]
 
 
+def judged_sweep(prompts_, dirs_, layers_, alphas_, seeds=None, **kw):
+    """Section 1's sampled sweep of ``prompts_`` along ``dirs_`` (``seeds``: SEEDS unless given), judged:
+    ``(records, scores, coherent)``."""
+    recs = S.sweep(lm, prompts_, dirs_, layers_, alphas_, seeds=seeds or SEEDS, sample=True, temperature=0.7,
+                   max_new_tokens=NEW_TOKENS, **kw)
+    return (recs, *judge(recs, {p["id"]: p["user"] for p in prompts_}))
+
+
 scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
 table = S.steering_success(records, scores, coherent, seed=SEED)
 # every push in one unit, for the figures: paper A's unit alphas divided by the layer's RMS
@@ -291,11 +299,8 @@ top = S.best_setting(goal)
 fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(4, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
-conf_records = S.sweep(lm, fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale=top.scale,
-                       positions=top.positions, seeds=SEEDS, sample=True, temperature=0.7,
-                       max_new_tokens=NEW_TOKENS)
-conf_scores, conf_coherent = judge(conf_records, {p["id"]: p["user"] for p in fresh})
-confirmed = S.both_ways(conf_records, conf_scores, conf_coherent, seed=SEED).iloc[0]
+confirmed = S.both_ways(*judged_sweep(fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top],
+                                     scale=top.scale, positions=top.positions), seed=SEED).iloc[0]
 pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
     ["layer", "positions", "scale", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
      "score_down", "score_0", "score_up", "meets_goal"]]
@@ -457,28 +462,29 @@ compare.round(2)
 # %%
 p_top = S.best_setting(persona_goal)
 p_a = float(p_top.alpha)
-fresh_ids = {p["id"]: p["user"] for p in fresh}
 
 
 def on_fresh(dirs_, alphas_):
     """Judged replies to the fresh situations at the chosen setting, pushed along ``dirs_`` by each alpha."""
-    recs = S.sweep(lm, fresh, dirs_, [int(p_top.layer)], alphas_, scale=p_top.scale, positions=p_top.positions,
-                   seeds=SEEDS, sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)
-    return (recs, *judge(recs, fresh_ids))
+    return judged_sweep(fresh, dirs_, [int(p_top.layer)], alphas_, scale=p_top.scale, positions=p_top.positions)
+
+
+def confirm_row(judged_, a):
+    """One direction's row of a confirmation table at +-``a``: the share moved both ways and each sign's honest
+    success rate, with intervals over situations, and the mean judged score at -a, 0 and +a."""
+    bw = S.both_ways(*judged_, seed=SEED).iloc[0]
+    ss = S.steering_success(*judged_, seed=SEED).set_index("alpha")
+    return {"moved both ways": bw.share, "lo": bw.share_lo, "hi": bw.share_hi, "chance": bw.chance,
+            "coherent share": bw.coherent_share, "success at +alpha": ss.success[a], "+ lo": ss.success_lo[a],
+            "+ hi": ss.success_hi[a], "success at -alpha": ss.success[-a], "- lo": ss.success_lo[-a],
+            "- hi": ss.success_hi[-a], "score at -alpha": ss.score[-a], "score at 0": ss.score[0.0],
+            "score at +alpha": ss.score[a]}
 
 
 unpushed = on_fresh(persona_dirs, [0])  # nothing acts at alpha = 0: one set serves both directions
-confirm = {}
-for name, dirs_ in (("persona direction", persona_dirs), ("probe direction", fit.directions)):
-    recs_, sc_, coh_ = with_unpushed(on_fresh(dirs_, [-p_a, p_a]), unpushed)
-    bw = S.both_ways(recs_, sc_, coh_, seed=SEED).iloc[0]
-    ss = S.steering_success(recs_, sc_, coh_, seed=SEED).set_index("alpha")
-    confirm[name] = {"moved both ways": bw.share, "lo": bw.share_lo, "hi": bw.share_hi, "chance": bw.chance,
-                     "coherent share": bw.coherent_share, "success at +alpha": ss.success[p_a],
-                     "+ lo": ss.success_lo[p_a], "+ hi": ss.success_hi[p_a], "success at -alpha": ss.success[-p_a],
-                     "- lo": ss.success_lo[-p_a], "- hi": ss.success_hi[-p_a], "score at -alpha": ss.score[-p_a],
-                     "score at 0": ss.score[0.0], "score at +alpha": ss.score[p_a]}
-confirm = pd.DataFrame(confirm).T
+confirm = pd.DataFrame({name: confirm_row(with_unpushed(on_fresh(dirs_, [-p_a, p_a]), unpushed), p_a)
+                        for name, dirs_ in (("persona direction", persona_dirs),
+                                            ("probe direction", fit.directions))}).T
 print(f"chosen on the first situations: layer {int(p_top.layer)}, positions {p_top.positions}, alpha {p_a:g} x RMS "
       f"(moved both ways there: {p_top.share:.2f}, coherent {p_top.coherent_share:.2f}); "
       f"{len(fresh)} fresh situations x {len(SEEDS)} seeds:")
@@ -548,97 +554,96 @@ persona_headline = record(
 # %% [markdown]
 # ## 6. The two directions together
 #
-# The two directions fail on opposite sides. The probe direction lowers
-# judged empathy and raises it little; the persona direction raises it
-# and leaves it where it was when pushed the other way. At the middle
-# layer they are close to orthogonal (the cosine table of section 5), so
-# one push can carry both: along their normalised sum
-# `u = (p/|p| + q/|q|) / |p/|p| + q/|q||`, where `p` is the probe
-# direction and `q` the persona direction, +alpha adds mostly the
-# persona's rise and -alpha mostly the probe's fall.
+# Sections 4 and 5 each fell short with one direction. The probe
+# direction breaks replies when pushed hard, and on section 4's
+# situations its both-ways share did not hold up on fresh ones; the
+# persona direction moved judged empathy up and hardly down. At the
+# middle layer the two are close to orthogonal (the cosine table of
+# section 5), so a push along their normalised sum,
+# `u = (p + q) / |p + q|` for the unit probe direction `p` and the unit
+# persona direction `q`, gives each of them 1/sqrt(2) of the push.
 #
-# The protocol is section 4's, with more situations and seeds, because
-# section 4's six situations and two seeds left its choice noisy:
+# Section 4's choice rested on six situations and two seeds, which left
+# it noisy. This section uses more of both:
 # - **choose** the strength on 24 situations of `situations_heldout` that
 #   section 4 did not choose on (its fresh situations and the rest of the
-#   file), four seeds each, alpha in {0.35, 0.45, 0.55} x RMS, at all
-#   positions of the middle layer (`best_setting`'s rule: the most
+#   file), with four seeds each: alpha in {0.35, 0.45, 0.55} x RMS at all
+#   positions of the middle layer, by `best_setting`'s rule (the most
 #   situations moved among strengths that keep 90% of replies coherent);
-# - **confirm** it once on `situations_confirm`: 24 situations written for
-#   this purpose after this direction, layer, positions and grid had been
-#   fixed in explorations on the choice situations. No other part of the
-#   book uses them (chapter 05's transcoder corpus leaves them out).
+# - **confirm** that one setting on `situations_confirm`: 24 situations
+#   written for this purpose after this direction, layer, positions and
+#   grid had been fixed in explorations on the choice situations. No
+#   other part of the book uses them (chapter 05's transcoder corpus
+#   leaves them out);
+# - **compare** on the same confirmation situations, seeds and setting,
+#   each direction alone, so that what the sum adds is measured rather
+#   than assumed.
 #
-# Choosing the grid by exploring on the choice situations biases the
-# choice's share upward; the confirmation is the number to read against
-# the goal. The unpushed replies (alpha = 0) of each set are its baseline.
+# The grid was fixed by exploring the choice situations, so the choice's
+# share is biased upward; the confirmation is the number held against the
+# goal. As elsewhere in this chapter, alpha is in units of the residual
+# RMS on the prompts being pushed, so the same alpha is a slightly
+# different push on the two sets of situations.
 
 # %%
-def unit(v):
-    v = np.asarray(v, float)
-    return v / np.linalg.norm(v)
-
-
-both_dir = {MID: unit(unit(fit.directions[MID]) + unit(persona_dirs[MID]))}
+u_sum = fit.directions[MID] + persona_dirs[MID]  # both unit vectors
+both_dir = {MID: u_sum / np.linalg.norm(u_sum)}
 B_SEEDS = [SEED + i for i in range(size(1, 4, 6))]
-B_ALPHAS = size([-0.45, 0, 0.45], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55])
-pool = [r.text for r in ds.load_named("situations_heldout")][len(situations):]
-choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(4, 24, 24)])]
+B_ALPHAS = size([-0.45, 0, 0.45], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55],
+                [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55])
+pool = [r.text for r in ds.load_named("situations_heldout")][len(situations):]  # 24 (18 in a FULL run)
+choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(4, 24, 18)])]
 confirm_set = [{"id": f"confirm-{i}", "user": r.text}
                for i, r in enumerate(ds.load_named("situations_confirm")[: size(4, 24, 24)])]
-
-
-def sum_sweep(prompts_, alphas_, positions="all"):
-    """Judged replies to ``prompts_`` pushed along the summed direction at the middle layer by each alpha."""
-    recs = S.sweep(lm, prompts_, both_dir, [MID], alphas_, scale="rms", positions=positions, seeds=B_SEEDS,
-                   sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)
-    return (recs, *judge(recs, {p["id"]: p["user"] for p in prompts_}))
-
-
-b_goal = S.both_ways(*sum_sweep(choice, B_ALPHAS), seed=SEED)
+sum_cosine = float(fit.directions[MID] @ persona_dirs[MID])
+b_goal = S.both_ways(*judged_sweep(choice, both_dir, [MID], B_ALPHAS, seeds=B_SEEDS, scale="rms"), seed=SEED)
 b_top = S.best_setting(b_goal)
 b_a = float(b_top.alpha)
-b_confirm = sum_sweep(confirm_set, [-b_a, 0, b_a], positions=b_top.positions)
-b_conf = S.both_ways(*b_confirm, seed=SEED).iloc[0]
-b_ss = S.steering_success(*b_confirm, seed=SEED).set_index("alpha")
-print(f"cosine of the probe and persona directions at layer {MID}: "
-      f"{unit(fit.directions[MID]) @ unit(persona_dirs[MID]):+.2f}; {len(B_SEEDS)} seeds per situation")
-display(b_goal[cols].round(2).style.format(precision=2).set_caption(
-    f"choosing the strength: {len(choice)} situations of situations_heldout"))
-pd.DataFrame({"chosen on": b_top, "confirmed on situations_confirm": b_conf}).loc[
-    ["layer", "positions", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
-     "score_down", "score_0", "score_up", "meets_goal"]]
-
-# %% [markdown]
-# The confirmation one sign at a time: each alpha's judged empathy, its
-# coherent share, and section 2's honest success rate (the change has
-# alpha's sign, beats the seed noise, and every reply is coherent).
+print(f"cosine of the probe and persona directions at layer {MID}: {sum_cosine:+.2f}; "
+      f"{len(B_SEEDS)} seeds per situation")
+b_goal[cols].round(2)
 
 # %%
-b_ss[["score", "score_lo", "score_hi", "coherent_share", "success", "success_lo", "success_hi"]].round(2)
+at_top = dict(seeds=B_SEEDS, scale=b_top.scale, positions=b_top.positions)  # the chosen setting
+b_judged = judged_sweep(confirm_set, both_dir, [MID], [-b_a, 0, b_a], **at_top)
+b_conf = S.both_ways(*b_judged, seed=SEED).iloc[0]
+alone = {name: with_unpushed(judged_sweep(confirm_set, dirs_, [MID], [-b_a, b_a], **at_top), b_judged)
+         for name, dirs_ in (("probe direction alone", fit.directions),
+                             ("persona direction alone", persona_dirs))}
+b_rows = pd.DataFrame({"sum of both": confirm_row(b_judged, b_a),
+                       **{name: confirm_row(j, b_a) for name, j in alone.items()}}).T
+print(f"chosen on {len(choice)} situations of situations_heldout: alpha {b_a:g} x RMS at {b_top.positions} "
+      f"positions of layer {MID} (moved both ways there: {b_top.share:.2f} [{b_top.share_lo:.2f}, "
+      f"{b_top.share_hi:.2f}], coherent {b_top.coherent_share:.3f}); {len(confirm_set)} confirmation situations "
+      f"x {len(B_SEEDS)} seeds:")
+b_rows.round(2)
 
 # %%
-c_df = pd.DataFrame(b_confirm[0]).assign(score=b_confirm[1], coherent=b_confirm[2])
+c_df = pd.DataFrame(b_judged[0]).assign(score=b_judged[1], coherent=b_judged[2])
+print("coherent share per alpha (sum of both):", c_df.groupby("alpha").coherent.mean().round(3).to_dict())
 c_ex = c_df[(c_df.id == confirm_set[0]["id"]) & (c_df.seed == SEED)].sort_values("alpha")
 print("situation:", confirm_set[0]["user"])
 display(c_ex[["alpha", "text", "score", "coherent"]].style.hide(axis="index"))
 broken = c_df[~c_df.coherent & (c_df.alpha != 0)]
 print(f"replies failing the coherence checks at -alpha / +alpha: {(broken.alpha < 0).sum()} / "
-      f"{(broken.alpha > 0).sum()} of {len(c_df[c_df.alpha < 0])} each; e.g.:")
+      f"{(broken.alpha > 0).sum()} of {(c_df.alpha < 0).sum()} each; e.g.:")
 for t in broken.text.head(3):
     print("  ", repr(t[:100]))
 
 # %%
+bs = b_rows.loc["sum of both"]
 sum_headline = record(
-    sum_cosine=float(unit(fit.directions[MID]) @ unit(persona_dirs[MID])),
-    sum_best=b_top.share, sum_best_lo=b_top.share_lo, sum_best_hi=b_top.share_hi,
+    sum_cosine=sum_cosine, sum_best=b_top.share, sum_best_lo=b_top.share_lo, sum_best_hi=b_top.share_hi,
     sum_best_coherent=b_top.coherent_share, sum_best_alpha=b_a, sum_best_chance=b_top.chance,
     sum_confirmed=b_conf.share, sum_confirmed_lo=b_conf.share_lo, sum_confirmed_hi=b_conf.share_hi,
     sum_confirmed_chance=b_conf.chance, sum_confirmed_coherent=b_conf.coherent_share,
-    sum_confirmed_up=b_ss.success[b_a], sum_confirmed_up_lo=b_ss.success_lo[b_a],
-    sum_confirmed_up_hi=b_ss.success_hi[b_a], sum_confirmed_down=b_ss.success[-b_a],
-    sum_confirmed_down_lo=b_ss.success_lo[-b_a], sum_confirmed_down_hi=b_ss.success_hi[-b_a],
-    sum_score_down=b_conf.score_down, sum_score_0=b_conf.score_0, sum_score_up=b_conf.score_up)
+    sum_confirmed_up=bs["success at +alpha"], sum_confirmed_up_lo=bs["+ lo"], sum_confirmed_up_hi=bs["+ hi"],
+    sum_confirmed_down=bs["success at -alpha"], sum_confirmed_down_lo=bs["- lo"],
+    sum_confirmed_down_hi=bs["- hi"],
+    sum_probe_alone=b_rows.loc["probe direction alone", "moved both ways"],
+    sum_probe_alone_coherent=b_rows.loc["probe direction alone", "coherent share"],
+    sum_persona_alone=b_rows.loc["persona direction alone", "moved both ways"],
+    sum_persona_alone_coherent=b_rows.loc["persona direction alone", "coherent share"])
 pd.Series(sum_headline).to_frame("value")
 
 # %% [markdown]
@@ -651,31 +656,48 @@ pd.Series(sum_headline).to_frame("value")
 # push moved 0.88 [0.75, 1.00] of them both ways**, against a chance of
 # 0.17, **with 0.90 of the replies coherent**: judged empathy 2.37 at
 # -0.45, 3.05 unpushed and 3.51 at +0.45. That meets the goal as it was
-# set: at least 80% moved both ways while at least 90% stay coherent.
+# set (at least 80% moved both ways while at least 90% stay coherent),
+# and only just.
 #
-# Three things keep it from being more than that.
+# **What the sum adds is smaller than the change of protocol.** At the
+# same setting, on the same situations and seeds, the probe direction
+# alone moves 0.54 [0.33, 0.75] both ways (0.93 coherent): it lowers
+# judged empathy (2.35) but hardly raises it (3.15). The persona direction
+# alone moves 0.79 [0.62, 0.92] (0.93 coherent), one situation short of
+# the goal: under this protocol it lowers judged empathy too (2.55),
+# which section 5's fresh situations did not show. The sum moves two
+# situations more than the persona direction and costs three points of
+# coherence; the intervals overlap. The sum is not what carries the
+# result. Section 5 saw the persona direction move 0.25 of its 12 fresh
+# situations (two seeds, 0.5 x RMS); the step from there to 0.79 is the
+# protocol's (more situations, more seeds, a slightly gentler push), not
+# the direction's.
+#
+# Three more things keep the result from being more than it is.
 # - **It meets the coherence half at the edge.** 173 of the 192 pushed
 #   replies are coherent (0.901). All 19 that are not were pushed away
 #   from empathy: 0.80 coherent at -0.45, 1.00 at +0.45, against 0.97
 #   for the unpushed replies. Pushed down, the model still writes digits
-#   and loops (the examples above), only less often than at the larger
-#   pushes of section 4. Six seeds instead of four on the same
+#   and loops (the examples above). Six seeds instead of four on the same
 #   confirmation situations (what a FULL run draws) moved 0.92 with 0.89
-#   coherent when this section was written: on the bar, not above it.
+#   coherent when this section was written: below the bar. The goal is
+#   met with four seeds and missed, by one point of coherence, with six.
 # - **Most single moves are within the sampling noise.** The goal is a
 #   sign test on each situation's mean over four seeds. Section 2's
-#   stricter metric, which asks each change to beat twice the seed-noise
-#   standard error and every reply at that alpha to be coherent, credits
-#   0.29 [0.12, 0.46] of the situations going up and 0.12 [0.00, 0.25]
-#   going down. The push moves nearly every situation the right way, and
-#   most of them by less than the standard deviation of their scores
-#   across seeds.
+#   stricter metric, which asks each change to beat twice the standard
+#   error of the seed noise and every reply at that alpha to be coherent,
+#   credits 0.29 [0.12, 0.46] of the situations going up and 0.12 [0.00,
+#   0.25] going down. Up, where every reply is coherent, that means most
+#   situations move the right way by less than the standard deviation of
+#   their scores across seeds; down, a situation also fails when one of
+#   its four replies breaks.
 # - **The direction and grid were found by searching.** Two directions
-#   that each failed alone, summed, at strengths found by exploring the
-#   choice situations. The confirmation situations guard the number
-#   against that search. They do not guard it against fitting this
-#   judge: the score that moves is chapter 02's empathy judge's, with its
-#   measured accuracy, and "judged empathy rises" is that judge's reading.
+#   summed, at strengths found by exploring the choice situations. The
+#   confirmation situations guard the number against that search. They
+#   do not guard it against fitting this judge: the score that moves is
+#   chapter 02's empathy judge's, with its measured accuracy, and
+#   "judged empathy rises" is that judge's reading.
+
 
 # %% [markdown]
 # ## 7. Export
@@ -738,9 +760,10 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   Vectors' direction from the model's own replies under a warm and a cold
 #   system prompt; `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
-# - Neither direction alone moves 80% of fresh situations both ways on the
-#   default model. Their normalised sum does, on 24 situations kept for
-#   that one check, with the coherent share at the goal's bar and most
-#   single moves within the seed noise.
+# - On the default model, the normalised sum of the two directions moves
+#   80% of 24 situations kept for that check both ways, with the coherent
+#   share at the goal's bar (section 6). The persona direction alone
+#   comes within one situation of it under the same protocol, and most
+#   single moves are within the seed noise.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.

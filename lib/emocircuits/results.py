@@ -164,11 +164,13 @@ ROWS: tuple[Row, ...] = (
               "persona_confirmed_down"),
         "ours: the judge's score against the seed noise; paper A: keyword counts"),
     Row("A", "steering along the sum of the probe and persona directions, on 24 situations written after the "
-        "setting was fixed: share moved both ways (goal: >= 0.8 while >= 0.9 coherent)", "-", "06_steering",
-        "sum_confirmed", _base("chance {}; coherent share {}; at {} x RMS", "sum_confirmed_chance",
-                               "sum_confirmed_coherent", "sum_best_alpha"),
-        "strength chosen on 24 other situations, direction and grid from explorations on those (chapter 06, "
-        "section 6)"),
+        "direction and grid were fixed: share moved both ways (goal: >= 0.8 while >= 0.9 coherent)", "-",
+        "06_steering", "sum_confirmed",
+        _base("chance {}; coherent share {}; at {} x RMS; each direction alone there: probe {}, persona {}",
+              "sum_confirmed_chance", "sum_confirmed_coherent", "sum_best_alpha", "sum_probe_alone",
+              "sum_persona_alone"),
+        "strength chosen on 24 other situations, direction and grid from explorations on those; four seeds "
+        "(chapter 06, section 6)"),
     Row("A", "same, one sign at a time: success at +alpha (judged empathy up beyond the seed noise, coherent)",
         "94.4% pro-empathy only (Dolphin)", "06_steering", "sum_confirmed_up",
         _base("success at -alpha: {}", "sum_confirmed_down"),
