@@ -664,7 +664,7 @@ pd.Series(sum_headline).to_frame("value")
 # alone moves 0.54 [0.33, 0.75] both ways (0.93 coherent): it lowers
 # judged empathy (2.35) but hardly raises it (3.15). The persona direction
 # alone moves 0.79 [0.62, 0.92] (0.93 coherent), one situation short of
-# the goal: under this protocol it lowers judged empathy too (2.55),
+# the goal: under this protocol it lowers judged empathy too (2.54),
 # which section 5's fresh situations did not show. The sum moves two
 # situations more than the persona direction and costs three points of
 # coherence; the intervals overlap. The sum is not what carries the
