@@ -670,8 +670,8 @@ pd.Series(sum_headline).to_frame("value")
 # coherence; the intervals overlap. The sum is not what carries the
 # result. Section 5 saw the persona direction move 0.25 of its 12 fresh
 # situations (two seeds, 0.5 x RMS); the step from there to 0.79 is the
-# protocol's (more situations, more seeds, a slightly gentler push), not
-# the direction's.
+# protocol's (other situations and more of them, more seeds, a slightly
+# gentler push), not the direction's.
 #
 # Three more things keep the result from being more than it is.
 # - **It meets the coherence half at the edge.** 173 of the 192 pushed
@@ -687,10 +687,10 @@ pd.Series(sum_headline).to_frame("value")
 #   stricter metric, which asks each change to beat twice the standard
 #   error of the seed noise and every reply at that alpha to be coherent,
 #   credits 0.29 [0.12, 0.46] of the situations going up and 0.12 [0.00,
-#   0.25] going down. Up, where every reply is coherent, that means most
-#   situations move the right way by less than the standard deviation of
-#   their scores across seeds; down, a situation also fails when one of
-#   its four replies breaks.
+#   0.25] going down. With four seeds that threshold is the standard
+#   deviation of a situation's scores across seeds. Up, where every reply
+#   is coherent, 0.71 of the situations stay within it; down, a situation
+#   also fails when one of its four replies breaks.
 # - **The direction and grid were found by searching.** Two directions
 #   summed, at strengths found by exploring the choice situations. The
 #   confirmation situations guard the number against that search. They
