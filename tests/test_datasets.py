@@ -70,9 +70,24 @@ def test_bundled_datasets_are_valid_and_sized():
     counts = ds.validate_all()
     assert counts["sev_discovery"] == 160 and counts["sev_test"] == 160
     assert counts["eia_scenarios"] == 5 and counts["eia_pairs"] >= 50
-    assert counts["situations_heldout"] >= 25 and counts["situations_confirm"] == 24 and counts["persona_pairs"] >= 5 and counts["persona_questions"] >= 20
+    assert counts["situations_heldout"] >= 25 and counts["situations_confirm"] == 24
+    assert counts["persona_pairs"] >= 5 and counts["persona_questions"] >= 20
     for name in ds.FILES:
         assert main(["data", "validate", str(ds.DATA_DIR / f"{name}.jsonl")]) == 0
+
+
+def test_confirmation_situations_are_used_by_one_chapter_only():
+    """situations_confirm exists to confirm chapter 06's choice once: no other chapter and no library code may
+    read it (chapter 01 only counts every file, the transcoder corpus names it to leave it out)."""
+    root = ds.ROOT
+    readers = sorted(p.name for p in [*(root / "notebooks").glob("*.py"), *(root / "lib" / "emocircuits").glob("*.py")]
+                     if "situations_confirm" in p.read_text())
+    assert readers == ["06_steering.py", "datasets.py", "transcoders.py"]
+    from emocircuits import transcoders as T
+
+    assert "situations_confirm" in T.CORPUS_EXCLUDE
+    held = {r.text for r in ds.load_named("situations_heldout")}
+    assert not held & {r.text for r in ds.load_named("situations_confirm")}
 
 
 def test_sev_design():
