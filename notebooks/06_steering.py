@@ -589,8 +589,8 @@ persona_headline = record(
 u_sum = fit.directions[MID] + persona_dirs[MID]  # both unit vectors
 both_dir = {MID: u_sum / np.linalg.norm(u_sum)}
 B_SEEDS = [SEED + i for i in range(size(1, 4, 6))]
-B_ALPHAS = size([-0.45, 0, 0.45], [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55],
-                [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55])
+B_GRID = [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55]  # the default book's and a FULL run's
+B_ALPHAS = size([-0.45, 0, 0.45], B_GRID, B_GRID)
 pool = [r.text for r in ds.load_named("situations_heldout")][len(situations):]  # 24 (18 in a FULL run)
 choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(4, 24, 18)])]
 confirm_set = [{"id": f"confirm-{i}", "user": r.text}
