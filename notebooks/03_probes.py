@@ -383,10 +383,10 @@ if n_test_scen:
     X_t = capture(lm, [lm.chat_prompt(p["user"], system=p["system"]) for p in t_prompts], [site_e],
                   progress=False)[site_e].double().numpy()
     y_t = np.array([p["emotion"] for p in t_prompts])
-    curve = []
+    X_e, curve = E[site_e].double().numpy(), []
     for n in sorted({n for n in (5, 10) if n < per_theme} | {per_theme}):
         m = np.isin(scenario, [rec.id for rec in ds.first_per_theme(chosen, n)])
-        t_pred = clf.fit(E[site_e].double().numpy()[m], emotions[m]).predict(X_t)
+        t_pred = clf.fit(X_e[m], emotions[m]).predict(X_t)
         acc_n = bootstrap_ci((t_pred == y_t).astype(float), seed=SEED)
         curve.append({"discovery scenarios per theme": n, "training prompts": int(m.sum()),
                       "test accuracy [95% CI]": fmt(*acc_n)})
