@@ -126,6 +126,17 @@ def test_assemble_random_like_and_json(tiny_llama, tmp_path):
             C.random_like(greedy, tiny_llama, strict=True)
         loose = C.random_like(greedy, tiny_llama)
         assert (loose.counts(L) == greedy.counts(L)).all() and loose.meta["overlap"] > 0
+    half = circ.top(0.5)
+    for kind, n in (("neuron", 10), ("head", 2)):
+        kept = [c.score for c in half.components if c.kind == kind]
+        dropped = [c.score for c in circ.components if c.kind == kind and c not in half.components]
+        assert len(kept) == n and min(kept) >= max(dropped)
+    assert circ.top(0.3).counts(L).sum(0).tolist() == [6, 2]  # each kind rounds up
+    assert sorted(circ.top(1.0).components, key=repr) == sorted(circ.components, key=repr)
+    assert (C.random_like(half, tiny_llama, seed=1).counts(L) == half.counts(L)).all()
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(ValueError, match="share="):
+            circ.top(bad)
     path = circ.to_json(tmp_path / "c.json")
     back = C.Circuit.from_json(path)
     assert back.components == circ.components and back.emotion == "joy"

@@ -23,6 +23,7 @@ lacks. Everything is measured at the last prompt token.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,6 +205,22 @@ class Circuit:
         for c in self.components:
             out[c.layer, KINDS.index(c.kind)] += 1
         return out
+
+    def top(self, share: float) -> "Circuit":
+        """The highest-scoring ``share`` of each kind's components, ranked over all layers.
+
+        Neurons are ranked against neurons and heads against heads (their
+        scores are in different units); each kind keeps ``ceil(share x its
+        count)``. ``top(1.0)`` keeps every component. The "top-k" of the
+        causal checks: compare it with :func:`random_like` of the result.
+        """
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ValueError(f"share={share!r}: expected a number in (0, 1], the part of each kind to keep")
+        keep = []
+        for kind in KINDS:
+            own = sorted((c for c in self.components if c.kind == kind), key=lambda c: -c.score)
+            keep += own[: math.ceil(round(share * len(own), 9))]
+        return Circuit(self.emotion, self.model, keep, {**self.meta, "share": float(share)})
 
     def to_json(self, path) -> Path:
         from .cache import atomic_write_text
