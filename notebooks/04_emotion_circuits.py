@@ -271,14 +271,17 @@ display(overlap.style.format("{:.2f}").set_caption("share of components two circ
 # signal cancels such shared shifts and keeps what the direction was
 # defined by.
 #
-# We knock out each emotion's circuit and, separately, as many random
-# components of the same layers (2 draws in the default book, 5 in a FULL
-# run), at the last prompt
-# position, where the components were scored. *Zero* ablation sets
-# components to 0; *mean* ablation sets them to their mean over the
+# We knock out the **top k** components of each emotion's circuit and,
+# separately, as many random components of the same layers (12 draws in the
+# default book, 16 in a FULL run), at the last prompt position, where the
+# components were scored. The top k are the highest-scoring share of the
+# circuit's neurons and of its heads (`Circuit.top`): a quarter, a half
+# and the whole circuit (QUICK: a half and the whole). *Zero* ablation
+# sets components to 0; *mean* ablation sets them to their mean over the
 # discovery prompts, which keeps activations in range. Then we *enhance*
-# the circuit (scale its components by 2). Effects are in units of the
-# unablated signal (1 = the whole signal), with intervals over scenarios.
+# the whole circuit (scale its components by 2). Effects are in units of
+# the unablated signal (1 = the whole signal), with intervals over
+# scenarios.
 
 # %%
 all_test = ds.load_named("sev_test")
@@ -286,7 +289,8 @@ test_recs = all_test[:: max(1, len(all_test) // size(4, 8, 16))][: size(4, 8, 16
 tp_all = ds.sev_prompts(test_recs, emotions=EMO, valences=("neutral",))  # scenario-major, 6 emotions each
 tt_all = [lm.chat_prompt(p["user"], system=p["system"]) for p in tp_all]
 means = C.component_means({k: v for k, v in acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")})
-n_random = size(2, 2, 5)
+n_random = size(2, 12, 16)
+SHARES = size((0.5, 1.0), (0.25, 0.5, 1.0), (0.25, 0.5, 1.0))  # top k = this share of each kind
 ref_dirs = dirs[f"resid_post.{L - 1}"]
 runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
 signal = C.emotion_signal(lm, runner, ref_dirs)
@@ -295,27 +299,33 @@ rows = []
 for e, emo in enumerate(EMO):
     unit = signal[:, e].mean()
     measure = lambda ivs, e=e: C.emotion_signal(lm, runner, ref_dirs, ivs)[:, e] / unit  # noqa: E731
-    for mode in ("zero", "mean"):
-        res = C.ablate(lm, circuits[emo], measure, mode=mode, means=means, n_random=n_random, seed=SEED,
-                       positions="last:1", baseline=signal[:, e] / unit)
-        rows.append({"emotion": emo, "check": f"{mode} ablation (drop)", **C.summarise(res["circuit"], res["random"])})
+    for share in SHARES:
+        top_k = circuits[emo].top(share)
+        for mode in ("zero", "mean"):
+            res = C.ablate(lm, top_k, measure, mode=mode, means=means, n_random=n_random, seed=SEED,
+                           positions="last:1", baseline=signal[:, e] / unit)
+            rows.append({"emotion": emo, "share": share, "k": len(top_k), "check": f"{mode} ablation (drop)",
+                         **C.summarise(res["circuit"], res["random"])})
     up = measure(C.enhance(circuits[emo], 2.0, positions="last:1")) - signal[:, e] / unit
     up_r = np.stack([measure(C.enhance(C.random_like(circuits[emo], lm, seed=SEED + r), 2.0, positions="last:1"))
                      - signal[:, e] / unit for r in range(n_random)])
-    rows.append({"emotion": emo, "check": "enhance x2 (rise)", **C.summarise(up, up_r)})
+    rows.append({"emotion": emo, "share": 1.0, "k": len(circuits[emo]), "check": "enhance x2 (rise)",
+                 **C.summarise(up, up_r)})
 checks = pd.DataFrame(rows)
-display(checks.pivot(index="emotion", columns="check", values="ratio").style.format("{:.1f}")
-        .set_caption("circuit effect / random effect (goal: >= 3 for ablation; inf: random effect <= 0)"))
-display(checks.set_index(["emotion", "check"])[["circuit", "circuit_lo", "circuit_hi", "random",
-                                                 "random_lo", "random_hi"]].style.format("{:.2f}")
-        .set_caption(f"effects in units of the unablated signal; intervals over {len(test_recs)} held-out scenarios"))
+whole = checks[checks.share == 1.0]
+display(whole.pivot(index="emotion", columns="check", values="ratio").style.format("{:.1f}")
+        .set_caption("whole circuit: circuit effect / random effect (goal: >= 3 for ablation; inf: random effect <= 0)"))
+display(whole.set_index(["emotion", "check"])[["circuit", "circuit_lo", "circuit_hi", "random",
+                                               "random_lo", "random_hi"]].style.format("{:.2f}")
+        .set_caption(f"whole circuit: effects in units of the unablated signal; intervals over {len(test_recs)} "
+                     f"held-out scenarios, {n_random} random draws"))
 print("random draws that had to reuse circuit components (a layer with too few others):",
-      {emo: C.random_like(circuits[emo], lm, seed=SEED).meta["overlap"] for emo in EMO})
+      {emo: int(C.random_like(circuits[emo], lm, seed=SEED).meta["overlap"]) for emo in EMO})
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.6))
 for j, mode in enumerate(("zero", "mean")):
-    sub = checks[checks.check == f"{mode} ablation (drop)"].reset_index(drop=True)
+    sub = whole[whole.check == f"{mode} ablation (drop)"].reset_index(drop=True)
     x = np.arange(len(sub)) + (j - 0.5) * 0.4
     ax.errorbar(x - 0.07, sub.circuit, [sub.circuit - sub.circuit_lo, sub.circuit_hi - sub.circuit], fmt="o",
                 capsize=3, color=f"C{j}", label=f"{mode}: circuit")
@@ -323,9 +333,71 @@ for j, mode in enumerate(("zero", "mean")):
                 capsize=3, color=f"C{j}", alpha=0.6, label=f"{mode}: random ({n_random} draws)")
 ax.axhline(0, color="k", lw=0.8)
 ax.set_xticks(np.arange(len(EMO)), EMO)
-ax.set(ylabel="drop of the emotion signal\n(1 = all of it)", title="Knocking out the circuit vs random components")
+ax.set(ylabel="drop of the emotion signal\n(1 = all of it)", title="Knocking out the whole circuit vs random components")
 ax.legend(fontsize=8, ncol=2)
 plt.show()
+
+# %% [markdown]
+# The goal reads "the top-k components". How does the comparison change
+# with k? The next table gives the ratio for each share of the circuit
+# kept, and the figure the two drops behind it (mean ablation).
+
+# %%
+abl = checks[checks.check != "enhance x2 (rise)"]
+by_share = abl.pivot_table(index="emotion", columns=["share", "check"], values="ratio", dropna=False)
+by_share.columns = by_share.columns.set_levels([f"top {s_:.0%}" for s_ in by_share.columns.levels[0]], level=0)
+display(by_share.style.format("{:.1f}").set_caption(
+    "circuit effect / random effect by share of the circuit kept (top k by score; goal: >= 3)"))
+# an emotion passes at a share when both ablations reach 3x (a NaN ratio, no drop either way, fails)
+passing = (abl.ratio.fillna(0).groupby([abl.share, abl.emotion]).min() >= 3).groupby("share").sum()
+print("emotions whose zero and mean ablation both reach 3x, by share kept:",
+      {f"{s_:g}": int(n) for s_, n in passing.items()})
+fig, axes = plt.subplots(1, len(EMO), figsize=(11, 2.6), sharey=True)
+for ax, emo in zip(axes, EMO):
+    sub = abl[(abl.emotion == emo) & (abl.check == "mean ablation (drop)")]
+    ax.plot(sub.share, sub.circuit, "o-", label="top k of the circuit")
+    ax.plot(sub.share, sub.random, "x--", color="grey", label="k random, same layers")
+    ax.set(title=emo, xlabel="share kept", xticks=SHARES)
+    ax.axhline(0, color="k", lw=0.6)
+axes[0].set(ylabel="drop (mean ablation)")
+axes[0].legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# How to read the sweep on the default model. Mean ablation of the top
+# quarter, the top half or the whole circuit removes at least 3x what as
+# many random components of the same layers remove, for every emotion.
+# Zero ablation does too for the top quarter and the top half, but for
+# the whole circuit it fails on surprise: zeroing all 147 of its
+# components *raises* the surprise signal on average (a drop of -0.25,
+# interval -0.91 to 0.48), far outside the activations' usual range,
+# where a drop of a difference of projections means little. The figure
+# says why the comparison gets weaker as k grows: the top half of a
+# circuit already removes nearly all the signal the whole circuit
+# removes, while the random set's drop grows with its size. The effect
+# sits in each circuit's highest-scoring components; its lower half adds
+# components that matter little more than random ones of the same layers.
+#
+# The random baseline is itself noisy. It is a mean over draws, and
+# knocking out a few of the model's heads at random can matter a lot or
+# not at all, depending on which heads. On `gemma3-270m` (18 layers of 4
+# heads, so a circuit of 18 heads takes one per layer and a random set
+# one of the other three) that decides the verdict for surprise: with 2
+# random draws the whole circuit reached 2.0x by mean ablation, with 12
+# draws 4.3x, and with 8 other draws (an exploration, seeds 100-107) 10x.
+# That is why the default book now draws 12 random sets, not 2. When we
+# ran this chapter with `MODEL = "gemma3-270m"` and 12 draws, every
+# emotion reached 3x at the top quarter and the top half under both
+# ablations (the least: surprise, 3.8x by mean ablation at the half), and
+# the whole circuit fell short only for surprise under zero ablation
+# (2.4x), as on the default model.
+#
+# One caution on reading this against the chapter's goal ("the top-k
+# components ... at least 3x"). The shares were added after the whole
+# circuit fell short for surprise on gemma, so the quarter and the half
+# are a reading of the goal at other k, chosen after that result, not a
+# test fixed in advance. They were not tuned further: these are the
+# first shares tried, and the table shows every one.
 
 # %% [markdown]
 # Does the drop in the signal show in what the model writes? We generate
@@ -640,15 +712,17 @@ display(HTML(view.local_src))  # the JavaScript bundle inline, so the page works
 # stored values).
 
 # %%
-zero = checks[checks.check == "zero ablation (drop)"]
-mean_ab = checks[checks.check == "mean ablation (drop)"]
+zero = whole[whole.check == "zero ablation (drop)"]
+mean_ab = whole[whole.check == "mean ablation (drop)"]
 headline = record(
     tail_top1=tail["top 1%"].mean(), tail_top1_random=tail["top 1% (random dir)"].mean(),
     influence_attn=summary.loc["mean I (emotions)", "attn"], influence_mlp=summary.loc["mean I (emotions)", "mlp"],
     influence_random=summary.loc["mean |I| (random push)"].mean(),
     zero_drop_circuit=zero.circuit.mean(), zero_drop_random=zero.random.mean(),
     mean_drop_circuit=mean_ab.circuit.mean(), mean_drop_random=mean_ab.random.mean(),
-    emotions_ratio_ge_3=(np.minimum(zero.ratio.to_numpy(), mean_ab.ratio.to_numpy()) >= 3).sum(),
+    emotions_ratio_ge_3=passing.loc[1.0],
+    emotions_ratio_ge_3_top50=passing.loc[0.5],
+    **({"emotions_ratio_ge_3_top25": passing.loc[0.25]} if 0.25 in SHARES else {}),  # QUICK runs skip it
     modulation_accuracy=res.loc["circuit modulation", "accuracy"],
     modulation_coherent=res.loc["circuit modulation", "coherent"],
     modulation_on_target_coherent=res.loc["circuit modulation", "on target and coherent"],
@@ -683,7 +757,11 @@ pd.Series(headline).to_frame("value")
 #   components out lowers the signal more than knocking out as many random
 #   ones, on held-out prompts; the generation check says whether that shows
 #   in the replies. Where the ratio is near 1, the ranking picked
-#   components that do not matter more than others.
+#   components that do not matter more than others. The ratio depends on
+#   how much of the circuit is knocked out and on which random components
+#   stand beside it, so the sweep shows three sizes and the baseline
+#   averages 12 random draws; a ratio from one size and a few draws would
+#   say more about the draws than about the circuit.
 # - **A direction is not an emotion.** Everything is measured along
 #   directions computed from *instructed* prompts, so a circuit for "anger"
 #   is a circuit for the model's representation of having been told to be
