@@ -134,6 +134,8 @@ def test_assemble_random_like_and_json(tiny_llama, tmp_path):
     assert circ.top(0.3).counts(L).sum(0).tolist() == [6, 2]  # each kind rounds up
     assert sorted(circ.top(1.0).components, key=repr) == sorted(circ.components, key=repr)
     assert (C.random_like(half, tiny_llama, seed=1).counts(L) == half.counts(L)).all()
+    assert half.meta == {"share": 0.5, "of": 24}
+    assert greedy.top(0.5).counts(L).sum(0).tolist() == [0, 2]  # a kind the circuit lacks stays empty
     for bad in (0, 1.5, "half", True):
         with pytest.raises(ValueError, match="share="):
             circ.top(bad)

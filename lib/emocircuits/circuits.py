@@ -220,7 +220,7 @@ class Circuit:
         for kind in KINDS:
             own = sorted((c for c in self.components if c.kind == kind), key=lambda c: -c.score)
             keep += own[: math.ceil(round(share * len(own), 9))]
-        return Circuit(self.emotion, self.model, keep, {**self.meta, "share": float(share)})
+        return Circuit(self.emotion, self.model, keep, {"share": float(share), "of": len(self.components)})
 
     def to_json(self, path) -> Path:
         from .cache import atomic_write_text
