@@ -606,7 +606,6 @@ b_goal[cols].round(2)
 # %%
 at_top = dict(seeds=B_SEEDS, scale=b_top.scale, positions=b_top.positions)  # the chosen setting
 b_judged = judged_sweep(confirm_set, both_dir, [MID], [-b_a, 0, b_a], **at_top)
-b_conf = S.both_ways(*b_judged, seed=SEED).iloc[0]
 alone = {name: with_unpushed(judged_sweep(confirm_set, dirs_, [MID], [-b_a, b_a], **at_top), b_judged)
          for name, dirs_ in (("probe direction alone", fit.directions),
                              ("persona direction alone", persona_dirs))}
@@ -635,8 +634,8 @@ bs = b_rows.loc["sum of both"]
 sum_headline = record(
     sum_cosine=sum_cosine, sum_best=b_top.share, sum_best_lo=b_top.share_lo, sum_best_hi=b_top.share_hi,
     sum_best_coherent=b_top.coherent_share, sum_best_alpha=b_a, sum_best_chance=b_top.chance,
-    sum_confirmed=b_conf.share, sum_confirmed_lo=b_conf.share_lo, sum_confirmed_hi=b_conf.share_hi,
-    sum_confirmed_chance=b_conf.chance, sum_confirmed_coherent=b_conf.coherent_share,
+    sum_confirmed=bs["moved both ways"], sum_confirmed_lo=bs.lo, sum_confirmed_hi=bs.hi,
+    sum_confirmed_chance=bs.chance, sum_confirmed_coherent=bs["coherent share"],
     sum_confirmed_up=bs["success at +alpha"], sum_confirmed_up_lo=bs["+ lo"], sum_confirmed_up_hi=bs["+ hi"],
     sum_confirmed_down=bs["success at -alpha"], sum_confirmed_down_lo=bs["- lo"],
     sum_confirmed_down_hi=bs["- hi"],
