@@ -217,6 +217,24 @@ for variant in ("care_words", "polite_task"):
 kw.groupby("variant").agg(["count", "sum"])
 
 # %% [markdown]
+# The stored pairs' sides also differ in register: the empathic replies
+# tend to be longer, more personal and more narrative. `eia_matched.jsonl`
+# (30 pairs, 6 per game, never trained on) holds that fixed: both sides
+# of a pair open with the same word, have nearly the same length, use no
+# keyword, and differ in whom the action serves. Chapter 03 uses it to ask
+# whether the probe reads that contrast or the register.
+
+# %%
+matched = ds.load_named("eia_matched")
+words = np.array([[len(r.positive.split()), len(r.negative.split())] for r in matched])
+r = matched[0]
+print(f"empathic: {r.positive}\ntask-focused: {r.negative}\n")
+print(f"{len(matched)} pairs; words per side {words.min()}-{words.max()}, largest ratio within a pair "
+      f"{(words.max(1) / words.min(1)).max():.2f}; keywords on the empathic / task sides: "
+      f"{int(ds.keyword_counts([r.positive for r in matched]).sum())} / "
+      f"{int(ds.keyword_counts([r.negative for r in matched]).sum())}")
+
+# %% [markdown]
 # ## 3. Paper C's prompts, and held-out situations
 #
 # Paper C compares five empathetic system prompts with a neutral one on five
@@ -303,12 +321,14 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 # %% [markdown]
 # ## Summary
 #
-# - `ds.load_named(name)` reads and validates any of the nine files; bad
+# - `ds.load_named(name)` reads and validates any of the files above; bad
 #   records fail with the file, line and field.
 # - `ds.sev_prompts` builds paper B's 2,880 discovery prompts by code.
 # - EIA pairs carry a stored 35/15 split; `ds.lexical_ablation` removes the
 #   keyword cue from both sides; `eia_lexical.jsonl` (20 pairs) is where
-#   that cue is strong, used as a stress test in chapter 03.
+#   that cue is strong, used as a stress test in chapter 03, and
+#   `eia_matched.jsonl` (30 pairs) holds register fixed for the same
+#   chapter.
 # - `ds.elicit` keeps generations with everything needed to redo them.
 #
 # The lexical-ablation keyword list, with the neutral word each becomes:

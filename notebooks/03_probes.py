@@ -216,6 +216,118 @@ print(f"share of shuffled probes at or above the real one: "
 # direction at all".
 
 # %% [markdown]
+# ### Does the probe read whom the reply serves, or how it is written?
+#
+# The high random baseline says that the stored pairs' two sides differ
+# along many directions at once. They do: the empathic replies tend to be
+# longer, more personal and more narrative than the task-focused ones, so
+# a direction can separate them by register alone. `eia_matched.jsonl`
+# (30 pairs, 6 per game, evaluation only; chapter 01) removes that
+# shortcut. Each pair's sides open with the same word, have nearly the
+# same length (17 to 25 words), the same plain register and no care word;
+# one spends its action on the person, the other on the task:
+#
+# > *I set the crate down, open a bottle and hand it to Jonah, then wait
+# > in the shade while he drinks it slowly.*
+# > *I set the crate down, check that every bottle is still sealed, then
+# > lift it again and walk on toward the station.*
+#
+# The probe trained above scores them at every layer. Beside it, the same
+# 100 random directions protocol: each oriented on the training pairs,
+# then scored on the matched pairs. Two readings per layer: AUROC over all
+# 60 replies, and the share of pairs whose empathic side projects above
+# its own task side (a matched design's natural test, with a Wilson
+# interval). The set was written after the stored test split's results
+# were known, and after a pilot of ten similar pairs; all 30 are shown.
+
+# %%
+matched = ds.load_named("eia_matched")
+transfer = P.transfer_pairs(lm, fits[POOL], matched, pairs, scen, layers=LAYERS, seed=SEED)
+mt = pd.DataFrame([{"layer": l, "stored": fits[POOL].metrics["layers"][str(l)]["auroc"],
+                    "matched": r["detection"].auroc, "lo": r["detection"].auroc_ci[0],
+                    "hi": r["detection"].auroc_ci[1], "random_mean": r["random"]["mean"],
+                    "random_p95": r["random"]["p95"]} for l, r in transfer.items()])
+fig, ax = plt.subplots(figsize=(8, 3.6))
+ax.plot(mt.layer, mt.stored, color="C0", label="stored test pairs")
+band(ax, mt.layer, mt.matched, mt.lo, mt.hi, label="matched pairs", color="C3")
+ax.plot(mt.layer, mt.random_p95, color="grey", ls="--", label="random directions on matched pairs: p95")
+ax.plot(mt.layer, mt.random_mean, color="grey", ls=":", label="random directions on matched pairs: mean")
+ax.axvline(best, color="k", ls=":", lw=1)
+ax.set(xlabel="layer (resid_post)", ylabel="AUROC", ylim=(0.3, 1.02),
+       title=f"The {POOL} probe on register-matched pairs (dotted line: best layer on the stored pairs)")
+ax.legend(loc="lower right", fontsize=8)
+plt.show()
+peak = int(mt.loc[mt.matched.idxmax(), "layer"])  # chosen on the matched pairs themselves: optimistic
+
+
+# a bag-of-words baseline: the same probe fitted on the reply's input embeddings (before any block)
+bow = P.fit_pair_probe(lm, pairs, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
+bow_stored = bow.metrics["layers"]["0"]["auroc"]
+bow_matched = P.transfer_pairs(lm, bow, matched, pairs, scen, seed=SEED)[0]
+
+
+def transfer_row(what, l, r=None):
+    r = transfer[l] if r is None else r
+    det, rb = r["detection"], r["random"]
+    return {"layer": f"{l} ({what})", "AUROC [95% CI]": fmt(det.auroc, *det.auroc_ci),
+            "pairs the right way round [95% CI]": fmt(r["paired"], *r["paired_ci"]),
+            "random dirs: AUROC mean / p95": f"{rb['mean']:.2f} / {rb['p95']:.2f}",
+            "random dirs: pairs right way round, p95": f"{rb['paired_p95']:.2f}",
+            "Cohen's d (random p95)": f"{det.cohens_d:.1f} ({rb['d_p95']:.1f})"}
+
+
+print(f"bag of words (resid_pre.0): AUROC {bow_stored:.2f} on the stored test pairs")
+pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak on the matched pairs", peak),
+              transfer_row("bag of words: input embeddings, resid_pre", 0, bow_matched)]).set_index("layer")
+
+# %% [markdown]
+# The first row is the fair test: its layer was fixed before the matched
+# pairs were scored. The second row picks the layer on the matched pairs
+# themselves, so it is optimistic, but with every layer drawn on the
+# picture the reader can see how much. The third is a lexical baseline:
+# the same probe fitted on the reply's input embeddings, before any block
+# has run, so its pooled vector is the average of the reply's token
+# embeddings, a bag of words.
+#
+# In the book run on the default model (every other layer), the two
+# rows disagree, and that is the finding. The early layer that wins on
+# the stored pairs (layer 4) does no better here than the best random
+# directions, by AUROC or by pairs the right way round, and worse than
+# the bag of words below: what it separates on the stored pairs is
+# mostly something the matched pairs hold fixed, how the replies are
+# written. From the middle layers on, the probe's AUROC on matched pairs
+# stays well above the random directions' 95th percentile, it puts nearly
+# every pair the right way round, and its Cohen's d is about twice what
+# the best random directions reach. So the contrast the pairs were meant
+# to teach, whom the action serves, is linearly readable in this model,
+# but not at the layer the stored test split selects: choosing a layer by
+# test AUROC on pairs that also differ in register rewards reading
+# register. (QUICK mode tries every sixth layer and selects layer 0,
+# which does better than layers 2-8 here.) Section 4 repeats the check at
+# the second model's chosen layer.
+#
+# The bag of words is the strongest baseline in this chapter. On the
+# stored test pairs (the line above the table) it comes within a few
+# hundredths of the best layer on the default model: telling these
+# replies apart needs little more than their words, which the 44-word
+# lexical ablation of section 2 could not show, since it removes only
+# care words. It separates the matched pairs too, well above random
+# directions: a reply that serves the person names the person and what it
+# gives them ("Jonah", "water", "sit with"), one that serves the task
+# names the task ("crate", "station", "score"). What the model's layers
+# add over word choice is the margin between the probe's rows and the
+# bag of words' row: a few hundredths of AUROC with overlapping
+# intervals, far smaller than the margin over random directions. This
+# test cannot separate reading whom the action serves from reading which
+# words go with serving someone; no set of natural sentences can remove
+# that.
+#
+# Random directions still score above 0.5 on matched pairs: oriented on
+# the stored training pairs, they carry some of the register difference
+# and the matched pairs' sides still differ a little in it. Their mean
+# near 0.6 is the floor to read the probe against, not chance.
+
+# %% [markdown]
 # ## 2. Lexical ablation
 #
 # If the probe only detected words like "sorry", replacing them would
@@ -468,7 +580,11 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # alignment texts below are thinned too, to every sixth in the default
 # book and every tenth in QUICK mode) with their own best-layer
 # empathy probe. Their raw agreement is a Pearson r between the two score
-# lists.
+# lists. (The first cell also scores section 1's matched pairs at the
+# second model's chosen layer: compare it with the first row of that
+# section's table. On the bundled pair, the model whose stored-pairs
+# winner is an early layer fails the matched pairs there, and the one
+# whose winner is a middle layer holds.)
 # Each reply is read as the assistant's answer to its situation, pooled
 # over the reply, as the probe was trained. Then model B's activations are
 # mapped into model A's space (PCA to 64 dimensions and an orthogonal
@@ -492,6 +608,11 @@ ax.set(xlabel="relative depth (layer / last layer)", ylabel="test AUROC", ylim=(
        title=f"Empathy probe ({POOL}) on both bundled models")
 ax.legend(loc="lower right", fontsize=8)
 plt.show()
+tr_o = P.transfer_pairs(other, fit_o, matched, pairs, scen, layers=[fit_o.best_layer], seed=SEED)[fit_o.best_layer]
+print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the matched pairs: AUROC "
+      f"{fmt(tr_o['detection'].auroc, *tr_o['detection'].auroc_ci)}, pairs the right way round "
+      f"{fmt(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "
+      f"pairs right way round p95 {tr_o['random']['paired_p95']:.2f}")
 
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -664,6 +785,20 @@ headline = record(
     **best_of(fits["mean_all"], "auroc_mean_all", "random_p95_mean_all"),
     **best_of(fits[POOL], "auroc_response", "random_p95_response"),
     **best_of(fit_o, "other_auroc", "other_random_p95"),
+    matched_auroc=transfer[best]["detection"].auroc, matched_auroc_lo=transfer[best]["detection"].auroc_ci[0],
+    matched_auroc_hi=transfer[best]["detection"].auroc_ci[1], matched_random_p95=transfer[best]["random"]["p95"],
+    matched_paired=transfer[best]["paired"], matched_paired_lo=transfer[best]["paired_ci"][0],
+    matched_paired_hi=transfer[best]["paired_ci"][1],
+    matched_random_paired_p95=transfer[best]["random"]["paired_p95"],
+    matched_peak_auroc=transfer[peak]["detection"].auroc, matched_peak_auroc_lo=transfer[peak]["detection"].auroc_ci[0],
+    matched_peak_auroc_hi=transfer[peak]["detection"].auroc_ci[1], matched_peak_layer=peak,
+    matched_peak_random_p95=transfer[peak]["random"]["p95"], matched_peak_paired=transfer[peak]["paired"],
+    matched_peak_d=transfer[peak]["detection"].cohens_d, matched_peak_random_d_p95=transfer[peak]["random"]["d_p95"],
+    bow_auroc=bow_stored, bow_matched_auroc=bow_matched["detection"].auroc,
+    bow_matched_auroc_lo=bow_matched["detection"].auroc_ci[0],
+    bow_matched_auroc_hi=bow_matched["detection"].auroc_ci[1],
+    other_matched_auroc=tr_o["detection"].auroc, other_matched_auroc_lo=tr_o["detection"].auroc_ci[0],
+    other_matched_auroc_hi=tr_o["detection"].auroc_ci[1], other_matched_random_p95=tr_o["random"]["p95"],
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
     graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
     graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],
@@ -696,7 +831,14 @@ pd.Series(headline).to_frame("value")
 #   intervene on it and measure whether behaviour follows.
 # - **Generality.** Fifteen test pairs give wide intervals (see the
 #   brackets); five game scenarios are a narrow slice of empathy. The
-#   held-out situations and the judge's corpus widen it a little.
+#   held-out situations, the matched pairs and the judge's corpus widen
+#   it a little.
+# - **Words against meaning.** A bag of words nearly matches the probe on
+#   both the stored and the matched pairs. Natural replies that serve a
+#   person use different words from replies that serve a task, so no test
+#   here can show that a direction reads the intent rather than its
+#   vocabulary; the polite-refusal pairs come closest, and the probe fails
+#   them.
 # - **Feeling.** Emotion directions here represent an *instructed* emotion,
 #   read at a prompt that names it.
 # - **Small models.** Both bundled models are tiny; the papers' models
@@ -712,6 +854,11 @@ pd.Series(headline).to_frame("value")
 #   many to remove; but polite refusals fool it, and not through their
 #   care words alone (removing them barely moves the best layer), so it
 #   reads attention to feelings more than empathic action (`eia_lexical`).
+# - On pairs matched in register, only whom the action serves told apart
+#   (`eia_matched`), the middle and late layers keep separating the sides
+#   far above random directions; on the default model the early layer the
+#   stored pairs select does not: choose a probe's layer on pairs that
+#   differ in nothing but the contrast.
 # - On graded replies to situations the pairs never cover, the probe ranks
 #   empathic replies above task-only ones well, and above dismissive ones
 #   barely: it reads the pairs' contrast, person against task, not warm

@@ -156,6 +156,22 @@ def test_lexical_stress_pairs_hold_their_design():
     assert not stored & {t for r in lex for t in (r.positive, r.negative)}
 
 
+def test_matched_pairs_hold_their_design():
+    """eia_matched: six pairs per game whose sides share their first word, length and plain register (no
+    care word on either side), so only whom the action serves tells them apart; no text is reused."""
+    matched = ds.load_named("eia_matched")
+    assert len(matched) == 30 and all(r.split == "test" for r in matched)
+    for scen in ds.EIA_SCENARIOS:
+        assert sum(r.scenario == scen for r in matched) == 6
+    for r in matched:
+        assert ds.keyword_counts([r.positive, r.negative]).tolist() == [0, 0], r.id
+        lp, ln = len(r.positive.split()), len(r.negative.split())
+        assert max(lp, ln) / min(lp, ln) <= 1.2 and 15 <= min(lp, ln), r.id
+        assert r.positive.split()[0] == r.negative.split()[0], r.id
+    others = {t for name in ("eia_pairs", "eia_lexical") for p in ds.load_named(name) for t in (p.positive, p.negative)}
+    assert not others & {t for r in matched for t in (r.positive, r.negative)}
+
+
 def test_keyword_counts_count_whole_words_only():
     got = ds.keyword_counts(["I'm sorry; I feel your pain.", "A painful, careful sort of task.", ""])
     np.testing.assert_array_equal(got, [3, 0, 0])

@@ -62,6 +62,10 @@ def test_baselines_sit_near_chance_when_there_is_no_signal():
     v = D[k] * np.sign((pos[:30] @ D[k]).mean() - (neg[:30] @ D[k]).mean())
     assert P.evaluate_direction(v, pos[30:], neg[30:]).cohens_d == pytest.approx(rb["ds"][k], rel=1e-9)
     assert rb["d_p95"] == pytest.approx(np.quantile(rb["ds"], 0.95)) and det.cohens_d > rb["d_p95"]
+    # paired test sides: the share of pairs the direction puts the right way round, per direction
+    assert rb["paired"][k] == pytest.approx(np.mean(pos[30:] @ v > neg[30:] @ v))
+    assert rb["paired_p95"] == pytest.approx(np.quantile(rb["paired"], 0.95))
+    assert "paired" not in P.random_baseline(pos[:30], neg[:30], pos[30:], neg[31:], n=5)  # unpaired sides
     # paper A's unsigned directions: the same draws, centred on chance even where the data separate,
     # so their percentile sits below the oriented one
     ru = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0, oriented=False)
@@ -201,6 +205,35 @@ def test_evaluate_pairs_scores_other_pairs_with_the_fitted_threshold(smol):
         P.evaluate_pairs(smol, probe, lex, scen, layers=[4])
     with pytest.raises(ds.DataError, match="need at least 2 pairs"):
         P.evaluate_pairs(smol, probe, lex[:1], scen)
+
+
+def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_the_training_pairs(smol):
+    pairs = ds.load_named("eia_pairs")
+    scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+    probe = P.fit_pair_probe(smol, pairs, scen, layers=[3, 20], pooling="mean_response", n_random=5)
+    matched = ds.load_named("eia_matched")
+    got = P.transfer_pairs(smol, probe, matched, pairs, scen, layers=[20], n_random=50, seed=0)
+    r = got[20]
+    alone = P.evaluate_pairs(smol, probe, matched, scen, layers=[20])[20].as_dict()  # batched apart: float noise
+    for key, val in alone.items():
+        assert r["detection"].as_dict()[key] == pytest.approx(val, rel=1e-6), key
+    # the matched pairs differ only in whom the action serves: a late layer ranks nearly all of them,
+    # and far above random directions oriented on the training pairs
+    assert r["paired"] >= 0.9 and r["paired_ci"][0] <= r["paired"] <= r["paired_ci"][1]
+    assert r["detection"].auroc > r["random"]["p95"] + 0.1 and r["paired"] > r["random"]["paired_p95"]
+    assert len(r["random"]["aurocs"]) == 50
+    # the random directions are oriented on the train split only
+    train = [p for p in pairs if p.split == "train"]
+    pos, neg, starts = P.pair_texts(smol, train + matched, scen)
+    X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
+                progress=False)["resid_post.20"].double().numpy()
+    k, n = len(train), len(train) + len(matched)
+    ref = P.random_baseline(X[:k], X[n:n + k], X[k:n], X[n + k:], n=50, seed=0)
+    assert r["random"]["p95"] == pytest.approx(ref["p95"], rel=1e-6)
+    with pytest.raises(ds.DataError, match="train_records: need at least 2 pairs with split 'train'"):
+        P.transfer_pairs(smol, probe, matched, matched, scen, layers=[20])
+    with pytest.raises(ValueError, match=r"layers \[4\]: the probe has directions for layers \[3, 20\]"):
+        P.transfer_pairs(smol, probe, matched, pairs, scen, layers=[4])
 
 
 def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):

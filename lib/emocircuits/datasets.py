@@ -171,8 +171,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 
 FILES = {
     "sev_discovery": "sev", "sev_test": "sev", "eia_scenarios": "eia_scenarios", "eia_pairs": "pairs",
-    "eia_lexical": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts", "situations_heldout": "situations",
-    "situations_confirm": "situations", "persona_questions": "questions",
+    "eia_lexical": "pairs", "eia_matched": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts",
+    "situations_heldout": "situations", "situations_confirm": "situations", "persona_questions": "questions",
 }
 
 

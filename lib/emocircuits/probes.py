@@ -17,7 +17,8 @@
   direction, from the model's own replies under a trait-eliciting and a
   trait-suppressing system prompt (chapter 06).
 * :func:`fit_pair_probe` / :func:`save_probe` / :func:`load_probe`: what the
-  ``emocircuits probe`` and ``score`` commands run.
+  ``emocircuits probe`` and ``score`` commands run; :func:`evaluate_pairs`
+  and :func:`transfer_pairs` score a fitted probe on other pairs.
 """
 
 from __future__ import annotations
@@ -256,7 +257,10 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
     Also returns each direction's Cohen's d on the test data (``d_mean``,
     ``d_p95``, ``ds``): AUROC cannot exceed 1, so when both the probe and
     the random directions separate the test pairs almost perfectly, d still
-    shows how much farther apart the probe puts them.
+    shows how much farther apart the probe puts them. When the test sides
+    have the same number of rows (pairs), also the share of pairs each
+    direction puts the right way round (``paired_mean``, ``paired_p95``,
+    ``paired``).
     ``oriented=False`` scores the directions as drawn (paper A's baseline):
     their AUROCs spread around 0.5 whatever the data, a weaker comparison.
     """
@@ -271,8 +275,13 @@ def random_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, n: int = 1
     sp, sn = (Pte @ D.T).T, (Nte @ D.T).T
     aucs = _auroc_rows(sp, sn)
     ds = _d_rows(sp, sn)
-    return {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist(),
-            "d_mean": float(np.nanmean(ds)), "d_p95": float(np.nanquantile(ds, 0.95)), "ds": ds.tolist()}
+    out = {"mean": float(aucs.mean()), "p95": float(np.quantile(aucs, 0.95)), "aurocs": aucs.tolist(),
+           "d_mean": float(np.nanmean(ds)), "d_p95": float(np.nanquantile(ds, 0.95)), "ds": ds.tolist()}
+    if sp.shape == sn.shape:  # paired test sides: the share of pairs each direction ranks the right way round
+        wins = (sp > sn).mean(1)
+        out.update(paired_mean=float(wins.mean()), paired_p95=float(np.quantile(wins, 0.95)),
+                   paired=wins.tolist())
+    return out
 
 
 def pc_baseline(X_pos_train, X_neg_train, X_pos_test, X_neg_test, k: int = 3) -> dict:
@@ -508,6 +517,49 @@ def evaluate_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
     for l, s in zip(layers, sites):
         X = acts[s].double().numpy()
         out[l] = evaluate_direction(probe.directions[l], X[:n], X[n:], threshold=probe.thresholds[l], seed=seed)
+    return out
+
+
+def transfer_pairs(lm, probe: PairProbe, records, train_records, scenarios: dict | None = None,
+                   layers: Sequence[int] | None = None, n_random: int = 100, seed: int = 0) -> dict[int, dict]:
+    """A fitted probe on new pairs, per layer, next to random directions scored the same way.
+
+    For every layer: ``detection`` (:class:`Detection` with the probe's
+    fitted threshold), ``paired`` (share of pairs whose positive side
+    projects higher than its own negative side) with a Wilson 95% interval
+    ``paired_ci``, and ``random`` (:func:`random_baseline`: ``n_random``
+    unit directions oriented on the train split of ``train_records``, the
+    pairs the probe was fitted on, then scored on ``records``).
+    """
+    from scipy.stats import binomtest
+
+    from .activations import capture
+    from .datasets import DataError
+
+    records, train = list(records), [r for r in train_records if getattr(r, "split", None) == "train"]
+    if len(records) < 2:
+        raise DataError(f"need at least 2 pairs to score a probe, got {len(records)}")
+    if len(train) < 2:
+        raise DataError(f"train_records: need at least 2 pairs with split 'train' to orient random directions, "
+                        f"got {len(train)}")
+    layers = list(probe.layers) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if l not in probe.directions]
+    if bad:
+        raise ValueError(f"layers {bad}: the probe has directions for layers {sorted(probe.directions)}")
+    pos, neg, starts = pair_texts(lm, train + records, scenarios)
+    sites = [f"{probe.site_kind}.{l}" for l in layers]
+    acts = capture(lm, pos + neg, sites, pooling=probe.pooling, response_starts=starts + starts, progress=False)
+    k, n = len(train), len(train) + len(records)
+    out = {}
+    for l, s in zip(layers, sites):
+        X = acts[s].double().numpy()
+        Ptr, Pte, Ntr, Nte = X[:k], X[k:n], X[n:n + k], X[n + k:]
+        d = probe.directions[l]
+        wins = int(((Pte @ d) > (Nte @ d)).sum())
+        ci = binomtest(wins, len(records)).proportion_ci(method="wilson")
+        out[l] = {"detection": evaluate_direction(d, Pte, Nte, threshold=probe.thresholds[l], seed=seed),
+                  "paired": wins / len(records), "paired_ci": (float(ci.low), float(ci.high)),
+                  "random": random_baseline(Ptr, Ntr, Pte, Nte, n=n_random, seed=seed)}
     return out
 
 
