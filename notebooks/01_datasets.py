@@ -217,12 +217,13 @@ for variant in ("care_words", "polite_task"):
 kw.groupby("variant").agg(["count", "sum"])
 
 # %% [markdown]
-# The stored pairs' sides also differ in register: the empathic replies
-# tend to be longer, more personal and more narrative. `eia_matched.jsonl`
-# (30 pairs, 6 per game, never trained on) holds that fixed: both sides
-# of a pair open with the same word, have nearly the same length, use no
-# keyword, and differ in whom the action serves. Chapter 03 uses it to ask
-# whether the probe reads that contrast or the register.
+# Each side of a stored pair is written freely, in its own sentences and
+# details. `eia_matched.jsonl` (30 pairs, 6 per game, never trained on)
+# holds more fixed: both sides of a pair open with the same word, have
+# nearly the same length, follow one frame, use no keyword, and differ in
+# whom the action serves. Chapter 03 uses it to ask whether the probe
+# reads that contrast or something else that comes with the stored
+# pairs' sides.
 
 # %%
 matched = ds.load_named("eia_matched")

@@ -219,13 +219,14 @@ print(f"share of shuffled probes at or above the real one: "
 # ### Does the probe read whom the reply serves, or how it is written?
 #
 # The high random baseline says that the stored pairs' two sides differ
-# along many directions at once. They do: the empathic replies tend to be
-# longer, more personal and more narrative than the task-focused ones, so
-# a direction can separate them by register alone. `eia_matched.jsonl`
-# (30 pairs, 6 per game, evaluation only; chapter 01) removes that
-# shortcut. Each pair's sides open with the same word, have nearly the
-# same length (17 to 25 words), the same plain register and no care word;
-# one spends its action on the person, the other on the task:
+# along many directions at once. Each side of a stored pair is written
+# freely, in its own sentences and details, so a direction can separate
+# them by anything that goes with the contrast. `eia_matched.jsonl` (30
+# pairs, 6 per game, evaluation only; chapter 01) holds more of that
+# fixed. Both sides of a pair open with the same word, have nearly the
+# same length (17 to 25 words), follow one frame in the same plain
+# register and use no care word; one spends its action on the person,
+# the other on the task:
 #
 # > *I set the crate down, open a bottle and hand it to Jonah, then wait
 # > in the shade while he drinks it slowly.*
@@ -233,12 +234,13 @@ print(f"share of shuffled probes at or above the real one: "
 # > lift it again and walk on toward the station.*
 #
 # The probe trained above scores them at every layer. Beside it, the same
-# 100 random directions protocol: each oriented on the training pairs,
-# then scored on the matched pairs. Two readings per layer: AUROC over all
-# 60 replies, and the share of pairs whose empathic side projects above
-# its own task side (a matched design's natural test, with a Wilson
-# interval). The set was written after the stored test split's results
-# were known, and after a pilot of ten similar pairs; all 30 are shown.
+# random-directions protocol: 100 directions, each oriented on the
+# training pairs, then scored on the matched pairs. Two readings per
+# layer: AUROC over all 60 replies, and the share of pairs whose
+# empathic side projects above its own task side (a matched design's
+# natural test, with a Wilson interval). The set was written after the
+# stored test split's results were known, and after a pilot of ten
+# similar pairs; all 30 are shown.
 
 # %%
 matched = ds.load_named("eia_matched")
@@ -289,43 +291,49 @@ pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak
 # has run, so its pooled vector is the average of the reply's token
 # embeddings, a bag of words.
 #
-# In the book run on the default model (every other layer), the two
-# rows disagree, and that is the finding. The early layer that wins on
-# the stored pairs (layer 4) does no better here than the best random
-# directions, by AUROC or by pairs the right way round, and worse than
-# the bag of words below: what it separates on the stored pairs is
-# mostly something the matched pairs hold fixed, how the replies are
-# written. From the middle layers on, the probe's AUROC on matched pairs
-# stays well above the random directions' 95th percentile, it puts nearly
-# every pair the right way round, and its Cohen's d is about twice what
-# the best random directions reach. So the contrast the pairs were meant
-# to teach, whom the action serves, is linearly readable in this model,
-# but not at the layer the stored test split selects: choosing a layer by
-# test AUROC on pairs that also differ in register rewards reading
-# register. (QUICK mode tries every sixth layer and selects layer 0,
-# which does better than layers 2-8 here.) Section 4 repeats the check at
-# the second model's chosen layer.
+# In the book run on the default model (every other layer), the fixed
+# row and the peak row disagree, and that is the finding. The layer that
+# wins on the stored pairs (layer 4) carries over poorly: its AUROC
+# (0.71) is barely above the random directions' 95th percentile (0.68),
+# it puts fewer pairs the right way round (70%) than the best random
+# directions do (77%), and it is well below the bag of words. From
+# layer 10 on, the probe's AUROC on matched pairs (0.86 to 0.93) stays
+# well above that percentile (0.68 to 0.76), and 93% to 100% of pairs
+# are the right way round, against about 80% at the random directions'
+# 95th percentile (the table); at the peak layer its Cohen's d is about
+# twice the random directions' 95th percentile. So the matched contrast
+# (or the words that come with it; see below) is linearly readable in
+# this model's middle and late layers, but the stored test split selects
+# a layer where it is not. Two explanations fit, and this
+# test cannot tell them apart: layer 4 reads something that differs
+# between the stored pairs' sides and is held fixed here, or it does not
+# carry over to replies this short (about 20 words against the stored
+# replies' 50). Either way, choosing a probe's layer by test AUROC on one
+# set of pairs says little about other text. (QUICK mode tries every
+# sixth layer and selects layer 0, which holds up better: in the book
+# run, layer 0 scores 0.84 on the matched pairs, above layers 2 to 8.)
+# Section 4 repeats the check at the second model's chosen layer.
 #
 # The bag of words is the strongest baseline in this chapter. On the
-# stored test pairs (the line above the table) it comes within a few
-# hundredths of the best layer on the default model: telling these
-# replies apart needs little more than their words, which the 44-word
-# lexical ablation of section 2 could not show, since it removes only
-# care words. It separates the matched pairs too, well above random
-# directions: a reply that serves the person names the person and what it
-# gives them ("Jonah", "water", "sit with"), one that serves the task
-# names the task ("crate", "station", "score"). What the model's layers
-# add over word choice is the margin between the probe's rows and the
-# bag of words' row: a few hundredths of AUROC with overlapping
-# intervals, far smaller than the margin over random directions. This
-# test cannot separate reading whom the action serves from reading which
-# words go with serving someone; no set of natural sentences can remove
-# that.
+# stored test pairs (the line above the table) it comes within 0.05 of
+# the best layer on the default model: telling these replies apart needs
+# little more than their words, which the 44-word lexical ablation of
+# section 2 could not show, since it removes only care words. It
+# separates the matched pairs too, well above random directions: a reply
+# that serves the person uses words for giving and staying ("give",
+# "sit", "stay", "help", "until") and refers to the person as "him" or
+# "her"; one that serves the task uses words for checking and moving on
+# ("keep", "check", "code", "every"). Only the peak row beats the bag of
+# words, by about 0.05 with overlapping intervals, and its layer was
+# picked on these pairs. This test cannot separate reading whom the
+# action serves from reading the words that go with serving someone; no
+# set of natural sentences can remove that.
 #
-# Random directions still score above 0.5 on matched pairs: oriented on
-# the stored training pairs, they carry some of the register difference
-# and the matched pairs' sides still differ a little in it. Their mean
-# near 0.6 is the floor to read the probe against, not chance.
+# Random directions still score above 0.5 on matched pairs, probably
+# because, oriented on the stored training pairs, they carry some of
+# what separates those pairs' sides, and the matched pairs' sides still
+# differ in some of it (the pronouns, for one). Their mean near 0.58 is
+# the floor to read the probe against, not chance.
 
 # %% [markdown]
 # ## 2. Lexical ablation
@@ -582,9 +590,9 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # empathy probe. Their raw agreement is a Pearson r between the two score
 # lists. (The first cell also scores section 1's matched pairs at the
 # second model's chosen layer: compare it with the first row of that
-# section's table. On the bundled pair, the model whose stored-pairs
-# winner is an early layer fails the matched pairs there, and the one
-# whose winner is a middle layer holds.)
+# section's table. In the default book, smollm2-135m's chosen layer 4
+# carries over poorly, 0.71, while gemma3-270m's chosen layer 12 of 18
+# holds, 0.94, far above its random directions' 95th percentile of 0.72.)
 # Each reply is read as the assistant's answer to its situation, pooled
 # over the reply, as the probe was trained. Then model B's activations are
 # mapped into model A's space (PCA to 64 dimensions and an orthogonal
@@ -833,10 +841,11 @@ pd.Series(headline).to_frame("value")
 #   brackets); five game scenarios are a narrow slice of empathy. The
 #   held-out situations, the matched pairs and the judge's corpus widen
 #   it a little.
-# - **Words against meaning.** A bag of words nearly matches the probe on
-#   both the stored and the matched pairs. Natural replies that serve a
-#   person use different words from replies that serve a task, so no test
-#   here can show that a direction reads the intent rather than its
+# - **Words against meaning.** A bag of words comes within 0.05 of the
+#   best probe on the stored pairs and on the matched pairs (where it
+#   beats the layer the stored pairs select). Natural replies that serve
+#   a person use different words from replies that serve a task, so no
+#   test here can show that a direction reads the intent rather than its
 #   vocabulary; the polite-refusal pairs come closest, and the probe fails
 #   them.
 # - **Feeling.** Emotion directions here represent an *instructed* emotion,
@@ -854,11 +863,12 @@ pd.Series(headline).to_frame("value")
 #   many to remove; but polite refusals fool it, and not through their
 #   care words alone (removing them barely moves the best layer), so it
 #   reads attention to feelings more than empathic action (`eia_lexical`).
-# - On pairs matched in register, only whom the action serves told apart
+# - On pairs whose sides share a frame, length and register
 #   (`eia_matched`), the middle and late layers keep separating the sides
 #   far above random directions; on the default model the early layer the
-#   stored pairs select does not: choose a probe's layer on pairs that
-#   differ in nothing but the contrast.
+#   stored pairs select does not, and a bag of words does nearly as well
+#   as the best layer. A layer chosen by AUROC on one set of pairs needs a
+#   second, differently written set to be trusted.
 # - On graded replies to situations the pairs never cover, the probe ranks
 #   empathic replies above task-only ones well, and above dismissive ones
 #   barely: it reads the pairs' contrast, person against task, not warm

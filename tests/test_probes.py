@@ -229,7 +229,14 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
                 progress=False)["resid_post.20"].double().numpy()
     k, n = len(train), len(train) + len(matched)
     ref = P.random_baseline(X[:k], X[n:n + k], X[k:n], X[n + k:], n=50, seed=0)
-    assert r["random"]["p95"] == pytest.approx(ref["p95"], rel=1e-6)
+    np.testing.assert_allclose(r["random"]["aurocs"], ref["aurocs"], rtol=1e-6)
+    d = probe.directions[20]
+    wins = int((X[k:n] @ d > X[n + k:] @ d).sum())
+    assert r["paired"] == wins / len(matched)
+    n_m, z = len(matched), 1.959964  # Wilson's score interval, by its formula
+    centre = (wins / n_m + z**2 / (2 * n_m)) / (1 + z**2 / n_m)
+    half = z * np.sqrt(wins / n_m * (1 - wins / n_m) / n_m + z**2 / (4 * n_m**2)) / (1 + z**2 / n_m)
+    assert r["paired_ci"] == pytest.approx((centre - half, centre + half), abs=1e-6)
     with pytest.raises(ds.DataError, match="train_records: need at least 2 pairs with split 'train'"):
         P.transfer_pairs(smol, probe, matched, matched, scen, layers=[20])
     with pytest.raises(ValueError, match=r"layers \[4\]: the probe has directions for layers \[3, 20\]"):

@@ -111,12 +111,13 @@ ROWS: tuple[Row, ...] = (
         "the shared prompt no longer dilutes the reply"),
     Row("A", "same, on the second bundled model (mean over the reply)", "-", "03_probes", "other_auroc",
         _random("other_random_p95"), "the other bundled model: gemma3-270m beside smollm2-135m, and the reverse"),
-    Row("A", "same, on 30 pairs matched in register (eia_matched), layer fixed on the stored pairs", "-",
+    Row("A", "same, on 30 pairs whose sides share frame and length (eia_matched), layer fixed on the stored pairs",
+        "-",
         "03_probes", "matched_auroc",
         _base("random directions p95: {}; bag of words: {}; at the layer best on these pairs ({}): {}",
               "matched_random_p95", "bow_matched_auroc", ("matched_peak_layer", 0), "matched_peak_auroc"),
-        "the sides share opening, length and register, only whom the action serves differs; written for "
-        "this book after the stored results were known"),
+        "the sides share opening, length, frame and register and differ in whom the action serves; written "
+        "for this book after the stored results were known"),
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
         "the 44-word lexicon replaced on both sides; the test replies contain few of its words (chapter 03 "
