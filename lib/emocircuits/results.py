@@ -112,8 +112,7 @@ ROWS: tuple[Row, ...] = (
     Row("A", "same, on the second bundled model (mean over the reply)", "-", "03_probes", "other_auroc",
         _random("other_random_p95"), "the other bundled model: gemma3-270m beside smollm2-135m, and the reverse"),
     Row("A", "same, on 30 pairs whose sides share frame and length (eia_matched), layer fixed on the stored pairs",
-        "-",
-        "03_probes", "matched_auroc",
+        "-", "03_probes", "matched_auroc",
         _base("random directions p95: {}; bag of words: {}; at the layer best on these pairs ({}): {}",
               "matched_random_p95", "bow_matched_auroc", ("matched_peak_layer", 0), "matched_peak_auroc"),
         "the sides share opening, length, frame and register and differ in whom the action serves; written "
