@@ -298,7 +298,7 @@ pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak
 # it puts fewer pairs the right way round (70%) than the best random
 # directions do (77%), and it is well below the bag of words. From
 # layer 10 on, the probe's AUROC on matched pairs (0.86 to 0.93) stays
-# well above that percentile (0.68 to 0.76), and 93% to 100% of pairs
+# well above that percentile (0.70 to 0.76), and 93% to 100% of pairs
 # are the right way round, against about 80% at the random directions'
 # 95th percentile (the table); at the peak layer its Cohen's d is about
 # twice the random directions' 95th percentile. So the matched contrast
