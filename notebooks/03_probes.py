@@ -244,7 +244,7 @@ print(f"share of shuffled probes at or above the real one: "
 
 # %%
 matched = ds.load_named("eia_matched")
-transfer = P.transfer_pairs(lm, fits[POOL], matched, pairs, scen, layers=LAYERS, seed=SEED)
+transfer = P.transfer_pairs(lm, fits[POOL], matched, scen, layers=LAYERS, seed=SEED)
 mt = pd.DataFrame([{"layer": l, "stored": fits[POOL].metrics["layers"][str(l)]["auroc"],
                     "matched": r["detection"].auroc, "lo": r["detection"].auroc_ci[0],
                     "hi": r["detection"].auroc_ci[1], "random_mean": r["random"]["mean"],
@@ -265,7 +265,7 @@ peak = int(mt.loc[mt.matched.idxmax(), "layer"])  # chosen on the matched pairs 
 # a bag-of-words baseline: the same probe fitted on the reply's input embeddings (before any block)
 bow = P.fit_pair_probe(lm, pairs, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
 bow_stored = bow.metrics["layers"]["0"]["auroc"]
-bow_matched = P.transfer_pairs(lm, bow, matched, pairs, scen, seed=SEED)[0]
+bow_matched = P.transfer_pairs(lm, bow, matched, scen, seed=SEED)[0]
 
 
 def transfer_row(what, l, r=None):
@@ -616,7 +616,7 @@ ax.set(xlabel="relative depth (layer / last layer)", ylabel="test AUROC", ylim=(
        title=f"Empathy probe ({POOL}) on both bundled models")
 ax.legend(loc="lower right", fontsize=8)
 plt.show()
-tr_o = P.transfer_pairs(other, fit_o, matched, pairs, scen, layers=[fit_o.best_layer], seed=SEED)[fit_o.best_layer]
+tr_o = P.transfer_pairs(other, fit_o, matched, scen, layers=[fit_o.best_layer], seed=SEED)[fit_o.best_layer]
 print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the matched pairs: AUROC "
       f"{fmt(tr_o['detection'].auroc, *tr_o['detection'].auroc_ci)}, pairs the right way round "
       f"{fmt(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "

@@ -212,9 +212,9 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
     scen = {s.id: s for s in ds.load_named("eia_scenarios")}
     probe = P.fit_pair_probe(smol, pairs, scen, layers=[3, 20], pooling="mean_response", n_random=5)
     matched = ds.load_named("eia_matched")
-    got = P.transfer_pairs(smol, probe, matched, pairs, scen, layers=[20], n_random=50, seed=0)
+    got = P.transfer_pairs(smol, probe, matched, scen, layers=[20], n_random=50, seed=0)
     r = got[20]
-    alone = P.evaluate_pairs(smol, probe, matched, scen, layers=[20])[20].as_dict()  # batched apart: float noise
+    alone = P.evaluate_pairs(smol, probe, matched, scen, layers=[20])[20].as_dict()  # the same capture
     for key, val in alone.items():
         assert r["detection"].as_dict()[key] == pytest.approx(val, rel=1e-6), key
     # the matched pairs differ only in whom the action serves: a late layer ranks nearly all of them,
@@ -222,25 +222,27 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
     assert r["paired"] >= 0.9 and r["paired_ci"][0] <= r["paired"] <= r["paired_ci"][1]
     assert r["detection"].auroc > r["random"]["p95"] + 0.1 and r["paired"] > r["random"]["paired_p95"]
     assert len(r["random"]["aurocs"]) == 50
-    # the random directions are oriented on the train split only
-    train = [p for p in pairs if p.split == "train"]
-    pos, neg, starts = P.pair_texts(smol, train + matched, scen)
-    X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
-                progress=False)["resid_post.20"].double().numpy()
-    k, n = len(train), len(train) + len(matched)
-    ref = P.random_baseline(X[:k], X[n:n + k], X[k:n], X[n + k:], n=50, seed=0)
+    # the random directions are oriented on the train split only, as if its texts were run again
+    def sides(recs):
+        pos, neg, starts = P.pair_texts(smol, recs, scen)
+        X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
+                    progress=False)["resid_post.20"].double().numpy()
+        return X[:len(recs)], X[len(recs):]
+
+    (Ptr, Ntr), (Pte, Nte) = sides([p for p in pairs if p.split == "train"]), sides(matched)
+    ref = P.random_baseline(Ptr, Ntr, Pte, Nte, n=50, seed=0)
     np.testing.assert_allclose(r["random"]["aurocs"], ref["aurocs"], rtol=1e-6)
     d = probe.directions[20]
-    wins = int((X[k:n] @ d > X[n + k:] @ d).sum())
+    wins = int((Pte @ d > Nte @ d).sum())
     assert r["paired"] == wins / len(matched)
     n_m, z = len(matched), 1.959964  # Wilson's score interval, by its formula
     centre = (wins / n_m + z**2 / (2 * n_m)) / (1 + z**2 / n_m)
     half = z * np.sqrt(wins / n_m * (1 - wins / n_m) / n_m + z**2 / (4 * n_m**2)) / (1 + z**2 / n_m)
     assert r["paired_ci"] == pytest.approx((centre - half, centre + half), abs=1e-6)
-    with pytest.raises(ds.DataError, match="train_records: need at least 2 pairs with split 'train'"):
-        P.transfer_pairs(smol, probe, matched, matched, scen, layers=[20])
+    with pytest.raises(ds.DataError, match="need at least 2 pairs"):
+        P.transfer_pairs(smol, probe, matched[:1], scen, layers=[20])
     with pytest.raises(ValueError, match=r"layers \[4\]: the probe has directions for layers \[3, 20\]"):
-        P.transfer_pairs(smol, probe, matched, pairs, scen, layers=[4])
+        P.transfer_pairs(smol, probe, matched, scen, layers=[4])
 
 
 def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):

@@ -492,13 +492,9 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
     return out
 
 
-def evaluate_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
-                   layers: Sequence[int] | None = None, seed: int = 0) -> dict[int, Detection]:
-    """Score a fitted probe on other pairs (ablated or adversarial ones): ``{layer: Detection}``.
-
-    Every record is a test pair here; each layer's direction keeps the
-    threshold it was fitted with, and the texts are pooled as the probe was.
-    """
+def _pair_acts(lm, probe: PairProbe, records, scenarios: dict | None,
+               layers: Sequence[int] | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Both sides of ``records``, pooled as ``probe`` was, at each of its layers: ``{layer: (X_pos, X_neg)}``."""
     from .activations import capture
     from .datasets import DataError
 
@@ -516,11 +512,22 @@ def evaluate_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
     out = {}
     for l, s in zip(layers, sites):
         X = acts[s].double().numpy()
-        out[l] = evaluate_direction(probe.directions[l], X[:n], X[n:], threshold=probe.thresholds[l], seed=seed)
+        out[l] = (X[:n], X[n:])
     return out
 
 
-def transfer_pairs(lm, probe: PairProbe, records, train_records, scenarios: dict | None = None,
+def evaluate_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
+                   layers: Sequence[int] | None = None, seed: int = 0) -> dict[int, Detection]:
+    """Score a fitted probe on other pairs (ablated or adversarial ones): ``{layer: Detection}``.
+
+    Every record is a test pair here; each layer's direction keeps the
+    threshold it was fitted with, and the texts are pooled as the probe was.
+    """
+    return {l: evaluate_direction(probe.directions[l], Xp, Xn, threshold=probe.thresholds[l], seed=seed)
+            for l, (Xp, Xn) in _pair_acts(lm, probe, records, scenarios, layers).items()}
+
+
+def transfer_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
                    layers: Sequence[int] | None = None, n_random: int = 100, seed: int = 0) -> dict[int, dict]:
     """A fitted probe on new pairs, per layer, next to random directions scored the same way.
 
@@ -528,38 +535,23 @@ def transfer_pairs(lm, probe: PairProbe, records, train_records, scenarios: dict
     fitted threshold), ``paired`` (share of pairs whose positive side
     projects higher than its own negative side) with a Wilson 95% interval
     ``paired_ci``, and ``random`` (:func:`random_baseline`: ``n_random``
-    unit directions oriented on the train split of ``train_records``, the
-    pairs the probe was fitted on, then scored on ``records``).
+    unit directions oriented on the pairs the probe was trained on, then
+    scored on ``records``). Orienting needs only the sign of each random
+    direction's dot product with the training sides' mean difference, and
+    the probe's direction is that difference normalised (:func:`mean_diff`),
+    so the training texts need no second forward pass.
     """
     from scipy.stats import binomtest
 
-    from .activations import capture
-    from .datasets import DataError
-
-    records, train = list(records), [r for r in train_records if getattr(r, "split", None) == "train"]
-    if len(records) < 2:
-        raise DataError(f"need at least 2 pairs to score a probe, got {len(records)}")
-    if len(train) < 2:
-        raise DataError(f"train_records: need at least 2 pairs with split 'train' to orient random directions, "
-                        f"got {len(train)}")
-    layers = list(probe.layers) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if l not in probe.directions]
-    if bad:
-        raise ValueError(f"layers {bad}: the probe has directions for layers {sorted(probe.directions)}")
-    pos, neg, starts = pair_texts(lm, train + records, scenarios)
-    sites = [f"{probe.site_kind}.{l}" for l in layers]
-    acts = capture(lm, pos + neg, sites, pooling=probe.pooling, response_starts=starts + starts, progress=False)
-    k, n = len(train), len(train) + len(records)
     out = {}
-    for l, s in zip(layers, sites):
-        X = acts[s].double().numpy()
-        Ptr, Pte, Ntr, Nte = X[:k], X[k:n], X[n:n + k], X[n + k:]
+    for l, (Pte, Nte) in _pair_acts(lm, probe, records, scenarios, layers).items():
         d = probe.directions[l]
         wins = int(((Pte @ d) > (Nte @ d)).sum())
-        ci = binomtest(wins, len(records)).proportion_ci(method="wilson")
+        ci = binomtest(wins, len(Pte)).proportion_ci(method="wilson")
+        # a one-row "training set" whose sides' means differ by d orients the draws as the training pairs do
+        rb = random_baseline(d[None], np.zeros((1, d.size)), Pte, Nte, n=n_random, seed=seed)
         out[l] = {"detection": evaluate_direction(d, Pte, Nte, threshold=probe.thresholds[l], seed=seed),
-                  "paired": wins / len(records), "paired_ci": (float(ci.low), float(ci.high)),
-                  "random": random_baseline(Ptr, Ntr, Pte, Nte, n=n_random, seed=seed)}
+                  "paired": wins / len(Pte), "paired_ci": (float(ci.low), float(ci.high)), "random": rb}
     return out
 
 
