@@ -218,19 +218,20 @@ kw.groupby("variant").agg(["count", "sum"])
 
 # %% [markdown]
 # Each side of a stored pair is written freely, in its own sentences and
-# details. `eia_matched.jsonl` (30 pairs, 6 per game, never trained on)
-# holds more fixed: both sides of a pair open with the same word, have
-# nearly the same length, follow one frame, use no keyword, and differ in
-# whom the action serves. Chapter 03 uses it to ask whether the probe
-# reads that contrast or something else that comes with the stored
-# pairs' sides.
+# details. `eia_matched.jsonl` (70 pairs: 30 test and 40 train, 6 and 8
+# per game) holds more fixed: both sides of a pair open with the same
+# word, have nearly the same length, follow one frame, use no keyword,
+# and differ in whom the action serves. Chapter 03 uses its test pairs to
+# ask whether the probe reads that contrast or something else that comes
+# with the stored pairs' sides, and its train pairs to fit a probe where
+# little else differs.
 
 # %%
 matched = ds.load_named("eia_matched")
 words = np.array([[len(r.positive.split()), len(r.negative.split())] for r in matched])
 r = matched[0]
 print(f"empathic: {r.positive}\ntask-focused: {r.negative}\n")
-print(f"{len(matched)} pairs; words per side {words.min()}-{words.max()}, largest ratio within a pair "
+print(f"{len(matched)} pairs ({sum(r.split == 'train' for r in matched)} train); words per side {words.min()}-{words.max()}, largest ratio within a pair "
       f"{(words.max(1) / words.min(1)).max():.2f}; keywords on the empathic / task sides: "
       f"{int(ds.keyword_counts([r.positive for r in matched]).sum())} / "
       f"{int(ds.keyword_counts([r.negative for r in matched]).sum())}")
@@ -328,8 +329,8 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 # - EIA pairs carry a stored 35/15 split; `ds.lexical_ablation` removes the
 #   keyword cue from both sides; `eia_lexical.jsonl` (20 pairs) is where
 #   that cue is strong, used as a stress test in chapter 03, and
-#   `eia_matched.jsonl` (30 pairs) holds register fixed for the same
-#   chapter.
+#   `eia_matched.jsonl` (30 test and 40 train pairs) holds register fixed
+#   for the same chapter.
 # - `ds.elicit` keeps generations with everything needed to redo them.
 #
 # The lexical-ablation keyword list, with the neutral word each becomes:

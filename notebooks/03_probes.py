@@ -243,7 +243,8 @@ print(f"share of shuffled probes at or above the real one: "
 # similar pairs; all 30 are shown.
 
 # %%
-matched = ds.load_named("eia_matched")
+matched_all = ds.load_named("eia_matched")
+matched = [r for r in matched_all if r.split == "test"]  # the 30 test pairs; the 40 train pairs are for below
 transfer = P.transfer_pairs(lm, fits[POOL], matched, scen, layers=LAYERS, seed=SEED)
 mt = pd.DataFrame([{"layer": l, "stored": fits[POOL].metrics["layers"][str(l)]["auroc"],
                     "matched": r["detection"].auroc, "lo": r["detection"].auroc_ci[0],
@@ -334,6 +335,76 @@ pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak
 # what separates those pairs' sides, and the matched pairs' sides still
 # differ in some of it (the pronouns, for one). Their mean near 0.58 is
 # the floor to read the probe against, not chance.
+
+# %% [markdown]
+# ### A probe trained on matched pairs
+#
+# The stored pairs' random baseline is high because their sides differ in
+# more than the contrast. A probe that is meant to read the contrast can
+# be trained where little else differs. `eia_matched.jsonl` also holds 40
+# training pairs (8 per game, written to the same constraints as its
+# test pairs, after the results above were known and before any probe had
+# been trained on them; none was dropped or edited). Like the test pairs,
+# most of their task sides name the person too ("I tell Mara I am going
+# to the keypad"), but their empathic sides say "him" or "her" about five
+# times as often. The same protocol as for the stored pairs follows:
+# mean-difference directions fitted on the 40 training pairs, the best
+# layer by AUROC on the 30 test pairs, 100 random directions oriented on
+# the training pairs, and the bag of words fitted on the same pairs.
+
+# %%
+fit_m = P.fit_pair_probe(lm, matched_all, scen, layers=LAYERS, pooling=POOL, seed=SEED)
+bow_m = P.fit_pair_probe(lm, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
+best_m = fit_m.best_layer
+on_stored = P.evaluate_pairs(lm, fit_m, [p for p in pairs if p.split == "test"], scen, layers=[best_m])[best_m]
+fm, rbm = fit_m.metrics["layers"], fit_m.metrics["random_baseline"]
+fig, ax = plt.subplots(figsize=(8, 3.6))
+band(ax, LAYERS, [fm[str(l)]["auroc"] for l in LAYERS], [fm[str(l)]["auroc_ci"][0] for l in LAYERS],
+     [fm[str(l)]["auroc_ci"][1] for l in LAYERS], label="trained on matched pairs", color="C2")
+ax.plot(mt.layer, mt.matched, color="C3", label="trained on the stored pairs")
+ax.axhline(rbm["p95"], color="grey", ls="--", label=f"random directions at layer {best_m}: p95")
+ax.axhline(bow_m.metrics["layers"]["0"]["auroc"], color="C1", ls=":", label="bag of words")
+ax.set(xlabel="layer (resid_post)", ylabel="AUROC on the matched test pairs", ylim=(0.3, 1.02),
+       title=f"{POOL} probes on the 30 matched test pairs")
+ax.legend(loc="lower right", fontsize=8)
+plt.show()
+pd.DataFrame([
+    {"probe": f"trained on matched pairs, layer {best_m} (best on the test pairs)",
+     "AUROC [95% CI]": fmt(fm[str(best_m)]["auroc"], *fm[str(best_m)]["auroc_ci"]),
+     "random dirs: mean / p95 (unsigned p95)": f"{rbm['mean']:.2f} / {rbm['p95']:.2f} "
+                                               f"({fit_m.metrics['random_baseline_unoriented']['p95']:.2f})",
+     "Cohen's d (random p95)": f"{fm[str(best_m)]['cohens_d']:.1f} ({rbm['d_p95']:.1f})"},
+    {"probe": "bag of words trained on matched pairs (resid_pre.0)",
+     "AUROC [95% CI]": fmt(bow_m.metrics["layers"]["0"]["auroc"], *bow_m.metrics["layers"]["0"]["auroc_ci"])},
+    {"probe": f"trained on the stored pairs, layer {best_m}",
+     "AUROC [95% CI]": fmt(transfer[best_m]["detection"].auroc, *transfer[best_m]["detection"].auroc_ci)},
+    {"probe": f"trained on matched pairs, layer {best_m}, scored on the stored test pairs",
+     "AUROC [95% CI]": fmt(on_stored.auroc, *on_stored.auroc_ci)},
+]).set_index("probe").fillna("")
+
+# %% [markdown]
+# In the book run on the default model, the probe trained on matched
+# pairs reaches 0.96 [0.92, 0.99] at layer 24, against a 95th percentile
+# of 0.72 for random directions (Cohen's d 2.2 against 0.8). It is the
+# only probe in this chapter that clears 0.95 with random directions far
+# below it. Its layer was chosen on the test pairs, as for the stored
+# pairs, but the picture shows the choice matters little: from layer 10
+# on, every layer scores about 0.92 to 0.96. Section 4 repeats the test on
+# the second model (gemma3-270m: 0.98 at layer 10, random p95 0.76).
+# Before writing this section I ran the same code on every layer of both
+# models, as a pilot. It gave the same AUROCs to two decimals, and it
+# showed that section 4's coarser grid (every fourth layer) would have
+# missed gemma3-270m's best layers and peaked at 0.94. So section 4 fits
+# this probe on every other layer, as here.
+#
+# Two more readings. Trained on matched pairs, the direction also ranks
+# the freely written stored test pairs (0.97, last row). So what it
+# learned carries over to those replies. The reverse transfer is what
+# failed above, at the early layer the stored pairs chose. The bag of
+# words, fitted on the same 40 pairs, is again close (0.93 on both
+# models; its interval overlaps the probe's). A cleaner training set
+# makes the probe's result cleaner, but it does not settle words against
+# intent.
 
 # %% [markdown]
 # ## 2. Lexical ablation
@@ -621,6 +692,15 @@ print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the mat
       f"{fmt(tr_o['detection'].auroc, *tr_o['detection'].auroc_ci)}, pairs the right way round "
       f"{fmt(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "
       f"pairs right way round p95 {tr_o['random']['paired_p95']:.2f}")
+# the matched-pairs probe of section 1 on this model, on the main model's layer grid (every other layer)
+fit_om = P.fit_pair_probe(other, matched_all, scen, layers=range(0, other.n_layers, size(6, 2, 1)), pooling=POOL,
+                          seed=SEED)
+om = fit_om.metrics["layers"][str(fit_om.best_layer)]
+bow_om = P.fit_pair_probe(other, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
+                          seed=SEED).metrics["layers"]["0"]
+print(f"{OTHER} trained on the matched pairs: best layer {fit_om.best_layer}, AUROC {fmt(om['auroc'], *om['auroc_ci'])}"
+      f"; random directions: p95 {fit_om.metrics['random_baseline']['p95']:.2f}; bag of words "
+      f"{fmt(bow_om['auroc'], *bow_om['auroc_ci'])}")
 
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -807,6 +887,16 @@ headline = record(
     bow_matched_auroc_hi=bow_matched["detection"].auroc_ci[1],
     other_matched_auroc=tr_o["detection"].auroc, other_matched_auroc_lo=tr_o["detection"].auroc_ci[0],
     other_matched_auroc_hi=tr_o["detection"].auroc_ci[1], other_matched_random_p95=tr_o["random"]["p95"],
+    matched_fit_auroc=fm[str(best_m)]["auroc"], matched_fit_auroc_lo=fm[str(best_m)]["auroc_ci"][0],
+    matched_fit_auroc_hi=fm[str(best_m)]["auroc_ci"][1], matched_fit_layer=best_m,
+    matched_fit_random_p95=rbm["p95"], matched_fit_random_d_p95=rbm["d_p95"], matched_fit_d=fm[str(best_m)]["cohens_d"],
+    matched_fit_bow_auroc=bow_m.metrics["layers"]["0"]["auroc"],
+    matched_fit_bow_auroc_lo=bow_m.metrics["layers"]["0"]["auroc_ci"][0],
+    matched_fit_bow_auroc_hi=bow_m.metrics["layers"]["0"]["auroc_ci"][1],
+    matched_fit_on_stored_auroc=on_stored.auroc,
+    other_matched_fit_auroc=om["auroc"], other_matched_fit_auroc_lo=om["auroc_ci"][0],
+    other_matched_fit_auroc_hi=om["auroc_ci"][1], other_matched_fit_layer=fit_om.best_layer,
+    other_matched_fit_random_p95=fit_om.metrics["random_baseline"]["p95"], other_matched_fit_bow_auroc=bow_om["auroc"],
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
     graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
     graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],
@@ -843,7 +933,8 @@ pd.Series(headline).to_frame("value")
 #   it a little.
 # - **Words against meaning.** A bag of words comes within 0.05 of the
 #   best probe on the stored pairs and on the matched pairs (where it
-#   beats the layer the stored pairs select). Natural replies that serve
+#   beats the layer the stored pairs select), also when both are trained
+#   on matched pairs. Natural replies that serve
 #   a person use different words from replies that serve a task, so no
 #   test here can show that a direction reads the intent rather than its
 #   vocabulary; the polite-refusal pairs come closest, and the probe fails
@@ -868,7 +959,10 @@ pd.Series(headline).to_frame("value")
 #   far above random directions; on the default model the early layer the
 #   stored pairs select does not, and a bag of words does nearly as well
 #   as the best layer. A layer chosen by AUROC on one set of pairs needs a
-#   second, differently written set to be trusted.
+#   second, differently written set to be trusted. Trained on the matched
+#   set's own 40 training pairs, the probe reaches 0.96 (default model)
+#   and 0.98 (gemma3-270m) on its test pairs, with random directions' 95th
+#   percentile at 0.72 and 0.76, and a bag of words at 0.93.
 # - On graded replies to situations the pairs never cover, the probe ranks
 #   empathic replies above task-only ones well, and above dismissive ones
 #   barely: it reads the pairs' contrast, person against task, not warm

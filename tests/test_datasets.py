@@ -157,12 +157,16 @@ def test_lexical_stress_pairs_hold_their_design():
 
 
 def test_matched_pairs_hold_their_design():
-    """eia_matched: six pairs per game whose sides share their first word, length and plain register (no
-    care word on either side), so only whom the action serves tells them apart; no text is reused."""
+    """eia_matched: six test and eight train pairs per game whose sides share their first word, length and
+    plain register (no care word on either side), so only whom the action serves tells them apart; no text
+    is reused, within the file or from the other pair sets."""
     matched = ds.load_named("eia_matched")
-    assert len(matched) == 30 and all(r.split == "test" for r in matched)
+    assert len(matched) == 70 and {r.split for r in matched} == {"train", "test"}
     for scen in ds.EIA_SCENARIOS:
-        assert sum(r.scenario == scen for r in matched) == 6
+        assert sum(r.scenario == scen and r.split == "test" for r in matched) == 6
+        assert sum(r.scenario == scen and r.split == "train" for r in matched) == 8
+    texts = [t for r in matched for t in (r.positive, r.negative)]
+    assert len(set(texts)) == len(texts)
     for r in matched:
         assert ds.keyword_counts([r.positive, r.negative]).tolist() == [0, 0], r.id
         lp, ln = len(r.positive.split()), len(r.negative.split())

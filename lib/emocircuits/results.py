@@ -117,6 +117,13 @@ ROWS: tuple[Row, ...] = (
               "matched_random_p95", "bow_matched_auroc", ("matched_peak_layer", 0), "matched_peak_auroc"),
         "the sides share opening, length, frame and register and differ in whom the action serves; written "
         "for this book after the stored results were known"),
+    Row("A", "same, a probe trained on eia_matched's 40 train pairs, best layer on its 30 test pairs", "-",
+        "03_probes", "matched_fit_auroc",
+        _base("random directions p95: {}; bag of words trained on the same pairs: {}; trained this way on the "
+              "second bundled model: {} (random p95 {})", "matched_fit_random_p95", "matched_fit_bow_auroc",
+              "other_matched_fit_auroc", "other_matched_fit_random_p95"),
+        "the train pairs were written after the test pairs had been scored and before any probe was trained "
+        "on them; none was dropped or edited"),
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
         "the 44-word lexicon replaced on both sides; the test replies contain few of its words (chapter 03 "
