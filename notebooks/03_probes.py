@@ -221,12 +221,12 @@ print(f"share of shuffled probes at or above the real one: "
 # The high random baseline says that the stored pairs' two sides differ
 # along many directions at once. Each side of a stored pair is written
 # freely, in its own sentences and details, so a direction can separate
-# them by anything that goes with the contrast. `eia_matched.jsonl` (30
-# pairs, 6 per game, evaluation only; chapter 01) holds more of that
-# fixed. Both sides of a pair open with the same word, have nearly the
-# same length (17 to 25 words), follow one frame in the same plain
-# register and use no care word; one spends its action on the person,
-# the other on the task:
+# them by anything that goes with the contrast. `eia_matched.jsonl` (its
+# 30 test pairs, 6 per game; chapter 01) holds more of that fixed. Both
+# sides of a pair open with the same word, have nearly the same length
+# (17 to 25 words), follow one frame in the same plain register and use
+# no care word; one spends its action on the person, the other on the
+# task:
 #
 # > *I set the crate down, open a bottle and hand it to Jonah, then wait
 # > in the shade while he drinks it slowly.*
@@ -663,7 +663,8 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # second model's chosen layer: compare it with the first row of that
 # section's table. In the default book, smollm2-135m's chosen layer 4
 # carries over poorly, 0.71, while gemma3-270m's chosen layer 12 of 18
-# holds, 0.94, far above its random directions' 95th percentile of 0.72.)
+# holds, 0.94, far above its random directions' 95th percentile of 0.72.
+# It also fits the probe trained on matched pairs, as in section 1.)
 # Each reply is read as the assistant's answer to its situation, pooled
 # over the reply, as the probe was trained. Then model B's activations are
 # mapped into model A's space (PCA to 64 dimensions and an orthogonal
