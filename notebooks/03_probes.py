@@ -55,6 +55,8 @@ FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -341,70 +343,92 @@ pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak
 #
 # The stored pairs' random baseline is high because their sides differ in
 # more than the contrast. A probe that is meant to read the contrast can
-# be trained where little else differs. `eia_matched.jsonl` also holds 40
+# be trained where less else differs. `eia_matched.jsonl` also holds 40
 # training pairs (8 per game, written to the same constraints as its
 # test pairs, after the results above were known and before any probe had
 # been trained on them; none was dropped or edited). Like the test pairs,
 # most of their task sides name the person too ("I tell Mara I am going
-# to the keypad"), but their empathic sides say "him" or "her" about five
-# times as often. The same protocol as for the stored pairs follows:
-# mean-difference directions fitted on the 40 training pairs, the best
-# layer by AUROC on the 30 test pairs, 100 random directions oriented on
-# the training pairs, and the bag of words fitted on the same pairs.
+# to the keypad"), but their empathic sides use a third-person pronoun
+# (he, she, him, her, his) about five times as often. The same protocol
+# as for the stored pairs follows: mean-difference directions fitted on
+# the 40 training pairs, the best layer by AUROC on the 30 test pairs,
+# 100 random directions oriented on the training pairs, and the bag of
+# words fitted on the same pairs. Two more checks answer the obvious
+# objections. A layer chosen on the test pairs is optimistic, so a second
+# layer is chosen without them: leave one game out of the training pairs,
+# fit on the other four, score the fifth, and average (dashed curve). And
+# the pronouns are counted, with no model at all, as one more baseline.
 
 # %%
 fit_m = P.fit_pair_probe(lm, matched_all, scen, layers=LAYERS, pooling=POOL, seed=SEED)
 bow_m = P.fit_pair_probe(lm, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
-best_m = fit_m.best_layer
+cv_m = P.cv_layer_auroc(lm, matched_all, scen, layers=LAYERS, pooling=POOL)  # reads the train pairs only
+best_m, cv_best = fit_m.best_layer, max(LAYERS, key=lambda l: (cv_m[l], -l))
+m_tr = P.transfer_pairs(lm, fit_m, matched, scen, layers=sorted({best_m, cv_best}), seed=SEED)
+bow_m_tr = P.transfer_pairs(lm, bow_m, matched, scen, seed=SEED)[0]
 on_stored = P.evaluate_pairs(lm, fit_m, [p for p in pairs if p.split == "test"], scen, layers=[best_m])[best_m]
-fm, rbm = fit_m.metrics["layers"], fit_m.metrics["random_baseline"]
+
+
+def pronouns(text):
+    return len(re.findall(r"\b(he|she|him|her|his|hers)\b", text, flags=re.IGNORECASE))
+
+
+pron_auc = P.auroc_ci([pronouns(r.positive) for r in matched], [pronouns(r.negative) for r in matched], seed=SEED)
+fm = fit_m.metrics["layers"]
 fig, ax = plt.subplots(figsize=(8, 3.6))
 band(ax, LAYERS, [fm[str(l)]["auroc"] for l in LAYERS], [fm[str(l)]["auroc_ci"][0] for l in LAYERS],
-     [fm[str(l)]["auroc_ci"][1] for l in LAYERS], label="trained on matched pairs", color="C2")
-ax.plot(mt.layer, mt.matched, color="C3", label="trained on the stored pairs")
-ax.axhline(rbm["p95"], color="grey", ls="--", label=f"random directions at layer {best_m}: p95")
-ax.axhline(bow_m.metrics["layers"]["0"]["auroc"], color="C1", ls=":", label="bag of words")
-ax.set(xlabel="layer (resid_post)", ylabel="AUROC on the matched test pairs", ylim=(0.3, 1.02),
+     [fm[str(l)]["auroc_ci"][1] for l in LAYERS], label="trained on matched pairs: test pairs", color="C2")
+ax.plot(LAYERS, [cv_m[l] for l in LAYERS], color="C2", ls="--", label="same, leave one game out (train pairs)")
+ax.plot(mt.layer, mt.matched, color="C3", label="trained on the stored pairs: test pairs")
+ax.axhline(m_tr[best_m]["random"]["p95"], color="grey", ls="--", label=f"random directions at layer {best_m}: p95")
+ax.axhline(bow_m_tr["detection"].auroc, color="C1", ls=":", label="bag of words")
+ax.axhline(pron_auc[0], color="C4", ls=":", label="pronoun count")
+ax.set(xlabel="layer (resid_post)", ylabel="AUROC", ylim=(0.3, 1.02),
        title=f"{POOL} probes on the 30 matched test pairs")
 ax.legend(loc="lower right", fontsize=8)
 plt.show()
-pd.DataFrame([
-    {"probe": f"trained on matched pairs, layer {best_m} (best on the test pairs)",
-     "AUROC [95% CI]": fmt(fm[str(best_m)]["auroc"], *fm[str(best_m)]["auroc_ci"]),
-     "random dirs: mean / p95 (unsigned p95)": f"{rbm['mean']:.2f} / {rbm['p95']:.2f} "
-                                               f"({fit_m.metrics['random_baseline_unoriented']['p95']:.2f})",
-     "Cohen's d (random p95)": f"{fm[str(best_m)]['cohens_d']:.1f} ({rbm['d_p95']:.1f})"},
-    {"probe": "bag of words trained on matched pairs (resid_pre.0)",
-     "AUROC [95% CI]": fmt(bow_m.metrics["layers"]["0"]["auroc"], *bow_m.metrics["layers"]["0"]["auroc_ci"])},
-    {"probe": f"trained on the stored pairs, layer {best_m}",
-     "AUROC [95% CI]": fmt(transfer[best_m]["detection"].auroc, *transfer[best_m]["detection"].auroc_ci)},
-    {"probe": f"trained on matched pairs, layer {best_m}, scored on the stored test pairs",
-     "AUROC [95% CI]": fmt(on_stored.auroc, *on_stored.auroc_ci)},
-]).set_index("probe").fillna("")
+print(f"pronoun count (no model): AUROC {fmt(*pron_auc)}; the probe trained on matched pairs, layer {best_m}, on "
+      f"the stored test pairs: AUROC {fmt(on_stored.auroc, *on_stored.auroc_ci)}")
+pd.DataFrame([transfer_row("trained on matched pairs; best on the test pairs", best_m, m_tr[best_m]),
+              transfer_row("trained on matched pairs; chosen on the train pairs alone", cv_best, m_tr[cv_best]),
+              transfer_row("trained on the stored pairs", best_m),
+              transfer_row("bag of words trained on matched pairs", 0, bow_m_tr)]).set_index("layer")
 
 # %% [markdown]
 # In the book run on the default model, the probe trained on matched
 # pairs reaches 0.96 [0.92, 0.99] at layer 24, against a 95th percentile
-# of 0.72 for random directions (Cohen's d 2.2 against 0.8). It is the
-# only probe in this chapter that clears 0.95 with random directions far
-# below it. Its layer was chosen on the test pairs, as for the stored
-# pairs, but the picture shows the choice matters little: from layer 10
-# on, every layer scores about 0.92 to 0.96. Section 4 repeats the test on
-# the second model (gemma3-270m: 0.98 at layer 10, random p95 0.76).
-# Before writing this section I ran the same code on every layer of both
-# models, as a pilot. It gave the same AUROCs to two decimals, and it
+# of 0.72 for random directions (Cohen's d 2.2 against 0.8). Trained on
+# the stored pairs, the same pooling reached 0.99, but with random
+# directions at 0.88; here they sit far lower. The layer chosen without
+# the test pairs is layer 26, which scores 0.95 [0.91, 0.99] on them
+# (random p95 0.73): the choice costs little, as the picture shows, since
+# from layer 10 on every layer scores about 0.92 to 0.96. Every probe in
+# the table, the bag of words included, puts nearly every pair the right
+# way round; what separates them is how well one threshold splits all 60
+# replies. Section 4 repeats the test on the second model (gemma3-270m:
+# 0.98 at layer 10, random p95 0.76, and 0.98 again at the layer chosen
+# on the train pairs alone). Before writing this section I ran the same
+# fit on every layer of both models, as a pilot (`emocircuits probe
+# --pairs data/eia_matched.jsonl --pooling mean_response` reruns it). It
 # showed that section 4's coarser grid (every fourth layer) would have
-# missed gemma3-270m's best layers and peaked at 0.94. So section 4 fits
+# missed gemma3-270m's best layers and peaked at 0.94, so section 4 fits
 # this probe on every other layer, as here.
 #
-# Two more readings. Trained on matched pairs, the direction also ranks
-# the freely written stored test pairs (0.97, last row). So what it
-# learned carries over to those replies. The reverse transfer is what
-# failed above, at the early layer the stored pairs chose. The bag of
-# words, fitted on the same 40 pairs, is again close (0.93 on both
-# models; its interval overlaps the probe's). A cleaner training set
-# makes the probe's result cleaner, but it does not settle words against
-# intent.
+# The baselines temper it. The bag of words, fitted on the same 40 pairs,
+# scores 0.93, within 0.03 of the probe with overlapping intervals (on
+# gemma3-270m it is 0.06 behind). Counting pronouns, with no model and no
+# training, scores 0.85 [0.74, 0.93]: the sides still differ in how often
+# they refer to the person, and a direction may use that too. At layer
+# 24 the probe trained on the stored pairs already scores 0.92 on these
+# test pairs, against the same random baseline: the matched test pairs,
+# not the training pairs, are what pull random directions down. Training
+# on matched pairs adds about 0.03 and makes a late layer win, whether it
+# is chosen on the test pairs or without them. Trained on matched pairs,
+# the direction also ranks the freely written stored test pairs (0.97,
+# the line above the table), so what it learned carries over to them.
+# None of this settles words against intent, and the set is narrow:
+# train and test pairs come from the same five games and one writer, and
+# were written after results were known.
 
 # %% [markdown]
 # ## 2. Lexical ablation
@@ -699,9 +723,13 @@ fit_om = P.fit_pair_probe(other, matched_all, scen, layers=range(0, other.n_laye
 om = fit_om.metrics["layers"][str(fit_om.best_layer)]
 bow_om = P.fit_pair_probe(other, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
                           seed=SEED).metrics["layers"]["0"]
+cv_om = P.cv_layer_auroc(other, matched_all, scen, layers=fit_om.layers, pooling=POOL)
+cv_o = max(fit_om.layers, key=lambda l: (cv_om[l], -l))  # chosen on the train pairs alone
+om_cv = fit_om.metrics["layers"][str(cv_o)]
 print(f"{OTHER} trained on the matched pairs: best layer {fit_om.best_layer}, AUROC {fmt(om['auroc'], *om['auroc_ci'])}"
       f"; random directions: p95 {fit_om.metrics['random_baseline']['p95']:.2f}; bag of words "
-      f"{fmt(bow_om['auroc'], *bow_om['auroc_ci'])}")
+      f"{fmt(bow_om['auroc'], *bow_om['auroc_ci'])}; at the layer chosen on the train pairs ({cv_o}): AUROC "
+      f"{fmt(om_cv['auroc'], *om_cv['auroc_ci'])}")
 
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -890,14 +918,19 @@ headline = record(
     other_matched_auroc_hi=tr_o["detection"].auroc_ci[1], other_matched_random_p95=tr_o["random"]["p95"],
     matched_fit_auroc=fm[str(best_m)]["auroc"], matched_fit_auroc_lo=fm[str(best_m)]["auroc_ci"][0],
     matched_fit_auroc_hi=fm[str(best_m)]["auroc_ci"][1], matched_fit_layer=best_m,
-    matched_fit_random_p95=rbm["p95"], matched_fit_random_d_p95=rbm["d_p95"], matched_fit_d=fm[str(best_m)]["cohens_d"],
-    matched_fit_bow_auroc=bow_m.metrics["layers"]["0"]["auroc"],
-    matched_fit_bow_auroc_lo=bow_m.metrics["layers"]["0"]["auroc_ci"][0],
-    matched_fit_bow_auroc_hi=bow_m.metrics["layers"]["0"]["auroc_ci"][1],
+    matched_fit_random_p95=m_tr[best_m]["random"]["p95"], matched_fit_random_d_p95=m_tr[best_m]["random"]["d_p95"],
+    matched_fit_d=fm[str(best_m)]["cohens_d"], matched_fit_paired=m_tr[best_m]["paired"],
+    matched_fit_cv_layer=cv_best, matched_fit_cv_auroc=fm[str(cv_best)]["auroc"],
+    matched_fit_cv_auroc_lo=fm[str(cv_best)]["auroc_ci"][0], matched_fit_cv_auroc_hi=fm[str(cv_best)]["auroc_ci"][1],
+    matched_fit_cv_random_p95=m_tr[cv_best]["random"]["p95"],
+    matched_fit_bow_auroc=bow_m_tr["detection"].auroc, matched_fit_bow_auroc_lo=bow_m_tr["detection"].auroc_ci[0],
+    matched_fit_bow_auroc_hi=bow_m_tr["detection"].auroc_ci[1], matched_fit_pronoun_auroc=pron_auc[0],
+    matched_fit_pronoun_auroc_lo=pron_auc[1], matched_fit_pronoun_auroc_hi=pron_auc[2],
     matched_fit_on_stored_auroc=on_stored.auroc,
     other_matched_fit_auroc=om["auroc"], other_matched_fit_auroc_lo=om["auroc_ci"][0],
     other_matched_fit_auroc_hi=om["auroc_ci"][1], other_matched_fit_layer=fit_om.best_layer,
     other_matched_fit_random_p95=fit_om.metrics["random_baseline"]["p95"], other_matched_fit_bow_auroc=bow_om["auroc"],
+    other_matched_fit_cv_layer=cv_o, other_matched_fit_cv_auroc=om_cv["auroc"],
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
     graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
     graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],
@@ -934,8 +967,9 @@ pd.Series(headline).to_frame("value")
 #   it a little.
 # - **Words against meaning.** A bag of words comes within 0.05 of the
 #   best probe on the stored pairs and on the matched pairs (where it
-#   beats the layer the stored pairs select), also when both are trained
-#   on matched pairs. Natural replies that serve
+#   beats the layer the stored pairs select); trained on matched pairs,
+#   it stays within 0.03 on the default model and 0.06 on gemma3-270m,
+#   and a count of pronouns reaches 0.85. Natural replies that serve
 #   a person use different words from replies that serve a task, so no
 #   test here can show that a direction reads the intent rather than its
 #   vocabulary; the polite-refusal pairs come closest, and the probe fails
@@ -962,8 +996,9 @@ pd.Series(headline).to_frame("value")
 #   as the best layer. A layer chosen by AUROC on one set of pairs needs a
 #   second, differently written set to be trusted. Trained on the matched
 #   set's own 40 training pairs, the probe reaches 0.96 (default model)
-#   and 0.98 (gemma3-270m) on its test pairs, with random directions' 95th
-#   percentile at 0.72 and 0.76, and a bag of words at 0.93.
+#   and 0.98 (gemma3-270m) on its test pairs, 0.95 and 0.98 at a layer
+#   chosen on the training pairs alone, with random directions' 95th
+#   percentile at 0.72-0.76; a bag of words reaches 0.93.
 # - On graded replies to situations the pairs never cover, the probe ranks
 #   empathic replies above task-only ones well, and above dismissive ones
 #   barely: it reads the pairs' contrast, person against task, not warm

@@ -260,6 +260,28 @@ def test_a_probe_trained_on_matched_pairs_reads_their_test_pairs_far_above_rando
     assert bow.metrics["layers"]["0"]["auroc"] < late
 
 
+def test_cv_layer_auroc_scores_layers_on_the_train_split_alone(smol):
+    """Leave-one-game-out on eia_matched's train pairs prefers a late layer to an early one, reads no test
+    pair, and equals the mean of its folds computed by hand."""
+    matched = ds.load_named("eia_matched")
+    scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+    cv = P.cv_layer_auroc(smol, matched, scen, layers=[3, 24], pooling="mean_response")
+    assert set(cv) == {3, 24} and cv[24] > cv[3] + 0.1 and cv[24] >= 0.9
+    train = [r for r in matched if r.split == "train"]
+    assert P.cv_layer_auroc(smol, train, scen, layers=[24], pooling="mean_response")[24] == pytest.approx(cv[24])
+    pos, neg, starts = P.pair_texts(smol, train, scen)
+    X = capture(smol, pos + neg, ["resid_post.24"], pooling="mean_response", response_starts=starts + starts,
+                progress=False)["resid_post.24"].double().numpy()
+    Xp, Xn, games = X[:40], X[40:], np.array([r.scenario for r in train])
+    by_hand = []
+    for g in sorted(set(games)):
+        d = P.mean_diff(Xp[games != g], Xn[games != g])
+        by_hand.append(roc_auc_score(np.r_[np.ones(8), np.zeros(8)], np.r_[Xp[games == g] @ d, Xn[games == g] @ d]))
+    assert cv[24] == pytest.approx(np.mean(by_hand), rel=1e-6)
+    with pytest.raises(ds.DataError, match="at least 2 scenarios"):
+        P.cv_layer_auroc(smol, [r for r in train if r.scenario == "maze"], scen, layers=[24])
+
+
 def test_score_cli_projects_texts_on_the_saved_direction(smol, smol_probe_dir, tmp_path):
     probe = P.load_probe(smol_probe_dir)
     texts = ["I put the crate down and sit with him until he can stand.", "I keep walking to the station."]

@@ -555,6 +555,40 @@ def transfer_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
     return out
 
 
+def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[int] | None = None,
+                   pooling: str = "mean_all", site_kind: str = "resid_post") -> dict[int, float]:
+    """Choose a layer without the test pairs: leave-one-scenario-out AUROC per layer on the train split.
+
+    For each scenario of the train split, a mean-difference direction is
+    fitted on the other scenarios' train pairs and scores the held-out
+    scenario's pairs; a layer's value is the mean of those folds' AUROCs.
+    Test pairs are never read. Returns ``{layer: auroc}``.
+    """
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    from .activations import capture
+    from .datasets import DataError
+
+    train = [r for r in records if getattr(r, "split", None) == "train"]
+    groups = np.array([r.scenario for r in train])
+    if len(set(groups)) < 2:
+        raise DataError(f"need train pairs from at least 2 scenarios to cross-validate a layer, got "
+                        f"{len(train)} train pairs from {len(set(groups))}")
+    layers = _layers(lm, layers)
+    pos, neg, starts = pair_texts(lm, train, scenarios)
+    sites = [f"{site_kind}.{l}" for l in layers]
+    acts = capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=False)
+    n, out = len(train), {}
+    for l, site in zip(layers, sites):
+        X = acts[site].double().numpy()
+        Xp, Xn, folds = X[:n], X[n:], []
+        for tr, te in LeaveOneGroupOut().split(Xp, groups=groups):
+            d = mean_diff(Xp[tr], Xn[tr])
+            folds.append(_auroc(Xp[te] @ d, Xn[te] @ d))
+        out[l] = float(np.mean(folds))
+    return out
+
+
 def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:
     """``DIR/metrics.json`` and ``DIR/directions.safetensors`` (one ``layer.L`` tensor each), atomically."""
     import torch

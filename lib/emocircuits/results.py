@@ -119,9 +119,10 @@ ROWS: tuple[Row, ...] = (
         "for this book after the stored results were known"),
     Row("A", "same, a probe trained on eia_matched's 40 train pairs, best layer on its 30 test pairs", "-",
         "03_probes", "matched_fit_auroc",
-        _base("random directions p95: {}; bag of words trained on the same pairs: {}; trained this way on the "
-              "second bundled model: {} (random p95 {})", "matched_fit_random_p95", "matched_fit_bow_auroc",
-              "other_matched_fit_auroc", "other_matched_fit_random_p95"),
+        _base("random directions p95: {}; bag of words trained on the same pairs: {}; pronoun count: {}; at the "
+              "layer chosen on the train pairs alone: {}; the second bundled model: {} (random p95 {})",
+              "matched_fit_random_p95", "matched_fit_bow_auroc", "matched_fit_pronoun_auroc",
+              "matched_fit_cv_auroc", "other_matched_fit_auroc", "other_matched_fit_random_p95"),
         "the train pairs were written after the test pairs had been scored and before any probe was trained "
         "on them; none was dropped or edited"),
     Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
