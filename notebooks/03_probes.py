@@ -360,12 +360,14 @@ pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak
 # the pronouns are counted, with no model at all, as one more baseline.
 
 # %%
-fit_m = P.fit_pair_probe(lm, matched_all, scen, layers=LAYERS, pooling=POOL, seed=SEED)
-bow_m = P.fit_pair_probe(lm, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
-cv_m = P.cv_layer_auroc(lm, matched_all, scen, layers=LAYERS, pooling=POOL)  # reads the train pairs only
+fit_set = matched_all[:: size(2, 1, 1)]  # QUICK: every other pair of each split (15 test, 20 train)
+m_test = [r for r in fit_set if r.split == "test"]
+fit_m = P.fit_pair_probe(lm, fit_set, scen, layers=LAYERS, pooling=POOL, seed=SEED)
+bow_m = P.fit_pair_probe(lm, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
+cv_m = P.cv_layer_auroc(lm, fit_set, scen, layers=LAYERS, pooling=POOL)  # reads the train pairs only
 best_m, cv_best = fit_m.best_layer, max(LAYERS, key=lambda l: (cv_m[l], -l))
-m_tr = P.transfer_pairs(lm, fit_m, matched, scen, layers=sorted({best_m, cv_best}), seed=SEED)
-bow_m_tr = P.transfer_pairs(lm, bow_m, matched, scen, seed=SEED)[0]
+m_tr = P.transfer_pairs(lm, fit_m, m_test, scen, layers=sorted({best_m, cv_best}), seed=SEED)
+bow_m_tr = P.transfer_pairs(lm, bow_m, m_test, scen, seed=SEED)[0]
 on_stored = P.evaluate_pairs(lm, fit_m, [p for p in pairs if p.split == "test"], scen, layers=[best_m])[best_m]
 
 
@@ -373,7 +375,7 @@ def pronouns(text):
     return len(re.findall(r"\b(he|she|him|her|his|hers)\b", text, flags=re.IGNORECASE))
 
 
-pron_auc = P.auroc_ci([pronouns(r.positive) for r in matched], [pronouns(r.negative) for r in matched], seed=SEED)
+pron_auc = P.auroc_ci([pronouns(r.positive) for r in m_test], [pronouns(r.negative) for r in m_test], seed=SEED)
 fm = fit_m.metrics["layers"]
 fig, ax = plt.subplots(figsize=(8, 3.6))
 band(ax, LAYERS, [fm[str(l)]["auroc"] for l in LAYERS], [fm[str(l)]["auroc_ci"][0] for l in LAYERS],
@@ -384,7 +386,7 @@ ax.axhline(m_tr[best_m]["random"]["p95"], color="grey", ls="--", label=f"random 
 ax.axhline(bow_m_tr["detection"].auroc, color="C1", ls=":", label="bag of words")
 ax.axhline(pron_auc[0], color="C4", ls=":", label="pronoun count")
 ax.set(xlabel="layer (resid_post)", ylabel="AUROC", ylim=(0.3, 1.02),
-       title=f"{POOL} probes on the 30 matched test pairs")
+       title=f"{POOL} probes on the {len(m_test)} matched test pairs")
 ax.legend(loc="lower right", fontsize=8)
 plt.show()
 print(f"pronoun count (no model): AUROC {fmt(*pron_auc)}; the probe trained on matched pairs, layer {best_m}, on "
@@ -723,12 +725,12 @@ print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the mat
       f"{fmt(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "
       f"pairs right way round p95 {tr_o['random']['paired_p95']:.2f}")
 # the matched-pairs probe of section 1 on this model, on the main model's layer grid (every other layer)
-fit_om = P.fit_pair_probe(other, matched_all, scen, layers=range(0, other.n_layers, size(6, 2, 1)), pooling=POOL,
+fit_om = P.fit_pair_probe(other, fit_set, scen, layers=range(0, other.n_layers, size(6, 2, 1)), pooling=POOL,
                           seed=SEED)
 om = fit_om.metrics["layers"][str(fit_om.best_layer)]
-bow_om = P.fit_pair_probe(other, matched_all, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
+bow_om = P.fit_pair_probe(other, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
                           seed=SEED).metrics["layers"]["0"]
-cv_om = P.cv_layer_auroc(other, matched_all, scen, layers=fit_om.layers, pooling=POOL)
+cv_om = P.cv_layer_auroc(other, fit_set, scen, layers=fit_om.layers, pooling=POOL)
 cv_o = max(fit_om.layers, key=lambda l: (cv_om[l], -l))  # chosen on the train pairs alone
 om_cv = fit_om.metrics["layers"][str(cv_o)]
 print(f"{OTHER} trained on the matched pairs: best layer {fit_om.best_layer}, AUROC {fmt(om['auroc'], *om['auroc_ci'])}"
