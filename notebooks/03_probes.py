@@ -365,7 +365,7 @@ m_test = [r for r in fit_set if r.split == "test"]
 fit_m = P.fit_pair_probe(lm, fit_set, scen, layers=LAYERS, pooling=POOL, seed=SEED)
 bow_m = P.fit_pair_probe(lm, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
 cv_m = P.cv_layer_auroc(lm, fit_set, scen, layers=LAYERS, pooling=POOL)  # reads the train pairs only
-best_m, cv_best = fit_m.best_layer, max(LAYERS, key=lambda l: (cv_m[l], -l))
+best_m, cv_best = fit_m.best_layer, P.best_layer(cv_m)
 m_tr = P.transfer_pairs(lm, fit_m, m_test, scen, layers=sorted({best_m, cv_best}), seed=SEED)
 bow_m_tr = P.transfer_pairs(lm, bow_m, m_test, scen, seed=SEED)[0]
 on_stored = P.evaluate_pairs(lm, fit_m, [p for p in pairs if p.split == "test"], scen, layers=[best_m])[best_m]
@@ -731,7 +731,7 @@ om = fit_om.metrics["layers"][str(fit_om.best_layer)]
 bow_om = P.fit_pair_probe(other, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
                           seed=SEED).metrics["layers"]["0"]
 cv_om = P.cv_layer_auroc(other, fit_set, scen, layers=fit_om.layers, pooling=POOL)
-cv_o = max(fit_om.layers, key=lambda l: (cv_om[l], -l))  # chosen on the train pairs alone
+cv_o = P.best_layer(cv_om)  # chosen on the train pairs alone
 om_cv = fit_om.metrics["layers"][str(cv_o)]
 print(f"{OTHER} trained on the matched pairs: best layer {fit_om.best_layer}, AUROC {fmt(om['auroc'], *om['auroc_ci'])}"
       f"; random directions: p95 {fit_om.metrics['random_baseline']['p95']:.2f}; bag of words "

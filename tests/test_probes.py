@@ -257,6 +257,11 @@ def test_a_probe_trained_on_matched_pairs_reads_their_test_pairs_far_above_rando
     assert late >= 0.93 and late > m["random_baseline"]["p95"] + 0.15 and late > early + 0.15
 
 
+def test_best_layer_takes_the_highest_score_and_the_earliest_of_ties():
+    assert P.best_layer({24: 0.9, 3: 0.9, 10: 0.5}) == 3
+    assert P.best_layer({"12": 0.7, "4": 0.6, "20": 0.71}) == 20
+
+
 def test_cv_layer_auroc_scores_layers_on_the_train_split_alone(smol, monkeypatch):
     """Leave-one-game-out on eia_matched's train pairs prefers a late layer to an early one, reads no test
     pair, and equals the mean of its folds computed by hand from the activations it captured."""

@@ -402,6 +402,20 @@ def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], l
     return pos, neg, starts
 
 
+def _capture_pairs(lm, records, scenarios: dict | None, sites: Sequence[str], pooling, progress: bool = False):
+    """Both sides of ``records`` as chat texts (positives first, then negatives), pooled over their replies at
+    ``sites``: what :func:`activations.capture` returns for them."""
+    from .activations import capture
+
+    pos, neg, starts = pair_texts(lm, records, scenarios)
+    return capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress)
+
+
+def best_layer(scores: dict) -> int:
+    """The layer with the highest score (ties: the earliest); ``scores`` maps layers (ints or strings) to numbers."""
+    return int(max(scores, key=lambda l: (scores[l], -int(l))))
+
+
 def _layers(lm, layers: Sequence[int] | None) -> list[int]:
     """``layers`` as ints (all of ``lm``'s when None), refused by name when empty or out of range."""
     layers = list(range(lm.n_layers)) if layers is None else [int(l) for l in layers]
@@ -444,7 +458,6 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
                     poolings: Sequence[str] = ("mean_all",), site_kind: str = "resid_post", seed: int = 0,
                     n_random: int = 100, progress: bool = False) -> dict[str, PairProbe]:
     """:func:`fit_pair_probe` for several poolings from one forward pass: ``{pooling: PairProbe}``."""
-    from .activations import capture
     from .datasets import DataError
 
     records = list(records)
@@ -460,9 +473,8 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
         raise DataError(f"need at least 2 train and 2 test pairs, got {tr.sum()} and {(~tr).sum()}")
     layers = _layers(lm, layers)
     poolings = tuple(poolings)
-    pos, neg, starts = pair_texts(lm, records, scenarios)
     sites = [f"{site_kind}.{l}" for l in layers]
-    by_pool = capture(lm, pos + neg, sites, pooling=poolings, response_starts=starts + starts, progress=progress)
+    by_pool = _capture_pairs(lm, records, scenarios, sites, poolings, progress)
     n = len(records)
     out = {}
     for pooling, acts in by_pool.items():
@@ -475,7 +487,7 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
             det = evaluate_direction(d, P[~tr], N[~tr], threshold=thr, seed=seed)
             directions[l], thresholds[l] = d, thr
             per_layer[str(l)] = det.as_dict()
-        best = max(layers, key=lambda l: (per_layer[str(l)]["auroc"], -l))
+        best = best_layer({l: per_layer[str(l)]["auroc"] for l in layers})
         X = acts[f"{site_kind}.{best}"].double().numpy()
         split = (X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr])
         rb = random_baseline(*split, n=n_random, seed=seed)
@@ -495,7 +507,6 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
 def _pair_acts(lm, probe: PairProbe, records, scenarios: dict | None,
                layers: Sequence[int] | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Both sides of ``records``, pooled as ``probe`` was, at each of its layers: ``{layer: (X_pos, X_neg)}``."""
-    from .activations import capture
     from .datasets import DataError
 
     records = list(records)
@@ -505,9 +516,8 @@ def _pair_acts(lm, probe: PairProbe, records, scenarios: dict | None,
     bad = [l for l in layers if l not in probe.directions]
     if bad:
         raise ValueError(f"layers {bad}: the probe has directions for layers {sorted(probe.directions)}")
-    pos, neg, starts = pair_texts(lm, records, scenarios)
     sites = [f"{probe.site_kind}.{l}" for l in layers]
-    acts = capture(lm, pos + neg, sites, pooling=probe.pooling, response_starts=starts + starts, progress=False)
+    acts = _capture_pairs(lm, records, scenarios, sites, probe.pooling)
     n = len(records)
     out = {}
     for l, s in zip(layers, sites):
@@ -562,11 +572,11 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
     For each scenario of the train split, a mean-difference direction is
     fitted on the other scenarios' train pairs and scores the held-out
     scenario's pairs; a layer's value is the mean of those folds' AUROCs.
-    Test pairs are never read. Returns ``{layer: auroc}``.
+    Test pairs are never read. Returns ``{layer: auroc}``; :func:`best_layer`
+    picks from it.
     """
     from sklearn.model_selection import LeaveOneGroupOut
 
-    from .activations import capture
     from .datasets import DataError
 
     train = [r for r in records if getattr(r, "split", None) == "train"]
@@ -575,9 +585,8 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
         raise DataError(f"need train pairs from at least 2 scenarios to cross-validate a layer, got "
                         f"{len(train)} train pairs from {len(set(groups))}")
     layers = _layers(lm, layers)
-    pos, neg, starts = pair_texts(lm, train, scenarios)
     sites = [f"{site_kind}.{l}" for l in layers]
-    acts = capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=False)
+    acts = _capture_pairs(lm, train, scenarios, sites, pooling)
     n, out = len(train), {}
     for l, site in zip(layers, sites):
         X = acts[site].double().numpy()
