@@ -51,6 +51,10 @@ MODEL = "smollm2-135m"
 QUICK = False
 FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
+# section 7's decoding and where its heads are pushed (paper B's released code: 1.1, 3, "all"; see there)
+REP_PENALTY = 1.2
+NO_REPEAT_NGRAM = 0
+HEAD_POSITIONS = "last:1"
 
 # %%
 import matplotlib.pyplot as plt
@@ -207,7 +211,8 @@ for l in range(L):
         local[f"{k}.{l}"] = np.vstack([dirs[f"{k}.{l}"], rand_u])
 ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
 alphas = size((1.0,), (0.5, 2.0), (0.5, 1.0, 2.0))
-infl = C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=2, progress=False)
+# one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes, as before
+infl = C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2), progress=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
 names = EMO + ["random (base)"]
@@ -474,20 +479,37 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # QUICK mode uses 8 for both. Read the coherent share beside the unmodified
 # model's own.
 #
-# **Decoding.** Paper B decoded greedily. A 135M model decoded greedily
-# falls into loops ("I'm so sorry to hear about your little ones. I'm so
-# sorry to hear about your little ones. I'm"), which the coherence checks
-# rightly fail, pushed or not: on the held-out prompts a quarter of the
-# unmodified model's greedy replies did. A loop says nothing about the
-# intervention, and it hides what the push did. So every row here decodes
-# greedily with a repetition penalty of 1.2 (`REP_PENALTY`; CTRL's rule,
-# at the value its authors suggest for greedy decoding, not tuned here):
-# a token already in the row has its logit shrunk before the pick. The
-# penalty can push a model toward rare tokens instead, so coherence here
-# also checks the reply's perplexity under the unmodified model given its
-# prompt (chapter 02). The last two rows of the held-out table repeat the
-# unmodified model and the chosen modulation with plain greedy decoding,
-# so the penalty's effect is in the table.
+# **Decoding.** Paper B's generation script decodes greedily, with a
+# repetition penalty of 1.1 and no 3-gram repeated. A 135M model decoded
+# plain greedily falls into loops ("I'm so sorry to hear about your little
+# ones. I'm so sorry to hear about your little ones. I'm"), which the
+# coherence checks rightly fail, pushed or not: on the held-out prompts a
+# quarter of the unmodified model's greedy replies did. A loop says
+# nothing about the intervention, and it hides what the push did. So
+# every row here decodes greedily with a repetition penalty of 1.2
+# (`REP_PENALTY`; CTRL's rule, at the value its authors suggest for greedy
+# decoding, not tuned here): a token already in the row has its logit
+# shrunk before the pick. The penalty can push a model toward rare tokens
+# instead, so coherence here also checks the reply's perplexity under the
+# unmodified model given its prompt (chapter 02). The last two rows of the
+# held-out table repeat the unmodified model and the chosen modulation
+# with plain greedy decoding, so the penalty's effect is in the table.
+#
+# **Where this differs from paper B's released code**, besides the model
+# and the judge:
+# - its heads are pushed at *every* position of the prompt and the reply,
+#   its neurons at the last one; here both act at the last prompt position
+#   and every generated one (`HEAD_POSITIONS`);
+# - its decoding, above (`REP_PENALTY`, `NO_REPEAT_NGRAM`);
+# - its strength is set by hand per emotion (1.0, anger 0.8, on circuits
+#   of 560 components); here one scale for all six emotions is chosen on
+#   discovery prompts, on circuits scaled to the model (section 5);
+# - it builds circuits from judge-accepted replies only; here from every
+#   prompt (section 1).
+#
+# The first two are parameters of this chapter, so paper B's choices can
+# be run as they are: `papermill 04_emotion_circuits.ipynb out.ipynb -p
+# REP_PENALTY 1.1 -p NO_REPEAT_NGRAM 3 -p HEAD_POSITIONS all`.
 #
 # **Baseline:** the
 # unmodified replies (how often the judge reads each emotion anyway). Paper
@@ -500,7 +522,8 @@ c_means = C.group_centred_means({k: v for k, v in acts.items() if k.split(".")[0
 
 
 steer_layers = list(range(L // 3, 2 * L // 3))
-REP_PENALTY = 1.2  # every reply in this section; 1.0 is plain greedy decoding
+DECODE = dict(repetition_penalty=REP_PENALTY, no_repeat_ngram_size=NO_REPEAT_NGRAM)  # every reply in this section
+GREEDY = dict(repetition_penalty=1.0, no_repeat_ngram_size=0)  # plain greedy decoding, for the table's last rows
 rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_layers}
 
 
@@ -516,20 +539,20 @@ def judged(texts, users, systems=None):
     return [lab for lab, _ in out], [ok for _, ok in out]
 
 
-def toward(recs, scale, n_tokens, how="modulation", penalty=REP_PENALTY):
+def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
     ``scale`` = alpha in RMS units). With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
-    ``penalty`` is the decoding's repetition penalty (1.0: plain greedy).
+    ``decode`` is the decoding's repetition penalty and n-gram block (``GREEDY``: plain greedy).
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
-    kw = dict(max_new_tokens=n_tokens, repetition_penalty=penalty)
+    kw = dict(max_new_tokens=n_tokens, **decode)
     if not scale:
         replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        replies = generate_grid(lm, users, [C.modulation(circuits[emo], c_means, EMO, scale) if how == "modulation"
+        replies = generate_grid(lm, users, [C.modulation(circuits[emo], c_means, EMO, scale, head_positions=HEAD_POSITIONS) if how == "modulation"
                                             else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers)
                                             for emo in EMO], batch_size=32, **kw)
     df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u, "text": t}
@@ -598,11 +621,11 @@ held = all_test[:: max(1, len(all_test) // size(4, n_held, n_held))][:n_held]
 mod = toward(held, scale, new_tokens)
 steered = toward(held, alpha, new_tokens, "steering")
 plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
-mod_greedy = toward(held, scale, new_tokens, penalty=1.0)
-plain_greedy = toward(held, 0.0, new_tokens, penalty=1.0)
+mod_greedy = toward(held, scale, new_tokens, decode=GREEDY)
+plain_greedy = toward(held, 0.0, new_tokens, decode=GREEDY)
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
 asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
-                 batch_size=8, repetition_penalty=REP_PENALTY)
+                 batch_size=8, **DECODE)
 asked_labels, asked_coh = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
 asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
 res = {}
@@ -624,9 +647,10 @@ for name, hit, coh, texts, targets in (
                  "names the target": n[0], "names lo": n[1], "names hi": n[2]}
 res = pd.DataFrame(res).T
 display(res.style.format("{:.2f}").set_caption(
-    f"held-out prompts: {len(mod)} replies per row, repetition penalty {REP_PENALTY} unless marked (goal: "
-    "accuracy >= 0.80 with >= 0.90 coherent); paper B on Llama-3.2-3B, greedy: circuit 0.9965, prompting 0.9896, "
-    "steering 0.9122"))
+    f"held-out prompts: {len(mod)} replies per row, repetition penalty {REP_PENALTY}"
+    f"{f', no repeated {NO_REPEAT_NGRAM}-gram' if NO_REPEAT_NGRAM else ''} unless marked (goal: accuracy >= 0.80 "
+    "with >= 0.90 coherent); paper B on Llama-3.2-3B (greedy, penalty 1.1, no repeated 3-gram): circuit 0.9965, "
+    "prompting 0.9896, steering 0.9122"))
 display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:.2f}")
         .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
 

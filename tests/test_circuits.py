@@ -166,6 +166,37 @@ def test_modulation_adds_centred_means_at_components(tiny_llama):
     assert len(out) == 1
 
 
+def test_modulation_pushes_heads_at_every_position_when_asked(tiny_llama):
+    """head_positions="all" (paper B's released code) moves the circuit's head at every prompt
+    position; by default only the last one moves, and neurons stay at the last position either way."""
+    labels, groups = ["a", "b"] * 2, ["g1", "g1", "g2", "g2"]
+    sites = ["mlp_act.1", "attn_z.2"]
+    means = C.group_centred_means(capture(tiny_llama, TEXTS, sites, progress=False), labels, groups, ["a", "b"])
+    heads = C.Circuit("a", tiny_llama.name, [C.Component(2, "head", 1)])
+    neurons = C.Circuit("a", tiny_llama.name, [C.Component(1, "neuron", 3)])
+    base = capture(tiny_llama, TEXTS[:1], sites, pooling="none", progress=False)
+    n_tok = base["attn_z.2"][0].shape[0]
+
+    def change(circ, head_pos, site):
+        ivs = C.modulation(circ, means, ["a", "b"], scale=2.0, head_positions=head_pos)
+        assert {iv.positions for iv in ivs} == {head_pos or "last:1" if site == "attn_z.2" else "last:1"}
+        got = capture(tiny_llama, TEXTS[:1], sites, pooling="none", progress=False, interventions=ivs)
+        return (got[site][0] - base[site][0]).reshape(n_tok, -1)
+
+    head_vec = torch.zeros(tiny_llama.n_heads, tiny_llama.head_dim)
+    head_vec[1] = 2 * means["attn_z.2"][0, 1].float()
+    for head_pos, moved in ((None, [n_tok - 1]), ("all", range(n_tok))):
+        dz = change(heads, head_pos, "attn_z.2")
+        for t in range(n_tok):
+            torch.testing.assert_close(dz[t], head_vec.reshape(-1) if t in moved else torch.zeros_like(dz[t]),
+                                       rtol=1e-4, atol=1e-5)
+        dn = change(neurons, head_pos, "mlp_act.1")
+        assert float(dn[:-1].abs().max()) == 0
+        assert float(dn[-1, 3]) == pytest.approx(2 * float(means["mlp_act.1"][0, 3]), rel=1e-4)
+    with pytest.raises(ValueError, match="positions='everywhere'"):
+        C.modulation(heads, means, ["a", "b"], scale=2.0, head_positions="everywhere")
+
+
 def test_scale_doubles_a_neuron(tiny_gemma):
     base = capture(tiny_gemma, TEXTS[:2], ["mlp_act.0"], progress=False)["mlp_act.0"]
     got = capture(tiny_gemma, TEXTS[:2], ["mlp_act.0"], progress=False,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.steering import Add, Scale, Set, forward, generate, generate_grid
+from emocircuits.steering import Add, Scale, Set, _strip_after_eos, forward, generate, generate_grid
 
 from testkit import hand_run_from
 
@@ -184,6 +184,32 @@ def test_repetition_penalty_is_ctrls_rule_on_every_path(smol):
     for bad in (0, -1.2, float("nan"), True, "1.2"):
         with pytest.raises(ValueError, match="repetition_penalty="):
             generate(lm, ["hi"], repetition_penalty=bad)
+
+
+def test_no_repeat_ngram_blocks_every_repeated_ngram_on_every_path(smol):
+    """With ``no_repeat_ngram_size=n`` a token that would complete an n-gram
+    already in the row (prompt included) is never picked: greedy decoding by
+    hand with that ban gives the same tokens, plain and traced alike."""
+    lm, n, n_new = smol, 3, 16
+    text = lm.chat_prompt("Say it again and again: the sea, the sea, the sea.")
+    ids = lm.encode([text])["input_ids"][0].tolist()
+    with torch.inference_mode():
+        for _ in range(n_new):
+            logits = lm.hf(input_ids=torch.tensor([ids])).logits[0, -1].clone()
+            tail = ids[len(ids) - n + 1:]
+            banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == tail}
+            logits[list(banned)] = float("-inf")
+            ids.append(int(logits.argmax()))
+    by_hand = _strip_after_eos(ids[-n_new:], lm)  # generate stops at the end of the reply
+    assert len(by_hand) >= 6
+    kw = dict(max_new_tokens=n_new, return_ids=True, chat=False, no_repeat_ngram_size=n)
+    plain = generate(lm, [text], **kw)[0]
+    traced = generate(lm, [text], [Add("resid_post.3", torch.ones(lm.d_model), alpha=0.0)], **kw)[0]
+    assert plain == by_hand and traced == by_hand
+    assert generate(lm, [text], **{**kw, "no_repeat_ngram_size": 0})[0] != by_hand  # it changed the reply
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="no_repeat_ngram_size="):
+            generate(lm, ["hi"], no_repeat_ngram_size=bad)
 
 
 def test_intervention_errors_name_the_input(smol):

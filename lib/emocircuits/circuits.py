@@ -440,15 +440,22 @@ def group_centred_means(acts: dict[str, torch.Tensor], labels: Sequence[str], gr
 
 
 def modulation(circuit: Circuit, centred_means: dict[str, torch.Tensor], emotions: Sequence[str],
-               scale: float, positions: str = "last:1") -> list[Add]:
+               scale: float, positions: str = "last:1", head_positions: str | None = None) -> list[Add]:
     """Paper B's circuit modulation: add ``scale x`` the emotion's group-centred mean at each component.
 
     Acts at the last prompt position and every generated one (``last:1``) on
     every forward pass of generation; ``centred_means`` from
-    :func:`group_centred_means` over the circuit's sites.
+    :func:`group_centred_means` over the circuit's sites. ``head_positions``
+    (default: ``positions``) sets the heads' positions apart from the
+    neurons': paper B's released code pushes its heads at every position
+    (``"all"``) and its neurons at the last one.
     """
     e = list(emotions).index(circuit.emotion)
-    return _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions)
+    adds = _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions)
+    if head_positions is not None:
+        adds = [Add(a.site, a.vector, a.alpha, head_positions) if str(a.site).startswith("attn_z.") else a
+                for a in adds]
+    return adds
 
 
 def direction_steering(dirs: dict[str, np.ndarray], emotions: Sequence[str], emotion: str, alpha: float,

@@ -228,7 +228,7 @@ ROWS: tuple[Row, ...] = (
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
         "scale chosen on discovery prompts; circuit budget scaled to the model; decoded with a repetition "
         "penalty of 1.2, as every row of this comparison"),
-    Row("B", "same, decoded plain greedy (paper B's decoding)", "-", "04_emotion_circuits",
+    Row("B", "same, decoded plain greedy (no repetition penalty)", "-", "04_emotion_circuits",
         "modulation_greedy_accuracy",
         _base("coherent share {}; unmodified model's, plain greedy: {}", "modulation_greedy_coherent",
               "plain_greedy_coherent"),

@@ -292,6 +292,7 @@ def generate(
     return_ids: bool = False,
     interventions_each: Sequence[Sequence] | None = None,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ):
     """Generate replies, optionally with interventions, and return the new text.
 
@@ -317,7 +318,10 @@ def generate(
     models decoded greedily fall into loops ("I'm so sorry to hear that.
     I'm so sorry to hear that."), which the coherence checks fail whatever
     was pushed; a mild penalty keeps those loops from hiding the effect
-    of an intervention.
+    of an intervention. ``no_repeat_ngram_size`` = n > 0 never picks a token
+    that would repeat an n-gram already in the row, prompt included (as
+    transformers' ``generate``; paper B's generation script uses 3 with a
+    penalty of 1.1); 0 leaves decoding untouched.
 
     ``interventions_each`` (instead of ``interventions``) gives each prompt its
     own list of interventions, e.g. one alpha or one target emotion per row:
@@ -341,6 +345,8 @@ def generate(
     if isinstance(repetition_penalty, bool) or not (isinstance(repetition_penalty, (int, float))
                                                     and 0 < repetition_penalty < float("inf")):
         raise ValueError(f"repetition_penalty={repetition_penalty!r}: expected a number > 0 (1 = no penalty)")
+    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size!r}: expected an int >= 0 (0 = no block)")
     if interventions_each is not None:
         if interventions:
             raise ValueError("give interventions (the same for every prompt) or interventions_each, not both")
@@ -356,7 +362,8 @@ def generate(
     texts = [lm.chat_prompt(p, s) for p, s in zip(prompts, systems)] if chat else prompts
     # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                      pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=float(repetition_penalty))
+                      pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=float(repetition_penalty),
+                      no_repeat_ngram_size=int(no_repeat_ngram_size))
     keys = _row_keys(texts, per_row, seed) if do_sample else None
 
     results: list = []
