@@ -480,7 +480,8 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # model's own.
 #
 # **Decoding.** Paper B's generation script decodes greedily, with a
-# repetition penalty of 1.1 and no 3-gram repeated. A 135M model decoded
+# repetition penalty of 1.1, no 3-gram repeated and at least 10 new
+# tokens. A 135M model decoded
 # plain greedily falls into loops ("I'm so sorry to hear about your little
 # ones. I'm so sorry to hear about your little ones. I'm"), which the
 # coherence checks rightly fail, pushed or not: on the held-out prompts a
@@ -501,14 +502,16 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 #   its neurons at the last one; here both act at the last prompt position
 #   and every generated one (`HEAD_POSITIONS`);
 # - its decoding, above (`REP_PENALTY`, `NO_REPEAT_NGRAM`);
-# - its strength is set by hand per emotion (1.0, anger 0.8, on circuits
-#   of 560 components); here one scale for all six emotions is chosen on
-#   discovery prompts, on circuits scaled to the model (section 5);
+# - its strength is fixed per emotion in the script (0.8 for anger, 1.0
+#   for the rest, on circuits of 560 components); here one scale for all
+#   six emotions is chosen on discovery prompts, on circuits scaled to the
+#   model (section 5);
 # - it builds circuits from judge-accepted replies only; here from every
 #   prompt (section 1).
 #
-# The first two are parameters of this chapter, so paper B's choices can
-# be run as they are: `papermill 04_emotion_circuits.ipynb out.ipynb -p
+# The first two are parameters of this chapter, so paper B's head
+# positions and decoding (all but the 10-token minimum) can be run:
+# `papermill 04_emotion_circuits.ipynb out.ipynb -p
 # REP_PENALTY 1.1 -p NO_REPEAT_NGRAM 3 -p HEAD_POSITIONS all`.
 #
 # **Baseline:** the
@@ -552,9 +555,9 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
     if not scale:
         replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        replies = generate_grid(lm, users, [C.modulation(circuits[emo], c_means, EMO, scale, head_positions=HEAD_POSITIONS) if how == "modulation"
-                                            else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers)
-                                            for emo in EMO], batch_size=32, **kw)
+        push = [C.modulation(circuits[emo], c_means, EMO, scale, head_positions=HEAD_POSITIONS) if how == "modulation"
+                else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers) for emo in EMO]
+        replies = generate_grid(lm, users, push, batch_size=32, **kw)
     df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u, "text": t}
                        for emo, texts in zip(EMO, replies) for u, t in zip(users, texts)])
     df["judged"], df["coherent"] = judged(df.text, df.user)
