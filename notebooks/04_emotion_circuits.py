@@ -481,13 +481,12 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 #
 # **Decoding.** Paper B's generation script decodes greedily, with a
 # repetition penalty of 1.1, no 3-gram repeated and at least 10 new
-# tokens. A 135M model decoded
-# plain greedily falls into loops ("I'm so sorry to hear about your little
-# ones. I'm so sorry to hear about your little ones. I'm"), which the
-# coherence checks rightly fail, pushed or not: on the held-out prompts a
-# quarter of the unmodified model's greedy replies did. A loop says
-# nothing about the intervention, and it hides what the push did. So
-# every row here decodes greedily with a repetition penalty of 1.2
+# tokens. A 135M model decoded plain greedily falls into loops ("I'm so
+# sorry to hear about your little ones. I'm so sorry to hear about your
+# little ones. I'm"), which the coherence checks rightly fail, pushed or
+# not: on the held-out prompts a quarter of the unmodified model's greedy
+# replies did. A loop says nothing about the intervention, and it hides
+# what the push did. So every row here decodes greedily with a repetition penalty of 1.2
 # (`REP_PENALTY`; CTRL's rule, at the value its authors suggest for greedy
 # decoding, not tuned here): a token already in the row has its logit
 # shrunk before the pick. The penalty can push a model toward rare tokens
