@@ -179,7 +179,7 @@ def test_modulation_pushes_heads_at_every_position_when_asked(tiny_llama):
 
     def change(circ, head_pos, site):
         ivs = C.modulation(circ, means, ["a", "b"], scale=2.0, head_positions=head_pos)
-        assert {iv.positions for iv in ivs} == {head_pos or "last:1" if site == "attn_z.2" else "last:1"}
+        assert {iv.positions for iv in ivs} == {(head_pos or "last:1") if site == "attn_z.2" else "last:1"}
         got = capture(tiny_llama, TEXTS[:1], sites, pooling="none", progress=False, interventions=ivs)
         return (got[site][0] - base[site][0]).reshape(n_tok, -1)
 

@@ -406,8 +406,10 @@ def enhance(circuit: Circuit, factor: float, positions: str = "all") -> list[Sca
     return [Scale(site, idx, factor, positions=positions) for site, idx in circuit.by_site().items()]
 
 
-def _adds(circuit: Circuit, values: dict[str, torch.Tensor], positions: str) -> list[Add]:
-    """One Add per site whose vector is ``values[site]`` at the circuit's components and 0 elsewhere."""
+def _adds(circuit: Circuit, values: dict[str, torch.Tensor], positions: str,
+          head_positions: str | None = None) -> list[Add]:
+    """One Add per site whose vector is ``values[site]`` at the circuit's components and 0 elsewhere,
+    acting at ``positions`` (heads' sites at ``head_positions`` when given)."""
     out = []
     for site, idx in circuit.by_site().items():
         if site not in values:
@@ -415,7 +417,8 @@ def _adds(circuit: Circuit, values: dict[str, torch.Tensor], positions: str) -> 
         v = torch.as_tensor(values[site]).float()  # [d_mlp] or [n_heads, head_dim]
         vec = torch.zeros_like(v)
         vec[torch.as_tensor(idx)] = v[torch.as_tensor(idx)]
-        out.append(Add(site, vec.reshape(-1), alpha=1.0, positions=positions))
+        at = head_positions if head_positions is not None and site.startswith("attn_z.") else positions
+        out.append(Add(site, vec.reshape(-1), alpha=1.0, positions=at))
     return out
 
 
@@ -451,11 +454,7 @@ def modulation(circuit: Circuit, centred_means: dict[str, torch.Tensor], emotion
     (``"all"``) and its neurons at the last one.
     """
     e = list(emotions).index(circuit.emotion)
-    adds = _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions)
-    if head_positions is not None:
-        adds = [Add(a.site, a.vector, a.alpha, head_positions) if str(a.site).startswith("attn_z.") else a
-                for a in adds]
-    return adds
+    return _adds(circuit, {s: scale * v[e] for s, v in centred_means.items()}, positions, head_positions)
 
 
 def direction_steering(dirs: dict[str, np.ndarray], emotions: Sequence[str], emotion: str, alpha: float,
