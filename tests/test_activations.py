@@ -204,3 +204,50 @@ def test_several_poolings_from_one_pass_equal_separate_captures(smol, tmp_path, 
             torch.testing.assert_close(first[p][s], again[p][s])
     with pytest.raises(ValueError, match="or a tuple of"):
         capture(smol, texts, sites, pooling=("mean_all", "none"), progress=False)
+
+
+def test_memory_cache_runs_only_unseen_texts_and_gives_fresh_values(tiny_llama, monkeypatch):
+    """cache="memory": a second call runs only the texts (or sites) it has not kept; the rows it returns
+    equal a fresh capture's, in the caller's order; the least recently used texts go first past the
+    size limit."""
+    from emocircuits import activations as A
+
+    lm, sites = tiny_llama, ["resid_post.0", "attn_z.1"]
+    ran = []
+    real = A._run_batch
+    monkeypatch.setattr(A, "_run_batch", lambda lm_, enc, *a, **k: ran.append(enc["input_ids"].shape[0])
+                        or real(lm_, enc, *a, **k))
+    A.forget_captures(lm)
+    first = capture(lm, TEXTS[:2], sites, pooling=("mean_all", "last_prompt_token"), cache="memory",
+                    progress=False)
+    assert sum(ran) == 2
+    texts = [TEXTS[2], TEXTS[0], TEXTS[2]]  # one new text, asked twice; one kept
+    got = capture(lm, texts, sites, pooling="mean_all", cache="memory", progress=False)
+    assert sum(ran) == 3  # only the new text ran, once
+    fresh = capture(lm, texts, sites, pooling="mean_all", progress=False)
+    assert list(got) == list(fresh) == sites
+    for s in sites:
+        torch.testing.assert_close(got[s], fresh[s], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[s][1], first["mean_all"][s][0])
+    assert got["attn_z.1"].shape == (3, lm.n_heads, lm.head_dim)
+    before = sum(ran)
+    capture(lm, TEXTS, ["resid_post.0", "resid_post.1"], pooling="mean_all", cache="memory", progress=False)
+    assert sum(ran) == before + 3  # a site not kept runs the texts again
+    memo = lm._captured
+    monkeypatch.setattr(A, "MEMORY_CACHE_BYTES", memo.nbytes // 2)
+    capture(lm, TEXTS[:1], ["resid_post.0"], pooling="mean_all", cache="memory", progress=False)
+    assert 0 < memo.nbytes <= A.MEMORY_CACHE_BYTES
+    assert next(reversed(memo.rows))[0] == TEXTS[0]  # the text just read is the newest, so it stays
+    A.forget_captures(lm)
+    before = sum(ran)
+    capture(lm, TEXTS[:1], ["resid_post.0"], pooling="mean_all", cache="memory", progress=False)
+    assert sum(ran) == before + 1
+    with pytest.raises(ValueError, match="cache='memory' is supported for pooled captures only"):
+        capture(lm, TEXTS, sites, pooling="none", cache="memory", progress=False)
+    with pytest.raises(ValueError, match="cache='disk': expected False, True"):
+        capture(lm, TEXTS, sites, cache="disk", progress=False)
+    from emocircuits.steering import Add
+
+    with pytest.raises(ValueError, match="cache='memory' is not supported with interventions"):
+        capture(lm, TEXTS, sites, cache="memory", progress=False,
+                interventions=[Add("resid_post.0", torch.zeros(lm.d_model))])

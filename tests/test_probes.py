@@ -226,7 +226,7 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
     def sides(recs):
         pos, neg, starts = P.pair_texts(smol, recs, scen)
         X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
-                    progress=False)["resid_post.20"].double().numpy()
+                    progress=False, cache="memory")["resid_post.20"].double().numpy()  # rows the probe read
         return X[:len(recs)], X[len(recs):]
 
     (Ptr, Ntr), (Pte, Nte) = sides([p for p in pairs if p.split == "train"]), sides(matched)

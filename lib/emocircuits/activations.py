@@ -209,7 +209,7 @@ def capture(
     response_starts: Sequence[int] | None = None,
     batch_size: int = 16,
     max_length: int | None = 512,
-    cache: bool = False,
+    cache: bool | str = False,
     progress: bool = True,
     padding_side: str = "left",
     interventions: Sequence = (),
@@ -225,7 +225,15 @@ def capture(
     response begins, for ``mean_response``. Texts are sorted by length into
     batches to waste little padding; results come back in the input order.
     With ``cache=True`` the result is stored under the cache folder, keyed
-    by model, texts, sites, pooling and truncation.
+    by model, texts, sites, pooling and truncation. With ``cache="memory"``
+    each text's pooled rows are kept on ``lm`` (up to
+    :data:`MEMORY_CACHE_BYTES`, the least recently used texts dropped first), and a later
+    call runs only the texts it has not seen at every asked site and
+    pooling: the probes of chapter 03 read the same pairs at several layers
+    through several functions. A kept row came from a batch of other texts,
+    so it may differ from a fresh capture in the last bits of float32;
+    :func:`forget_captures` empties the memory (do so after changing the
+    model's weights in place).
 
     ``interventions`` (:class:`~emocircuits.steering.Add` or ``Set``) act
     during the forward pass; a site downstream of them, or at the same site,
@@ -257,12 +265,19 @@ def capture(
 
         items = _resolve(lm, interventions)
         if cache:
-            raise ValueError("cache=True is not supported with interventions (they are not part of the cache key)")
+            raise ValueError(f"cache={cache!r} is not supported with interventions "
+                             "(they are not part of the cache key)")
 
+    if cache not in (False, True, "memory"):
+        raise ValueError(f"cache={cache!r}: expected False, True (on disk) or 'memory'")
+    if cache and "none" in poolings:
+        raise ValueError(f"cache={cache!r} is supported for pooled captures only")
+    if cache == "memory":
+        return _capture_remembered(lm, texts, site_list, poolings, multi, response_starts,
+                                   dict(batch_size=batch_size, max_length=max_length, progress=progress,
+                                        padding_side=padding_side))
     key = None
     if cache:
-        if "none" in poolings:
-            raise ValueError("cache=True is supported for pooled captures only")
         key = stable_hash({**_model_key(lm), "texts": texts, "sites": names,
                            "pooling": list(poolings) if multi else pooling,
                            "starts": list(response_starts or []), "max_length": max_length,
@@ -315,6 +330,61 @@ def capture(
         flat = {f"{p}|{n}": v for p in poolings for n, v in out[p].items()} if multi else out[poolings[0]]
         atomic_write(path, lambda f: save_file(flat, str(f), metadata={"model": lm.name,
                                                                         "pooling": ",".join(poolings)}))
+    return out if multi else out[poolings[0]]
+
+
+MEMORY_CACHE_BYTES = 256 * 2**20  # what capture(..., cache="memory") keeps per model, at most
+
+
+class _Remembered:
+    """Pooled rows per text, least recently used first: ``rows[text key][(pooling, site)] = tensor``."""
+
+    def __init__(self):
+        self.rows: dict[tuple, dict] = {}
+        self.nbytes = 0
+
+    def add(self, key: tuple, got: dict) -> None:
+        row = self.rows.pop(key, {})  # re-inserted: now the newest
+        for k, v in got.items():
+            if k in row:
+                self.nbytes -= row[k].numel() * row[k].element_size()
+            row[k] = v
+            self.nbytes += v.numel() * v.element_size()
+        self.rows[key] = row
+
+    def touch(self, key: tuple) -> None:
+        self.rows[key] = self.rows.pop(key)  # just read: now the newest
+
+    def trim(self, limit: int) -> None:
+        while self.nbytes > limit and self.rows:
+            old = self.rows.pop(next(iter(self.rows)))
+            self.nbytes -= sum(v.numel() * v.element_size() for v in old.values())
+
+
+def forget_captures(lm) -> None:
+    """Empty what ``capture(..., cache="memory")`` has kept for ``lm``."""
+    lm._captured = None
+
+
+def _capture_remembered(lm, texts: list[str], site_list: list[Site], poolings: tuple[str, ...], multi: bool,
+                        response_starts, kwargs: dict):
+    """``capture`` with ``cache="memory"``: run only the texts not yet kept at every asked (pooling, site)."""
+    if getattr(lm, "_captured", None) is None:
+        lm._captured = _Remembered()
+    memo, names = lm._captured, [str(s) for s in site_list]
+    wanted = [(p, n) for p in poolings for n in names]
+    keys = [(t, None if response_starts is None else int(response_starts[i]), kwargs["max_length"],
+             kwargs["padding_side"]) for i, t in enumerate(texts)]
+    todo = list(dict.fromkeys(k for k in keys if not all(w in memo.rows.get(k, ()) for w in wanted)))
+    if todo:
+        starts = [k[1] for k in todo] if response_starts is not None else None
+        fresh = capture(lm, [k[0] for k in todo], site_list, pooling=poolings, response_starts=starts, **kwargs)
+        for j, k in enumerate(todo):
+            memo.add(k, {(p, n): fresh[p][n][j].clone() for p, n in wanted})
+    out = {p: {n: torch.stack([memo.rows[k][p, n] for k in keys]) for n in names} for p in poolings}
+    for k in dict.fromkeys(keys):
+        memo.touch(k)
+    memo.trim(MEMORY_CACHE_BYTES)
     return out if multi else out[poolings[0]]
 
 

@@ -356,6 +356,8 @@ class LoadedModel:
     hf: Any
     tokenizer: Any
     _layers: Any = field(repr=False, default=None)
+    # pooled activations kept in memory by ``capture(..., cache="memory")`` (activations.py)
+    _captured: Any = field(repr=False, default=None, compare=False)
 
     # ---- shape
     @property

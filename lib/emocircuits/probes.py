@@ -404,11 +404,14 @@ def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], l
 
 def _capture_pairs(lm, records, scenarios: dict | None, sites: Sequence[str], pooling, progress: bool = False):
     """Both sides of ``records`` as chat texts (positives first, then negatives), pooled over their replies at
-    ``sites``: what :func:`activations.capture` returns for them."""
+    ``sites``: what :func:`activations.capture` returns for them. Captures are kept in memory
+    (``cache="memory"``): fitting, scoring, transferring and cross-validating on the same pairs run each
+    text through the model once."""
     from .activations import capture
 
     pos, neg, starts = pair_texts(lm, records, scenarios)
-    return capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress)
+    return capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress,
+                   cache="memory")
 
 
 def best_layer(scores: dict) -> int:
