@@ -138,7 +138,7 @@ def test_each_prompt_its_own_interventions_in_one_batch_matches_one_call_per_set
     settings = [a, b, []]
     prompts = PROMPTS * 2
     each = [settings[i % 3] for i in range(len(prompts))]
-    kw = dict(max_new_tokens=10, return_ids=True, batch_size=len(prompts))
+    kw = dict(max_new_tokens=6, return_ids=True, batch_size=len(prompts))
     got = generate(lm, prompts, interventions_each=each, **kw)
     for k, ivs in enumerate(settings):
         alone = generate(lm, prompts, ivs, **kw)
@@ -152,7 +152,7 @@ def test_each_prompt_its_own_interventions_in_one_batch_matches_one_call_per_set
         generate(lm, prompts, a, interventions_each=each)
     # the grid form: [setting][prompt], each setting's rows exactly as in a call where every row had it
     systems = ["Be kind.", None, "Be brief."]
-    kw = dict(max_new_tokens=10, return_ids=True, batch_size=9)
+    kw = dict(max_new_tokens=6, return_ids=True, batch_size=9)
     grid = generate_grid(lm, PROMPTS, settings, system=systems, **kw)
     assert [len(g) for g in grid] == [len(PROMPTS)] * len(settings)
     for k, ivs in enumerate(settings):
