@@ -237,6 +237,7 @@ def test_memory_cache_runs_only_unseen_texts_and_gives_fresh_values(tiny_llama, 
     monkeypatch.setattr(A, "MEMORY_CACHE_BYTES", memo.nbytes // 2)
     capture(lm, TEXTS[:1], ["resid_post.0"], pooling="mean_all", cache="memory", progress=False)
     assert 0 < memo.nbytes <= A.MEMORY_CACHE_BYTES
+    assert memo.nbytes == sum(v.numel() * v.element_size() for row in memo.rows.values() for v in row.values())
     assert next(reversed(memo.rows))[0] == TEXTS[0]  # the text just read is the newest, so it stays
     A.forget_captures(lm)
     before = sum(ran)
@@ -251,3 +252,24 @@ def test_memory_cache_runs_only_unseen_texts_and_gives_fresh_values(tiny_llama, 
     with pytest.raises(ValueError, match="cache='memory' is not supported with interventions"):
         capture(lm, TEXTS, sites, cache="memory", progress=False,
                 interventions=[Add("resid_post.0", torch.zeros(lm.d_model))])
+
+
+def test_memory_cache_keeps_each_response_start_apart(tiny_llama):
+    """mean_response rows are kept per response start (one text, two starts: two rows, each as a fresh capture
+    gives it); the other poolings ignore the start; an unusable start is named by the caller's position."""
+    from emocircuits import activations as A
+
+    lm, site = tiny_llama, "resid_post.1"
+    text = "Hello there. That sounds hard, tell me more."
+    A.forget_captures(lm)
+    pools = ("mean_response", "mean_all")
+    got = capture(lm, [text, text], [site], pooling=pools, response_starts=[6, 13], cache="memory", progress=False)
+    for i, start in enumerate([6, 13]):
+        fresh = capture(lm, [text], [site], pooling=pools, response_starts=[start], progress=False)
+        for p in pools:
+            torch.testing.assert_close(got[p][site][i], fresh[p][site][0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got["mean_response"][site][0], got["mean_response"][site][1])
+    torch.testing.assert_close(got["mean_all"][site][0], got["mean_all"][site][1])
+    with pytest.raises(ValueError, match=r"texts \[2\] have no tokens after their response_starts"):
+        capture(lm, [text, "Hi.", "Hi."], [site], pooling="mean_response", response_starts=[6, 1, 50],
+                cache="memory", progress=False)

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from emocircuits import datasets as ds
 from emocircuits import probes as P
-from emocircuits.activations import capture
+from emocircuits.activations import capture, forget_captures
 from emocircuits.cli import main
 
 
@@ -179,6 +179,7 @@ def test_fit_pair_probes_share_one_pass_and_match_single_fits(smol):
     pairs = ds.load_named("eia_pairs")
     scen = {s.id: s for s in ds.load_named("eia_scenarios")}
     many = P.fit_pair_probes(smol, pairs, scen, layers=[3], poolings=("mean_all", "mean_response"), n_random=10)
+    forget_captures(smol)  # the single fit runs its own forward pass
     one = P.fit_pair_probe(smol, pairs, scen, layers=[3], pooling="mean_response", n_random=10)
     assert set(many) == {"mean_all", "mean_response"}
     assert many["mean_response"].metrics == one.metrics
@@ -226,7 +227,7 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
     def sides(recs):
         pos, neg, starts = P.pair_texts(smol, recs, scen)
         X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
-                    progress=False, cache="memory")["resid_post.20"].double().numpy()  # rows the probe read
+                    progress=False)["resid_post.20"].double().numpy()
         return X[:len(recs)], X[len(recs):]
 
     (Ptr, Ntr), (Pte, Nte) = sides([p for p in pairs if p.split == "train"]), sides(matched)

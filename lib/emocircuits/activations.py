@@ -231,7 +231,8 @@ def capture(
     call runs only the texts it has not seen at every asked site and
     pooling: the probes of chapter 03 read the same pairs at several layers
     through several functions. A kept row came from a batch of other texts,
-    so it may differ from a fresh capture in the last bits of float32;
+    so it differs from a fresh capture as captures in different batches
+    differ (the last bits of float32 on a CPU; more in bfloat16 on a GPU).
     :func:`forget_captures` empties the memory (do so after changing the
     model's weights in place).
 
@@ -304,9 +305,8 @@ def capture(
         if "mean_response" in poolings:
             span = response_mask(offsets, mask, [response_starts[i] for i in idx])
             if (span.sum(1) == 0).any():
-                bad = [idx[j] for j in torch.nonzero(span.sum(1) == 0).flatten().tolist()]
-                raise ValueError(f"texts {bad} have no tokens after their response_starts "
-                                 f"(too short, or truncated at max_length={max_length})")
+                raise _NoReplyTokens([idx[j] for j in torch.nonzero(span.sum(1) == 0).flatten().tolist()],
+                                     max_length)
         got = _run_batch(lm, enc, site_list, poolings, mask, span, items)
         for k in chunks:
             chunks[k].append(got[k])
@@ -368,24 +368,47 @@ def forget_captures(lm) -> None:
 
 def _capture_remembered(lm, texts: list[str], site_list: list[Site], poolings: tuple[str, ...], multi: bool,
                         response_starts, kwargs: dict):
-    """``capture`` with ``cache="memory"``: run only the texts not yet kept at every asked (pooling, site)."""
+    """``capture`` with ``cache="memory"``: run only the texts not yet kept at every asked (pooling, site).
+
+    A text's rows are kept under (text, truncation, padding side); each row under (pooling, site, start),
+    where the start counts for ``mean_response`` only.
+    """
     if getattr(lm, "_captured", None) is None:
         lm._captured = _Remembered()
     memo, names = lm._captured, [str(s) for s in site_list]
-    wanted = [(p, n) for p in poolings for n in names]
-    keys = [(t, None if response_starts is None else int(response_starts[i]), kwargs["max_length"],
-             kwargs["padding_side"]) for i, t in enumerate(texts)]
-    todo = list(dict.fromkeys(k for k in keys if not all(w in memo.rows.get(k, ()) for w in wanted)))
+    starts = [int(response_starts[i]) if "mean_response" in poolings else None for i in range(len(texts))]
+    keys = [(t, kwargs["max_length"], kwargs["padding_side"]) for t in texts]
+
+    def inner(p: str, n: str, start) -> tuple:
+        return p, n, start if p == "mean_response" else None
+
+    asks = list(zip(keys, starts))
+    todo = list(dict.fromkeys(a for a in asks
+                              if not all(inner(p, n, a[1]) in memo.rows.get(a[0], ()) for p in poolings
+                                         for n in names)))
     if todo:
-        starts = [k[1] for k in todo] if response_starts is not None else None
-        fresh = capture(lm, [k[0] for k in todo], site_list, pooling=poolings, response_starts=starts, **kwargs)
-        for j, k in enumerate(todo):
-            memo.add(k, {(p, n): fresh[p][n][j].clone() for p, n in wanted})
-    out = {p: {n: torch.stack([memo.rows[k][p, n] for k in keys]) for n in names} for p in poolings}
+        try:
+            fresh = capture(lm, [k[0] for k, _ in todo], site_list, pooling=poolings,
+                            response_starts=[st for _, st in todo] if "mean_response" in poolings else None, **kwargs)
+        except _NoReplyTokens as err:  # name the caller's texts, not this call's
+            bad = [i for i, a in enumerate(asks) if a in {todo[j] for j in err.indices}]
+            raise _NoReplyTokens(bad, kwargs["max_length"]) from None
+        for j, (k, st) in enumerate(todo):
+            memo.add(k, {inner(p, n, st): fresh[p][n][j].clone() for p in poolings for n in names})
+    out = {p: {n: torch.stack([memo.rows[k][inner(p, n, st)] for k, st in asks]) for n in names} for p in poolings}
     for k in dict.fromkeys(keys):
         memo.touch(k)
     memo.trim(MEMORY_CACHE_BYTES)
     return out if multi else out[poolings[0]]
+
+
+class _NoReplyTokens(ValueError):
+    """Texts (by position) with no token after their response start."""
+
+    def __init__(self, indices: list[int], max_length):
+        self.indices = indices
+        super().__init__(f"texts {indices} have no tokens after their response_starts "
+                         f"(too short, or truncated at max_length={max_length})")
 
 
 def _run_batch(lm, enc: dict, site_list: list[Site], poolings: tuple[str, ...], mask: torch.Tensor,

@@ -405,8 +405,8 @@ def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], l
 def _capture_pairs(lm, records, scenarios: dict | None, sites: Sequence[str], pooling, progress: bool = False):
     """Both sides of ``records`` as chat texts (positives first, then negatives), pooled over their replies at
     ``sites``: what :func:`activations.capture` returns for them. Captures are kept in memory
-    (``cache="memory"``): fitting, scoring, transferring and cross-validating on the same pairs run each
-    text through the model once."""
+    (``cache="memory"``): fitting, scoring, transferring and cross-validating on pairs already read at the
+    same sites and pooling do not run their texts again."""
     from .activations import capture
 
     pos, neg, starts = pair_texts(lm, records, scenarios)
