@@ -504,7 +504,11 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # - its strength is fixed per emotion in the script (0.8 for anger, 1.0
 #   for the rest, on circuits of 560 components); here one scale for all
 #   six emotions is chosen on discovery prompts, on circuits scaled to the
-#   model (section 5);
+#   model (section 5), and a second row of the held-out table gives each
+#   emotion its own scale, picked by the same rule from that emotion's
+#   discovery replies alone (steering gets the same, an alpha per emotion,
+#   so the comparison stays even). Those are few replies per strength (4
+#   in the default book), so a per-emotion pick is a noisy one;
 # - it builds circuits from judge-accepted replies only; here from every
 #   prompt (section 1).
 #
@@ -545,40 +549,53 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
-    ``scale`` = alpha in RMS units). With ``scale=0`` the model is unchanged,
+    ``scale`` = alpha in RMS units); ``scale`` is one strength for every
+    emotion or a dict {emotion: strength}. With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
     ``decode`` is the decoding's repetition penalty and n-gram block (``GREEDY``: plain greedy).
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
     kw = dict(max_new_tokens=n_tokens, **decode)
-    if not scale:
+    per = scale if isinstance(scale, dict) else dict.fromkeys(EMO, scale)  # {emotion: strength}
+    if not any(per.values()):
         replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        push = [C.modulation(circuits[emo], c_means, EMO, scale, head_positions=HEAD_POSITIONS) if how == "modulation"
-                else C.direction_steering(dirs, EMO, emo, scale, rms, steer_layers) for emo in EMO]
+        push = [C.modulation(circuits[emo], c_means, EMO, per[emo], head_positions=HEAD_POSITIONS)
+                if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
+                for emo in EMO]
         replies = generate_grid(lm, users, push, batch_size=32, **kw)
-    df = pd.DataFrame([{"emotion": emo, "scale": scale, "user": u, "text": t}
+    df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "user": u, "text": t}
                        for emo, texts in zip(EMO, replies) for u, t in zip(users, texts)])
     df["judged"], df["coherent"] = judged(df.text, df.user)
     df["hit"] = df.judged == df.emotion
     return df
 
 
-tuned = {}
+tuned, tunes = {}, {}
 
 
 def choose(how, grid):
-    tune = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how) for s in grid])
+    """Run every strength in ``grid`` on the discovery prompts; return the one strength for all emotions
+    and the {emotion: strength} that the same rule picks from each emotion's own replies."""
+    tune = tunes[how] = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how) for s in grid])
     tuned[how] = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
     display(tuned[how].style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
-    ok = tuned[how][tuned[how].coherent >= 0.9]
-    return float((ok if len(ok) else tuned[how]).accuracy.idxmax())
+    return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
 
 
-scale = choose("modulation", size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)))
-alpha = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
+scale, scale_by = choose("modulation", size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)))
+alpha, alpha_by = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
+per_emotion = pd.concat({how: t.groupby(["emotion", "scale"]).agg(accuracy=("hit", "mean"),
+                                                                   coherent=("coherent", "mean")).unstack("scale")
+                         for how, t in tunes.items()}, axis=1)
+per_emotion[("modulation", "chosen", "")] = pd.Series(scale_by)
+per_emotion[("steering", "chosen", "")] = pd.Series(alpha_by)
+per_emotion = per_emotion.rename(columns=lambda c: f"{c:g}" if isinstance(c, float) else c, level=2)
+display(per_emotion.loc[EMO].style.format("{:.2f}").set_caption(
+    f"each emotion's own discovery replies ({len(tunes['modulation']) // len(tuned['modulation']) // len(EMO)} per "
+    "strength): judged as the target and coherent, per strength, and the strength the same rule picks"))
 
 # %% [markdown]
 # A stronger push buys accuracy with coherence, so two methods are
@@ -622,6 +639,9 @@ n_held = size(2, 16, 16)  # scenarios spread over the test file, 6 replies each 
 held = all_test[:: max(1, len(all_test) // size(4, n_held, n_held))][:n_held]
 mod = toward(held, scale, new_tokens)
 steered = toward(held, alpha, new_tokens, "steering")
+# paper B's way, a strength per emotion (its rows are the ones above wherever every emotion picked the same)
+mod_by = mod if set(scale_by.values()) == {scale} else toward(held, scale_by, new_tokens)
+steered_by = steered if set(alpha_by.values()) == {alpha} else toward(held, alpha_by, new_tokens, "steering")
 plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
 mod_greedy = toward(held, scale, new_tokens, decode=GREEDY)
 plain_greedy = toward(held, 0.0, new_tokens, decode=GREEDY)
@@ -634,6 +654,9 @@ res = {}
 for name, hit, coh, texts, targets in (
         ("circuit modulation", mod.hit, mod.coherent, mod.text, mod.emotion),
         ("steering vector (directions)", steered.hit, steered.coherent, steered.text, steered.emotion),
+        ("circuit modulation, a scale per emotion", mod_by.hit, mod_by.coherent, mod_by.text, mod_by.emotion),
+        ("steering vector, an alpha per emotion", steered_by.hit, steered_by.coherent, steered_by.text,
+         steered_by.emotion),
         ("no intervention", plain.hit, plain.coherent, plain.text, plain.emotion),
         ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp]),
         ("no intervention, plain greedy", plain_greedy.hit, plain_greedy.coherent, plain_greedy.text,
@@ -660,8 +683,8 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # How to read these two tables on the default model (96 held-out replies
 # per row). With the penalty, the unmodified model's replies are all
 # coherent, and so are nearly all modulated ones. Modulation lands just
-# under the goal of 0.80 with 0.90 coherent: the interval covers 0.80, the
-# point estimate does not. The confusion table says where it falls short:
+# under the goal (0.80 on target with at least 0.90 coherent): the
+# interval covers 0.80, the point estimate does not. The confusion table says where it falls short:
 # anger, sadness, happiness and surprise are read as the target almost
 # every time, disgust about half the time, and fear rarely; fear's
 # modulated replies read as neutral. Read them (two are in the table of
@@ -678,6 +701,17 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # the last two rows, loses about a quarter of the unmodified replies to
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.
+#
+# A scale per emotion, paper B's way, does not close the gap here: it
+# does a little worse than one scale for all. The per-emotion pick reads 4
+# discovery replies per strength, so one reply decides it. For disgust it
+# took 6, where one of four discovery replies was on target, over 8, where
+# none was; on the held-out prompts 8 is the better of the two for disgust
+# (the per-scale table below), and fear is rarely on target at any scale.
+# Pooling the six emotions' replies, as the one-scale rule does, makes
+# the steadier choice at this sample size; a per-emotion pick would need
+# more discovery prompts than this book spends. Steering given an alpha
+# per emotion gains nothing either.
 #
 # The held-out table compares one chosen strength per method, and their
 # coherent shares need not match. So every strength tried on the
@@ -782,8 +816,14 @@ headline = record(
     heldout_equal_coherence_gap_min=held_gap.min() if len(held_gap) else float("nan"),
     heldout_equal_coherence_levels=len(held_gap),
     scale=scale,
+    modulation_per_emotion_accuracy=res.loc["circuit modulation, a scale per emotion", "accuracy"],
+    modulation_per_emotion_coherent=res.loc["circuit modulation, a scale per emotion", "coherent"],
+    steering_per_emotion_accuracy=res.loc["steering vector, an alpha per emotion", "accuracy"],
+    steering_per_emotion_coherent=res.loc["steering vector, an alpha per emotion", "coherent"],
+    **{f"scale_{emo}": s_ for emo, s_ in scale_by.items()}, **{f"alpha_{emo}": a_ for emo, a_ in alpha_by.items()},
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
+        ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
         ("prompting_accuracy", "prompting (instruction)"), ("plain_accuracy", "no intervention"))
        for end in ("lo", "hi")},
 )

@@ -842,3 +842,37 @@ def best_at_coherence(tables: dict, levels: Sequence[float] | None = None):
     out = {name: [float(t.accuracy[t.coherent >= c].max()) if (t.coherent >= c).any() else float("nan")
                   for c in levels] for name, t in tables.items()}
     return pd.DataFrame(out, index=pd.Index([float(c) for c in levels], name="coherent share at least"))
+
+
+def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None):
+    """The strength a tuning run picks: the smallest that reaches the best accuracy among those keeping
+    at least ``min_coherent`` of the replies coherent; when none keeps that many, the most accurate one.
+
+    ``replies`` is a table with one row per judged reply and columns
+    ``scale`` (the strength it was generated with), ``hit`` (judged as the
+    target) and ``coherent`` (booleans). With ``by`` (a column, e.g.
+    ``"emotion"``) the rule is applied to each group's replies on its own
+    and a dict {group: strength} is returned; otherwise one float.
+    """
+    import pandas as pd
+
+    if not isinstance(replies, pd.DataFrame):
+        raise ValueError(f"replies must be a pandas DataFrame of judged replies; got {type(replies).__name__}")
+    if not 0 <= min_coherent <= 1:
+        raise ValueError(f"min_coherent must be a share in [0, 1]; got {min_coherent}")
+    need = {"scale", "hit", "coherent"} | ({by} if by is not None else set())
+    missing = sorted(need - set(replies.columns))
+    if missing:
+        raise ValueError(f"replies needs columns {sorted(need)}; missing {missing}")
+    if len(replies) == 0:
+        raise ValueError("replies has no rows: nothing to choose a strength from")
+
+    def rule(rows) -> float:
+        t = rows.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean")).sort_index()
+        ok = t[t.coherent >= min_coherent]
+        pool = ok if len(ok) else t
+        return float(pool.accuracy.idxmax())  # idxmax takes the first (smallest) strength among ties
+
+    if by is None:
+        return rule(replies)
+    return {key: rule(rows) for key, rows in replies.groupby(by, sort=False)}

@@ -228,6 +228,11 @@ ROWS: tuple[Row, ...] = (
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "modulation_coherent"),
         "scale chosen on discovery prompts; circuit budget scaled to the model; decoded with a repetition "
         "penalty of 1.2, as every row of this comparison"),
+    Row("B", "same, a scale per emotion (paper B fixes a strength per emotion)", "-", "04_emotion_circuits",
+        "modulation_per_emotion_accuracy",
+        _base("coherent share {}; steering, an alpha per emotion: {}", "modulation_per_emotion_coherent",
+              "steering_per_emotion_accuracy"),
+        "each emotion's strength picked by the same rule from its own discovery replies (few per strength)"),
     Row("B", "same, decoded plain greedy (no repetition penalty)", "-", "04_emotion_circuits",
         "modulation_greedy_accuracy",
         _base("coherent share {}; unmodified model's, plain greedy: {}", "modulation_greedy_coherent",
