@@ -73,7 +73,7 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
                    'raise RuntimeError("boom")\n')
     with pytest.raises(ChapterError, match=r"chapter 99_broken failed in cell .*RuntimeError: boom"):
         run_chapter(bad, tmp_path / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing half-written
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".lock"] == []  # nothing half-written
 
 
 def _run_tiny_chapter(folder: Path, k: int) -> str:
@@ -111,6 +111,35 @@ def test_chapter_kernels_run_side_by_side_encrypted_and_quiet(tmp_path, capfd):
     if can_encrypt:
         captured = capfd.readouterr()
         assert "without encryption" not in captured.out + captured.err
+
+
+def _run_recording_chapter(folder: Path) -> bool:
+    """Run (or reuse) a one-cell chapter that records the kernel's pid; whether it ran."""
+    from emocircuits.book import run_chapter
+
+    src = folder / "90_rec.py"
+    return run_chapter(src, folder / "out", {"MODEL": "x", "QUICK": True, "SEED": 0}, code_hash="t")[1]
+
+
+def test_two_builds_of_one_folder_at_once_run_a_chapter_once_and_keep_its_records(tmp_path):
+    """Two processes building the same folder (the tests' QUICK book beside a `make book-quick`) shared the
+    chapter's temporary records, so one could delete the other's; now the second waits and reuses."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from emocircuits.book import recorded
+
+    (tmp_path / "90_rec.py").write_text('# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\n'
+                                        "import os, time\nfrom emocircuits.book import record\ntime.sleep(1)\n"
+                                        "record(pid=os.getpid())\n")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ran = list(pool.map(_run_recording_chapter, [tmp_path, tmp_path]))
+    assert sorted(ran) == [False, True]  # one ran it, the other waited for it and reused it
+    rec = recorded(tmp_path / "out")
+    nb = nbformat.read(tmp_path / "out" / "90_rec.ipynb", as_version=4)
+    assert list(rec) == ["90_rec"] and rec["90_rec"]["pid"] > 0
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".") and p.suffix != ".lock"]
+    assert nb.metadata["papermill"]["parameters"]["MODEL"] == "x"
 
 
 @pytest.mark.parametrize("stem", [p.stem for p in SOURCES])

@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cache import atomic_write_text
+from .cache import atomic_write_text, file_lock
 from .models import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,9 +175,6 @@ def kernel_manager_class():
 
 def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool = False) -> tuple[Path, bool]:
     """Execute one chapter; returns (executed notebook, whether it ran)."""
-    import jupytext
-    import papermill as pm
-
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{src.stem}.ipynb"
     key_file = out_dir / f"{src.stem}.key"
@@ -186,8 +183,22 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
         earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
         text += json.dumps(earlier, sort_keys=True)
     key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
-    if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
-        return out, False
+    # Two builds of one folder at once (a `make book-quick` beside the tests' QUICK book) would share the
+    # temporary files below; under the lock the second waits and then reuses what the first wrote.
+    with file_lock(out_dir / f".{src.stem}.lock"):
+        if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
+            return out, False
+        _execute(src, out_dir, params, key)
+        return out, True
+
+
+def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
+    """Run one chapter with papermill; its notebook, records and key replace the old ones only when it succeeds."""
+    import jupytext
+    import papermill as pm
+
+    out = out_dir / f"{src.stem}.ipynb"
+    key_file = out_dir / f"{src.stem}.key"
     nb = jupytext.read(src)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     inp = out_dir / f".{src.stem}.input.ipynb"
@@ -220,7 +231,6 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     else:
         results.unlink(missing_ok=True)
     atomic_write_text(key_file, key)
-    return out, True
 
 
 def stage(root: Path, executed: Path, staging: Path) -> None:
@@ -417,7 +427,8 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
             raise failure
     if not render:
         return executed
-    return render_html(root, executed, html_dir(root, quick, full))
+    with file_lock(executed / ".render.lock"):  # one render of a folder at a time: they share a staging folder
+        return render_html(root, executed, html_dir(root, quick, full))
 
 
 def html_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
