@@ -366,23 +366,26 @@ def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_p
 def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_per_group():
     import pandas as pd
 
-    rows = []  # (emotion, scale, hit, coherent): anger peaks at 8 but is incoherent at 12; fear never hits
-    for scale, hits, coh in ((4, [1, 0], [1, 1]), (8, [1, 1], [1, 1]), (12, [1, 1], [0, 1])):
+    rows = []  # (emotion, scale, hit, coherent): anger is most accurate at 12, which is half incoherent
+    for scale, hits, coh in ((4, [0, 0], [1, 1]), (8, [1, 0], [1, 1]), (12, [1, 1], [0, 1])):
         rows += [("anger", scale, h, c) for h, c in zip(hits, coh)]
     for scale, coh in ((4, [1, 0]), (8, [1, 1]), (12, [1, 1])):
         rows += [("fear", scale, 0, c) for c in coh]
     df = pd.DataFrame(rows, columns=["emotion", "scale", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
     assert C.choose_strength(df, by="emotion") == {"anger": 8.0, "fear": 8.0}  # fear: smallest coherent tie
-    assert C.choose_strength(df) == 8.0  # pooled: 8 has 0.5 accuracy, all coherent
-    assert C.choose_strength(df, min_coherent=1.0, by="emotion")["anger"] == 8.0
+    assert C.choose_strength(df) == 8.0  # pooled: 12 is more accurate (0.5 vs 0.25) but 0.75 coherent
+    assert C.choose_strength(df, min_coherent=0.5) == 12.0 and C.choose_strength(df, min_coherent=0.5,
+                                                                                 by="emotion")["anger"] == 12.0
     bad = df.assign(coherent=False)  # none coherent: the most accurate strength, the smallest among ties
-    assert C.choose_strength(bad, by="emotion") == {"anger": 8.0, "fear": 4.0}
+    assert C.choose_strength(bad, by="emotion") == {"anger": 12.0, "fear": 4.0}
     with pytest.raises(ValueError, match="missing \\['hit'\\]"):
         C.choose_strength(df.drop(columns="hit"))
     with pytest.raises(ValueError, match="min_coherent must be a share"):
         C.choose_strength(df, min_coherent=90)
     with pytest.raises(ValueError, match="no rows"):
         C.choose_strength(df.iloc[:0])
+    with pytest.raises(ValueError, match="replies\\['emotion'\\] has missing values"):
+        C.choose_strength(df.assign(emotion=df.emotion.where(df.scale != 4)), by="emotion")
 
 
 def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent():

@@ -178,14 +178,15 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{src.stem}.ipynb"
     key_file = out_dir / f"{src.stem}.key"
-    text = src.read_text()
-    if reads_records(text):
-        earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
-        text += json.dumps(earlier, sort_keys=True)
-    key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
     # Two builds of one folder at once (a `make book-quick` beside the tests' QUICK book) would share the
-    # temporary files below; under the lock the second waits and then reuses what the first wrote.
+    # temporary files below; under the lock the second waits and then reuses what the first wrote. The key
+    # is read under it too: it holds the earlier chapters' records, which the other build may have rewritten.
     with file_lock(out_dir / f".{src.stem}.lock"):
+        text = src.read_text()
+        if reads_records(text):
+            earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
+            text += json.dumps(earlier, sort_keys=True)
+        key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
         if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
             return out, False
         _execute(src, out_dir, params, key)

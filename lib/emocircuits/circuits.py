@@ -875,4 +875,6 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None):
 
     if by is None:
         return rule(replies)
+    if replies[by].isna().any():
+        raise ValueError(f"replies[{by!r}] has missing values: every reply needs its group to pick per {by}")
     return {key: rule(rows) for key, rows in replies.groupby(by, sort=False)}
