@@ -73,7 +73,7 @@ from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import generate, generate_grid
+from emocircuits.steering import generate, generate_grid, next_token_shift
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -752,6 +752,39 @@ display(pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]
 # %%
 show = mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent"]]
 display(show.style.hide(axis="index"))
+
+# %% [markdown]
+# **What the push promotes.** A judge's label says little about how a
+# push changes the text, so here is the push's first effect on the words,
+# before any decoding choice: the change of the next-token logits at the
+# last prompt position of the held-out prompts, with each emotion's
+# circuit modulated at the chosen scale. Any push of this size promotes
+# some tokens whatever its direction (on this model, word fragments such
+# as " strugg" and " authent"), so each emotion's shift is shown minus
+# the mean shift of the six: what that emotion's push promotes more than
+# the others do. The baseline column does the same for random components
+# of the circuits' layers, pushed by the same rule. This is one step of
+# one reply; what the push does once the reply has begun is not in it.
+
+# %%
+first_users = [p["user"] for p in ds.sev_prompts(held, emotions=None, valences=("neutral",))]
+
+
+def promoted(circs, k=8):
+    """Each emotion's top ``k`` tokens by next-token logit shift under its modulation, minus the six's mean."""
+    shifts = torch.stack([next_token_shift(lm, first_users, C.modulation(circs[e], c_means, EMO, scale,
+                                                                         head_positions=HEAD_POSITIONS))
+                          for e in EMO])
+    specific = shifts - shifts.mean(0)
+    return {e: ", ".join(repr(lm.tokenizer.decode([int(i)])) for i in specific[j].topk(k).indices)
+            for j, e in enumerate(EMO)}
+
+
+display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
+                      "random components, same layers (baseline)": promoted(
+                          {e: C.random_like(circuits[e], lm, seed=SEED) for e in EMO})})
+        .style.set_caption(f"tokens each push promotes more than the six pushes' mean, first reply token of "
+                           f"{len(first_users)} held-out prompts, scale {scale:g}"))
 
 # %% [markdown]
 # ## 8. Looking at the neurons on real text

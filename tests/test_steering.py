@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.steering import Add, Scale, Set, _strip_after_eos, forward, generate, generate_grid
+from emocircuits.steering import (Add, Scale, Set, _strip_after_eos, forward, generate, generate_grid,
+                                  next_token_shift)
 
 from testkit import hand_run_from
 
@@ -228,3 +229,22 @@ def test_intervention_errors_name_the_input(smol):
         generate(smol, "hi")
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         generate(smol, ["hi"], max_new_tokens=0)
+
+
+def test_next_token_shift_names_the_token_each_push_promotes_beyond_the_others(smol):
+    """Pushes along three tokens' unembedding rows at the last layer: each push's shift minus the three's
+    mean ranks its own token first (a raw shift is led by tokens any push promotes); the batched mean equals
+    one prompt at a time; no push moves nothing."""
+    lm = smol
+    W = lm.hf.get_output_embeddings().weight.detach().float()
+    tokens = [lm.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" afraid", " happy", " angry")]
+    pushes = [[Add(f"resid_post.{lm.n_layers - 1}", W[t] / W[t].norm(), alpha=30.0, positions="last:1")]
+              for t in tokens]
+    shifts = torch.stack([next_token_shift(lm, PROMPTS, p, batch_size=2) for p in pushes])  # two batches
+    specific = shifts - shifts.mean(0)
+    assert [int(row.argmax()) for row in specific] == tokens
+    one_by_one = torch.stack([next_token_shift(lm, [p], pushes[0]) for p in PROMPTS]).mean(0)
+    assert torch.allclose(shifts[0], one_by_one, atol=1e-3)  # left padding: each row's last position is read
+    assert torch.equal(next_token_shift(lm, PROMPTS[:1], []), torch.zeros_like(shifts[0]))
+    with pytest.raises(ValueError, match="prompts must be a non-empty list"):
+        next_token_shift(lm, "one string", pushes[0])
