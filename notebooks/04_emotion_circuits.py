@@ -545,7 +545,7 @@ def judged(texts, users, systems=None):
     return [lab for lab, _ in out], [ok for _, ok in out]
 
 
-def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
+def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
@@ -553,6 +553,7 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
     emotion or a dict {emotion: strength}. With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
     ``decode`` is the decoding's repetition penalty and n-gram block (``GREEDY``: plain greedy).
+    ``circs`` replaces the emotions' circuits (a baseline of random components).
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
     kw = dict(max_new_tokens=n_tokens, **decode)
@@ -560,7 +561,7 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE):
     if not any(per.values()):
         replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        push = [C.modulation(circuits[emo], c_means, EMO, per[emo], head_positions=HEAD_POSITIONS)
+        push = [C.modulation((circs or circuits)[emo], c_means, EMO, per[emo], head_positions=HEAD_POSITIONS)
                 if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
                 for emo in EMO]
         replies = generate_grid(lm, users, push, batch_size=32, **kw)
@@ -644,6 +645,9 @@ steered = toward(held, alpha, new_tokens, "steering")
 mod_by = mod if set(scale_by.values()) == {scale} else toward(held, scale_by, new_tokens)
 steered_by = steered if set(alpha_by.values()) == {alpha} else toward(held, alpha_by, new_tokens, "steering")
 plain = toward(held, 0.0, new_tokens)  # the unchanged model's replies, scored against every target
+# the same push on as many random components of the same layers: does choosing the components matter?
+random_circuits = {e: C.random_like(circuits[e], lm, seed=SEED) for e in EMO}
+mod_random = toward(held, scale, new_tokens, circs=random_circuits)
 mod_greedy = toward(held, scale, new_tokens, decode=GREEDY)
 plain_greedy = toward(held, 0.0, new_tokens, decode=GREEDY)
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
@@ -658,6 +662,8 @@ for name, hit, coh, texts, targets in (
         ("circuit modulation, a scale per emotion", mod_by.hit, mod_by.coherent, mod_by.text, mod_by.emotion),
         ("steering vector, an alpha per emotion", steered_by.hit, steered_by.coherent, steered_by.text,
          steered_by.emotion),
+        ("modulation of random components (same layers, same rule)", mod_random.hit, mod_random.coherent,
+         mod_random.text, mod_random.emotion),
         ("no intervention", plain.hit, plain.coherent, plain.text, plain.emotion),
         ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp]),
         ("no intervention, plain greedy", plain_greedy.hit, plain_greedy.coherent, plain_greedy.text,
@@ -760,7 +766,8 @@ display(show.style.hide(axis="index"))
 # last prompt position of the held-out prompts, with each emotion's
 # circuit modulated at the chosen scale. Any push of this size promotes
 # some tokens whatever its direction (on this model, word fragments such
-# as " strugg" and " authent"), so each emotion's shift is shown minus
+# as " strugg" lead the raw shift of a push along any one token's
+# unembedding row at the last layer), so each emotion's shift is shown minus
 # the mean shift of the six: what that emotion's push promotes more than
 # the others do. The baseline column does the same for random components
 # of the circuits' layers, pushed by the same rule. This is one step of
@@ -781,8 +788,7 @@ def promoted(circs, k=8):
 
 
 display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
-                      "random components, same layers (baseline)": promoted(
-                          {e: C.random_like(circuits[e], lm, seed=SEED) for e in EMO})})
+                      "random components, same layers (baseline)": promoted(random_circuits)})
         .style.set_caption(f"tokens each push promotes more than the six pushes' mean, first reply token of "
                            f"{len(first_users)} held-out prompts, scale {scale:g}"))
 
@@ -855,11 +861,14 @@ headline = record(
     modulation_per_emotion_coherent=res.loc["circuit modulation, a scale per emotion", "coherent"],
     steering_per_emotion_accuracy=res.loc["steering vector, an alpha per emotion", "accuracy"],
     steering_per_emotion_coherent=res.loc["steering vector, an alpha per emotion", "coherent"],
+    random_modulation_accuracy=res.loc["modulation of random components (same layers, same rule)", "accuracy"],
+    random_modulation_coherent=res.loc["modulation of random components (same layers, same rule)", "coherent"],
     **{f"scale_{emo}": s_ for emo, s_ in scale_by.items()}, **{f"alpha_{emo}": a_ for emo, a_ in alpha_by.items()},
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
         ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
         ("steering_per_emotion_accuracy", "steering vector, an alpha per emotion"),
+        ("random_modulation_accuracy", "modulation of random components (same layers, same rule)"),
         ("prompting_accuracy", "prompting (instruction)"), ("plain_accuracy", "no intervention"))
        for end in ("lo", "hi")},
 )
