@@ -709,6 +709,11 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.
 #
+# Choosing the components matters: the same push (each emotion's
+# group-centred means at the chosen scale) on as many random components
+# of the same layers leaves the judged emotion at the unmodified model's
+# level (0.15 against 0.17 on the default model; the circuits: 0.79).
+#
 # A scale per emotion, paper B's way, does not close the gap here: its
 # accuracy is no higher than one scale's (the two intervals overlap almost
 # entirely, the point estimate is lower). The per-emotion pick reads 4
@@ -791,6 +796,21 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
                       "random components, same layers (baseline)": promoted(random_circuits)})
         .style.set_caption(f"tokens each push promotes more than the six pushes' mean, first reply token of "
                            f"{len(first_users)} held-out prompts, scale {scale:g}"))
+
+# %% [markdown]
+# On the default model (16 held-out prompts), the circuits for anger,
+# sadness, happiness and surprise promote their emotion's own words first
+# (" anger", " sorrow", " happiness", " surprise" and their kin). Disgust's
+# promotes a few words of its topic (" vomit", " cannib", " cirrhosis")
+# among fragments. Fear's promotes no word of fear at all: " duty",
+# " stakes", " stealth", fragments of "scenarios". That is the register
+# its replies show, and it is there at the first token, before decoding
+# has a say: at this size, what the fear circuit carries is closer to
+# danger and readiness than to being afraid. The random components,
+# pushed by the same means, promote mostly fragments, with an odd
+# emotion word (" sadness", " smiling"); in the replies they do nothing
+# the judge can see (the held-out table's random-components row stays at
+# the unmodified model's level).
 
 # %% [markdown]
 # ## 8. Looking at the neurons on real text
