@@ -73,7 +73,7 @@ from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import generate, generate_grid, next_token_shift
+from emocircuits.steering import generate, generate_grid, next_token_logits
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -783,11 +783,12 @@ first_users = [p["user"] for p in ds.sev_prompts(held, emotions=None, valences=(
 
 
 def promoted(circs, k=8):
-    """Each emotion's top ``k`` tokens by next-token logit shift under its modulation, minus the six's mean."""
-    shifts = torch.stack([next_token_shift(lm, first_users, C.modulation(circs[e], c_means, EMO, scale,
+    """Each emotion's top ``k`` tokens by next-token logits under its modulation, minus the six's mean (the
+    unmodified model's logits cancel in that difference, so they are not computed)."""
+    means = torch.stack([next_token_logits(lm, first_users, C.modulation(circs[e], c_means, EMO, scale,
                                                                          head_positions=HEAD_POSITIONS))
-                          for e in EMO])
-    specific = shifts - shifts.mean(0)
+                         for e in EMO])
+    specific = means - means.mean(0)
     return {e: ", ".join(repr(lm.tokenizer.decode([int(i)])) for i in specific[j].topk(k).indices)
             for j, e in enumerate(EMO)}
 

@@ -7,7 +7,7 @@ import torch
 
 from emocircuits.activations import capture
 from emocircuits.steering import (Add, Scale, Set, _strip_after_eos, forward, generate, generate_grid,
-                                  next_token_shift)
+                                  next_token_logits)
 
 from testkit import hand_run_from
 
@@ -231,20 +231,23 @@ def test_intervention_errors_name_the_input(smol):
         generate(smol, ["hi"], max_new_tokens=0)
 
 
-def test_next_token_shift_names_the_token_each_push_promotes_beyond_the_others(smol):
-    """Pushes along three tokens' unembedding rows at the last layer: each push's shift minus the three's
-    mean ranks its own token first (a raw shift is led by tokens any push promotes); the batched mean equals
-    one prompt at a time; no push moves nothing."""
+def test_next_token_logits_name_the_token_each_push_promotes_beyond_the_others(smol):
+    """Pushes along three tokens' unembedding rows at the last layer: each push's mean logits minus the three's
+    mean rank its own token first (a shift against no push is led by tokens any push promotes); the batched
+    mean equals one prompt at a time, and a push of zero changes nothing."""
     lm = smol
     W = lm.hf.get_output_embeddings().weight.detach().float()
     tokens = [lm.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" afraid", " happy", " angry")]
     pushes = [[Add(f"resid_post.{lm.n_layers - 1}", W[t] / W[t].norm(), alpha=30.0, positions="last:1")]
               for t in tokens]
-    shifts = torch.stack([next_token_shift(lm, PROMPTS, p, batch_size=2) for p in pushes])  # two batches
-    specific = shifts - shifts.mean(0)
+    means = torch.stack([next_token_logits(lm, PROMPTS, p, batch_size=2) for p in pushes])  # two batches
+    specific = means - means.mean(0)
     assert [int(row.argmax()) for row in specific] == tokens
-    one_by_one = torch.stack([next_token_shift(lm, [p], pushes[0]) for p in PROMPTS]).mean(0)
-    assert torch.allclose(shifts[0], one_by_one, atol=1e-3)  # left padding: each row's last position is read
-    assert torch.equal(next_token_shift(lm, PROMPTS[:1], []), torch.zeros_like(shifts[0]))
+    plain = next_token_logits(lm, PROMPTS)
+    assert all(float(means[k, t] - plain[t]) > 2 for k, t in enumerate(tokens))
+    one_by_one = torch.stack([next_token_logits(lm, [p], pushes[0]) for p in PROMPTS]).mean(0)
+    assert torch.allclose(means[0], one_by_one, atol=1e-3)  # left padding: each row's last position is read
+    zero = [Add(pushes[0][0].site, pushes[0][0].vector, alpha=0.0, positions="last:1")]
+    assert torch.equal(next_token_logits(lm, PROMPTS, zero), plain)
     with pytest.raises(ValueError, match="prompts must be a non-empty list"):
-        next_token_shift(lm, "one string", pushes[0])
+        next_token_logits(lm, "one string", pushes[0])

@@ -276,24 +276,26 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
     return out["logits"].float().cpu()
 
 
-def next_token_shift(lm, prompts: Sequence[str], interventions: Sequence, chat: bool = True,
-                     batch_size: int = 16) -> torch.Tensor:
-    """How interventions move the first reply token's logits: the mean over ``prompts`` of the next-token
-    logits with ``interventions`` minus those without, at each prompt's last position (``[vocab]``).
+def next_token_logits(lm, prompts: Sequence[str], interventions: Sequence = (), chat: bool = True,
+                      batch_size: int = 16) -> torch.Tensor:
+    """The first reply token's logits with ``interventions``, averaged over ``prompts`` (``[vocab]``): each
+    prompt's last position.
 
-    Read by :meth:`torch.Tensor.topk`, it names the tokens a push promotes before any decoding choice is made,
-    which says what a push does to the text beyond a judge's label. It shows only the first step: what the
-    push does once the reply has begun is not in it. ``prompts`` are user messages (wrapped by
-    :meth:`LoadedModel.chat_prompt` with ``chat=True``).
+    The difference of two such means (a push minus none, or one push minus
+    the mean of several) names, by :meth:`torch.Tensor.topk`, the tokens a
+    push promotes before any decoding choice is made, which says what it
+    does to the text beyond a judge's label. It shows only the first step:
+    what the push does once the reply has begun is not in it. ``prompts``
+    are user messages (wrapped by :meth:`LoadedModel.chat_prompt` with
+    ``chat=True``).
     """
     if isinstance(prompts, str) or not len(prompts):
         raise ValueError(f"prompts must be a non-empty list of strings; got {prompts!r:.80}")
     texts = [lm.chat_prompt(p) for p in prompts] if chat else list(prompts)
     total = None
     for i in range(0, len(texts), batch_size):
-        part = texts[i: i + batch_size]
-        moved = forward(lm, part, interventions)[:, -1] - forward(lm, part)[:, -1]  # left padding: -1 is last
-        total = moved.sum(0) if total is None else total + moved.sum(0)
+        last = forward(lm, texts[i: i + batch_size], interventions)[:, -1].sum(0)  # left padding: -1 is last
+        total = last if total is None else total + last
     return total / len(texts)
 
 
