@@ -251,3 +251,8 @@ def test_next_token_logits_name_the_token_each_push_promotes_beyond_the_others(s
     assert torch.equal(next_token_logits(lm, PROMPTS, zero), plain)
     with pytest.raises(ValueError, match="prompts must be a non-empty list"):
         next_token_logits(lm, "one string", pushes[0])
+    for bad in (0, 2.0):
+        with pytest.raises(ValueError, match="batch_size="):
+            next_token_logits(lm, PROMPTS, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size="):
+            generate(lm, PROMPTS, max_new_tokens=1, batch_size=bad)
