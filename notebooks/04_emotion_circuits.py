@@ -304,6 +304,7 @@ runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the p
 signal = C.emotion_signal(lm, runner, ref_dirs)
 print("unablated signal per emotion (mean over scenarios):", dict(zip(EMO, signal.mean(0).round(1))))
 rows = []
+whole_by_scenario = {}  # (mode, "circuit" or "random") -> each emotion's drop per held-out scenario, whole circuit
 for e, emo in enumerate(EMO):
     unit = signal[:, e].mean()
     measure = lambda ivs, e=e: C.emotion_signal(lm, runner, ref_dirs, ivs)[:, e] / unit  # noqa: E731
@@ -316,6 +317,9 @@ for e, emo in enumerate(EMO):
             rows.append({"emotion": emo, "share": share, "k": len(top_k), "check": f"{mode} ablation (drop)",
                          **C.summarise(res["circuit"], res["random"]),
                          "draw_min": per_draw.min(), "draw_max": per_draw.max()})
+            if share == 1.0:
+                whole_by_scenario.setdefault((mode, "circuit"), []).append(res["circuit"])
+                whole_by_scenario.setdefault((mode, "random"), []).append(res["random"].mean(0))
     up = measure(C.enhance(circuits[emo], 2.0, positions="last:1")) - signal[:, e] / unit
     up_r = np.stack([measure(C.enhance(C.random_like(circuits[emo], lm, seed=SEED + r), 2.0, positions="last:1"))
                      - signal[:, e] / unit for r in range(n_random)])
@@ -369,7 +373,9 @@ for ax, emo in zip(axes, EMO):
     sub = abl[(abl.emotion == emo) & (abl.check == "mean ablation (drop)")]
     ax.plot(sub.share, sub.circuit, "o-", label="top k of the circuit")
     ax.plot(sub.share, sub.random, "x--", color="grey", label="k random, same layers")
-    ax.set(title=emo, xlabel="share kept", xticks=SHARES)
+    ax.set(title=emo, xlabel="share kept", xscale="log")
+    ax.set_xticks(SHARES, [f"{s_:.0%}" for s_ in SHARES], fontsize=7)
+    ax.minorticks_off()
     ax.axhline(0, color="k", lw=0.6)
 axes[0].set(ylabel="drop (mean ablation)")
 axes[0].legend(fontsize=7)
@@ -453,10 +459,12 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # rarely writes the instructed emotion in a way the judge reads (about a
 # fifth of its replies on the default model), so there is little for an
 # ablation to remove, and with 9 replies per condition the intervals are
-# wide. On the default model the check runs against the signal result:
-# zeroing the circuit does not lower the share, while zeroing as many
-# random components does (zeroing is off the activations' usual range,
-# and can break a reply outright). The drop of the signal above is what
+# wide. On the default model the check does not follow the signal
+# result: zeroing the circuit does not lower the share (3 of 9 against
+# the unchanged model's 2 of 9), and zeroing as many random components
+# leaves none of 9 on the instructed emotion, which 9 replies cannot tell
+# apart from the unchanged 2 (zeroing is off the activations' usual
+# range, and can break a reply outright). The drop of the signal above is what
 # the circuit does to the model's representation; whether that reaches
 # the text is not something this check can show at this size.
 #
@@ -683,8 +691,12 @@ display(res.style.format("{:.2f}").set_caption(
     f"{f', no repeated {NO_REPEAT_NGRAM}-gram' if NO_REPEAT_NGRAM else ''} unless marked (goal: accuracy >= 0.80 "
     "with >= 0.90 coherent); paper B on Llama-3.2-3B (greedy, penalty 1.1, no repeated 3-gram): circuit 0.9965, "
     "prompting 0.9896, steering 0.9122"))
-display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:.2f}")
-        .set_caption("modulated replies: target (rows) vs judged emotion (columns)"))
+confusion = pd.crosstab(mod.emotion, mod.judged, normalize="index")
+# the baseline: the unmodified model's replies are the same whatever the target, so one row
+confusion.loc["no intervention (any target)"] = plain[plain.emotion == EMO[0]].judged.value_counts(normalize=True)
+display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
+    f"modulated replies: target (rows) vs judged emotion (columns), {len(mod) // len(EMO)} replies per row "
+    f"(one reply is {len(EMO) / len(mod):.2f} of a row); last row: the unmodified model"))
 
 # %% [markdown]
 # How to read these two tables on the default model (96 held-out replies
@@ -692,19 +704,18 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # coherent, and so are nearly all modulated ones. Modulation lands just
 # under the goal (0.80 on target with at least 0.90 coherent): the
 # interval covers 0.80, the point estimate does not. The confusion table says where it falls short:
-# anger, sadness, happiness and surprise are read as the target almost
-# every time, disgust about half the time, and fear rarely; fear's
-# modulated replies read as neutral. Read them (two are in the table of
-# replies below): the push does reach the text, as a register rather than
-# a feeling. On the default model's held-out prompts they turn to
-# preparation and vigilance ("As I'm preparing to dispense medication
-# from my cart, you're likely within 10 feet of the nearest location");
-# pushed harder (scale 16, on discovery prompts), to "threat analysis
-# scenarios" and "the risk of physical access". That is the topic of
-# danger, without anyone afraid in
-# it, and the judge rightly reads it as neutral. Larger scales do not
-# change that while they cost coherence overall (the per-scale table
-# below). Plain greedy decoding,
+# anger, sadness, happiness and surprise are read as the target in all
+# 16 replies each, disgust in 9 of 16, and fear in 3 of 16; fear's
+# modulated replies mostly read as neutral. Read them (two are in the table of replies below): the push does
+# reach the text, as a register rather than a feeling. On the default
+# model's held-out prompts they turn to preparation and vigilance ("As
+# I'm preparing to dispense medication from my cart, you're likely within
+# 10 feet of the nearest location"): the topic of danger, without anyone
+# afraid in it, and the judge rightly reads it as neutral. The token
+# table at the end of this section finds the same before any decoding.
+# Larger scales do not change that while they cost coherence overall
+# (0.88 coherent at scale 10 and 0.79 at 12 on the discovery prompts,
+# the first table of this section). Plain greedy decoding,
 # the last two rows, loses about a quarter of the unmodified replies to
 # loops, and more of the modulated ones: with greedy decoding, most of
 # the incoherence is the decoder's, not the push's.
@@ -721,6 +732,10 @@ display(pd.crosstab(mod.emotion, mod.judged, normalize="index").style.format("{:
 # took 6, where one of four discovery replies was on target, over 8, where
 # none was; on the held-out prompts 8 is the better of the two for disgust
 # (the per-scale table below), and fear is rarely on target at any scale.
+# Anger took 6 too, from its discovery replies, and is on target in 7 of
+# 8 held-out replies at 6 against 8 of 8 at 8. These held-out
+# comparisons are 8 replies per cell (5 of 8 against 3 of 8 for
+# disgust), read after the fact, not a basis for a choice.
 # Pooling the six emotions' replies, as the one-scale rule does, makes
 # the steadier choice at this sample size; a per-emotion pick would need
 # more discovery prompts than this book spends. Steering given an alpha
@@ -755,8 +770,8 @@ display(pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]
 # Two columns keep the accuracy honest. **On target and coherent** counts
 # a reply only when both hold. **Names the target** is judge-free: the
 # share of replies that contain the emotion's own word. A small model
-# pushed toward an emotion tends to *say* it ("so sad...", "I am sad to say...
-# sorrowful"); the emotion judge reads the word, and the coherence checks
+# pushed toward an emotion tends to *say* it (the sadness replies below:
+# "I am sorrowful"); the emotion judge reads the word, and the coherence checks
 # catch only the replies where one word takes over. Read the replies
 # below before reading the accuracy as "writes in the emotion".
 
@@ -803,15 +818,24 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # sadness, happiness and surprise promote their emotion's own words first
 # (" anger", " sorrow", " happiness", " surprise" and their kin). Disgust's
 # promotes a few words of its topic (" vomit", " cannib", " cirrhosis")
-# among fragments. Fear's promotes no word of fear at all: " duty",
-# " stakes", " stealth", fragments of "scenarios". That is the register
+# among fragments. Fear's promotes no word of fear at all: "stakes",
+# " duty", " stealth", " simulating", "enarios". That is the register
 # its replies show, and it is there at the first token, before decoding
 # has a say: at this size, what the fear circuit carries is closer to
-# danger and readiness than to being afraid. The random components,
-# pushed by the same means, promote mostly fragments, with an odd
-# emotion word (" sadness", " smiling"); in the replies they do nothing
-# the judge can see (the held-out table's random-components row stays at
-# the unmodified model's level).
+# danger and readiness than to being afraid.
+#
+# The baseline column is not empty of emotion. The random components are
+# pushed by the emotion's own group-centred means, which carry the
+# emotion wherever they are added: happiness's random push promotes
+# mostly happiness words (" smiling", " smile", " joy", " laughing"),
+# anger's " aggression", sadness's " sadness" and "alone"; fear's,
+# surprise's and disgust's promote fragments. Yet in the replies the
+# random pushes do nothing the judge can see (the held-out table's
+# random-components row, 0.15, against 0.17 unmodified). A first-token
+# shift toward an emotion's words is not enough to carry a reply; what the
+# circuits add is a push the reply keeps. This table cannot say which
+# components do that, only that the circuit's choice matters for the
+# reply more than for the first token.
 
 # %% [markdown]
 # ## 8. Looking at the neurons on real text
@@ -890,8 +914,12 @@ headline = record(
         ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
         ("steering_per_emotion_accuracy", "steering vector, an alpha per emotion"),
         ("random_modulation_accuracy", "modulation of random components (same layers, same rule)"),
-        ("prompting_accuracy", "prompting (instruction)"), ("plain_accuracy", "no intervention"))
+        ("prompting_accuracy", "prompting (instruction)"), ("plain_accuracy", "no intervention"),
+        ("modulation_greedy_accuracy", "circuit modulation, plain greedy"))
        for end in ("lo", "hi")},
+    # the whole-circuit drops' mean over emotions, with an interval over held-out scenarios
+    **{f"{mode}_drop_{who}_{end}": v for (mode, who), drops in whole_by_scenario.items()
+       for end, v in zip(("lo", "hi"), bootstrap_ci(np.mean(drops, 0), seed=SEED)[1:])},
 )
 pd.Series(headline).to_frame("value")
 

@@ -21,6 +21,14 @@ def test_comparison_puts_each_recorded_number_with_its_interval_and_baseline():
     assert row["paper"] == "99.65%"
     assert row["this book [95% CI]"] == "0.67 [0.40, 0.90]"
     assert row["baseline"] == "no intervention: 0.17; coherent share 0.89"
+    # a baseline recorded with its interval shows it, as the measured number does
+    ablation = R.comparison({"04_emotion_circuits": {"mean_drop_circuit": 0.95, "mean_drop_circuit_lo": 0.9,
+                                                     "mean_drop_circuit_hi": 1.0, "mean_drop_random": 0.1,
+                                                     "mean_drop_random_lo": 0.05, "mean_drop_random_hi": 0.2}})
+    row = ablation["B"].set_index("measurement").loc[
+        "mean-ablating the circuit: share of the emotion signal removed"]
+    assert row["this book [95% CI]"] == "0.95 [0.90, 1.00]"
+    assert row["baseline"] == "as many random components: 0.10 [0.05, 0.20]"
     # recorded without an interval or a baseline: shown as recorded, the missing baseline said so
     steer = R.comparison({"04_emotion_circuits": {"steering_accuracy": 0.25}})["B"].set_index("measurement")
     assert steer.loc["emotion control by steering vectors", "this book [95% CI]"] == "0.25"

@@ -68,15 +68,16 @@ def _num(rec: dict, key: str, digits: int = 2) -> str | None:
 def _base(template: str, *keys: str | tuple[str, int], digits: int = 2) -> Getter:
     """A baseline cell filled from recorded numbers; None when one is missing.
 
-    A key given as ``(key, n)`` is printed with ``n`` decimals instead of ``digits``.
+    A key given as ``(key, n)`` is printed with ``n`` decimals instead of ``digits``; a key recorded with
+    ``key_lo`` / ``key_hi`` is printed with its interval, as the measured number is.
     """
     spec = [(k, digits) if isinstance(k, str) else k for k in keys]
 
     def get(rec: dict) -> str | None:
-        vals = [rec.get(k) for k, _ in spec]
+        vals = [_num(rec, k, n) for k, n in spec]
         if any(v is None for v in vals):
             return None
-        return template.format(*[f"{v:.{n}f}" for v, (_, n) in zip(vals, spec)])
+        return template.format(*vals)
     return get
 
 
