@@ -706,8 +706,9 @@ display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
 # interval covers 0.80, the point estimate does not. The confusion table says where it falls short:
 # anger, sadness, happiness and surprise are read as the target in all
 # 16 replies each, disgust in 9 of 16, and fear in 3 of 16; fear's
-# modulated replies mostly read as neutral. Read them (two are in the table of replies below): the push does
-# reach the text, as a register rather than a feeling. On the default
+# modulated replies mostly read as neutral. Read them (two are in the
+# table of replies below): the push does reach the text, as a register
+# rather than a feeling. On the default
 # model's held-out prompts they turn to preparation and vigilance ("As
 # I'm preparing to dispense medication from my cart, you're likely within
 # 10 feet of the nearest location"): the topic of danger, without anyone
@@ -825,17 +826,17 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # danger and readiness than to being afraid.
 #
 # The baseline column is not empty of emotion. The random components are
-# pushed by the emotion's own group-centred means, which carry the
-# emotion wherever they are added: happiness's random push promotes
+# pushed by the emotion's own group-centred means, which can carry some
+# of the emotion wherever they are added: happiness's random push promotes
 # mostly happiness words (" smiling", " smile", " joy", " laughing"),
 # anger's " aggression", sadness's " sadness" and "alone"; fear's,
 # surprise's and disgust's promote fragments. Yet in the replies the
 # random pushes do nothing the judge can see (the held-out table's
-# random-components row, 0.15, against 0.17 unmodified). A first-token
-# shift toward an emotion's words is not enough to carry a reply; what the
-# circuits add is a push the reply keeps. This table cannot say which
-# components do that, only that the circuit's choice matters for the
-# reply more than for the first token.
+# random-components row, 0.15, against 0.17 unmodified). So a
+# first-token shift toward an emotion's words is not enough to carry a
+# reply. This table cannot say why the circuits' push lasts into the
+# reply and the random one does not; it shows only that the choice of
+# components matters more for the reply than for its first token.
 
 # %% [markdown]
 # ## 8. Looking at the neurons on real text
