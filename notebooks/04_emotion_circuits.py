@@ -378,7 +378,7 @@ for ax, emo in zip(axes, EMO):
     ax.minorticks_off()
     ax.axhline(0, color="k", lw=0.6)
 axes[0].set(ylabel="drop (mean ablation)")
-axes[0].legend(fontsize=7)
+fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
 plt.show()
 
 # %% [markdown]
