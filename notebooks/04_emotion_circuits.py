@@ -262,6 +262,14 @@ overlap = pd.DataFrame([[len({(c.layer, c.kind, c.index) for c in circuits[a].co
                              & {(c.layer, c.kind, c.index) for c in circuits[b].components}) / len(circuits[a])
                          for b in EMO] for a in EMO], index=EMO, columns=EMO)
 display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
+# baseline: the share expected if each circuit drew its components at random within layers, same counts per layer
+counts = {emo: circuits[emo].counts(L) for emo in EMO}
+per_unit = np.array([1 / lm.d_mlp, 1 / lm.n_heads])  # the chance that a random pick is a given neuron / head
+chance = np.array([[(counts[a] * counts[b] * per_unit).sum() / len(circuits[a]) for b in EMO] for a in EMO])
+off = ~np.eye(len(EMO), dtype=bool)
+print(f"two different emotions' circuits share {overlap.values[off].mean():.2f} of their components on average "
+      f"(least {overlap.values[off].min():.2f}, most {overlap.values[off].max():.2f}); drawn at random within "
+      f"layers with the same counts per layer they would share {chance[off].mean():.2f}")
 
 # %% [markdown]
 # ## 6. Causal checks: the circuit against random components
@@ -705,10 +713,11 @@ display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
 # under the goal (0.80 on target with at least 0.90 coherent): the
 # interval covers 0.80, the point estimate does not. The confusion table says where it falls short:
 # anger, sadness, happiness and surprise are read as the target in all
-# 16 replies each, disgust in 9 of 16, and fear in 3 of 16; fear's
-# modulated replies mostly read as neutral. Read them (two are in the
-# table of replies below): the push does reach the text, as a register
-# rather than a feeling. On the default
+# 16 replies each, disgust in 9 of 16, and fear in 3 of 16. Fear's
+# modulated replies mostly read as neutral, where the unmodified model's
+# mostly read as happiness (0.81, the last row): the push moves them, but
+# not to fear. Read them (two are in the table of replies below): the
+# push does reach the text, as a register rather than a feeling. On the default
 # model's held-out prompts they turn to preparation and vigilance ("As
 # I'm preparing to dispense medication from my cart, you're likely within
 # 10 feet of the nearest location"): the topic of danger, without anyone
