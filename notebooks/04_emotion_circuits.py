@@ -237,7 +237,10 @@ display(summary)
 # highest-scoring components are taken. Each circuit is written as JSON
 # (layer, kind, index, score per component) under the cache folder, one
 # folder per model and run size; `circuits.Circuit.from_json` reads one
-# back, for use outside the book.
+# back, for use outside the book. Under the table of how many components
+# two circuits share, its baseline: what circuits drawn at random within
+# the same layers would share, by kind. A layer has few heads, so random
+# circuits share heads too; shared neurons are what chance does not give.
 
 # %%
 budget = C.default_budget(lm)
@@ -267,9 +270,15 @@ counts = {emo: circuits[emo].counts(L) for emo in EMO}
 per_unit = np.array([1 / lm.d_mlp, 1 / lm.n_heads])  # the chance that a random pick is a given neuron / head
 chance = np.array([[(counts[a] * counts[b] * per_unit).sum() / len(circuits[a]) for b in EMO] for a in EMO])
 off = ~np.eye(len(EMO), dtype=bool)
+shared = {kind: np.mean([len({(c.layer, c.index) for c in circuits[a].components if c.kind == kind}
+                               & {(c.layer, c.index) for c in circuits[b].components if c.kind == kind})
+                          / len(circuits[a]) for a in EMO for b in EMO if a != b]) for kind in C.KINDS}
+by_kind = {kind: np.mean([(counts[a][:, k] * counts[b][:, k] * per_unit[k]).sum() / len(circuits[a])
+                          for a in EMO for b in EMO if a != b]) for k, kind in enumerate(C.KINDS)}
 print(f"two different emotions' circuits share {overlap.values[off].mean():.2f} of their components on average "
       f"(least {overlap.values[off].min():.2f}, most {overlap.values[off].max():.2f}); drawn at random within "
-      f"layers with the same counts per layer they would share {chance[off].mean():.2f}")
+      f"layers with the same counts per layer they would share {chance[off].mean():.2f}. By kind, in the same units: "
+      + "; ".join(f"{kind}s {shared[kind]:.2f} (random {by_kind[kind]:.2f})" for kind in C.KINDS))
 
 # %% [markdown]
 # ## 6. Causal checks: the circuit against random components
@@ -699,9 +708,11 @@ display(res.style.format("{:.2f}").set_caption(
     f"{f', no repeated {NO_REPEAT_NGRAM}-gram' if NO_REPEAT_NGRAM else ''} unless marked (goal: accuracy >= 0.80 "
     "with >= 0.90 coherent); paper B on Llama-3.2-3B (greedy, penalty 1.1, no repeated 3-gram): circuit 0.9965, "
     "prompting 0.9896, steering 0.9122"))
-confusion = pd.crosstab(mod.emotion, mod.judged, normalize="index")
 # the baseline: the unmodified model's replies are the same whatever the target, so one row
-confusion.loc["no intervention (any target)"] = plain[plain.emotion == EMO[0]].judged.value_counts(normalize=True)
+unmodified = plain[plain.emotion == EMO[0]].judged.value_counts(normalize=True)
+confusion = pd.crosstab(mod.emotion, mod.judged, normalize="index")
+confusion = confusion.reindex(columns=confusion.columns.union(unmodified.index), fill_value=0.0)
+confusion.loc["no intervention (any target)"] = unmodified
 display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
     f"modulated replies: target (rows) vs judged emotion (columns), {len(mod) // len(EMO)} replies per row "
     f"(one reply is {len(EMO) / len(mod):.2f} of a row); last row: the unmodified model"))
@@ -836,8 +847,9 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 #
 # The baseline column is not empty of emotion. The random components are
 # pushed by the emotion's own group-centred means, which can carry some
-# of the emotion wherever they are added: happiness's random push promotes
-# mostly happiness words (" smiling", " smile", " joy", " laughing"),
+# of the emotion wherever they are added: half the tokens happiness's
+# random push promotes are happiness words (" smiling", " smile", " joy",
+# " laughing"),
 # anger's " aggression", sadness's " sadness" and "alone"; fear's,
 # surprise's and disgust's promote fragments. Yet in the replies the
 # random pushes do nothing the judge can see (the held-out table's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,7 +252,9 @@ def test_next_token_logits_name_the_token_each_push_promotes_beyond_the_others(s
     assert torch.equal(next_token_logits(lm, PROMPTS, zero), plain)
     with pytest.raises(ValueError, match="prompts must be a non-empty list"):
         next_token_logits(lm, "one string", pushes[0])
-    for bad in (0, 2.0):
+    assert torch.equal(next_token_logits(lm, PROMPTS, batch_size=np.int64(2)),  # a NumPy int is an int
+                       next_token_logits(lm, PROMPTS, batch_size=2))
+    for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="batch_size="):
             next_token_logits(lm, PROMPTS, batch_size=bad)
         with pytest.raises(ValueError, match="batch_size="):

@@ -25,6 +25,7 @@ Generation pads on the left, so "the last k prompt positions" are the last
 from __future__ import annotations
 
 import copy
+import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -277,7 +278,11 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
 
 
 def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:
+        ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1  # ints, NumPy ints included
+    except TypeError:
+        ok = False
+    if not ok:
         raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1 (prompts per forward pass)")
 
 
