@@ -177,6 +177,9 @@ def test_bad_capture_inputs(smol):
         capture(smol, ["ok"], ["resid_post.1"], pooling="mean_response", response_starts=[50])
     with pytest.raises(ValueError, match="duplicates"):
         capture(smol, ["ok"], ["resid_post.1", "resid_post.1"])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size="):
+            capture(smol, ["ok"], ["resid_post.1"], batch_size=bad)
 
 
 def test_parse_site_negative_layers_and_str():

@@ -66,6 +66,10 @@ def test_bad_shapes_are_named(tiny_llama):
         C.head_contributions(tiny_llama, 0, torch.zeros(2, 3), _dirs(tiny_llama)[0])
     with pytest.raises(ValueError, match="direction has"):
         C.neuron_contributions(tiny_llama, 0, torch.zeros(2, tiny_llama.d_mlp), torch.zeros(5))
+    with pytest.raises(ValueError, match="batch_size=0"):
+        C.LastToken(tiny_llama, ["a prompt"], batch_size=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        C.sublayer_influence(tiny_llama, ["a prompt"], {}, np.zeros((1, tiny_llama.d_model)), batch_size=0)
 
 
 def test_scores_centre_out_what_contexts_share():

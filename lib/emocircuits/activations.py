@@ -23,6 +23,7 @@ last entry, so ``hidden_states[-1]`` is ``norm(resid_post.{n_layers-1})``.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -201,6 +202,16 @@ def _model_key(lm) -> dict:
     return {"model": lm.name, "dtype": str(lm.dtype), "n_layers": lm.n_layers, "d_model": lm.d_model}
 
 
+def check_batch_size(batch_size) -> None:
+    """Refuse a batch size that is not an int >= 1 (NumPy ints are ints; a bool is not), naming it."""
+    try:
+        ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1 (texts per forward pass)")
+
+
 def capture(
     lm,
     texts: Sequence[str],
@@ -256,8 +267,7 @@ def capture(
     if "mean_response" in poolings:
         if response_starts is None or len(response_starts) != len(texts):
             raise ValueError("pooling='mean_response' needs response_starts, one character offset per text")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected a positive integer")
+    check_batch_size(batch_size)
     site_list = sorted(parse_sites(sites, lm.n_layers), key=lambda s: s.order)
     names = [str(s) for s in site_list]
     items = []

@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .activations import all_layers, capture
+from .activations import all_layers, capture, check_batch_size
 from .steering import Add, Scale, Set
 
 KINDS = ("neuron", "head")
@@ -532,6 +532,7 @@ class LastToken:
     """
 
     def __init__(self, lm, texts: Sequence[str], batch_size: int = 32):
+        check_batch_size(batch_size)
         self.lm, self.n = lm, len(texts)
         self.batches = []
         texts = list(texts)
@@ -639,6 +640,7 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
     R = torch.as_tensor(np.asarray(ref_dirs), dtype=torch.float32)
     E = R.shape[0]
     texts = list(texts)
+    check_batch_size(batch_size)
     alphas = [float(a) for a in alphas]
     if not alphas or any(a == 0 for a in alphas):
         raise ValueError(f"alphas={alphas}: expected non-zero numbers")

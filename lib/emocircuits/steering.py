@@ -25,7 +25,6 @@ Generation pads on the left, so "the last k prompt positions" are the last
 from __future__ import annotations
 
 import copy
-import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .activations import Site, parse_site, read_site, site_width, split_heads, write_site
+from .activations import Site, check_batch_size, parse_site, read_site, site_width, split_heads, write_site
 
 _POS_RE = re.compile(r"^last:(\d+)$")
 
@@ -277,15 +276,6 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
     return out["logits"].float().cpu()
 
 
-def _check_batch_size(batch_size) -> None:
-    try:
-        ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1  # ints, NumPy ints included
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1 (prompts per forward pass)")
-
-
 def next_token_logits(lm, prompts: Sequence[str], interventions: Sequence = (), chat: bool = True,
                       batch_size: int = 16) -> torch.Tensor:
     """The first reply token's logits with ``interventions``, averaged over ``prompts`` (``[vocab]``): each
@@ -301,7 +291,7 @@ def next_token_logits(lm, prompts: Sequence[str], interventions: Sequence = (), 
     """
     if isinstance(prompts, str) or not len(prompts):
         raise ValueError(f"prompts must be a non-empty list of strings; got {prompts!r:.80}")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     texts = [lm.chat_prompt(p) for p in prompts] if chat else list(prompts)
     total = None
     for i in range(0, len(texts), batch_size):
@@ -372,7 +362,7 @@ def generate(
         raise ValueError("prompts must be a non-empty list of strings")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature={temperature}: expected > 0 when sampling")
     if not 0 < top_p <= 1:
