@@ -261,24 +261,25 @@ for ax, k, kind in zip(axes, (0, 1), ("neurons", "heads")):
     ax.set(title=f"{kind} per layer", ylabel="layer" if k == 0 else "")
 fig.suptitle("Where each emotion's circuit lives")
 plt.show()
-overlap = pd.DataFrame([[len({(c.layer, c.kind, c.index) for c in circuits[a].components}
-                             & {(c.layer, c.kind, c.index) for c in circuits[b].components}) / len(circuits[a])
-                         for b in EMO] for a in EMO], index=EMO, columns=EMO)
+# per kind, [a, b]: the share of circuit a's components that circuit b has too (of all a's components)
+sets = {(e, kind): {(c.layer, c.index) for c in circuits[e].components if c.kind == kind}
+        for e in EMO for kind in C.KINDS}
+shared = {kind: np.array([[len(sets[a, kind] & sets[b, kind]) / len(circuits[a]) for b in EMO] for a in EMO])
+          for kind in C.KINDS}
+overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
 display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
-# baseline: the share expected if each circuit drew its components at random within layers, same counts per layer
+# baseline, the same per kind: what circuits drawing at random within layers, with the same counts, would share
 counts = {emo: circuits[emo].counts(L) for emo in EMO}
-per_unit = np.array([1 / lm.d_mlp, 1 / lm.n_heads])  # the chance that a random pick is a given neuron / head
-chance = np.array([[(counts[a] * counts[b] * per_unit).sum() / len(circuits[a]) for b in EMO] for a in EMO])
+chance = {kind: np.array([[(counts[a][:, k] * counts[b][:, k]).sum() / width / len(circuits[a]) for b in EMO]
+                          for a in EMO])
+          for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
 off = ~np.eye(len(EMO), dtype=bool)
-shared = {kind: np.mean([len({(c.layer, c.index) for c in circuits[a].components if c.kind == kind}
-                               & {(c.layer, c.index) for c in circuits[b].components if c.kind == kind})
-                          / len(circuits[a]) for a in EMO for b in EMO if a != b]) for kind in C.KINDS}
-by_kind = {kind: np.mean([(counts[a][:, k] * counts[b][:, k] * per_unit[k]).sum() / len(circuits[a])
-                          for a in EMO for b in EMO if a != b]) for k, kind in enumerate(C.KINDS)}
+by_kind = "; ".join(f"{kind}s {shared[kind][off].mean():.2f} (random {chance[kind][off].mean():.2f})"
+                    for kind in C.KINDS)
 print(f"two different emotions' circuits share {overlap.values[off].mean():.2f} of their components on average "
       f"(least {overlap.values[off].min():.2f}, most {overlap.values[off].max():.2f}); drawn at random within "
-      f"layers with the same counts per layer they would share {chance[off].mean():.2f}. By kind, in the same units: "
-      + "; ".join(f"{kind}s {shared[kind]:.2f} (random {by_kind[kind]:.2f})" for kind in C.KINDS))
+      f"layers with the same counts per layer they would share {sum(chance.values())[off].mean():.2f}. By kind, "
+      f"in the same units: {by_kind}")
 
 # %% [markdown]
 # ## 6. Causal checks: the circuit against random components

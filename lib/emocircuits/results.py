@@ -34,6 +34,8 @@ PAPER_B_CONTROL = {"prompting": 0.9896, "steering": 0.9122, "modulation": 0.9965
 PAPER_C_CLAMP = {"unmodified": 4.07, "1": 3.60, "10": 3.67, "100": 4.53, "1000": 4.27}  # judged empathy, 1-5
 
 Getter = Callable[[dict], "str | None"]
+_ABLATION_CAVEAT = ("held-out prompts; mean over emotions; intervals over scenarios (the random one leaves out the "
+                    "spread between random draws, which chapter 04 shows)")
 
 
 @dataclass(frozen=True)
@@ -199,12 +201,10 @@ ROWS: tuple[Row, ...] = (
         "emotion_test_accuracy", _fixed("chance 0.17"), "no layer selection on these prompts; not in QUICK runs"),
     Row("B", "mean-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
         "04_emotion_circuits", "mean_drop_circuit", _base("as many random components: {}", "mean_drop_random"),
-        "held-out prompts; mean over emotions; intervals over scenarios (the random one leaves out the spread "
-        "between random draws, which chapter 04 shows)"),
+        _ABLATION_CAVEAT),
     Row("B", "zero-ablating the circuit: share of the emotion signal removed", "not in paper B's code",
         "04_emotion_circuits", "zero_drop_circuit", _base("as many random components: {}", "zero_drop_random"),
-        "held-out prompts; mean over emotions; intervals over scenarios (the random one leaves out the spread "
-        "between random draws, which chapter 04 shows)"),
+        _ABLATION_CAVEAT),
     Row("B", "emotions (of 6) whose circuit removes at least 3x the signal of as many random components of the "
         "same layers, zero and mean ablation alike", "not in paper B's code", "04_emotion_circuits",
         "emotions_ratio_ge_3", _base("the circuit's top half by score: {}", ("emotions_ratio_ge_3_top50", 0)),
