@@ -36,7 +36,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   such control);
 # - measure how strongly a push at each sublayer reaches the last layer
 #   (sublayer influence), assemble a circuit per emotion under a budget,
-#   and use it to make the model write in an emotion it was not asked for.
+#   and use it to make the model write in an emotion it was not asked for;
+# - see where paper B's way falls short on a small model, and try a
+#   variant that builds the circuits from text expressing the emotion.
 #
 # This follows paper B (*Do LLMs "Feel"? Emotion Circuits Discovery and
 # Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
@@ -205,14 +207,19 @@ plt.show()
 neutral = ds.sev_prompts(disc[: size(4, 4, 12)], emotions=None, valences=("neutral",))
 neutral_texts = [lm.chat_prompt(p["user"]) for p in neutral]
 rand_u = rng.normal(size=lm.d_model)
-local = {}
-for l in range(L):
-    for k in ("attn_out", "mlp_out"):
-        local[f"{k}.{l}"] = np.vstack([dirs[f"{k}.{l}"], rand_u])
-ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
 alphas = size((1.0,), (0.5, 2.0), (0.5, 1.0, 2.0))
-# one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes, as before
-infl = C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2), progress=False)
+
+
+def influence(dirs):
+    """I per layer and emotion for ``dirs``, plus the random push (last column) read on happiness's direction."""
+    local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], rand_u]) for l in range(L) for k in ("attn_out", "mlp_out")}
+    ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
+    # one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes
+    return C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2),
+                                progress=False)
+
+
+infl = influence(dirs)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
 names = EMO + ["random (base)"]
@@ -245,13 +252,21 @@ display(summary)
 # %%
 budget = C.default_budget(lm)
 print("budget:", budget)
-circuits = {}
 out_dir = cache_dir("circuits") / lm.name / size.name  # "quick", "book" or "full"
-for e, emo in enumerate(EMO):
-    circuits[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
-                               {l: head_scores[l][e] for l in range(L)},
-                               attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
-    circuits[emo].to_json(out_dir / f"{emo}.json")
+
+
+def assemble_all(neuron_scores, head_scores, infl, suffix=""):
+    """Each emotion's circuit under ``budget``, written to ``out_dir / {emotion}{suffix}.json``."""
+    out = {}
+    for e, emo in enumerate(EMO):
+        out[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
+                              {l: head_scores[l][e] for l in range(L)},
+                              attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
+        out[emo].to_json(out_dir / f"{emo}{suffix}.json")
+    return out
+
+
+circuits = assemble_all(neuron_scores, head_scores, infl)
 print(f"wrote {len(circuits)} circuits to {out_dir}")
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
@@ -269,10 +284,16 @@ shared = {kind: np.array([[len(sets[a, kind] & sets[b, kind]) / len(circuits[a])
 overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
 display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
 # baseline, the same per kind: what circuits drawing at random within layers, with the same counts, would share
-counts = {emo: circuits[emo].counts(L) for emo in EMO}
-chance = {kind: np.array([[(counts[a][:, k] * counts[b][:, k]).sum() / width / len(circuits[a]) for b in EMO]
-                          for a in EMO])
-          for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
+def chance_overlap(a, b):
+    """{kind: the share of circuit a's components that b would have too, were both drawn at random within each
+    layer with their counts per layer}."""
+    ca, cb = a.counts(L), b.counts(L)
+    return {kind: (ca[:, k] * cb[:, k]).sum() / width / len(a)
+            for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
+
+
+pairs = {(a, b): chance_overlap(circuits[a], circuits[b]) for a in EMO for b in EMO}
+chance = {kind: np.array([[pairs[a, b][kind] for b in EMO] for a in EMO]) for kind in C.KINDS}
 off = ~np.eye(len(EMO), dtype=bool)
 by_kind = "; ".join(f"{kind}s {shared[kind][off].mean():.2f} (random {chance[kind][off].mean():.2f})"
                     for kind in C.KINDS)
@@ -571,7 +592,7 @@ def judged(texts, users, systems=None):
     return [lab for lab, _ in out], [ok for _, ok in out]
 
 
-def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None):
+def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, means=None):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
@@ -579,7 +600,8 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None):
     emotion or a dict {emotion: strength}. With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
     ``decode`` is the decoding's repetition penalty and n-gram block (``GREEDY``: plain greedy).
-    ``circs`` replaces the emotions' circuits (a baseline of random components).
+    ``circs`` replaces the emotions' circuits (a baseline of random components), ``means`` their group-centred
+    means (section 8's variant).
     """
     users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
     kw = dict(max_new_tokens=n_tokens, **decode)
@@ -587,7 +609,8 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None):
     if not any(per.values()):
         replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
-        push = [C.modulation((circs or circuits)[emo], c_means, EMO, per[emo], head_positions=HEAD_POSITIONS)
+        push = [C.modulation((circs or circuits)[emo], c_means if means is None else means, EMO, per[emo],
+                             head_positions=HEAD_POSITIONS)
                 if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
                 for emo in EMO]
         replies = generate_grid(lm, users, push, batch_size=32, **kw)
@@ -601,12 +624,14 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None):
 tuned, tunes = {}, {}
 
 
-def choose(how, grid):
+def choose(how, grid, name=None, **kw):
     """Run every strength in ``grid`` on the discovery prompts; return the one strength for all emotions
-    and the {emotion: strength} that the same rule picks from each emotion's own replies."""
-    tune = tunes[how] = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how) for s in grid])
-    tuned[how] = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
-    display(tuned[how].style.format("{:.2f}").set_caption(f"{how}: choosing the scale on discovery prompts"))
+    and the {emotion: strength} that the same rule picks from each emotion's own replies. ``name`` (default
+    ``how``) keys the tables; ``kw`` goes to ``toward``."""
+    name = name or how
+    tune = tunes[name] = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how, **kw) for s in grid])
+    tuned[name] = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+    display(tuned[name].style.format("{:.2f}").set_caption(f"{name}: choosing the scale on discovery prompts"))
     return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
 
 
@@ -681,29 +706,28 @@ asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], 
                  batch_size=8, **DECODE)
 asked_labels, asked_coh = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
 asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
-res = {}
-for name, hit, coh, texts, targets in (
-        ("circuit modulation", mod.hit, mod.coherent, mod.text, mod.emotion),
-        ("steering vector (directions)", steered.hit, steered.coherent, steered.text, steered.emotion),
-        ("circuit modulation, a scale per emotion", mod_by.hit, mod_by.coherent, mod_by.text, mod_by.emotion),
-        ("steering vector, an alpha per emotion", steered_by.hit, steered_by.coherent, steered_by.text,
-         steered_by.emotion),
-        ("modulation of random components (same layers, same rule)", mod_random.hit, mod_random.coherent,
-         mod_random.text, mod_random.emotion),
-        ("no intervention", plain.hit, plain.coherent, plain.text, plain.emotion),
-        ("prompting (instruction)", asked_hit, asked_coh, asked, [p["emotion"] for p in tp]),
-        ("no intervention, plain greedy", plain_greedy.hit, plain_greedy.coherent, plain_greedy.text,
-         plain_greedy.emotion),
-        ("circuit modulation, plain greedy", mod_greedy.hit, mod_greedy.coherent, mod_greedy.text,
-         mod_greedy.emotion)):
-    a = bootstrap_ci(np.asarray(hit, float), seed=SEED)
-    c = bootstrap_ci(np.asarray(coh, float), seed=SEED)
-    b = bootstrap_ci((np.asarray(hit, bool) & np.asarray(coh, bool)).astype(float), seed=SEED)
-    n = bootstrap_ci(J.names_emotion(texts, targets).astype(float), seed=SEED)
-    res[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1], "coh hi": c[2],
-                 "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
-                 "names the target": n[0], "names lo": n[1], "names hi": n[2]}
-res = pd.DataFrame(res).T
+asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked, "emotion": [p["emotion"] for p in tp]})
+
+
+def scored(runs):
+    """One row per run (replies with ``hit``, ``coherent``, ``text`` and ``emotion``): its shares, with
+    bootstrap intervals over replies."""
+    out = {}
+    for name, df in runs.items():
+        hit, coh = df.hit.to_numpy(bool), df.coherent.to_numpy(bool)
+        a, c, b = (bootstrap_ci(x.astype(float), seed=SEED) for x in (hit, coh, hit & coh))
+        n = bootstrap_ci(J.names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
+        out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1],
+                     "coh hi": c[2], "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
+                     "names the target": n[0], "names lo": n[1], "names hi": n[2]}
+    return pd.DataFrame(out).T
+
+
+res = scored({"circuit modulation": mod, "steering vector (directions)": steered,
+              "circuit modulation, a scale per emotion": mod_by, "steering vector, an alpha per emotion": steered_by,
+              "modulation of random components (same layers, same rule)": mod_random, "no intervention": plain,
+              "prompting (instruction)": asked_df, "no intervention, plain greedy": plain_greedy,
+              "circuit modulation, plain greedy": mod_greedy})
 display(res.style.format("{:.2f}").set_caption(
     f"held-out prompts: {len(mod)} replies per row, repetition penalty {REP_PENALTY}"
     f"{f', no repeated {NO_REPEAT_NGRAM}-gram' if NO_REPEAT_NGRAM else ''} unless marked (goal: accuracy >= 0.80 "
@@ -861,7 +885,125 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # components matters more for the reply than for its first token.
 
 # %% [markdown]
-# ## 8. Looking at the neurons on real text
+# ## 8. A variant: circuits from text that expresses the emotion
+#
+# Section 7 ends on a diagnosis. Paper B's directions come from
+# *instructed* prompts, read before the model writes anything, and a 135M
+# model hardly follows the instruction (chapter 01). So a direction holds
+# whatever "you were told to be afraid" means to this model, and for fear
+# that is the topic of danger, not someone afraid in it. The variant below
+# changes only where the activations come from: the model *reads* short
+# replies that express each emotion, and every site is averaged over the
+# reply's tokens, the positions where modulation acts. Everything after
+# that is the pipeline of sections 1-5: the group-centred directions, the
+# neuron and head scores, the sublayer influence, the same budget, and
+# modulation by the texts' group-centred means, with one scale for all
+# emotions chosen on the discovery prompts by section 7's rule and then
+# run once on the same held-out prompts.
+#
+# **The texts** (`data/emotion_replies.jsonl`): 24 replies per emotion,
+# written for this book, said to someone ("The ice is cracking under us.
+# Slowly, back towards the shore."), without any word that names an
+# emotion (the loader refuses one). Each reply answers one of the
+# discovery prompts without instruction, and the six emotions' replies
+# to the same prompt form a group, so centring removes what the prompt
+# does. None of them is in the judge's corpus (the loader checks it).
+#
+# **How to read it.** This is not paper B's method, and it was built
+# *after* paper B's way fell short on fear; its scale grid was set in an
+# exploration on discovery prompts, and the held-out prompts were not
+# looked at until this section ran. The judge did not see these texts, but
+# it learned from texts written to the same brief, so a push toward
+# "replies like these" is also a push toward what the judge knows. The
+# random-components row, the judge-free "names the target" column and the
+# replies themselves are the checks on that. The circuits' causal checks
+# of section 6 were not repeated for them.
+
+# %%
+reply_recs = [r for e in EMO for r in [x for x in ds.load_named("emotion_replies") if x.label == e][: size(8, 24, 24)]]
+contexts = [p["user"] for p in ds.sev_prompts(all_disc, emotions=None, valences=("neutral",))]
+t_labels, t_groups, t_acts = C.reply_activations(lm, reply_recs, contexts, EMO)
+reads = [v["label"] for v in judge([r.text for r in reply_recs])]
+print(f"{len(reply_recs)} replies ({len(reply_recs) // len(EMO)} per emotion); the judge reads "
+      f"{np.mean([lab == r.label for lab, r in zip(reads, reply_recs)]):.2f} of them as their emotion (chance 1/7)")
+t_dirs = C.directions(t_acts, t_labels, t_groups, EMO)
+t_neurons, t_heads = C.component_scores(lm, t_acts, t_dirs, t_labels, t_groups, EMO)
+t_infl = influence(t_dirs)
+t_circuits = assemble_all(t_neurons, t_heads, t_infl, suffix="_from_text")
+t_means = C.group_centred_means({k: v for k, v in t_acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
+                                t_labels, t_groups, EMO)
+site_cos = pd.DataFrame({emo: [float(t_dirs[f"resid_post.{l}"][e] @ dirs[f"resid_post.{l}"][e]) for l in range(L)]
+                         for e, emo in enumerate(EMO)})
+kept = {emo: len({(c.layer, c.kind, c.index) for c in t_circuits[emo].components}
+                 & {(c.layer, c.kind, c.index) for c in circuits[emo].components}) / len(t_circuits[emo]) for emo in EMO}
+display(pd.DataFrame({"cosine with paper B's direction, mean over layers": site_cos.mean(),
+                      "... at the last layer": site_cos.iloc[-1],
+                      "share of components also in paper B's circuit": pd.Series(kept),
+                      "... at random within layers (baseline)": {
+                          emo: sum(chance_overlap(t_circuits[emo], circuits[emo]).values()) for emo in EMO}}).loc[EMO]
+        .style.format("{:.2f}").set_caption(f"the variant against paper B's way, per emotion (directions: residual "
+                                            f"stream after each layer; two random unit directions in {lm.d_model} "
+                                            f"dimensions: |cosine| about {1 / np.sqrt(lm.d_model):.2f})"))
+
+t_scale, _ = choose("modulation", size((4.0,), (2.0, 3.0, 4.0, 5.0, 6.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)),
+                    name="modulation, circuits from text", circs=t_circuits, means=t_means)
+t_mod = toward(held, t_scale, new_tokens, circs=t_circuits, means=t_means)
+t_random = {e: C.random_like(t_circuits[e], lm, seed=SEED) for e in EMO}
+t_mod_random = toward(held, t_scale, new_tokens, circs=t_random, means=t_means)
+t_res = scored({"circuit modulation (paper B's way, section 7)": mod,
+                "circuit modulation, circuits from text": t_mod,
+                "same push on random components (same layers)": t_mod_random,
+                "no intervention": plain})
+display(t_res.style.format("{:.2f}").set_caption(
+    f"held-out prompts, {len(t_mod)} replies per row; the variant's scale {t_scale:g}, chosen on discovery prompts "
+    "(goal: accuracy >= 0.80 with >= 0.90 coherent)"))
+display(pd.DataFrame({"paper B's way": mod.groupby("emotion").hit.mean(),
+                      "circuits from text": t_mod.groupby("emotion").hit.mean(),
+                      "random components": t_mod_random.groupby("emotion").hit.mean()}).loc[EMO]
+        .style.format("{:.2f}").set_caption(f"share judged as the target per emotion, {len(t_mod) // len(EMO)} "
+                                            "held-out replies each"))
+display(pd.crosstab(t_mod.emotion, t_mod.judged, normalize="index").reindex(EMO).style.format("{:.2f}").set_caption(
+    f"the variant's modulated replies: target (rows) vs judged emotion (columns), {len(t_mod) // len(EMO)} per row"))
+display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent"]].style.hide(axis="index"))
+
+# %% [markdown]
+# How to read this on the default model (96 held-out replies per row).
+# The judge reads 0.86 of the 144 replies as their own emotion, so the
+# texts carry what they were written to carry. The two ways find
+# different directions (cosine 0.05 to 0.21 on average over layers, 0.13
+# to 0.45 at the last layer) and different circuits: the variant's shares
+# 0.22 to 0.27 of its components with paper B's circuit for the same
+# emotion, against 0.12 to 0.14 for circuits drawn at random within the
+# same layers. Its circuits are written beside paper B's, as
+# `{emotion}_from_text.json`.
+#
+# The variant moves fear where paper B's way could not: 13 of 16 fear
+# replies read as fear (paper B's way: 3 of 16), and all 16 disgust
+# replies as disgust (9 of 16). It loses surprise (5 of 16, against 16 of
+# 16; its surprise replies read as happiness as often as as surprise) and
+# some anger (12 of 16). Overall the two land on the same share, 0.79
+# [0.71, 0.86], and the variant keeps fewer replies coherent: 0.84
+# against 0.97, where the scale it chose, 5, kept 0.92 of the discovery
+# replies coherent. So it does not meet the goal either (0.80 on target
+# with 0.90 coherent), and it is further from it on coherence. The same
+# push on random components stays near the unmodified model (0.20
+# against 0.17).
+#
+# What differs most is how the replies get there. Paper B's way names the
+# target emotion's word in 0.60 of its replies ("I am sorrowful"); the
+# variant in 0.01. Its replies read as the emotion through what happens
+# in them: fear's are scenes of sirens, alerts and evacuation, disgust's
+# of food, forks and flesh. That is closer to writing *in* an emotion,
+# and it is also the topics of the texts it was built from (fear's texts
+# are mostly physical danger, disgust's mostly food and dirt). Surprise's
+# texts turn on questions ("Wait, you're telling me you've had a twin all
+# this time?"), and its replies keep the question marks without the
+# surprise. A direction read from 24 replies is a direction for those
+# replies' topics as much as for their emotion; which part of it does the
+# work is more than this comparison can show.
+
+# %% [markdown]
+# ## 9. Looking at the neurons on real text
 #
 # The circuit's top neurons for happiness, on a few modulated and
 # unmodulated replies: colour shows each neuron's activation per token
@@ -932,6 +1074,14 @@ headline = record(
     random_modulation_accuracy=res.loc["modulation of random components (same layers, same rule)", "accuracy"],
     random_modulation_coherent=res.loc["modulation of random components (same layers, same rule)", "coherent"],
     **{f"scale_{emo}": s_ for emo, s_ in scale_by.items()}, **{f"alpha_{emo}": a_ for emo, a_ in alpha_by.items()},
+    # section 8's variant: circuits from text that expresses the emotion
+    text_scale=t_scale, text_modulation_accuracy=t_res.loc["circuit modulation, circuits from text", "accuracy"],
+    text_modulation_accuracy_lo=t_res.loc["circuit modulation, circuits from text", "acc lo"],
+    text_modulation_accuracy_hi=t_res.loc["circuit modulation, circuits from text", "acc hi"],
+    text_modulation_coherent=t_res.loc["circuit modulation, circuits from text", "coherent"],
+    text_modulation_on_target_coherent=t_res.loc["circuit modulation, circuits from text", "on target and coherent"],
+    text_modulation_names_target=t_res.loc["circuit modulation, circuits from text", "names the target"],
+    text_random_modulation_accuracy=t_res.loc["same push on random components (same layers)", "accuracy"],
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
         ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
@@ -964,8 +1114,11 @@ pd.Series(headline).to_frame("value")
 # - **A direction is not an emotion.** Everything is measured along
 #   directions computed from *instructed* prompts, so a circuit for "anger"
 #   is a circuit for the model's representation of having been told to be
-#   angry. Modulation success is read by a judge trained on this project's
-#   texts (chapter 02): its errors are part of the accuracy.
+#   angry. Section 8's variant reads text that expresses the emotion
+#   instead, which swaps one proxy for another: its directions carry the
+#   topics of 144 replies one person wrote. Modulation success is read by a
+#   judge trained on this project's texts (chapter 02): its errors are part
+#   of the accuracy.
 # - **Small model, small circuits.** The budget keeps paper B's *shares*
 #   of components, which for the default model means 147 components (79
 #   neurons and 68 heads, against paper B's 560); paper B's 99.65% was on a

@@ -76,6 +76,23 @@ def test_bundled_datasets_are_valid_and_sized():
         assert main(["data", "validate", str(ds.DATA_DIR / f"{name}.jsonl")]) == 0
 
 
+def test_emotion_replies_are_balanced_unnamed_and_apart_from_the_judge_corpus(tmp_path):
+    """Chapter 04's variant reads these replies: 24 per emotion, none naming its emotion, none in the judge's corpus
+    (validate_all refuses a copied text, naming it)."""
+    recs = ds.load_named("emotion_replies")
+    assert {e: sum(r.label == e for r in recs) for e in ds.EMOTIONS} == dict.fromkeys(ds.EMOTIONS, 24)
+    assert len({r.text for r in recs}) == len(recs)
+    with pytest.raises(ds.DataError, match=r"emotion_replies.jsonl:1: .*names an emotion \('scared'\)"):
+        ds.load(_write(tmp_path, "emotion_replies.jsonl", [{"id": "r1", "label": "fear", "text": "I'm scared."}]))
+    for name in ds.FILES:  # a copy of the bundled data, with one judge text among the replies
+        (tmp_path / f"{name}.jsonl").write_text((ds.DATA_DIR / f"{name}.jsonl").read_text())
+    judge_text = json.loads((ds.DATA_DIR / "judge_emotion.jsonl").read_text().splitlines()[0])["text"]
+    (tmp_path / "judge_emotion.jsonl").write_text((ds.DATA_DIR / "judge_emotion.jsonl").read_text())
+    _write(tmp_path, "emotion_replies.jsonl", [{"id": "r1", "label": "anger", "text": judge_text}])
+    with pytest.raises(ds.DataError, match=r"emotion_replies.jsonl: texts also in judge_emotion.jsonl: \['r1'\]"):
+        ds.validate_all(tmp_path)
+
+
 def test_confirmation_situations_are_used_by_one_chapter_only():
     """situations_confirm exists to confirm chapter 06's choice once: no other chapter and no library code may
     read it (chapter 01 only counts every file, the transcoder corpus names it to leave it out)."""

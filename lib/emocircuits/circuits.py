@@ -728,6 +728,44 @@ def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tupl
     return [prompts[i] for i in rows], {site: x[index] for site, x in acts.items()}
 
 
+def reply_activations(lm, records: Sequence, contexts: Sequence[str], emotions: Sequence[str]
+                      ) -> tuple[list[str], list[str], dict]:
+    """The model reading replies that express an emotion: ``(labels, groups, {site: tensor})``.
+
+    Not paper B's method, which reads instructed prompts. Each record (an
+    :class:`~emocircuits.datasets.EmotionReplyRecord`) is placed as the
+    assistant's reply to a user turn from ``contexts`` (user prompts without
+    an emotion instruction), and every site of :func:`sev_activations` is
+    averaged over the reply's tokens: modulation adds its means at every
+    generated position, so that is the state it should resemble. The i-th
+    reply of every emotion answers the same context, ``contexts[i % len]``,
+    and those six rows are one group, so group centring removes what the
+    context does. Every emotion needs the same number of records. One
+    cached capture.
+    """
+    emotions = list(emotions)
+    by = {e: [r for r in records if r.label == e] for e in emotions}
+    other = sorted({r.label for r in records} - set(emotions))
+    counts = {e: len(rs) for e, rs in by.items()}
+    if other or len(set(counts.values())) != 1 or not min(counts.values()):
+        raise ValueError(f"records: expected the same number of replies (at least 1) for each of {emotions} and "
+                         f"no other label; got {counts}" + (f" and labels {other}" if other else ""))
+    if isinstance(contexts, str) or not contexts or not all(isinstance(c, str) and c for c in contexts):
+        raise ValueError("contexts: expected a non-empty list of user prompts (non-empty strings)")
+    labels, groups, texts, starts = [], [], [], []
+    for i in range(counts[emotions[0]]):
+        prompt = lm.chat_prompt(contexts[i % len(contexts)])
+        for e in emotions:
+            labels.append(e)
+            groups.append(str(i))
+            texts.append(prompt + by[e][i].text)
+            starts.append(len(prompt))
+    sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
+    acts = capture(lm, texts, sites, pooling="mean_response", response_starts=starts, cache=True, progress=False,
+                   batch_size=24)
+    return labels, groups, acts
+
+
 def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[dict], dict]:
     """Paper B's prompts for ``records`` and their last-prompt-token ``resid_post`` activations at every layer.
 

@@ -66,6 +66,14 @@ def _nonempty(v: str) -> str:
     return v
 
 
+def _no_emotion_word(v: str, advice: str) -> str:
+    _nonempty(v)
+    m = _EMOTION_RE.search(v)
+    if m:
+        raise ValueError(f"names an emotion ({m.group(0)!r}); {advice}")
+    return v
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -87,11 +95,7 @@ class SEVRecord(_Record):
     @field_validator("scenario", "positive", "neutral", "negative")
     @classmethod
     def _no_emotion_words(cls, v):
-        _nonempty(v)
-        m = _EMOTION_RE.search(v)
-        if m:
-            raise ValueError(f"names an emotion ({m.group(0)!r}); describe the event, not the feeling")
-        return v
+        return _no_emotion_word(v, "describe the event, not the feeling")
 
 
 class EIAScenario(_Record):
@@ -150,6 +154,17 @@ class QuestionRecord(SituationRecord):
     split: Literal["extract", "eval"]
 
 
+class EmotionReplyRecord(_Record):
+    """A short reply that expresses one emotion through content and tone, without naming it."""
+    label: Literal[EMOTIONS]  # type: ignore[valid-type]
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _no_emotion_words(cls, v):
+        return _no_emotion_word(v, "express it through content and tone")
+
+
 class GenerationRecord(_Record):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -167,12 +182,14 @@ class GenerationRecord(_Record):
 SCHEMAS: dict[str, type[BaseModel]] = {
     "sev": SEVRecord, "eia_scenarios": EIAScenario, "pairs": PairRecord, "prompts": PromptRecord,
     "situations": SituationRecord, "questions": QuestionRecord, "generations": GenerationRecord,
+    "emotion_replies": EmotionReplyRecord,
 }
 
 FILES = {
     "sev_discovery": "sev", "sev_test": "sev", "eia_scenarios": "eia_scenarios", "eia_pairs": "pairs",
     "eia_lexical": "pairs", "eia_matched": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts",
     "situations_heldout": "situations", "situations_confirm": "situations", "persona_questions": "questions",
+    "emotion_replies": "emotion_replies",
 }
 
 
@@ -257,12 +274,18 @@ def load_named(name: str) -> list[BaseModel]:
 
 
 def validate_all(data_dir: Path = DATA_DIR) -> dict[str, int]:
-    """Load every bundled dataset; also checks SEV discovery and test share no scenario."""
+    """Load every bundled dataset; also checks that SEV discovery and test share no scenario, and that the
+    emotion replies (chapter 04's directions from text) share no text with the emotion judge's corpus."""
     counts = {name: len(load(data_dir / f"{name}.jsonl")) for name in FILES}
     disc = {r.scenario.strip().lower() for r in load(data_dir / "sev_discovery.jsonl")}
     overlap = [r.id for r in load(data_dir / "sev_test.jsonl") if r.scenario.strip().lower() in disc]
     if overlap:
         raise DataError(f"sev_test.jsonl: split overlap with sev_discovery.jsonl: {overlap[:5]}")
+    judged = {json.loads(line)["text"].strip().lower()
+              for line in (data_dir / "judge_emotion.jsonl").read_text().splitlines() if line.strip()}
+    overlap = [r.id for r in load(data_dir / "emotion_replies.jsonl") if r.text.strip().lower() in judged]
+    if overlap:
+        raise DataError(f"emotion_replies.jsonl: texts also in judge_emotion.jsonl: {overlap[:5]}")
     return counts
 
 

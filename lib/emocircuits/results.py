@@ -248,6 +248,12 @@ ROWS: tuple[Row, ...] = (
     Row("B", "same, replies on target *and* coherent", "-", "04_emotion_circuits", "modulation_on_target_coherent",
         _base("share naming the target emotion's word: {}", "modulation_names_target"),
         "a small model pushed to an emotion often names it; read the replies in chapter 04"),
+    Row("B", "emotion control by modulating circuits built from text that expresses the emotion (a variant, not "
+        "paper B's method)", "-", "04_emotion_circuits", "text_modulation_accuracy",
+        _base("coherent share {}; same push on random components: {}", "text_modulation_coherent",
+              "text_random_modulation_accuracy"),
+        "the model reads replies written for this book instead of instructed prompts; built after paper B's way "
+        "fell short on fear (chapter 04, section 8)"),
     # paper C
     Row("C", "features active at every generation step (persistent)", "1", "05_attribution_graphs", "n_persistent",
         _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
