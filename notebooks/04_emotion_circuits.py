@@ -626,12 +626,14 @@ tuned, tunes = {}, {}
 
 def choose(how, grid, name=None, **kw):
     """Run every strength in ``grid`` on the discovery prompts; return the one strength for all emotions
-    and the {emotion: strength} that the same rule picks from each emotion's own replies. ``name`` (default
-    ``how``) keys the tables; ``kw`` goes to ``toward``."""
-    name = name or how
-    tune = tunes[name] = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how, **kw) for s in grid])
-    tuned[name] = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
-    display(tuned[name].style.format("{:.2f}").set_caption(f"{name}: choosing the scale on discovery prompts"))
+    and the {emotion: strength} that the same rule picks from each emotion's own replies. ``kw`` goes to
+    ``toward``. With a ``name`` (a variant, section 8) the table is captioned with it and not kept in
+    ``tunes`` / ``tuned``, which hold paper B's two methods for this section's comparisons."""
+    tune = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how, **kw) for s in grid])
+    table = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+    if name is None:
+        tunes[how], tuned[how] = tune, table
+    display(table.style.format("{:.2f}").set_caption(f"{name or how}: choosing the scale on discovery prompts"))
     return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
 
 
@@ -903,16 +905,22 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 #
 # **The texts** (`data/emotion_replies.jsonl`): 24 replies per emotion,
 # written for this book, said to someone ("The ice is cracking under us.
-# Slowly, back towards the shore."), without any word that names an
-# emotion (the loader refuses one). Each reply answers one of the
-# discovery prompts without instruction, and the six emotions' replies
-# to the same prompt form a group, so centring removes what the prompt
-# does. None of them is in the judge's corpus (the loader checks it).
+# Slowly, back towards the shore."), without the emotion words the SEV
+# prompts may not use either ("afraid", "gross", "sad" and their kin; the
+# loader refuses them). Evaluative words such as "revolting" or "vile",
+# in 7 of the disgust replies, it allows. The replies were written
+# without prompts: each is placed after one of the discovery prompts
+# without instruction, and the six emotions' replies after the same
+# prompt form a group, so centring removes what the prompt does. None of them is in the judge's corpus
+# (`datasets.validate_all` checks it).
 #
 # **How to read it.** This is not paper B's method, and it was built
-# *after* paper B's way fell short on fear; its scale grid was set in an
-# exploration on discovery prompts, and the held-out prompts were not
-# looked at until this section ran. The judge did not see these texts, but
+# *after* paper B's way fell short on fear. A first try on discovery
+# prompts read the judge's own training texts, and fear moved; these
+# replies were then written to keep the judge's texts out, and not revised
+# after any run with them. The scale grid was set in the same exploration
+# on discovery prompts; the held-out prompts were not looked at until
+# this section ran. The judge did not see these texts, but
 # it learned from texts written to the same brief, so a push toward
 # "replies like these" is also a push toward what the judge knows. The
 # random-components row, the judge-free "names the target" column and the
@@ -970,7 +978,7 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # How to read this on the default model (96 held-out replies per row).
 # The judge reads 0.86 of the 144 replies as their own emotion, so the
 # texts carry what they were written to carry. The two ways find
-# different directions (cosine 0.05 to 0.21 on average over layers, 0.13
+# partly different directions (cosine 0.05 to 0.21 on average over layers, 0.13
 # to 0.45 at the last layer) and different circuits: the variant's shares
 # 0.22 to 0.27 of its components with paper B's circuit for the same
 # emotion, against 0.12 to 0.14 for circuits drawn at random within the
@@ -981,24 +989,27 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # replies read as fear (paper B's way: 3 of 16), and all 16 disgust
 # replies as disgust (9 of 16). It loses surprise (5 of 16, against 16 of
 # 16; its surprise replies read as happiness as often as as surprise) and
-# some anger (12 of 16). Overall the two land on the same share, 0.79
-# [0.71, 0.86], and the variant keeps fewer replies coherent: 0.84
-# against 0.97, where the scale it chose, 5, kept 0.92 of the discovery
-# replies coherent. So it does not meet the goal either (0.80 on target
-# with 0.90 coherent), and it is further from it on coherence. The same
+# some anger and sadness (12 and 14 of 16, against 16 each). Overall the
+# two land on the same share, 0.79 [0.71, 0.86], and the variant keeps
+# fewer replies coherent: 0.84 against 0.97, where the scale it chose, 5,
+# kept 0.92 of the discovery replies coherent. Counting a reply only when
+# it is on target *and* coherent, the variant is behind: 0.66 [0.55,
+# 0.75] against 0.76 [0.67, 0.84]. So it does not meet the goal either
+# (0.80 on target with 0.90 coherent), and it is further from it. The same
 # push on random components stays near the unmodified model (0.20
 # against 0.17).
 #
 # What differs most is how the replies get there. Paper B's way names the
-# target emotion's word in 0.60 of its replies ("I am sorrowful"); the
-# variant in 0.01. Its replies read as the emotion through what happens
-# in them: fear's are scenes of sirens, alerts and evacuation, disgust's
-# of food, forks and flesh. That is closer to writing *in* an emotion,
-# and it is also the topics of the texts it was built from (fear's texts
-# are mostly physical danger, disgust's mostly food and dirt). Surprise's
-# texts turn on questions ("Wait, you're telling me you've had a twin all
-# this time?"), and its replies keep the question marks without the
-# surprise. A direction read from 24 replies is a direction for those
+# target emotion's own word in 0.60 of its replies; the variant in 0.01
+# (a judge-free count of the label's stem only: "vile" or "revolting"
+# would not count). In the replies shown above, the variant's read as
+# the emotion through what happens in them: fear's are scenes of sirens
+# and evacuation, disgust's of food, forks and flesh. That is closer to
+# writing *in* an emotion, and it is also the topics of the texts it was
+# built from (fear's texts are mostly physical danger, disgust's mostly
+# food and dirt). Surprise's texts turn on questions ("Wait, you're
+# telling me you've had a twin all this time?"), and the surprise replies
+# shown keep the question marks without the surprise. A direction read from 24 replies is a direction for those
 # replies' topics as much as for their emotion; which part of it does the
 # work is more than this comparison can show.
 

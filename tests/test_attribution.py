@@ -298,7 +298,8 @@ def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
 def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_llama, tmp_path):
     from emocircuits import datasets as ds
 
-    for name in ("sev_test", "situations_heldout", "eia_pairs", "eia_lexical", "eia_matched", "situations_confirm"):
+    for name in ("sev_test", "situations_heldout", "eia_pairs", "eia_lexical", "eia_matched", "situations_confirm",
+                 "emotion_replies"):
         (tmp_path / f"{name}.jsonl").write_text((ds.DATA_DIR / f"{name}.jsonl").read_text().splitlines()[0] + "\n")
     sev = json.loads((tmp_path / "sev_test.jsonl").read_text())
     pair = json.loads((tmp_path / "eia_pairs.jsonl").read_text())
@@ -308,7 +309,7 @@ def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_ll
                    *(f"{sev['scenario']} {sev[k]}" for k in ("positive", "neutral", "negative")),
                    tiny_llama.chat_prompt(situation["text"]),
                    tiny_llama.chat_prompt("How are you?") + "Fine."]
-    for left_out in ("eia_lexical", "eia_matched", "situations_confirm"):
+    for left_out in ("eia_lexical", "eia_matched", "situations_confirm", "emotion_replies"):
         assert left_out in T.CORPUS_EXCLUDE
         text = json.loads((tmp_path / f"{left_out}.jsonl").read_text())
         assert not any(v in t for t in got for v in text.values() if isinstance(v, str) and len(v) > 20)

@@ -407,28 +407,41 @@ def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent()
 
 
 def test_reply_activations_average_the_reply_tokens_in_groups_of_one_context(tiny_llama, tmp_path, monkeypatch):
-    """Section 8's variant: each emotion's i-th reply answers context i; every site is the mean over the reply's
-    tokens (checked against a direct capture), the six rows of a context are one group; unbalanced input refused."""
+    """Section 8's variant: each emotion's i-th reply follows context i (wrapping); every site is the mean over the
+    reply's tokens (checked against a direct capture), the six rows of a context are one group; bad input refused."""
     from emocircuits import datasets as ds
 
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     emos = list(ds.EMOTIONS)
     recs = [r for e in emos for r in [x for x in ds.load_named("emotion_replies") if x.label == e][:2]]
+    rec = [r for r in recs if r.label == "sadness"][1]  # row 7: sadness's second reply
+
+    def reply_mean(context):
+        """Row 7's value by hand: the mean over the reply's tokens, and over every token."""
+        prompt = tiny_llama.chat_prompt(context)
+        rows = capture(tiny_llama, [prompt, prompt + rec.text], ["mlp_act.1"], pooling="none", progress=False)
+        return rows["mlp_act.1"][1][rows["mlp_act.1"][0].shape[0]:].mean(0), rows["mlp_act.1"][1].mean(0)
+
     contexts = ["How was your week?", "Tell me about your morning."]
     labels, groups, acts = C.reply_activations(tiny_llama, recs, contexts, emos)
     assert labels == emos * 2 and groups == ["0"] * 6 + ["1"] * 6
     L = tiny_llama.n_layers
     assert set(acts) == set(C.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
-    # row 7 is sadness's second reply, after the second context; its mean over the reply's tokens
-    rec = [r for r in recs if r.label == "sadness"][1]
-    prompt = tiny_llama.chat_prompt(contexts[1])
-    full = capture(tiny_llama, [prompt + rec.text], ["mlp_act.1"], pooling="none", progress=False)["mlp_act.1"][0]
-    n_prompt = capture(tiny_llama, [prompt], ["mlp_act.1"], pooling="none", progress=False)["mlp_act.1"][0].shape[0]
-    torch.testing.assert_close(acts["mlp_act.1"][7], full[n_prompt:].mean(0), rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(acts["mlp_act.1"][7], full.mean(0), atol=1e-3)  # the prompt's tokens are left out
+    reply_only, whole = reply_mean(contexts[1])
+    torch.testing.assert_close(acts["mlp_act.1"][7], reply_only, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(acts["mlp_act.1"][7], whole, atol=1e-3)  # the prompt's tokens are left out
+    # one context for two replies per emotion: it wraps, both groups follow it
+    _, groups1, acts1 = C.reply_activations(tiny_llama, recs, contexts[:1], emos)
+    assert groups1 == groups
+    torch.testing.assert_close(acts1["mlp_act.1"][:6], acts["mlp_act.1"][:6], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(acts1["mlp_act.1"][7], reply_mean(contexts[0])[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="same number of replies"):
         C.reply_activations(tiny_llama, recs[:-1], contexts, emos)
     with pytest.raises(ValueError, match="same number of replies"):
         C.reply_activations(tiny_llama, recs, contexts, emos[:5])  # a label outside the emotions asked for
-    with pytest.raises(ValueError, match="contexts"):
+    with pytest.raises(ValueError, match="distinct emotion names"):
+        C.reply_activations(tiny_llama, recs, contexts, emos + ["fear"])
+    with pytest.raises(ValueError, match="contexts: expected a list of user prompts, not one str"):
         C.reply_activations(tiny_llama, recs, "How was your week?", emos)
+    with pytest.raises(ValueError, match="contexts: expected a non-empty list"):
+        C.reply_activations(tiny_llama, recs, [], emos)

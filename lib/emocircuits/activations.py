@@ -236,7 +236,7 @@ def capture(
     response begins, for ``mean_response``. Texts are sorted by length into
     batches to waste little padding; results come back in the input order.
     With ``cache=True`` the result is stored under the cache folder, keyed
-    by model, texts, sites, pooling and truncation. With ``cache="memory"``
+    by model, texts, sites, pooling, response starts and truncation. With ``cache="memory"``
     each text's pooled rows are kept on ``lm`` (up to
     :data:`MEMORY_CACHE_BYTES`, the least recently used texts dropped first), and a later
     call runs only the texts it has not seen at every asked site and

@@ -738,19 +738,24 @@ def reply_activations(lm, records: Sequence, contexts: Sequence[str], emotions: 
     an emotion instruction), and every site of :func:`sev_activations` is
     averaged over the reply's tokens: modulation adds its means at every
     generated position, so that is the state it should resemble. The i-th
-    reply of every emotion answers the same context, ``contexts[i % len]``,
+    reply of every emotion follows the same context, ``contexts[i % len]``,
     and those six rows are one group, so group centring removes what the
     context does. Every emotion needs the same number of records. One
     cached capture.
     """
     emotions = list(emotions)
+    if len(set(emotions)) != len(emotions) or not emotions:
+        raise ValueError(f"emotions: expected distinct emotion names, got {emotions}")
     by = {e: [r for r in records if r.label == e] for e in emotions}
     other = sorted({r.label for r in records} - set(emotions))
     counts = {e: len(rs) for e, rs in by.items()}
     if other or len(set(counts.values())) != 1 or not min(counts.values()):
         raise ValueError(f"records: expected the same number of replies (at least 1) for each of {emotions} and "
                          f"no other label; got {counts}" + (f" and labels {other}" if other else ""))
-    if isinstance(contexts, str) or not contexts or not all(isinstance(c, str) and c for c in contexts):
+    if isinstance(contexts, str):
+        raise ValueError("contexts: expected a list of user prompts, not one str")
+    contexts = list(contexts)
+    if not contexts or not all(isinstance(c, str) and c for c in contexts):
         raise ValueError("contexts: expected a non-empty list of user prompts (non-empty strings)")
     labels, groups, texts, starts = [], [], [], []
     for i in range(counts[emotions[0]]):
