@@ -911,21 +911,21 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # in 7 of the disgust replies, it allows. The replies were written
 # without prompts: each is placed after one of the discovery prompts
 # without instruction, and the six emotions' replies after the same
-# prompt form a group, so centring removes what the prompt does. None of them is in the judge's corpus
-# (`datasets.validate_all` checks it).
+# prompt form a group, so centring removes what the prompt does. None of
+# them is in the judge's corpus (`datasets.validate_all` checks it).
 #
 # **How to read it.** This is not paper B's method, and it was built
 # *after* paper B's way fell short on fear. A first try on discovery
-# prompts read the judge's own training texts, and fear moved; these
-# replies were then written to keep the judge's texts out, and not revised
-# after any run with them. The scale grid was set in the same exploration
-# on discovery prompts; the held-out prompts were not looked at until
-# this section ran. The judge did not see these texts, but
-# it learned from texts written to the same brief, so a push toward
-# "replies like these" is also a push toward what the judge knows. The
-# random-components row, the judge-free "names the target" column and the
-# replies themselves are the checks on that. The circuits' causal checks
-# of section 6 were not repeated for them.
+# prompts built the directions from the judge's own training texts, and
+# fear moved; these replies were then written to keep the judge's texts
+# out, and not revised after any run with them. The scale grid was set
+# in the same exploration on discovery prompts; the held-out prompts
+# were not looked at until this section ran. The judge did not see these
+# texts, but it learned from texts written to a similar brief, so a push
+# toward "replies like these" is also a push toward what the judge
+# knows. The random-components row, the judge-free "names the target"
+# column and the replies themselves are the checks on that. The
+# circuits' causal checks of section 6 were not repeated for them.
 
 # %%
 reply_recs = [r for e in EMO for r in [x for x in ds.load_named("emotion_replies") if x.label == e][: size(8, 24, 24)]]
@@ -977,8 +977,8 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # %% [markdown]
 # How to read this on the default model (96 held-out replies per row).
 # The judge reads 0.86 of the 144 replies as their own emotion, so the
-# texts carry what they were written to carry. The two ways find
-# partly different directions (cosine 0.05 to 0.21 on average over layers, 0.13
+# texts carry what they were written to carry. The two ways find partly
+# different directions (cosine 0.05 to 0.21 on average over layers, 0.13
 # to 0.45 at the last layer) and different circuits: the variant's shares
 # 0.22 to 0.27 of its components with paper B's circuit for the same
 # emotion, against 0.12 to 0.14 for circuits drawn at random within the
@@ -1009,8 +1009,9 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # built from (fear's texts are mostly physical danger, disgust's mostly
 # food and dirt). Surprise's texts turn on questions ("Wait, you're
 # telling me you've had a twin all this time?"), and the surprise replies
-# shown keep the question marks without the surprise. A direction read from 24 replies is a direction for those
-# replies' topics as much as for their emotion; which part of it does the
+# shown keep the question marks without the surprise. A direction read
+# from 24 replies is a direction for those replies' topics as much as for
+# their emotion; which part of it does the
 # work is more than this comparison can show.
 
 # %% [markdown]
