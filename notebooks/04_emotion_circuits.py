@@ -276,24 +276,29 @@ for ax, k, kind in zip(axes, (0, 1), ("neurons", "heads")):
     ax.set(title=f"{kind} per layer", ylabel="layer" if k == 0 else "")
 fig.suptitle("Where each emotion's circuit lives")
 plt.show()
-# per kind, [a, b]: the share of circuit a's components that circuit b has too (of all a's components)
-sets = {(e, kind): {(c.layer, c.index) for c in circuits[e].components if c.kind == kind}
-        for e in EMO for kind in C.KINDS}
-shared = {kind: np.array([[len(sets[a, kind] & sets[b, kind]) / len(circuits[a]) for b in EMO] for a in EMO])
-          for kind in C.KINDS}
-overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
-display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
-# baseline, the same per kind: what circuits drawing at random within layers, with the same counts, would share
+def common(a, b):
+    """{kind: the share of circuit a's components (of all of them) that circuit b has too}."""
+    return {kind: len({(c.layer, c.index) for c in a.components if c.kind == kind}
+                      & {(c.layer, c.index) for c in b.components if c.kind == kind}) / len(a) for kind in C.KINDS}
+
+
 def chance_overlap(a, b):
     """{kind: the share of circuit a's components that b would have too, were both drawn at random within each
-    layer with their counts per layer}."""
+    layer with their counts per layer}: the baseline of :func:`common`."""
     ca, cb = a.counts(L), b.counts(L)
     return {kind: (ca[:, k] * cb[:, k]).sum() / width / len(a)
             for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
 
 
-pairs = {(a, b): chance_overlap(circuits[a], circuits[b]) for a in EMO for b in EMO}
-chance = {kind: np.array([[pairs[a, b][kind] for b in EMO] for a in EMO]) for kind in C.KINDS}
+def per_kind_matrix(f):
+    """{kind: [a, b] matrix of ``f(circuits[a], circuits[b])[kind]``} over the emotions."""
+    vals = {(a, b): f(circuits[a], circuits[b]) for a in EMO for b in EMO}
+    return {kind: np.array([[vals[a, b][kind] for b in EMO] for a in EMO]) for kind in C.KINDS}
+
+
+shared, chance = per_kind_matrix(common), per_kind_matrix(chance_overlap)
+overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
+display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
 off = ~np.eye(len(EMO), dtype=bool)
 by_kind = "; ".join(f"{kind}s {shared[kind][off].mean():.2f} (random {chance[kind][off].mean():.2f})"
                     for kind in C.KINDS)
@@ -928,7 +933,8 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # circuits' causal checks of section 6 were not repeated for them.
 
 # %%
-reply_recs = [r for e in EMO for r in [x for x in ds.load_named("emotion_replies") if x.label == e][: size(8, 24, 24)]]
+all_replies = ds.load_named("emotion_replies")
+reply_recs = [r for e in EMO for r in [x for x in all_replies if x.label == e][: size(8, 24, 24)]]
 contexts = [p["user"] for p in ds.sev_prompts(all_disc, emotions=None, valences=("neutral",))]
 t_labels, t_groups, t_acts = C.reply_activations(lm, reply_recs, contexts, EMO)
 reads = [v["label"] for v in judge([r.text for r in reply_recs])]
@@ -942,8 +948,7 @@ t_means = C.group_centred_means({k: v for k, v in t_acts.items() if k.split(".")
                                 t_labels, t_groups, EMO)
 site_cos = pd.DataFrame({emo: [float(t_dirs[f"resid_post.{l}"][e] @ dirs[f"resid_post.{l}"][e]) for l in range(L)]
                          for e, emo in enumerate(EMO)})
-kept = {emo: len({(c.layer, c.kind, c.index) for c in t_circuits[emo].components}
-                 & {(c.layer, c.kind, c.index) for c in circuits[emo].components}) / len(t_circuits[emo]) for emo in EMO}
+kept = {emo: sum(common(t_circuits[emo], circuits[emo]).values()) for emo in EMO}
 display(pd.DataFrame({"cosine with paper B's direction, mean over layers": site_cos.mean(),
                       "... at the last layer": site_cos.iloc[-1],
                       "share of components also in paper B's circuit": pd.Series(kept),

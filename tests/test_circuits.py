@@ -413,7 +413,8 @@ def test_reply_activations_average_the_reply_tokens_in_groups_of_one_context(tin
 
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     emos = list(ds.EMOTIONS)
-    recs = [r for e in emos for r in [x for x in ds.load_named("emotion_replies") if x.label == e][:2]]
+    replies = ds.load_named("emotion_replies")
+    recs = [r for e in emos for r in [x for x in replies if x.label == e][:2]]
     rec = [r for r in recs if r.label == "sadness"][1]  # row 7: sadness's second reply
 
     def reply_mean(context):

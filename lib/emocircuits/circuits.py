@@ -700,6 +700,11 @@ def direction_sites(n_layers: int) -> list[str]:
     return [f"{k}.{l}" for l in range(n_layers) for k in ("attn_out", "resid_mid", "mlp_out", "resid_post")]
 
 
+def chapter_sites(n_layers: int) -> list[str]:
+    """Every site chapter 04 reads: :func:`direction_sites` plus ``mlp_act`` and ``attn_z`` of every layer."""
+    return direction_sites(n_layers) + all_layers("mlp_act", n_layers) + all_layers("attn_z", n_layers)
+
+
 def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tuple[list[dict], dict]:
     """Paper B's prompts for ``records`` and their last-prompt-token activations at every site chapter 04 reads.
 
@@ -715,7 +720,7 @@ def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tupl
 
     prompts = ds.sev_prompts(records)
     texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
-    sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
+    sites = chapter_sites(lm.n_layers)
     acts = capture(lm, texts, sites, cache=True, progress=False, batch_size=24)
     if keep is None:
         return prompts, acts
@@ -735,7 +740,7 @@ def reply_activations(lm, records: Sequence, contexts: Sequence[str], emotions: 
     Not paper B's method, which reads instructed prompts. Each record (an
     :class:`~emocircuits.datasets.EmotionReplyRecord`) is placed as the
     assistant's reply to a user turn from ``contexts`` (user prompts without
-    an emotion instruction), and every site of :func:`sev_activations` is
+    an emotion instruction), and every site of :func:`chapter_sites` is
     averaged over the reply's tokens: modulation adds its means at every
     generated position, so that is the state it should resemble. The i-th
     reply of every emotion follows the same context, ``contexts[i % len]``,
@@ -765,7 +770,7 @@ def reply_activations(lm, records: Sequence, contexts: Sequence[str], emotions: 
             groups.append(str(i))
             texts.append(prompt + by[e][i].text)
             starts.append(len(prompt))
-    sites = direction_sites(lm.n_layers) + all_layers("mlp_act", lm.n_layers) + all_layers("attn_z", lm.n_layers)
+    sites = chapter_sites(lm.n_layers)
     acts = capture(lm, texts, sites, pooling="mean_response", response_starts=starts, cache=True, progress=False,
                    batch_size=24)
     return labels, groups, acts
