@@ -37,8 +37,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # - measure how strongly a push at each sublayer reaches the last layer
 #   (sublayer influence), assemble a circuit per emotion under a budget,
 #   and use it to make the model write in an emotion it was not asked for;
-# - see where paper B's way falls short on a small model, and try a
-#   variant that builds the circuits from text expressing the emotion.
+# - see where paper B's way falls short on a small model, try a variant
+#   that builds the circuits from text expressing the emotion, and pick
+#   between the two per emotion, tested on prompts kept fresh for it.
 #
 # This follows paper B (*Do LLMs "Feel"? Emotion Circuits Discovery and
 # Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
@@ -1020,7 +1021,110 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # work is more than this comparison can show.
 
 # %% [markdown]
-# ## 9. Looking at the neurons on real text
+# ## 9. Choosing the way per emotion, checked on fresh prompts
+#
+# Sections 7 and 8 fail in different places: paper B's circuits move
+# anger, sadness, happiness and surprise but hardly fear, the circuits
+# from text move fear and disgust but lose surprise. That suggests one
+# more method: for each emotion, take whichever of the two circuits does
+# better on the *discovery* prompts, each way at the one scale it chose
+# there, by the same rule as every strength in this chapter (the more
+# accurate of the two among those keeping at least 90% of the replies
+# coherent; paper B's way on a tie). The pick reads 12 discovery
+# scenarios per emotion and way in the default book (2 in QUICK mode, 24
+# in FULL runs), more than section 7's per-emotion scales had.
+#
+# **Fresh prompts.** This method was designed after the held-out replies
+# of sections 7 and 8 had been read, so those prompts can no longer test
+# it. It is tested once on 16 other test scenarios, halfway between the
+# held-out ones in the test file, which no other section of this chapter
+# uses; paper B's way, the circuits from text and the unmodified model
+# are run on them too, so every row reads the same prompts. The
+# baseline for choosing components is the same push, emotion by emotion,
+# on random components of the chosen circuit's layers.
+
+# %%
+WAYS = {"paper B's way": dict(scale=scale),  # the two candidates, in the order that wins a tie
+        "circuits from text": dict(scale=t_scale, circs=t_circuits, means=t_means)}
+n_pick = size(2, 12, 24)
+pick = pd.concat([toward(disc[:n_pick], n_tokens=new_tokens, **kw).assign(way=way) for way, kw in WAYS.items()])
+pick["way"] = pd.Categorical(pick.way, categories=list(WAYS), ordered=True)
+way_by = C.choose_strength(pick, by="emotion", option="way")
+
+
+def per_way(runs, caption):
+    """Each emotion's share judged as the target and share coherent under each way, and the way picked."""
+    t = pd.concat({way: r.groupby("emotion").agg(on_target=("hit", "mean"), coherent=("coherent", "mean"))
+                   for way, r in runs.items()}, axis=1).loc[EMO]
+    numbers = list(t.columns)
+    t[("picked", "")] = pd.Series(way_by)
+    display(t.style.format("{:.2f}", subset=numbers).set_caption(caption))
+
+
+per_way({way: pick[pick.way == way] for way in WAYS},
+        f"discovery prompts, {n_pick} replies per emotion and way, and the way the rule picks")
+
+step = max(1, len(all_test) // size(4, n_held, n_held))
+fresh = all_test[step // 2:: step][:n_held]  # halfway between the held-out scenarios
+assert not {r.id for r in fresh} & {r.id for r in held + test_recs}, "the fresh scenarios must be unused here"
+f_runs = {way: toward(fresh, n_tokens=new_tokens, **kw) for way, kw in WAYS.items()}
+f_pick = pd.concat([f_runs[way_by[e]][lambda d, e=e: d.emotion == e] for e in EMO])  # each emotion: its way's
+pick_circuits = {e: (t_circuits if way_by[e] == "circuits from text" else circuits)[e] for e in EMO}
+pick_means = {site: torch.stack([(t_means if way_by[e] == "circuits from text" else c_means)[site][i]
+                                 for i, e in enumerate(EMO)]) for site in c_means}
+f_random = toward(fresh, {e: WAYS[way_by[e]]["scale"] for e in EMO}, new_tokens, means=pick_means,
+                  circs={e: C.random_like(pick_circuits[e], lm, seed=SEED) for e in EMO})
+f_res = scored({"each emotion's way, picked on discovery prompts": f_pick, **f_runs,
+                "same push on random components (same layers)": f_random,
+                "no intervention": toward(fresh, 0.0, new_tokens)})
+display(f_res.style.format("{:.2f}").set_caption(
+    f"fresh test prompts ({len(fresh)} scenarios), {len(f_pick)} replies per row (goal: accuracy >= 0.80 with "
+    ">= 0.90 coherent)"))
+per_way(f_runs, f"fresh prompts, {len(f_pick) // len(EMO)} replies per emotion and way, and the way picked")
+display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coherent"]].style.hide(axis="index"))
+
+# %% [markdown]
+# How to read this on the default model (96 fresh replies per row). The
+# rule picks the circuits from text for fear (on target in 12 of 12
+# discovery replies, against 2 of 12 for paper B's) and for anger (paper
+# B's was on target in all 12 but kept only 0.83 coherent), and paper B's
+# way for the other four. Disgust stays with paper B's way although the
+# circuits from text were on target in all 12 of its discovery replies:
+# they kept only 8 of them coherent, so the rule refused them.
+#
+# On the fresh prompts the pick lands on target in 0.79 [0.71, 0.88] of
+# the replies with 0.97 coherent, against 0.17 unmodified and 0.22 for
+# the same push on random components. That is 76 of 96: the goal (0.80
+# with 0.90 coherent) needed 77. Every reply on target was also coherent
+# (0.79 on the joint measure, against 0.70 for paper B's way alone), and
+# it names the emotion's own word in 0.36 of its replies, between paper
+# B's way (0.51) and the circuits from text (0.03).
+#
+# The fresh prompts also give both earlier ways a second sample. Paper
+# B's way reaches 0.73 [0.64, 0.81] here (0.79 on the held-out prompts),
+# the circuits from text 0.81 [0.74, 0.89] with 0.92 coherent (0.79 with
+# 0.84 held out). So on these prompts the variant alone clears the goal
+# that the pick misses by one reply, and on the held-out prompts it did
+# not: the three ways land between 0.73 and 0.81 on target, and every
+# interval here holds 0.80. Which way is best cannot be read from 96
+# replies a row; what can is that neither earlier way clears the goal on
+# both samples.
+#
+# Where the pick gives most away is disgust: on these prompts paper B's
+# way reads as disgust in 3 of 16 replies (9 of 16 held out), the
+# circuits from text in 16 of 16, but only 10 of them coherent: the trade
+# the rule saw on the discovery prompts, and refused. The rule holds
+# *each* emotion to 90% coherent, where the goal holds the pooled
+# replies. Held over the six pooled, the same rule would have taken
+# disgust's circuits from text and anger's from paper B's way, and on
+# these prompts reached 0.96 on target with 0.896 coherent (92 and 86 of
+# 96), just under the floor from the other side. That rule was not fixed
+# before the run, so this is a reading of the table, not a result: on
+# this model, at this judge, the goal sits on the line where a push
+# strong enough to move the last few replies starts to cost coherence.
+
+# %% [markdown]
+# ## 10. Looking at the neurons on real text
 #
 # The circuit's top neurons for happiness, on a few modulated and
 # unmodulated replies: colour shows each neuron's activation per token
@@ -1099,6 +1203,25 @@ headline = record(
     text_modulation_on_target_coherent=t_res.loc["circuit modulation, circuits from text", "on target and coherent"],
     text_modulation_names_target=t_res.loc["circuit modulation, circuits from text", "names the target"],
     text_random_modulation_accuracy=t_res.loc["same push on random components (same layers)", "accuracy"],
+    # section 9: each emotion's way picked on discovery prompts, tested on fresh prompts
+    pick_text_emotions=sum(w == "circuits from text" for w in way_by.values()),
+    pick_modulation_accuracy=f_res.loc["each emotion's way, picked on discovery prompts", "accuracy"],
+    pick_modulation_accuracy_lo=f_res.loc["each emotion's way, picked on discovery prompts", "acc lo"],
+    pick_modulation_accuracy_hi=f_res.loc["each emotion's way, picked on discovery prompts", "acc hi"],
+    pick_modulation_coherent=f_res.loc["each emotion's way, picked on discovery prompts", "coherent"],
+    pick_modulation_on_target_coherent=f_res.loc["each emotion's way, picked on discovery prompts",
+                                                 "on target and coherent"],
+    pick_modulation_names_target=f_res.loc["each emotion's way, picked on discovery prompts", "names the target"],
+    pick_random_accuracy=f_res.loc["same push on random components (same layers)", "accuracy"],
+    fresh_modulation_accuracy=f_res.loc["paper B's way", "accuracy"],
+    fresh_text_modulation_accuracy=f_res.loc["circuits from text", "accuracy"],
+    fresh_plain_accuracy=f_res.loc["no intervention", "accuracy"],
+    fresh_modulation_coherent=f_res.loc["paper B's way", "coherent"],
+    fresh_text_modulation_coherent=f_res.loc["circuits from text", "coherent"],
+    **{f"{key}_{end}": f_res.loc[row, f"acc {end}"] for key, row in (
+        ("fresh_modulation_accuracy", "paper B's way"), ("fresh_text_modulation_accuracy", "circuits from text"),
+        ("pick_random_accuracy", "same push on random components (same layers)"),
+        ("fresh_plain_accuracy", "no intervention")) for end in ("lo", "hi")},
     **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
         ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
@@ -1142,6 +1265,13 @@ pd.Series(headline).to_frame("value")
 #   3B model whose instruction following is
 #   far stronger (see the prompting row). Run this chapter with a larger
 #   `MODEL` on a GPU to compare.
+# - **Designs made one after another.** Each method was run once on its
+#   test prompts, but the methods were designed in turn, each after the
+#   previous one's held-out replies had been read: section 8's after
+#   section 7's, section 9's after both. So section 9 got prompts of its
+#   own. Its second reading of the two earlier ways shows how much one
+#   set of 96 replies moves a share: paper B's way 0.79 then 0.73, the
+#   circuits from text 0.79 then 0.81 (coherent 0.84 then 0.92).
 # - **Equal coherence, a few strengths.** The comparison at equal
 #   coherence covers every strength tried, on the discovery prompts and
 #   again on the held-out ones (24 and 48 replies per strength in the

@@ -392,6 +392,26 @@ def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_p
         C.choose_strength(df.assign(emotion=df.emotion.where(df.scale != 4)), by="emotion")
 
 
+def test_choose_strength_picks_among_named_candidates_in_their_given_order():
+    import pandas as pd
+
+    rows = []  # (emotion, way, hit, coherent): fear is better "from text"; anger ties, so the first way wins
+    for way, hits, coh in (("paper B", [0, 0, 0, 1], [1] * 4), ("from text", [1, 1, 1, 0], [1, 1, 1, 1])):
+        rows += [("fear", way, h, c) for h, c in zip(hits, coh)]
+    for way in ("paper B", "from text"):
+        rows += [("anger", way, h, 1) for h in (1, 1, 0, 1)]
+    df = pd.DataFrame(rows, columns=["emotion", "way", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
+    df["way"] = pd.Categorical(df.way, categories=["paper B", "from text"], ordered=True)  # not alphabetical
+    assert C.choose_strength(df, by="emotion", option="way") == {"fear": "from text", "anger": "paper B"}
+    # a better but incoherent candidate loses to a coherent one
+    worse = df.assign(coherent=~((df.emotion == "fear") & (df.way == "from text") & (df.hit)))
+    assert C.choose_strength(worse, by="emotion", option="way")["fear"] == "paper B"
+    with pytest.raises(ValueError, match="missing \\['way'\\]"):
+        C.choose_strength(df.drop(columns="way"), option="way")
+    with pytest.raises(ValueError, match="replies\\['way'\\] has missing values"):
+        C.choose_strength(df.assign(way=df.way.where(df.hit)), option="way")
+
+
 def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent():
     import pandas as pd
 

@@ -894,7 +894,7 @@ def best_at_coherence(tables: dict, levels: Sequence[float] | None = None):
     return pd.DataFrame(out, index=pd.Index([float(c) for c in levels], name="coherent share at least"))
 
 
-def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None):
+def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, option: str = "scale"):
     """The strength a tuning run picks: the smallest that reaches the best accuracy among those keeping
     at least ``min_coherent`` of the replies coherent; when none keeps that many, the most accurate one.
 
@@ -902,7 +902,10 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None):
     ``scale`` (the strength it was generated with), ``hit`` (judged as the
     target) and ``coherent`` (booleans). With ``by`` (a column, e.g.
     ``"emotion"``) the rule is applied to each group's replies on its own
-    and a dict {group: strength} is returned; otherwise one float.
+    and a dict {group: strength} is returned; otherwise one value.
+    ``option`` names the column holding the candidates, if not ``scale``
+    (e.g. a way of building the circuits): ties go to the first candidate in
+    that column's sort order, so give it an ordered categorical to rank them.
     """
     import pandas as pd
 
@@ -910,18 +913,21 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None):
         raise ValueError(f"replies must be a pandas DataFrame of judged replies; got {type(replies).__name__}")
     if not 0 <= min_coherent <= 1:
         raise ValueError(f"min_coherent must be a share in [0, 1]; got {min_coherent}")
-    need = {"scale", "hit", "coherent"} | ({by} if by is not None else set())
+    need = {option, "hit", "coherent"} | ({by} if by is not None else set())
     missing = sorted(need - set(replies.columns))
     if missing:
         raise ValueError(f"replies needs columns {sorted(need)}; missing {missing}")
     if len(replies) == 0:
         raise ValueError("replies has no rows: nothing to choose a strength from")
+    if replies[option].isna().any():
+        raise ValueError(f"replies[{option!r}] has missing values: every reply needs the candidate it was made with")
 
-    def rule(rows) -> float:
-        t = rows.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean")).sort_index()
-        ok = t[t.coherent >= min_coherent]
-        pool = ok if len(ok) else t
-        return float(pool.accuracy.idxmax())  # idxmax takes the first (smallest) strength among ties
+    def rule(rows):
+        t = rows.groupby(option, observed=True).agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+        ok = t[t.coherent >= min_coherent].sort_index()
+        pool = ok if len(ok) else t.sort_index()
+        best = pool.accuracy.idxmax()  # idxmax takes the first (smallest) candidate among ties
+        return float(best) if option == "scale" else best
 
     if by is None:
         return rule(replies)

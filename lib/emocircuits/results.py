@@ -254,6 +254,13 @@ ROWS: tuple[Row, ...] = (
               "text_random_modulation_accuracy"),
         "the model reads replies written for this book instead of instructed prompts; built after paper B's way "
         "fell short on fear (chapter 04, section 8)"),
+    Row("B", "emotion control, each emotion's circuit picked between the two ways on discovery prompts, tested "
+        "on fresh prompts", "-", "04_emotion_circuits", "pick_modulation_accuracy",
+        _base("coherent share {}; paper B's way on the same prompts: {}; random components: {}; no intervention: {}",
+              "pick_modulation_coherent", "fresh_modulation_accuracy", "pick_random_accuracy",
+              "fresh_plain_accuracy"),
+        "designed after the held-out replies of both ways were read, so tested once on test scenarios no other "
+        "section uses (chapter 04, section 9)"),
     # paper C
     Row("C", "features active at every generation step (persistent)", "1", "05_attribution_graphs", "n_persistent",
         _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
