@@ -378,6 +378,7 @@ def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_p
     df = pd.DataFrame(rows, columns=["emotion", "scale", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
     assert C.choose_strength(df, by="emotion") == {"anger": 8.0, "fear": 8.0}  # fear: smallest coherent tie
     assert C.choose_strength(df) == 8.0  # pooled: 12 is more accurate (0.5 vs 0.25) but 0.75 coherent
+    assert isinstance(C.choose_strength(df), float)
     assert C.choose_strength(df, min_coherent=0.5) == 12.0 and C.choose_strength(df, min_coherent=0.5,
                                                                                  by="emotion")["anger"] == 12.0
     bad = df.assign(coherent=False)  # none coherent: the most accurate strength, the smallest among ties

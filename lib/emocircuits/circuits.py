@@ -895,8 +895,9 @@ def best_at_coherence(tables: dict, levels: Sequence[float] | None = None):
 
 
 def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, option: str = "scale"):
-    """The strength a tuning run picks: the smallest that reaches the best accuracy among those keeping
-    at least ``min_coherent`` of the replies coherent; when none keeps that many, the most accurate one.
+    """The strength (or other candidate) a tuning run picks: the smallest that reaches the best accuracy
+    among those keeping at least ``min_coherent`` of the replies coherent; when none keeps that many, the
+    most accurate one.
 
     ``replies`` is a table with one row per judged reply and columns
     ``scale`` (the strength it was generated with), ``hit`` (judged as the
@@ -906,6 +907,7 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, o
     ``option`` names the column holding the candidates, if not ``scale``
     (e.g. a way of building the circuits): ties go to the first candidate in
     that column's sort order, so give it an ordered categorical to rank them.
+    A reply without its candidate (a missing value in that column) is an error.
     """
     import pandas as pd
 
