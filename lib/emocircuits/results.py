@@ -259,7 +259,7 @@ ROWS: tuple[Row, ...] = (
         _base("coherent share {}; paper B's way on the same prompts: {}; random components: {}; no intervention: {}",
               "pick_modulation_coherent", "fresh_modulation_accuracy", "pick_random_accuracy",
               "fresh_plain_accuracy"),
-        "designed after the held-out replies of both ways were read, so tested once on test scenarios no other "
+        "designed after the held-out replies of both ways were read, so tested on test scenarios no other "
         "section uses (chapter 04, section 9)"),
     Row("B", "the same pick on every fresh prompt (in the default book, section 9's 16 scenarios and 48 added)", "-",
         "04_emotion_circuits", "pick_all_accuracy",
