@@ -1046,7 +1046,7 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # layers.
 
 # %%
-WAYS = {"paper B's way": dict(scale=scale),  # the two candidates, in the order that wins a tie
+WAYS = {"paper B's way": dict(scale=scale, circs=circuits, means=c_means),  # the candidates; the first wins a tie
         "circuits from text": dict(scale=t_scale, circs=t_circuits, means=t_means)}
 n_pick = size(2, 12, 24)
 pick = pd.concat([toward(disc[:n_pick], n_tokens=new_tokens, **kw).assign(way=way) for way, kw in WAYS.items()])
@@ -1071,13 +1071,14 @@ fresh = all_test[step // 2:: step][:n_held]  # halfway between the held-out scen
 assert not {r.id for r in fresh} & {r.id for r in held + test_recs}, "the fresh scenarios must be unused here"
 f_runs = {way: toward(fresh, n_tokens=new_tokens, **kw) for way, kw in WAYS.items()}
 f_pick = pd.concat([f_runs[way_by[e]][lambda d, e=e: d.emotion == e] for e in EMO])  # each emotion: its way's
-pick_circuits = {e: (t_circuits if way_by[e] == "circuits from text" else circuits)[e] for e in EMO}
-pick_means = {site: torch.stack([(t_means if way_by[e] == "circuits from text" else c_means)[site][i]
-                                 for i, e in enumerate(EMO)]) for site in c_means}
-f_random = toward(fresh, {e: WAYS[way_by[e]]["scale"] for e in EMO}, new_tokens, means=pick_means,
+pick_scale = {e: WAYS[way_by[e]]["scale"] for e in EMO}
+pick_circuits = {e: WAYS[way_by[e]]["circs"][e] for e in EMO}
+pick_means = {site: torch.stack([WAYS[way_by[e]]["means"][site][i] for i, e in enumerate(EMO)]) for site in c_means}
+f_random = toward(fresh, pick_scale, new_tokens, means=pick_means,
                   circs={e: C.random_like(pick_circuits[e], lm, seed=SEED) for e in EMO})
 f_plain = toward(fresh, 0.0, new_tokens)
-f_res = scored({"each emotion's way, picked on discovery prompts": f_pick, **f_runs,
+PICK = "each emotion's way, picked on discovery prompts"
+f_res = scored({PICK: f_pick, **f_runs,
                 "same push on random components (same layers)": f_random, "no intervention": f_plain})
 display(f_res.style.format("{:.2f}").set_caption(
     f"fresh test prompts ({len(fresh)} scenarios), {len(f_pick)} replies per row (goal: accuracy >= 0.80 with "
@@ -1148,7 +1149,7 @@ used = {r.id for r in held + test_recs + fresh}
 unused = [r for r in all_test if r.id not in used]
 more = [unused[i] for i in np.unique(np.linspace(0, len(unused) - 1, n_more).round().astype(int))]
 assert len(more) == n_more and not {r.id for r in more} & used, "the added scenarios must be new and unused here"
-m_pick = toward(more, {e: WAYS[way_by[e]]["scale"] for e in EMO}, new_tokens, circs=pick_circuits, means=pick_means)
+m_pick = toward(more, pick_scale, new_tokens, circs=pick_circuits, means=pick_means)
 m_plain = toward(more, 0.0, new_tokens)
 ALL, NONE = f"the pick, all {len(fresh) + len(more)} fresh scenarios", f"no intervention, all {len(fresh) + len(more)}"
 m_res = scored({ALL: pd.concat([f_pick, m_pick]), f"the pick, the first {len(fresh)} (above)": f_pick,
@@ -1281,13 +1282,12 @@ headline = record(
     text_random_modulation_accuracy=t_res.loc["same push on random components (same layers)", "accuracy"],
     # section 9: each emotion's way picked on discovery prompts, tested on fresh prompts
     pick_text_emotions=sum(w == "circuits from text" for w in way_by.values()),
-    pick_modulation_accuracy=f_res.loc["each emotion's way, picked on discovery prompts", "accuracy"],
-    pick_modulation_accuracy_lo=f_res.loc["each emotion's way, picked on discovery prompts", "acc lo"],
-    pick_modulation_accuracy_hi=f_res.loc["each emotion's way, picked on discovery prompts", "acc hi"],
-    pick_modulation_coherent=f_res.loc["each emotion's way, picked on discovery prompts", "coherent"],
-    pick_modulation_on_target_coherent=f_res.loc["each emotion's way, picked on discovery prompts",
-                                                 "on target and coherent"],
-    pick_modulation_names_target=f_res.loc["each emotion's way, picked on discovery prompts", "names the target"],
+    pick_modulation_accuracy=f_res.loc[PICK, "accuracy"],
+    pick_modulation_accuracy_lo=f_res.loc[PICK, "acc lo"],
+    pick_modulation_accuracy_hi=f_res.loc[PICK, "acc hi"],
+    pick_modulation_coherent=f_res.loc[PICK, "coherent"],
+    pick_modulation_on_target_coherent=f_res.loc[PICK, "on target and coherent"],
+    pick_modulation_names_target=f_res.loc[PICK, "names the target"],
     pick_random_accuracy=f_res.loc["same push on random components (same layers)", "accuracy"],
     pick_all_accuracy=m_res.loc[ALL, "accuracy"], pick_all_accuracy_lo=m_res.loc[ALL, "acc lo"],
     pick_all_accuracy_hi=m_res.loc[ALL, "acc hi"], pick_all_coherent=m_res.loc[ALL, "coherent"],
