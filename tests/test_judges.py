@@ -25,32 +25,83 @@ def empathy_judge():
     return J.EmpathyJudge()
 
 
-def test_emotion_corpus_is_balanced_and_free_of_label_words():
+def test_emotion_corpora_are_balanced_and_split_per_file_and_label():
     recs, test = J.emotion_corpus()
-    labels = [r["label"] for r in recs]
-    assert {l: labels.count(l) for l in J.LABELS} == {l: 110 for l in J.LABELS}
-    for lab in J.LABELS:
-        styles = [r["style"] for r in recs if r["label"] == lab]
+    for source, per_label in (("judge_emotion", 110), ("judge_emotion_registers", 360)):
+        labels = [r["label"] for r in recs if r["source"] == source]
+        assert {l: labels.count(l) for l in J.LABELS} == {l: per_label for l in J.LABELS}, source
+    old = [r for r in recs if r["source"] == "judge_emotion"]
+    for lab in J.LABELS:  # the first corpus: half replies, half statements, no label words
+        styles = [r["style"] for r in old if r["label"] == lab]
         assert styles.count("reply") == styles.count("statement") == 55
     banned = ("anger", "angr", "sad", "happ", "fear", "afraid", "surpris", "disgust", "neutral", "emotion")
-    assert not [r["id"] for r in recs if any(w in r["text"].lower().split() for w in banned)]
-    assert test.sum() == 7 * 22  # a 20% stratified hold-out, seeded
+    assert not [r["id"] for r in old if any(w in r["text"].lower().split() for w in banned)]
+    # the registers corpus: six registers of 420 texts, and emotion words allowed (real replies name them)
+    regs = [r for r in recs if r["source"] == "judge_emotion_registers"]
+    assert Counter(r["register"] for r in regs) == dict.fromkeys(
+        ("assistant", "hard", "casual", "formal", "in_role", "dialogue"), 420)
+    assert sum(J.names_emotion([r["text"]], [r["label"]])[0] for r in regs if r["label"] != "neutral") > 100
+    assert test.sum() == 7 * 22 + 7 * 72  # 20% of each file's texts per label, seeded
     assert np.array_equal(test, J.emotion_corpus()[1])
+    texts = [r["text"].lower() for r in recs]
+    assert len(set(texts)) == len(texts)
+    chat, _ = J.emotion_validation("chat replies to SEV prompts")
+    fresh, _ = J.emotion_validation("fresh chat replies (reported once)")
+    assert not {t.lower() for t in chat + fresh} & set(texts), "validation texts are never trained on"
 
 
-def test_emotion_judge_beats_the_goal_and_the_majority_baseline_on_held_out_texts(emotion_judge):
+def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(emotion_judge):
+    """The tuning judge meets the goal on the chat-reply validation set (written to another brief than its
+    corpus) and on its corpora's held-out texts; the reporting judge, a different kind of model, is above
+    chance by far on both and agrees with it well beyond chance."""
+    report = J.ReportingEmotionJudge()
     recs, test = J.emotion_corpus()
     train_texts = {r["text"] for r, t in zip(recs, test) if not t}
     assert not train_texts & set(emotion_judge.test_texts)
-    verdicts = emotion_judge(emotion_judge.test_texts)
-    pred = [v["label"] for v in verdicts]
-    acc = np.mean([p == l for p, l in zip(pred, emotion_judge.test_labels)])
-    majority = max(emotion_judge.test_labels.count(l) for l in J.LABELS) / len(pred)
-    assert acc >= 0.85 > majority + 0.5
-    assert f1_score(emotion_judge.test_labels, pred, average="macro") >= 0.8
-    for v in verdicts[:5]:
+    assert set(emotion_judge.train_texts) == train_texts
+    texts, labels = J.emotion_validation("chat replies to SEV prompts")
+    truth = np.array(labels)
+    for judge, overall, each in ((emotion_judge, 0.85, 0.75), (report, 0.7, 0.55)):
+        pred = np.array(judge.labels(texts))
+        assert np.mean(pred == truth) >= overall, type(judge).__name__
+        assert min(np.mean(pred[truth == e] == e) for e in ds.EMOTIONS) >= each, type(judge).__name__
+        held = np.array(judge.labels(judge.test_texts))
+        assert np.mean(held == np.array(judge.test_labels)) >= 0.83
+    verdicts = emotion_judge(emotion_judge.test_texts[:5])
+    for v in verdicts:
         assert set(v["probs"]) == set(J.LABELS) and abs(sum(v["probs"].values()) - 1) < 1e-6
         assert v["label"] == max(v["probs"], key=v["probs"].get)
+    both = J.agreement(emotion_judge.labels(texts), report.labels(texts))
+    assert both["kappa"] >= 0.6 and both["n"] == len(texts)
+    # the two kinds of model differ: they disagree on some texts, and on different ones than they get wrong
+    assert 0.02 < 1 - both["agree"]
+
+
+def test_emotion_judges_choose_their_setting_by_leaving_registers_out():
+    """choose_c: the C with the best mean accuracy on held-out groups, ties to the smaller; the temperature
+    fitted on those out-of-group logits makes the probabilities better calibrated than T = 1 would."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(120, 5)) + np.eye(3, 5)[y] * 1.5
+    groups = np.tile(["a", "b", "c", "d"], 30)
+    c, oof, scores = J.choose_c(X, y, groups, candidates=(0.5, 1.0, 2.0))
+    assert set(scores) == {0.5, 1.0, 2.0} and scores[c] == max(scores.values())
+    assert c == min(k for k, v in scores.items() if v == scores[c])
+    assert oof.shape == (120, len(J.LABELS)) and (oof[:, 3:] == 0).all()
+    t = J.fit_temperature(oof[:, :3], y)
+    from scipy.special import log_softmax
+    nll = lambda T: -np.mean(log_softmax(oof[:, :3] / T, axis=1)[np.arange(120), y])
+    assert nll(t) <= nll(1.0) and nll(t) <= nll(t * 1.5) and nll(t) <= nll(t / 1.5)
+    with pytest.raises(J.JudgeError, match="at least two groups"):
+        J.choose_c(X, y, ["a"] * 120)
+
+
+def test_agreement_counts_equal_labels_and_kappa():
+    assert J.agreement(["anger", "fear"], ["anger", "fear"]) == {"agree": 1.0, "kappa": 1.0, "n": 2}
+    got = J.agreement(["anger", "fear", "anger", "fear"], ["fear", "anger", "anger", "fear"])
+    assert got["agree"] == 0.5 and got["kappa"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="2 labels against 1"):
+        J.agreement(["anger", "fear"], ["anger"])
 
 
 def test_empathy_judge_ranks_held_out_replies(empathy_judge):
@@ -88,27 +139,36 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     assert [f.suffix for f in files] == [".safetensors"]
     again = J.EmpathyJudge().score(texts)
     np.testing.assert_array_equal(fresh, again)
+    corpus = [J.DATA_DIR / "judge_emotion.jsonl"]  # a small corpus keeps the fit quick
+    first = J.EmotionJudge(corpus=corpus).predict_proba(texts)
+    calls = []
+    monkeypatch.setattr(J, "choose_c", lambda *a, **k: calls.append(1))
+    reloaded = J.EmotionJudge(corpus=corpus)
+    np.testing.assert_allclose(reloaded.predict_proba(texts), first, rtol=1e-6)
+    assert not calls, "the second judge loads its C, temperature and weights instead of choosing again"
+    assert reloaded.model.C in J.C_CANDIDATES and reloaded.model.temperature > 0
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp*"))
 
 
-def test_both_variants_of_a_judge_share_one_embedding_pass_over_the_corpus(tmp_path, monkeypatch):
-    """A judge fitted on the training part and one fitted on everything embed
-    the corpus once between them; the fitted weights match embedding directly."""
+def test_the_reporting_judge_embeds_the_corpus_once_for_both_of_its_variants(tmp_path, monkeypatch):
+    """The reporting judge fitted on the training part and the one fitted on everything embed the corpus
+    (texts and their clauses) in one pass between them; the cached embeddings match embedding directly."""
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
+    corpus = [J.DATA_DIR / "judge_emotion.jsonl"]
     calls = []
     real = J.embed
     monkeypatch.setattr(J, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
-    split, full = J.EmotionJudge(), J.EmotionJudge(use_all=True)
-    recs, test = J.emotion_corpus(None, 0)
-    assert calls == [len({r["text"] for r in recs})], "one pass over the distinct corpus texts"
-    assert len(list((tmp_path / "embeddings").iterdir())) == 1
-    direct = real([r["text"] for r, t in zip(recs, test) if not t][:50])
-    table = J.embed_cached([r["text"] for r in recs])
-    np.testing.assert_allclose(np.stack([table[r["text"]] for r, t in zip(recs, test) if not t][:50]), direct,
-                               atol=1e-5)
-    assert not np.allclose(split.clf.coef_, full.clf.coef_), "the two variants are fitted on different texts"
-    J.EmpathyJudge(), J.EmpathyJudge(use_all=True)  # its situations (for the split) once, the corpus once
-    assert len(calls) == 3 and len(list((tmp_path / "embeddings").iterdir())) == 3
+    split, full = J.ReportingEmotionJudge(corpus=corpus), J.ReportingEmotionJudge(corpus=corpus, use_all=True)
+    recs, test = J.emotion_corpus(corpus, 0)
+    every = {c for r in recs for c in [r["text"], *J.clauses(r["text"])]}
+    assert len(calls) == 2 and len(list((tmp_path / "embeddings").iterdir())) == 2
+    assert calls[1] == len(every) - calls[0] or calls[1] <= len(every)
+    assert not np.allclose(split.model.coef, full.model.coef), "the two variants are fitted on different texts"
+    one = [r["text"] for r in recs[:3]]
+    np.testing.assert_allclose(J.embed_with_clauses(one)[:, :384], real(one), atol=1e-5)
+    assert J.clauses("Wow, you won? I can't believe it, and on your first try!") == [
+        "Wow, you won?", "I can't believe it", "and on your first try!"]
+    assert J.clauses("Ugh.") == ["Ugh."]
 
 
 def test_coherence_flags_repetition_symbols_and_empty_output():
@@ -238,27 +298,44 @@ def test_judge_cli_writes_every_field_in_order(tmp_path):
             {"id": "c", "text": ""}]
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     out = tmp_path / "out.jsonl"
-    assert main(["judge", "--texts", str(src), "--out", str(out)]) == 0
+    assert main(["judge", "--texts", str(src), "--out", str(out), "--allow-empty"]) == 0
     got = [json.loads(l) for l in out.read_text().splitlines()]
     assert [g["id"] for g in got] == ["a", "b", "c"]
     for g in got:
-        assert set(g) == {"id", "emotion", "emotion_probs", "empathy", "coherence", "coherent"}
+        assert list(g) == ["id", "emotion", "emotion_probs", "empathy", "coherence", "coherent", "emotion_report"]
         assert g["emotion"] in J.LABELS and 1 <= g["empathy"] <= 5 and 0 <= g["coherence"] <= 1
-    assert got[0]["emotion"] == "surprise"
+        assert g["emotion_report"] in J.LABELS
+    assert got[0]["emotion"] == got[0]["emotion_report"] == "surprise"
     assert got[1]["empathy"] > got[0]["empathy"]
     assert got[2]["coherent"] is False
 
 
-@pytest.mark.parametrize("line, msg", [("{not json", "in.jsonl:2: malformed JSON"),
-                                       ('{"text": "no id"}', "in.jsonl:2: expected an object with 'id'"),
-                                       ('{"id": 1, "text": "x", "context": 5}', "in.jsonl:2: field 'context'")])
+@pytest.mark.parametrize("line, msg", [
+    (b"{not json", "in.jsonl:2: malformed JSON"),
+    (b'{"text": "no id"}', "in.jsonl:2: expected an object with 'id'"),
+    (b'{"id": 1, "text": "x", "context": 5}', "in.jsonl:2: field 'context'"),
+    (b'{"id": 2, "text": ""}', "in.jsonl:2: field 'text' is empty; drop the line, or pass --allow-empty"),
+    (b'{"id": 3, "text": "caf\xe9"}', "in.jsonl:2: not UTF-8 (byte 0xe9 at column 25)"),
+    (json.dumps({"id": 4, "text": "word " * 900}).encode(),
+     "in.jsonl:2: field 'text' has 4500 characters, over the judges' limit of 4000; shorten it or pass --truncate"),
+])
 def test_judge_cli_bad_line_names_it_and_writes_nothing(tmp_path, capsys, line, msg):
     src = tmp_path / "in.jsonl"
-    src.write_text('{"id": "ok", "text": "fine"}\n' + line + "\n")
+    src.write_bytes(b'{"id": "ok", "text": "fine"}\n' + line + b"\n")
     out = tmp_path / "out.jsonl"
     assert main(["judge", "--texts", str(src), "--out", str(out)]) == 2
     assert msg in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_judge_cli_truncates_long_texts_only_when_asked(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    long = "I can't believe they did that to you, it is outrageous! " * 80
+    src.write_text(json.dumps({"id": "long", "text": long}) + "\n")
+    assert main(["judge", "--texts", str(src), "--out", str(out), "--truncate"]) == 0
+    (got,) = [json.loads(l) for l in out.read_text().splitlines()]
+    cut = J.EmotionJudge(use_all=True)([long[:4000]])[0]
+    assert got["emotion_probs"] == pytest.approx(cut["probs"])
 
 
 def test_names_emotion_finds_each_word_family():

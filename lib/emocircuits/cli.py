@@ -77,13 +77,24 @@ def _cmd_data(args) -> int:
     return 0
 
 
+MAX_JUDGE_CHARS = 4000  # the judges read short replies; longer texts are refused or, with --truncate, cut
+
+
 def _cmd_judge(args) -> int:
     import json
 
     from .cache import atomic_write_text
-    from .judges import EmotionJudge, EmpathyJudge, coherence
+    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence
 
-    items = _read_texts(args.texts, allow_empty=True)
+    items = _read_texts(args.texts, allow_empty=args.allow_empty)
+    for lineno, r in items:
+        if len(r["text"]) > MAX_JUDGE_CHARS:
+            if not args.truncate:
+                raise ValueError(f"{args.texts}:{lineno}: field 'text' has {len(r['text'])} characters, over the "
+                                 f"judges' limit of {MAX_JUDGE_CHARS}; shorten it or pass --truncate to judge its "
+                                 f"first {MAX_JUDGE_CHARS} characters")
+            r["text"] = r["text"][:MAX_JUDGE_CHARS]
+    items = [r for _, r in items]
     texts = [r["text"] for r in items]
     contexts = [r.get("context") or "" for r in items]
     lm = None
@@ -92,39 +103,49 @@ def _cmd_judge(args) -> int:
 
         lm = load_model(args.ppl_model)
     emo = EmotionJudge(use_all=True)(texts)
+    report = ReportingEmotionJudge(use_all=True).labels(texts)
     emp = EmpathyJudge(use_all=True).score(texts, contexts)
     coh = coherence(texts, lm=lm, contexts=contexts if lm is not None else None)
     lines = [json.dumps({"id": r["id"], "emotion": e["label"], "emotion_probs": e["probs"], "empathy": float(s),
-                         "coherence": c["score"], "coherent": c["coherent"]})
-             for r, e, s, c in zip(items, emo, emp, coh)]
+                         "coherence": c["score"], "coherent": c["coherent"], "emotion_report": rep})
+             for r, e, s, c, rep in zip(items, emo, emp, coh, report)]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"judged {len(lines)} texts -> {args.out}")
     return 0
 
 
 def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optional: str = "context"
-                ) -> list[dict]:
-    """JSONL lines with an ``id`` and a string ``field`` (other fields kept); blank lines skipped.
+                ) -> list[tuple[int, dict]]:
+    """``(line number, record)`` for the JSONL lines with an ``id`` and a string ``field`` (other fields
+    kept); blank lines skipped.
 
-    ``optional`` names a field that must be a string when present. Errors name the line.
+    ``optional`` names a field that must be a string when present. Errors name the file and line: a line
+    that is not UTF-8, not JSON, or lacks the fields; an empty ``field`` unless ``allow_empty``.
     """
     import json
 
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} at column "
+                                 f"{err.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get(field), str) \
-                    or not (rec[field] or allow_empty):
-                raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a non-empty string '{field}'")
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get(field), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a string '{field}'")
+            if not rec[field].strip() and not allow_empty:
+                raise ValueError(f"{path}:{lineno}: field '{field}' is empty; drop the line, or pass --allow-empty "
+                                 f"to judge empty texts (they are never coherent)")
             if rec.get(optional) is not None and not isinstance(rec[optional], str):
                 raise ValueError(f"{path}:{lineno}: field '{optional}' must be a string when given")
-            items.append(rec)
+            items.append((lineno, rec))
     if not items:
         raise ValueError(f"{path}: no records")
     return items
@@ -166,7 +187,7 @@ def _cmd_score(args) -> int:
     from .probes import load_probe, score_texts
 
     probe = load_probe(args.probe)
-    items = _read_texts(args.texts)
+    items = [r for _, r in _read_texts(args.texts)]
     lm = load_model(args.model, device=args.device)
     scores = score_texts(lm, probe, [r["text"] for r in items], layer=args.layer)
     lines = [json.dumps({"id": r["id"], "score": float(s)}) for r, s in zip(items, scores)]
@@ -189,7 +210,7 @@ def _cmd_steer(args) -> int:
     if layer not in probe.directions:
         raise ValueError(f"--layer {layer}: the probe has layers {probe.layers}")
     items = [{"id": r["id"], "user": r["prompt"], "system": r.get("system")}
-             for r in _read_texts(args.prompts, field="prompt", optional="system")]
+             for _, r in _read_texts(args.prompts, field="prompt", optional="system")]
     lm = load_model(args.model, device=args.device)
     if probe.model != lm.name:
         raise ValueError(f"the probe in {args.probe} was fitted on {probe.model!r}, not {lm.name!r}")
@@ -248,9 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=None, help="schema to use (default: from the file name)")
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("judge", help="judge texts: emotion, empathy (1-5), coherence")
-    p.add_argument("--texts", required=True, help='JSONL with lines {"id", "text", "context"?}')
+    p = sub.add_parser("judge", help="judge texts: emotion (tuning and reporting judges), empathy (1-5), "
+                                     "coherence")
+    p.add_argument("--texts", required=True, help='UTF-8 JSONL with lines {"id", "text", "context"?}')
     p.add_argument("--out", required=True, help="output JSONL, written atomically")
+    p.add_argument("--allow-empty", action="store_true", help="judge empty texts (default: refuse them)")
+    p.add_argument("--truncate", action="store_true",
+                   help=f"judge the first {MAX_JUDGE_CHARS} characters of longer texts (default: refuse them)")
     p.add_argument("--ppl-model", default=None, help="registry model for perplexity (default: none)")
     p.set_defaults(func=_cmd_judge)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / "data"
@@ -165,6 +165,50 @@ class EmotionReplyRecord(_Record):
         return _no_emotion_word(v, "express it through content and tone")
 
 
+class JudgeEmotionRecord(_Record):
+    """A labelled text of the emotion judges' training corpora (``judge_emotion*.jsonl``)."""
+    label: Literal[EMOTIONS + ("neutral",)]  # type: ignore[valid-type]
+    text: str
+    style: Optional[Literal["reply", "statement"]] = None
+    register_: Optional[Literal["assistant", "hard", "casual", "formal", "in_role", "dialogue"]] = Field(
+        None, alias="register")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v):
+        _nonempty(v)
+        if not 1 <= len(v.split()) <= 80:
+            raise ValueError(f"must have 1 to 80 words, has {len(v.split())}")
+        return v
+
+
+class EmotionValidationRecord(_Record):
+    """A reply written to an SEV prompt of the test split, labelled with the emotion it was asked for
+    (``judge_emotion_chat.jsonl``: the emotion judges' validation set, never trained on)."""
+    label: Literal[EMOTIONS]  # type: ignore[valid-type]
+    prompt: str
+    valence: Literal[VALENCES]  # type: ignore[valid-type]
+    text: str
+
+    @field_validator("text", "prompt")
+    @classmethod
+    def _text(cls, v):
+        return _nonempty(v)
+
+
+class JudgeEmpathyRecord(_Record):
+    """A reply to a situation scored 1-5 for empathy (``judge_empathy.jsonl``)."""
+    situation: str
+    setting: Literal["personal", "game"]
+    reply: str
+    score: Literal[1, 2, 3, 4, 5]
+
+    @field_validator("situation", "reply")
+    @classmethod
+    def _text(cls, v):
+        return _nonempty(v)
+
+
 class GenerationRecord(_Record):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -182,14 +226,18 @@ class GenerationRecord(_Record):
 SCHEMAS: dict[str, type[BaseModel]] = {
     "sev": SEVRecord, "eia_scenarios": EIAScenario, "pairs": PairRecord, "prompts": PromptRecord,
     "situations": SituationRecord, "questions": QuestionRecord, "generations": GenerationRecord,
-    "emotion_replies": EmotionReplyRecord,
+    "emotion_replies": EmotionReplyRecord, "judge_emotion": JudgeEmotionRecord,
+    "emotion_validation": EmotionValidationRecord, "judge_empathy": JudgeEmpathyRecord,
 }
 
 FILES = {
     "sev_discovery": "sev", "sev_test": "sev", "eia_scenarios": "eia_scenarios", "eia_pairs": "pairs",
     "eia_lexical": "pairs", "eia_matched": "pairs", "persona_pairs": "pairs", "circuit_prompts": "prompts",
     "situations_heldout": "situations", "situations_confirm": "situations", "persona_questions": "questions",
-    "emotion_replies": "emotion_replies",
+    "emotion_replies": "emotion_replies", "judge_emotion": "judge_emotion",
+    "judge_emotion_registers": "judge_emotion", "judge_emotion_chat": "emotion_validation",
+    "judge_emotion_fresh": "emotion_validation",
+    "judge_empathy": "judge_empathy",
 }
 
 
