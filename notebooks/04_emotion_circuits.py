@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -44,6 +44,18 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # This follows paper B (*Do LLMs "Feel"? Emotion Circuits Discovery and
 # Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
 # bundled models, so the numbers are a small model's, not the paper's.
+#
+# ```{warning}
+# The emotion judge changed on 6 December 2026 (chapter 02: a judge
+# trained on replies in six registers, and a second, reporting judge of
+# another kind). The numbers quoted in this chapter's prose, the
+# strengths and the per-emotion picks it discusses were read on the
+# default book with the earlier judge; the tables and figures show this
+# build's numbers with the current judges. Where the two differ, the
+# tables are right and the prose is awaiting a re-read. The held-out
+# tables now give the reporting judge's share on target (`reported`)
+# and the two judges' agreement on the same replies (`kappa`).
+# ```
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -75,6 +87,7 @@ from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.plots import setup_style
+from emocircuits.protocol import Experiment
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import generate, generate_grid, next_token_logits
 
@@ -478,6 +491,7 @@ plt.show()
 
 # %%
 judge = J.EmotionJudge(use_all=True, seed=SEED)
+reporter = J.ReportingEmotionJudge(use_all=True, seed=SEED)  # reports beside the judge; never chooses
 gen_n = size(2, 3, 8)
 new_tokens = size(14, 24, 48)
 gen_rows, users, systems, each = [], [], [], []
@@ -609,7 +623,8 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
     ``circs`` replaces the emotions' circuits (a baseline of random components), ``means`` their group-centred
     means (section 8's variant).
     """
-    users = [p["user"] for p in ds.sev_prompts(recs, emotions=None, valences=("neutral",))]
+    prompts = ds.sev_prompts(recs, emotions=None, valences=("neutral",))
+    users, record_ids = [p["user"] for p in prompts], [p["record_id"] for p in prompts]
     kw = dict(max_new_tokens=n_tokens, **decode)
     per = scale if isinstance(scale, dict) else dict.fromkeys(EMO, scale)  # {emotion: strength}
     if not any(per.values()):
@@ -620,8 +635,8 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
                 if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
                 for emo in EMO]
         replies = generate_grid(lm, users, push, batch_size=32, **kw)
-    df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "user": u, "text": t}
-                       for emo, texts in zip(EMO, replies) for u, t in zip(users, texts)])
+    df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "record_id": r, "user": u, "text": t}
+                       for emo, texts in zip(EMO, replies) for r, u, t in zip(record_ids, users, texts)])
     df["judged"], df["coherent"] = judged(df.text, df.user)
     df["hit"] = df.judged == df.emotion
     return df
@@ -643,8 +658,16 @@ def choose(how, grid, name=None, **kw):
     return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
 
 
-scale, scale_by = choose("modulation", size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)))
-alpha, alpha_by = choose("steering", size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0)))
+SCALES = size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0))
+ALPHAS = size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0))
+display(Experiment(
+    "section 7: strengths", discovery=f"sev_discovery, {size(1, 4, 6)} scenarios' neutral events, no instruction",
+    candidates={"modulation scale": SCALES, "steering alpha (x RMS)": ALPHAS},
+    rule="circuits.choose_strength: the smallest strength with the best share judged as the target among those "
+         "keeping >= 90% of replies coherent (pooled; and per emotion)",
+    test=f"sev_test, {size(2, 16, 16)} held-out scenarios' neutral events, judged once").table())
+scale, scale_by = choose("modulation", SCALES)
+alpha, alpha_by = choose("steering", ALPHAS)
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
 per_emotion = pd.concat({how: t.groupby(["emotion", "scale"]).agg(accuracy=("hit", "mean"),
@@ -714,18 +737,24 @@ asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], 
                  batch_size=8, **DECODE)
 asked_labels, asked_coh = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
 asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
-asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked, "emotion": [p["emotion"] for p in tp]})
+asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked, "emotion": [p["emotion"] for p in tp],
+                         "judged": asked_labels})
 
 
 def scored(runs):
-    """One row per run (replies with ``hit``, ``coherent``, ``text`` and ``emotion``): its shares, with
-    bootstrap intervals over replies."""
+    """One row per run (replies with ``hit``, ``coherent``, ``text``, ``emotion`` and ``judged``): its shares,
+    with bootstrap intervals over replies; ``reported`` is the share the reporting judge reads as the target,
+    ``kappa`` the two judges' agreement on these replies."""
     out = {}
     for name, df in runs.items():
         hit, coh = df.hit.to_numpy(bool), df.coherent.to_numpy(bool)
         a, c, b = (bootstrap_ci(x.astype(float), seed=SEED) for x in (hit, coh, hit & coh))
         n = bootstrap_ci(J.names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
-        out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "coherent": c[0], "coh lo": c[1],
+        rep = reporter.labels(list(df.text))
+        r = bootstrap_ci((np.array(rep) == df.emotion.to_numpy()).astype(float), seed=SEED)
+        out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "reported": r[0], "rep lo": r[1],
+                     "rep hi": r[2], "kappa": J.agreement(list(df.judged), rep)["kappa"],
+                     "coherent": c[0], "coh lo": c[1],
                      "coh hi": c[2], "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
                      "names the target": n[0], "names lo": n[1], "names hi": n[2]}
     return pd.DataFrame(out).T
@@ -1049,6 +1078,12 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 WAYS = {"paper B's way": dict(scale=scale, circs=circuits, means=c_means),  # the candidates; the first wins a tie
         "circuits from text": dict(scale=t_scale, circs=t_circuits, means=t_means)}
 n_pick = size(2, 12, 24)
+display(Experiment(
+    "section 9: the way per emotion", discovery=f"sev_discovery, {n_pick} scenarios' neutral events",
+    candidates={"way": tuple(WAYS)},
+    rule="circuits.choose_strength(option='way'), per emotion: the more accurate way among those keeping >= 90% "
+         "of that emotion's replies coherent; paper B's way on a tie",
+    test=f"sev_test, {size(2, 16, 16)} scenarios no other section uses, judged once").table())
 pick = pd.concat([toward(disc[:n_pick], n_tokens=new_tokens, **kw).assign(way=way) for way, kw in WAYS.items()])
 pick["way"] = pd.Categorical(pick.way, categories=list(WAYS), ordered=True)
 way_by = C.choose_strength(pick, by="emotion", option="way")
@@ -1130,7 +1165,16 @@ display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coheren
 # last few replies starts to cost coherence.
 
 # %% [markdown]
-# **A larger sample for the pick.** 96 replies a row cannot tell 0.79
+# ### Exploratory: a larger sample, added after a near miss
+#
+# ```{note}
+# Exploratory. This sample was added after the result above had been
+# read, with no stopping rule fixed in advance, so it is not a test of
+# a choice made before looking. Its numbers stay in this section and out
+# of the results chapter; the result of section 9 is the table above.
+# ```
+#
+# 96 replies a row cannot tell 0.79
 # from 0.80: the interval above spans 0.17. So the pick, unchanged (the
 # same ways, scales and circuits for each emotion, chosen above on
 # discovery prompts), runs once more on 48 further test scenarios that no
@@ -1294,6 +1338,15 @@ headline = record(
     pick_all_on_target_coherent=m_res.loc[ALL, "on target and coherent"],
     pick_all_names_target=m_res.loc[ALL, "names the target"],
     pick_all_plain_accuracy=m_res.loc[NONE, "accuracy"], pick_all_replies=len(f_pick) + len(m_pick),
+    # the reporting judge's share on target for the headline rows, and the two judges' agreement
+    **{f"{key}_report": frame.loc[row, "reported"] for key, frame, row in (
+        ("modulation_accuracy", res, "circuit modulation"), ("steering_accuracy", res, "steering vector (directions)"),
+        ("prompting_accuracy", res, "prompting (instruction)"), ("plain_accuracy", res, "no intervention"),
+        ("random_modulation_accuracy", res, "modulation of random components (same layers, same rule)"),
+        ("pick_modulation_accuracy", f_res, PICK), ("fresh_text_modulation_accuracy", f_res, "circuits from text"),
+        ("fresh_plain_accuracy", f_res, "no intervention"))},
+    modulation_judges_kappa=res.loc["circuit modulation", "kappa"],
+    pick_judges_kappa=f_res.loc[PICK, "kappa"],
     fresh_modulation_accuracy=f_res.loc["paper B's way", "accuracy"],
     fresh_text_modulation_accuracy=f_res.loc["circuits from text", "accuracy"],
     fresh_plain_accuracy=f_res.loc["no intervention", "accuracy"],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emocircuits import datasets as ds
 from emocircuits import circuits as C
 from emocircuits.activations import capture
 from emocircuits.steering import Scale, Set, generate
@@ -376,6 +377,7 @@ def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_p
     for scale, coh in ((4, [1, 0]), (8, [1, 1]), (12, [1, 1])):
         rows += [("fear", scale, 0, c) for c in coh]
     df = pd.DataFrame(rows, columns=["emotion", "scale", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
+    df["record_id"] = [f"sev-d-work-{i % 4 + 1:02d}" for i in range(len(df))]  # discovery records
     assert C.choose_strength(df, by="emotion") == {"anger": 8.0, "fear": 8.0}  # fear: smallest coherent tie
     assert C.choose_strength(df) == 8.0  # pooled: 12 is more accurate (0.5 vs 0.25) but 0.75 coherent
     assert isinstance(C.choose_strength(df), float)
@@ -402,6 +404,7 @@ def test_choose_strength_picks_among_named_candidates_in_their_given_order():
     for way in ("paper B", "from text"):
         rows += [("anger", way, h, 1) for h in (1, 1, 0, 1)]
     df = pd.DataFrame(rows, columns=["emotion", "way", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
+    df["record_id"] = "sev-d-home-03"
     df["way"] = pd.Categorical(df.way, categories=["paper B", "from text"], ordered=True)  # not alphabetical
     assert C.choose_strength(df, by="emotion", option="way") == {"fear": "from text", "anger": "paper B"}
     # a better but incoherent candidate loses to a coherent one
@@ -411,6 +414,45 @@ def test_choose_strength_picks_among_named_candidates_in_their_given_order():
         C.choose_strength(df.drop(columns="way"), option="way")
     with pytest.raises(ValueError, match="replies\\['way'\\] has missing values"):
         C.choose_strength(df.assign(way=df.way.where(df.hit)), option="way")
+
+
+def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
+    """The locked protocol: a choice reads discovery records only. A reply built from an SEV test record (or
+    any record of protocol.TEST_SPLITS) makes the choice fail, naming it; replies without record ids are
+    refused too, so the check cannot be skipped by leaving the column out."""
+    import pandas as pd
+
+    from emocircuits import protocol
+
+    df = pd.DataFrame({"scale": [4.0, 8.0, 4.0, 8.0], "hit": [False, True, False, True], "coherent": [True] * 4,
+                       "record_id": ["sev-d-work-01", "sev-d-work-01", "sev-d-home-02", "sev-d-home-02"]})
+    assert C.choose_strength(df) == 8.0
+    leaked = df.assign(record_id=["sev-d-work-01", "sev-t-work-01", "sev-d-home-02", "sev-t-home-05"])
+    with pytest.raises(protocol.ProtocolError, match=r"choose_strength: 2 record\(s\) of a test split .*"
+                                                     r"\(sev-t-home-05, sev-t-work-01\)"):
+        C.choose_strength(leaked)
+    with pytest.raises(protocol.ProtocolError, match="sit-confirm-01"):
+        C.choose_strength(df.assign(record_id="sit-confirm-01"))
+    with pytest.raises(ValueError, match="missing \\['record_id'\\]"):
+        C.choose_strength(df.drop(columns="record_id"))
+    ids = protocol.test_ids()
+    assert {"sev-t-work-01", "sit-confirm-24", "chat-001", "fresh-180"} <= ids
+    assert not {i for i in ids if i.startswith(("sev-d-", "sit-heldout-"))}
+    pairs = {r.id: r.split for r in ds.load_named("eia_pairs")}
+    assert {i for i in ids if i in pairs} == {i for i, s in pairs.items() if s == "test"}
+
+
+def test_an_experiment_is_declared_in_full_before_it_runs():
+    from emocircuits.protocol import Experiment
+
+    exp = Experiment("modulation scale", discovery="sev_discovery, neutral events", candidates={"scale": (6.0, 8.0)},
+                     rule="choose_strength: the smallest of the most accurate keeping >= 0.9 coherent",
+                     test="sev_test, 16 scenarios")
+    t = exp.table()
+    assert t.loc["candidates", "modulation scale"] == "scale: 6, 8"
+    assert t.loc["tuning judge", "modulation scale"].startswith("EmotionJudge")
+    with pytest.raises(ValueError, match="'rule' must be declared"):
+        Experiment("x", discovery="d", test="t")
 
 
 def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent():

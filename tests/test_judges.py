@@ -315,7 +315,7 @@ def test_judge_cli_writes_every_field_in_order(tmp_path):
     (b'{"text": "no id"}', "in.jsonl:2: expected an object with 'id'"),
     (b'{"id": 1, "text": "x", "context": 5}', "in.jsonl:2: field 'context'"),
     (b'{"id": 2, "text": ""}', "in.jsonl:2: field 'text' is empty; drop the line, or pass --allow-empty"),
-    (b'{"id": 3, "text": "caf\xe9"}', "in.jsonl:2: not UTF-8 (byte 0xe9 at column 25)"),
+    (b'{"id": 3, "text": "caf\xe9"}', "in.jsonl:2: not UTF-8 (byte 0xe9 at column 23)"),
     (json.dumps({"id": 4, "text": "word " * 900}).encode(),
      "in.jsonl:2: field 'text' has 4500 characters, over the judges' limit of 4000; shorten it or pass --truncate"),
 ])

@@ -34,6 +34,7 @@ import torch
 
 from .activations import all_layers, capture, check_batch_size
 from .steering import Add, Scale, Set
+from .protocol import refuse_test_records
 
 KINDS = ("neuron", "head")
 SUBLAYERS = ("attn", "mlp")
@@ -901,7 +902,10 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, o
 
     ``replies`` is a table with one row per judged reply and columns
     ``scale`` (the strength it was generated with), ``hit`` (judged as the
-    target) and ``coherent`` (booleans). With ``by`` (a column, e.g.
+    target), ``coherent`` (booleans) and ``record_id`` (the data record the
+    prompt was built from): a reply made from a test record is refused
+    (:func:`emocircuits.protocol.refuse_test_records`), so the choice reads
+    discovery data only. With ``by`` (a column, e.g.
     ``"emotion"``) the rule is applied to each group's replies on its own
     and a dict {group: strength} is returned; otherwise one value.
     ``option`` names the column holding the candidates, if not ``scale``
@@ -915,12 +919,13 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, o
         raise ValueError(f"replies must be a pandas DataFrame of judged replies; got {type(replies).__name__}")
     if not 0 <= min_coherent <= 1:
         raise ValueError(f"min_coherent must be a share in [0, 1]; got {min_coherent}")
-    need = {option, "hit", "coherent"} | ({by} if by is not None else set())
+    need = {option, "hit", "coherent", "record_id"} | ({by} if by is not None else set())
     missing = sorted(need - set(replies.columns))
     if missing:
         raise ValueError(f"replies needs columns {sorted(need)}; missing {missing}")
     if len(replies) == 0:
         raise ValueError("replies has no rows: nothing to choose a strength from")
+    refuse_test_records(replies["record_id"], "choose_strength")
     if replies[option].isna().any():
         raise ValueError(f"replies[{option!r}] has missing values: every reply needs the candidate it was made with")
 

@@ -861,3 +861,22 @@ class APIJudge:
             m = re.search(r"[1-5]", ans)
             scores.append(float(m.group(0)) if m else float("nan"))
         return np.array(scores)
+
+
+def accuracy_by_label(labels_by_judge: dict[str, Sequence[str]], truth: Sequence[str], seed: int = 0) -> dict:
+    """For each judge's labels of the same texts: ``{judge: {"accuracy": (est, lo, hi), label: (est, lo, hi),
+    ...}}``, bootstrap 95% intervals over texts (per label over that label's texts); chapter 02's tables."""
+    from .stats import bootstrap_ci
+
+    truth = np.asarray(truth)
+    out = {}
+    for name, pred in labels_by_judge.items():
+        pred = np.asarray(pred)
+        if len(pred) != len(truth):
+            raise ValueError(f"{name}: {len(pred)} labels for {len(truth)} texts")
+        row = {"accuracy": bootstrap_ci((pred == truth).astype(float), seed=seed)}
+        for lab in LABELS:
+            if (truth == lab).any():
+                row[lab] = bootstrap_ci((pred[truth == lab] == lab).astype(float), seed=seed)
+        out[name] = row
+    return out
