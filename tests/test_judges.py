@@ -61,7 +61,7 @@ def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(e
     assert set(emotion_judge.train_texts) == train_texts
     texts, labels = J.emotion_validation("chat replies to SEV prompts")
     truth = np.array(labels)
-    for judge, overall, each in ((emotion_judge, 0.85, 0.75), (report, 0.7, 0.55)):
+    for judge, overall, each in ((emotion_judge, 0.85, 0.8), (report, 0.72, 0.6)):
         pred = np.array(judge.labels(texts))
         assert np.mean(pred == truth) >= overall, type(judge).__name__
         assert min(np.mean(pred[truth == e] == e) for e in ds.EMOTIONS) >= each, type(judge).__name__
@@ -72,7 +72,7 @@ def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(e
         assert set(v["probs"]) == set(J.LABELS) and abs(sum(v["probs"].values()) - 1) < 1e-6
         assert v["label"] == max(v["probs"], key=v["probs"].get)
     both = J.agreement(emotion_judge.labels(texts), report.labels(texts))
-    assert both["kappa"] >= 0.6 and both["n"] == len(texts)
+    assert both["kappa"] >= 0.6 and both["n"] == len(texts)  # 0.69 measured
     # the two kinds of model differ: they disagree on some texts, and on different ones than they get wrong
     assert 0.02 < 1 - both["agree"]
 
@@ -189,8 +189,8 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
 
 
 def test_the_reporting_judge_embeds_the_corpus_once_for_both_of_its_variants(tmp_path, monkeypatch):
-    """The reporting judge fitted on the training part and the one fitted on everything embed the corpus
-    (texts and their clauses) in one pass between them; the cached embeddings match embedding directly."""
+    """The reporting judge fitted on the training part and the one fitted on everything embed the corpus in
+    one pass between them; given embeddings, it and the empathy judge do not run the encoder again."""
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     corpus = [J.DATA_DIR / "judge_emotion.jsonl"]
     calls = []
@@ -198,15 +198,16 @@ def test_the_reporting_judge_embeds_the_corpus_once_for_both_of_its_variants(tmp
     monkeypatch.setattr(J, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
     split, full = J.ReportingEmotionJudge(corpus=corpus), J.ReportingEmotionJudge(corpus=corpus, use_all=True)
     recs, test = J.emotion_corpus(corpus, 0)
-    every = {c for r in recs for c in [r["text"], *J.clauses(r["text"])]}
-    assert len(calls) == 2 and len(list((tmp_path / "embeddings").iterdir())) == 2
-    assert calls[1] == len(every) - calls[0] or calls[1] <= len(every)
+    assert calls == [len({r["text"] for r in recs})], "one pass over the distinct corpus texts"
+    assert len(list((tmp_path / "embeddings").iterdir())) == 1
     assert not np.allclose(split.model.coef, full.model.coef), "the two variants are fitted on different texts"
-    one = [r["text"] for r in recs[:3]]
-    np.testing.assert_allclose(J.embed_with_clauses(one)[:, :384], real(one), atol=1e-5)
-    assert J.clauses("Wow, you won? I can't believe it, and on your first try!") == [
-        "Wow, you won?", "I can't believe it", "and on your first try!"]
-    assert J.clauses("Ugh.") == ["Ugh."]
+    texts = ["You did WHAT? No way!", "The bus leaves at nine."]
+    E = real(texts)
+    calls.clear()
+    np.testing.assert_allclose(full.predict_proba(texts, E), full.predict_proba(texts), atol=1e-6)
+    assert calls == [2], "only the call without embeddings ran the encoder"
+    with pytest.raises(ValueError, match="1 embeddings for 2 texts"):
+        full.predict_proba(texts, E[:1])
 
 
 def test_coherence_flags_repetition_symbols_and_empty_output():

@@ -169,7 +169,8 @@ def test_chapter_headline_numbers_within_tolerance(expected, quick_book):
     if stem == "04_emotion_circuits":  # the causal claim itself, not only its stability
         assert got["mean_drop_circuit"] > 3 * got["mean_drop_random"]
         assert got["modulation_accuracy"] > got["plain_accuracy"]
-        assert got["text_modulation_accuracy"] > got["text_random_modulation_accuracy"]  # section 8's variant
+        # section 8's variant, on section 9's fresh prompts (its held-out test in section 8 is exploratory)
+        assert got["fresh_text_modulation_accuracy"] > got["fresh_plain_accuracy"]
         assert got["pick_modulation_accuracy"] > got["pick_random_accuracy"]  # section 9, on its fresh prompts
         assert got["pick_all_accuracy"] > got["pick_all_plain_accuracy"]  # section 9's added sample, pooled
     if stem == "05_attribution_graphs":  # exact edges and a dictionary that explains something

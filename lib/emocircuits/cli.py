@@ -84,7 +84,7 @@ def _cmd_judge(args) -> int:
     import json
 
     from .cache import atomic_write_text
-    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence
+    from .judges import LABELS, EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence, embed
 
     items = _read_texts(args.texts, allow_empty=args.allow_empty)
     for lineno, r in items:
@@ -103,8 +103,9 @@ def _cmd_judge(args) -> int:
 
         lm = load_model(args.ppl_model)
     emo = EmotionJudge(use_all=True)(texts)
-    report = ReportingEmotionJudge(use_all=True).labels(texts)
-    emp = EmpathyJudge(use_all=True).score(texts, contexts)
+    E = embed(texts)  # one encoder pass serves the reporting judge and the empathy judge
+    report = [LABELS[int(i)] for i in ReportingEmotionJudge(use_all=True).predict_proba(texts, E).argmax(1)]
+    emp = EmpathyJudge(use_all=True).score(texts, contexts, reply_embeddings=E)
     coh = coherence(texts, lm=lm, contexts=contexts if lm is not None else None)
     lines = [json.dumps({"id": r["id"], "emotion": e["label"], "emotion_probs": e["probs"], "empathy": float(s),
                          "coherence": c["score"], "coherent": c["coherent"], "emotion_report": rep})

@@ -196,6 +196,22 @@ class EmotionValidationRecord(_Record):
         return _nonempty(v)
 
 
+class BundledLabelRecord(_Record):
+    """A bundled model's reply labelled by hand (``judge_emotion_bundled.jsonl``): the emotion it expresses,
+    or ``unclear`` where the text is too broken to read."""
+    label: Literal[EMOTIONS + ("neutral", "unclear")]  # type: ignore[valid-type]
+    model: str
+    how: str
+    asked: Literal[EMOTIONS]  # type: ignore[valid-type]
+    record_id: str
+    text: str
+
+    @field_validator("model", "how", "record_id", "text")
+    @classmethod
+    def _text(cls, v):
+        return _nonempty(v)
+
+
 class JudgeEmpathyRecord(_Record):
     """A reply to a situation scored 1-5 for empathy (``judge_empathy.jsonl``)."""
     situation: str
@@ -242,6 +258,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "situations": SituationRecord, "questions": QuestionRecord, "generations": GenerationRecord,
     "emotion_replies": EmotionReplyRecord, "judge_emotion": JudgeEmotionRecord,
     "emotion_validation": EmotionValidationRecord, "judge_empathy": JudgeEmpathyRecord, "rubric": RubricRecord,
+    "emotion_bundled": BundledLabelRecord,
 }
 
 FILES = {
@@ -252,7 +269,7 @@ FILES = {
     "judge_emotion_registers": "judge_emotion", "judge_emotion_chat": "emotion_validation",
     "judge_emotion_fresh": "emotion_validation",
     "judge_empathy": "judge_empathy", "judge_empathy_heldout": "judge_empathy", "eia_rubric_train": "rubric",
-    "eia_rubric_heldout": "rubric",
+    "eia_rubric_heldout": "rubric", "judge_emotion_bundled": "emotion_bundled",
 }
 
 

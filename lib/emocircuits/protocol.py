@@ -26,6 +26,7 @@ TEST_SPLITS: dict[str, str | None] = {
     "eia_matched": "test",
     "judge_emotion_chat": None,  # the emotion judges' validation sets
     "judge_emotion_fresh": None,
+    "judge_emotion_bundled": None,
     "judge_empathy_heldout": None,  # the empathy judges' validation sets
     "eia_rubric_heldout": None,
 }

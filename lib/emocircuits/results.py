@@ -110,6 +110,11 @@ ROWS: tuple[Row, ...] = (
     Row("judges", "emotion judge (tuning): fresh chat replies, read once", "-", "02_measuring",
         "emotion_judge_fresh_accuracy", _base("chance 0.17; reporting judge {}", "emotion_report_fresh_accuracy"),
         "180 replies written after both judges were fixed", fixed="yes"),
+    Row("judges", "emotion judge (tuning): the bundled models' own replies, labelled by hand", "-", "02_measuring",
+        "emotion_judge_bundled_accuracy", _base("calling every reply happiness: 0.40; reporting judge {}",
+                                                "emotion_report_bundled_accuracy"),
+        "122 readable replies of smollm2-135m and gemma3-270m; hand-labelled neutral replies are read as anger, "
+        "sadness or fear (chapter 02)"),
     Row("judges", "empathy judge: Spearman rho with held-out labels", "Claude (paper C); keyword counts (paper A)",
         "02_measuring", "empathy_judge_rho", _fixed("no relation: 0"),
         "1-5 scale like paper C's; chapter 02 compares it with paper A's keyword heuristic"),

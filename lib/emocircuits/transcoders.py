@@ -285,7 +285,8 @@ def _split_uri(uri: str, default_repo: str) -> tuple[str, str]:
 # settled (the emotion and empathy judges' files of 2026-12-06): the transcoders read what they read before.
 CORPUS_EXCLUDE = frozenset({"eia_lexical", "eia_matched", "situations_confirm", "emotion_replies",
                             "judge_emotion_registers", "judge_emotion_chat", "judge_emotion_fresh",
-                            "judge_empathy_heldout", "eia_rubric_train", "eia_rubric_heldout"})
+                            "judge_empathy_heldout", "eia_rubric_train", "eia_rubric_heldout",
+                            "judge_emotion_bundled"})
 
 
 def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -> list[str]:
