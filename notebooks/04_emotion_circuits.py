@@ -949,6 +949,14 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # prompt form a group, so centring removes what the prompt does. None of
 # them is in the judge's corpus (`datasets.validate_all` checks it).
 #
+# ```{note}
+# Exploratory. The variant was designed after section 7's held-out
+# replies had been read, and is tested here on those same held-out
+# prompts, so this section's table is not a test of a choice made before
+# looking. Section 9 tests the variant on fresh prompts; that is the
+# number the results chapter shows.
+# ```
+#
 # **How to read it.** This is not paper B's method, and it was built
 # *after* paper B's way fell short on fear. A first try on discovery
 # prompts built the directions from the judge's own training texts, and

@@ -435,6 +435,9 @@ def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
         C.choose_strength(df.assign(record_id="sit-confirm-01"))
     with pytest.raises(ValueError, match="missing \\['record_id'\\]"):
         C.choose_strength(df.drop(columns="record_id"))
+    for blank in (None, float("nan"), " "):  # a missing id cannot slip past as the string 'None' or 'nan'
+        with pytest.raises(ValueError, match=r"replies\['record_id'\] is missing in rows \[1\]"):
+            C.choose_strength(df.assign(record_id=["sev-d-work-01", blank, "sev-d-home-02", "sev-d-home-02"]))
     ids = protocol.test_ids()
     assert {"sev-t-work-01", "sit-confirm-24", "chat-001", "fresh-180"} <= ids
     assert not {i for i in ids if i.startswith(("sev-d-", "sit-heldout-"))}

@@ -46,7 +46,7 @@ def test_emotion_corpora_are_balanced_and_split_per_file_and_label():
     texts = [r["text"].lower() for r in recs]
     assert len(set(texts)) == len(texts)
     chat, _ = J.emotion_validation("chat replies to SEV prompts")
-    fresh, _ = J.emotion_validation("fresh chat replies (reported once)")
+    fresh, _ = J.emotion_validation("fresh chat replies")
     assert not {t.lower() for t in chat + fresh} & set(texts), "validation texts are never trained on"
 
 
@@ -73,8 +73,7 @@ def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(e
         assert v["label"] == max(v["probs"], key=v["probs"].get)
     both = J.agreement(emotion_judge.labels(texts), report.labels(texts))
     assert both["kappa"] >= 0.6 and both["n"] == len(texts)  # 0.69 measured
-    # the two kinds of model differ: they disagree on some texts, and on different ones than they get wrong
-    assert 0.02 < 1 - both["agree"]
+    assert 0.02 < 1 - both["agree"]  # the two kinds of model differ: they disagree on some texts
 
 
 def test_emotion_judges_choose_their_setting_by_leaving_registers_out():
@@ -354,7 +353,7 @@ def test_judge_cli_writes_every_field_in_order(tmp_path):
     (b'{"text": "no id"}', "in.jsonl:2: expected an object with 'id'"),
     (b'{"id": 1, "text": "x", "context": 5}', "in.jsonl:2: field 'context'"),
     (b'{"id": 2, "text": ""}', "in.jsonl:2: field 'text' is empty; drop the line, or pass --allow-empty"),
-    (b'{"id": 3, "text": "caf\xe9"}', "in.jsonl:2: not UTF-8 (byte 0xe9 at column 23)"),
+    (b'{"id": 3, "text": "caf\xe9"}', "in.jsonl:2: not UTF-8 (byte 0xe9 at byte 23 of the line)"),
     (json.dumps({"id": 4, "text": "word " * 900}).encode(),
      "in.jsonl:2: field 'text' has 4500 characters, over the judges' limit of 4000; shorten it or pass --truncate"),
 ])

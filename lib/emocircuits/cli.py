@@ -6,7 +6,7 @@
                          [--max-new-tokens N] [--seed S] [--temperature T]
     emocircuits data validate FILE [--kind K]
     emocircuits data stats FILE
-    emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M]
+    emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M] [--allow-empty] [--truncate]
     emocircuits probe --model M --pairs PAIRS.jsonl --out DIR [--layers L,...] [--pooling P] [--seed S]
     emocircuits score --model M --probe DIR --texts IN.jsonl --out OUT.jsonl [--layer L]
     emocircuits steer --model M --probe DIR --alpha A --prompts IN.jsonl --out OUT.jsonl [--layer L]
@@ -86,7 +86,8 @@ def _cmd_judge(args) -> int:
     from .cache import atomic_write_text
     from .judges import LABELS, EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence, embed
 
-    items = _read_texts(args.texts, allow_empty=args.allow_empty)
+    items = _read_texts(args.texts, allow_empty=args.allow_empty,
+                        empty_hint=", or pass --allow-empty to judge empty texts (they are never coherent)")
     for lineno, r in items:
         if len(r["text"]) > MAX_JUDGE_CHARS:
             if not args.truncate:
@@ -115,13 +116,14 @@ def _cmd_judge(args) -> int:
     return 0
 
 
-def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optional: str = "context"
-                ) -> list[tuple[int, dict]]:
+def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optional: str = "context",
+                empty_hint: str = "") -> list[tuple[int, dict]]:
     """``(line number, record)`` for the JSONL lines with an ``id`` and a string ``field`` (other fields
     kept); blank lines skipped.
 
     ``optional`` names a field that must be a string when present. Errors name the file and line: a line
-    that is not UTF-8, not JSON, or lacks the fields; an empty ``field`` unless ``allow_empty``.
+    that is not UTF-8, not JSON, or lacks the fields; an empty ``field`` unless ``allow_empty`` (the
+    message ends with ``empty_hint``, the caller's way around it).
     """
     import json
 
@@ -131,8 +133,8 @@ def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optio
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} at column "
-                                 f"{err.start + 1}); save the file as UTF-8") from None
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} at byte {err.start + 1} "
+                                 f"of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -142,8 +144,7 @@ def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optio
             if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get(field), str):
                 raise ValueError(f"{path}:{lineno}: expected an object with 'id' and a string '{field}'")
             if not rec[field].strip() and not allow_empty:
-                raise ValueError(f"{path}:{lineno}: field '{field}' is empty; drop the line, or pass --allow-empty "
-                                 f"to judge empty texts (they are never coherent)")
+                raise ValueError(f"{path}:{lineno}: field '{field}' is empty; drop the line{empty_hint}")
             if rec.get(optional) is not None and not isinstance(rec[optional], str):
                 raise ValueError(f"{path}:{lineno}: field '{optional}' must be a string when given")
             items.append((lineno, rec))

@@ -49,7 +49,9 @@ class Row:
     caveat: str
     digits: int = 2
     # whether every choice behind the number was fixed before its test data was read ("" where nothing is chosen
-    # from judged replies)
+    # from judged replies). The tuning judge itself was rebuilt on 2026-12-06, after chapter 04's test replies had
+    # been read in earlier versions of the book; the rebuild answered the judge's failures on chat replies, not
+    # chapter 04's numbers (chapter 02).
     fixed: str = ""
 
 
@@ -108,7 +110,8 @@ ROWS: tuple[Row, ...] = (
               "emotion_report_chat_accuracy", "emotion_judges_chat_kappa", "emotion_judge_chat_min_emotion"),
         "written to imitate chat models (not by them); read while the judges were built", fixed="no"),
     Row("judges", "emotion judge (tuning): fresh chat replies, read once", "-", "02_measuring",
-        "emotion_judge_fresh_accuracy", _base("chance 0.17; reporting judge {}", "emotion_report_fresh_accuracy"),
+        "emotion_judge_fresh_accuracy",
+        _base("chance 0.17; reporting judge {} (a second reading)", "emotion_report_fresh_accuracy"),
         "180 replies written after both judges were fixed", fixed="yes"),
     Row("judges", "emotion judge (tuning): the bundled models' own replies, labelled by hand", "-", "02_measuring",
         "emotion_judge_bundled_accuracy", _base("calling every reply happiness: 0.40; reporting judge {}",
@@ -236,7 +239,7 @@ ROWS: tuple[Row, ...] = (
         "circuit fell short on gemma (chapter 04, section 6)", digits=0),
     Row("B", "emotion control by prompting (judged as the target)", f"{PAPER_B_CONTROL['prompting']:.2%}", "04_emotion_circuits",
         "prompting_accuracy", _base("no intervention: {}", "plain_accuracy"),
-        "ours: emotion judge of chapter 02; paper B: GPT-4o-mini", fixed="yes (nothing chosen)"),
+        "ours: emotion judge of chapter 02; paper B: GPT-4o-mini"),
     Row("B", "emotion control by steering vectors", f"{PAPER_B_CONTROL['steering']:.2%}", "04_emotion_circuits",
         "steering_accuracy",
         _base("no intervention: {}; coherent share {}", "plain_accuracy", "steering_coherent"),
@@ -259,7 +262,8 @@ ROWS: tuple[Row, ...] = (
         "modulation_per_emotion_accuracy",
         _base("coherent share {}; steering, an alpha per emotion: {}", "modulation_per_emotion_coherent",
               "steering_per_emotion_accuracy"),
-        "each emotion's strength picked by the same rule from its own discovery replies (few per strength)"),
+        "each emotion's strength picked by the same rule from its own discovery replies (few per strength)",
+        fixed="yes (strengths chosen on discovery prompts)"),
     Row("B", "same push on as many random components of the same layers", "-", "04_emotion_circuits",
         "random_modulation_accuracy",
         _base("coherent share {}; the circuit's: {}", "random_modulation_coherent", "modulation_accuracy"),
