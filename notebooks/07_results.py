@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,6 +42,20 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # on 2 CPU cores from an empty cache, `.venv` included), and `make
 # book-full` repeats it on larger samples. A number a chapter did not record says
 # "not run in this build".
+#
+# Two columns keep the measurement honest. **Reporting judge** gives an
+# emotion share as read by chapter 02's second emotion judge, a model of
+# another kind that never chooses anything; the main column is the
+# tuning judge's, the one the chapters chose their strengths with. Where
+# the two differ, the choice may have been tuned to one judge's quirks.
+# **Fixed before the test data was read** says whether every choice
+# behind the number (a layer, a strength, a way) was made on discovery
+# data before the test replies existed; rows explored after reading
+# test replies are left out of this page and stay, marked exploratory,
+# in their chapters. The emotion judges themselves were rebuilt on 6
+# December 2026 (chapter 02), after earlier versions of chapter 04 had
+# been read: that rebuild answered the judge's errors on chat replies,
+# not chapter 04's numbers.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md

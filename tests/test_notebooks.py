@@ -65,6 +65,26 @@ def test_chapter_00_runs_quick_and_shows_real_output(quick_book):
     assert not ran_again
 
 
+def test_a_chapter_reruns_when_data_or_package_versions_change(tmp_path, monkeypatch):
+    """The reuse key's shared part covers the library, every data file and the versions of the packages that
+    compute the numbers: editing a data file or upgrading torch changes it; nothing else does."""
+    from emocircuits import book
+
+    (tmp_path / "lib" / "emocircuits").mkdir(parents=True)
+    (tmp_path / "lib" / "emocircuits" / "m.py").write_text("x = 1\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.jsonl").write_text('{"id": "a"}\n')
+    first = book._code_hash(tmp_path)
+    assert book._code_hash(tmp_path) == first
+    (tmp_path / "data" / "d.jsonl").write_text('{"id": "b"}\n')
+    edited = book._code_hash(tmp_path)
+    assert edited != first
+    real = book.package_versions()
+    assert set(real) == set(book.KEY_PACKAGES) and real["torch"] != "absent"
+    monkeypatch.setattr(book, "package_versions", lambda: {**real, "torch": "99.0"})
+    assert book._code_hash(tmp_path) not in (first, edited)
+
+
 def test_failing_chapter_names_chapter_and_cell(tmp_path):
     from emocircuits.book import ChapterError, run_chapter
 

@@ -82,11 +82,35 @@ def chapters(root: Path = ROOT) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
+# The packages whose version can change a chapter's output (the bundled models' and the encoder's are added
+# from models.bundled_packages, which pins them).
+KEY_PACKAGES = ("torch", "transformers", "nnsight", "sentence-transformers", "scikit-learn", "numpy", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    """``{package: installed version}`` of :data:`KEY_PACKAGES` (``"absent"`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def _code_hash(root: Path) -> str:
+    """What every chapter's output depends on besides its own source and parameters: the library's code,
+    the data files (every chapter is taken to read all of them) and the versions of the packages that
+    compute it. A change to any re-runs every chapter."""
+    from .models import bundled_packages
+
     h = hashlib.sha256()
-    for p in sorted((root / "lib" / "emocircuits").rglob("*.py")):
+    for p in sorted((root / "lib" / "emocircuits").rglob("*.py")) + sorted((root / "data").glob("*.jsonl")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
+    h.update(json.dumps({"packages": package_versions(), "bundled": bundled_packages()}, sort_keys=True).encode())
     return h.hexdigest()
 
 
