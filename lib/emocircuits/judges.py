@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import atomic_write, cache_dir, stable_hash
+from .cache import atomic_write, cache_dir, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
 
 LABELS = EMOTIONS + ("neutral",)
@@ -268,7 +268,8 @@ def choose_c(X, y: np.ndarray, groups: Sequence[str], seed: int = 0,
         groups = np.array([fold[g] for g in groups.tolist()])
         uniq = sorted(set(fold.values()))
     # one estimator per held-out group, refitted along the ascending candidates from its previous solution
-    fits = {g: LogisticRegression(max_iter=FIT_SETTINGS["max_iter"], random_state=seed, warm_start=True) for g in uniq}
+    fits = {g: LogisticRegression(max_iter=FIT_SETTINGS["max_iter"], random_state=seed, warm_start=True)
+            for g in uniq}
     scores, oof = {}, {}
     for c in sorted(candidates):
         logits = np.zeros((len(y), len(LABELS)))
@@ -304,18 +305,21 @@ class _CalibratedLinear:
         from sklearn.linear_model import LogisticRegression
 
         path = cache_dir("judges") / f"{name}-{stable_hash({**key, 'fit': FIT_SETTINGS})}.safetensors"
-        if path.exists():
-            t = load_file(str(path))
-        else:
-            X = X_fn()
-            c, oof, cv = choose_c(X, y, groups, seed)
-            clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(X, y)
-            t = {"classes": np.ascontiguousarray(clf.classes_), "coef": np.ascontiguousarray(clf.coef_, np.float32),
-                 "intercept": np.ascontiguousarray(clf.intercept_), "C": np.array([c]),
-                 "temperature": np.array([fit_temperature(oof, y)]),
-                 "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
-            # safetensors writes memory as is: every array is made C-contiguous first
-            atomic_write(path, lambda p: save_file(t, str(p)))
+        # chapters run in parallel: the first to need a judge fits it, the others wait and load it
+        with file_lock(path.with_suffix(".lock")):
+            if path.exists():
+                t = load_file(str(path))
+            else:
+                X = X_fn()
+                c, oof, cv = choose_c(X, y, groups, seed)
+                clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(X, y)
+                t = {"classes": np.ascontiguousarray(clf.classes_),
+                     "coef": np.ascontiguousarray(clf.coef_, np.float32),
+                     "intercept": np.ascontiguousarray(clf.intercept_), "C": np.array([c]),
+                     "temperature": np.array([fit_temperature(oof, y)]),
+                     "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
+                # safetensors writes memory as is: every array is made C-contiguous first
+                atomic_write(path, lambda p: save_file(t, str(p)))
         self.classes = t["classes"].astype(int)
         self.coef, self.intercept = t["coef"], t["intercept"]
         self.C, self.temperature = float(t["C"][0]), float(t["temperature"][0])
