@@ -188,8 +188,8 @@ pd.DataFrame({(s, k): {e: fmt(*acc_of[s][k][e]) for e in ds.EMOTIONS} for s in c
 
 # %%
 bundled = list(J.EMOTION_VALIDATION)[2]
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-for ax, s in zip(axes, ["held-out corpus texts", chat_sets[0], bundled]):
+fig, axes = plt.subplots(2, 2, figsize=(11, 9.2))
+for ax, s in zip(axes.flat, ["held-out corpus texts", *chat_sets, bundled]):
     cm = confusion_matrix(sets[s][1], labels_of[s]["tuning judge"], labels=list(J.LABELS), normalize="true")
     keep = [i for i, l in enumerate(J.LABELS) if l in sets[s][1]]
     sns.heatmap(cm[keep], annot=True, fmt=".2f", cmap="Blues", xticklabels=J.LABELS,
@@ -207,7 +207,7 @@ plt.show()
 # would be chance) but not complete, which is what makes the second judge
 # worth having.
 #
-# On the bundled models' own replies both judges fail, and the third
+# On the bundled models' own replies both judges fail, and the last
 # matrix shows how: text labelled neutral by hand (rambling dialogue,
 # "I don't think so.", "Oh no! It was just my mistake.") is read as
 # anger, sadness or fear, because words of refusal, apology and dismay
