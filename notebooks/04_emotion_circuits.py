@@ -611,15 +611,17 @@ rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_
 
 
 def judged(texts, users, systems=None):
-    """The emotion judge's label and the coherence verdict (perplexity under the unmodified model given the
-    prompt included) of each reply; each distinct (prompt, reply) is scored once."""
+    """The emotion judge's label, the coherence verdict (perplexity under the unmodified model given the
+    prompt included) and the reporting judge's label of each reply; each distinct (prompt, reply) is
+    scored once."""
     contexts = [lm.chat_prompt(u, s) for u, s in zip(users, systems or [None] * len(users))]
     pairs = list(dict.fromkeys(zip(contexts, texts)))
-    labels = [v["label"] for v in judge([t for _, t in pairs])]
-    checks = J.coherence([t for _, t in pairs], lm=lm, contexts=[c for c, _ in pairs])
-    verdict = {pair: (lab, c["coherent"]) for pair, lab, c in zip(pairs, labels, checks)}
-    out = [verdict[pair] for pair in zip(contexts, texts)]
-    return [lab for lab, _ in out], [ok for _, ok in out]
+    replies = [t for _, t in pairs]
+    checks = J.coherence(replies, lm=lm, contexts=[c for c, _ in pairs])
+    verdict = dict(zip(pairs, zip(judge.labels(replies), [c["coherent"] for c in checks],
+                                  reporter.labels(replies))))
+    labels, coherent, reported = zip(*[verdict[pair] for pair in zip(contexts, texts)])
+    return list(labels), list(coherent), list(reported)
 
 
 def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, means=None):
@@ -647,7 +649,7 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
         replies = generate_grid(lm, users, push, batch_size=32, **kw)
     df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "record_id": r, "user": u, "text": t}
                        for emo, texts in zip(EMO, replies) for r, u, t in zip(record_ids, users, texts)])
-    df["judged"], df["coherent"] = judged(df.text, df.user)
+    df["judged"], df["coherent"], df["reported"] = judged(df.text, df.user)
     df["hit"] = df.judged == df.emotion
     return df
 
@@ -745,23 +747,23 @@ plain_greedy = toward(held, 0.0, new_tokens, decode=GREEDY)
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
 asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
                  batch_size=8, **DECODE)
-asked_labels, asked_coh = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
+asked_labels, asked_coh, asked_reported = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
 asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
 asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked, "emotion": [p["emotion"] for p in tp],
-                         "judged": asked_labels})
+                         "judged": asked_labels, "reported": asked_reported})
 
 
 def scored(runs):
-    """One row per run (replies with ``hit``, ``coherent``, ``text``, ``emotion`` and ``judged``): its shares,
-    with bootstrap intervals over replies; ``reported`` is the share the reporting judge reads as the target,
-    ``kappa`` the two judges' agreement on these replies."""
+    """One row per run (replies with ``hit``, ``coherent``, ``text``, ``emotion``, ``judged`` and ``reported``):
+    its shares, with bootstrap intervals over replies; ``reported`` is the share the reporting judge reads as
+    the target, ``kappa`` the two judges' agreement on these replies."""
     out = {}
     for name, df in runs.items():
         hit, coh = df.hit.to_numpy(bool), df.coherent.to_numpy(bool)
         a, c, b = (bootstrap_ci(x.astype(float), seed=SEED) for x in (hit, coh, hit & coh))
         n = bootstrap_ci(J.names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
-        rep = reporter.labels(list(df.text))
-        r = bootstrap_ci((np.array(rep) == df.emotion.to_numpy()).astype(float), seed=SEED)
+        rep = list(df.reported)
+        r = bootstrap_ci((df.reported == df.emotion).to_numpy(float), seed=SEED)
         out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "reported": r[0], "rep lo": r[1],
                      "rep hi": r[2], "kappa": J.agreement(list(df.judged), rep)["kappa"],
                      "coherent": c[0], "coh lo": c[1],

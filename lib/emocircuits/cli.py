@@ -84,7 +84,7 @@ def _cmd_judge(args) -> int:
     import json
 
     from .cache import atomic_write_text
-    from .judges import LABELS, EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence, embed
+    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence, embed
 
     items = _read_texts(args.texts, allow_empty=args.allow_empty,
                         empty_hint=", or pass --allow-empty to judge empty texts (they are never coherent)")
@@ -105,7 +105,7 @@ def _cmd_judge(args) -> int:
         lm = load_model(args.ppl_model)
     emo = EmotionJudge(use_all=True)(texts)
     E = embed(texts)  # one encoder pass serves the reporting judge and the empathy judge
-    report = [LABELS[int(i)] for i in ReportingEmotionJudge(use_all=True).predict_proba(texts, E).argmax(1)]
+    report = ReportingEmotionJudge(use_all=True).labels(texts, embeddings=E)
     emp = EmpathyJudge(use_all=True).score(texts, contexts, reply_embeddings=E)
     coh = coherence(texts, lm=lm, contexts=contexts if lm is not None else None)
     lines = [json.dumps({"id": r["id"], "emotion": e["label"], "emotion_probs": e["probs"], "empathy": float(s),

@@ -27,10 +27,10 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / "data"
@@ -66,6 +66,10 @@ def _nonempty(v: str) -> str:
     return v
 
 
+# A string field that must hold some non-blank text (checked after the type, as a field validator would be).
+Text = Annotated[str, AfterValidator(_nonempty)]
+
+
 def _no_emotion_word(v: str, advice: str) -> str:
     _nonempty(v)
     m = _EMOTION_RE.search(v)
@@ -76,12 +80,7 @@ def _no_emotion_word(v: str, advice: str) -> str:
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v):
-        return _nonempty(v)
+    id: Text
 
 
 class SEVRecord(_Record):
@@ -99,15 +98,10 @@ class SEVRecord(_Record):
 
 
 class EIAScenario(_Record):
-    title: str
-    objective: str
-    empathy_pressure: str
+    title: Text
+    objective: Text
+    empathy_pressure: Text
     rubric: dict[Literal["0", "1", "2"], str]
-
-    @field_validator("title", "objective", "empathy_pressure")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
 
     @field_validator("rubric")
     @classmethod
@@ -119,35 +113,20 @@ class EIAScenario(_Record):
 
 class PairRecord(_Record):
     model_config = ConfigDict(extra="allow")
-    scenario: str
-    positive: str
-    negative: str
+    scenario: Text
+    positive: Text
+    negative: Text
     split: Optional[Literal["train", "test"]] = None
-
-    @field_validator("scenario", "positive", "negative")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
 
 
 class PromptRecord(_Record):
     kind: Literal["system_empathetic", "system_neutral", "situation"]
-    text: str
-    source: str
-
-    @field_validator("text", "source")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
+    text: Text
+    source: Text
 
 
 class SituationRecord(_Record):
-    text: str
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
+    text: Text
 
 
 class QuestionRecord(SituationRecord):
@@ -186,57 +165,37 @@ class EmotionValidationRecord(_Record):
     """A reply written to an SEV prompt of the test split, labelled with the emotion it was asked for
     (``judge_emotion_chat.jsonl``: the emotion judges' validation set, never trained on)."""
     label: Literal[EMOTIONS]  # type: ignore[valid-type]
-    prompt: str
+    prompt: Text
     valence: Literal[VALENCES]  # type: ignore[valid-type]
-    text: str
-
-    @field_validator("text", "prompt")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
+    text: Text
 
 
 class BundledLabelRecord(_Record):
     """A bundled model's reply labelled by hand (``judge_emotion_bundled.jsonl``): the emotion it expresses,
     or ``unclear`` where the text is too broken to read."""
     label: Literal[EMOTIONS + ("neutral", "unclear")]  # type: ignore[valid-type]
-    model: str
-    how: str
+    model: Text
+    how: Text
     asked: Literal[EMOTIONS]  # type: ignore[valid-type]
-    record_id: str
-    text: str
-
-    @field_validator("model", "how", "record_id", "text")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
+    record_id: Text
+    text: Text
 
 
 class JudgeEmpathyRecord(_Record):
     """A reply to a situation scored 1-5 for empathy (``judge_empathy.jsonl``)."""
-    situation: str
+    situation: Text
     setting: Literal["personal", "game"]
-    reply: str
+    reply: Text
     score: Literal[1, 2, 3, 4, 5]
-
-    @field_validator("situation", "reply")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
 
 
 class RubricRecord(_Record):
     """A reply to a game prompt with its Empathy-in-Action rubric level (``eia_rubric_*.jsonl``)."""
-    game: str
-    prompt: str
-    reply: str
+    game: Text
+    prompt: Text
+    reply: Text
     level: Literal[0, 1, 2]
     split: Literal["train", "test"]
-
-    @field_validator("game", "prompt", "reply")
-    @classmethod
-    def _text(cls, v):
-        return _nonempty(v)
 
 
 class GenerationRecord(_Record):

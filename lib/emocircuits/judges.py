@@ -84,21 +84,29 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                              show_progress_bar=False, convert_to_numpy=True)
 
 
+def _cached_arrays(path: Path, compute) -> dict[str, np.ndarray]:
+    """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first. Parallel chapters
+    that need the same entry take turns under a lock (kept apart from the cache entries): the first computes,
+    the others load. Arrays are made C-contiguous before writing, since safetensors writes memory as it lies
+    (scikit-learn's ``coef_`` is Fortran-ordered and would reload scrambled)."""
+    from safetensors.numpy import load_file, save_file
+
+    with file_lock(cache_dir("locks") / f"{path.parent.name}-{path.name}.lock"):
+        if path.exists():
+            return load_file(str(path))
+        arrays = {k: np.ascontiguousarray(v) for k, v in compute().items()}
+        atomic_write(path, lambda p: save_file(arrays, str(p)))
+        return arrays
+
+
 def embed_cached(texts: Sequence[str]) -> dict[str, np.ndarray]:
     """``{text: embedding}`` for the distinct ``texts``, cached as safetensors
     under the cache folder (keyed by the texts and the encoder). The judges
     embed their whole corpus through this, so a judge fitted on all of it and
     one fitted on its training part share one embedding pass."""
-    from safetensors.numpy import load_file, save_file
-
     uniq = sorted(set(texts))
     path = cache_dir("embeddings") / f"{stable_hash({'texts': uniq, 'encoder': EMBEDDER_PACKAGE})}.safetensors"
-    if path.exists():
-        X = load_file(str(path))["x"]
-    else:
-        X = np.ascontiguousarray(embed(uniq))
-        atomic_write(path, lambda p: save_file({"x": X}, str(p)))
-    return dict(zip(uniq, X))
+    return dict(zip(uniq, _cached_arrays(path, lambda: {"x": embed(uniq)})["x"]))
 
 
 # ---------------------------------------------------------------------------
@@ -205,22 +213,16 @@ def situation_clusters(situations: Sequence[str], threshold: float = 0.6) -> lis
 
 def _fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
     """Fit (or load) a multinomial logistic regression; cached as safetensors, never pickled."""
-    from safetensors.numpy import load_file, save_file
     from sklearn.linear_model import LogisticRegression
 
-    path = cache_dir("judges") / f"{name}-{stable_hash(key)}.safetensors"
+    def fit():
+        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(X_fn(), y)
+        return {"classes": clf.classes_, "coef": clf.coef_, "intercept": clf.intercept_}
+
+    t = _cached_arrays(cache_dir("judges") / f"{name}-{stable_hash(key)}.safetensors", fit)
     clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    if path.exists():
-        t = load_file(str(path))
-        clf.classes_, clf.coef_, clf.intercept_ = t["classes"], t["coef"], t["intercept"]
-        clf.n_features_in_ = clf.coef_.shape[1]
-        return clf
-    clf.fit(X_fn(), y)
-    # safetensors writes an array's memory as is: scikit-learn's coef_ is Fortran-ordered, so make
-    # every array C-contiguous first (without this the reloaded weights are scrambled).
-    atomic_write(path, lambda p: save_file({"classes": np.ascontiguousarray(clf.classes_),
-                                            "coef": np.ascontiguousarray(clf.coef_),
-                                            "intercept": np.ascontiguousarray(clf.intercept_)}, str(p)))
+    clf.classes_, clf.coef_, clf.intercept_ = t["classes"], t["coef"], t["intercept"]
+    clf.n_features_in_ = clf.coef_.shape[1]
     return clf
 
 
@@ -300,26 +302,21 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 class _CalibratedLinear:
     """A multinomial logistic regression with a chosen C and a temperature, stored as safetensors."""
 
-    def __init__(self, name: str, key: dict, X_fn, y: np.ndarray, groups: Sequence[str], seed: int):
-        from safetensors.numpy import load_file, save_file
+    def __init__(self, name: str, key: dict, X_fn, y: np.ndarray, groups: Sequence[str], seed: int,
+                 max_folds: int = FIT_SETTINGS["max_folds"]):
         from sklearn.linear_model import LogisticRegression
 
-        path = cache_dir("judges") / f"{name}-{stable_hash({**key, 'fit': FIT_SETTINGS})}.safetensors"
+        def fit():
+            X = X_fn()
+            c, oof, cv = choose_c(X, y, groups, seed, max_folds=max_folds)
+            clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(X, y)
+            return {"classes": clf.classes_, "coef": clf.coef_.astype(np.float32), "intercept": clf.intercept_,
+                    "C": np.array([c]), "temperature": np.array([fit_temperature(oof, y)]),
+                    "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
+
         # chapters run in parallel: the first to need a judge fits it, the others wait and load it
-        with file_lock(path.with_suffix(".lock")):
-            if path.exists():
-                t = load_file(str(path))
-            else:
-                X = X_fn()
-                c, oof, cv = choose_c(X, y, groups, seed)
-                clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(X, y)
-                t = {"classes": np.ascontiguousarray(clf.classes_),
-                     "coef": np.ascontiguousarray(clf.coef_, np.float32),
-                     "intercept": np.ascontiguousarray(clf.intercept_), "C": np.array([c]),
-                     "temperature": np.array([fit_temperature(oof, y)]),
-                     "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
-                # safetensors writes memory as is: every array is made C-contiguous first
-                atomic_write(path, lambda p: save_file(t, str(p)))
+        t = _cached_arrays(cache_dir("judges") / f"{name}-{stable_hash({**key, 'fit': FIT_SETTINGS})}.safetensors",
+                           fit)
         self.classes = t["classes"].astype(int)
         self.coef, self.intercept = t["coef"], t["intercept"]
         self.C, self.temperature = float(t["C"][0]), float(t["temperature"][0])
@@ -338,8 +335,6 @@ class _CalibratedLinear:
 class _EmotionJudgeBase:
     """What both emotion judges share: the corpus, its split, the verdict format."""
 
-    name = "emotion"
-
     def __init__(self, seed: int = 0, use_all: bool = False, corpus: Path | Sequence[Path] | None = None):
         recs, test = emotion_corpus(corpus, seed)
         keep = np.ones(len(recs), bool) if use_all else ~test
@@ -352,7 +347,6 @@ class _EmotionJudgeBase:
         self.test_sources = [r["source"] for r, t in zip(recs, test) if t]
         self.key = {"texts": self.train_texts, "y": self.y.tolist(), "groups": self.train_groups, "seed": seed,
                     "candidates": C_CANDIDATES, "version": 2}
-        self.seed = seed
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
@@ -365,9 +359,9 @@ class _EmotionJudgeBase:
         return [EmotionVerdict(LABELS[int(p.argmax())], {l: float(v) for l, v in zip(LABELS, p)}).as_dict()
                 for p in P]
 
-    def labels(self, texts: Sequence[str]) -> list[str]:
-        """Only the label of each text."""
-        return [LABELS[int(i)] for i in self.predict_proba(list(texts)).argmax(1)]
+    def labels(self, texts: Sequence[str], **kw) -> list[str]:
+        """Only the label of each text (``kw`` goes to :meth:`predict_proba`)."""
+        return [LABELS[int(i)] for i in self.predict_proba(list(texts), **kw).argmax(1)]
 
 
 class NgramFeatures:
@@ -382,15 +376,12 @@ class NgramFeatures:
             "norm": "l2"}
 
     def __init__(self, texts: Sequence[str], name: str, key: dict):
-        from safetensors.numpy import load_file, save_file
+        def idf():
+            df = np.bincount(self.counts(texts).indices, minlength=self.N_FEATURES)  # documents per feature
+            return {"idf": (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)}
 
         path = cache_dir("judges") / f"{name}-idf-{stable_hash({**key, 'features': self.SPEC})}.safetensors"
-        if path.exists():
-            self.idf = load_file(str(path))["idf"]
-        else:
-            df = np.bincount(self.counts(texts).indices, minlength=self.N_FEATURES)  # documents per feature
-            self.idf = np.ascontiguousarray(np.log((1 + len(texts)) / (1 + df)) + 1, np.float32)
-            atomic_write(path, lambda p: save_file({"idf": self.idf}, str(p)))
+        self.idf = _cached_arrays(path, idf)["idf"]
 
     @classmethod
     def counts(cls, texts: Sequence[str]):
@@ -563,9 +554,8 @@ class RubricJudge:
         y = np.array([r["level"] for r in recs])
         key = {"texts": texts, "y": y.tolist(), "groups": games, "seed": seed, "candidates": C_CANDIDATES, "folds": 5}
         self.features = NgramFeatures(texts, "rubric", key)
-        folds = {g: f"fold-{i % 5}" for i, g in enumerate(sorted(set(games)))}  # 5 folds of whole games
-        self.model = _CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},
-                                       lambda: self.features(texts), y, [folds[g] for g in games], seed)
+        self.model = _CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},  # 5 folds of whole games
+                                       lambda: self.features(texts), y, games, seed, max_folds=key["folds"])
 
     def proba(self, replies: Sequence[str]) -> np.ndarray:
         """``[n, 3]``: the probability of levels 0, 1 and 2."""
