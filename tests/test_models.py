@@ -175,8 +175,10 @@ def test_cold_conversion_from_the_bundled_gguf(smol, tmp_path, monkeypatch, caps
     out = capsys.readouterr()
     assert "converting smollm2-135m" in out.out and "GGUF tensors" not in out.err + out.out
     folder = tmp_path / "models" / "smollm2-135m"
-    assert {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m"]  # no temporary folder left
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m"]
+    # one folder per pinned package version (a new release is converted again), no temporary folder left
+    assert [p for p in folder.iterdir()] == [models.converted_dir(fresh.spec)]
+    assert {"config.json", "model.safetensors"} <= {p.name for p in models.converted_dir(fresh.spec).iterdir()}
     enc = smol.encode(["Hello, how are you?"])
     with torch.inference_mode():
         assert torch.equal(fresh.hf(**enc).logits, smol.hf(**enc).logits)

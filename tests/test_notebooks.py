@@ -65,24 +65,48 @@ def test_chapter_00_runs_quick_and_shows_real_output(quick_book):
     assert not ran_again
 
 
-def test_a_chapter_reruns_when_data_or_package_versions_change(tmp_path, monkeypatch):
-    """The reuse key's shared part covers the library, every data file and the versions of the packages that
-    compute the numbers: editing a data file or upgrading torch changes it; nothing else does."""
+def test_editing_a_data_file_reruns_exactly_the_chapters_that_read_it(tmp_path, monkeypatch):
+    """Chapters in their own kernels note the data files they open (and whether they list the data folder):
+    editing a file re-runs the chapter that read it and no other; a new file re-runs the chapter that listed
+    the folder; a library edit or a package upgrade re-runs all."""
     from emocircuits import book
 
     (tmp_path / "lib" / "emocircuits").mkdir(parents=True)
     (tmp_path / "lib" / "emocircuits" / "m.py").write_text("x = 1\n")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "d.jsonl").write_text('{"id": "a"}\n')
-    first = book._code_hash(tmp_path)
-    assert book._code_hash(tmp_path) == first
-    (tmp_path / "data" / "d.jsonl").write_text('{"id": "b"}\n')
-    edited = book._code_hash(tmp_path)
-    assert edited != first
+    data, notebooks = tmp_path / "data", tmp_path / "notebooks"
+    data.mkdir()
+    notebooks.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}.jsonl").write_text(f'{{"id": "{name}1"}}\n')
+    head = '# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\nimport emocircuits\n'
+    # one reads a.jsonl with open(); the other lists the folder and reads b.jsonl in a subprocess
+    (notebooks / "91_reads_a.py").write_text(head + 'print(open("../data/a.jsonl").read())\n')
+    (notebooks / "92_lists.py").write_text(
+        head + 'import pathlib, subprocess, sys\nprint(sorted(p.name for p in pathlib.Path("../data").glob("*")))\n'
+        'subprocess.run([sys.executable, "-c", "import emocircuits; open(\'../data/b.jsonl\').read()"], check=True)\n')
+    params = {"MODEL": "x", "QUICK": True, "SEED": 0}
+
+    def ran() -> list[str]:
+        code = book._code_hash(tmp_path)
+        return [src.stem[:2] for src in sorted(notebooks.glob("*.py"))
+                if book.run_chapter(src, tmp_path / "out", params, code_hash=code)[1]]
+
+    assert ran() == ["91", "92"]
+    assert ran() == []  # nothing changed: both reused
+    keys = {p.stem: json.loads(p.read_text())["reads"] for p in (tmp_path / "out").glob("*.key")}
+    assert set(keys["91_reads_a"]) == {"a.jsonl"} and set(keys["92_lists"]) == {".", "b.jsonl"}
+    (data / "a.jsonl").write_text('{"id": "a2"}\n')
+    assert ran() == ["91"]
+    (data / "b.jsonl").write_text('{"id": "b2"}\n')
+    assert ran() == ["92"]  # read by the chapter's subprocess
+    (data / "c.jsonl").write_text('{"id": "c1"}\n')
+    assert ran() == ["92"]  # a new file changes the listing only
+    (tmp_path / "lib" / "emocircuits" / "m.py").write_text("x = 2\n")
+    assert ran() == ["91", "92"]
     real = book.package_versions()
     assert set(real) == set(book.KEY_PACKAGES) and real["torch"] != "absent"
     monkeypatch.setattr(book, "package_versions", lambda: {**real, "torch": "99.0"})
-    assert book._code_hash(tmp_path) not in (first, edited)
+    assert ran() == ["91", "92"]
 
 
 def test_failing_chapter_names_chapter_and_cell(tmp_path):

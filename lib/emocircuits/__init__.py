@@ -11,6 +11,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .models import DEFAULT_MODEL, LoadedModel, ModelError, load_model
 from .activations import Site, capture, parse_site
+from .book import watch_reads as _watch_reads
+
+_watch_reads()  # under the book runner, note which data files this chapter reads
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "load_model", "Site", "capture", "parse_site"]
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_write, cache_dir, stable_hash
+from .cache import atomic_write, cache_dir, code_version, stable_hash
 
 # Execution order inside one block: reads in a trace must follow it.
 SITE_KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_act", "mlp_out", "resid_post")
@@ -198,8 +198,14 @@ def response_mask(offsets: torch.Tensor, mask: torch.Tensor, starts: Sequence[in
 # capture
 
 
+# the modules whose code computes a cached capture (reading sites and pooling here; templates, tokenising and
+# loading in models): their source is part of the cache key
+CACHE_CODE = ("activations", "models")
+
+
 def _model_key(lm) -> dict:
-    return {"model": lm.name, "dtype": str(lm.dtype), "n_layers": lm.n_layers, "d_model": lm.d_model}
+    return {"model": lm.name, "dtype": str(lm.dtype), "n_layers": lm.n_layers, "d_model": lm.d_model,
+            "code": code_version(*CACHE_CODE)}
 
 
 def check_batch_size(batch_size) -> None:

@@ -8,8 +8,9 @@
    chapter that reads earlier chapters' records waits for them), with the parameters
    ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
    ``_build/executed/`` (``executed-quick``, ``executed-full``);
-2. a chapter whose source, parameters and library code are unchanged since
-   its last successful run is not run again;
+2. a chapter whose source, parameters, library code, package versions and
+   the data files it read (noted as it ran) are unchanged since its last
+   successful run is not run again;
 3. ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks are
    staged and rendered by Jupyter Book (execution off) to ``_build/html``
    (``_build/html-quick``, ``_build/html-full``), replacing it only on success.
@@ -101,17 +102,88 @@ def package_versions() -> dict[str, str]:
 
 
 def _code_hash(root: Path) -> str:
-    """What every chapter's output depends on besides its own source and parameters: the library's code,
-    the data files (every chapter is taken to read all of them) and the versions of the packages that
+    """What every chapter's output depends on besides its own source, its parameters and the data files it
+    reads (:func:`watch_reads` notes those): the library's code and the versions of the packages that
     compute it. A change to any re-runs every chapter."""
     from .models import bundled_packages
 
     h = hashlib.sha256()
-    for p in sorted((root / "lib" / "emocircuits").rglob("*.py")) + sorted((root / "data").glob("*.jsonl")):
+    for p in sorted((root / "lib" / "emocircuits").rglob("*.py")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     h.update(json.dumps({"packages": package_versions(), "bundled": bundled_packages()}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+# A chapter's kernel (and any process it starts that imports emocircuits) notes in the file named by
+# EMOCIRCUITS_READS every file of the folder named by EMOCIRCUITS_WATCH that it opens, and "." when it lists
+# that folder. The chapter is reused only while each noted file (and the folder's listing) is unchanged.
+READS_ENV = "EMOCIRCUITS_READS"
+WATCH_ENV = "EMOCIRCUITS_WATCH"
+
+
+def watch_reads() -> None:
+    """Under :func:`run_chapter`, note the data files this process reads (a Python audit hook on ``open``,
+    ``os.listdir`` and ``os.scandir``); elsewhere do nothing. Called when emocircuits is imported."""
+    reads, folder = os.environ.get(READS_ENV), os.environ.get(WATCH_ENV)
+    if not reads or not folder:
+        return
+    prefixes = {os.path.abspath(folder), os.path.realpath(folder)}
+    seen: set[str] = set()
+    busy = []
+
+    def hook(event: str, args: tuple) -> None:
+        if busy or event not in ("open", "os.listdir", "os.scandir") or not args:
+            return
+        path = args[0]
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return
+        path = os.path.abspath(os.fsdecode(path))
+        for prefix in prefixes:
+            if path == prefix:
+                rel = "."
+            elif path.startswith(prefix + os.sep):
+                rel = os.path.relpath(path, prefix)
+            else:
+                continue
+            if rel not in seen:
+                seen.add(rel)
+                busy.append(1)
+                try:
+                    with open(reads, "a", encoding="utf-8") as fh:
+                        fh.write(rel + "\n")
+                finally:
+                    busy.pop()
+            return
+
+    sys.addaudithook(hook)
+
+
+def _read_digests(folder: Path, names) -> dict[str, str]:
+    """``{name: sha256}`` of the noted files (``"absent"`` when gone); for ``"."``, of the folder's listing."""
+    out = {}
+    for name in sorted(set(names)):
+        path = folder / name
+        if name == ".":
+            blob = json.dumps(sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []).encode()
+        elif path.is_file():
+            blob = path.read_bytes()
+        else:
+            out[name] = "absent"
+            continue
+        out[name] = hashlib.sha256(blob).hexdigest()
+    return out
+
+
+def _reusable(key_file: Path, key: str, data: Path) -> bool:
+    """Whether the executed chapter beside ``key_file`` was made with ``key`` and the data it read then."""
+    try:
+        stored = json.loads(key_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("reads"), dict):
+        return False
+    return _read_digests(data, stored["reads"]) == stored["reads"]
 
 
 RESULTS_ENV = "EMOCIRCUITS_RESULTS"
@@ -211,7 +283,7 @@ def run_chapter(src: Path, out_dir: Path, params: dict, code_hash: str, force: b
             earlier = {stem: nums for stem, nums in recorded(out_dir).items() if stem < src.stem}
             text += json.dumps(earlier, sort_keys=True)
         key = hashlib.sha256((text + repr(sorted(params.items())) + code_hash).encode()).hexdigest()
-        if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
+        if not force and out.exists() and _reusable(key_file, key, src.parent.parent / "data"):
             return out, False
         _execute(src, out_dir, params, key)
         return out, True
@@ -232,11 +304,17 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
     results = results_path(out_dir, src.stem)
     tmp_results = out_dir / f".{src.stem}.results.json"
     tmp_results.unlink(missing_ok=True)
-    old_env = os.environ.get(RESULTS_ENV)
-    os.environ[RESULTS_ENV] = str(tmp_results)  # the kernel inherits it
+    tmp_reads = out_dir / f".{src.stem}.reads"
+    tmp_reads.write_text("")
+    data = src.parent.parent / "data"
+    # the kernel inherits these: where to put its records, and where to note the data files it reads
+    env = {RESULTS_ENV: str(tmp_results), READS_ENV: str(tmp_reads), WATCH_ENV: str(data)}
+    old_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(src.parent), progress_bar=False, kernel_manager_class=kernel_manager_class())
+        reads = _read_digests(data, tmp_reads.read_text().split())
     except pm.PapermillExecutionError as err:
         tmp.unlink(missing_ok=True)
         tmp_results.unlink(missing_ok=True)
@@ -246,16 +324,18 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
         ) from None
     finally:
         inp.unlink(missing_ok=True)
-        if old_env is None:
-            os.environ.pop(RESULTS_ENV, None)
-        else:
-            os.environ[RESULTS_ENV] = old_env
+        tmp_reads.unlink(missing_ok=True)
+        for name, value in old_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     tmp.replace(out)
     if tmp_results.exists():
         tmp_results.replace(results)
     else:
         results.unlink(missing_ok=True)
-    atomic_write_text(key_file, key)
+    atomic_write_text(key_file, json.dumps({"key": key, "reads": reads}, indent=1, sort_keys=True))
 
 
 def stage(root: Path, executed: Path, staging: Path) -> None:

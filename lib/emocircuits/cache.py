@@ -1,8 +1,9 @@
 """The on-disk cache: where it lives, stable keys, atomic writes.
 
-Everything derived (converted model weights, captured activations) lives
-under ``$EMOCIRCUITS_CACHE`` (default ``~/.cache/emocircuits``), keyed by a
-hash of what produced it. Writes go to a temporary file in the same folder
+Everything derived (converted model weights, captured activations, judges,
+transcoders) lives under ``$EMOCIRCUITS_CACHE`` (default
+``~/.cache/emocircuits``), keyed by a hash of what produced it: the inputs and
+settings, and the source of the code that computed it (:func:`code_version`). Writes go to a temporary file in the same folder
 and are renamed into place, so a crash never leaves half a file behind.
 """
 
@@ -32,6 +33,27 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """A short sha256 of a JSON-serialisable description (keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version(*modules: str, folder: str | Path | None = None) -> str:
+    """A short sha256 of the source of the named emocircuits modules (``"activations"``, ...).
+
+    It is part of the key of everything those modules cache, so a change to the code that produced a cached
+    file is a miss, never a stale hit. ``folder`` defaults to this package's folder.
+    """
+    if not modules:
+        raise ValueError("code_version(): name at least one module (e.g. 'activations')")
+    base = Path(folder) if folder is not None else PACKAGE_DIR
+    h = hashlib.sha256()
+    for name in modules:
+        path = base / f"{name}.py"
+        if not path.is_file():
+            raise ValueError(f"code_version({name!r}): no module {path.name} in {base}")
+        h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import atomic_write, cache_dir, file_lock, stable_hash
+from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
 
 LABELS = EMOTIONS + ("neutral",)
@@ -88,9 +88,11 @@ def _cached_arrays(path: Path, compute) -> dict[str, np.ndarray]:
     """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first. Parallel chapters
     that need the same entry take turns under a lock (kept apart from the cache entries): the first computes,
     the others load. Arrays are made C-contiguous before writing, since safetensors writes memory as it lies
-    (scikit-learn's ``coef_`` is Fortran-ordered and would reload scrambled)."""
+    (scikit-learn's ``coef_`` is Fortran-ordered and would reload scrambled). The file's name gains the
+    version of this module's source (:func:`~emocircuits.cache.code_version`), so a change here is a miss."""
     from safetensors.numpy import load_file, save_file
 
+    path = path.with_name(f"{path.stem}-{code_version('judges')}{path.suffix}")  # this module's code made it
     with file_lock(cache_dir("locks") / f"{path.parent.name}-{path.name}.lock"):
         if path.exists():
             return load_file(str(path))

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .cache import cache_dir, file_lock
+from .cache import cache_dir, file_lock, stable_hash
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -230,8 +230,9 @@ def _gguf_parsed_once():
 
 
 def converted_dir(spec: ModelSpec) -> Path:
-    """Where the float32 safetensors copy of a bundled model lives."""
-    return cache_dir("models") / spec.name
+    """Where the float32 safetensors copy of a bundled model lives: one folder per pinned package version,
+    so a new release of the weights is converted again rather than read from the old copy."""
+    return cache_dir("models") / spec.name / stable_hash(list(spec.pip), n=12)
 
 
 def _convert_bundled(spec: ModelSpec) -> Path:
@@ -269,9 +270,12 @@ def _convert_locked(spec: ModelSpec, final: Path) -> Path:
         with _quiet_transformers():
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        if final.exists():  # a stale, incomplete folder from an older layout
+        if final.exists():  # a stale, incomplete folder
             shutil.rmtree(final)
         os.replace(tmp, final)
+        for old in final.parent.iterdir():  # the copy of the layout before one folder per version
+            if old.is_file():
+                old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import Site, read_site
-from .cache import atomic_write, atomic_write_text, cache_dir, stable_hash
+from .cache import atomic_write, atomic_write_text, cache_dir, code_version, stable_hash
 
 ACTIVATIONS = ("topk", "jumprelu", "relu")
 
@@ -564,7 +564,8 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
     if st.layers is not None and any(not 0 <= la < lm.n_layers for la in st.layers):
         raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
     corpus_hash = stable_hash(list(texts))
-    key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st), "v": 2})
+    key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st),
+                       "code": code_version("transcoders", "activations", "models")})
     folder = Path(folder) if folder is not None else cache_dir("transcoders") / lm.name / key
     if (folder / "config.json").is_file():
         return TranscoderSet.load(folder)
