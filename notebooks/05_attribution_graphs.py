@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -408,7 +408,7 @@ def clamps(feats, value=None, relative=None):
     return [Transcode(tset[la], clamp=c) for la, c in per.items()]
 
 
-eval_sit = size(SITUATIONS, SITUATIONS + HELDOUT[:5], SITUATIONS + HELDOUT)
+eval_sit = size(SITUATIONS + HELDOUT[:5], SITUATIONS + HELDOUT[:5], SITUATIONS + HELDOUT)
 conditions = {"unmodified": []}
 for v in size((100,), (1, 10, 100, 1000), (1, 10, 100, 1000)):
     conditions[f"circuit = {v}"] = clamps(circuit_feats, value=v)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -108,7 +108,7 @@ n = lm.n_layers
 CANDIDATES = [n // 6, n // 3, n // 2, (2 * n) // 3]
 CANDIDATES = sorted(set(size(CANDIDATES[::2], CANDIDATES, CANDIDATES)))  # QUICK: two of them
 fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
-situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 6, 12)]
+situations = [r.text for r in ds.load_named("situations_heldout")][: size(8, 6, 12)]
 chat_texts = [lm.chat_prompt(s) for s in situations]
 rms = {l: S.residual_rms(lm, chat_texts, l) for l in CANDIDATES}
 pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
@@ -296,7 +296,7 @@ goal.round(2)
 
 # %%
 top = S.best_setting(goal)
-fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(4, 12, 18)]
+fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(12, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
 confirmed = S.both_ways(*judged_sweep(fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top],
@@ -592,9 +592,9 @@ B_SEEDS = [SEED + i for i in range(size(1, 4, 6))]
 B_GRID = [-0.55, -0.45, -0.35, 0, 0.35, 0.45, 0.55]  # the default book's and a FULL run's
 B_ALPHAS = size([-0.45, 0, 0.45], B_GRID, B_GRID)
 pool = [r.text for r in ds.load_named("situations_heldout")][len(situations):]  # 24 (18 in a FULL run)
-choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(4, 24, 18)])]
+choice = [{"id": f"choice-{i}", "user": s} for i, s in enumerate(pool[: size(8, 24, 18)])]
 confirm_set = [{"id": f"confirm-{i}", "user": r.text}
-               for i, r in enumerate(ds.load_named("situations_confirm")[: size(4, 24, 24)])]
+               for i, r in enumerate(ds.load_named("situations_confirm")[: size(12, 24, 24)])]
 sum_cosine = float(fit.directions[MID] @ persona_dirs[MID])
 b_goal = S.both_ways(*judged_sweep(choice, both_dir, [MID], B_ALPHAS, seeds=B_SEEDS, scale="rms"), seed=SEED)
 b_top = S.best_setting(b_goal)
@@ -738,7 +738,8 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 # - **Small models, few situations.** The intervals above are over 6
 #   situations and two sampled seeds for choosing the setting and 12 fresh
 #   situations for confirming it in the default book (12, 18 and three
-#   seeds in a FULL run; 4, 4 and one in QUICK mode). A share of 6
+#   seeds in a FULL run; 8, 12 and one in QUICK mode, sized so the
+#   regression check sees a change of one situation in 12). A share of 6
 #   situations moves in steps of 1/6, and the best of a dozen such shares
 #   (the default book's goal table) is biased upward, which is why the
 #   confirmation exists. Section 6 uses 24 situations to choose and 24 to

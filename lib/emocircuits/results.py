@@ -85,6 +85,7 @@ def _base(template: str, *keys: str | tuple[str, int], digits: int = 2) -> Gette
         if any(v is None for v in vals):
             return None
         return template.format(*vals)
+    get.keys = tuple(k for k, _ in spec)  # what the cell shows (see shown_keys)
     return get
 
 
@@ -96,7 +97,10 @@ def _random(key: str) -> Getter:
 
 
 def _fixed(text: str) -> Getter:
-    return lambda rec: text
+    def get(rec: dict) -> str:
+        return text
+    get.keys = ()
+    return get
 
 
 ROWS: tuple[Row, ...] = (
@@ -313,6 +317,16 @@ ROWS: tuple[Row, ...] = (
         "clamp_circuit_4x_empathy", _base("random control circuit, same clamp: {}", "clamp_control_4x_empathy"),
         "clamp scaled to each feature's own range"),
 )
+
+
+def shown_keys() -> dict[str, set[str]]:
+    """``{chapter stem: the recorded numbers the comparison tables show}``: each row's number, its reporting
+    judge's reading (``key_report``) and the numbers in its baseline cell (intervals, ``_lo``/``_hi``, aside).
+    The regression test checks that each one a QUICK run records has an expectation."""
+    out: dict[str, set[str]] = {}
+    for row in ROWS:
+        out.setdefault(row.chapter, set()).update({row.key, f"{row.key}_report", *row.baseline.keys})
+    return out
 
 
 def comparison(recorded: dict[str, dict]) -> dict[str, pd.DataFrame]:
