@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from emocircuits.models import REGISTRY, load_model  # noqa: E402
 
-from testkit import make_tiny  # noqa: E402
+from testkit import TINY_KINDS, make_tiny  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -34,18 +34,30 @@ def bundled(request, smol, gemma):
     return smol if request.param == "smollm2-135m" else gemma
 
 
+_TINY: dict = {}
+
+
+def _tiny(tmp_path_factory, kind: str):
+    """One tiny random model of ``kind`` (a testkit.TINY_KINDS entry) per session."""
+    if kind not in _TINY:
+        _TINY[kind] = load_model(make_tiny(tmp_path_factory.mktemp(f"tiny-{kind}"), kind), device="cpu")
+    return _TINY[kind]
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    name = make_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
-    yield load_model(name, device="cpu")
-    REGISTRY.pop(name, None)
+    return _tiny(tmp_path_factory, "llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory):
-    name = make_tiny(tmp_path_factory.mktemp("tiny-gemma"), "gemma")
-    yield load_model(name, device="cpu")
-    REGISTRY.pop(name, None)
+    return _tiny(tmp_path_factory, "gemma")
+
+
+@pytest.fixture(scope="session", params=TINY_KINDS)
+def tiny_arch(request, tmp_path_factory):
+    """Each architecture of the papers' models in turn (Llama, Llama 3, Qwen2, Phi-3, Gemma 2, Gemma 3)."""
+    return _tiny(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="session")

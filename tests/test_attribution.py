@@ -20,9 +20,10 @@ TEXT = CORPUS[0] + " " + CORPUS[1]
 SETTINGS = dict(n_features=96, k=8, epochs=2, batch_size=8, checkpoint_every=3)
 
 
-@pytest.fixture(params=["tiny_llama", "tiny_gemma"])
-def tiny(request):
-    return request.getfixturevalue(request.param)
+@pytest.fixture
+def tiny(tiny_arch):
+    """Each architecture in turn (conftest.tiny_arch)."""
+    return tiny_arch
 
 
 @pytest.fixture
@@ -228,6 +229,23 @@ def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
     for la, row in q.items():
         assert row["l0"] <= 8 + 1e-9 and 0 <= row["dead"] <= 1 and row["fve"] <= 1
         assert row["linear_fve"] > 0.9  # five sentences repeated: a linear map fitted on them fits them
+    # variance explained by hand: 1 - SSE / SST over every token but each text's first, from the real MLP's
+    # input and output and the transcoder's reconstruction of it
+    xin, xout, mask, _ = T.mlp_io(tiny_llama, CORPUS[:10], sorted(ts))
+    keep = T.first_left_out(mask)
+    for la in ts:
+        x, y = xin[la][keep].float().cpu(), xout[la][keep].float().cpu().double()
+        with torch.no_grad():
+            y_hat = ts[la](x).double()
+        by_hand = 1 - float((y_hat - y).pow(2).sum()) / float((y - y.mean(0)).pow(2).sum())
+        assert q[la]["fve"] == pytest.approx(by_hand, abs=1e-5)
+        assert q[la]["tokens"] == int(keep.sum())
+    # training helps: the finished set explains far more than the same set after its first batch
+    early = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "early", progress=False,
+                    stop_after_steps=1)
+    q_early = T.quality(tiny_llama, early, CORPUS[:10])
+    for la in ts:
+        assert q[la]["fve"] > 0.2 and q[la]["fve"] > q_early[la]["fve"] + 0.3
     assert all(np.isnan(r["linear_fve"]) for r in T.quality(tiny_llama, ts, CORPUS[:4]).values())
     losses = T.splice_losses(tiny_llama, ts, CORPUS[:4])
     assert set(losses["each"]) == {0, 1, 2} and losses["clean"] > 0

@@ -71,6 +71,49 @@ def test_colab_setup_installs_the_clone_then_the_bundled_models(tmp_path):
         colab.setup(tmp_path, run=ran.append)
 
 
+def _fake_clone(tmp_path):
+    root = tmp_path / "content" / "emocircuits"
+    for sub in ("lib/emocircuits", "notebooks"):
+        (root / sub).mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'emocircuits'\n")
+    return root
+
+
+def test_colab_setup_puts_the_clones_lib_first_on_sys_path_and_enters_its_notebooks(tmp_path, monkeypatch):
+    """With pip replaced (no network): the default runner calls pip with check=True, the clone's lib/ goes first
+    on sys.path once however often setup runs, and the working directory becomes the clone's notebooks/."""
+    root = _fake_clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw)))
+    cmds = colab.setup(root)
+    assert [c for c, _ in calls] == cmds and all(kw == {"check": True} for _, kw in calls)
+    assert cmds[0][:3] == [sys.executable, "-m", "pip"] and cmds[0][-2:] == ["-e", f"{root}[book]"]
+    assert sys.path[0] == str(root / "lib")
+    assert Path.cwd() == root / "notebooks"
+    colab.setup(root, run=lambda cmd: None)  # a second run (the next chapter) adds nothing more
+    assert sys.path.count(str(root / "lib")) == 1 and Path.cwd() == root / "notebooks"
+    monkeypatch.chdir(tmp_path)
+    colab.setup(root, run=lambda cmd: None, chdir=False)
+    assert Path.cwd() == tmp_path
+
+
+def test_colab_setup_that_fails_to_install_leaves_sys_path_and_the_directory_alone(tmp_path, monkeypatch):
+    root = _fake_clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = list(sys.path)
+
+    def pip_fails(cmd, **kw):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(subprocess, "run", pip_fails)
+    with pytest.raises(subprocess.CalledProcessError):
+        colab.setup(root)
+    assert sys.path == before and Path.cwd() == tmp_path
+
+
 def test_install_models_prints_the_same_list_the_makefile_installs():
     out = subprocess.run([sys.executable, "-m", "emocircuits.cli", "install-models", "--print"],
                          capture_output=True, text=True, check=True).stdout.split()

@@ -17,9 +17,10 @@ TEXTS = ["My dog died this morning.", "I got the job! We celebrate tonight.",
          "The lake froze overnight and the weather turned cold.", "Could you help me plan a party?"]
 
 
-@pytest.fixture(params=["tiny_llama", "tiny_gemma"])
-def tiny(request):
-    return request.getfixturevalue(request.param)
+@pytest.fixture
+def tiny(tiny_arch):
+    """Each architecture in turn (conftest.tiny_arch)."""
+    return tiny_arch
 
 
 def _dirs(lm, n=3, seed=0):

@@ -316,10 +316,71 @@ def test_keyword_baseline_counts_unchanged_outputs_as_success_for_negative_alpha
         J.keyword_success(base, base[:1], alpha=1)
 
 
-def test_model_rubric_judge_scores_on_the_1_to_5_scale(smol):
+# (message, a warm reply, a dismissive reply), written for this test
+RUBRIC_PAIRS = [
+    ("My dog died this morning.",
+     "I'm so sorry. Losing him must hurt terribly; I'm here if you want to talk about him.",
+     "Dogs die. Get another one."),
+    ("I failed my exam and I feel like an idiot.",
+     "That sounds really painful, and it doesn't make you an idiot. Do you want to talk through what happened?",
+     "Not my problem. Study harder."),
+    ("My best friend moved away and I feel so lonely.",
+     "I'm sorry, that kind of loneliness is hard. It makes sense you miss her; I'm glad you told me.",
+     "Whatever. People move. Stop whining."),
+    ("I'm scared about my surgery tomorrow.",
+     "It's completely understandable to feel scared. I'm here with you, and it's okay to be afraid.",
+     "Stop being dramatic, it's just surgery."),
+]
+
+
+def test_model_rubric_judge_reads_the_digit_distribution_and_prefers_warm_replies(smol):
+    import torch
+
     judge = J.ModelRubricJudge(smol)
-    s = judge.score(["I'm here with you. Tell me more.", "Not my problem."], ["My dog died.", "My dog died."])
-    assert s.shape == (2,) and ((s > 1) & (s < 5)).all()
+    situations = [m for m, _, _ in RUBRIC_PAIRS]
+    warm = judge.score([w for _, w, _ in RUBRIC_PAIRS], situations)
+    cold = judge.score([c for _, _, c in RUBRIC_PAIRS], situations)
+    assert warm.shape == cold.shape == (len(RUBRIC_PAIRS),)
+    assert ((warm > 1) & (warm < 5)).all() and ((cold > 1) & (cold < 5)).all()
+    # even a 135M chat model ranks each warm reply above the dismissive one to the same message
+    assert (warm > cold).all() and warm.mean() - cold.mean() > 0.15
+    # the score is the expected digit under the next-token distribution restricted to "1".."5", read after the
+    # prompt's last token: by hand on one prompt alone (no padding), equal to its score in the padded batch
+    msg, reply, _ = RUBRIC_PAIRS[0]
+    prompt = smol.chat_prompt(J.ModelRubricJudge.PROMPT.format(situation=msg, reply=reply))
+    enc = smol.encode([prompt])
+    with torch.inference_mode():
+        logits = smol.hf(**enc).logits[0, -1].double()
+    ids = [smol.tokenizer.encode(d, add_special_tokens=False)[0] for d in "12345"]
+    p = torch.softmax(logits[ids], -1).numpy()
+    assert warm[0] == pytest.approx(float(p @ np.arange(1, 6)), abs=1e-4)
+
+
+class _NoModel:
+    """Stands in for a model: digits are single tokens, and any use of the model itself fails the test."""
+
+    name = "no-model"
+    tokenizer = type("Tok", (), {"encode": staticmethod(lambda d, add_special_tokens=False: [int(d)])})()
+
+    def __getattr__(self, attr):
+        raise AssertionError(f"the judge used the model ({attr}) before checking its input")
+
+
+def test_rubric_judges_refuse_replies_and_situations_of_different_lengths(monkeypatch):
+    with pytest.raises(ValueError, match="1 situations for 2 replies; expected one situation per reply"):
+        J.ModelRubricJudge(_NoModel()).score(["a", "b"], ["My dog died."])
+    monkeypatch.setenv("EMOCIRCUITS_JUDGE_API_KEY", "test-key")
+    judge = J.APIJudge()
+
+    def no_request(prompt):
+        raise AssertionError("APIJudge sent a request before checking its input")
+
+    monkeypatch.setattr(judge, "_ask", no_request)
+    with pytest.raises(ValueError, match="3 situations for 1 replies; expected one situation per reply"):
+        judge.empathy(["a"], ["x", "y", "z"])
+    monkeypatch.setattr(judge, "_ask", lambda prompt: "4")  # the check passes equal lengths and no situations
+    assert judge.empathy(["a", "b"], ["x", "y"]).tolist() == [4.0, 4.0]
+    assert judge.empathy(["a"]).tolist() == [4.0]
 
 
 def test_api_judge_needs_its_key(monkeypatch):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import html as htmllib
 import json
+import re
 
 import pytest
 
@@ -46,14 +49,90 @@ def test_comparison_puts_each_recorded_number_with_its_interval_and_baseline():
         R.comparison([("04_emotion_circuits", {})])
 
 
+def _clamp_keys(src: str) -> set[str]:
+    """The clamp numbers chapter 05 records, read from its source: each condition name it builds (at every size,
+    QUICK to FULL), through the chapter's own slug rule, into each f-string key of its ``record(**{...})`` call."""
+    tree = ast.parse(src)
+
+    def ev(expr, **names):
+        return eval(compile(ast.Expression(expr), "<chapter 05>", "eval"), {}, names)
+
+    def sets_condition(node):  # conditions[...] = ...
+        return (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
+                and getattr(node.targets[0].value, "id", None) == "conditions")
+
+    names, slug_rule, key_exprs = set(), None, []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
+                and getattr(node.iter.func, "id", None) == "size"):
+            values = {x for arg in node.iter.args for x in ast.literal_eval(arg)}  # one tuple per size
+            names |= {ev(stmt.targets[0].slice, **{node.target.id: x})
+                      for stmt in node.body if sets_condition(stmt) for x in values}
+        elif sets_condition(node) and isinstance(node.targets[0].slice, ast.Constant):
+            names.add(node.targets[0].slice.value)
+        elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "slug":
+            slug_rule = node.value
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "record":
+            key_exprs += [k for kw in node.keywords if kw.arg is None and isinstance(kw.value, ast.Dict)
+                          for k in kw.value.keys if isinstance(k, ast.JoinedStr)]
+    assert names and slug_rule is not None and key_exprs, "chapter 05 builds its clamp keys another way: update this"
+    return {ev(k, slug=ev(slug_rule, name=n)) for n in names for k in key_exprs}
+
+
 def test_every_row_reads_a_number_its_chapter_records():
-    """A row whose key no chapter records would always say 'not run': each key appears in its chapter."""
+    """A row whose key no chapter records would always say 'not run': each key is recorded by its chapter, as a
+    keyword or a string of its own (not inside a longer name); chapter 05's clamp keys, which it builds with
+    f-strings, are among those its conditions give, and so are the clamp numbers in their baseline cells."""
     from emocircuits.book import ROOT
 
+    clamp = _clamp_keys((ROOT / "notebooks" / "05_attribution_graphs.py").read_text())
+    assert {"clamp_circuit_1000_empathy", "clamp_circuit_4x_coherent", "clamp_control_100_empathy_lo"} <= clamp
     for row in R.ROWS:
         src = (ROOT / "notebooks" / f"{row.chapter}.py").read_text()
-        stem = row.key.removesuffix("_empathy").removesuffix("_coherent")
-        assert row.key in src or stem.startswith("clamp_"), f"{row.chapter} never records {row.key}"
+        for key in (row.key, *row.baseline.keys):
+            if key.startswith("clamp_"):
+                assert row.chapter == "05_attribution_graphs" and key in clamp, f"{row.chapter} never records {key}"
+            elif key == row.key:
+                k = re.escape(key)
+                assert re.search(rf"(?<![\w\"']){k}\s*=(?!=)|[\"']{k}[\"']", src), f"{row.chapter} never records {key}"
+
+
+def test_paper_rows_put_the_papers_number_beside_the_record_or_the_not_run_marker():
+    """Paper B's and C's own numbers sit beside what the chapter recorded for the same setting; a setting the
+    build did not run says so, with an empty baseline, and is never filled from the paper."""
+    rec = {"04_emotion_circuits": {"modulation_accuracy": 0.625, "modulation_accuracy_lo": 0.375,
+                                   "modulation_accuracy_hi": 0.875, "plain_accuracy": 0.125,
+                                   "modulation_coherent": 0.75},
+           "05_attribution_graphs": {"empathy_unmodified": 3.276, "empathy_unmodified_lo": 2.523,
+                                     "empathy_unmodified_hi": 3.931, "coherent_unmodified": 1.0,
+                                     "clamp_circuit_100_empathy": 2.9227, "clamp_circuit_100_empathy_lo": 2.8633,
+                                     "clamp_circuit_100_empathy_hi": 2.9744, "clamp_circuit_100_coherent": 0.0}}
+    t = R.comparison(rec)
+    b = t["B"].set_index("measurement")
+    assert b.loc["emotion control by circuit modulation", "paper"] == f"{R.PAPER_B_CONTROL['modulation']:.2%}"
+    assert b.loc["emotion control by circuit modulation", "this book [95% CI]"] == "0.62 [0.38, 0.88]"
+    for how in ("prompting", "steering"):
+        (label,) = [m for m in b.index if m.startswith(f"emotion control by {how}")]
+        assert b.loc[label, "paper"] == f"{R.PAPER_B_CONTROL[how]:.2%}"
+        assert b.loc[label, "this book [95% CI]"] == R.NOT_RUN and b.loc[label, "baseline"] == ""
+    c = t["C"].set_index("measurement")
+    unmod = c.loc["judged empathy, unmodified (1-5)"]
+    assert (unmod["paper"], unmod["this book [95% CI]"], unmod["baseline"]) == (
+        "4.07", "3.28 [2.52, 3.93]", "coherent share 1.00")
+    for v, theirs in R.PAPER_C_CLAMP.items():
+        if v == "unmodified":
+            continue
+        row = c.loc[f"judged empathy, circuit clamped to {v} (1-5)"]
+        assert row["paper"] == f"{theirs:.2f}"
+        if v == "100":
+            assert row["this book [95% CI]"] == "2.92 [2.86, 2.97]"
+            assert row["baseline"] == "unmodified 3.28 [2.52, 3.93]; coherent share 0.00"
+        else:
+            assert (row["this book [95% CI]"], row["baseline"]) == (R.NOT_RUN, ""), v
+    # recorded without its coherent share: the measured number shows, the baseline says it was not run
+    part = R.comparison({"05_attribution_graphs": {"clamp_circuit_10_empathy": 3.5, "empathy_unmodified": 3.0}})
+    row = part["C"].set_index("measurement").loc["judged empathy, circuit clamped to 10 (1-5)"]
+    assert (row["this book [95% CI]"], row["baseline"]) == ("3.50", R.NOT_RUN)
 
 
 def test_recorded_reads_the_build_folder_and_a_reader_reruns_when_records_change(tmp_path, monkeypatch):
@@ -92,4 +171,30 @@ def test_results_chapter_of_the_quick_book_shows_the_recorded_numbers(quick_book
     m = rec["04_emotion_circuits"]
     want = f"{m['modulation_accuracy']:.2f} [{m['modulation_accuracy_lo']:.2f}, {m['modulation_accuracy_hi']:.2f}]"
     assert want in html
-    assert "99.65%" in html and "4.53" in html
+    # every row of every table, cell by cell, is what the comparison makes of the numbers the chapters recorded
+    shown = _rendered_rows(html)
+    tables = R.comparison(rec)
+    for paper, df in tables.items():
+        for row in df.drop(columns="chapter").values.tolist():
+            assert [str(x).strip() for x in row] in shown, f"paper {paper}: {row[0]!r} is not shown as recorded"
+    # paper C's clamp rows: the ones the QUICK run made show their number and interval, the others the marker
+    c = tables["C"].set_index("measurement")
+    five = rec["05_attribution_graphs"]
+    ran = [v for v in R.PAPER_C_CLAMP if v != "unmodified" and f"clamp_circuit_{v}_empathy" in five]
+    assert ran and len(ran) < len(R.PAPER_C_CLAMP) - 1  # QUICK clamps at some of paper C's values, not all
+    for v in R.PAPER_C_CLAMP:
+        if v == "unmodified":
+            continue
+        cell = c.loc[f"judged empathy, circuit clamped to {v} (1-5)", "this book [95% CI]"]
+        if v in ran:
+            k = f"clamp_circuit_{v}_empathy"
+            assert cell == f"{five[k]:.2f} [{five[k + '_lo']:.2f}, {five[k + '_hi']:.2f}]"
+        else:
+            assert cell == R.NOT_RUN
+
+
+def _rendered_rows(html: str) -> list[list[str]]:
+    """The text of each table row's cells in a notebook's HTML output (tags dropped, entities decoded)."""
+    cells = (re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S) for tr in re.findall(r"<tr>(.*?)</tr>", html, re.S))
+    rows = ([htmllib.unescape(re.sub(r"<[^>]+>", "", td)).strip() for td in row] for row in cells)
+    return [r for r in rows if r]

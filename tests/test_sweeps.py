@@ -96,6 +96,28 @@ def test_vector_and_control_vector_files_round_trip(tmp_path):
         S.load_vector(tmp_path / "cv.gguf")
 
 
+def test_control_vector_file_is_what_llama_cpp_reads(tmp_path):
+    """Read with gguf's own GGUFReader, not ours: what llama.cpp's control-vector loader checks (tensors named
+    direction.L with L >= 1, one-dimensional float32 of one common length) and the metadata that repeng's
+    writer sets beside them (architecture "controlvector", the model hint, the layer count)."""
+    import gguf
+
+    dirs = {12: torch.randn(48), 3: torch.randn(48, dtype=torch.float64), 1: np.linspace(-1, 1, 48)}
+    path = S.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="gemma3")
+    r = gguf.GGUFReader(str(path))
+    fields = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    assert fields == {gguf.Keys.General.ARCHITECTURE: "controlvector", "controlvector.model_hint": "gemma3",
+                      "controlvector.layer_count": 3}
+    assert r.fields["controlvector.layer_count"].types == [gguf.GGUFValueType.UINT32]
+    assert r.fields["GGUF.version"].contents() == gguf.GGUF_VERSION
+    assert [t.name for t in r.tensors] == ["direction.1", "direction.3", "direction.12"]
+    for t in r.tensors:
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32 and t.data.dtype == np.float32
+        assert list(t.shape) == [48] and t.n_elements == 48  # one dimension: d_model
+        want = torch.as_tensor(dirs[int(t.name.split(".")[1])]).float().numpy()
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(-1), want)
+
+
 def test_steer_cli_alpha_zero_is_plain_and_alpha_changes_the_reply(smol, tmp_path):
     from emocircuits.datasets import DATA_DIR
 

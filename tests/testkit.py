@@ -1,4 +1,4 @@
-"""Tiny random-weight models of both layouts, built in memory (no downloads, no bundled files).
+"""Tiny random-weight models of each architecture, built in memory (no downloads, no bundled files).
 
 They go through the same ``load_model`` path as the papers' hub models: the
 model and a tokenizer trained here on a few sentences are saved to a local
@@ -42,25 +42,62 @@ def tiny_tokenizer():
     return fast
 
 
-def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
-    """Save a random 3-layer model of ``arch`` ("llama" or "gemma") and register it; returns its name."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+# each of the papers' model classes, at a tiny size, with the quirk that sets it apart kept
+TINY_KINDS = ("llama", "gemma", "llama3", "qwen2", "phi3", "gemma2")
 
+
+def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
+    """Save a random 3-layer model and register it; returns its name. ``arch`` is one of :data:`TINY_KINDS`:
+
+    - ``llama``: LlamaForCausalLM (SmolLM2's class);
+    - ``gemma``: Gemma3ForCausalLM with sliding and full attention layers;
+    - ``llama3``: LlamaForCausalLM as Llama 3.2 has it: tied embeddings, llama3 rope scaling;
+    - ``qwen2``: Qwen2ForCausalLM, with its q/k/v biases;
+    - ``phi3``: Phi3ForCausalLM, with q/k/v and gate/up fused;
+    - ``gemma2``: Gemma2ForCausalLM with attention and final-logit soft-capping and alternating sliding windows.
+
+    The registry entry is made from the saved folder's config, as a user's own model's would be.
+    """
+    import transformers as tf
+
+    from emocircuits.models import resolve_spec
+
+    if arch not in TINY_KINDS:
+        raise ValueError(f"arch={arch!r}: expected one of {TINY_KINDS}")
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=tok.pad_token_id,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    elif arch == "llama3":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+    elif arch == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+        assert model.model.layers[0].self_attn.v_proj.bias is not None
+    elif arch == "phi3":
+        model = tf.Phi3ForCausalLM(tf.Phi3Config(**{k: v for k, v in common.items() if k != "head_dim"}))
+    elif arch == "gemma2":
+        model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, sliding_window=8, query_pre_attn_scalar=16,
+                                                     final_logit_softcapping=2.0, attn_logit_softcapping=5.0))
     else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=8, layer_types=[
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, sliding_window=8, layer_types=[
             "sliding_attention", "sliding_attention", "full_attention"]))
+    if arch in ("qwen2", "phi3", "gemma2"):  # random biases and norm weights: zero ones would hide a missed term
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("bias") or "norm" in n:
+                    p.add_(0.1 * torch.randn_like(p))
     folder = Path(folder)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    spec = resolve_spec(str(folder))
     name = name or f"tiny-{arch}"
-    register_model(ModelSpec(name, "hub", str(folder), arch, 3, 64, 0.0001, True))
+    register_model(ModelSpec(name, "hub", str(folder), spec.arch, 3, 64, 0.0001, True))
     return name
 
 
@@ -80,4 +117,6 @@ def hand_run_from(lm, text, layer, v):
         h = hs[layer + 1] + v
         for i in range(layer + 1, lm.n_layers):
             h = lm.hf_layer(i)(h, **kwargs[i])
-        return lm.hf.lm_head(lm.hf.model.norm(h))
+        logits = lm.hf.lm_head(lm.hf.model.norm(h))
+        cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
+        return cap * torch.tanh(logits / cap) if cap else logits

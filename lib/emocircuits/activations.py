@@ -96,25 +96,24 @@ def all_layers(kind: str, n_layers: int) -> list[str]:
 
 
 def _envoy(lm, site: Site):
-    """(envoy, attribute) whose value is the site."""
-    layer = lm.layer(site.layer)
-    gemma = lm.arch == "gemma"
+    """(envoy, attribute) whose value is the site, where the model's :class:`~emocircuits.models.Layout` puts it."""
+    layer, lay, i = lm.layer(site.layer), lm.layout, site.layer
     if site.kind == "resid_pre":
         return layer, "input"
     if site.kind == "resid_post":
         return layer, "output"
     if site.kind == "attn_z":
-        return layer.self_attn.o_proj, "input"
+        return lm.part(i, lay.o_proj), "input"
     if site.kind == "mlp_act":
-        return layer.mlp.down_proj, "input"
+        return lm.part(i, lay.down_proj), "input"
     if site.kind == "mlp_in":
         return layer.mlp, "input"
-    if site.kind == "attn_out":
-        return (layer.post_attention_layernorm, "output") if gemma else (layer.self_attn, "output0")
+    if site.kind == "attn_out":  # after the post-attention norm where the layout has one
+        return (lm.part(i, lay.attn_out_norm), "output") if lay.attn_out_norm else (layer.self_attn, "output0")
     if site.kind == "resid_mid":
-        return (layer.pre_feedforward_layernorm, "input") if gemma else (layer.post_attention_layernorm, "input")
+        return lm.part(i, lay.mlp_in_norm), "input"
     if site.kind == "mlp_out":
-        return (layer.post_feedforward_layernorm, "output") if gemma else (layer.mlp, "output")
+        return (lm.part(i, lay.mlp_out_norm), "output") if lay.mlp_out_norm else (layer.mlp, "output")
     raise ValueError(f"unknown site kind {site.kind!r}")  # pragma: no cover - parse_site guards
 
 

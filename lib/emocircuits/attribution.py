@@ -34,10 +34,10 @@ class AttributionError(ValueError):
     pass
 
 
-def _norm_weight(norm) -> torch.Tensor:
-    """The effective elementwise weight of an RMSNorm module (Gemma stores ``weight - 1``)."""
-    w = norm.weight.detach().float()
-    return 1.0 + w if "Gemma" in type(norm).__name__ else w
+def _norm_weight(lm, norm) -> torch.Tensor:
+    """The effective elementwise weight of an RMSNorm module (the layout's ``norm_offset + weight``: Gemma
+    stores ``weight - 1``)."""
+    return lm.layout.norm_offset + norm.weight.detach().float()
 
 
 def _inv_rms(norm, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ class Context:
     pattern: list[torch.Tensor]  # per layer [H, T, T]
     s_in: list[torch.Tensor]  # per layer [T, 1]
     s_mid: list[torch.Tensor]
-    s_attn: list[torch.Tensor | None]  # Gemma's post-attention norm
+    s_attn: list[torch.Tensor | None]  # the post-attention norm's, where the layout has one (Gemma)
     s_fin: torch.Tensor  # [T, 1]
     mlp_in: list[torch.Tensor]
     mlp_out: list[torch.Tensor]
@@ -98,25 +98,26 @@ def prepare(lm, tset: TranscoderSet, text: str) -> Context:
     ids = enc["input_ids"][0].tolist()
     got: dict = {}
     hooks = []
-    gemma = lm.arch == "gemma"
+    lay = lm.layout
 
     def keep(name, what="in"):
         def hook(mod, args, out):
             got[name] = (args[0] if what == "in" else (out[0] if isinstance(out, tuple) else out)).detach()[0].float()
         return hook
 
-    hooks.append(hf.model.embed_tokens.register_forward_hook(keep("emb", "out")))
     for la, block in enumerate(hf.model.layers):
+        # the residual stream into block 0 is the embedding as the model scales it (Gemma 2 scales it after
+        # the embedding module, Gemma 3 inside it)
         hooks.append(block.input_layernorm.register_forward_hook(keep(f"in{la}")))
-        mid_norm = block.pre_feedforward_layernorm if gemma else block.post_attention_layernorm
-        hooks.append(mid_norm.register_forward_hook(keep(f"mid{la}")))
-        if gemma:
-            hooks.append(block.post_attention_layernorm.register_forward_hook(keep(f"attn{la}")))
-            hooks.append(block.post_feedforward_layernorm.register_forward_hook(keep(f"out{la}", "out")))
-        else:
-            hooks.append(block.mlp.register_forward_hook(keep(f"out{la}", "out")))
+        hooks.append(lm.hf_part(la, lay.mlp_in_norm).register_forward_hook(keep(f"mid{la}")))
+        if lay.attn_out_norm:
+            hooks.append(lm.hf_part(la, lay.attn_out_norm).register_forward_hook(keep(f"attn{la}")))
+        out_mod = lm.hf_part(la, lay.mlp_out_norm) if lay.mlp_out_norm else block.mlp
+        hooks.append(out_mod.register_forward_hook(keep(f"out{la}", "out")))
         hooks.append(block.mlp.register_forward_hook(keep(f"mlpin{la}")))
     hooks.append(hf.model.norm.register_forward_hook(keep("fin")))
+    # the unembedding's output: the logits before any soft-capping (Gemma 2), which the linear graph explains
+    hooks.append(hf.get_output_embeddings().register_forward_hook(keep("logits", "out")))
     old_impl = hf.config._attn_implementation
     try:
         hf.set_attn_implementation("eager")
@@ -130,16 +131,15 @@ def prepare(lm, tset: TranscoderSet, text: str) -> Context:
     L = lm.n_layers
     blocks = hf.model.layers
     ctx = Context(
-        lm=lm, tset=tset, ids=ids, tokens=[lm.tokenizer.decode([i]) for i in ids], emb=got["emb"].cpu(),
+        lm=lm, tset=tset, ids=ids, tokens=[lm.tokenizer.decode([i]) for i in ids], emb=got["in0"].cpu(),
         pattern=[a[0].detach().float().cpu() for a in out.attentions],
         s_in=[_inv_rms(blocks[la].input_layernorm, got[f"in{la}"]).cpu() for la in range(L)],
-        s_mid=[_inv_rms(blocks[la].pre_feedforward_layernorm if gemma else blocks[la].post_attention_layernorm,
-                        got[f"mid{la}"]).cpu() for la in range(L)],
-        s_attn=[_inv_rms(blocks[la].post_attention_layernorm, got[f"attn{la}"]).cpu() if gemma else None
+        s_mid=[_inv_rms(lm.hf_part(la, lay.mlp_in_norm), got[f"mid{la}"]).cpu() for la in range(L)],
+        s_attn=[_inv_rms(lm.hf_part(la, lay.attn_out_norm), got[f"attn{la}"]).cpu() if lay.attn_out_norm else None
                 for la in range(L)],
         s_fin=_inv_rms(hf.model.norm, got["fin"]).cpu(),
         mlp_in=[got[f"mlpin{la}"].cpu() for la in range(L)], mlp_out=[got[f"out{la}"].cpu() for la in range(L)],
-        logits=out.logits[0].detach().float().cpu())
+        logits=got["logits"].cpu())
     errs = []
     for la in range(L):
         tc = tset[la]
@@ -173,23 +173,26 @@ def _weights(ctx: Context):
     if ctx._w is not None:
         return ctx._w
     lm = ctx.lm
-    gemma = lm.arch == "gemma"
+    lay = lm.layout
+    n_v = lm.n_kv_heads * lm.head_dim  # a fused q/k/v projection keeps V in its last n_v rows
     ws = []
     for la, b in enumerate(lm.hf.model.layers):
-        at = b.self_attn
+        vp, op = lm.hf_part(la, lay.v_proj), lm.hf_part(la, lay.o_proj)
+        Wv, bv = vp.weight.detach().float().cpu(), None if vp.bias is None else vp.bias.detach().float().cpu()
+        if lay.v_fused:
+            Wv, bv = Wv[-n_v:], None if bv is None else bv[-n_v:]
         ws.append(dict(
-            w_in=_norm_weight(b.input_layernorm),
-            w_mid=_norm_weight(b.pre_feedforward_layernorm if gemma else b.post_attention_layernorm),
-            w_attn=_norm_weight(b.post_attention_layernorm) if gemma else None,
-            Wv=at.v_proj.weight.detach().float().cpu(),
-            bv=None if at.v_proj.bias is None else at.v_proj.bias.detach().float().cpu(),
-            Wo=at.o_proj.weight.detach().float().cpu(),
-            bo=None if at.o_proj.bias is None else at.o_proj.bias.detach().float().cpu(),
+            w_in=_norm_weight(lm, b.input_layernorm),
+            w_mid=_norm_weight(lm, lm.hf_part(la, lay.mlp_in_norm)),
+            w_attn=_norm_weight(lm, lm.hf_part(la, lay.attn_out_norm)) if lay.attn_out_norm else None,
+            Wv=Wv, bv=bv,
+            Wo=op.weight.detach().float().cpu(),
+            bo=None if op.bias is None else op.bias.detach().float().cpu(),
             W_enc=ctx.tset[la].W_enc.detach().float(), b_enc=ctx.tset[la].b_enc.detach().float(),
             W_dec=ctx.tset[la].W_dec.detach().float(), bias=_bias_rows(ctx.tset[la], ctx.n_tok),
             W_skip=None if ctx.tset[la].W_skip is None else ctx.tset[la].W_skip.detach().float()))
     W_U = lm.hf.get_output_embeddings().weight.detach().float().cpu()
-    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm.hf.model.norm).cpu(), W_U=W_U)
+    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm, lm.hf.model.norm).cpu(), W_U=W_U)
     return ctx._w
 
 
@@ -206,7 +209,7 @@ def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor
     """
     lm = ctx.lm
     w = _weights(ctx)
-    H, n_kv, hd = lm.n_heads, int(lm.config.num_key_value_heads), lm.head_dim
+    H, n_kv, hd = lm.n_heads, lm.n_kv_heads, lm.head_dim
     T = ctx.n_tok
     h = emb
     pres = []
@@ -245,7 +248,7 @@ def edge_rows(ctx: Context, targets: Sequence[int], logit_dir: torch.Tensor | No
     """
     lm = ctx.lm
     w = _weights(ctx)
-    H, n_kv, hd = lm.n_heads, int(lm.config.num_key_value_heads), lm.head_dim
+    H, n_kv, hd = lm.n_heads, lm.n_kv_heads, lm.head_dim
     T, d, L = ctx.n_tok, lm.d_model, ctx.n_layers
     offs = ctx.offsets()
     B = len(targets)
@@ -593,16 +596,14 @@ def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, 
     if not 0 <= feature < tc.cfg.n_features:
         raise AttributionError(f"feature {feature} out of range 0..{tc.cfg.n_features - 1}")
     hf = lm.hf
-    gemma = lm.arch == "gemma"
-    block = hf.model.layers[tc.cfg.layer]
     E = hf.get_input_embeddings().weight.detach().float().cpu()
-    if gemma:
+    if lm.layout.embed_scale:
         E = E * float(lm.d_model) ** 0.5
-    mid = block.pre_feedforward_layernorm if gemma else block.post_attention_layernorm
-    e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(mid).cpu()
+    mid = lm.hf_part(tc.cfg.layer, lm.layout.mlp_in_norm)
+    e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(lm, mid).cpu()
     de = e_n @ tc.W_enc[feature].detach().float()
     W_U = hf.get_output_embeddings().weight.detach().float().cpu()
-    un = W_U @ (tc.W_dec[feature].detach().float() * _norm_weight(hf.model.norm).cpu())
+    un = W_U @ (tc.W_dec[feature].detach().float() * _norm_weight(lm, hf.model.norm).cpu())
     tok = lm.tokenizer
 
     def best(v):

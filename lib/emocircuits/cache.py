@@ -3,8 +3,9 @@
 Everything derived (converted model weights, captured activations, judges,
 transcoders) lives under ``$EMOCIRCUITS_CACHE`` (default
 ``~/.cache/emocircuits``), keyed by a hash of what produced it: the inputs and
-settings, and the source of the code that computed it (:func:`code_version`). Writes go to a temporary file in the same folder
-and are renamed into place, so a crash never leaves half a file behind.
+settings, and the source of the code that computed it (:func:`code_version`).
+Writes go to a temporary file in the same folder and are renamed into place,
+so a crash never leaves half a file behind.
 """
 
 from __future__ import annotations

@@ -45,11 +45,8 @@ SUBLAYERS = ("attn", "mlp")
 
 
 def _post_norm(lm, layer: int, kind: str):
-    """The RMSNorm applied to a sublayer's projection output before the residual add (Gemma), else None."""
-    if lm.arch != "gemma":
-        return None
-    block = lm.hf_layer(layer)
-    return block.post_feedforward_layernorm if kind == "neuron" else block.post_attention_layernorm
+    """The RMSNorm the layout applies to a sublayer's projection output before the residual add, else None."""
+    return lm.hf_part(layer, lm.layout.mlp_out_norm if kind == "neuron" else lm.layout.attn_out_norm)
 
 
 def _frozen_scale(lm, layer: int, kind: str, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,12 +56,12 @@ def _frozen_scale(lm, layer: int, kind: str, raw: torch.Tensor) -> tuple[torch.T
         return torch.ones(raw.shape[0], dtype=raw.dtype), torch.ones(raw.shape[1], dtype=raw.dtype)
     eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))
     s = torch.rsqrt(raw.pow(2).mean(-1) + eps)
-    g = 1.0 + norm.weight.detach().to(raw.dtype).cpu()
+    g = lm.layout.norm_offset + norm.weight.detach().to(raw.dtype).cpu()
     return s, g
 
 
 def _weight(lm, layer: int, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    mod = lm.hf_layer(layer).mlp.down_proj if kind == "neuron" else lm.hf_layer(layer).self_attn.o_proj
+    mod = lm.hf_part(layer, lm.layout.down_proj if kind == "neuron" else lm.layout.o_proj)
     bias = mod.bias.detach().double().cpu() if getattr(mod, "bias", None) is not None else None
     return mod.weight.detach().double().cpu(), bias
 

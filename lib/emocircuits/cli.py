@@ -126,7 +126,11 @@ def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optio
     message ends with ``empty_hint``, the caller's way around it).
     """
     import json
+    from pathlib import Path
 
+    accepted = f"expected a UTF-8 JSONL file with one object holding 'id' and a string '{field}' per line"
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file; {accepted}")
     items = []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -149,7 +153,7 @@ def _read_texts(path: str, allow_empty: bool = False, field: str = "text", optio
                 raise ValueError(f"{path}:{lineno}: field '{optional}' must be a string when given")
             items.append((lineno, rec))
     if not items:
-        raise ValueError(f"{path}: no records")
+        raise ValueError(f"{path}: no records; {accepted}")
     return items
 
 
@@ -181,14 +185,29 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _probe_for(args):
+    """The probe in ``--probe``, checked against ``--model`` and ``--layer`` before any model is loaded;
+    returns ``(probe, layer)`` (the probe's best layer when no ``--layer`` is given)."""
+    from .probes import load_probe
+
+    probe = load_probe(args.probe)
+    if probe.model != args.model:
+        raise ValueError(f"--probe {args.probe}: fitted on {probe.model!r}, not on --model {args.model!r}; "
+                         f"pass --model {probe.model} or fit a probe on {args.model} with `emocircuits probe`")
+    layer = probe.best_layer if args.layer is None else args.layer
+    if layer not in probe.directions:
+        raise ValueError(f"--layer {layer}: the probe in {args.probe} has layers {probe.layers}")
+    return probe, layer
+
+
 def _cmd_score(args) -> int:
     import json
 
     from .cache import atomic_write_text
     from .models import load_model
-    from .probes import load_probe, score_texts
+    from .probes import score_texts
 
-    probe = load_probe(args.probe)
+    probe, _ = _probe_for(args)
     items = [r for _, r in _read_texts(args.texts)]
     lm = load_model(args.model, device=args.device)
     scores = score_texts(lm, probe, [r["text"] for r in items], layer=args.layer)
@@ -204,18 +223,12 @@ def _cmd_steer(args) -> int:
 
     from .cache import atomic_write_text
     from .models import load_model
-    from .probes import load_probe
     from .steering import sweep
 
-    probe = load_probe(args.probe)
-    layer = probe.best_layer if args.layer is None else args.layer
-    if layer not in probe.directions:
-        raise ValueError(f"--layer {layer}: the probe has layers {probe.layers}")
+    probe, layer = _probe_for(args)
     items = [{"id": r["id"], "user": r["prompt"], "system": r.get("system")}
              for _, r in _read_texts(args.prompts, field="prompt", optional="system")]
     lm = load_model(args.model, device=args.device)
-    if probe.model != lm.name:
-        raise ValueError(f"the probe in {args.probe} was fitted on {probe.model!r}, not {lm.name!r}")
     recs = sweep(lm, items, probe.directions[layer], [layer], [args.alpha], scale=args.scale,
                  positions=args.positions, seeds=[args.seed], sample=args.temperature > 0,
                  temperature=args.temperature if args.temperature > 0 else 1.0,
@@ -245,6 +258,8 @@ def _positive_int(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
+    MODEL_HELP = f"registry name, local model folder or hub id (default {DEFAULT_MODEL})"
+
     parser = argparse.ArgumentParser(prog="emocircuits", description="Emotion and empathy circuits in language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -256,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_install_models)
 
     p = sub.add_parser("generate", help="generate a reply from a registry model")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", default=None, help="an optional system prompt")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
@@ -282,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_judge)
 
     p = sub.add_parser("probe", help="fit mean-difference probes on contrastive pairs, every layer")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--pairs", required=True, help="pairs JSONL (id, scenario, positive, negative, split?)")
     p.add_argument("--out", required=True, help="folder for metrics.json and directions.safetensors")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
@@ -292,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("score", help="project texts on a fitted probe's direction")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
     p.add_argument("--texts", required=True, help='JSONL with lines {"id", "text"}')
     p.add_argument("--out", required=True, help="output JSONL {id, score}, written atomically")
@@ -301,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("steer", help="generate while adding alpha x a probe's direction")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
     p.add_argument("--alpha", type=float, required=True, help="steering strength (negative suppresses)")
     p.add_argument("--prompts", required=True, help='JSONL with lines {"id", "prompt", "system"?}')

@@ -853,6 +853,12 @@ def keyword_success(base: Sequence[str], steered: Sequence[str], alpha: float) -
 # LLM judges (GPU users / API keys; not needed by the tests)
 
 
+def _check_pairing(replies: Sequence[str], situations: Sequence[str]) -> None:
+    if len(situations) != len(replies):
+        raise ValueError(f"{len(situations)} situations for {len(replies)} replies; expected one situation per "
+                         f"reply, or none")
+
+
 class ModelRubricJudge:
     """A registry chat model scores a rubric; the score is the probability-weighted mean over "1".."5".
 
@@ -877,6 +883,7 @@ class ModelRubricJudge:
         import torch
 
         situations = list(situations) if situations is not None else [""] * len(replies)
+        _check_pairing(replies, situations)
         prompts = [self.lm.chat_prompt(self.prompt.format(situation=s, reply=r)) for s, r in zip(situations, replies)]
         enc = {k: v.to(self.lm.device) for k, v in self.lm.encode(prompts).items()}
         with torch.inference_mode():
@@ -921,6 +928,7 @@ class APIJudge:
 
     def empathy(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
         situations = list(situations) if situations is not None else [""] * len(replies)
+        _check_pairing(replies, situations)
         scores = []
         for s, r in zip(situations, replies):
             ans = self._ask(ModelRubricJudge.PROMPT.format(situation=s, reply=r))

