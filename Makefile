@@ -18,13 +18,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv book book-quick book-full test bench sync clean help
+.PHONY: venv book book-quick book-full test test-archs bench sync clean help
 
 help:
 	@echo "make book   - set up .venv and build the book into _build/html"
 	@echo "make book-quick - the same in QUICK mode, into _build/html-quick"
 	@echo "make book-full - the largest samples, into _build/html-full (for a GPU)"
 	@echo "make test   - set up .venv and run the tests"
+	@echo "make test-archs - every chapter (QUICK) on a tiny model of each architecture (a few minutes)"
 	@echo "make bench  - benchmarks (ratios measured side by side)"
 	@echo "make sync   - re-pair notebooks/*.py with their .ipynb"
 
@@ -67,6 +68,11 @@ book-full: $(STAMP)
 
 test: $(STAMP) $(BROWSER_STAMP) $(LINT_STAMP)
 	$(BIN)/python -m pytest -q
+
+# make test runs chapters 00, 04 and 05 on a tiny Gemma 2; this runs every chapter on each tiny architecture
+test-archs: $(STAMP)
+	EMOCIRCUITS_ARCHS=all $(BIN)/python -m pytest -q tests/test_architectures.py \
+	  "tests/test_notebooks.py::test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture"
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_capture.py --out _build/bench.json

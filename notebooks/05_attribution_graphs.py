@@ -354,13 +354,14 @@ active = {}
 for la, p, f, a in ctx0.feature_nodes():
     active.setdefault((la, f), []).append((p, a))
 seed = None
+TOP = max(0, L - 4)  # seeds sit below the last three layers, so the circuit has layers to grow into
 for la, f in persist_table[["layer", "feature"]].to_numpy().tolist():
-    if la <= L - 4 and (la, f) in active:
+    if la <= TOP and (la, f) in active:
         p, _ = max(active[(la, f)], key=lambda pa: (pa[0] == ctx0.n_tok - 1, pa[1]))
         seed = (int(la), int(p), int(f))
         break
 if seed is None:  # fall back on the feature with the largest total effect on the target
-    low = [i for i, n in enumerate(graph.features) if n[0] <= L - 4]
+    low = [i for i, n in enumerate(graph.features) if n[0] <= TOP]
     seed = graph.features[max(low, key=lambda i: abs(graph.total_effect[i]))][:3]
     print("no persistent feature below the top layers is active in this prompt; seeding with the graph's top feature")
 K, STEPS = 5, 3

@@ -108,7 +108,9 @@ n = lm.n_layers
 CANDIDATES = [n // 6, n // 3, n // 2, (2 * n) // 3]
 CANDIDATES = sorted(set(size(CANDIDATES[::2], CANDIDATES, CANDIDATES)))  # QUICK: two of them
 fit = P.fit_pair_probe(lm, pairs, scen, layers=CANDIDATES, pooling="mean_response", seed=SEED)
-situations = [r.text for r in ds.load_named("situations_heldout")][: size(8, 6, 12)]
+heldout = ds.load_named("situations_heldout")  # the situations settings are chosen on (never test data)
+situations = [r.text for r in heldout][: size(8, 6, 12)]
+chosen_on = [r.id for r in heldout][: len(situations)]  # their record ids: best_setting refuses test records
 chat_texts = [lm.chat_prompt(s) for s in situations]
 rms = {l: S.residual_rms(lm, chat_texts, l) for l in CANDIDATES}
 pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
@@ -295,7 +297,7 @@ goal.round(2)
 # goal.
 
 # %%
-top = S.best_setting(goal)
+top = S.best_setting(goal, chosen_on)
 fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(12, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
@@ -315,7 +317,7 @@ pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc
 
 # %%
 unit_goal = goal[goal.scale == "unit"]
-unit_best = S.best_setting(unit_goal) if len(unit_goal) else pd.Series(np.nan, index=goal.columns)
+unit_best = S.best_setting(unit_goal, chosen_on) if len(unit_goal) else pd.Series(np.nan, index=goal.columns)
 kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.scale == top.scale)
             & (kw.alpha.abs() == a_top)]
 headline = record(
@@ -411,7 +413,12 @@ print("  cold:", own.negative[ex_i])
 # %%
 MID = n // 2
 kept = warm > cold
-persona_dirs = P.persona_directions(lm, own, CANDIDATES, keep=kept)
+# a model that never follows the warm prompt better than the cold one (a random-weight test model) keeps no
+# pair; the direction then uses every pair, and says so
+use = kept if kept.any() else np.ones_like(kept)
+if not kept.any():
+    print("no extraction pair was judged warmer under the warm prompt: the persona direction uses every pair")
+persona_dirs = P.persona_directions(lm, own, CANDIDATES, keep=use)
 # the evaluation replies read as Persona Vectors reads them (system prompt in context) and after the question alone
 det, det_alone = (P.evaluate_direction(persona_dirs[MID], *(X[MID] for X in P.persona_activations(
     lm, own_eval.select(own_eval.complete), [MID], system=with_system)), seed=SEED) for with_system in (True, False))
@@ -460,7 +467,7 @@ compare.round(2)
 # has alpha's sign, beats the seed noise, and every reply is coherent).
 
 # %%
-p_top = S.best_setting(persona_goal)
+p_top = S.best_setting(persona_goal, chosen_on)
 p_a = float(p_top.alpha)
 
 
@@ -597,7 +604,7 @@ confirm_set = [{"id": f"confirm-{i}", "user": r.text}
                for i, r in enumerate(ds.load_named("situations_confirm")[: size(12, 24, 24)])]
 sum_cosine = float(fit.directions[MID] @ persona_dirs[MID])
 b_goal = S.both_ways(*judged_sweep(choice, both_dir, [MID], B_ALPHAS, seeds=B_SEEDS, scale="rms"), seed=SEED)
-b_top = S.best_setting(b_goal)
+b_top = S.best_setting(b_goal, [r.id for r in heldout][len(situations):][: len(choice)])
 b_a = float(b_top.alpha)
 print(f"cosine of the probe and persona directions at layer {MID}: {sum_cosine:+.2f}; "
       f"{len(B_SEEDS)} seeds per situation")

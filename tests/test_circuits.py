@@ -429,7 +429,7 @@ def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
                        "record_id": ["sev-d-work-01", "sev-d-work-01", "sev-d-home-02", "sev-d-home-02"]})
     assert C.choose_strength(df) == 8.0
     leaked = df.assign(record_id=["sev-d-work-01", "sev-t-work-01", "sev-d-home-02", "sev-t-home-05"])
-    with pytest.raises(protocol.ProtocolError, match=r"choose_strength: 2 record\(s\) of a test split .*"
+    with pytest.raises(protocol.ProtocolError, match=r"choose_strength: replies\['record_id'\]: 2 record\(s\) of a test split .*"
                                                      r"\(sev-t-home-05, sev-t-work-01\)"):
         C.choose_strength(leaked)
     with pytest.raises(protocol.ProtocolError, match="sit-confirm-01"):
@@ -437,7 +437,7 @@ def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
     with pytest.raises(ValueError, match="missing \\['record_id'\\]"):
         C.choose_strength(df.drop(columns="record_id"))
     for blank in (None, float("nan"), " "):  # a missing id cannot slip past as the string 'None' or 'nan'
-        with pytest.raises(ValueError, match=r"replies\['record_id'\] is missing in rows \[1\]"):
+        with pytest.raises(ValueError, match=r"replies\['record_id'\]: record id missing at positions \[1\]"):
             C.choose_strength(df.assign(record_id=["sev-d-work-01", blank, "sev-d-home-02", "sev-d-home-02"]))
     ids = protocol.test_ids()
     assert {"sev-t-work-01", "sit-confirm-24", "chat-001", "fresh-180"} <= ids

@@ -232,6 +232,48 @@ def test_chapter_headline_numbers_within_tolerance(expected, quick_book):
         assert got["fve_mean"] > 0.2  # an untrained dictionary explains nothing (<= 0)
 
 
+def _arch_cases():
+    """``make test``: the chapters whose methods depend on the architecture (00: sites and steering; 04:
+    neurons, heads and influence; 05: transcoders and attribution graphs) on a tiny Gemma 2, the class with
+    the most quirks (post-norms, soft-capping, sliding windows). ``make test-archs``
+    (EMOCIRCUITS_ARCHS=all): every chapter on every tiny architecture."""
+    from testkit import TINY_KINDS
+
+    if os.environ.get("EMOCIRCUITS_ARCHS") == "all":
+        return [(kind, None) for kind in TINY_KINDS]
+    return [("gemma2", ["00", "04", "05"])]
+
+
+@pytest.mark.parametrize("kind,only", _arch_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, only):
+    """A chapter given a local model folder (as a reader's own model would be) runs to its last cell and
+    draws its figures; its numbers mean nothing on random weights. The run goes to its own folder
+    (``_build/executed-quick-<model>``), leaving the default model's QUICK book alone."""
+    import shutil
+    import tempfile
+
+    from emocircuits.book import build, chapters, executed_dir
+    from testkit import make_tiny
+
+    folder = ROOT / "_build" / "tiny-models" / kind  # made once: a fixed path, so a re-run reuses the chapters
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=folder.parent))
+        make_tiny(tmp, kind, name=f"book-{kind}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    build(quick=True, model=str(folder), only=only, render=False)
+    out = executed_dir(ROOT, quick=True, model=str(folder))
+    stems = [c.stem for c in chapters() if only is None or c.stem[:2] in only]
+    for stem in stems:
+        nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outputs if o.get("output_type") == "error"], stem
+        assert nb.metadata["papermill"]["parameters"]["MODEL"] == str(folder)
+        if stem not in ("00_setup", "01_datasets", "07_results"):
+            assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure on {kind}"
+
+
 def test_every_number_the_results_chapter_shows_has_an_expectation(quick_book):
     """Each number the comparison tables show (a row's number, its reporting judge's reading, its baseline's
     numbers), when a QUICK run records it, is checked in tests/expected/ or listed under ``_unchecked`` with

@@ -165,8 +165,17 @@ def test_both_ways_counts_prompts_moved_in_both_directions_per_positions():
     assert t.loc["all", "score_0"] == pytest.approx(2.0) and t.loc["all", "score_up"] == pytest.approx(4.0)
     assert not t.meets_goal.any()
     assert (t.prompts == 4).all() and (t.share_lo <= t.share).all() and (t.share <= t.share_hi).all()
-    best = S.best_setting(S.both_ways(*_both_records(rows), n_perm=10), min_coherent=0.9)
+    table = S.both_ways(*_both_records(rows), n_perm=10)
+    best = S.best_setting(table, ["sit-heldout-01", "sit-heldout-02"], min_coherent=0.9)
     assert best.positions == "generated"  # 'all' moves more prompts but breaks a quarter of its replies
+    # a setting is never chosen on test situations, nor on situations it cannot name
+    with pytest.raises(ValueError, match=r"best_setting: 1 record\(s\) of a test split .*sit-confirm-03"):
+        S.best_setting(table, ["sit-heldout-01", "sit-confirm-03"])
+    for bad in ([], ["sit-heldout-01", ""], ["sit-heldout-01", None]):
+        with pytest.raises(ValueError, match="best_setting: (no record ids|record id missing at positions)"):
+            S.best_setting(table, bad)
+    with pytest.raises(ValueError, match="expected a list of record ids"):
+        S.best_setting(table, "sit-heldout-01")
     ss = S.steering_success(*_both_records(rows)).set_index(["positions", "alpha"])
     assert ss.loc[("generated", 1.0), "success"] == 1.0  # same alpha = 0 baseline for every positions
     assert ss.loc[("generated", -1.0), "success"] == pytest.approx(0.25)

@@ -71,8 +71,9 @@ def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if arch == "llama":
         model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
-    elif arch == "llama3":
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
+    elif arch == "llama3":  # initializer_range 0.2: with tied embeddings and near-zero layers the model would
+        # repeat its last prompt token (a newline) forever, and every greedy reply would be blank
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=True, initializer_range=0.2, rope_parameters={
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
         assert model.lm_head.weight is model.model.embed_tokens.weight

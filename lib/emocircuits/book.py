@@ -7,7 +7,8 @@
    more cores (``--jobs``), the longest first by the last measured times (a
    chapter that reads earlier chapters' records waits for them), with the parameters
    ``MODEL``, ``QUICK``, ``FULL`` and ``SEED``; executed copies go to
-   ``_build/executed/`` (``executed-quick``, ``executed-full``);
+   ``_build/executed/`` (``executed-quick``, ``executed-full``; a model other
+   than the default adds ``-<model>``, e.g. ``executed-quick-gemma-2-2b``);
 2. a chapter whose source, parameters, library code, package versions and
    the data files it read (noted as it ran) are unchanged since its last
    successful run is not run again;
@@ -391,15 +392,30 @@ def tidy_streams(nb: dict) -> dict:
     return nb
 
 
-def _sized_dir(root: Path, base: str, quick: bool, full: bool) -> Path:
-    """``_build/<base>`` for the default book, ``_build/<base>-quick`` / ``-full`` otherwise."""
+def model_slug(model: str) -> str:
+    """A folder-name part for a model other than the default: its registry name, or for a folder or hub id
+    its last part and a short hash of the whole (two folders named ``model`` stay apart)."""
+    import re
+
+    from .cache import stable_hash
+
+    if re.fullmatch(r"[A-Za-z0-9._-]+", model):
+        return model
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name) or "model"
+    return f"{tail}-{stable_hash(model, n=8)}"
+
+
+def _sized_dir(root: Path, base: str, quick: bool, full: bool, model: str = DEFAULT_MODEL) -> Path:
+    """``_build/<base>`` for the default book, ``_build/<base>-quick`` / ``-full`` otherwise; a model other
+    than the default adds ``-<model>``, so its run never replaces the default model's."""
     name = size_name(quick, full)
-    return root / "_build" / (base if name == "book" else f"{base}-{name}")
+    folder = base if name == "book" else f"{base}-{name}"
+    return root / "_build" / (folder if model == DEFAULT_MODEL else f"{folder}-{model_slug(model)}")
 
 
-def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
-    """Where executed chapters go: ``_build/executed`` (``-quick``, ``-full``)."""
-    return _sized_dir(root, "executed", quick, full)
+def executed_dir(root: Path = ROOT, quick: bool = False, full: bool = False, model: str = DEFAULT_MODEL) -> Path:
+    """Where executed chapters go: ``_build/executed`` (``-quick``, ``-full``; ``-<model>`` for another model)."""
+    return _sized_dir(root, "executed", quick, full, model)
 
 
 def _run_in_worker(src: Path, out_dir: Path, params: dict, code_hash: str, force: bool, threads: int):
@@ -473,7 +489,7 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
 
-    executed = executed_dir(root, quick, full)
+    executed = executed_dir(root, quick, full, model)
     params = {"MODEL": model, "QUICK": bool(quick), "FULL": bool(full), "SEED": int(seed)}
     jobs = default_jobs() if jobs is None else int(jobs)
     if jobs < 1:
@@ -533,12 +549,12 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     if not render:
         return executed
     with file_lock(executed / ".render.lock"):  # one render of a folder at a time: they share a staging folder
-        return render_html(root, executed, html_dir(root, quick, full))
+        return render_html(root, executed, html_dir(root, quick, full, model))
 
 
-def html_dir(root: Path = ROOT, quick: bool = False, full: bool = False) -> Path:
-    """Where the rendered site goes: ``_build/html`` (``html-quick``, ``html-full``)."""
-    return _sized_dir(root, "html", quick, full)
+def html_dir(root: Path = ROOT, quick: bool = False, full: bool = False, model: str = DEFAULT_MODEL) -> Path:
+    """Where the rendered book goes: ``_build/html`` (``-quick``, ``-full``; ``-<model>`` for another model)."""
+    return _sized_dir(root, "html", quick, full, model)
 
 
 def render_html(root: Path, executed: Path, out: Path) -> Path:

@@ -922,11 +922,7 @@ def choose_strength(replies, min_coherent: float = 0.9, by: str | None = None, o
         raise ValueError(f"replies needs columns {sorted(need)}; missing {missing}")
     if len(replies) == 0:
         raise ValueError("replies has no rows: nothing to choose a strength from")
-    missing_ids = replies.index[replies["record_id"].isna() | (replies["record_id"].astype(str).str.strip() == "")]
-    if len(missing_ids):
-        raise ValueError(f"replies['record_id'] is missing in rows {list(missing_ids[:5])}: every reply needs the "
-                         f"record its prompt was built from, so that test records can be refused")
-    refuse_test_records(replies["record_id"], "choose_strength")
+    refuse_test_records(replies["record_id"], "choose_strength: replies['record_id']")
     if replies[option].isna().any():
         raise ValueError(f"replies[{option!r}] has missing values: every reply needs the candidate it was made with")
 

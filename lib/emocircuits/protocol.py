@@ -5,9 +5,9 @@ on *discovery* data and is then judged once on *test* data. An :class:`Experimen
 before it runs, what it chooses among, by which rule, with which judge, on which data, and what it is
 tested on; a chapter shows the declaration above its results (:meth:`Experiment.table`).
 
-The choice functions (``circuits.choose_strength``) call :func:`refuse_test_records`: replies made from
-a record of a test split (:data:`TEST_SPLITS`) are refused, naming them, so a choice cannot be tuned on
-test replies by accident.
+The choice functions (``circuits.choose_strength``, ``steering.best_setting``) call
+:func:`refuse_test_records`: replies made from a record of a test split (:data:`TEST_SPLITS`), or from a
+record they cannot name, are refused, so a choice cannot be tuned on test replies by accident.
 """
 
 from __future__ import annotations
@@ -58,9 +58,18 @@ def test_ids(data_dir: str | Path | None = None) -> frozenset[str]:
 
 
 def refuse_test_records(record_ids: Iterable, where: str) -> None:
-    """Raise :class:`ProtocolError` if any of ``record_ids`` (the data records replies were made from)
-    belongs to a test split; ``where`` names the choice that was about to read them."""
-    seen = sorted({str(r) for r in record_ids} & test_ids())
+    """Raise :class:`ProtocolError` unless every one of ``record_ids`` (the data records replies or prompts
+    were made from) is given and none belongs to a test split; ``where`` names the choice that was about to
+    read them. A missing id (None, NaN or blank) is refused too: an unknown record could be a test one."""
+    ids = list(record_ids)
+    if not ids:
+        raise ProtocolError(f"{where}: no record ids; name the data records the choice reads (e.g. the "
+                            f"situations_heldout ids of the situations a setting is chosen on)")
+    blank = [i for i, r in enumerate(ids) if r is None or (isinstance(r, float) and r != r) or not str(r).strip()]
+    if blank:
+        raise ProtocolError(f"{where}: record id missing at positions {blank[:5]}: every reply needs the record "
+                            f"its prompt was built from, so that test records can be refused")
+    seen = sorted({str(r) for r in ids} & test_ids())
     if seen:
         raise ProtocolError(f"{where}: {len(seen)} record(s) of a test split among the replies to choose from "
                             f"({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}); choose on discovery "

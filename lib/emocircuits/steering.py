@@ -722,14 +722,21 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
     return pd.DataFrame(rows, columns=cols)
 
 
-def best_setting(table, min_coherent: float = 0.9):
+def best_setting(table, record_ids: Sequence[str], min_coherent: float = 0.9):
     """The row of a :func:`both_ways` table to carry forward: coherent enough first, then the largest share.
 
     Ranked by (coherent share >= ``min_coherent``, share, coherent share):
     a setting that keeps replies coherent beats one that moves more prompts
     by breaking them. Ties go to the smaller |alpha| (the gentler push, when the tied settings share a
-    scale).
+    scale). ``record_ids`` names the data records the table's prompts were made from (the situations'
+    ids); a test record among them, or a missing one, is refused
+    (:func:`emocircuits.protocol.refuse_test_records`): a setting is chosen on discovery situations only.
     """
+    from .protocol import refuse_test_records
+
+    if isinstance(record_ids, str):
+        raise ValueError(f"record_ids={record_ids!r}: expected a list of record ids, not one string")
+    refuse_test_records(record_ids, "best_setting")
     if len(table) == 0:
         raise ValueError("the both_ways table is empty: no setting had replies at +alpha, -alpha and 0")
     t = table.assign(_ok=table.coherent_share >= min_coherent, _neg_alpha=-table.alpha)
