@@ -65,6 +65,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import HTML, display
+from scipy.stats import spearmanr
 
 from emocircuits import attribution as A
 from emocircuits import datasets as ds
@@ -419,6 +420,7 @@ for r in size((4,), (1, 4), (1, 4)):
 if size.name == "full":
     conditions["control = 100"] = clamps(control, value=100)
 emp_judge = J.EmpathyJudge(seed=SEED)
+emp_report = J.ReportingEmpathyJudge(seed=SEED)  # a second reading by a judge of another kind (chapter 02)
 # one batched call: each condition's rows carry that condition's clamps
 every = generate_grid(lm, eval_sit, list(conditions.values()), system=NEUTRAL, max_new_tokens=size(24, 32, 40),
                       seed=SEED, batch_size=32)
@@ -430,9 +432,14 @@ for name, out in zip(conditions, every):
     coh = np.array([c["coherent"] for c in J.coherence(out)])
     m, lo, hi = bootstrap_ci(scores, seed=SEED)
     cm, clo, chi = bootstrap_ci(coh.astype(float), seed=SEED)
-    rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi, "coherent": cm,
+    rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi,
+                 "reporting judge": float(np.mean(emp_report.score(out))), "coherent": cm,
                  "coh lo": clo, "coh hi": chi, "n": len(out)})
 clamp_table = pd.DataFrame(rows).set_index("condition")
+every_reply = [t for out in every for t in out]
+clamp_judges_rho = spearmanr(emp_judge.score(every_reply, eval_sit * len(every)),
+                             emp_report.score(every_reply))[0]
+print(f"the two empathy judges agree on these {len(every_reply)} replies with Spearman rho {clamp_judges_rho:.2f}")
 paper_c = {k if k == "unmodified" else f"circuit = {k}": v for k, v in PAPER_C_CLAMP.items()}
 clamp_table["paper C (Gemma-2-2B, Claude)"] = [paper_c.get(c, np.nan) for c in clamp_table.index]
 display(clamp_table)
@@ -441,7 +448,10 @@ for name in list(conditions)[:3]:
 
 # %% [markdown]
 # Read each row against the unmodified model's interval and against the
-# control at the same multiple. On the default model no clamp moves
+# control at the same multiple. The "reporting judge" column is the same
+# replies' mean score from chapter 02's second empathy judge, a judge of
+# another kind (n-grams of the reply alone); where the two judges'
+# readings of a row part ways, neither's number is the effect. On the default model no clamp moves
 # judged empathy out of the unmodified replies' interval while keeping
 # them coherent: the absolute clamps of 100 and 1000 break every reply
 # (and the judge scores broken text low), and at 4x each feature's
@@ -490,11 +500,12 @@ headline = record(
     empathy_best_clamp=best_clamp["empathy (1-5)"].max(),
     coherent_unmodified=clamp_table.loc["unmodified", "coherent"],
     empathy_unmodified_lo=clamp_table.loc["unmodified", "lo"], empathy_unmodified_hi=clamp_table.loc["unmodified", "hi"],
+    empathy_unmodified_report=clamp_table.loc["unmodified", "reporting judge"], clamp_judges_rho=clamp_judges_rho,
 )
 for name, r in clamp_table.drop(index="unmodified").iterrows():  # "circuit = 10" -> clamp_circuit_10_...
     slug = "clamp_" + name.replace(" = ", "_").replace(" its max", "").replace(" ", "_")
     record(**{f"{slug}_empathy": r["empathy (1-5)"], f"{slug}_empathy_lo": r["lo"], f"{slug}_empathy_hi": r["hi"],
-              f"{slug}_coherent": r["coherent"]})
+              f"{slug}_empathy_report": r["reporting judge"], f"{slug}_coherent": r["coherent"]})
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]

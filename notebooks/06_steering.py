@@ -181,7 +181,18 @@ pd.DataFrame(records).groupby(["positions", "scale", "layer"]).alpha.agg(["uniqu
 # judges read English only, so other scripts count as off-target.
 
 # %%
-emp = J.EmpathyJudge(use_all=True, seed=SEED)
+emp = J.EmpathyJudge(use_all=True, seed=SEED)  # the judge the settings are chosen by
+emp_report = J.ReportingEmpathyJudge(seed=SEED)  # reads the confirmations beside it (chapter 02); chooses nothing
+
+
+def reported(judged_):
+    """The reporting empathy judge on judged replies ``(records, scores, coherent)``: the share of situations
+    it sees moved both ways, and its agreement with the tuning judge (Spearman rho over the replies)."""
+    from scipy.stats import spearmanr
+
+    recs_, sc_, coh_ = judged_
+    rs = emp_report.score([r["text"] for r in recs_])
+    return S.both_ways(recs_, rs, coh_, seed=SEED).iloc[0].share, float(spearmanr(rs, sc_)[0])
 
 
 def judge(recs, situations_by_id):
@@ -301,8 +312,12 @@ top = S.best_setting(goal, chosen_on)
 fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(12, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
-confirmed = S.both_ways(*judged_sweep(fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top],
-                                     scale=top.scale, positions=top.positions), seed=SEED).iloc[0]
+conf_judged = judged_sweep(fresh, fit.directions, [int(top.layer)], [-a_top, 0, a_top], scale=top.scale,
+                           positions=top.positions)
+confirmed = S.both_ways(*conf_judged, seed=SEED).iloc[0]
+confirmed_report, confirmed_judges_rho = reported(conf_judged)
+print(f"confirmed on fresh situations, read by the reporting judge: {confirmed_report:.2f} moved both ways "
+      f"(tuning judge {confirmed.share:.2f}); the judges' scores agree with rho {confirmed_judges_rho:.2f}")
 pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
     ["layer", "positions", "scale", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
      "score_down", "score_0", "score_up", "meets_goal"]]
@@ -310,7 +325,8 @@ pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc
 # %% [markdown]
 # Recorded for the results chapter: the chosen setting's share on the
 # situations it was chosen on and on fresh ones, each with an interval
-# over situations, paper A's keyword metric on the same replies as the
+# over situations (the fresh ones also as chapter 02's reporting empathy
+# judge reads them: a judge of another kind, which chose nothing), paper A's keyword metric on the same replies as the
 # first, and the best share on paper A's unit grid (chosen on the same
 # situations, so biased up as well; not in QUICK runs, which skip that
 # grid).
@@ -326,7 +342,8 @@ headline = record(
     both_ways_best_chance=top.chance,
     both_ways_confirmed=confirmed.share, both_ways_confirmed_lo=confirmed.share_lo,
     both_ways_confirmed_hi=confirmed.share_hi, both_ways_confirmed_coherent=confirmed.coherent_share,
-    both_ways_confirmed_chance=confirmed.chance,
+    both_ways_confirmed_chance=confirmed.chance, both_ways_confirmed_report=confirmed_report,
+    both_ways_confirmed_judges_rho=confirmed_judges_rho,
     keyword_success_best=kw_top["keyword success (paper A)"].mean(),
     coherent_alpha0=df[df.alpha == 0].coherent.mean(),
     paper_a_grid_best=unit_best.share, paper_a_grid_best_lo=unit_best.share_lo,
@@ -481,7 +498,9 @@ def confirm_row(judged_, a):
     success rate, with intervals over situations, and the mean judged score at -a, 0 and +a."""
     bw = S.both_ways(*judged_, seed=SEED).iloc[0]
     ss = S.steering_success(*judged_, seed=SEED).set_index("alpha")
+    rep_share, judges_rho = reported(judged_)
     return {"moved both ways": bw.share, "lo": bw.share_lo, "hi": bw.share_hi, "chance": bw.chance,
+            "reporting judge": rep_share, "judges' rho": judges_rho,
             "coherent share": bw.coherent_share, "success at +alpha": ss.success[a], "+ lo": ss.success_lo[a],
             "+ hi": ss.success_hi[a], "success at -alpha": ss.success[-a], "- lo": ss.success_lo[-a],
             "- hi": ss.success_hi[-a], "score at -alpha": ss.score[-a], "score at 0": ss.score[0.0],
@@ -509,6 +528,7 @@ persona_headline = record(
     persona_both_ways_best_coherent=p_top.coherent_share, persona_both_ways_best_alpha=p_a,
     persona_confirmed=pc["moved both ways"], persona_confirmed_lo=pc.lo, persona_confirmed_hi=pc.hi,
     persona_confirmed_chance=pc.chance, persona_confirmed_coherent=pc["coherent share"],
+    persona_confirmed_report=pc["reporting judge"], persona_confirmed_judges_rho=pc["judges' rho"],
     persona_confirmed_up=pc["success at +alpha"], persona_confirmed_up_lo=pc["+ lo"],
     persona_confirmed_up_hi=pc["+ hi"], persona_confirmed_down=pc["success at -alpha"],
     persona_confirmed_down_lo=pc["- lo"], persona_confirmed_down_hi=pc["- hi"],
@@ -643,6 +663,7 @@ sum_headline = record(
     sum_best_coherent=b_top.coherent_share, sum_best_alpha=b_a, sum_best_chance=b_top.chance,
     sum_confirmed=bs["moved both ways"], sum_confirmed_lo=bs.lo, sum_confirmed_hi=bs.hi,
     sum_confirmed_chance=bs.chance, sum_confirmed_coherent=bs["coherent share"],
+    sum_confirmed_report=bs["reporting judge"], sum_confirmed_judges_rho=bs["judges' rho"],
     sum_confirmed_up=bs["success at +alpha"], sum_confirmed_up_lo=bs["+ lo"], sum_confirmed_up_hi=bs["+ hi"],
     sum_confirmed_down=bs["success at -alpha"], sum_confirmed_down_lo=bs["- lo"],
     sum_confirmed_down_hi=bs["- hi"],

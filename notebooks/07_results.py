@@ -43,11 +43,14 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # book-full` repeats it on larger samples. A number a chapter did not record says
 # "not run in this build".
 #
-# Two columns keep the measurement honest. **Reporting judge** gives an
-# emotion share as read by chapter 02's second emotion judge, a model of
-# another kind that never chooses anything; the main column is the
-# tuning judge's, the one the chapters chose their strengths with. Where
-# the two differ, the choice may have been tuned to one judge's quirks.
+# Two columns keep the measurement honest. **Reporting judge** gives a
+# number as read by chapter 02's second judge of the same thing, a model
+# of another kind that never chooses anything: the second emotion judge
+# for emotion shares, the second empathy judge (n-grams of the reply) for
+# chapters 05 and 06's empathy scores and shares. The main column is the
+# tuning judge's, the one the chapters chose their strengths and settings
+# with. Where the two differ, the choice may have been tuned to one
+# judge's quirks.
 # **Fixed before the test data was read** says whether every choice
 # behind the number (a layer, a strength, a way) was made on discovery
 # data before the test replies existed; rows explored after reading

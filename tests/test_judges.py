@@ -168,6 +168,28 @@ def test_empathy_judge_on_replies_written_to_another_brief():
     assert 0.6 <= rho_of(s, [r.score for r in other])[0] < 0.8
 
 
+def test_the_reporting_empathy_judge_is_another_instrument_that_still_grades(monkeypatch):
+    """ReportingEmpathyJudge reads n-grams of the reply, never the sentence encoder (so its errors are not the
+    tuning judge's); on the other brief's replies it grades the five levels (rho pinned near its measured
+    0.76) and ranks each warm reply written here above the dismissive one to the same message."""
+    from scipy.stats import spearmanr as rho_of
+
+    judge = J.ReportingEmpathyJudge()
+    monkeypatch.setattr(J, "embed", lambda *a, **k: pytest.fail("the reporting judge embedded a text"))
+    monkeypatch.setattr(J, "embed_cached", lambda *a, **k: pytest.fail("the reporting judge embedded a text"))
+    other = ds.load_named("judge_empathy_heldout")
+    s = judge.score([r.reply for r in other], [r.situation for r in other])
+    assert ((s >= 1) & (s <= 5)).all()
+    assert 0.7 <= rho_of(s, [r.score for r in other])[0] <= 0.82
+    warm = judge.score([w for _, w, _ in RUBRIC_PAIRS])
+    cold = judge.score([c for _, _, c in RUBRIC_PAIRS])
+    assert (warm > cold).all() and warm.mean() - cold.mean() > 1.0
+    with pytest.raises(ValueError, match="1 situations for 2 replies"):
+        judge.score(["a", "b"], ["s"])
+    with pytest.raises(TypeError, match="not one str"):
+        judge.score("I am here for you.")
+
+
 def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]

@@ -534,6 +534,39 @@ class EmpathyJudge:
         return 0 if score < 2.5 else (1 if score < 3.5 else 2)
 
 
+class ReportingEmpathyJudge:
+    """The empathy judge that reports: a 1-5 score from the word and character n-grams of the reply alone.
+
+    A different instrument from :class:`EmpathyJudge` (sentence embeddings of the situation and the reply):
+    the hashed tf-idf features of :class:`EmotionJudge` and a calibrated logistic regression over the five
+    scores, trained on every record of ``judge_empathy.jsonl``, with C chosen by leaving situations out
+    (5 folds). It chooses nothing: chapters 05 and 06 read their headline numbers with it beside the tuning
+    judge, with the two judges' agreement. Validated in chapter 02 on ``judge_empathy_heldout.jsonl``.
+    It cannot read how a reply fits its situation: it scores the reply's words alone.
+    """
+
+    name = "word and character n-grams of the reply + logistic regression (1-5)"
+
+    def __init__(self, seed: int = 0, corpus: Path | None = None):
+        recs, _ = empathy_corpus(corpus, seed)
+        texts, situations = [r["reply"] for r in recs], [r["situation"] for r in recs]
+        y = np.array([r["score"] - 1 for r in recs])  # classes 0-4
+        key = {"texts": texts, "y": y.tolist(), "groups": situations, "seed": seed, "candidates": C_CANDIDATES,
+               "folds": 5}
+        self.features = NgramFeatures(texts, "empathy-report", key)
+        self.model = _CalibratedLinear("empathy-report", {**key, "features": NgramFeatures.SPEC},
+                                       lambda: self.features(texts), y, situations, seed, max_folds=key["folds"])
+
+    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
+        """Scores in [1, 5] (probability-weighted); ``situations`` are checked for length and not read."""
+        if isinstance(replies, str):
+            raise TypeError("replies must be a list of str, not one str")
+        replies = list(replies)
+        if situations is not None:
+            _check_pairing(replies, list(situations))
+        return self.model.predict_proba(self.features(replies))[:, :5] @ np.arange(1.0, 6.0)
+
+
 class RubricJudge:
     """Paper A's own construct: the Empathy-in-Action rubric level of a reply to a game prompt.
 
