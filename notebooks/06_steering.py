@@ -684,7 +684,21 @@ pd.Series(sum_headline).to_frame("value")
 # 0.17, **with 0.90 of the replies coherent**: judged empathy 2.37 at
 # -0.45, 3.05 unpushed and 3.51 at +0.45. That meets the goal as it was
 # set (at least 80% moved both ways while at least 90% stay coherent),
-# and only just.
+# and only just, **as the tuning judge reads it**.
+#
+# **The reporting judge does not see it.** Chapter 02's second empathy
+# judge (n-grams of the reply alone; it chose nothing here) reads the
+# same confirmation replies (24 situations, four seeds, at -0.45, 0 and
+# +0.45) and finds 0.21 of the situations moved both ways, near the
+# chance of 0.17; the two judges' scores of these replies agree with
+# Spearman rho 0.22. The push was chosen by the
+# tuning judge, so what it moves may be what that judge reads (its
+# sentence embeddings) more than what a reader would call empathy. The
+# earlier confirmations split the same way: the probe direction of
+# section 4 moved 0.25 by the tuning judge and none by the reporting
+# judge; the persona direction of section 5, 0.25 and 0.33. Until a
+# third reading (a person, or an instruction-following judge on a GPU)
+# settles it, the goal is met by one judge only.
 #
 # **What the sum adds is smaller than the change of protocol.** At the
 # same setting, on the same situations and seeds, the probe direction
@@ -789,9 +803,11 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   system prompt; `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
 # - On the default model, the normalised sum of the two directions moves
-#   80% of 24 situations kept for that check both ways, with the coherent
-#   share at the goal's bar (section 6). The persona direction alone
-#   comes within one situation of it under the same protocol, and most
-#   single moves are within the seed noise.
+#   0.88 of 24 situations kept for that check both ways as the tuning
+#   judge reads them, with the coherent share at the goal's bar
+#   (section 6). The reporting judge, of another kind, reads 0.21 of
+#   them moved, near chance: the goal is met by one judge only. The
+#   persona direction alone comes within one situation of it under the
+#   same protocol, and most single moves are within the seed noise.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.

@@ -20,7 +20,8 @@ def test_models_lists_both_bundled_models_as_installed(capsys, smol, gemma):
         assert "yes" in lines[name] and "bundled" in lines[name]
     assert "(default)" in lines["smollm2-135m"]
     assert "google/gemma-2-2b" in lines["gemma-2-2b"]
-    assert lines["smollm2-135m"].split()[2:4] == ["30", "576"]
+    assert lines["smollm2-135m"].split()[2:5] == ["llama", "30", "576"]
+    assert lines["phi-3-mini-4k-instruct"].split()[2] == "phi3" and lines["gemma-2-2b"].split()[2] == "gemma"
 
 
 def test_generate_prints_a_reply(capsys, smol):

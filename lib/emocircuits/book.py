@@ -315,7 +315,7 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
     try:
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(src.parent), progress_bar=False, kernel_manager_class=kernel_manager_class())
-        reads = _read_digests(data, tmp_reads.read_text().split())
+        reads = _read_digests(data, [n for n in tmp_reads.read_text(encoding="utf-8").splitlines() if n])
     except pm.PapermillExecutionError as err:
         tmp.unlink(missing_ok=True)
         tmp_results.unlink(missing_ok=True)

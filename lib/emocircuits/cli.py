@@ -24,7 +24,7 @@ def _cmd_models(args) -> int:
     from .models import DEFAULT_MODEL, model_table
 
     rows = model_table()
-    cols = ["name", "source", "layers", "d_model", "installed"]
+    cols = ["name", "source", "layout", "layers", "d_model", "installed"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:

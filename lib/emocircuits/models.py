@@ -1,9 +1,11 @@
 """Model registry and loading (introduced in chapter 00).
 
-One call, :func:`load_model`, turns a registry name into a :class:`LoadedModel`:
-the nnsight wrapper, the tokenizer, a chat-prompt builder, the model's shape,
-and a uniform way to reach each layer's attention, MLP, down projection and
-output projection for Llama-style and Gemma-style decoders alike.
+One call, :func:`load_model`, turns a registry name, a local model folder or a
+hub id into a :class:`LoadedModel`: the nnsight wrapper, the tokenizer, a
+chat-prompt builder, the model's shape, and a uniform way to reach each
+layer's attention, MLP, down projection and output projection. Where those
+sit in each architecture (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3) is
+declared once, in :data:`LAYOUTS` and :data:`ARCHITECTURES`.
 
 Two models ship inside PyPI packages and run offline on a CPU:
 
@@ -675,7 +677,7 @@ def wrap(name: str, spec: ModelSpec, hf, tok) -> LoadedModel:
 
 
 def model_table() -> list[dict]:
-    """One row per registry model: name, source, layers, d_model, installed."""
+    """One row per registry model: name, source, layout, layers, d_model, installed."""
     rows = []
     for spec in REGISTRY.values():
         if spec.source == "bundled":
@@ -685,6 +687,6 @@ def model_table() -> list[dict]:
         else:
             installed = "hub"
         rows.append({"name": spec.name, "source": spec.source if spec.source == "bundled" else spec.repo,
-                     "layers": spec.n_layers, "d_model": spec.d_model, "installed": installed})
+                     "layout": spec.arch, "layers": spec.n_layers, "d_model": spec.d_model, "installed": installed})
     return rows
 
