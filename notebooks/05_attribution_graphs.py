@@ -39,12 +39,12 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   circuit from the most persistent one by top-k influence, clamp it, and
 #   judge the replies.
 #
-# This follows paper C (*How do LLMs express empathy? Circuit discovery
-# with attribution graphs*), which used published transcoders for
-# Gemma-2-2B and a Claude judge. No transcoders exist for the bundled
-# models, so we train them here, on this project's texts, on a CPU: the
-# dictionaries are small and the corpus tiny next to the field's, and the
-# chapter says what that costs.
+# This follows paper C (*Preliminary Investigation of Empathy Regulating
+# Circuits in Language Models*), which used a published cross-layer
+# transcoder for Gemma-2-2B and a Claude judge. No published transcoders
+# exist for the default model, so we train them here, on this project's
+# texts, on a CPU: the dictionaries are small and the corpus tiny next to
+# the field's, and the chapter says what that costs.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
