@@ -1,9 +1,8 @@
-"""Shared fixtures: the two bundled models (loaded once) and tiny random models."""
+"""Shared fixtures: the two bundled models (loaded once) and tiny random models of each architecture."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from emocircuits.models import REGISTRY, load_model  # noqa: E402
+from emocircuits.models import load_model  # noqa: E402
 
 from testkit import TINY_KINDS, make_tiny  # noqa: E402
 

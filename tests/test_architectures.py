@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emocircuits import models
 from emocircuits.activations import capture
