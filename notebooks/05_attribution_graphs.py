@@ -425,21 +425,20 @@ emp_report = J.ReportingEmpathyJudge(seed=SEED)  # a second reading by a judge o
 every = generate_grid(lm, eval_sit, list(conditions.values()), system=NEUTRAL, max_new_tokens=size(24, 32, 40),
                       seed=SEED, batch_size=32)
 rows = []
-replies_by = {}
+replies_by, tuned, reported = {}, [], []
 for name, out in zip(conditions, every):
     replies_by[name] = out
-    scores = emp_judge.score(out, eval_sit)
+    scores, report = emp_judge.score(out, eval_sit), emp_report.score(out)
+    tuned.append(scores)
+    reported.append(report)
     coh = np.array([c["coherent"] for c in J.coherence(out)])
     m, lo, hi = bootstrap_ci(scores, seed=SEED)
     cm, clo, chi = bootstrap_ci(coh.astype(float), seed=SEED)
-    rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi,
-                 "reporting judge": float(np.mean(emp_report.score(out))), "coherent": cm,
-                 "coh lo": clo, "coh hi": chi, "n": len(out)})
+    rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi, "reporting judge": float(report.mean()),
+                 "coherent": cm, "coh lo": clo, "coh hi": chi, "n": len(out)})
 clamp_table = pd.DataFrame(rows).set_index("condition")
-every_reply = [t for out in every for t in out]
-clamp_judges_rho = spearmanr(emp_judge.score(every_reply, eval_sit * len(every)),
-                             emp_report.score(every_reply))[0]
-print(f"the two empathy judges agree on these {len(every_reply)} replies with Spearman rho {clamp_judges_rho:.2f}")
+clamp_judges_rho = spearmanr(np.concatenate(tuned), np.concatenate(reported))[0]
+print(f"the two empathy judges agree on these {sum(map(len, tuned))} replies with Spearman rho {clamp_judges_rho:.2f}")
 paper_c = {k if k == "unmodified" else f"circuit = {k}": v for k, v in PAPER_C_CLAMP.items()}
 clamp_table["paper C (Gemma-2-2B, Claude)"] = [paper_c.get(c, np.nan) for c in clamp_table.index]
 display(clamp_table)

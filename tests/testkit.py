@@ -56,11 +56,11 @@ def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
     - ``phi3``: Phi3ForCausalLM, with q/k/v and gate/up fused;
     - ``gemma2``: Gemma2ForCausalLM with attention and final-logit soft-capping and alternating sliding windows.
 
-    The registry entry is made from the saved folder's config, as a user's own model's would be.
+    The registry entry's layout is read from the saved model's class, as a user's own model's would be.
     """
     import transformers as tf
 
-    from emocircuits.models import resolve_spec
+    from emocircuits.models import layout_of
 
     if arch not in TINY_KINDS:
         raise ValueError(f"arch={arch!r}: expected one of {TINY_KINDS}")
@@ -96,9 +96,8 @@ def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
     folder = Path(folder)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    spec = resolve_spec(str(folder))
-    name = name or f"tiny-{arch}"
-    register_model(ModelSpec(name, "hub", str(folder), spec.arch, 3, 64, 0.0001, True))
+    name = name or f"tiny-{arch}"  # the layout read from the saved class, as a user's own model's is
+    register_model(ModelSpec(name, "hub", str(folder), layout_of(model.config), 3, 64, 0.0001, True))
     return name
 
 

@@ -103,9 +103,9 @@ def _envoy(lm, site: Site):
     if site.kind == "resid_post":
         return layer, "output"
     if site.kind == "attn_z":
-        return lm.part(i, lay.o_proj), "input"
+        return lm.o_proj(i), "input"
     if site.kind == "mlp_act":
-        return lm.part(i, lay.down_proj), "input"
+        return lm.down_proj(i), "input"
     if site.kind == "mlp_in":
         return layer.mlp, "input"
     if site.kind == "attn_out":  # after the post-attention norm where the layout has one

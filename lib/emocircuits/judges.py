@@ -481,6 +481,13 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> dict:
 # the empathy judge
 
 
+def _check_pairing(replies: Sequence[str], situations: Sequence[str]) -> None:
+    """Refuse situations that do not pair one to one with the replies (every empathy judge's check)."""
+    if len(situations) != len(replies):
+        raise ValueError(f"{len(situations)} situations for {len(replies)} replies; expected one situation per "
+                         f"reply, or none")
+
+
 def _pair_features(situations: Sequence[str], replies: Sequence[str], table: dict | None = None,
                    reply_embeddings: np.ndarray | None = None) -> np.ndarray:
     """The empathy judge's features of (situation, reply) pairs; embeddings
@@ -521,8 +528,7 @@ class EmpathyJudge:
         if isinstance(replies, str):
             raise TypeError("replies must be a list of str")
         situations = list(situations) if situations is not None else [""] * len(replies)
-        if len(situations) != len(replies):
-            raise ValueError(f"{len(situations)} situations for {len(replies)} replies")
+        _check_pairing(replies, situations)
         if reply_embeddings is not None and len(reply_embeddings) != len(replies):
             raise ValueError(f"{len(reply_embeddings)} reply embeddings for {len(replies)} replies")
         p = self.clf.predict_proba(_pair_features(situations, replies, reply_embeddings=reply_embeddings))
@@ -884,12 +890,6 @@ def keyword_success(base: Sequence[str], steered: Sequence[str], alpha: float) -
 
 # ---------------------------------------------------------------------------
 # LLM judges (GPU users / API keys; not needed by the tests)
-
-
-def _check_pairing(replies: Sequence[str], situations: Sequence[str]) -> None:
-    if len(situations) != len(replies):
-        raise ValueError(f"{len(situations)} situations for {len(replies)} replies; expected one situation per "
-                         f"reply, or none")
 
 
 class ModelRubricJudge:
