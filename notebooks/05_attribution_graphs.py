@@ -44,7 +44,8 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # transcoder for Gemma-2-2B and a Claude judge. No published transcoders
 # exist for the default model, so we train them here, on this project's
 # texts, on a CPU: the dictionaries are small and the corpus tiny next to
-# the field's, and the chapter says what that costs.
+# the field's, and the chapter says what that costs. Where a published set
+# fits the model, the `TRANSCODERS` parameter uses it instead.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -55,6 +56,9 @@ MODEL = "smollm2-135m"
 QUICK = False
 FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
+# "trained": train transcoders here (offline). Or a circuit-tracer-format set, per-layer or cross-layer:
+# a local folder or a hub id such as "mntss/clt-gemma-2-2b-426k" (README: which set fits which model)
+TRANSCODERS = "trained"
 
 # %%
 import json
@@ -71,6 +75,7 @@ from emocircuits import attribution as A
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
+from emocircuits import published as P
 from emocircuits import transcoders as T
 from emocircuits.book import record, sizer
 from emocircuits.datasets import DATA_DIR
@@ -132,9 +137,13 @@ settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, seed=SEED),
                 T.TrainSettings(n_features=512, k=32, epochs=1, seed=SEED),
                 T.TrainSettings(n_features=2048, k=32, epochs=8, lr_decay=0.3, seed=SEED))
 t0 = time.perf_counter()
-tset = T.train(lm, train, settings)
-print(f"{len(tset)} transcoders, {settings.n_features} features each, k={settings.k}: "
-      f"{time.perf_counter() - t0:.0f} s (0 s when cached); {tset[0].cfg.tokens_seen:,} training tokens seen")
+if TRANSCODERS == "trained":
+    tset = T.train(lm, train, settings)
+    print(f"{len(tset)} transcoders, {settings.n_features} features each, k={settings.k}: "
+          f"{time.perf_counter() - t0:.0f} s (0 s when cached); {tset[0].cfg.tokens_seen:,} training tokens seen")
+else:
+    tset = P.load_set(lm, TRANSCODERS)
+    print(P.describe(tset))
 
 # %% [markdown]
 # ### How good are they?
@@ -237,7 +246,7 @@ persist_table = pd.DataFrame(rows, columns=["layer", "feature", "min share (empa
 persist_table["empathetic - neutral"] = persist_table["mean share (empathetic)"] - persist_table["mean share (neutral)"]
 persist_table = persist_table.sort_values(["min share (empathetic)", "empathetic - neutral"], ascending=False)
 print(f"features on in at least half the steps of every empathetic reply: {len(persist_table)}; "
-      f"chance level for one feature at one step (mean L0 / features): {qual.l0.mean() / settings.n_features:.3f}")
+      f"chance level for one feature at one step (mean L0 / features): {qual.l0.mean() / tset[0].cfg.n_features:.3f}")
 display(persist_table.head(12))
 print("first replies:")
 for (s, u), ids in list(zip(pairs, emp_ids))[:3]:
@@ -477,7 +486,7 @@ import circuitsvis as cv  # noqa: E402
 from emocircuits.transcoders import mlp_io  # noqa: E402
 
 show = [p + lm.tokenizer.decode(ids) for p, ids in zip(emp_prompts[:3], emp_ids[:3])]
-xin, _, mask, ids = mlp_io(lm, show, [seed[0]], max_length=None)
+xin, _, mask, ids = mlp_io(lm, show, [seed[0]], max_length=None, input_site=tset.input_site)
 tokens, values = [], []
 for r in range(len(show)):
     n = int(mask[r].sum())
@@ -530,9 +539,11 @@ pd.Series(headline).to_frame("value")
 #   all are spliced in are the price. A FULL run (49 minutes of training on
 #   2 cores) gets them to a mean FVE of 0.81 and +0.66 nats, still on a
 #   corpus of 82,165 tokens, under a thousandth of what published sets
-#   see. `T.load_published` loads circuit-tracer's per-layer sets (e.g.
-#   GemmaScope transcoders for Gemma-2-2B) for a GPU run of this chapter
-#   with `MODEL` set to a model they fit.
+#   see. The `TRANSCODERS` parameter runs this chapter on a published set
+#   in circuit-tracer's format instead, per-layer or cross-layer (paper C's
+#   kind), from a folder or a hub id: GemmaScope 2 for `gemma3-270m`, or
+#   the Gemma-2-2B sets for a GPU run with `MODEL="gemma-2-2b"`. The
+#   README's table says which set fits which model.
 # - **Persistence is not empathy.** A feature that is on at every step may
 #   track the assistant turn, the reply's format or the topic. The neutral
 #   column of the persistence table and the feature cards are how to tell;

@@ -274,6 +274,37 @@ def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, o
             assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure on {kind}"
 
 
+@pytest.mark.parametrize("kind,hook", [("transcoder_set", "mlp.hook_in"), ("cross_layer_transcoder", "hook_resid_mid")])
+def test_chapter_05_runs_on_a_published_set_in_circuit_tracers_format(kind, hook, tmp_path):
+    """Chapter 05 with ``TRANSCODERS`` naming a folder in circuit-tracer's format, per-layer and cross-layer,
+    on a tiny Gemma 2 (random weights: its numbers mean nothing), runs to its end with an exact graph."""
+    import shutil
+    import tempfile
+
+    from emocircuits.book import _code_hash, results_path, run_chapter
+    from emocircuits.models import load_model
+    from testkit import make_tiny, write_tiny_set
+
+    folder = ROOT / "_build" / "tiny-models" / "gemma2"  # shared with the architecture runs
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".gemma2-", dir=folder.parent))
+        make_tiny(tmp, "gemma2", name="book-gemma2")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    tset = write_tiny_set(tmp_path / "set", load_model(str(folder), device="cpu"), kind=kind, input_hook=hook)
+    src = ROOT / "notebooks" / "05_attribution_graphs.ipynb"
+    out, _ = run_chapter(src, tmp_path / "out", {"MODEL": str(folder), "QUICK": True, "TRANSCODERS": str(tset)},
+                         _code_hash(ROOT), force=True)
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert f"'cross_layer': {kind == 'cross_layer_transcoder'}" in text
+    got = json.loads(results_path(tmp_path / "out", "05_attribution_graphs").read_text())
+    assert got["graph_check"] < 1e-3
+
+
 def test_every_number_the_results_chapter_shows_has_an_expectation(quick_book):
     """Each number the comparison tables show (a row's number, its reporting judge's reading, its baseline's
     numbers), when a QUICK run records it, is checked in tests/expected/ or listed under ``_unchecked`` with

@@ -120,3 +120,40 @@ def hand_run_from(lm, text, layer, v):
         logits = lm.hf.lm_head(lm.hf.model.norm(h))
         cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
         return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def write_tiny_set(folder: Path, lm, kind: str = "transcoder_set", input_hook: str = "mlp.hook_in",
+                   n_features: int = 48, seed: int = 0) -> Path:
+    """A random transcoder set for ``lm`` written by hand in circuit-tracer's format (not through the
+    library's writer), so the loader is tested against the format itself.
+
+    ``kind``: ``transcoder_set`` (per-layer files with a JumpReLU threshold and a skip, listed in the
+    config) or ``cross_layer_transcoder`` (``W_enc_i`` / ``W_dec_i`` files, JumpReLU). Weights are scaled
+    so that a good share of features fire on the tiny models' activations.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    L, d, F = lm.n_layers, lm.d_model, n_features
+    for la in range(L):
+        W_enc = torch.randn(F, d, generator=g) / d ** 0.5
+        b_enc = 0.1 * torch.randn(F, generator=g)
+        b_dec = 0.05 * torch.randn(d, generator=g)
+        thr = 0.2 * torch.rand(F, generator=g)
+        if kind == "cross_layer_transcoder":
+            W_dec = 0.1 * torch.randn(F, L - la, d, generator=g)
+            save_file({f"W_enc_{la}": W_enc, f"b_enc_{la}": b_enc, f"b_dec_{la}": b_dec, f"threshold_{la}": thr},
+                      str(folder / f"W_enc_{la}.safetensors"))
+            save_file({f"W_dec_{la}": W_dec}, str(folder / f"W_dec_{la}.safetensors"))
+        else:
+            save_file({"W_enc": W_enc, "W_dec": 0.1 * torch.randn(F, d, generator=g), "b_enc": b_enc, "b_dec": b_dec,
+                       "activation_function.threshold": thr, "W_skip": 0.05 * torch.randn(d, d, generator=g)},
+                      str(folder / f"layer_{la}.safetensors"))
+    lines = [f"model_kind: {kind}", f"model_name: {lm.name}", f"feature_input_hook: {input_hook}",
+             "feature_output_hook: hook_mlp_out"]
+    if kind == "transcoder_set":
+        lines += ["transcoders:"] + [f"  - layer_{la}.safetensors" for la in range(L)]
+    (folder / "config.yaml").write_text("\n".join(lines) + "\n")
+    return folder

@@ -59,7 +59,7 @@ class Context:
     s_mid: list[torch.Tensor]
     s_attn: list[torch.Tensor | None]  # the post-attention norm's, where the layout has one (Gemma)
     s_fin: torch.Tensor  # [T, 1]
-    mlp_in: list[torch.Tensor]
+    x_in: list[torch.Tensor]  # what the transcoders read (mlp_in, or resid_mid for some published sets)
     mlp_out: list[torch.Tensor]
     logits: torch.Tensor  # [T, V] of the real model
     pos: list[torch.Tensor] = field(default_factory=list)  # active features per layer: positions
@@ -138,20 +138,22 @@ def prepare(lm, tset: TranscoderSet, text: str) -> Context:
         s_attn=[_inv_rms(lm.hf_part(la, lay.attn_out_norm), got[f"attn{la}"]).cpu() if lay.attn_out_norm else None
                 for la in range(L)],
         s_fin=_inv_rms(hf.model.norm, got["fin"]).cpu(),
-        mlp_in=[got[f"mlpin{la}"].cpu() for la in range(L)], mlp_out=[got[f"out{la}"].cpu() for la in range(L)],
+        x_in=[got[f"mid{la}" if tset.input_site == "resid_mid" else f"mlpin{la}"].cpu() for la in range(L)],
+        mlp_out=[got[f"out{la}"].cpu() for la in range(L)],
         logits=got["logits"].cpu())
     errs = []
     for la in range(L):
-        tc = tset[la]
         with torch.no_grad():
-            f = tc.encode(ctx.mlp_in[la])
+            f = tset[la].encode(ctx.x_in[la])
         f[0] = 0.0  # BOS: left to the error node
         nz = f.nonzero()
         ctx.pos.append(nz[:, 0])
         ctx.feat.append(nz[:, 1])
         ctx.act.append(f[nz[:, 0], nz[:, 1]])
-        with torch.no_grad():
-            recon = _decode(tc, ctx.pos[la], ctx.feat[la], ctx.act[la], ctx.n_tok) + tc.skip_term(ctx.mlp_in[la])
+        recon = _bias_rows(tset[la], ctx.n_tok) + tset[la].skip_term(ctx.x_in[la]).detach()
+        for w in tset.writers(la):  # a cross-layer set: every earlier layer's features that reach this one
+            dec = tset[w].decoder(la).detach().float()
+            recon = recon.index_add(0, ctx.pos[w], ctx.act[w][:, None] * dec[ctx.feat[w]])
         errs.append(ctx.mlp_out[la] - recon)
     ctx.err = torch.stack(errs)
     return ctx
@@ -161,11 +163,6 @@ def _bias_rows(tc, n_tok: int) -> torch.Tensor:
     b = tc.b_dec.detach().float().expand(n_tok, -1).clone()
     b[0] = 0.0
     return b
-
-
-def _decode(tc, pos, feat, act, n_tok: int) -> torch.Tensor:
-    out = _bias_rows(tc, n_tok)
-    return out.index_add(0, pos, act[:, None] * tc.W_dec.detach().float()[feat])
 
 
 def _weights(ctx: Context):
@@ -189,10 +186,13 @@ def _weights(ctx: Context):
             Wo=op.weight.detach().float().cpu(),
             bo=None if op.bias is None else op.bias.detach().float().cpu(),
             W_enc=ctx.tset[la].W_enc.detach().float(), b_enc=ctx.tset[la].b_enc.detach().float(),
-            W_dec=ctx.tset[la].W_dec.detach().float(), bias=_bias_rows(ctx.tset[la], ctx.n_tok),
+            # (source layer, its decoder into this layer): the layer itself, and earlier ones in a cross-layer set
+            decs=[(w, ctx.tset[w].decoder(la).detach().float()) for w in ctx.tset.writers(la)],
+            bias=_bias_rows(ctx.tset[la], ctx.n_tok),
             W_skip=None if ctx.tset[la].W_skip is None else ctx.tset[la].W_skip.detach().float()))
     W_U = lm.hf.get_output_embeddings().weight.detach().float().cpu()
-    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm, lm.hf.model.norm).cpu(), W_U=W_U)
+    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm, lm.hf.model.norm).cpu(), W_U=W_U,
+                  reads_resid=ctx.tset.input_site == "resid_mid")
     return ctx._w
 
 
@@ -212,7 +212,7 @@ def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor
     H, n_kv, hd = lm.n_heads, lm.n_kv_heads, lm.head_dim
     T = ctx.n_tok
     h = emb
-    pres = []
+    pres, fs = [], []
     for la, lw in enumerate(w["layers"]):
         x = h * ctx.s_in[la] * lw["w_in"]
         v = F.linear(x, lw["Wv"], lw["bv"]).view(T, n_kv, hd).transpose(0, 1)
@@ -222,12 +222,15 @@ def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor
         if lw["w_attn"] is not None:
             a = a * ctx.s_attn[la] * lw["w_attn"]
         h = h + a
-        m = h * ctx.s_mid[la] * lw["w_mid"]
+        # what the transcoder reads: the normalised MLP input, or the residual stream itself
+        m = h if w["reads_resid"] else h * ctx.s_mid[la] * lw["w_mid"]
         pos, feat = ctx.pos[la], ctx.feat[la]
         pre = (m[pos] * lw["W_enc"][feat]).sum(-1) + lw["b_enc"][feat]
         pres.append(pre)
-        f = feats[la] if deltas is None else pre + deltas[la]
-        out = lw["bias"].index_add(0, pos, f[:, None] * lw["W_dec"][feat]) + err[la]
+        fs.append(feats[la] if deltas is None else pre + deltas[la])
+        out = lw["bias"] + err[la]
+        for src, dec in lw["decs"]:
+            out = out.index_add(0, ctx.pos[src], fs[src][:, None] * dec[ctx.feat[src]])
         if lw["W_skip"] is not None:  # a linear path, like attention's: effects pass through it
             out = out + m @ lw["W_skip"].T
         h = h + out
@@ -268,15 +271,17 @@ def edge_rows(ctx: Context, targets: Sequence[int], logit_dir: torch.Tensor | No
         n = len(rows)
         lw = w["layers"][la]
         pos, feat = ctx.pos[la], ctx.feat[la]
-        # h_after = h_mid + bias + features + err (+ skip(m))
+        # h_after = h_mid + bias + features (of this layer, and of earlier ones in a cross-layer set) + err
+        # (+ skip(m))
         e_err[rows, la] = (g * ctx.err[la]).sum(-1)
-        e_feat[la][rows] = (g[:, pos] * lw["W_dec"][feat]).sum(-1) * ctx.act[la]
+        for src, dec in lw["decs"]:
+            e_feat[src][rows] += (g[:, ctx.pos[src]] * dec[ctx.feat[src]]).sum(-1) * ctx.act[src]
         g_m = g @ lw["W_skip"] if lw["W_skip"] is not None else torch.zeros(n, T, d)
         for j, b in enumerate(rows.tolist()):
             if layer_of[b] == la and not is_logit[b]:
                 i = int(targets[b]) - int(offs[la])
                 g_m[j, int(pos[i])] += lw["W_enc"][int(feat[i])]
-        g_mid = g + g_m * ctx.s_mid[la] * lw["w_mid"]
+        g_mid = g + (g_m if w["reads_resid"] else g_m * ctx.s_mid[la] * lw["w_mid"])
         # h_mid = h + attention(h)
         g_a = g_mid * ctx.s_attn[la] * lw["w_attn"] if lw["w_attn"] is not None else g_mid
         g_z = (g_a @ lw["Wo"]).view(n, T, H, hd).transpose(1, 2)  # [n, H, T, hd]
@@ -566,7 +571,7 @@ def step_activity(lm, tset: TranscoderSet, prompts: Sequence[str], replies_ids: 
             n_prompt = len(lm.encode([prompt])["input_ids"][0])
             texts.append(prompt + tok.decode(list(rid)))
             spans.append((n_prompt - 1, n_prompt - 1 + max(len(rid), 1)))
-        xin, _, mask, ids = mlp_io(lm, texts, layers, max_length=None)
+        xin, _, mask, ids = mlp_io(lm, texts, layers, max_length=None, input_site=tset.input_site)
         for la in layers:
             for r, (a, b) in enumerate(spans):
                 b = min(b, int(mask[r].sum()))
@@ -591,7 +596,8 @@ def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, 
     """Top tokens a feature reads from the embedding directly and writes toward the unembedding.
 
     De-embedding: ``W_enc[f] . (w_norm * e_t / rms(e_t))`` over the vocabulary (the direct path from a
-    token's embedding, ignoring attention and earlier layers). Unembedding: ``(w_final * W_dec[f]) @ W_U.T``.
+    token's embedding, ignoring attention and earlier layers). Unembedding: ``(w_final * W_dec[f]) @ W_U.T``
+    (a cross-layer feature: its decoder into its own layer).
     """
     if not 0 <= feature < tc.cfg.n_features:
         raise AttributionError(f"feature {feature} out of range 0..{tc.cfg.n_features - 1}")
@@ -599,8 +605,11 @@ def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, 
     E = hf.get_input_embeddings().weight.detach().float().cpu()
     if lm.layout.embed_scale:
         E = E * float(lm.d_model) ** 0.5
-    mid = lm.hf_part(tc.cfg.layer, lm.layout.mlp_in_norm)
-    e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(lm, mid).cpu()
+    if tc.cfg.input_site == "resid_mid":  # the transcoder reads the residual stream itself
+        e_n = E
+    else:
+        mid = lm.hf_part(tc.cfg.layer, lm.layout.mlp_in_norm)
+        e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(lm, mid).cpu()
     de = e_n @ tc.W_enc[feature].detach().float()
     W_U = hf.get_output_embeddings().weight.detach().float().cpu()
     un = W_U @ (tc.W_dec[feature].detach().float() * _norm_weight(lm, hf.model.norm).cpu())
@@ -627,7 +636,8 @@ def top_contexts(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], text
     best: dict = {n: [] for n in nodes}
     toks: dict[int, list[int]] = {}
     for j in range(0, len(texts), batch_size):
-        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), layers, max_length=128)
+        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), layers, max_length=128,
+                                   input_site=tset.input_site)
         keep = first_left_out(mask).cpu()
         for r in range(ids.shape[0]):
             toks[j + r] = ids[r][mask[r]].tolist()

@@ -112,12 +112,18 @@ class Transcode:
     ``mlp_out += (value - f) * W_dec[feature]``. The first column of the
     first forward pass (the first token, an attention sink transcoders are
     not trained on; in a left-padded batch, a pad) is left alone.
+
+    Cross-layer transcoders: a clamp also writes ``(value - f)`` through the
+    feature's decoders into every later layer it reaches, and a splice adds
+    what the ``feeds`` (the set's transcoders of earlier layers that write
+    into this one) predict; :meth:`TranscoderSet.splices` fills them in.
     """
 
     transcoder: object
     clamp: dict | None = None
     splice: bool = False
     positions: str = "all"
+    feeds: tuple = ()
 
     def __post_init__(self):
         self.positions = _check_positions(self.positions)
@@ -126,6 +132,14 @@ class Transcode:
             raise TypeError(f"Transcode.transcoder must be a Transcoder, got {type(self.transcoder).__name__}")
         if not self.splice and not self.clamp:
             raise ValueError("Transcode needs clamp={feature: value} or splice=True")
+        self.feeds = tuple(self.feeds)
+        bad_feeds = [getattr(getattr(t, "cfg", None), "layer", t) for t in self.feeds
+                     if not hasattr(t, "writes_to") or not t.writes_to(cfg.layer) or t.cfg.layer == cfg.layer]
+        if bad_feeds:
+            raise ValueError(f"Transcode.feeds {bad_feeds}: expected transcoders of earlier layers that write "
+                             f"into layer {cfg.layer}")
+        if self.feeds and not self.splice:
+            raise ValueError("Transcode.feeds only serve splice=True")
         self.clamp = {int(k): float(v) for k, v in (self.clamp or {}).items()}
         bad = [k for k in self.clamp if not 0 <= k < cfg.n_features]
         if bad:
@@ -134,6 +148,27 @@ class Transcode:
     @property
     def site(self) -> str:
         return f"mlp_out.{self.transcoder.cfg.layer}"
+
+    @property
+    def sources(self) -> list[Site]:
+        """The transcoder inputs this intervention reads (its own, and its feeds')."""
+        return [Site(t.cfg.input_site, t.cfg.layer) for t in (self.transcoder, *self.feeds)]
+
+
+@dataclass
+class _CarryClamp:
+    """A cross-layer clamp's write into a later layer (made by :func:`_resolve`, never by hand)."""
+
+    clamp: Transcode
+    layer: int
+
+    @property
+    def positions(self) -> str:
+        return self.clamp.positions
+
+    @property
+    def site(self) -> str:
+        return f"mlp_out.{self.layer}"
 
 
 def _resolve(lm, interventions) -> list[tuple[Site, object]]:
@@ -152,6 +187,11 @@ def _resolve(lm, interventions) -> list[tuple[Site, object]]:
             if iv._index.min() < 0 or iv._index.max() >= limit:
                 raise ValueError(f"Set.index out of range for {site}: expected 0..{limit - 1}")
         items.append((site, iv))
+        if isinstance(iv, Transcode) and iv.clamp:
+            tc = iv.transcoder
+            carries = iv.__dict__.setdefault("_carries", {})  # one object per layer, so batched rows share it
+            for la in range(tc.cfg.layer + 1, min(tc.cfg.layer + tc.cfg.reach, lm.n_layers)):
+                items.append((Site("mlp_out", la), carries.setdefault(la, _CarryClamp(iv, la))))
     items.sort(key=lambda t: t[0].order)
     return items
 
@@ -168,33 +208,38 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
     return slice(max(n_tok - k, 0), None) if step == 0 else slice(None)
 
 
-def _transcoder_like(iv: Transcode, x: torch.Tensor):
-    """The intervention's transcoder on ``x``'s device and dtype (a copy made once, when they differ)."""
-    tc = iv.transcoder
+def _transcoder_like(iv: Transcode, x: torch.Tensor, tc=None):
+    """A transcoder of the intervention on ``x``'s device and dtype (a copy made once, when they differ)."""
+    tc = iv.transcoder if tc is None else tc
     if tc.W_dec.device == x.device and tc.W_dec.dtype == x.dtype:
         return tc
-    key = (x.device, x.dtype)
-    cast = getattr(iv, "_cast", None)
-    if cast is None or cast[0] != key:
-        cast = (key, copy.deepcopy(tc).to(device=x.device, dtype=x.dtype))
-        iv._cast = cast
-    return cast[1]
+    casts = iv.__dict__.setdefault("_casts", {})
+    key = (id(tc), x.device, x.dtype)
+    if key not in casts:
+        casts[key] = copy.deepcopy(tc).to(device=x.device, dtype=x.dtype)
+    return casts[key]
 
 
-def _transcode(iv: Transcode, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+def _transcode(iv: Transcode, x: torch.Tensor, srcs: dict, carry: dict) -> torch.Tensor:
     tc = _transcoder_like(iv, x)
-    f = tc.encode(src)  # once, for splicing and clamping alike
+    layer = tc.cfg.layer
+    f = tc.encode(srcs[layer])  # once, for splicing and clamping alike
     if iv.splice:
-        x = tc.decode(f) + tc.skip_term(src)
+        x = tc.decode(f) + tc.skip_term(srcs[layer])
+        for feed in iv.feeds:
+            t = _transcoder_like(iv, x, feed)
+            x = x + t.encode(srcs[t.cfg.layer]) @ t.decoder(layer)
     if iv.clamp:
         idx = torch.tensor(list(iv.clamp), device=x.device)
         target = torch.tensor(list(iv.clamp.values()), device=x.device, dtype=x.dtype)
-        x = x + (target - f[..., idx]) @ tc.W_dec[idx]
+        delta = target - f[..., idx]
+        carry[id(iv)] = (tc, idx, delta)  # for the later layers a cross-layer feature writes to
+        x = x + delta @ tc.W_dec[idx]
     return x
 
 
 def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
-           src: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+           srcs: dict | None = None, rows: torch.Tensor | None = None, carry: dict | None = None) -> torch.Tensor:
     """Read the site (or take ``x``), change it at the chosen columns, write it back (inside a trace).
 
     Returns the site's value after the change, so several interventions at one
@@ -206,10 +251,14 @@ def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
     if cols is None:
         return x
     new = x.clone()
+    carry = {} if carry is None else carry
+    if isinstance(iv, (Transcode, _CarryClamp)) and step == 0 and (cols.start or 0) == 0:
+        cols = slice(1, None)  # transcoders leave the first token (attention sink) alone
     if isinstance(iv, Transcode):
-        if step == 0 and (cols.start or 0) == 0:  # transcoders leave the first token (attention sink) alone
-            cols = slice(1, None)
-        new[:, cols] = _transcode(iv, x[:, cols], src[:, cols])
+        new[:, cols] = _transcode(iv, x[:, cols], {la: v[:, cols] for la, v in (srcs or {}).items()}, carry)
+    elif isinstance(iv, _CarryClamp):
+        tc, idx, delta = carry[id(iv.clamp)]
+        new[:, cols] += delta @ tc.decoder(iv.layer)[idx]
     elif isinstance(iv, Add):
         new[:, cols] += iv.alpha * iv.vector.to(device=x.device, dtype=x.dtype)
     elif isinstance(iv, Scale):
@@ -246,13 +295,14 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
     ``{str(site): value}`` for ``reads``.
     """
     items = [it if len(it) == 3 else (*it, None) for it in items]
-    ins = {Site("mlp_in", s.layer) for s, iv, _ in items if isinstance(iv, Transcode)}
+    ins = {src for _, iv, _ in items if isinstance(iv, Transcode) for src in iv.sources}
     events = sorted([(s.order, 0, s, iv, rows) for s, iv, rows in items]
                     + [(s.order, 1, s, None, None) for s in reads]
                     + [(s.order, 2, s, None, None) for s in ins], key=lambda e: (e[0], e[1]))
     current: dict = {}
     out: dict = {}
     sources: dict = {}
+    carry: dict = {}  # cross-layer clamps: what the source layer moved, for the layers after it
     for _, kind, site, iv, rows in events:
         if kind == 2:  # a transcoder's input, read where the model computes it
             sources[site.layer] = read_site(lm, site)
@@ -261,7 +311,8 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
             if out[str(site)] is None:
                 out[str(site)] = read_site(lm, site)
         else:
-            current[site] = _apply(lm, site, iv, step, current.get(site), sources.get(site.layer), rows)
+            srcs = {s.layer: sources[s.layer] for s in iv.sources} if isinstance(iv, Transcode) else None
+            current[site] = _apply(lm, site, iv, step, current.get(site), srcs, rows, carry)
     return out
 
 

@@ -22,8 +22,9 @@ Files: one ``layer_{L}.safetensors`` per layer with the config as JSON in the
 metadata, written atomically. Published transcoder sets in circuit-tracer's
 layout (per-layer safetensors with ``W_enc [F, d]``, ``W_dec [F, d]``,
 ``b_enc``, ``b_dec`` and optional ``activation_function.threshold``) and
-GemmaScope ``.npz`` files load through :func:`load_layer_file`;
-:func:`load_published` fetches a set by hub id (GPU users).
+GemmaScope ``.npz`` files load through :func:`load_layer_file`; whole
+published sets, per-layer or cross-layer, from a folder or a hub id, through
+:mod:`emocircuits.published`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .activations import Site, read_site
 from .cache import atomic_write, atomic_write_text, cache_dir, code_version, stable_hash
 
 ACTIVATIONS = ("topk", "jumprelu", "relu")
+INPUT_SITES = ("mlp_in", "resid_mid")
 
 
 class TranscoderError(ValueError):
@@ -63,8 +65,16 @@ class TranscoderConfig:
     corpus: str = ""
     source: str = "trained here"
     skip: bool = False
+    # output layers the features write to: this layer and the reach - 1 after it (a cross-layer transcoder's
+    # features reach to the model's last layer; a per-layer transcoder's reach is 1)
+    reach: int = 1
+    topk_relu: bool = True  # ours take the ReLU of the k largest; circuit-tracer's TopK keeps their signs
 
     def __post_init__(self):
+        if self.input_site not in INPUT_SITES:
+            raise TranscoderError(f"input_site={self.input_site!r}: expected one of {', '.join(INPUT_SITES)}")
+        if not isinstance(self.reach, int) or self.reach < 1:
+            raise TranscoderError(f"reach={self.reach!r}: expected an int >= 1 (1 for a per-layer transcoder)")
         if self.activation not in ACTIVATIONS:
             raise TranscoderError(f"activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
         if self.activation == "topk" and (not isinstance(self.k, int) or not 1 <= self.k <= self.n_features):
@@ -86,10 +96,22 @@ class Transcoder(torch.nn.Module):
         self.b_dec = torch.nn.Parameter(torch.zeros(d))
         self.register_buffer("threshold", torch.zeros(F))
         self.W_skip = torch.nn.Parameter(torch.zeros(d, d)) if cfg.skip else None
+        # a cross-layer transcoder's decoders into the reach - 1 layers after its own, [n_features, reach - 1, d]
+        self.W_dec_cross = torch.nn.Parameter(torch.zeros(F, cfg.reach - 1, d)) if cfg.reach > 1 else None
 
     @property
     def layer(self) -> int:
         return self.cfg.layer
+
+    def writes_to(self, layer: int) -> bool:
+        return self.cfg.layer <= layer < self.cfg.layer + self.cfg.reach
+
+    def decoder(self, layer: int) -> torch.Tensor:
+        """``[n_features, d_model]``: what each feature writes into ``mlp_out`` of ``layer``."""
+        if not self.writes_to(layer):
+            raise TranscoderError(f"the transcoder of layer {self.cfg.layer} (reach {self.cfg.reach}) "
+                                  f"does not write to layer {layer}")
+        return self.W_dec if layer == self.cfg.layer else self.W_dec_cross[:, layer - self.cfg.layer - 1]
 
     def preacts(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.W_enc.dtype) @ self.W_enc.T + self.b_enc
@@ -100,7 +122,7 @@ class Transcoder(torch.nn.Module):
         if self.cfg.activation == "jumprelu":
             return pre * (pre > self.threshold)
         vals, idx = pre.topk(self.cfg.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals) if self.cfg.topk_relu else vals)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[..., n_features]``."""
@@ -126,6 +148,8 @@ class Transcoder(torch.nn.Module):
             out["activation_function.threshold"] = self.threshold.detach().cpu().contiguous()
         if self.W_skip is not None:
             out["W_skip"] = self.W_skip.detach().cpu().contiguous()
+        if self.W_dec_cross is not None:
+            out["W_dec_cross"] = self.W_dec_cross.detach().cpu().contiguous()
         return out
 
     def save(self, path) -> Path:
@@ -145,16 +169,20 @@ class Transcoder(torch.nn.Module):
                 tc.threshold.copy_(state["activation_function.threshold"])
             if tc.W_skip is not None:
                 tc.W_skip.copy_(state["W_skip"])
+            if tc.W_dec_cross is not None:
+                tc.W_dec_cross.copy_(state["W_dec_cross"])
         tc.requires_grad_(False)
         return tc
 
 
 def load_layer_file(path, layer: int | None = None, k: int | None = None, model: str = "",
-                    input_site: str = "mlp_in") -> Transcoder:
-    """Load one layer's transcoder: ours, circuit-tracer's safetensors, or a GemmaScope ``.npz``.
+                    input_site: str = "mlp_in", activation: str | None = None) -> Transcoder:
+    """Load one layer's transcoder: ours, circuit-tracer's safetensors (GemmaScope 2's lower-case keys too),
+    or a GemmaScope ``.npz``.
 
-    Published files carry no config; ``layer`` (and ``k`` for a top-k set) say
-    what the file does not.
+    Published files carry no config; ``layer`` (and ``k`` for a top-k set, ``activation`` where the set's
+    config names one) say what the file does not. A published top-k set keeps the signs of its k largest
+    pre-activations, as circuit-tracer's ``TopK`` does.
     """
     path = Path(path)
     if not path.is_file():
@@ -175,6 +203,12 @@ def load_layer_file(path, layer: int | None = None, k: int | None = None, model:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             state = {key: fh.get_tensor(key).float() for key in fh.keys()}
+        if "w_enc" in state:  # GemmaScope 2: w_enc [d, F], affine_skip_connection applied as x @ A
+            state = {"W_enc": state["w_enc"].T.contiguous(), "W_dec": state["w_dec"], "b_enc": state["b_enc"],
+                     "b_dec": state["b_dec"], **({"activation_function.threshold": state["threshold"]}
+                                                 if "threshold" in state else {}),
+                     **({"W_skip": state["affine_skip_connection"].T.contiguous()}
+                        if "affine_skip_connection" in state else {})}
     else:
         raise TranscoderError(f"{path.name}: expected a .safetensors or .npz transcoder file")
     if "emocircuits_transcoder" in meta:
@@ -188,9 +222,12 @@ def load_layer_file(path, layer: int | None = None, k: int | None = None, model:
         F, d = state["W_enc"].shape
         if "k" in state:
             k = int(state.pop("k"))
-        act = "jumprelu" if "activation_function.threshold" in state else ("topk" if k else "relu")
-        cfg = TranscoderConfig(d_model=d, n_features=F, layer=layer, k=k, activation=act, model=model,
-                               input_site=input_site, source=str(path), skip="W_skip" in state)
+        act = activation or ("jumprelu" if "activation_function.threshold" in state else ("topk" if k else "relu"))
+        if act == "jumprelu" and "activation_function.threshold" not in state:
+            raise TranscoderError(f"{path.name}: a JumpReLU transcoder needs activation_function.threshold")
+        cfg = TranscoderConfig(d_model=d, n_features=F, layer=layer, k=k if act == "topk" else None, activation=act,
+                               model=model, input_site=input_site, source=str(path), skip="W_skip" in state,
+                               topk_relu=False)
     if state["W_enc"].shape != state["W_dec"].shape:
         raise TranscoderError(f"{path.name}: W_enc {tuple(state['W_enc'].shape)} and W_dec "
                               f"{tuple(state['W_dec'].shape)} should both be [n_features, d_model]")
@@ -220,55 +257,50 @@ class TranscoderSet(dict):
             raise TranscoderError(f"layers {missing} are not in {folder}; it has {info['layers']}")
         return cls({layer: load_layer_file(folder / f"layer_{layer}.safetensors") for layer in wanted})
 
+    @property
+    def input_site(self) -> str:
+        """The site every transcoder of the set reads (``mlp_in`` or ``resid_mid``)."""
+        sites = {tc.cfg.input_site for tc in self.values()}
+        if len(sites) != 1:
+            raise TranscoderError(f"the transcoders of a set must read one site; these read {sorted(sites)}")
+        return sites.pop()
+
+    @property
+    def cross_layer(self) -> bool:
+        return any(tc.cfg.reach > 1 for tc in self.values())
+
+    def writers(self, layer: int) -> list[int]:
+        """The layers whose features write into ``mlp_out`` of ``layer`` (just ``layer`` for a per-layer set)."""
+        return [la for la in sorted(self) if self[la].writes_to(layer)]
+
+    def reconstruct(self, layer: int, feats: dict[int, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The set's prediction of ``mlp_out`` at ``layer`` from every writer's features and the layer's input."""
+        tc = self[layer]
+        out = tc.b_dec + tc.skip_term(x)
+        for la in self.writers(layer):
+            out = out + feats[la] @ self[la].decoder(layer)
+        return out
+
+    def splices(self) -> list:
+        """Interventions that replace every MLP by the set's prediction (each with its cross-layer writers)."""
+        from .steering import Transcode
+
+        return [Transcode(self[la], splice=True, feeds=tuple(self[w] for w in self.writers(la) if w != la))
+                for la in sorted(self)]
+
     def check(self, lm) -> "TranscoderSet":
         """Raise unless every transcoder fits ``lm`` (width and layer range)."""
+        self.input_site  # one input site
         for layer, tc in self.items():
             if tc.cfg.d_model != lm.d_model:
                 raise TranscoderError(f"transcoder of layer {layer} has d_model={tc.cfg.d_model}; "
                                       f"{lm.name} has {lm.d_model}")
             if not 0 <= layer < lm.n_layers:
                 raise TranscoderError(f"transcoder layer {layer} out of range for {lm.name} (0..{lm.n_layers - 1})")
+            if layer + tc.cfg.reach > lm.n_layers:
+                raise TranscoderError(f"transcoder of layer {layer} writes to {tc.cfg.reach} layers; "
+                                      f"{lm.name} has {lm.n_layers}")
         return self
-
-
-def load_published(repo_id: str, layers: Iterable[int] | None = None, revision: str | None = None,
-                   files: dict[int, str] | None = None) -> TranscoderSet:
-    """Download a published per-layer transcoder set from the hub (circuit-tracer's layout).
-
-    The repository's ``config.yaml`` lists one file per layer under
-    ``transcoders`` (``hf://owner/repo/path`` URIs or paths inside the repo);
-    ``files`` overrides that list. Needs network access; a GPU is advisable
-    for Gemma-2-2B's 16k-feature sets.
-    """
-    from huggingface_hub import hf_hub_download
-
-    if files is None:
-        cfg_path = hf_hub_download(repo_id, "config.yaml", revision=revision)
-        files = dict(enumerate(parse_published_config(Path(cfg_path).read_text())["transcoders"]))
-    chosen = sorted(files) if layers is None else sorted(layers)
-    out = TranscoderSet()
-    for layer in chosen:
-        repo, name = _split_uri(files[layer], repo_id)
-        local = hf_hub_download(repo, name, revision=revision if repo == repo_id else None)
-        out[layer] = load_layer_file(local, layer=layer, model=repo_id)
-    return out
-
-
-def parse_published_config(text: str) -> dict:
-    """Parse a circuit-tracer ``config.yaml``; raise on one without a ``transcoders`` list."""
-    import yaml
-
-    cfg = yaml.safe_load(text) or {}
-    if not isinstance(cfg.get("transcoders"), list) or not cfg["transcoders"]:
-        raise TranscoderError("config.yaml needs a non-empty 'transcoders' list (one file per layer)")
-    return cfg
-
-
-def _split_uri(uri: str, default_repo: str) -> tuple[str, str]:
-    if uri.startswith("hf://"):
-        parts = uri[5:].split("/")
-        return "/".join(parts[:2]), "/".join(parts[2:])
-    return default_repo, uri
 
 
 # ---------------------------------------------------------------------------
@@ -326,13 +358,18 @@ def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -
 # activations of the MLPs, streamed
 
 
-def mlp_io(lm, texts: Sequence[str], layers: Sequence[int], max_length: int = 128):
-    """``({layer: mlp_in}, {layer: mlp_out}, mask, input_ids)`` of one batch, ``[B, T, d]`` on the model's device."""
+def mlp_io(lm, texts: Sequence[str], layers: Sequence[int], max_length: int = 128, input_site: str = "mlp_in"):
+    """``({layer: input}, {layer: mlp_out}, mask, input_ids)`` of one batch, ``[B, T, d]`` on the model's device.
+
+    ``input_site`` is what the transcoders read: ``mlp_in`` (ours) or ``resid_mid`` (some published sets).
+    """
+    if input_site not in INPUT_SITES:
+        raise TranscoderError(f"input_site={input_site!r}: expected one of {', '.join(INPUT_SITES)}")
     enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side="right", max_length=max_length).items()}
     got_in, got_out = {}, {}
     with torch.inference_mode(), lm.nn.trace(enc) as tracer:
         for layer in layers:
-            got_in[layer] = read_site(lm, Site("mlp_in", layer)).save()
+            got_in[layer] = read_site(lm, Site(input_site, layer)).save()
             got_out[layer] = read_site(lm, Site("mlp_out", layer)).save()
         tracer.stop()
     return got_in, got_out, enc["attention_mask"].bool(), enc["input_ids"]
@@ -624,31 +661,32 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
                  "max": torch.zeros(tset[la].cfg.n_features), "y": [], "x": [], "half": []} for la in layers}
     tagged = [(t, 0) for t in baseline_texts] + [(t, 1) for t in texts]
     for batch in tqdm(_batches(tagged, batch_size, 0), desc="transcoder quality", disable=not progress):
-        xin, xout, mask, _ = mlp_io(lm, [t for t, _ in batch], layers, max_length)
+        xin, xout, mask, _ = mlp_io(lm, [t for t, _ in batch], layers, max_length, tset.input_site)
         keep = first_left_out(mask)
         m = keep.reshape(-1)
         half = torch.tensor([h for _, h in batch])[:, None].expand_as(keep).reshape(-1)[m.cpu()]
+        x_all = {la: xin[la].reshape(-1, lm.d_model)[m].float().cpu() for la in layers}
+        y_all = {la: xout[la].reshape(-1, lm.d_model)[m].float().cpu() for la in layers}
+        if half.any():
+            with torch.no_grad():
+                feats = {la: tset[la].encode(x_all[la][half.bool()]) for la in layers}
         for la in layers:
+            s = sums[la]
             if not half.any():
-                s = sums[la]
-                s["x"].append(xin[la].reshape(-1, lm.d_model)[m].float().cpu())
-                s["y"].append(xout[la].reshape(-1, lm.d_model)[m].float().cpu())
+                s["x"].append(x_all[la])
+                s["y"].append(y_all[la])
                 s["half"].append(half)
                 continue
-            x_all = xin[la].reshape(-1, lm.d_model)[m].float().cpu()
-            y_all = xout[la].reshape(-1, lm.d_model)[m].float().cpu()
-            x, y = x_all[half.bool()], y_all[half.bool()]
+            x, y, f = x_all[la][half.bool()], y_all[la][half.bool()], feats[la]
             with torch.no_grad():
-                f = tset[la].encode(x)
-                y_hat = tset[la].decode(f) + tset[la].skip_term(x)
-            s = sums[la]
+                y_hat = tset.reconstruct(la, feats, x)
             s["sse"] += float((y_hat - y).pow(2).sum())
-            s["l0"] += float((f > 0).sum())
+            s["l0"] += float((f != 0).sum())
             s["n"] += y.shape[0]
-            s["fired"] |= (f > 0).any(0)
+            s["fired"] |= (f != 0).any(0)
             s["max"] = torch.maximum(s["max"], f.max(0).values) if len(f) else s["max"]
-            s["y"].append(y_all)
-            s["x"].append(x_all)
+            s["y"].append(y_all[la])
+            s["x"].append(x_all[la])
             s["half"].append(half)
     out = {}
     for la in layers:
@@ -715,12 +753,15 @@ def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = Tr
     forward would compute there. That halves the work of the ``2 x
     n_layers`` one-layer passes on average.
     """
-    from .steering import Set, Transcode, _resolve, apply_all
+    from .steering import Set, _resolve, apply_all
 
-    conditions = [("all", 0, _resolve(lm, [Transcode(tc, splice=True) for tc in tset.values()]))]
+    splices = tset.splices()
+    conditions = [("all", 0, _resolve(lm, splices))]
     if each:
-        for la in sorted(tset):
-            conditions.append((("each", la), la, _resolve(lm, [Transcode(tset[la], splice=True)])))
+        for la, tc in zip(sorted(tset), splices):
+            # a cross-layer set's layer reads the features of the layers under it, so those run as they are
+            first = min(tset.writers(la), default=la) if tc.feeds else la
+            conditions.append((("each", la), first, _resolve(lm, [tc])))
             zero = Set(f"mlp_out.{la}", list(range(lm.d_model)), 0.0)
             conditions.append((("zero_mlp", la), la, _resolve(lm, [zero])))
     below = max((first for _, first, _ in conditions), default=0)
@@ -755,7 +796,7 @@ def max_activations(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: i
     layers = sorted(tset)
     best = {la: torch.zeros(tset[la].cfg.n_features) for la in layers}
     for j in range(0, len(texts), batch_size):
-        xin, _, mask, _ = mlp_io(lm, texts[j:j + batch_size], layers, max_length)
+        xin, _, mask, _ = mlp_io(lm, texts[j:j + batch_size], layers, max_length, tset.input_site)
         mask = first_left_out(mask)
         for la in layers:
             with torch.no_grad():
