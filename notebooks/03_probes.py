@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -51,6 +51,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"
 QUICK = False
+# True: MODEL runs on NDIF, nnsight's remote service, for a hub model it hosts (the key from the environment
+# variable NDIF_API_KEY, never from a cell); this chapter's probes need traces only
+REMOTE = False
 FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
@@ -85,7 +88,7 @@ size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a samp
 pd.set_option("display.max_colwidth", 100)
 OTHER = "gemma3-270m" if MODEL != "gemma3-270m" else "smollm2-135m"
 
-lm = load_model(MODEL)
+lm = load_model(MODEL, remote=REMOTE)
 LAYERS = list(range(0, lm.n_layers, size(6, 2, 1)))
 pairs = ds.load_named("eia_pairs")
 pairs = pairs[:: size(2, 1, 1)]  # QUICK: every other pair (the stored split is kept for the rest)

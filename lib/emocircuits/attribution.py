@@ -87,6 +87,7 @@ class Context:
 
 def prepare(lm, tset: TranscoderSet, text: str) -> Context:
     """Run ``text`` once and freeze what the replacement model needs."""
+    lm.need_weights("an attribution graph")
     tset.check(lm)
     missing = [la for la in range(lm.n_layers) if la not in tset]
     if missing:

@@ -499,6 +499,7 @@ def _prefix_cache(lm, texts: Sequence[str], repeat: int = 1) -> tuple[dict, obje
     With ``repeat`` every row is repeated that many times (consecutively), so
     one prefix serves several interventions side by side.
     """
+    lm.need_weights("the shared-prefix key/value cache")
     enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side="left").items()}
     with torch.inference_mode():
         pre = lm.hf(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1],
@@ -552,7 +553,7 @@ class LastToken:
         chunks: dict[str, list] = {str(s): [] for s in site_list}
         for enc_last, cache in self.batches:
             got = {}
-            with torch.inference_mode(), self.lm.nn.trace(_over_prefix(self.lm, enc_last, cache)) as tracer:
+            with torch.inference_mode(), self.lm.nn.trace(_over_prefix(self.lm, enc_last, cache), **self.lm.remote_kwargs) as tracer:
                 values = apply_all(self.lm, items, 0, site_list)
                 for s in site_list:
                     got[str(s)] = values[str(s)][:, -1].float().cpu()
@@ -666,7 +667,7 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
 
     def last_token(enc_last, cache, site=None, add=None):
         got = {}
-        with torch.inference_mode(), lm.nn.trace(_over_prefix(lm, enc_last, cache)) as tracer:
+        with torch.inference_mode(), lm.nn.trace(_over_prefix(lm, enc_last, cache), **lm.remote_kwargs) as tracer:
             if site is not None:
                 x = read_site(lm, site)
                 write_site(lm, site, x + add[:, None, :])

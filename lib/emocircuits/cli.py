@@ -12,6 +12,9 @@
     emocircuits steer --model M --probe DIR --alpha A --prompts IN.jsonl --out OUT.jsonl [--layer L]
                       [--max-new-tokens N] [--seed S] [--scale unit|rms] [--positions P]
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
+
+generate, probe, score and steer take --remote: the model runs on NDIF (a hub model it hosts; the API key
+from the environment variable NDIF_API_KEY).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _cmd_generate(args) -> int:
     from .models import load_model
     from .steering import generate
 
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, remote=args.remote)
     sample = args.temperature > 0
     text = generate(lm, [args.prompt], system=args.system, max_new_tokens=args.max_new_tokens,
                     do_sample=sample, temperature=args.temperature if sample else 1.0, seed=args.seed)[0]
@@ -173,7 +176,7 @@ def _cmd_probe(args) -> int:
 
     records = load(args.pairs, kind="pairs")
     scenarios = {s.id: s for s in load_named("eia_scenarios")}
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, remote=args.remote)
     probe = fit_pair_probe(lm, records, scenarios, layers=_parse_layers(args.layers), pooling=args.pooling,
                            seed=args.seed, progress=True)
     save_probe(probe, args.out)
@@ -209,7 +212,7 @@ def _cmd_score(args) -> int:
 
     probe, _ = _probe_for(args)
     items = [r for _, r in _read_texts(args.texts)]
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, remote=args.remote)
     scores = score_texts(lm, probe, [r["text"] for r in items], layer=args.layer)
     lines = [json.dumps({"id": r["id"], "score": float(s)}) for r, s in zip(items, scores)]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
@@ -228,7 +231,7 @@ def _cmd_steer(args) -> int:
     probe, layer = _probe_for(args)
     items = [{"id": r["id"], "user": r["prompt"], "system": r.get("system")}
              for _, r in _read_texts(args.prompts, field="prompt", optional="system")]
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, remote=args.remote)
     recs = sweep(lm, items, probe.directions[layer], [layer], [args.alpha], scale=args.scale,
                  positions=args.positions, seeds=[args.seed], sample=args.temperature > 0,
                  temperature=args.temperature if args.temperature > 0 else 1.0,
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("data", help="validate a dataset file or print its counts")
@@ -304,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean_all", choices=["mean_all", "last_prompt_token", "mean_response"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("score", help="project texts on a fitted probe's direction")
@@ -313,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL {id, score}, written atomically")
     p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("steer", help="generate while adding alpha x a probe's direction")
@@ -329,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha multiplies the unit direction (unit) or the residual RMS (rms)")
     p.add_argument("--positions", default="all", help="all, prompt, generated or last:k")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
     p.set_defaults(func=_cmd_steer)
 
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",

@@ -817,6 +817,7 @@ def _perplexity_batch(lm, ctx: list[str], txt: list[str]) -> list[float]:
     vocabulary only where some row reads a text token."""
     import torch
 
+    lm.need_weights("perplexity")
     enc, _, in_text = _encode_after(lm, ctx, txt)
     keep = in_text.any(0).nonzero()[:, 0]
     if not keep.numel():
@@ -833,6 +834,7 @@ def _perplexity_shared(lm, context: str, txt: list[str], batch_size: int) -> lis
 
     import torch
 
+    lm.need_weights("perplexity")
     enc, offsets, in_text = _encode_after(lm, [context] * len(txt), txt)
     ids, att = enc["input_ids"], enc["attention_mask"]
     inside = (offsets[:, :, 1] <= len(context)) & (ids == ids[:1]) & att.bool()
@@ -917,6 +919,7 @@ class ModelRubricJudge:
 
         situations = list(situations) if situations is not None else [""] * len(replies)
         _check_pairing(replies, situations)
+        self.lm.need_weights("a language-model judge")
         prompts = [self.lm.chat_prompt(self.prompt.format(situation=s, reply=r)) for s, r in zip(situations, replies)]
         enc = {k: v.to(self.lm.device) for k, v in self.lm.encode(prompts).items()}
         with torch.inference_mode():

@@ -445,9 +445,26 @@ class LoadedModel:
     nn: Any
     hf: Any
     tokenizer: Any
+    # False: here. True: every trace runs on NDIF (nnsight's remote execution; ``hf`` holds no weights).
+    # "local": nnsight's dry run of the remote path, serialised and run here (tests).
+    remote: bool | str = False
     _layers: Any = field(repr=False, default=None)
     # pooled activations kept in memory by ``capture(..., cache="memory")`` (activations.py)
     _captured: Any = field(repr=False, default=None, compare=False)
+
+    # ---- tracing, here or on NDIF
+    @property
+    def remote_kwargs(self) -> dict:
+        """Keyword arguments for ``nn.trace`` / ``nn.generate``: ``{"remote": ...}`` on a remote model, else none.
+        (Passed at each call site: nnsight reads the ``with`` block of the frame that calls it.)"""
+        return {"remote": self.remote} if self.remote else {}
+
+    def need_weights(self, what: str) -> None:
+        """Raise for work that reads the weights or runs the model outside a trace, on a remote model."""
+        if self.remote is True:
+            raise ModelError(f"{what} reads {self.name}'s weights here; a model loaded with remote=True (NDIF) has "
+                             "none. Traced work (capture, probes, steering, generation, sweeps) runs remotely; "
+                             "run this part on a local model")
 
     # ---- shape
     @property
@@ -503,10 +520,11 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.hf.parameters()).dtype
 
-    @functools.cached_property
+    @property
     def _cache_arg(self) -> str:
         """The forward's name for a key-value cache: transformers 5 renamed ``past_key_values`` to ``cache`` (the
-        old name warns, and goes in 5.40); 4.x knows only the old name. Read once per model."""
+        old name warns, and goes in 5.40); 4.x knows only the old name. Read from the forward's signature.
+        (Not a ``functools.cached_property``: its lock would stop a remote trace from shipping this class.)"""
         import inspect
 
         return "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
@@ -624,7 +642,8 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torch.dtype | str | None = None) -> LoadedModel:
+def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torch.dtype | str | None = None,
+               remote: bool | str = False) -> LoadedModel:
     """Load a registry model, wrap it in nnsight, and return a :class:`LoadedModel`.
 
     Args:
@@ -633,7 +652,14 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         dtype: default float32 for bundled models and on CPU, bfloat16 for hub
             models on a GPU.
+        remote: ``True`` runs every trace on NDIF (nnsight's remote execution) for a hub model NDIF hosts;
+            nothing but its config and tokenizer is downloaded. The API key comes from ``NDIF_API_KEY``
+            (never written anywhere by this library). ``"local"``: nnsight's dry run of that path here.
     """
+    if remote not in (False, True, "local"):
+        raise ValueError(f"remote={remote!r}: expected False, True (NDIF) or 'local' (a dry run here)")
+    if remote is True:
+        return _load_remote(name)
     spec = resolve_spec(name)
     device = device or _default_device()
     if isinstance(dtype, str):
@@ -662,7 +688,51 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
         raise ModelError(f"model {name!r} is a {type(hf).__name__}, whose layout is "
                          f"{found or 'not supported'}; its entry says {spec.arch!r}"
                          + ("" if found else f" (supported classes: {', '.join(ARCHITECTURES)})"))
-    return wrap(name, spec, hf, tok)
+    lm = wrap(name, spec, hf, tok)
+    lm.remote = remote
+    if remote:
+        _ship_library()
+    return lm
+
+
+def ndif_key() -> str | None:
+    """The NDIF API key nnsight will send: ``NDIF_API_KEY`` from the environment (or nnsight's own config)."""
+    from nnsight import CONFIG
+
+    return os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY
+
+
+def _ship_library() -> None:
+    """Send this library's code with remote requests (NDIF's servers do not have it installed)."""
+    import nnsight
+
+    nnsight.register("emocircuits")
+
+
+def _load_remote(name: str) -> LoadedModel:
+    spec = resolve_spec(name)
+    if spec.source != "hub" or Path(spec.repo).is_dir():
+        raise ModelError(f"remote=True: {name!r} is not a hub model; NDIF runs hub models it hosts (for example "
+                         "meta-llama/Llama-3.1-8B); see nnsight.ndif_status()")
+    if not ndif_key():
+        raise ModelError("remote=True needs an NDIF API key in the environment variable NDIF_API_KEY (get one at "
+                         "https://login.ndif.us); it is read from there and never written to disk or a notebook")
+    import nnsight
+    from nnsight import LanguageModel
+
+    if not nnsight.is_model_running(spec.repo):
+        raise ModelError(f"NDIF does not run {spec.repo} now, or cannot be reached from here "
+                         "(nnsight.ndif_status() lists what it runs)")
+    nn_model = LanguageModel(spec.repo)  # weights stay on NDIF: this holds the config and tokenizer only
+    found = ARCHITECTURES.get(type(nn_model._model).__name__)
+    if found != spec.arch:
+        raise ModelError(f"{spec.repo} is a {type(nn_model._model).__name__}; supported: {', '.join(ARCHITECTURES)}")
+    _ship_library()
+    tok = nn_model.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return LoadedModel(name=name, spec=spec, nn=nn_model, hf=nn_model._model, tokenizer=tok, remote=True)
 
 
 def wrap(name: str, spec: ModelSpec, hf, tok) -> LoadedModel:

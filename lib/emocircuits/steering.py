@@ -321,7 +321,7 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
     items = _resolve(lm, interventions)
     enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side=padding_side).items()}
     out: dict = {}
-    with torch.inference_mode(), lm.nn.trace(enc):
+    with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
         apply_all(lm, items, 0)
         out["logits"] = lm.nn.output.logits
     return out["logits"].float().cpu()
@@ -454,7 +454,7 @@ def generate(
         if do_sample:
             sampler = _RowSampler(keys[j:j + batch_size], temperature, top_p)
             kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList([sampler])}
-        if not items:
+        if not items and not lm.remote:
             with torch.inference_mode():
                 ids = lm.hf.generate(**enc, **kwargs)
         else:
@@ -547,12 +547,13 @@ def _generate_traced(lm, enc: dict, items, gen_kwargs: dict) -> torch.Tensor:
     with warnings.catch_warnings():
         # an open `tracer.all()` loop ends by design with a "never reached" warning
         warnings.filterwarnings("ignore", message=".*was never reached.*")
-        with torch.inference_mode(), lm.nn.generate(**gen_kwargs) as tracer:
+        with torch.inference_mode(), lm.nn.generate(**gen_kwargs, **lm.remote_kwargs) as tracer:
             with tracer.invoke(enc):
-                for step in tracer.all():
-                    apply_all(lm, items, step)
+                if items:  # (a remote model generates unsteered through here too)
+                    for step in tracer.all():
+                        apply_all(lm, items, step)
             with tracer.invoke():
-                out["ids"] = tracer.result
+                out["ids"] = tracer.result.save()
     return out["ids"]
 
 

@@ -367,7 +367,7 @@ def mlp_io(lm, texts: Sequence[str], layers: Sequence[int], max_length: int = 12
         raise TranscoderError(f"input_site={input_site!r}: expected one of {', '.join(INPUT_SITES)}")
     enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side="right", max_length=max_length).items()}
     got_in, got_out = {}, {}
-    with torch.inference_mode(), lm.nn.trace(enc) as tracer:
+    with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs) as tracer:
         for layer in layers:
             got_in[layer] = read_site(lm, Site(input_site, layer)).save()
             got_out[layer] = read_site(lm, Site("mlp_out", layer)).save()
@@ -735,7 +735,7 @@ def next_token_loss(lm, texts: Sequence[str], interventions: Sequence = (), batc
     total, count = 0.0, 0
     for enc in _encoded_batches(lm, texts, batch_size, max_length):
         got: dict = {}
-        with torch.inference_mode(), lm.nn.trace(enc):
+        with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
             apply_all(lm, items, 0)
             got["logits"] = lm.nn.output.logits.save()
         t, c = _ce_sum(got["logits"], enc)
@@ -769,7 +769,7 @@ def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = Tr
     count = 0
     for enc in _encoded_batches(lm, texts, batch_size, max_length):
         got: dict = {}
-        with torch.inference_mode(), lm.nn.trace(enc):
+        with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
             got["outs"] = [lm.layer(i).output.save() for i in range(below)]
             got["logits"] = lm.nn.output.logits.save()
         outs = got.pop("outs")
@@ -777,7 +777,7 @@ def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = Tr
         totals["clean"] += t
         count += c
         for key, first, items in conditions:
-            with torch.inference_mode(), lm.nn.trace(enc):
+            with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
                 for i in range(first):
                     lm.layer(i).skip(outs[i])
                 apply_all(lm, items, 0)
