@@ -111,7 +111,7 @@ def test_cross_layer_set_reconstructs_splices_and_clamps_as_written(tiny_llama, 
     assert set(losses["each"]) == set(range(L)) and losses["all"] > 0
 
 
-@pytest.mark.parametrize("kind", ["transcoder_set", "cross_layer_transcoder"])
+@pytest.mark.parametrize("kind", ["transcoder_set", "cross_layer_transcoder", "gemma_scope_2_clt"])
 @pytest.mark.parametrize("hook", ["mlp.hook_in", "hook_resid_mid"])
 def test_attribution_graph_is_exact_with_published_sets(tiny_gemma, tmp_path, kind, hook):
     tset = P.load_set(tiny_gemma, write_tiny_set(tmp_path / "set", tiny_gemma, kind=kind, input_hook=hook))
@@ -122,8 +122,15 @@ def test_attribution_graph_is_exact_with_published_sets(tiny_gemma, tmp_path, ki
         torch.testing.assert_close(pre, act, rtol=1e-4, atol=1e-5)
     g = A.attribution_graph(tiny_gemma, tset, TEXT, max_features=20, ctx=ctx)
     assert g.check["max_rel_error"] < 1e-3 and g.check["logit_vs_model"] < 1e-3
-    if kind == "cross_layer_transcoder":  # a layer-0 feature reaches the logit through decoders into later layers
-        assert any(la == 0 for la, *_ in g.features)
+    if kind != "transcoder_set":  # a layer-0 feature reaches the logit through decoders into later layers
+        assert tset.cross_layer and any(la == 0 for la, *_ in g.features)
+    if kind == "gemma_scope_2_clt":  # its skip, applied as x @ A, and its decoders from the layer on
+        from safetensors.torch import load_file
+
+        raw = load_file(str(tmp_path / "set" / "params_1.safetensors"))
+        x = torch.randn(3, tiny_gemma.d_model)
+        torch.testing.assert_close(tset[1].skip_term(x), x @ raw["affine_skip_connection"])
+        torch.testing.assert_close(tset[1].decoder(2), raw["w_dec"][:, 2])
 
 
 def test_bad_sets_are_named(tiny_llama, tiny_gemma, tmp_path):

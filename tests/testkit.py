@@ -128,7 +128,8 @@ def write_tiny_set(folder: Path, lm, kind: str = "transcoder_set", input_hook: s
     library's writer), so the loader is tested against the format itself.
 
     ``kind``: ``transcoder_set`` (per-layer files with a JumpReLU threshold and a skip, listed in the
-    config) or ``cross_layer_transcoder`` (``W_enc_i`` / ``W_dec_i`` files, JumpReLU). Weights are scaled
+    config), ``cross_layer_transcoder`` (``W_enc_i`` / ``W_dec_i`` files, JumpReLU) or ``gemma_scope_2_clt``
+    (a cross-layer set as GemmaScope 2 keeps it: one listed file per layer, lower-case keys, an affine skip). Weights are scaled
     so that a good share of features fire on the tiny models' activations.
     """
     from safetensors.torch import save_file
@@ -142,7 +143,11 @@ def write_tiny_set(folder: Path, lm, kind: str = "transcoder_set", input_hook: s
         b_enc = 0.1 * torch.randn(F, generator=g)
         b_dec = 0.05 * torch.randn(d, generator=g)
         thr = 0.2 * torch.rand(F, generator=g)
-        if kind == "cross_layer_transcoder":
+        if kind == "gemma_scope_2_clt":  # one file per layer, lower-case keys, w_dec over every layer, a skip
+            save_file({"w_enc": W_enc.T.contiguous(), "w_dec": 0.1 * torch.randn(F, L, d, generator=g), "b_enc": b_enc,
+                       "b_dec": b_dec, "threshold": thr, "affine_skip_connection": 0.05 * torch.randn(d, d, generator=g)},
+                      str(folder / f"params_{la}.safetensors"))
+        elif kind == "cross_layer_transcoder":
             W_dec = 0.1 * torch.randn(F, L - la, d, generator=g)
             save_file({f"W_enc_{la}": W_enc, f"b_enc_{la}": b_enc, f"b_dec_{la}": b_dec, f"threshold_{la}": thr},
                       str(folder / f"W_enc_{la}.safetensors"))
@@ -151,9 +156,11 @@ def write_tiny_set(folder: Path, lm, kind: str = "transcoder_set", input_hook: s
             save_file({"W_enc": W_enc, "W_dec": 0.1 * torch.randn(F, d, generator=g), "b_enc": b_enc, "b_dec": b_dec,
                        "activation_function.threshold": thr, "W_skip": 0.05 * torch.randn(d, d, generator=g)},
                       str(folder / f"layer_{la}.safetensors"))
-    lines = [f"model_kind: {kind}", f"model_name: {lm.name}", f"feature_input_hook: {input_hook}",
-             "feature_output_hook: hook_mlp_out"]
+    lines = [f"model_kind: {'cross_layer_transcoder' if kind == 'gemma_scope_2_clt' else kind}",
+             f"model_name: {lm.name}", f"feature_input_hook: {input_hook}", "feature_output_hook: hook_mlp_out"]
     if kind == "transcoder_set":
         lines += ["transcoders:"] + [f"  - layer_{la}.safetensors" for la in range(L)]
+    if kind == "gemma_scope_2_clt":
+        lines += ["transcoders:"] + [f"  - params_{la}.safetensors" for la in range(L)]
     (folder / "config.yaml").write_text("\n".join(lines) + "\n")
     return folder

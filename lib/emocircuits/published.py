@@ -14,7 +14,8 @@ Per-layer files hold ``W_enc [F, d]``, ``W_dec [F, d]``, ``b_enc``, ``b_dec`` an
 GemmaScope 2's lower-case keys load too). A cross-layer set keeps layer ``i`` in
 ``W_enc_{i}.safetensors`` (``W_enc_i``, ``b_enc_i``, ``b_dec_i``, optional ``threshold_i``) and
 ``W_dec_{i}.safetensors`` (``W_dec_i [F, n_layers - i, d]``: what layer ``i``'s features write into
-it and every later layer).
+it and every later layer); GemmaScope 2's cross-layer sets list one file per layer under ``transcoders``
+instead (lower-case keys, an optional affine skip).
 
 The hooks are TransformerLens names. They map onto this book's sites:
 
@@ -128,7 +129,8 @@ def load_set(lm, source, layers: Iterable[int] | None = None) -> TranscoderSet:
     if cfg["model_kind"] == "cross_layer_transcoder":
         if layers is not None:
             raise TranscoderError("a cross-layer set loads whole: its features write into every later layer")
-        tset = _load_clt(files, lm.n_layers, site, model)
+        tset = (_load_clt_files(files, cfg["transcoders"], lm.n_layers, site, model) if cfg.get("transcoders")
+                else _load_clt(files, lm.n_layers, site, model))
     else:
         names = cfg.get("transcoders") or [f"layer_{i}.safetensors" for i in range(lm.n_layers)]
         chosen = range(len(names)) if layers is None else sorted(layers)
@@ -183,6 +185,36 @@ def _load_clt(files: _Files, n_layers: int, site: str, model: str) -> Transcoder
                  "W_dec": W_dec[:, 0], "W_dec_cross": W_dec[:, 1:]}
         if thr is not None:
             state["activation_function.threshold"] = thr.reshape(-1)
+        out[la] = Transcoder.from_state(state, cfg)
+    return out
+
+
+def _load_clt_files(files: _Files, names: list[str], n_layers: int, site: str, model: str) -> TranscoderSet:
+    """A cross-layer set kept as one file per layer, GemmaScope 2's way: ``w_enc [d, F]``, ``w_dec [F, n_layers,
+    d]`` (its slice from the layer on is used), ``b_enc``, ``b_dec``, ``threshold`` and optionally
+    ``affine_skip_connection [d, d]`` (applied as ``x @ A``)."""
+    from safetensors import safe_open
+
+    if len(names) != n_layers:
+        raise TranscoderError(f"the set lists {len(names)} files; the model has {n_layers} layers")
+    out = TranscoderSet()
+    for la, name in enumerate(names):
+        with safe_open(str(files.get(name)), framework="pt") as fh:
+            raw = {k: fh.get_tensor(k).float() for k in fh.keys()}
+        need = {"w_enc", "w_dec", "b_enc", "b_dec", "threshold"}
+        if not need <= set(raw):
+            raise TranscoderError(f"{name}: a GemmaScope 2 cross-layer file needs {sorted(need)}, found {sorted(raw)}")
+        d, F = raw["w_enc"].shape
+        if raw["w_dec"].shape != (F, n_layers, d):
+            raise TranscoderError(f"{name}: w_dec has shape {tuple(raw['w_dec'].shape)}, expected {(F, n_layers, d)}")
+        skip = raw.get("affine_skip_connection")
+        cfg = TranscoderConfig(d_model=d, n_features=F, layer=la, k=None, activation="jumprelu", model=model,
+                               input_site=site, reach=n_layers - la, skip=skip is not None)
+        state = {"W_enc": raw["w_enc"].T.contiguous(), "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
+                 "W_dec": raw["w_dec"][:, la], "W_dec_cross": raw["w_dec"][:, la + 1:],
+                 "activation_function.threshold": raw["threshold"]}
+        if skip is not None:
+            state["W_skip"] = skip.T.contiguous()
         out[la] = Transcoder.from_state(state, cfg)
     return out
 
