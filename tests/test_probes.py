@@ -258,6 +258,23 @@ def test_a_probe_trained_on_matched_pairs_reads_their_test_pairs_far_above_rando
     assert late >= 0.93 and late > m["random_baseline"]["p95"] + 0.15 and late > early + 0.15
 
 
+def test_the_probe_layer_is_chosen_without_reading_the_test_pairs(tiny_llama):
+    """Flipping every test pair's sides turns each layer's test AUROC into its complement but leaves the chosen
+    layer where it was: the choice is cross-validated on the train pairs (leave one game out)."""
+    pairs = ds.load_named("eia_pairs")
+    scen = {s.id: s for s in ds.load_named("eia_scenarios")}
+    flipped = [r.model_copy(update={"positive": r.negative, "negative": r.positive}) if r.split == "test" else r
+               for r in pairs]
+    a = P.fit_pair_probe(tiny_llama, pairs, scen, layers=[0, 1, 2], n_random=5)
+    b = P.fit_pair_probe(tiny_llama, flipped, scen, layers=[0, 1, 2], n_random=5)
+    assert a.best_layer == b.best_layer == P.best_layer(P.cv_layer_auroc(tiny_llama, pairs, scen, layers=[0, 1, 2]))
+    for la in ("0", "1", "2"):
+        assert a.metrics["layers"][la]["auroc"] == pytest.approx(1 - b.metrics["layers"][la]["auroc"], abs=1e-9)
+        assert a.metrics["layers"][la]["cv_auroc"] == b.metrics["layers"][la]["cv_auroc"]
+    assert a.metrics["layer_rule"].startswith("leave-one-scenario-out")
+    assert a.metrics["test_best_layer"] == P.best_layer({la: a.metrics["layers"][str(la)]["auroc"] for la in (0, 1, 2)})
+
+
 def test_best_layer_takes_the_highest_score_and_the_earliest_of_ties():
     assert P.best_layer({24: 0.9, 3: 0.9, 10: 0.5}) == 3
     assert P.best_layer({"12": 0.7, "4": 0.6, "20": 0.71}) == 20

@@ -182,7 +182,7 @@ def _cmd_probe(args) -> int:
     save_probe(probe, args.out)
     m = probe.metrics
     best = m["layers"][str(m["best_layer"])]
-    print(f"best layer {m['best_layer']}: test AUROC {best['auroc']:.3f} "
+    print(f"layer {m['best_layer']} (chosen by {m['layer_rule']}): test AUROC {best['auroc']:.3f} "
           f"[{best['auroc_ci'][0]:.3f}, {best['auroc_ci'][1]:.3f}]; random directions mean "
           f"{m['random_baseline']['mean']:.3f}, p95 {m['random_baseline']['p95']:.3f} -> {args.out}")
     return 0
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
     p.add_argument("--texts", required=True, help='JSONL with lines {"id", "text"}')
     p.add_argument("--out", required=True, help="output JSONL {id, score}, written atomically")
-    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
+    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's own, chosen on its train pairs)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--remote", action="store_true",
                    help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, required=True, help="steering strength (negative suppresses)")
     p.add_argument("--prompts", required=True, help='JSONL with lines {"id", "prompt", "system"?}')
     p.add_argument("--out", required=True, help="output JSONL {id, alpha, layer, text}, written atomically")
-    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's best layer)")
+    p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's own, chosen on its train pairs)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")

@@ -451,8 +451,11 @@ def fit_pair_probe(lm, records, scenarios: dict | None = None, layers: Sequence[
                    n_random: int = 100, progress: bool = False) -> PairProbe:
     """Fit mean-difference probes on the train split of ``records`` and evaluate on the test split.
 
-    Records without a ``split`` get a seeded 70/30 split. The best layer is
-    the one with the highest test AUROC (ties: the earliest).
+    Records without a ``split`` get a seeded 70/30 split. The probe's layer
+    (``best_layer``) is chosen on the train pairs alone, before the test
+    pairs are read: the highest cross-validated AUROC (leave one scenario
+    out; ties: the earliest). ``metrics["test_best_layer"]`` is where test
+    AUROC peaks, an optimistic choice kept for exploration.
     """
     return fit_pair_probes(lm, records, scenarios, layers, (pooling,), site_kind, seed, n_random, progress)[pooling]
 
@@ -490,13 +493,20 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
             det = evaluate_direction(d, P[~tr], N[~tr], threshold=thr, seed=seed)
             directions[l], thresholds[l] = d, thr
             per_layer[str(l)] = det.as_dict()
-        best = best_layer({l: per_layer[str(l)]["auroc"] for l in layers})
+        # the layer is chosen on the train pairs alone (cross-validated AUROC), before any test pair is read;
+        # the layer where test AUROC peaks is kept beside it, for exploration
+        cv, rule = _train_cv_aurocs({l: acts[s].double().numpy() for l, s in zip(layers, sites)}, n, tr,
+                                    [getattr(r, "scenario", None) for r in records], seed)
+        for l in layers:
+            per_layer[str(l)]["cv_auroc"] = cv[l]
+        best = best_layer(cv)
         X = acts[f"{site_kind}.{best}"].double().numpy()
         split = (X[:n][tr], X[n:][tr], X[:n][~tr], X[n:][~tr])
         rb = random_baseline(*split, n=n_random, seed=seed)
         ru = random_baseline(*split, n=n_random, seed=seed, oriented=False)  # the same draws, unsigned
         pcb = pc_baseline(*split, k=min(3, 2 * int(tr.sum())))
-        metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best,
+        metrics = {"model": lm.name, "pooling": pooling, "site": site_kind, "best_layer": best, "layer_rule": rule,
+                   "test_best_layer": best_layer({l: per_layer[str(l)]["auroc"] for l in layers}),
                    "n_train": int(tr.sum()), "n_test": int((~tr).sum()), "seed": seed, "layers": per_layer,
                    "random_baseline": {"mean": rb["mean"], "p95": rb["p95"], "d_mean": rb["d_mean"],
                                        "d_p95": rb["d_p95"], "n": n_random, "layer": best},
@@ -568,6 +578,35 @@ def transfer_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
     return out
 
 
+def _fold_aurocs(Xp: np.ndarray, Xn: np.ndarray, folds) -> float:
+    """Mean AUROC over folds: a mean-difference direction fitted on each fold's training rows scores its test rows."""
+    aucs = []
+    for tr, te in folds:
+        d = mean_diff(Xp[tr], Xn[tr])
+        aucs.append(_auroc(Xp[te] @ d, Xn[te] @ d))
+    return float(np.mean(aucs))
+
+
+def _train_cv_aurocs(X_by_layer: dict, n: int, train: np.ndarray, scenarios: list, seed: int
+                     ) -> tuple[dict[int, float], str]:
+    """Cross-validated AUROC per layer on the train pairs only (rows ``:n`` positive, ``n:`` negative).
+
+    Leave one scenario out when the train pairs come from at least 2 scenarios, else 5 folds of pairs
+    (shuffled with ``seed``). Returns the AUROCs and the rule, in words.
+    """
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+    idx = np.flatnonzero(train)
+    groups = np.array([str(scenarios[i]) for i in idx])
+    if None not in [scenarios[i] for i in idx] and len(set(groups)) >= 2:
+        folds, rule = list(LeaveOneGroupOut().split(idx, groups=groups)), "leave-one-scenario-out AUROC, train pairs"
+    else:
+        k = min(5, len(idx))
+        folds = list(KFold(k, shuffle=True, random_state=seed).split(idx))
+        rule = f"{k}-fold AUROC over train pairs"
+    return {l: _fold_aurocs(X[:n][idx], X[n:][idx], folds) for l, X in X_by_layer.items()}, rule
+
+
 def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[int] | None = None,
                    pooling: str = "mean_all", site_kind: str = "resid_post") -> dict[int, float]:
     """Choose a layer without the test pairs: leave-one-scenario-out AUROC per layer on the train split.
@@ -590,15 +629,10 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
     layers = _layers(lm, layers)
     sites = [f"{site_kind}.{l}" for l in layers]
     acts = _capture_pairs(lm, train, scenarios, sites, pooling)
-    n, out = len(train), {}
-    for l, site in zip(layers, sites):
-        X = acts[site].double().numpy()
-        Xp, Xn, folds = X[:n], X[n:], []
-        for tr, te in LeaveOneGroupOut().split(Xp, groups=groups):
-            d = mean_diff(Xp[tr], Xn[tr])
-            folds.append(_auroc(Xp[te] @ d, Xn[te] @ d))
-        out[l] = float(np.mean(folds))
-    return out
+    n = len(train)
+    folds = list(LeaveOneGroupOut().split(np.arange(n), groups=groups))
+    return {l: _fold_aurocs(acts[site].double().numpy()[:n], acts[site].double().numpy()[n:], folds)
+            for l, site in zip(layers, sites)}
 
 
 def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:

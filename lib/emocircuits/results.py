@@ -159,7 +159,7 @@ ROWS: tuple[Row, ...] = (
               "matched_fit_cv_auroc", "other_matched_fit_auroc", "other_matched_fit_random_p95"),
         "the train pairs were written after the test pairs had been scored and before any probe was trained "
         "on them; none was dropped or edited"),
-    Row("A", "AUROC after lexical ablation (best layer)", "'maintains performance' (41 keywords, empathic side)",
+    Row("A", "AUROC after lexical ablation (layer chosen on train pairs)", "'maintains performance' (41 keywords, empathic side)",
         "03_probes", "ablated_auroc", _base("before ablation: {}", "auroc_response"),
         "the 44-word lexicon replaced on both sides; the test replies contain few of its words (chapter 03 "
         "counts them)"),
