@@ -60,9 +60,6 @@ FULL = False  # True: the largest samples (for a GPU)
 SEED = 0
 
 # %%
-import tempfile
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -73,8 +70,8 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import steering as S
-from emocircuits.book import record, sizer
-from emocircuits.cache import stable_hash
+from emocircuits.book import model_slug, record, size_name, sizer
+from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 
@@ -743,31 +740,45 @@ pd.Series(sum_headline).to_frame("value")
 # %% [markdown]
 # ## 7. Export
 #
-# A steering vector is saved with what produced it (model, layer, site,
-# pooling and a hash of the training pairs) as safetensors, and as a
-# llama.cpp control vector (`--control-vector-scaled FILE s` applies it in
-# llama.cpp, adding to the output of each listed block, i.e. `resid_post`).
+# Each of the chapter's three directions is saved as safetensors with what
+# produced it (model, layer, site, pooling, a hash of the training pairs)
+# and with the setting this chapter chose for it on discovery situations
+# (scale, positions, alpha), under the cache folder. The sum of both is
+# also written as a llama.cpp control vector (`--control-vector-scaled
+# FILE s` applies it in llama.cpp, adding to the output of each listed
+# block, i.e. `resid_post`; llama.cpp adds it as it is, so `s` is in the
+# model's units, not this chapter's RMS units).
 
 # %%
-out_dir = Path(tempfile.mkdtemp())
+out_dir = cache_dir("vectors") / model_slug(MODEL) / size_name(QUICK, FULL)  # quick, book or full
 data_hash = stable_hash([p.model_dump() for p in pairs])
-vec_path = S.save_vector(out_dir / "empathy.safetensors", fit.directions[LAYERS[0]], model=lm.name,
-                         layer=LAYERS[0], pooling="mean_response", dataset_hash=data_hash)
-vec, meta = S.load_vector(vec_path)
-gguf_path = S.export_control_vector(out_dir / "empathy.gguf",
-                                    {l: fit.directions[l] for l in CANDIDATES if l >= 1}, model_hint=lm.arch)
+saved = {}
+for name, dirs_, t in (("probe", fit.directions, top), ("persona", persona_dirs, p_top), ("sum", both_dir, b_top)):
+    saved[name] = S.save_vector(out_dir / f"empathy_{name}.safetensors", dirs_[int(t.layer)], model=lm.name,
+                                layer=int(t.layer), pooling="mean_response", dataset_hash=data_hash, scale=t.scale,
+                                positions=t.positions, alpha=f"{float(t.alpha):g}", chosen_on="situations_heldout")
+vec, meta = S.load_vector(saved["sum"])
+gguf_path = S.export_control_vector(out_dir / "empathy_sum.gguf", {MID: both_dir[MID]}, model_hint=lm.arch)
 back, hint = S.load_control_vector(gguf_path)
-print("safetensors metadata:", meta)
+print("the sum's metadata:", meta)
 print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
-      f"max difference after reload {max(float((back[l] - vec.new_tensor(fit.directions[l])).abs().max()) for l in back):.1e}")
+      f"max difference after reload {float((back[MID] - vec).abs().max()):.1e}")
 
 # %% [markdown]
-# From the shell the same steering is one command:
+# From the shell the chosen steering is one command; the file's recorded
+# setting is the default, and `--alpha`, `--layer`, `--scale` and
+# `--positions` override it:
 #
 # ```
-# emocircuits probe --pairs data/eia_pairs.jsonl --out probe --pooling mean_response
-# emocircuits steer --probe probe --alpha 1 --scale rms --prompts in.jsonl --out out.jsonl
+# emocircuits steer --vector ~/.cache/emocircuits/vectors/smollm2-135m/book/empathy_sum.safetensors \
+#     --prompts in.jsonl --out out.jsonl
 # ```
+#
+# On this model that is the setting whose confirmation the reporting
+# judge does not back (section 6): from the command line as here, it
+# moves what the tuning judge reads far more than it moves empathy by
+# an independent reading. A model that follows instructions may do
+# better; the chapter's confirmation is the check to rerun on it.
 #
 # ## What this chapter cannot show
 #

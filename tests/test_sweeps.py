@@ -143,6 +143,40 @@ def test_steer_cli_alpha_zero_is_plain_and_alpha_changes_the_reply(smol, tmp_pat
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_steer_cli_takes_a_saved_vector_with_its_recorded_setting_or_a_control_vector(smol, tmp_path, capsys):
+    """``--vector``: a save_vector file steers at the layer, scale, positions and alpha it records (what chapter
+    06 saves), unless flags override them; a control-vector GGUF adds alpha x each listed direction, as llama.cpp
+    does. Both equal the library calls they stand for."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "x", "prompt": "My dog died."}) + "\n")
+    v = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(0))
+    vec = S.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=5, scale="rms",
+                        positions="generated", alpha="0.5")
+
+    def steer(*flags):
+        out = tmp_path / "out.jsonl"
+        assert main(["steer", *flags, "--prompts", str(src), "--out", str(out), "--max-new-tokens", "12"]) == 0
+        (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+        return rec
+
+    rec = steer("--vector", str(vec))
+    want = S.sweep(smol, [{"id": "x", "user": "My dog died."}], v, [5], [0.5], scale="rms", positions="generated",
+                   max_new_tokens=12)[0]
+    assert (rec["layer"], rec["alpha"], rec["text"]) == (5, 0.5, want["text"])
+    assert steer("--vector", str(vec), "--alpha", "0")["text"] == S.generate(smol, ["My dog died."],
+                                                                              max_new_tokens=12)[0]
+    gg = S.export_control_vector(tmp_path / "v.gguf", {3: v, 7: -v}, model_hint="llama")
+    rec = steer("--vector", str(gg), "--alpha", "2")
+    ivs = [S.Add("resid_post.3", v, alpha=2.0), S.Add("resid_post.7", -v, alpha=2.0)]
+    assert rec["layer"] == [3, 7] and rec["text"] == S.generate(smol, ["My dog died."], ivs, max_new_tokens=12)[0]
+    for flags, msg in ((["--vector", str(gg)], "records no strength"), (["--vector", str(tmp_path / "no.gguf")],
+                       "no such file"), (["--alpha", "1"], "exactly one of --probe"),
+                       (["--vector", str(gg), "--alpha", "1", "--layer", "4"], "has layers [3, 7]")):
+        capsys.readouterr()
+        assert main(["steer", *flags, "--prompts", str(src), "--out", str(tmp_path / "o.jsonl")]) == 2, flags
+        assert msg in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+
+
 def _both_records(rows):
     """rows: (id, alpha, seed, score, coherent[, positions])."""
     recs = [{"id": r[0], "layer": 2, "alpha": r[1], "seed": r[2], "positions": r[5] if len(r) > 5 else "all"}

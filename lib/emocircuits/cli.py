@@ -9,8 +9,9 @@
     emocircuits judge --texts IN.jsonl --out OUT.jsonl [--ppl-model M] [--allow-empty] [--truncate]
     emocircuits probe --model M --pairs PAIRS.jsonl --out DIR [--layers L,...] [--pooling P] [--seed S]
     emocircuits score --model M --probe DIR --texts IN.jsonl --out OUT.jsonl [--layer L]
-    emocircuits steer --model M --probe DIR --alpha A --prompts IN.jsonl --out OUT.jsonl [--layer L]
-                      [--max-new-tokens N] [--seed S] [--scale unit|rms] [--positions P]
+    emocircuits steer --model M (--probe DIR --alpha A | --vector FILE [--alpha A]) --prompts IN.jsonl
+                      --out OUT.jsonl [--layer L] [--max-new-tokens N] [--seed S] [--scale unit|rms]
+                      [--positions P]
     emocircuits book [--quick] [--model M] [--only NN ...] [--force]
 
 generate, probe, score and steer take --remote: the model runs on NDIF (a hub model it hosts; the API key
@@ -221,24 +222,78 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _vector_for(args) -> tuple[dict, dict]:
+    """``--vector``: ``({layer: direction}, setting)`` from a file written by ``save_vector`` (its recorded layer,
+    scale, positions and alpha are the defaults) or a llama.cpp control-vector GGUF (every layer it lists, added
+    as they are, times alpha, as llama.cpp does)."""
+    from pathlib import Path
+
+    from .steering import load_control_vector, load_vector
+
+    path = Path(args.vector)
+    if not path.is_file():
+        raise FileNotFoundError(f"--vector {args.vector}: no such file (expected a .safetensors written by "
+                                "save_vector, e.g. by chapter 06, or a control-vector .gguf)")
+    if path.suffix == ".gguf":
+        dirs, hint = load_control_vector(path)
+        if args.layer is not None:
+            if args.layer not in dirs:
+                raise ValueError(f"--layer {args.layer}: {path.name} has layers {sorted(dirs)}")
+            dirs = {args.layer: dirs[args.layer]}
+        if args.alpha is None:
+            raise ValueError(f"--vector {path.name}: a control vector records no strength; pass --alpha")
+        return dirs, {"alpha": args.alpha, "scale": "gguf", "positions": args.positions or "all", "hint": hint}
+    vec, meta = load_vector(path)
+    if meta.get("model") and meta["model"] != args.model:
+        raise ValueError(f"--vector {args.vector}: made on {meta['model']!r}, not on --model {args.model!r}")
+    layer = int(meta["layer"]) if args.layer is None else args.layer
+    alpha = args.alpha if args.alpha is not None else (float(meta["alpha"]) if meta.get("alpha") else None)
+    if alpha is None:
+        raise ValueError(f"--vector {path.name} records no chosen alpha; pass --alpha")
+    setting = {"alpha": alpha, "scale": args.scale or meta.get("scale") or "unit",
+               "positions": args.positions or meta.get("positions") or "all", "site": meta.get("site", "resid_post")}
+    return {layer: vec}, setting
+
+
 def _cmd_steer(args) -> int:
     import json
 
     from .cache import atomic_write_text
     from .models import load_model
-    from .steering import sweep
+    from .steering import Add, generate, sweep
 
-    probe, layer = _probe_for(args)
+    if (args.probe is None) == (args.vector is None):
+        raise ValueError("pass exactly one of --probe DIR (a fitted probe) and --vector FILE (a saved direction)")
     items = [{"id": r["id"], "user": r["prompt"], "system": r.get("system")}
              for _, r in _read_texts(args.prompts, field="prompt", optional="system")]
+    if args.probe is not None:
+        probe, layer = _probe_for(args)
+        if args.alpha is None:
+            raise ValueError("--probe: pass --alpha (a probe records no strength)")
+        dirs, setting = {layer: probe.directions[layer]}, {"alpha": args.alpha, "scale": args.scale or "unit",
+                                                          "positions": args.positions or "all",
+                                                          "site": probe.site_kind}
+    else:
+        dirs, setting = _vector_for(args)
     lm = load_model(args.model, device=args.device, remote=args.remote)
-    recs = sweep(lm, items, probe.directions[layer], [layer], [args.alpha], scale=args.scale,
-                 positions=args.positions, seeds=[args.seed], sample=args.temperature > 0,
-                 temperature=args.temperature if args.temperature > 0 else 1.0,
-                 max_new_tokens=args.max_new_tokens, site_kind=probe.site_kind)
+    sampling = dict(seed=args.seed, max_new_tokens=args.max_new_tokens, sample=args.temperature > 0,
+                    temperature=args.temperature if args.temperature > 0 else 1.0)
+    alpha = setting["alpha"]
+    if setting["scale"] == "gguf":  # llama.cpp's rule: each listed block's output gets alpha x its direction
+        ivs = [Add(f"resid_post.{la}", v, alpha=alpha, positions=setting["positions"]) for la, v in dirs.items()]
+        texts = generate(lm, [it["user"] for it in items], ivs, system=[it["system"] for it in items],
+                         seed=sampling["seed"], max_new_tokens=sampling["max_new_tokens"],
+                         do_sample=sampling["sample"], temperature=sampling["temperature"])
+        recs = [{"id": it["id"], "alpha": alpha, "layer": sorted(dirs), "text": t} for it, t in zip(items, texts)]
+    else:
+        (layer, vec), = dirs.items()
+        recs = sweep(lm, items, vec, [layer], [alpha], scale=setting["scale"], positions=setting["positions"],
+                     seeds=[sampling["seed"]], sample=sampling["sample"], temperature=sampling["temperature"],
+                     max_new_tokens=sampling["max_new_tokens"], site_kind=setting["site"])
     lines = [json.dumps({"id": r["id"], "alpha": r["alpha"], "layer": r["layer"], "text": r["text"]}) for r in recs]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
-    print(f"steered {len(lines)} replies at layer {layer}, alpha {args.alpha} ({args.scale}) -> {args.out}")
+    print(f"steered {len(lines)} replies at layer {sorted(dirs)}, alpha {alpha} ({setting['scale']}, "
+          f"{setting['positions']} positions) -> {args.out}")
     return 0
 
 
@@ -324,19 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("steer", help="generate while adding alpha x a probe's direction")
+    p = sub.add_parser("steer", help="generate while adding alpha x a probe's or a saved direction")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--probe", required=True, help="a folder written by `emocircuits probe`")
-    p.add_argument("--alpha", type=float, required=True, help="steering strength (negative suppresses)")
+    p.add_argument("--probe", default=None, help="a folder written by `emocircuits probe`")
+    p.add_argument("--vector", default=None,
+                   help="a direction saved by save_vector (chapter 06 saves its probe, persona and combined ones "
+                        "with the setting it chose; that setting is the default) or a control-vector .gguf")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="steering strength (negative suppresses); default: the one a --vector file records")
     p.add_argument("--prompts", required=True, help='JSONL with lines {"id", "prompt", "system"?}')
     p.add_argument("--out", required=True, help="output JSONL {id, alpha, layer, text}, written atomically")
     p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's own, chosen on its train pairs)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
-    p.add_argument("--scale", default="unit", choices=["unit", "rms"],
-                   help="alpha multiplies the unit direction (unit) or the residual RMS (rms)")
-    p.add_argument("--positions", default="all", help="all, prompt, generated or last:k")
+    p.add_argument("--scale", default=None, choices=["unit", "rms"],
+                   help="alpha multiplies the unit direction (unit) or the residual RMS (rms); default: the "
+                        "vector file's, else unit")
+    p.add_argument("--positions", default=None, help="all, prompt, generated or last:k; default: the vector "
+                                                       "file's, else all")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--remote", action="store_true",
                    help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
