@@ -70,7 +70,7 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import steering as S
-from emocircuits.book import model_slug, record, size_name, sizer
+from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
@@ -750,7 +750,7 @@ pd.Series(sum_headline).to_frame("value")
 # model's units, not this chapter's RMS units).
 
 # %%
-out_dir = cache_dir("vectors") / model_slug(MODEL) / size_name(QUICK, FULL)  # quick, book or full
+out_dir = cache_dir("vectors") / model_slug(MODEL) / size("quick", "book", "full")  # this run's size
 data_hash = stable_hash([p.model_dump() for p in pairs])
 saved = {}
 for name, dirs_, t in (("probe", fit.directions, top), ("persona", persona_dirs, p_top), ("sum", both_dir, b_top)):

@@ -160,7 +160,7 @@ def test_bad_sets_are_named(tiny_llama, tiny_gemma, tmp_path):
 def test_a_hub_set_downloads_what_its_config_names(tiny_llama, tmp_path, monkeypatch):
     folder = write_tiny_set(tmp_path / "hub", tiny_llama)
     (folder / "config.yaml").write_text((folder / "config.yaml").read_text().replace(
-        "- layer_0.safetensors", "- hf://someone/other/layer_0.safetensors"))
+        "- layer_0.safetensors", "- hf://someone/other/layer_0.safetensors?revision=r2"))
     seen = []
 
     def fake_download(repo, filename, revision=None):
@@ -170,5 +170,5 @@ def test_a_hub_set_downloads_what_its_config_names(tiny_llama, tmp_path, monkeyp
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
     got = P.load_set(tiny_llama, "someone/set/sub@v1")
     assert seen[0] == ("someone/set", "sub/config.yaml", "v1")
-    assert ("someone/other", "layer_0.safetensors", None) in seen and ("someone/set", "sub/layer_2.safetensors", "v1") in seen
+    assert ("someone/other", "layer_0.safetensors", "r2") in seen and ("someone/set", "sub/layer_2.safetensors", "v1") in seen
     torch.testing.assert_close(got[2].W_enc, P.load_set(tiny_llama, folder)[2].W_enc)

@@ -96,11 +96,15 @@ class _Files:
         self.name = str(source)
 
     def get(self, name: str) -> Path:
-        if name.startswith("hf://"):
-            parts = name[5:].split("?")[0].split("/")
+        if name.startswith("hf://"):  # hf://owner/repo/path/in/repo[?revision=R]
+            from urllib.parse import parse_qs, urlsplit
+
             from huggingface_hub import hf_hub_download
 
-            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+            uri = urlsplit(name)
+            revision = parse_qs(uri.query).get("revision", [None])[0]
+            return Path(hf_hub_download(f"{uri.netloc}/{uri.path.strip('/').split('/')[0]}",
+                                        "/".join(uri.path.strip("/").split("/")[1:]), revision=revision))
         if self.local is not None:
             path = self.local / name
             if not path.is_file():
