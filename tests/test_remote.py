@@ -76,6 +76,10 @@ def test_remote_errors_name_what_is_missing(pair, monkeypatch):
     lm, _ = pair
     far = copy.copy(lm)
     far.remote = True
+    with torch.device("meta"):  # as LanguageModel(repo) leaves a remote model's weights
+        far.hf = type(lm.hf)(lm.hf.config)
+    assert next(far.hf.parameters()).device.type == "meta"
+    assert far.device == torch.device("cpu")  # inputs go from the CPU, never to the meta device
     with pytest.raises(ModelError, match="an attribution graph reads"):
         A.prepare(far, T.TranscoderSet(), CORPUS[0])
 

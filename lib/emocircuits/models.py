@@ -514,6 +514,10 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the weights' device, or the CPU for a remote model (its weights here are meta tensors,
+        and nnsight sends the inputs from the CPU)."""
+        if self.remote is True:
+            return torch.device("cpu")
         return next(self.hf.parameters()).device
 
     @property
