@@ -313,6 +313,11 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _add_remote(p) -> None:
+    p.add_argument("--remote", action="store_true",
+                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
@@ -336,8 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--remote", action="store_true",
-                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
+    _add_remote(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("data", help="validate a dataset file or print its counts")
@@ -364,8 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean_all", choices=["mean_all", "last_prompt_token", "mean_response"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--remote", action="store_true",
-                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
+    _add_remote(p)
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("score", help="project texts on a fitted probe's direction")
@@ -375,8 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL {id, score}, written atomically")
     p.add_argument("--layer", type=int, default=None, help="layer (default: the probe's own, chosen on its train pairs)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--remote", action="store_true",
-                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
+    _add_remote(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("steer", help="generate while adding alpha x a probe's or a saved direction")
@@ -399,8 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", default=None, help="all, prompt, generated or last:k; default: the vector "
                                                        "file's, else all")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--remote", action="store_true",
-                   help="run the model on NDIF (nnsight remote execution; key from NDIF_API_KEY)")
+    _add_remote(p)
     p.set_defaults(func=_cmd_steer)
 
     p = sub.add_parser("book", help="execute every chapter with papermill and build the book",

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict, permutation_test_score
+from sklearn.model_selection import KFold, LeaveOneGroupOut, cross_val_predict, permutation_test_score
 from sklearn.neighbors import NearestCentroid
 
 from .stats import bootstrap_ci
@@ -594,8 +594,6 @@ def _train_cv_aurocs(X_by_layer: dict, n: int, train: np.ndarray, scenarios: lis
     Leave one scenario out when the train pairs come from at least 2 scenarios, else 5 folds of pairs
     (shuffled with ``seed``). Returns the AUROCs and the rule, in words.
     """
-    from sklearn.model_selection import KFold, LeaveOneGroupOut
-
     idx = np.flatnonzero(train)
     groups = np.array([str(scenarios[i]) for i in idx])
     if None not in [scenarios[i] for i in idx] and len(set(groups)) >= 2:
@@ -617,8 +615,6 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
     Test pairs are never read. Returns ``{layer: auroc}``; :func:`best_layer`
     picks from it.
     """
-    from sklearn.model_selection import LeaveOneGroupOut
-
     from .datasets import DataError
 
     train = [r for r in records if getattr(r, "split", None) == "train"]
@@ -630,9 +626,9 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
     sites = [f"{site_kind}.{l}" for l in layers]
     acts = _capture_pairs(lm, train, scenarios, sites, pooling)
     n = len(train)
-    folds = list(LeaveOneGroupOut().split(np.arange(n), groups=groups))
-    return {l: _fold_aurocs(acts[site].double().numpy()[:n], acts[site].double().numpy()[n:], folds)
-            for l, site in zip(layers, sites)}
+    cv, _ = _train_cv_aurocs({l: acts[site].double().numpy() for l, site in zip(layers, sites)}, n,
+                             np.ones(n, dtype=bool), list(groups), seed=0)  # >= 2 scenarios: leave one out
+    return cv
 
 
 def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:

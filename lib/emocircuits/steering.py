@@ -220,15 +220,23 @@ def _transcoder_like(iv: Transcode, x: torch.Tensor, tc=None):
     return casts[key]
 
 
+def _features(iv: Transcode, t, x: torch.Tensor, srcs: dict, carry: dict) -> torch.Tensor:
+    """``t``'s features on its input, encoded once per pass: a cross-layer set's splices of later layers reuse
+    them (``carry`` lives for one :func:`apply_all`)."""
+    key = ("features", id(t), iv.positions)
+    if key not in carry:
+        carry[key] = _transcoder_like(iv, x, t).encode(srcs[t.cfg.layer])
+    return carry[key]
+
+
 def _transcode(iv: Transcode, x: torch.Tensor, srcs: dict, carry: dict) -> torch.Tensor:
     tc = _transcoder_like(iv, x)
     layer = tc.cfg.layer
-    f = tc.encode(srcs[layer])  # once, for splicing and clamping alike
+    f = _features(iv, iv.transcoder, x, srcs, carry)  # once, for splicing and clamping alike
     if iv.splice:
         x = tc.decode(f) + tc.skip_term(srcs[layer])
         for feed in iv.feeds:
-            t = _transcoder_like(iv, x, feed)
-            x = x + t.encode(srcs[t.cfg.layer]) @ t.decoder(layer)
+            x = x + _features(iv, feed, x, srcs, carry) @ _transcoder_like(iv, x, feed).decoder(layer)
     if iv.clamp:
         idx = torch.tensor(list(iv.clamp), device=x.device)
         target = torch.tensor(list(iv.clamp.values()), device=x.device, dtype=x.dtype)
@@ -302,7 +310,7 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
     current: dict = {}
     out: dict = {}
     sources: dict = {}
-    carry: dict = {}  # cross-layer clamps: what the source layer moved, for the layers after it
+    carry: dict = {}  # this pass's transcoder features, and what each cross-layer clamp moved, for later layers
     for _, kind, site, iv, rows in events:
         if kind == 2:  # a transcoder's input, read where the model computes it
             sources[site.layer] = read_site(lm, site)
