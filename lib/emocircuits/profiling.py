@@ -1,0 +1,154 @@
+"""Where a chapter's time goes: seconds per phase and tokens, noted by the library as it works.
+
+The book runner (:func:`emocircuits.book.run_chapter`) names a file prefix in ``EMOCIRCUITS_PROFILE``;
+every process of the chapter that imports emocircuits (its kernel, and a CLI it starts) then writes
+``<prefix>.<pid>.json`` with what it measured, and the runner adds them up. Outside the runner the
+counters still run (:func:`snapshot` reads them) and nothing is written.
+
+Phases: ``generation`` (:func:`steering.generate`), ``capture`` (forward passes that read a model's
+internals: :func:`activations.capture`, circuits' and attribution's traced passes), ``judging`` (the
+judges' scoring and fitting, coherence and perplexity) and ``training`` (transcoder training). A phase
+inside another is counted once, in the inner phase (an emotion judge called while a generation runs
+would count as judging). What no phase covers (starting the kernel, imports, loading models, plots,
+tables) is the chapter's ``other`` time.
+
+Tokens: ``generated_tokens`` (new tokens kept, up to and including end of sequence) and
+``forward_tokens`` (non-padding tokens of the forward passes of ``capture``; prompt tokens of a
+generation are not counted there).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .cache import atomic_write_text
+
+PROFILE_ENV = "EMOCIRCUITS_PROFILE"
+PHASES = ("generation", "capture", "judging", "training")
+FLUSH_EVERY_S = 2.0
+
+_lock = threading.RLock()
+_seconds = {p: 0.0 for p in PHASES}
+_tokens = {"generated_tokens": 0, "forward_tokens": 0}
+_stack: list[list] = []  # [phase, seconds spent in inner phases]
+_last_flush = [0.0]
+
+
+@contextmanager
+def phase(name: str):
+    """Count the time inside the block as ``name`` (one of :data:`PHASES`), less inner phases' time."""
+    if name not in PHASES:
+        raise ValueError(f"phase {name!r}: expected one of {', '.join(PHASES)}")
+    t0 = time.perf_counter()
+    with _lock:
+        _stack.append([name, 0.0])
+    try:
+        yield
+    finally:
+        total = time.perf_counter() - t0
+        with _lock:
+            _, inner = _stack.pop()
+            _seconds[name] += total - inner
+            if _stack:
+                _stack[-1][1] += total
+        if not _stack:
+            flush()
+
+
+def timed(name: str):
+    """Decorator: every call of the function is :func:`phase` ``name``."""
+    if name not in PHASES:
+        raise ValueError(f"phase {name!r}: expected one of {', '.join(PHASES)}")
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with phase(name):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
+def count(generated: int = 0, forward: int = 0) -> None:
+    """Add generated and forward tokens."""
+    with _lock:
+        _tokens["generated_tokens"] += int(generated)
+        _tokens["forward_tokens"] += int(forward)
+
+
+def snapshot() -> dict:
+    """``{"seconds": {phase: s}, "generated_tokens": n, "forward_tokens": n}`` of this process so far."""
+    with _lock:
+        return {"seconds": dict(_seconds), **_tokens}
+
+
+def flush(force: bool = False) -> None:
+    """Write this process's counters to ``<EMOCIRCUITS_PROFILE>.<pid>.json`` (at most every
+    :data:`FLUSH_EVERY_S` seconds unless ``force``); without the variable, do nothing."""
+    prefix = os.environ.get(PROFILE_ENV)
+    if not prefix:
+        return
+    now = time.monotonic()
+    if not force and now - _last_flush[0] < FLUSH_EVERY_S:
+        return
+    _last_flush[0] = now
+    atomic_write_text(Path(f"{prefix}.{os.getpid()}.json"), json.dumps(snapshot(), sort_keys=True))
+
+
+def collect(prefix: str | Path) -> dict:
+    """Add up (and remove) the files every process wrote under ``prefix``."""
+    prefix = Path(prefix)
+    total = {"seconds": {p: 0.0 for p in PHASES}, "generated_tokens": 0, "forward_tokens": 0}
+    for path in sorted(prefix.parent.glob(prefix.name + ".*.json")):
+        try:
+            got = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        finally:
+            path.unlink(missing_ok=True)
+        for p in PHASES:
+            total["seconds"][p] += float(got.get("seconds", {}).get(p, 0.0))
+        for k in ("generated_tokens", "forward_tokens"):
+            total[k] += int(got.get(k, 0))
+    return total
+
+
+def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: int = 32, threads: int = 1) -> dict:
+    """A fixed yardstick for the machine: plain transformers ``generate`` on ``model`` (the default),
+    ``n_prompts`` short prompts in one batch, greedy, exactly ``new_tokens`` new tokens each, on
+    ``threads`` CPU threads. Returns ``{"model", "tokens_per_s", "seconds", "threads"}``; a slow machine
+    shows here as well as in the chapters' times, a slower book only in the chapters'."""
+    import torch
+
+    from .models import DEFAULT_MODEL, load_model
+
+    lm = load_model(model or DEFAULT_MODEL)
+    prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
+    enc = lm.encode(prompts, padding_side="left")
+    enc.pop("position_ids")  # generate derives positions from the mask, as steering.generate lets it
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=lm.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            lm.hf.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+            t0 = time.perf_counter()
+            lm.hf.generate(**enc, **kwargs)
+            seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+    return {"model": lm.name, "tokens_per_s": n_prompts * new_tokens / seconds, "seconds": seconds,
+            "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}
+
+
+if os.environ.get(PROFILE_ENV):
+    atexit.register(flush, True)
