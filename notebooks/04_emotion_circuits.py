@@ -45,27 +45,11 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
 # bundled models, so the numbers are a small model's, not the paper's.
 #
-# ```{warning}
-# The emotion judge changed on 6 December 2026 (chapter 02: a judge
-# trained on replies in six registers, and a second, reporting judge of
-# another kind). The numbers quoted in this chapter's prose, the
-# strengths and the per-emotion picks it discusses were read on the
-# default book with the earlier judge; the tables and figures show this
-# build's numbers with the current judges. Where the two differ, the
-# tables are right and the prose is awaiting a re-read. The held-out
-# tables now give the reporting judge's share on target (`reported`)
-# and the two judges' agreement on the same replies (`kappa`).
-#
-# With the current judges the default book (smollm2-135m, 96 replies a
-# row) reads: circuit modulation on held-out prompts 0.68 [0.57, 0.77]
-# on target (reporting judge 0.75, kappa 0.80) with 0.97 coherent,
-# against 0.15 unmodified, 0.17 for random components, 0.22 prompted
-# and 0.28 for steering vectors; section 9's pick on fresh prompts 0.67
-# [0.57, 0.75] (reporting judge 0.89, kappa 0.62) with every reply
-# coherent, against 0.17 unmodified. The goal of 0.80 on target is not
-# met by the tuning judge's count. The prose's earlier figures (0.79 and
-# 0.82) were read with the earlier judge.
-# ```
+# The prose quotes the default book's numbers (smollm2-135m), read with
+# chapter 02's two judges: the tuning judge, which makes every choice
+# here, and the reporting judge, whose share on target (`reported`) and
+# agreement with the tuning judge (`kappa`) the held-out tables show
+# beside it.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -529,10 +513,10 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # fifth of its replies on the default model), so there is little for an
 # ablation to remove, and with 9 replies per condition the intervals are
 # wide. On the default model the check does not follow the signal
-# result: zeroing the circuit does not lower the share (3 of 9 against
-# the unchanged model's 2 of 9), and zeroing as many random components
-# leaves none of 9 on the instructed emotion, which 9 replies cannot tell
-# apart from the unchanged 2 (zeroing is off the activations' usual
+# result: zeroing the circuit does not lower the share (2 of 9, as for
+# the unchanged model), and zeroing as many random components leaves 1
+# of 9 on the instructed emotion, which 9 replies cannot tell apart
+# from the unchanged 2 (zeroing is off the activations' usual
 # range, and can break a reply outright). The drop of the signal above is what
 # the circuit does to the model's representation; whether that reaches
 # the text is not something this check can show at this size.
@@ -552,9 +536,9 @@ display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v
 # coherent, the most accurate one) and then evaluated once on held-out
 # prompts. The default book tries scales 6-12 on 4 discovery scenarios (24
 # replies per scale) and alphas 8 and 16 (what FULL runs on this model
-# chose); a FULL run searches scales 2-16 and alphas 1-16 on 6 scenarios;
-# QUICK mode uses 8 for both. Read the coherent share beside the unmodified
-# model's own.
+# chose with the earlier judge); a FULL run searches scales 2-16 and
+# alphas 1-16 on 6 scenarios; QUICK mode uses 8 for both. Read the
+# coherent share beside the unmodified model's own.
 #
 # **Decoding.** Paper B's generation script decodes greedily, with a
 # repetition penalty of 1.1, no 3-gram repeated and at least 10 new
@@ -794,47 +778,56 @@ display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
 # %% [markdown]
 # How to read these two tables on the default model (96 held-out replies
 # per row). With the penalty, the unmodified model's replies are all
-# coherent, and so are nearly all modulated ones. Modulation lands just
-# under the goal (0.80 on target with at least 0.90 coherent): the
-# interval covers 0.80, the point estimate does not. The confusion table says where it falls short:
-# anger, sadness, happiness and surprise are read as the target in all
-# 16 replies each, disgust in 9 of 16, and fear in 3 of 16. Fear's
-# modulated replies mostly read as neutral, where the unmodified model's
-# mostly read as happiness (0.81, the last row): the push moves them, but
-# not to fear. Read them (two are in the table of replies below): the
-# push does reach the text, as a register rather than a feeling. On the default
-# model's held-out prompts they turn to preparation and vigilance ("As
-# I'm preparing to dispense medication from my cart, you're likely within
-# 10 feet of the nearest location"): the topic of danger, without anyone
-# afraid in it, and the judge rightly reads it as neutral. The token
-# table at the end of this section finds the same before any decoding.
-# Larger scales do not change that while they cost coherence overall
-# (0.88 coherent at scale 10 and 0.79 at 12 on the discovery prompts,
-# the first table of this section). Plain greedy decoding,
-# the last two rows, loses about a quarter of the unmodified replies to
-# loops, and more of the modulated ones: with greedy decoding, most of
-# the incoherence is the decoder's, not the push's.
+# coherent, and so are nearly all modulated ones (0.97). Modulation falls
+# short of the goal (0.80 on target with at least 0.90 coherent): 0.68
+# [0.57, 0.77] on target, an interval that stops under 0.80, and 0.65
+# [0.54, 0.74] on target and coherent. The reporting judge reads 0.75
+# [0.66, 0.83] on target; the two judges agree on these replies with
+# kappa 0.80. Steering vectors reach 0.28 [0.20, 0.38] and prompting 0.22
+# [0.14, 0.30], against 0.15 [0.08, 0.22] for the unmodified model.
+#
+# The confusion table says where modulation falls short: sadness,
+# happiness and surprise are read as the target in all 16 replies each,
+# anger in 14 of 16, disgust in 3 of 16 and fear in none. Disgust's
+# replies scatter over happiness, anger and surprise (5, 4 and 4 of 16).
+# Fear's modulated replies mostly read as neutral (12 of 16), where the
+# unmodified model's mostly read as happiness (0.62, the last row): the
+# push moves them, but not to fear. Read them (two are in the table of
+# replies below): the push does reach the text, as a register rather
+# than a feeling. On the default model's held-out prompts they turn to
+# preparation and vigilance ("As I'm preparing to dispense medication
+# from my cart, you're likely within 10 feet of the nearest location"):
+# the topic of danger, without anyone afraid in it, and the judge rightly
+# reads it as neutral. The token table at the end of this section finds
+# the same before any decoding. Larger scales do not change that while
+# they cost coherence overall (0.88 coherent at scale 10 and 0.79 at 12
+# on the discovery prompts, the first table of this section). Plain
+# greedy decoding, the last two rows, loses about a quarter of the
+# unmodified replies to loops, and more of the modulated ones: with
+# greedy decoding, most of the incoherence is the decoder's, not the
+# push's.
 #
 # Choosing the components matters: the same push (each emotion's
 # group-centred means at the chosen scale) on as many random components
 # of the same layers leaves the judged emotion at the unmodified model's
-# level (0.15 against 0.17 on the default model; the circuits: 0.79).
+# level (0.17 against 0.15 on the default model; the circuits: 0.68).
 #
 # A scale per emotion, paper B's way, does not close the gap here: its
-# accuracy is no higher than one scale's (the two intervals overlap almost
-# entirely, the point estimate is lower). The per-emotion pick reads 4
-# discovery replies per strength, so one reply decides it. For disgust it
-# took 6, where one of four discovery replies was on target, over 8, where
-# none was; on the held-out prompts 8 is the better of the two for disgust
-# (the per-scale table below), and fear is rarely on target at any scale.
-# Anger took 6 too, from its discovery replies, and is on target in 7 of
-# 8 held-out replies at 6 against 8 of 8 at 8. These held-out
-# comparisons are 8 replies per cell (5 of 8 against 3 of 8 for
-# disgust), read after the fact, not a basis for a choice.
-# Pooling the six emotions' replies, as the one-scale rule does, makes
-# the steadier choice at this sample size; a per-emotion pick would need
-# more discovery prompts than this book spends. Steering given an alpha
-# per emotion gains nothing either.
+# accuracy is one scale's, 0.68 [0.58, 0.77]. The per-emotion pick reads
+# 4 discovery replies per strength, so one reply decides it. It keeps 8
+# for anger, sadness and happiness. Surprise took 10, where all 4 of its
+# discovery replies were on target, against 3 of 4 at 8. Fear and
+# disgust took 6, the smallest scale: fear's discovery replies were on
+# target at no scale, disgust's once, at 12, where half its replies were
+# incoherent. On the held-out prompts (the per-scale table below)
+# surprise is on target in 8 of 8 replies at both 8 and 10, disgust in 1
+# of 8 at both 6 and 8, and fear in 1 of 8 at 6 against none at 8. These
+# held-out comparisons are 8 replies per cell, read after the fact, not a
+# basis for a choice. Pooling the six emotions' replies, as the one-scale
+# rule does, makes the steadier choice at this sample size; a per-emotion
+# pick would need more discovery prompts than this book spends. Steering
+# given an alpha per emotion gains little either: 0.31 [0.22, 0.41]
+# against 0.28 [0.20, 0.38].
 #
 # The held-out table compares one chosen strength per method, and their
 # coherent shares need not match. So every strength tried on the
@@ -927,7 +920,7 @@ display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # anger's " aggression", sadness's " sadness" and "alone"; fear's,
 # surprise's and disgust's promote fragments. Yet in the replies the
 # random pushes do nothing the judge can see (the held-out table's
-# random-components row, 0.15, against 0.17 unmodified). So a
+# random-components row, 0.17, against 0.15 unmodified). So a
 # first-token shift toward an emotion's words is not enough to carry a
 # reply. This table cannot say why the circuits' push lasts into the
 # reply and the random one does not; it shows only that the choice of
@@ -1031,7 +1024,7 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 
 # %% [markdown]
 # How to read this on the default model (96 held-out replies per row).
-# The judge reads 0.86 of the 144 replies as their own emotion, so the
+# The judge reads 0.89 of the 144 replies as their own emotion, so the
 # texts carry what they were written to carry. The two ways find partly
 # different directions (cosine 0.05 to 0.21 on average over layers, 0.13
 # to 0.45 at the last layer) and different circuits: the variant's shares
@@ -1040,26 +1033,33 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # same layers. Its circuits are written beside paper B's, as
 # `{emotion}_from_text.json`.
 #
-# The variant moves fear where paper B's way could not: 13 of 16 fear
-# replies read as fear (paper B's way: 3 of 16), and all 16 disgust
-# replies as disgust (9 of 16). It loses surprise (5 of 16, against 16 of
-# 16; its surprise replies read as happiness as often as as surprise) and
-# some anger and sadness (12 and 14 of 16, against 16 each). Overall the
-# two land on the same share, 0.79 [0.71, 0.86], and the variant keeps
-# fewer replies coherent: 0.84 against 0.97, where the scale it chose, 5,
-# kept 0.92 of the discovery replies coherent. Counting a reply only when
-# it is on target *and* coherent, the variant is behind: 0.66 [0.55,
-# 0.75] against 0.76 [0.67, 0.84]. So it does not meet the goal either
-# (0.80 on target with 0.90 coherent), and it is further from it. The same
-# push on random components stays near the unmodified model (0.20
-# against 0.17).
+# By the tuning judge, the variant hardly moves fear, the emotion it was
+# built for: 3 of 16 fear replies read as fear (paper B's way: none);
+# most read as neutral (9 of 16) or disgust (4). It moves disgust: 13 of
+# 16 replies read as disgust (paper B's way: 3 of 16). It loses surprise
+# (2 of 16, against 16 of 16; 9 of its surprise replies read as
+# happiness), most of anger (4 of 16, against 14; its anger replies read
+# as sadness, neutral or anger) and some sadness (13 of 16, against 16).
+# Overall it is behind: 0.53 [0.43, 0.62] on target against 0.68 [0.57,
+# 0.77]. It keeps every reply coherent (paper B's way: 0.97) at the scale
+# it chose, 3, which kept every discovery reply coherent too, so on
+# target *and* coherent it is the same 0.53, against 0.65 [0.54, 0.74].
+# So it does not meet the goal either (0.80 on target with 0.90
+# coherent), and it is further from it. The reporting judge reads more of
+# its replies as the target, 0.71 [0.61, 0.80] (paper B's way: 0.75), and
+# agrees with the tuning judge less on them (kappa 0.49, against 0.80):
+# on these replies, which seldom name the emotion, the two judges part
+# most. The same push on random components stays near the unmodified
+# model (0.19 against 0.15).
 #
 # What differs most is how the replies get there. Paper B's way names the
 # target emotion's own word in 0.60 of its replies; the variant in 0.01
 # (a judge-free count of the label's stem only: "vile" or "revolting"
-# would not count). In the replies shown above, the variant's read as
-# the emotion through what happens in them: fear's are scenes of sirens
-# and evacuation, disgust's of food, forks and flesh. That is closer to
+# would not count). In the replies shown above, the variant's carry the
+# emotion, where they do, through what happens in them: fear's are
+# alarms and emergencies, disgust's are food, hands and swallowing. The
+# judge reads one of each pair as the target, the other fear reply as
+# neutral and the other disgust reply as happiness. That is closer to
 # writing *in* an emotion, and it is also the topics of the texts it was
 # built from (fear's texts are mostly physical danger, disgust's mostly
 # food and dirt). Surprise's texts turn on questions ("Wait, you're
@@ -1073,8 +1073,9 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # ## 9. Choosing the way per emotion, checked on fresh prompts
 #
 # Sections 7 and 8 fail in different places: paper B's circuits move
-# anger, sadness, happiness and surprise but hardly fear, the circuits
-# from text move fear and disgust but lose surprise. That suggests one
+# anger, sadness, happiness and surprise but hardly fear or disgust; the
+# circuits from text move disgust but lose surprise and most of anger,
+# and move fear only a little more. That suggests one
 # more method: for each emotion, take whichever of the two circuits does
 # better on the *discovery* prompts, each way at the one scale it chose
 # there, by the same rule as every strength in this chapter (the more
@@ -1090,9 +1091,9 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 # halfway between the held-out ones in the test file, which no other
 # section of this chapter uses; paper B's way, the circuits from text
 # and the unmodified model are run on them too, so every row reads the
-# same prompts. (The pick then gets 48 more, below, and why.) The baseline for choosing components is the same push,
-# emotion by emotion, on random components of the chosen circuit's
-# layers.
+# same prompts. (The pick then gets 48 more, below, and why.) The
+# baseline for choosing components is the same push, emotion by emotion,
+# on random components of the chosen circuit's layers.
 
 # %%
 WAYS = {"paper B's way": dict(scale=scale, circs=circuits, means=c_means),  # the candidates; the first wins a tie
@@ -1143,46 +1144,52 @@ display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coheren
 
 # %% [markdown]
 # How to read this on the default model (96 fresh replies per row). The
-# rule picks the circuits from text for fear (on target in 12 of 12
-# discovery replies, against 2 of 12 for paper B's) and for anger (paper
-# B's was on target in all 12 but kept only 10 coherent; the circuits from
-# text, 11 of 12 on target, all coherent), and paper B's way for the
-# other four. Disgust stays with paper B's way although the
-# circuits from text were on target in all 12 of its discovery replies:
-# they kept only 8 of them coherent, so the rule refused them.
+# rule picks the circuits from text for fear (on target in 6 of 12
+# discovery replies, against 2 of 12 for paper B's), for disgust (8 of
+# 12, against 1 of 12) and for anger (paper B's was on target in 11 of 12
+# but kept only 10 coherent; the circuits from text, 6 of 12 on target,
+# all coherent), and paper B's way for the other three.
 #
-# On the fresh prompts the pick lands on target in 0.79 [0.71, 0.88] of
-# the replies with 0.97 coherent, against 0.17 unmodified and 0.22 for
-# the same push on random components. That is 76 of 96: the goal (0.80
-# with 0.90 coherent) needed 77. Every reply on target was also coherent
-# (0.79 on the joint measure, against 0.70 for paper B's way alone and
-# 0.75 for the circuits from text), and
-# it names the emotion's own word in 0.36 of its replies, between paper
-# B's way (0.51) and the circuits from text (0.03).
+# On the fresh prompts the pick lands on target in 0.67 [0.57, 0.75] of
+# the replies with every reply coherent, against 0.17 unmodified and
+# 0.16 for the same push on random components. That is 64 of 96: the
+# goal (0.80 with 0.90 coherent) needed 77. Since every reply is
+# coherent, the joint measure is 0.67 too, against 0.65 for paper B's
+# way alone and 0.51 for the circuits from text. The pick names the
+# emotion's own word in 0.35 of its replies, between paper B's way
+# (0.51) and the circuits from text (0.02). The reporting judge reads
+# 0.89 [0.82, 0.95] of the pick's replies as on target, and the two
+# judges agree on them with kappa 0.62. By the reporting judge's count
+# the pick would clear 0.80; the goal is read with the tuning judge, the
+# one every choice here was made with, and by its count the goal is
+# missed.
 #
 # The fresh prompts also give both earlier ways a second sample. Paper
-# B's way reaches 0.73 [0.64, 0.81] here (0.79 on the held-out prompts),
-# the circuits from text 0.81 [0.74, 0.89] with 0.92 coherent (0.79 with
-# 0.84 held out). So on these prompts the variant alone clears the goal
-# that the pick misses by one reply, and on the held-out prompts it did
-# not: the three ways land between 0.73 and 0.81 on target, and every
-# interval here holds 0.80. Which way is best cannot be read from 96
-# replies a row; what can is that neither earlier way clears the goal on
-# both samples.
+# B's way reaches 0.68 [0.58, 0.76] here with 0.95 coherent (0.68 on the
+# held-out prompts), the circuits from text 0.51 [0.42, 0.60] with every
+# reply coherent (0.53 held out). The two samples agree: no way clears
+# the goal, no interval here reaches 0.80, and the pick does no better
+# than paper B's way alone. The reporting judge orders them differently:
+# the pick 0.89, the circuits from text 0.77, paper B's way 0.71; it
+# agrees with the tuning judge least on the circuits from text (kappa
+# 0.51, against 0.71 on paper B's way). Which way is best depends on the
+# judge; both judges read every way far above the unmodified model (0.17
+# by either).
 #
-# Where the pick gives most away is disgust: on these prompts paper B's
-# way reads as disgust in 3 of 16 replies (9 of 16 held out), the
-# circuits from text in 16 of 16, but only 10 of them coherent: the trade
-# the rule saw on the discovery prompts, and refused. The rule holds
-# *each* emotion to 90% coherent, where the goal holds the pooled
-# replies. Held over the six pooled, the same rule would have taken
-# disgust's circuits from text and anger's from paper B's way, and on
-# these prompts reached 92 of 96 on target with 86 of 96 coherent (0.896,
-# three decimals because two would round it up to the floor): a miss on
-# coherence this time instead of accuracy. That rule was not fixed before
-# the run, so this is a reading of the table, not a result. On these
-# prompts the goal looks to sit where a push strong enough to move the
-# last few replies starts to cost coherence.
+# Where the pick gives most away is anger: on these prompts paper B's way
+# reads as anger in 14 of 16 replies, with 13 of 16 coherent, the
+# circuits from text in 4 of 16. The rule refused paper B's way for anger
+# because it kept 10 of 12 discovery replies coherent, under the 90% the
+# rule asks of *each* emotion. Disgust gains from the pick (11 of 16
+# against 3 of 16) and fear hardly (3 against 2); the loss and the gains
+# cancel, and the pick ends one reply behind paper B's way. The goal
+# holds the pooled replies to 90% coherent. Held over the six pooled,
+# the same rule would have kept anger with paper B's way, and on these
+# prompts reached 74 of 96 on target (0.77) with 93 of 96 coherent:
+# still short. That rule was not fixed before the run, so this is a
+# reading of the table, not a result. What keeps every way under the
+# goal here is not coherence, near 1 throughout, but fear, which
+# neither way moves (at most 3 of 16 on these prompts).
 
 # %% [markdown]
 # ### Exploratory: a larger sample, added after a near miss
@@ -1194,15 +1201,17 @@ display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coheren
 # of the results chapter; the result of section 9 is the table above.
 # ```
 #
-# 96 replies a row cannot tell 0.79
-# from 0.80: the interval above spans 0.17. So the pick, unchanged (the
-# same ways, scales and circuits for each emotion, chosen above on
-# discovery prompts), runs once more on 48 further test scenarios that no
-# other part of this chapter uses, spread over the rest of the test file
-# (1 in QUICK mode), with the unmodified model on the same prompts. This
-# sample was added *after* the 96 replies above came out one short of the
-# goal. Adding data after a near miss favours a crossing, so the 48 are
-# also shown on their own, and the result is the pooled share of all the
+# 96 replies a row give a wide interval: the one above spans 0.18. So
+# the pick, unchanged (the same ways, scales and circuits for each
+# emotion, chosen above on discovery prompts), runs once more on 48
+# further test scenarios that no other part of this chapter uses, spread
+# over the rest of the test file (1 in QUICK mode), with the unmodified
+# model on the same prompts. This sample was added *after* the 96
+# replies above, read with the earlier judge, came out one short of the
+# goal (76 of 96); read with the current tuning judge they are 13 short,
+# so the near miss of this section's title is the earlier judge's.
+# Adding data after a near miss favours a crossing, so the 48 are also
+# shown on their own, and the result is the pooled share of all the
 # fresh replies, whichever way it falls. Only the pick and the unmodified
 # model run on them: each emotion's row carries its own circuit, means
 # and scale in one batched call.
@@ -1230,39 +1239,38 @@ display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "adde
 
 # %% [markdown]
 # How to read this on the default model. Over all 64 fresh scenarios
-# the pick lands on target in 0.82 [0.78, 0.86] of the replies (316 of
-# 384) with 0.97 coherent; counting a reply only when it is both, 0.81
-# [0.77, 0.85]. The unmodified model, on the same prompts: 0.15. The 48
-# added scenarios alone, drawn after the first 16's result had been
-# read, give 0.83 [0.79, 0.87] (240 of 288) with 0.98 coherent, where
-# the first 16 gave 0.79. The 48 are the one sample the near miss could
-# not have shaped; no rule for when to stop adding was fixed in advance,
-# and this is the only addition (80 unused test scenarios were not run).
-# So the point estimates clear the goal (0.80 on target with at least
-# 0.90 coherent), pooled and in the added part alone, but neither
-# interval rules out a miss: their lower ends, 0.78 and 0.79, are under
-# the line.
+# the pick lands on target in 0.72 [0.67, 0.76] of the replies (276 of
+# 384), with every reply coherent, so 0.72 on both counts; the reporting
+# judge reads 0.89 [0.86, 0.92] (kappa 0.68). The unmodified model, on
+# the same prompts: 0.16. The 48 added scenarios alone, drawn after the
+# first 16's result had been read, give 0.74 [0.68, 0.79] (212 of 288),
+# every reply coherent, where the first 16 gave 0.67. The 48 are the one
+# sample the near miss could not have shaped; no rule for when to stop
+# adding was fixed in advance, and this is the only addition (80 unused
+# test scenarios were not run). By the tuning judge's count the pick
+# misses the goal (0.80 on target with at least 0.90 coherent), pooled
+# and in the added part alone, and neither interval reaches it: their
+# upper ends, 0.76 and 0.79, are under the line.
 #
-# The share is an average over uneven emotions. Sadness is on target in
-# 64 of 64 replies, happiness and surprise in 62, fear in 59 (through
-# the circuits from text; 42 of its 48 added replies coherent), anger in
-# 51, and disgust in only 18 of 64, under paper B's way. The circuits
-# from text were on target for disgust in 16 of 16 replies of the first
-# sample, but kept only 10 of them coherent (8 of 12 on the discovery
-# prompts, where the rule refused them; the tables above). A reader who
+# The share is an average over uneven emotions. Sadness and surprise are
+# on target in 64 of 64 replies and happiness in 55, all three under
+# paper B's way; disgust in 42, anger in 27 and fear in only 24 of 64,
+# all three through the circuits from text. Anger is where the rule's
+# coherence floor cost most (section 9's reading above). A reader who
 # needs one emotion should read its row, not the pooled share.
 #
 # Paper B reports 99.65% on Llama-3.2-3B-Instruct. A 135M model gets to
-# about 0.82 with the pick, and neither way alone cleared the goal on
-# both of its samples; each fails on some emotion. The directions of
-# paper B's way are read from instructed prompts, which a model this
-# size hardly follows (chapter 01; asked for the emotion, section 7:
-# 0.18 on target, against 0.17 unasked), so for fear and disgust they
-# carry the topic more than the feeling (section 7); the circuits from
-# text carry the topics of the 144 replies they were read from (section
-# 8). The judge, too, is this project's own
-# (chapter 02), and the pick names the emotion's word in 0.41 of its
-# replies: some of the accuracy is the model saying the word.
+# about 0.72 with the pick by the tuning judge's count (0.89 by the
+# reporting judge's), and neither way alone cleared the goal on either
+# of its samples; each fails on some emotion. The directions of paper
+# B's way are read from instructed prompts, which a model this size
+# hardly follows (chapter 01; asked for the emotion, section 7: 0.22 on
+# target, against 0.15 unasked), so for fear and disgust they carry the
+# topic more than the feeling (section 7); the circuits from text carry
+# the topics of the 144 replies they were read from (section 8). The
+# judges, too, are this project's own (chapter 02), and the pick names
+# the emotion's word in 0.41 of its replies: some of the accuracy is the
+# model saying the word.
 
 # %% [markdown]
 # ## 10. Looking at the neurons on real text
@@ -1412,7 +1420,9 @@ pd.Series(headline).to_frame("value")
 #   instead, which swaps one proxy for another: its directions carry the
 #   topics of 144 replies one person wrote. Modulation success is read by a
 #   judge trained on this project's texts (chapter 02): its errors are part
-#   of the accuracy.
+#   of the accuracy. A second judge of another kind reports beside it and
+#   reads some rows quite differently (the pick on fresh prompts: 0.67 by
+#   the tuning judge, 0.89 by the reporting judge).
 # - **Small model, small circuits.** The budget keeps paper B's *shares*
 #   of components, which for the default model means 147 components (79
 #   neurons and 68 heads, against paper B's 560); paper B's 99.65% was on a
@@ -1425,20 +1435,20 @@ pd.Series(headline).to_frame("value")
 #   section 7's, and section 8 was still tested on section 7's held-out
 #   prompts (what they showed prompted its design, not its settings);
 #   section 9's after both, so it got prompts of its own. Its second
-#   reading of the two earlier ways shows how much one set of 96 replies
-#   moves a share: paper B's way 0.79 then 0.73, the
-#   circuits from text 0.79 then 0.81 (coherent 0.84 then 0.92). The
-#   pick's own sample was then enlarged, after its first 96 replies fell
-#   one short of the goal; its settings stayed as they were, and the
+#   reading of the two earlier ways moved them little: paper B's way 0.68
+#   then 0.68, the circuits from text 0.53 then 0.51. The pick's own
+#   sample was then enlarged, after its first 96 replies fell one short of
+#   the goal as the earlier judge read them (13 short as the current
+#   tuning judge reads them); its settings stayed as they were, and the
 #   enlarged sample is reported pooled and in its two parts.
 # - **Equal coherence, a few strengths.** The comparison at equal
 #   coherence covers every strength tried, on the discovery prompts and
 #   again on the held-out ones (24 and 48 replies per strength in the
 #   default book), without intervals. Each level takes each method's best strength, the
 #   same small selection for both; a level only one method reaches is no
-#   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`
-#   and plain greedy decoding, only steering kept 0.83 of held-out replies
-#   coherent, and there it was no more accurate than the unmodified
-#   model).
+#   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`,
+#   plain greedy decoding and the earlier judge, only steering kept 0.83
+#   of held-out replies coherent, and there it was no more accurate than
+#   the unmodified model).
 # - **Gemma-style norms.** On Gemma the post-sublayer norms are frozen for
 #   the split, so a head's term is its zeroing effect only to first order.
