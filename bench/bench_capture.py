@@ -320,8 +320,8 @@ def transcoder_training_item(lm, texts: list[str], repeats: int, n_features: int
 
 
 def judges_item(n_texts: int, repeats: int) -> dict:
-    """What `emocircuits judge` runs per text: both emotion judges, empathy and coherence, the encoder's one
-    pass shared by the reporting and empathy judges (goal: at least 200 texts/s)."""
+    """What `emocircuits judge` runs per text: both emotion judges, empathy (the tuning judge's n-grams) and
+    coherence, the encoder's one pass serving the reporting emotion judge (goal: at least 200 texts/s)."""
     from emocircuits import judges as J
 
     emo, rep, emp = J.EmotionJudge(use_all=True), J.ReportingEmotionJudge(use_all=True), J.EmpathyJudge(use_all=True)
@@ -334,7 +334,7 @@ def judges_item(n_texts: int, repeats: int) -> dict:
 
     def all_four() -> int:
         E = J.embed(texts)
-        emo(texts), rep.predict_proba(texts, E), emp.score(texts, reply_embeddings=E), J.coherence(texts)
+        emo(texts), rep.predict_proba(texts, E), emp.score(texts), J.coherence(texts)
         return len(texts)
 
     m = compare(encoder, all_four, torch.device("cpu"), repeats)

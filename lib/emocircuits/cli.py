@@ -108,9 +108,9 @@ def _cmd_judge(args) -> int:
 
         lm = load_model(args.ppl_model)
     emo = EmotionJudge(use_all=True)(texts)
-    E = embed(texts)  # one encoder pass serves the reporting judge and the empathy judge
+    E = embed(texts)  # the reporting emotion judge's encoder pass
     report = ReportingEmotionJudge(use_all=True).labels(texts, embeddings=E)
-    emp = EmpathyJudge(use_all=True).score(texts, contexts, reply_embeddings=E)
+    emp = EmpathyJudge(use_all=True).score(texts, contexts)
     coh = coherence(texts, lm=lm, contexts=contexts if lm is not None else None)
     lines = [json.dumps({"id": r["id"], "emotion": e["label"], "emotion_probs": e["probs"], "empathy": float(s),
                          "coherence": c["score"], "coherent": c["coherent"], "emotion_report": rep})

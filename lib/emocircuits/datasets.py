@@ -189,6 +189,12 @@ class JudgeEmpathyRecord(_Record):
     score: Literal[1, 2, 3, 4, 5]
 
 
+class EmpathyValidationRecord(JudgeEmpathyRecord):
+    """A reply scored 1-5 by a labeller who did not write it, with the level its writer meant
+    (``judge_empathy_fresh.jsonl``)."""
+    intended: Literal[1, 2, 3, 4, 5]
+
+
 class RubricRecord(_Record):
     """A reply to a game prompt with its Empathy-in-Action rubric level (``eia_rubric_*.jsonl``)."""
     game: Text
@@ -217,6 +223,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "situations": SituationRecord, "questions": QuestionRecord, "generations": GenerationRecord,
     "emotion_replies": EmotionReplyRecord, "judge_emotion": JudgeEmotionRecord,
     "emotion_validation": EmotionValidationRecord, "judge_empathy": JudgeEmpathyRecord, "rubric": RubricRecord,
+    "empathy_validation": EmpathyValidationRecord,
     "emotion_bundled": BundledLabelRecord,
 }
 
@@ -227,7 +234,8 @@ FILES = {
     "emotion_replies": "emotion_replies", "judge_emotion": "judge_emotion",
     "judge_emotion_registers": "judge_emotion", "judge_emotion_chat": "emotion_validation",
     "judge_emotion_fresh": "emotion_validation",
-    "judge_empathy": "judge_empathy", "judge_empathy_heldout": "judge_empathy", "eia_rubric_train": "rubric",
+    "judge_empathy": "judge_empathy", "judge_empathy_registers": "judge_empathy",
+    "judge_empathy_heldout": "judge_empathy", "judge_empathy_fresh": "empathy_validation", "eia_rubric_train": "rubric",
     "eia_rubric_heldout": "rubric", "judge_emotion_bundled": "emotion_bundled",
 }
 

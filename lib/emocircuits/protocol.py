@@ -27,7 +27,8 @@ TEST_SPLITS: dict[str, str | None] = {
     "judge_emotion_chat": None,  # the emotion judges' validation sets
     "judge_emotion_fresh": None,
     "judge_emotion_bundled": None,
-    "judge_empathy_heldout": None,  # the empathy judges' validation sets
+    "judge_empathy_heldout": None,  # the empathy judges' development and test sets
+    "judge_empathy_fresh": None,
     "eia_rubric_heldout": None,
 }
 
