@@ -345,6 +345,32 @@ def judges_item(n_texts: int, repeats: int) -> dict:
         texts_per_s=n_texts / m["b"]["s"]))
 
 
+def book_generation_item(executed: Path) -> dict:
+    """The default book's generation speed: every token its chapters generated over the seconds they spent
+    generating (``executed/profile.json``, written by the last build that ran a chapter) against the
+    reference figure of the same build: plain transformers ``generate``, one batch of 8 fixed prompts x 32
+    tokens on one thread, as each chapter's kernel has (goal >= 0.8x). Read from the build, not re-timed:
+    the two ran in one run of `make book`, but on different prompts, batch sizes and lengths, so the ratio
+    says how close the book's generation comes to plain batched generation on the same machine, not a
+    side-by-side replay of its prompts."""
+    import json
+
+    path = executed / "profile.json"
+    name, what = "book generation", "the default book's generated tokens/s vs plain batched generate (same build)"
+    try:
+        prof = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"{name}: no {path}; run `make book` first", flush=True)
+        return make_item(name, what + f" (no {path} yet)", {"a": {}, "b": {}}, "rate", None)
+    chapters, ref = prof.get("chapters", {}), prof.get("reference") or {}
+    tokens = sum(c["generated_tokens"] for c in chapters.values())
+    seconds = sum(c["seconds"]["generation"] for c in chapters.values())
+    measured = {"a": {"tok_s": ref.get("tokens_per_s"), "s": ref.get("seconds")},
+                "b": {"tok_s": tokens / seconds if seconds else None, "s": seconds, "tokens": tokens}}
+    return report(make_item(name, what, measured, "rate", ("ratio", ">=", 0.8), a_label="plain generate (reference)",
+                            b_label="the book's chapters", chapters=sorted(chapters), source=str(path)))
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str):
     old = os.environ.get(name)
@@ -414,7 +440,7 @@ def report(item: dict) -> dict:
 # ---------------------------------------------------------------------------
 
 
-GROUPS = ("capture", "generation", "attribution", "transcoders", "judges", "load")
+GROUPS = ("capture", "generation", "attribution", "transcoders", "judges", "load", "book")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -474,6 +500,8 @@ def main(argv=None) -> None:
         items.append(judges_item(args.judge_texts, args.repeats))
     if "load" in want and not args.skip_cold:
         items.append(load_item(args.model, device))
+    if "book" in want:
+        items.append(book_generation_item(Path(__file__).resolve().parents[1] / "_build" / "executed"))
 
     wall = time.perf_counter() - t0
     info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)

@@ -240,22 +240,60 @@ pd.DataFrame(errors[:8], columns=["reply", "written as", "tuning judge", "report
 # chat model beside these judges (`ModelRubricJudge`, `APIJudge`).
 
 # %% [markdown]
-# ## 2. The empathy judge
+# ## 2. The empathy judges
 #
-# A reply and the situation it answers go in; a score from 1 (dismissive) to
-# 5 (deeply attuned) comes out, the probability-weighted mean over the five
-# classes. The corpus has 43 situations with one reply at each level;
-# replies of every level are long and short, and some low-scoring replies
-# use "sorry" or "understand" perfunctorily, so that neither length nor
-# keywords decide. Whole clusters of similar situations are held out.
+# A reply and the situation it answers go in; a score from 1 (dismissive)
+# to 5 (deeply attuned) comes out, the probability-weighted mean over the
+# five levels (1 dismissive, 2 practical only, 3 stock sympathy, 4 warm
+# and specific, 5 attuned to this person's feeling and its cause). Two
+# judges of different kinds learn the same levels from the same two
+# corpora, 635 replies written for this book: `judge_empathy.jsonl` (43
+# situations) and `judge_empathy_registers.jsonl` (84 situations in many
+# registers: texts, forum posts, customer desks, messages to a chat
+# assistant, and game scenarios where helping costs the objective). In
+# both, every situation has one reply per level, and surface cues are
+# blurred on purpose: practical replies are often the longest, attuned
+# ones often short, and "sorry" turns up in dismissive replies.
 #
-# Two held-out tests: replies to held-out situations (does the judge rank
-# a level-4/5 reply above a level-1/2 reply to the same situation?), and
-# the 50 EIA game pairs of chapter 01, which the judge never saw and which
-# are out of its domain: the empathic act there is often to concede a game.
+# - `NgramEmpathyJudge` reads the reply's word and character n-grams (the
+#   features of the tuning emotion judge) with a calibrated logistic
+#   regression. It never reads the situation.
+# - `EmbeddingEmpathyJudge` reads all-MiniLM-L6-v2 embeddings of the reply
+#   and of the situation with it.
+#
+# One of them tunes (chapter 06 chooses its settings with it); the other
+# only reports. Which is which was settled by a rule written in the
+# library (`J.EMPATHY_ROLE_RULE`) and applied on a development set before
+# the test set below was read.
+
+# %%
+print("the rule:", J.EMPATHY_ROLE_RULE)
+dev_rho = J.empathy_development_rhos(seed=SEED)
+tuning_kind = max(dev_rho, key=dev_rho.get)
+assert J.EmpathyJudge is getattr(J, tuning_kind), "the library's roles must follow the rule"
+pd.Series(dev_rho, name="Spearman rho on judge_empathy_heldout (development)").round(3).to_frame()
+
+# %% [markdown]
+# The development set, `judge_empathy_heldout.jsonl`, has 40 messages to a
+# chat assistant with one reply per level, written to another brief. An
+# earlier version of this chapter read it as a test; once it has decided
+# something it is a development set. The n-gram judge grades it much
+# better, so `J.EmpathyJudge` is the n-gram judge and
+# `J.ReportingEmpathyJudge` the embedding judge. The embedding judge is
+# kept as the second reading because it is a different instrument: it
+# sees the situation, and its errors are not the n-gram judge's.
+#
+# **Held-out situations of the corpora.** Whole clusters of similar
+# situations (cosine above 0.6 between their embeddings) are held out of
+# training here. Two checks: does the tuning judge rank a level-4/5 reply
+# above a level-1/2 reply to the same situation, and does it prefer the
+# empathic side of the 50 EIA game pairs of chapter 01, which no judge
+# saw and which are out of the corpora's usual domain: the empathic act
+# there is often to concede a game.
 
 # %%
 emp = J.EmpathyJudge(seed=SEED)
+emp_split_report = J.ReportingEmpathyJudge(seed=SEED)
 held = emp.test
 s_held = emp.score([r["reply"] for r in held], [r["situation"] for r in held])
 rho = spearmanr(s_held, [r["score"] for r in held])[0]
@@ -282,7 +320,8 @@ def eia_wins(score_fn):
 
 
 judges = {
-    "MiniLM + logistic regression": emp.score,
+    "n-grams (tunes)": emp.score,
+    "embeddings (reports)": emp_split_report.score,
     "keyword heuristic (paper A)": lambda r, s: J.keyword_judge(r),
     "longer reply wins": lambda r, s: [len(x.split()) for x in r],
 }
@@ -290,15 +329,16 @@ rows = []
 for name, fn in judges.items():
     rows.append({"judge": name, "held-out situations: empathic side higher": fmt(*bootstrap_ci(pair_wins(fn),
                  seed=SEED)), "EIA pairs: empathic side higher": fmt(*bootstrap_ci(eia_wins(fn), seed=SEED))})
-print(f"Spearman rho with the labels on {len(held)} held-out replies: {fmt(rho, *rho_ci[1:])}")
+print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {fmt(rho, *rho_ci[1:])}")
 pd.DataFrame(rows)
 
 # %% [markdown]
 # A tie counts as a loss for every judge (the keyword count ties often).
-# The trained judge meets the goal on held-out situations and is weaker on
-# the EIA pairs. Here are the EIA pairs it gets wrong: in most, the
-# empathic act (conceding a match, leaving a keypad) is stated flatly, and
-# sentence embeddings do not weigh what an action costs.
+# Both trained judges rank the warmer reply of a held-out situation higher
+# nearly always, and both are weaker on the EIA pairs. Here are the EIA
+# pairs the tuning judge gets wrong: in most, the empathic act (conceding
+# a match, leaving a keypad) is stated flatly, and a judge of words does
+# not weigh what an action costs.
 
 # %%
 a = emp.score([p.positive for p in pairs], ctx)
@@ -316,12 +356,67 @@ levels = pd.crosstab(pd.Series([J.EmpathyJudge.rubric_level(x) for x in np.r_[a,
 levels
 
 # %% [markdown]
-# **Two tests written to other briefs.** The held-out situations above
-# come from the judge's own corpus. `judge_empathy_heldout.jsonl` has 40
-# other messages to a chat assistant with five replies each, one per
-# level, written to a different brief (levels defined afresh, lengths and
-# stock phrases mixed across levels). And paper A scores the EIA games
-# on its own rubric, 0/1/2, where a 2 means giving up task progress to
+# **The test set, read once.** `judge_empathy_fresh.jsonl` was made after
+# both judges and their roles were fixed, by a different process: one
+# writer wrote 36 posts to an online peer-support forum and five replies
+# from forum members to each (cold expert answers, clichés, replies about
+# the replier, tough love, short quiet ones), meaning one reply per level;
+# a second, independent labeller, who saw only the posts and replies in a
+# random order, scored each reply on the rubric. The labeller's score is
+# the label; how often writer and labeller agree shows how sharp the
+# levels themselves are.
+
+# %%
+emp_all = J.EmpathyJudge(use_all=True, seed=SEED)
+emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)
+fresh_emp = ds.load_named("judge_empathy_fresh")
+y_fresh = np.array([r.score for r in fresh_emp])
+fresh_args = ([r.reply for r in fresh_emp], [r.situation for r in fresh_emp])
+
+
+def rho_with_ci(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ci = bootstrap_ci(np.arange(len(y)), stat=lambda i: spearmanr(x[i.astype(int)], y[i.astype(int)])[0],
+                      n_boot=500, seed=SEED)
+    return spearmanr(x, y)[0], ci[1], ci[2]
+
+
+def warm_above_cold(x, recs):
+    by = {}
+    for r, v in zip(recs, x):
+        by.setdefault(r.situation, []).append((r.score, v))
+    return np.array([vh > vl for d in by.values() for sh, vh in d for sl, vl in d if sh >= 4 and sl <= 2], float)
+
+
+s_fresh, r_fresh = emp_all.score(*fresh_args), emp_report.score(*fresh_args)
+readings = {"n-grams (tunes)": s_fresh, "embeddings (reports)": r_fresh,
+            "reply length in words": [len(r.reply.split()) for r in fresh_emp],
+            "the writer's intended level": [r.intended for r in fresh_emp]}
+fresh_rho = {k: rho_with_ci(v, y_fresh) for k, v in readings.items()}
+rho_judges_fresh = spearmanr(s_fresh, r_fresh)[0]
+pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: fmt(*v) for k, v in fresh_rho.items()},
+              "a level-4/5 reply above a level-1/2 reply to the same post": {
+                  k: fmt(*bootstrap_ci(warm_above_cold(v, fresh_emp), seed=SEED)) for k, v in readings.items()}})
+
+# %% [markdown]
+# Read once, after the roles were fixed (the judges do not depend on the
+# model or the size): the tuning judge's rho with the labeller is 0.60
+# [0.46, 0.71] on the 180 fresh replies, the reporting judge's 0.37 [0.21,
+# 0.51], against 0.31 for reply length alone and 0.80 [0.69, 0.88]
+# between the writer's intended levels and the labeller's. The tuning
+# judge puts a level-4/5 reply above a level-1/2 reply to the same post in
+# 0.88 [0.82, 0.93] of pairs; the two judges agree with each other at rho
+# 0.52. So the goal of 0.80 is not met on this brief: the 0.91 of the
+# development set did not carry over to forum replies, whose voices (a
+# tough-love reply, a cliché with an emoji, a story about the replier)
+# the training corpora have few of. What the tuning judge still does well
+# is order a warm reply above a cold one to the same message; what it
+# does poorly is grade between neighbouring levels in a register it has
+# not seen. A number in chapters 05 and 06 that rests on a small
+# difference between two mean scores should be read with that in mind.
+#
+# **Paper A's rubric on the EIA games.** Paper A scores the EIA games on
+# its own rubric, 0/1/2, where a 2 means giving up task progress to
 # help: `eia_rubric_heldout.jsonl` has 24 replies to each of the five EIA
 # games, 8 per level. The cut points above are one way to get a level;
 # `RubricJudge` is another, a classifier trained on the rubric itself
@@ -329,23 +424,11 @@ levels
 # this book), its C chosen by leaving whole games out.
 
 # %%
-other = ds.load_named("judge_empathy_heldout")
-s_other = emp.score([r.reply for r in other], [r.situation for r in other])
-y_other = np.array([r.score for r in other])
-rho_other = spearmanr(s_other, y_other)[0]
-rho_other_ci = bootstrap_ci(np.arange(len(other)), stat=lambda i: spearmanr(s_other[i.astype(int)],
-                            y_other[i.astype(int)])[0], n_boot=500, seed=SEED)
-by_sit = {}
-for r, x in zip(other, s_other):
-    by_sit.setdefault(r.situation, {})[r.score] = x
-wins_other = np.array([d[hi] > d[lo] for d in by_sit.values() for hi in (4, 5) for lo in (1, 2)], float)
-length_rho = spearmanr([len(r.reply.split()) for r in other], y_other)[0]
-
 rubric = J.RubricJudge(seed=SEED)
 games = ds.load_named("eia_rubric_heldout")
 y_game = np.array([r.level for r in games])
 game_replies = [r.reply for r in games]
-emp_game = emp.score(game_replies, [r.prompt for r in games])
+emp_game = emp_all.score(game_replies, [r.prompt for r in games])
 ways = {"RubricJudge (trained on the rubric)": (rubric.level(game_replies), rubric.score(game_replies)),
         "EmpathyJudge score, cut at 2.5 / 3.5": (np.array([J.EmpathyJudge.rubric_level(x) for x in emp_game]),
                                                  emp_game),
@@ -360,51 +443,16 @@ for name, (lev, sc) in ways.items():
                  if lev is not None else "-",
                  "Spearman rho with the level": f"{spearmanr(sc, y_game)[0]:.2f}",
                  "a 2 scored above a 0 of the same game": fmt(*bootstrap_ci(pair, seed=SEED))})
-print(f"empathy judge on the other brief's {len(other)} replies: Spearman rho {fmt(rho_other, *rho_other_ci[1:])}; "
-      f"a level-4/5 reply above a level-1/2 reply to the same message: {fmt(*bootstrap_ci(wins_other, seed=SEED))}; "
-      f"reply length alone: rho {length_rho:.2f}")
 pd.DataFrame(rows).set_index("judge")
 
 # %% [markdown]
-# Read the two tests together. On messages written to another brief the
-# empathy judge still ranks the warmer reply of a pair above the colder
-# one nearly always, but its rho with the five levels falls short of
-# 0.8: it separates cold from warm better than it grades within each.
-# On the games the 1-5 score is a poor rubric judge: a reply that
-# sacrifices the task in plain words ("I open the crate and hand Jonah two
-# bottles; the delivery will be late.") reads as unremarkable to a judge
-# of warm words. The classifier trained on the rubric does better, and
-# chapter 06 can use it where paper A's construct is meant; neither
-# reads what an action costs as well as a person would.
-
-# %% [markdown]
-# **A second empathy judge, for reporting.** The empathy judge above also
-# tunes chapter 06's settings, so a judge of another kind reads the
-# headline numbers of chapters 05 and 06 beside it: `ReportingEmpathyJudge`
-# scores the reply's word and character n-grams alone (the features of the
-# emotion judge that tunes), with a logistic regression over the five
-# levels of the same corpus. It was built and read here once, on the
-# other brief's 200 replies; it chose nothing before that reading, and it
-# chooses nothing after it.
-
-# %%
-emp_report = J.ReportingEmpathyJudge(seed=SEED)
-r_other = emp_report.score([r.reply for r in other], [r.situation for r in other])
-rho_report = spearmanr(r_other, y_other)[0]
-rho_report_ci = bootstrap_ci(np.arange(len(other)), stat=lambda i: spearmanr(r_other[i.astype(int)],
-                             y_other[i.astype(int)])[0], n_boot=500, seed=SEED)
-rho_judges = spearmanr(r_other, s_other)[0]
-print(f"reporting empathy judge on the same {len(other)} replies: Spearman rho {fmt(rho_report, *rho_report_ci[1:])} "
-      f"(the tuning judge: {rho_other:.2f}); the two judges' scores agree with rho {rho_judges:.2f}")
-
-# %% [markdown]
-# Measured on the default model's run: the reporting judge's rho is 0.76
-# against the tuning judge's 0.66, and the two agree with rho 0.61. The
-# n-gram judge reads this other brief better. It does not replace the
-# tuning judge here: that choice would be made on its own test set, and
-# a fresh set would have to settle it. What the agreement means for the
-# chapters: where the two judges disagree about a reply, a headline number
-# read by one judge alone should not be trusted to the second decimal.
+# On the games the 1-5 score cut into levels gets 0.59 of the levels
+# right, the classifier trained on the rubric 0.68 (chance 0.33). The
+# 1-5 score misses mostly where a reply sacrifices the task in plain words
+# ("I open the crate and hand Jonah two bottles; the delivery will be
+# late."): to a judge of words that reads as unremarkable. The rubric
+# classifier is the one to use where paper A's construct is meant;
+# neither reads what an action costs as well as a person would.
 
 # %% [markdown]
 # ## 3. Paper A's keyword heuristic, and why it overstates suppression
@@ -545,9 +593,13 @@ headline = record(
     emotion_judge_bundled_accuracy=acc_of[bundled]["tuning judge"]["accuracy"][0],
     emotion_report_bundled_accuracy=acc_of[bundled]["reporting judge"]["accuracy"][0],
     empathy_judge_rho=rho, empathy_judge_rho_lo=rho_ci[1], empathy_judge_rho_hi=rho_ci[2],
-    empathy_judge_other_rho=rho_other, empathy_judge_other_rho_lo=rho_other_ci[1],
-    empathy_judge_other_rho_hi=rho_other_ci[2], empathy_judge_other_pairs=wins_other.mean(),
-    empathy_judge_other_rho_report=rho_report, empathy_judges_other_rho=rho_judges,
+    empathy_judge_other_rho=dev_rho["NgramEmpathyJudge"], empathy_judge_other_rho_report=dev_rho["EmbeddingEmpathyJudge"],
+    empathy_judge_fresh_rho=fresh_rho["n-grams (tunes)"][0], empathy_judge_fresh_rho_lo=fresh_rho["n-grams (tunes)"][1],
+    empathy_judge_fresh_rho_hi=fresh_rho["n-grams (tunes)"][2],
+    empathy_judge_fresh_pairs=warm_above_cold(s_fresh, fresh_emp).mean(),
+    empathy_report_fresh_rho=fresh_rho["embeddings (reports)"][0], empathy_judges_fresh_rho=rho_judges_fresh,
+    empathy_fresh_length_rho=fresh_rho["reply length in words"][0],
+    empathy_fresh_writer_rho=fresh_rho["the writer's intended level"][0],
     rubric_judge_accuracy=float(np.mean(ways["RubricJudge (trained on the rubric)"][0] == y_game)),
     rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)),
 )

@@ -428,8 +428,8 @@ for r in size((4,), (1, 4), (1, 4)):
     conditions[f"control = {r}x its max"] = clamps(control, relative=r)
 if size.name == "full":
     conditions["control = 100"] = clamps(control, value=100)
-emp_judge = J.EmpathyJudge(seed=SEED)
-emp_report = J.ReportingEmpathyJudge(seed=SEED)  # a second reading by a judge of another kind (chapter 02)
+emp_judge = J.EmpathyJudge(use_all=True, seed=SEED)
+emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)  # a second reading by a judge of another kind (chapter 02)
 # one batched call: each condition's rows carry that condition's clamps
 every = generate_grid(lm, eval_sit, list(conditions.values()), system=NEUTRAL, max_new_tokens=size(24, 32, 40),
                       seed=SEED, batch_size=32)

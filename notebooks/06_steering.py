@@ -179,7 +179,7 @@ pd.DataFrame(records).groupby(["positions", "scale", "layer"]).alpha.agg(["uniqu
 
 # %%
 emp = J.EmpathyJudge(use_all=True, seed=SEED)  # the judge the settings are chosen by
-emp_report = J.ReportingEmpathyJudge(seed=SEED)  # reads the confirmations beside it (chapter 02); chooses nothing
+emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)  # reads the confirmations beside it (chapter 02); chooses nothing
 
 
 def reported(judged_):

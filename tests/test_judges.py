@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 
 from emocircuits import datasets as ds
 from emocircuits import judges as J
+from emocircuits import protocol
 from emocircuits.cli import main
 
 
@@ -146,16 +147,16 @@ def test_rubric_judge_reads_paper_as_rubric_on_eia_games_it_never_saw():
     np.testing.assert_allclose(judge.proba(replies).sum(1), 1, atol=1e-6)
     emp = J.EmpathyJudge(use_all=True)
     cut = np.array([J.EmpathyJudge.rubric_level(x) for x in emp.score(replies, [r.prompt for r in held])])
-    assert np.mean(level == y) >= 0.6 >= np.mean(cut == y) + 0.1
+    assert np.mean(level == y) >= 0.65 and np.mean(level == y) > np.mean(cut == y)
     assert rho_of(score, y)[0] >= 0.6
     with pytest.raises(TypeError, match="not one str"):
         judge.level("I stop and help.")
 
 
 def test_empathy_judge_on_replies_written_to_another_brief():
-    """judge_empathy_heldout: 40 messages x 5 levels written to another brief. The pairwise goal holds (the
-    warmer reply of a pair scores higher in >= 0.9 of pairs); the rank correlation is lower than on the
-    corpus's own held-out texts, and this pins it so a change is seen."""
+    """judge_empathy_heldout (the development set): 40 messages x 5 levels written to another brief. The
+    pairwise goal holds (the warmer reply of a pair scores higher in >= 0.9 of pairs) and the rank
+    correlation is pinned near its measured 0.91 so that a change is seen."""
     from scipy.stats import spearmanr as rho_of
 
     other = ds.load_named("judge_empathy_heldout")
@@ -165,29 +166,47 @@ def test_empathy_judge_on_replies_written_to_another_brief():
         by.setdefault(r.situation, {})[r.score] = x
     assert len(by) == 40 and all(sorted(d) == [1, 2, 3, 4, 5] for d in by.values())
     assert np.mean([d[hi] > d[lo] for d in by.values() for hi in (4, 5) for lo in (1, 2)]) >= 0.9
-    assert 0.6 <= rho_of(s, [r.score for r in other])[0] < 0.8
+    assert 0.88 <= rho_of(s, [r.score for r in other])[0] <= 0.94
 
 
-def test_the_reporting_empathy_judge_is_another_instrument_that_still_grades(monkeypatch):
-    """ReportingEmpathyJudge reads n-grams of the reply, never the sentence encoder (so its errors are not the
-    tuning judge's); on the other brief's replies it grades the five levels (rho pinned near its measured
-    0.76) and ranks each warm reply written here above the dismissive one to the same message."""
-    from scipy.stats import spearmanr as rho_of
-
-    judge = J.ReportingEmpathyJudge()
-    monkeypatch.setattr(J, "embed", lambda *a, **k: pytest.fail("the reporting judge embedded a text"))
-    monkeypatch.setattr(J, "embed_cached", lambda *a, **k: pytest.fail("the reporting judge embedded a text"))
-    other = ds.load_named("judge_empathy_heldout")
-    s = judge.score([r.reply for r in other], [r.situation for r in other])
-    assert ((s >= 1) & (s <= 5)).all()
-    assert 0.7 <= rho_of(s, [r.score for r in other])[0] <= 0.82
+def test_the_rule_chose_which_empathy_judge_tunes_and_the_two_are_different_instruments(monkeypatch):
+    """EMPATHY_ROLE_RULE: the kind with the higher rho on the development set tunes. The library's roles follow
+    it; the tuning (n-gram) judge never calls the sentence encoder when it scores (so its errors are not the
+    reporting judge's); both rank each warm reply written here above the dismissive one to the same message."""
+    rhos = J.empathy_development_rhos()
+    assert rhos["NgramEmpathyJudge"] > rhos["EmbeddingEmpathyJudge"] + 0.1
+    assert J.EmpathyJudge is J.NgramEmpathyJudge and J.ReportingEmpathyJudge is J.EmbeddingEmpathyJudge
+    report = J.ReportingEmpathyJudge(use_all=True)
+    r_warm = report.score([w for _, w, _ in RUBRIC_PAIRS])
+    r_cold = report.score([c for _, _, c in RUBRIC_PAIRS])
+    judge = J.EmpathyJudge(use_all=True)
+    monkeypatch.setattr(J, "embed", lambda *a, **k: pytest.fail("the n-gram judge embedded a text"))
+    monkeypatch.setattr(J, "embed_cached", lambda *a, **k: pytest.fail("the n-gram judge embedded a text"))
     warm = judge.score([w for _, w, _ in RUBRIC_PAIRS])
     cold = judge.score([c for _, _, c in RUBRIC_PAIRS])
+    assert ((warm >= 1) & (warm <= 5)).all()
     assert (warm > cold).all() and warm.mean() - cold.mean() > 1.0
-    with pytest.raises(ValueError, match="1 situations for 2 replies"):
-        judge.score(["a", "b"], ["s"])
-    with pytest.raises(TypeError, match="not one str"):
-        judge.score("I am here for you.")
+    assert (r_warm > r_cold).all()
+    for j in (judge, report):
+        with pytest.raises(ValueError, match="1 situations for 2 replies"):
+            j.score(["a", "b"], ["s"])
+        with pytest.raises(TypeError, match="not one str"):
+            j.score("I am here for you.")
+
+
+def test_empathy_judges_on_their_test_set_read_once():
+    """judge_empathy_fresh: 36 forum posts x 5 replies, written and labelled blind by two processes after
+    the judges were fixed. Pins what chapter 02 reports (tuning judge rho 0.60, reporting 0.37, below the
+    0.80 goal and the writer-labeller agreement of 0.80), so that a change of either judge is seen."""
+    from scipy.stats import spearmanr as rho_of
+
+    fresh = ds.load_named("judge_empathy_fresh")
+    assert len(fresh) == 180 and all(r.id in protocol.test_ids() for r in fresh)
+    y = [r.score for r in fresh]
+    args = ([r.reply for r in fresh], [r.situation for r in fresh])
+    assert 0.55 <= rho_of(J.EmpathyJudge(use_all=True).score(*args), y)[0] <= 0.65
+    assert 0.32 <= rho_of(J.ReportingEmpathyJudge(use_all=True).score(*args), y)[0] <= 0.42
+    assert rho_of([r.intended for r in fresh], y)[0] == pytest.approx(0.80, abs=0.01)
 
 
 def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
@@ -195,7 +214,7 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]
     fresh = J.EmpathyJudge().score(texts)
     files = list((tmp_path / "judges").iterdir())
-    assert [f.suffix for f in files] == [".safetensors"]
+    assert files and {f.suffix for f in files} == {".safetensors"}  # idf table and model: nothing pickled
     again = J.EmpathyJudge().score(texts)
     np.testing.assert_array_equal(fresh, again)
     corpus = [J.DATA_DIR / "judge_emotion.jsonl"]  # a small corpus keeps the fit quick
@@ -471,8 +490,10 @@ def test_names_emotion_finds_each_word_family():
 
 def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
     recs, _ = J.empathy_corpus()
-    setting = {r["situation"]: r["setting"] for r in recs}
-    assert sorted(Counter(setting.values()).items()) == [("game", 15), ("personal", 28)]  # the dataset card's counts
+    for name, counts in (("judge_empathy", [("game", 15), ("personal", 28)]),
+                         ("judge_empathy_registers", [("game", 22), ("personal", 62)])):  # the dataset cards' counts
+        setting = {r["situation"]: r["setting"] for r in recs if r["id"].startswith("empr-") == (name != "judge_empathy")}
+        assert sorted(Counter(setting.values()).items()) == counts
     bad = tmp_path / "judge_empathy.jsonl"
     bad.write_text("".join(json.dumps({**r, "setting": "work"}) + "\n" for r in recs[:5]))
     with pytest.raises(J.JudgeError, match="setting is not 'personal' or 'game'"):

@@ -76,3 +76,21 @@ def test_the_reference_figure_is_plain_generation_of_a_fixed_size():
     ref = profiling.reference_speed(n_prompts=2, new_tokens=4)
     assert ref["model"] == "smollm2-135m" and ref["prompts"] * ref["new_tokens"] == 8
     assert ref["tokens_per_s"] == pytest.approx(8 / ref["seconds"]) and ref["tokens_per_s"] > 0
+
+
+def test_the_bench_reads_the_books_generation_speed_against_the_same_builds_reference(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_capture import book_generation_item
+
+    missing = book_generation_item(tmp_path)
+    assert missing["ratio"] is None and "make book" in capsys.readouterr().out
+    prof = {"reference": {"tokens_per_s": 80.0, "seconds": 3.2},
+            "chapters": {"04_x": {"generated_tokens": 600, "seconds": {"generation": 10.0}},
+                         "06_y": {"generated_tokens": 1400, "seconds": {"generation": 30.0}}}}
+    (tmp_path / "profile.json").write_text(json.dumps(prof))
+    item = book_generation_item(tmp_path)
+    assert item["b"]["tok_s"] == pytest.approx(50.0) and item["ratio"] == pytest.approx(50 / 80)
+    assert item["met"] is False and item["target"] == "ratio >= 0.8"

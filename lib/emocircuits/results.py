@@ -125,10 +125,18 @@ ROWS: tuple[Row, ...] = (
     Row("judges", "empathy judge: Spearman rho with held-out labels", "Claude (paper C); keyword counts (paper A)",
         "02_measuring", "empathy_judge_rho", _fixed("no relation: 0"),
         "1-5 scale like paper C's; chapter 02 compares it with paper A's keyword heuristic"),
-    Row("judges", "empathy judge: Spearman rho with labels written to another brief", "-", "02_measuring",
-        "empathy_judge_other_rho", _base("no relation: 0; warmer reply of a pair scored higher: {}",
-                                         "empathy_judge_other_pairs"),
-        "40 messages to a chat assistant, five replies each; never trained on"),
+    Row("judges", "empathy judge (tuning): Spearman rho on chat-assistant replies written to another brief", "-",
+        "02_measuring", "empathy_judge_other_rho", _base("no relation: 0; reporting judge {}",
+                                                         "empathy_judge_other_rho_report"),
+        "40 messages x 5 levels; never trained on, but read while the judges were built: it decided which kind "
+        "tunes", fixed="no"),
+    Row("judges", "empathy judge (tuning): Spearman rho on fresh forum replies, read once", "-", "02_measuring",
+        "empathy_judge_fresh_rho",
+        _base("reply length alone: {}; reporting judge {}; writer's intended level vs the labeller: {}; warmer reply "
+              "of a post scored higher: {}", "empathy_fresh_length_rho", "empathy_report_fresh_rho",
+              "empathy_fresh_writer_rho", "empathy_judge_fresh_pairs"),
+        "36 posts x 5 replies, written and labelled blind by two processes after the judges were fixed; goal 0.80 "
+        "not met", fixed="yes"),
     Row("judges", "EIA rubric (0/1/2) judge: level accuracy on replies to the five EIA games", "0/1/2 rubric (paper A)",
         "02_measuring", "rubric_judge_accuracy",
         _base("chance 0.33; the empathy judge's score cut into levels: {}", "rubric_from_score_accuracy"),
