@@ -73,7 +73,9 @@ def test_the_build_adds_up_what_a_chapter_and_a_process_it_starts_measured(tmp_p
 
 
 def test_the_reference_figure_is_plain_generation_of_a_fixed_size():
-    ref = profiling.reference_speed(n_prompts=2, new_tokens=4)
+    from emocircuits.book import reference_speed
+
+    ref = reference_speed(n_prompts=2, new_tokens=4)
     assert ref["model"] == "smollm2-135m" and ref["prompts"] * ref["new_tokens"] == 8
     assert ref["tokens_per_s"] == pytest.approx(8 / ref["seconds"]) and ref["tokens_per_s"] > 0
 

@@ -85,10 +85,10 @@ def test_set_neuron_to_zero_removes_its_write(smol):
     base = capture(smol, text, [f"mlp_act.{L}", f"mlp_out.{L}"], pooling="none", progress=False)
     a_i = base[f"mlp_act.{L}"][0][:, i]
     got = {}
-    with torch.inference_mode(), smol.nn.trace(smol.encode(text)):
-        from emocircuits.steering import _apply, _resolve
+    from emocircuits.interventions import _apply, resolve
 
-        for site, iv in _resolve(smol, [Set(f"mlp_act.{L}", [i], 0.0)]):
+    with torch.inference_mode(), smol.nn.trace(smol.encode(text)):
+        for site, iv in resolve(smol, [Set(f"mlp_act.{L}", [i], 0.0)]):
             _apply(smol, site, iv, 0)
         got["out"] = smol.mlp(L).output
     expected = base[f"mlp_out.{L}"][0] - a_i[:, None] * smol.hf_layer(L).mlp.down_proj.weight[:, i].detach()[None]

@@ -48,7 +48,7 @@ from typing import Sequence
 
 from . import profiling
 from .cache import atomic_write_text, file_lock
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -449,6 +449,35 @@ TIMINGS = "timings.json"
 PROFILE = "profile.json"
 
 
+def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: int = 32, threads: int = 1) -> dict:
+    """A fixed yardstick for the machine: plain transformers ``generate`` on ``model`` (the default),
+    ``n_prompts`` short prompts in one batch, greedy, exactly ``new_tokens`` new tokens each, on
+    ``threads`` CPU threads. Returns ``{"model", "tokens_per_s", "seconds", "threads"}``; a slow machine
+    shows here as well as in the chapters' times, a slower book only in the chapters'."""
+    import torch
+
+    lm = load_model(model or DEFAULT_MODEL)
+    prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
+    enc = lm.encode(prompts, padding_side="left")
+    enc.pop("position_ids")  # generate derives positions from the mask, as steering.generate lets it
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=lm.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            lm.hf.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+            t0 = time.perf_counter()
+            lm.hf.generate(**enc, **kwargs)
+            seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+    return {"model": lm.name, "tokens_per_s": n_prompts * new_tokens / seconds, "seconds": seconds,
+            "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}
+
+
+
 def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None) -> dict:
     """``executed/profile.json``: per chapter, its wall time (``timings``), the seconds of each phase
     (:mod:`profiling`), the rest (``other``) and its tokens; and the reference figure measured in the same
@@ -600,7 +629,7 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     if ran_any:
         # the yardstick for the machine, measured in the same run (when the book is rendered: a real build)
         profile = write_profile(executed, [s.stem for s in chapters(root)], timings,
-                                profiling.reference_speed() if render else None)
+                                reference_speed() if render else None)
         print(profile_table(profile), flush=True)
     if not render:
         return executed

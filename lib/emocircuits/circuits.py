@@ -32,10 +32,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .activations import all_layers, capture, check_batch_size
-from .steering import Add, Scale, Set
+from .activations import capture, check_batch_size
+from .interventions import Add, Scale, Set, apply_all, resolve
 from .protocol import refuse_test_records
 from .profiling import timed
+from .sites import all_layers, parse_site, parse_sites, read_site, write_site
 
 KINDS = ("neuron", "head")
 SUBLAYERS = ("attn", "mlp")
@@ -541,14 +542,11 @@ class LastToken:
 
     @timed("capture")
     def __call__(self, sites, interventions: Sequence = ()) -> dict[str, torch.Tensor]:
-        from .activations import parse_sites
-        from .steering import _resolve, apply_all
-
         bad = [iv for iv in interventions if getattr(iv, "positions", None) != "last:1"]
         if bad:
             raise ValueError(f"LastToken takes interventions with positions='last:1' only, got "
                              f"{sorted({b.positions for b in bad})}")
-        items = _resolve(self.lm, interventions)
+        items = resolve(self.lm, interventions)
         site_list = sorted(parse_sites(sites, self.lm.n_layers), key=lambda s: s.order)
         last = max(s.order for s in site_list)
         items = [(s, iv) for s, iv in items if s.order <= last]
@@ -634,8 +632,6 @@ def sublayer_influence(lm, texts: Sequence[str], local_dirs: dict[str, np.ndarra
     direction, alpha) row.
     """
     from tqdm.auto import tqdm
-
-    from .activations import parse_site, read_site, write_site
 
     ref_layer = lm.n_layers - 1 if ref_layer is None else ref_layer
     layers = list(range(ref_layer + 1)) if layers is None else list(layers)

@@ -10,7 +10,7 @@ internals: :func:`activations.capture`, circuits' and attribution's traced passe
 judges' scoring and fitting, coherence and perplexity) and ``training`` (transcoder training). A phase
 inside another is counted once, in the inner phase (an emotion judge called while a generation runs
 would count as judging). What no phase covers (starting the kernel, imports, loading models, plots,
-tables) is the chapter's ``other`` time.
+tables) is the chapter's ``other`` time. The build's reference figure is :func:`emocircuits.book.reference_speed`.
 
 Tokens: ``generated_tokens`` (new tokens kept, up to and including end of sequence) and
 ``forward_tokens`` (non-padding tokens of the forward passes of ``capture``; prompt tokens of a
@@ -118,36 +118,6 @@ def collect(prefix: str | Path) -> dict:
         for k in ("generated_tokens", "forward_tokens"):
             total[k] += int(got.get(k, 0))
     return total
-
-
-def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: int = 32, threads: int = 1) -> dict:
-    """A fixed yardstick for the machine: plain transformers ``generate`` on ``model`` (the default),
-    ``n_prompts`` short prompts in one batch, greedy, exactly ``new_tokens`` new tokens each, on
-    ``threads`` CPU threads. Returns ``{"model", "tokens_per_s", "seconds", "threads"}``; a slow machine
-    shows here as well as in the chapters' times, a slower book only in the chapters'."""
-    import torch
-
-    from .models import DEFAULT_MODEL, load_model
-
-    lm = load_model(model or DEFAULT_MODEL)
-    prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
-    enc = lm.encode(prompts, padding_side="left")
-    enc.pop("position_ids")  # generate derives positions from the mask, as steering.generate lets it
-    enc = {k: v.to(lm.device) for k, v in enc.items()}
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                      pad_token_id=lm.tokenizer.pad_token_id)
-        with torch.inference_mode():
-            lm.hf.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-            t0 = time.perf_counter()
-            lm.hf.generate(**enc, **kwargs)
-            seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(old)
-    return {"model": lm.name, "tokens_per_s": n_prompts * new_tokens / seconds, "seconds": seconds,
-            "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}
 
 
 if os.environ.get(PROFILE_ENV):

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import Site, read_site
+from .interventions import Set, Transcode, apply_all, resolve
+from .sites import Site, read_site
 from .cache import atomic_write, atomic_write_text, cache_dir, code_version, stable_hash
 from .profiling import timed
 
@@ -284,8 +285,6 @@ class TranscoderSet(dict):
 
     def splices(self) -> list:
         """Interventions that replace every MLP by the set's prediction (each with its cross-layer writers)."""
-        from .steering import Transcode
-
         return [Transcode(self[la], splice=True, feeds=tuple(self[w] for w in self.writers(la) if w != la))
                 for la in sorted(self)]
 
@@ -315,11 +314,12 @@ class TranscoderSet(dict):
 # Leaving them out also keeps the corpus (and the transcoders cached on it)
 # what it was before they were written.
 # Evaluation-only files, and the emotion judges' corpora added after chapter 05's transcoders were
-# settled (the emotion and empathy judges' files of 2026-12-06): the transcoders read what they read before.
+# settled (the emotion and empathy judges' files of 2026-12-06 and 2026-12-07): the transcoders read what they
+# read before.
 CORPUS_EXCLUDE = frozenset({"eia_lexical", "eia_matched", "situations_confirm", "emotion_replies",
                             "judge_emotion_registers", "judge_emotion_chat", "judge_emotion_fresh",
                             "judge_empathy_heldout", "eia_rubric_train", "eia_rubric_heldout",
-                            "judge_emotion_bundled"})
+                            "judge_emotion_bundled", "judge_empathy_registers", "judge_empathy_fresh"})
 
 
 def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -> list[str]:
@@ -604,7 +604,7 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
         raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
     corpus_hash = stable_hash(list(texts))
     key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st),
-                       "code": code_version("transcoders", "activations", "models")})
+                       "code": code_version("transcoders", "activations", "sites", "models")})
     folder = Path(folder) if folder is not None else cache_dir("transcoders") / lm.name / key
     if (folder / "config.json").is_file():
         return TranscoderSet.load(folder)
@@ -731,9 +731,7 @@ def _ce_sum(logits: torch.Tensor, enc: dict) -> tuple[float, int]:
 def next_token_loss(lm, texts: Sequence[str], interventions: Sequence = (), batch_size: int = 16,
                     max_length: int = 128) -> float:
     """Mean next-token cross-entropy (nats) over every real token of ``texts``, under ``interventions``."""
-    from .steering import _resolve, apply_all
-
-    items = _resolve(lm, interventions)
+    items = resolve(lm, interventions)
     total, count = 0.0, 0
     for enc in _encoded_batches(lm, texts, batch_size, max_length):
         got: dict = {}
@@ -755,17 +753,15 @@ def splice_losses(lm, tset: TranscoderSet, texts: Sequence[str], each: bool = Tr
     forward would compute there. That halves the work of the ``2 x
     n_layers`` one-layer passes on average.
     """
-    from .steering import Set, _resolve, apply_all
-
     splices = tset.splices()
-    conditions = [("all", 0, _resolve(lm, splices))]
+    conditions = [("all", 0, resolve(lm, splices))]
     if each:
         for la, tc in zip(sorted(tset), splices):
             # a cross-layer set's layer reads the features of the layers under it, so those run as they are
             first = min(tset.writers(la), default=la) if tc.feeds else la
-            conditions.append((("each", la), first, _resolve(lm, [tc])))
+            conditions.append((("each", la), first, resolve(lm, [tc])))
             zero = Set(f"mlp_out.{la}", list(range(lm.d_model)), 0.0)
-            conditions.append((("zero_mlp", la), la, _resolve(lm, [zero])))
+            conditions.append((("zero_mlp", la), la, resolve(lm, [zero])))
     below = max((first for _, first, _ in conditions), default=0)
     totals = {"clean": 0.0, **{key: 0.0 for key, _, _ in conditions}}
     count = 0
