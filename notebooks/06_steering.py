@@ -170,7 +170,8 @@ pd.DataFrame(records).groupby(["positions", "scale", "layer"]).alpha.agg(["uniqu
 # %% [markdown]
 # ## 2. Judging every reply
 #
-# Each reply gets chapter 02's empathy score (1-5, given its situation) and
+# Each reply gets chapter 02's tuning empathy score (1-5; an n-gram judge
+# that reads the reply alone, not its situation) and
 # chapter 02's coherence checks, including perplexity under the
 # *unsteered* model given the prompt. Steering can produce fluent-looking
 # pseudo-language with a low perplexity (byte-level tokens of accented
@@ -188,7 +189,7 @@ def reported(judged_):
     from scipy.stats import spearmanr
 
     recs_, sc_, coh_ = judged_
-    rs = emp_report.score([r["text"] for r in recs_])
+    rs = emp_report.score([r["text"] for r in recs_], [r["user"] for r in recs_])  # it reads the situation too
     return S.both_ways(recs_, rs, coh_, seed=SEED).iloc[0].share, float(spearmanr(rs, sc_)[0])
 
 
@@ -205,7 +206,9 @@ def judged_sweep(prompts_, dirs_, layers_, alphas_, seeds=None, **kw):
     ``(records, scores, coherent)``."""
     recs = S.sweep(lm, prompts_, dirs_, layers_, alphas_, seeds=seeds or SEEDS, sample=True, temperature=0.7,
                    max_new_tokens=NEW_TOKENS, **kw)
-    return (recs, *judge(recs, {p["id"]: p["user"] for p in prompts_}))
+    by_id = {p["id"]: p["user"] for p in prompts_}
+    recs = [{**r, "user": by_id[r["id"]]} for r in recs]  # each reply with its situation, for either judge
+    return (recs, *judge(recs, by_id))
 
 
 scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
@@ -351,26 +354,33 @@ pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # With the probe direction alone the goal is not met on the bundled 135M
-# model, and the tables say why. The early layer, where the probe reads empathy best, does not move
-# judged empathy with the push: across paper A's whole grid (up to about
-# 3 RMS either way) replies stay coherent, but every alpha's interval
-# overlaps the unsteered replies' interval, and no |alpha| moves
-# more situations both ways than its interval allows by chance. Paper A's
-# keyword metric reads 0.75 to 0.92 at that layer's negative alphas,
-# where the honest rate is 0 to 0.17: its rule counts an unchanged reply
-# as a success. The middle layer moves replies both ways, but not far
-# before they break. Pushed away from empathy, the model writes digits and
-# letter salad (the example in section 3), and at alpha = -1 hardly a
-# reply passes the coherence
-# checks, wherever the push is applied; pushed toward it, the model writes
-# a soup of short questions. Pushing only the generated tokens keeps
-# replies coherent at |alpha| = 0.5, where the effect is small, and
-# smaller upward than downward: on the
-# fresh situations the chosen setting moves far fewer than the 80% asked,
-# with an interval that reaches below chance. A probe direction that
-# reads empathy well (AUROC near 1 in chapter 03) need not be a direction
-# the model *writes* empathy with. Re-run with
-# `MODEL = "gemma-2-2b-it"` (GPU) for a model with a wider range.
+# model, and the tables say why. The early layer, where the probe reads
+# empathy best, does not move judged empathy with the push: across paper
+# A's whole grid (up to about 3 RMS either way) at least 0.92 of replies
+# stay coherent, but every alpha's interval overlaps the unsteered
+# replies' interval, and no |alpha| moves more situations both ways than
+# its interval allows by chance. Paper A's keyword metric reads 0.75 to
+# 0.92 at that layer's negative alphas, where the honest rate is 0: its
+# rule counts an unchanged reply as a success. The middle layer moves
+# replies both ways, but not far before they break. Pushed away from
+# empathy, the model writes digits and letter salad (the example in
+# section 3), and at alpha = -1 hardly a reply passes the coherence
+# checks, wherever the push is applied; pushed toward it, the model
+# writes a soup of short questions. The most situations moved, 0.83
+# [0.50, 1.00] at 0.5 x RMS over all positions, came with 0.75 of
+# replies coherent, below the bar. Pushing only the generated tokens
+# keeps 0.96 of replies coherent at |alpha| = 0.5, where the effect is
+# small: judged empathy 2.61, 2.83 and 3.14 at -0.5, 0 and +0.5. That is
+# the chosen setting, 0.33 [0.00, 0.67] moved both ways, level with paper
+# A's grid at alpha 5 and 20. **On the 12 fresh situations it moves 0.17
+# [0.00, 0.42] both ways, against a chance of 0.16**: no more than a push
+# that does nothing. There judged empathy is 2.31 at -0.5, 2.28 unpushed
+# and 1.96 at +0.5, so the push toward empathy lowered it. The reporting
+# judge reads 0.33 of the fresh situations moved; its scores and the
+# tuning judge's agree with rho 0.10. A probe direction that reads
+# empathy well (AUROC near 1 in chapter 03) need not be a direction the
+# model *writes* empathy with. Re-run with `MODEL = "gemma-2-2b-it"`
+# (GPU) for a model with a wider range.
 # Section 6 comes back to the goal with a second direction beside this
 # one.
 
@@ -536,39 +546,43 @@ persona_headline = record(
 # %% [markdown]
 # How to read this section on the default model (the numbers below are
 # the default book's). **The model hardly follows the persona prompts.**
-# Its warm and cold replies get the same judged empathy (warm minus cold
-# -0.04 [-0.25, +0.15]), and the warm reply is judged above the cold one
-# on 0.57 [0.46, 0.68] of questions, against 0.5 if the prompt were
-# ignored (the example above is one pair, the first question under the
-# first persona pair). The direction built from them is not the probe's
-# (cosines between -0.23 and +0.10 at the four layers), and it does tell
-# the two personas' replies apart on the evaluation questions, 0.73
-# [0.63, 0.82] AUROC even read without the prompt that produced them. So
-# the replies differ in something, their register more than their judged
-# empathy.
+# Its warm replies get slightly more judged empathy than its cold ones
+# (warm minus cold +0.16 [-0.10, +0.42], an interval that holds 0), and
+# the warm reply is judged above the cold one on 0.61 [0.50, 0.72] of
+# questions, against 0.5 if the prompt were ignored (the example above is
+# one pair, the first question under the first persona pair). The
+# direction, built from the 21 of 36 extraction pairs where the warm reply
+# was judged higher, is not the probe's (cosines between -0.33 and +0.09
+# at the four layers), and it does tell the two personas' replies apart
+# on the evaluation questions: 0.76 [0.68, 0.85] AUROC read after the
+# system prompt, 0.72 [0.63, 0.82] even without the prompt that produced
+# them. So the replies differ in something, their register more than
+# their judged empathy.
 #
-# **Steering with it is one-sided.** On the six choice situations the
-# persona direction moved every situation both ways at 0.5 x RMS over
-# all positions, the best of four settings. The fresh situations do not
-# confirm it: 0.25 [0.00, 0.50] moved both ways, against a chance of
-# 0.17. What holds is the upward push: judged empathy rises from 2.52 to
-# 3.50, beyond the seed noise on 0.42 [0.17, 0.67] of the fresh
-# situations, with 0.94 of replies coherent. Pushed the other way,
-# nothing happens (2.57). Paper A saw an asymmetry too, on
-# Dolphin-Llama-3.1-8B (94.4% success pushing toward empathy), but of
-# another kind: there the push away from empathy broke the replies
-# (empty outputs, "move move move"); here they stay coherent and
-# unchanged.
+# **Steering with it does not hold up.** On the six choice situations the
+# persona direction moved 0.33 [0.00, 0.67] of them both ways at each of
+# its four settings. Only one kept 90% of replies coherent, 0.5 x RMS at
+# the generated positions (0.92), so it is the choice; over all positions
+# the same push kept 0.88. The fresh situations do not confirm even
+# that: 0.17 [0.00, 0.42] moved both ways, against a chance of 0.16, with
+# 0.90 of replies coherent. Judged empathy is 2.57 at -0.5, 2.28
+# unpushed and 2.67 at +0.5: the push raises it a little whichever its
+# sign. The honest success rate is 0.17 [0.00, 0.42] upward and 0
+# downward. The reporting judge reads 0.08 of the fresh situations moved
+# (rho 0.31 with the tuning judge). Paper A saw a one-sided effect on
+# Dolphin-Llama-3.1-8B (94.4% success pushing toward empathy), where the
+# push away from empathy broke the replies (empty outputs, "move move
+# move"); here neither sign does what it should on fresh situations.
 #
-# **The probe direction at the same setting** moves more of the fresh
-# situations both ways, 0.67 [0.42, 0.92] with 0.94 coherent (2.07, 2.52
-# and 3.20 at -0.5, 0 and +0.5), than the setting section 4 chose did
-# (0.25). On the six choice situations this setting had scored 0.33,
-# with 0.75 coherent. With six situations and two seeds per setting, the
-# choice among settings is noisy, which is why section 4 confirms its
-# choice on fresh situations and this comparison is not used to choose
-# anything. Neither direction alone reaches the goal of 0.80; section 6
-# pushes along both at once.
+# **The probe direction at the same setting** is section 4's chosen
+# setting, so its row repeats section 4's confirmation: 0.17 [0.00,
+# 0.42] moved both ways with 0.96 coherent (2.31, 2.28 and 1.96 at -0.5,
+# 0 and +0.5). On the fresh situations the two directions move the same
+# share, at chance. With six situations and two seeds per setting, the
+# choice among settings is noisy (the persona direction's four settings
+# tie), which is why section 4 confirms its choice on fresh situations
+# and this comparison is not used to choose anything. Neither direction
+# alone reaches the goal of 0.80; section 6 pushes along both at once.
 #
 # What this cannot show is whether a model that *does* follow its persona
 # prompt gives a direction that steers both ways. Persona Vectors
@@ -579,11 +593,12 @@ persona_headline = record(
 # ## 6. The two directions together
 #
 # Sections 4 and 5 each fell short with one direction. The probe
-# direction breaks replies when pushed hard, and on section 4's
-# situations its both-ways share did not hold up on fresh ones; the
-# persona direction moved judged empathy up and hardly down. At the
-# middle layer the two are close to orthogonal (the cosine table of
-# section 5), so a push along their normalised sum,
+# direction breaks replies when pushed hard, and its chosen setting moved
+# no more fresh situations both ways than chance; on the same fresh
+# situations the persona direction did no better, raising judged empathy
+# a little whichever way it pushed. At the middle layer the two are close
+# to orthogonal (the cosine table of section 5), so a push along their
+# normalised sum,
 # `u = (p + q) / |p + q|` for the unit probe direction `p` and the unit
 # persona direction `q`, gives each of them 1/sqrt(2) of the push.
 #
@@ -605,9 +620,12 @@ persona_headline = record(
 #
 # The grid was fixed by exploring the choice situations, so the choice's
 # share is biased upward; the confirmation is the number held against the
-# goal. As elsewhere in this chapter, alpha is in units of the residual
-# RMS on the prompts being pushed, so the same alpha is a slightly
-# different push on the two sets of situations.
+# goal. Those explorations were read by the earlier tuning judge, a
+# sentence-embedding judge, before chapter 02's two judges swapped roles;
+# the strength within the grid is chosen with the current one. As
+# elsewhere in this chapter, alpha is in units of the residual RMS on the
+# prompts being pushed, so the same alpha is a slightly different push
+# on the two sets of situations.
 
 # %%
 u_sum = fit.directions[MID] + persona_dirs[MID]  # both unit vectors
@@ -673,68 +691,76 @@ pd.Series(sum_headline).to_frame("value")
 # %% [markdown]
 # How to read this section on the default model (the default book's
 # numbers). On the 24 choice situations, 0.45 x RMS moved the most
-# situations both ways among the strengths that kept 90% of replies
-# coherent: 0.79 [0.62, 0.92], with 0.90 coherent. At 0.55 the push
-# breaks a fifth of the replies (0.79 coherent) and moves fewer (0.71);
-# at 0.35 it moves 0.62. **On the 24 confirmation situations the same
-# push moved 0.88 [0.75, 1.00] of them both ways**, against a chance of
-# 0.17, **with 0.90 of the replies coherent**: judged empathy 2.37 at
-# -0.45, 3.05 unpushed and 3.51 at +0.45. That meets the goal as it was
-# set (at least 80% moved both ways while at least 90% stay coherent),
-# and only just, **as the tuning judge reads it**.
+# situations both ways, 0.50 [0.33, 0.71], but kept only 0.88 of replies
+# coherent; 0.55 moved 0.38 with 0.71 coherent. Among the strengths that
+# kept 90% coherent the choice is 0.35 x RMS: 0.33 [0.12, 0.50] moved,
+# 0.96 coherent, against a chance of 0.16. **On the 24 confirmation
+# situations the same push moved 0.29 [0.12, 0.50] of them both ways**,
+# against a chance of 0.17, **with 0.89 of the pushed replies
+# coherent**: judged empathy 2.46 at -0.35, 2.98 unpushed and 2.94 at
+# +0.35. **The goal is not met, on either half, as the tuning judge
+# reads it**: 7 of 24 situations moved both ways where it asked for 20,
+# an interval whose lower end is below chance, and coherence under the
+# bar (0.89 against 0.90). The push lowers judged empathy and does not
+# raise it.
 #
-# **The reporting judge does not see it.** Chapter 02's second empathy
-# judge (n-grams of the reply alone; it chose nothing here) reads the
-# same confirmation replies (24 situations, four seeds, at -0.45, 0 and
-# +0.45) and finds 0.21 of the situations moved both ways, near the
-# chance of 0.17; the two judges' scores of these replies agree with
-# Spearman rho 0.22. The push was chosen by the
-# tuning judge, so what it moves may be what that judge reads (its
-# sentence embeddings) more than what a reader would call empathy. The
-# earlier confirmations split the same way: the probe direction of
-# section 4 moved 0.25 by the tuning judge and none by the reporting
-# judge; the persona direction of section 5, 0.25 and 0.33. Until a
-# third reading (a person, or an instruction-following judge on a GPU)
-# settles it, the goal is met by one judge only.
+# **The reporting judge reads more movement, and the judges barely
+# agree.** Chapter 02's second empathy judge (sentence embeddings; it
+# chose nothing here) reads the same confirmation replies (24 situations,
+# four seeds, at -0.35, 0 and +0.35) and finds 0.58 of the situations
+# moved both ways; the two judges' scores of these replies agree with
+# Spearman rho 0.33. It reads more than the tuning judge for each
+# direction alone too (0.75 for the probe direction, 0.58 for the
+# persona direction, against 0.25 and 0.33) and on section 4's
+# confirmation (0.33 against 0.17), but less on section 5's (0.08
+# against 0.17). Its shares come without an interval or a chance level
+# of its own here (shuffling gives near 1/6 for any judge when nothing
+# moves), and none of them reaches 0.80. The goal is read with the
+# tuning judge, the one every choice here was made with; by its count
+# every confirmation in this chapter has an interval that reaches chance
+# (shares 0.17 to 0.33, chances 0.16 to 0.18). What the reporting
+# judge sees move and the tuning judge does not, this chapter cannot
+# say.
 #
-# **What the sum adds is smaller than the change of protocol.** At the
-# same setting, on the same situations and seeds, the probe direction
-# alone moves 0.54 [0.33, 0.75] both ways (0.93 coherent): it lowers
-# judged empathy (2.35) but hardly raises it (3.15). The persona direction
-# alone moves 0.79 [0.62, 0.92] (0.93 coherent), one situation short of
-# the goal: under this protocol it lowers judged empathy too (2.54),
-# which section 5's fresh situations did not show. The sum moves two
-# situations more than the persona direction and costs three points of
-# coherence; the intervals overlap. The sum is not what carries the
-# result. Section 5 saw the persona direction move 0.25 of its 12 fresh
-# situations (two seeds, 0.5 x RMS); the step from there to 0.79 is the
-# protocol's (other situations and more of them, more seeds, a slightly
-# gentler push), not the direction's.
+# **The sum adds nothing this sample can see.** At the same setting, on
+# the same situations and seeds, the probe direction alone moves 0.25
+# [0.08, 0.42] both ways (0.96 coherent) and the persona direction alone
+# 0.33 [0.17, 0.50] (0.92 coherent), against a chance of 0.18 for each.
+# The sum's 0.29 lies between them, and its coherence (0.89) is the
+# lowest of the three; the intervals overlap. The probe direction alone
+# lowers judged empathy (2.41) and does not raise it (2.95); the persona
+# direction alone hardly moves it either way (2.81 and 2.95, against
+# 2.98 unpushed). Under this protocol (other and more situations, four
+# seeds, 0.35 x RMS at all positions) the persona direction moves 0.33,
+# against 0.17 of section 5's 12 fresh situations (two seeds, 0.5 x RMS
+# at the generated positions); both intervals reach chance.
 #
-# Three more things keep the result from being more than it is.
-# - **It meets the coherence half at the edge.** 173 of the 192 pushed
-#   replies are coherent (0.901). All 19 that are not were pushed away
-#   from empathy: 0.80 coherent at -0.45, 1.00 at +0.45, against 0.97
+# Three more things qualify the result.
+# - **The coherence half fails on one side.** 170 of the 192 pushed
+#   replies are coherent (0.89). All 22 that are not were pushed away
+#   from empathy: 0.77 coherent at -0.35, 1.00 at +0.35, against 0.97
 #   for the unpushed replies. Pushed down, the model still writes digits
-#   and loops (the examples above). Six seeds instead of four on the same
-#   confirmation situations (what a FULL run draws) moved 0.92 with 0.89
-#   coherent when this section was written: below the bar. The goal is
-#   met with four seeds and missed, by one point of coherence, with six.
+#   and loops (the examples above). The fall in judged empathy at -0.35
+#   comes where replies break; how much of it is the breakage, these
+#   outputs do not separate.
 # - **Most single moves are within the sampling noise.** The goal is a
 #   sign test on each situation's mean over four seeds. Section 2's
 #   stricter metric, which asks each change to beat twice the standard
 #   error of the seed noise and every reply at that alpha to be coherent,
-#   credits 0.29 [0.12, 0.46] of the situations going up and 0.12 [0.00,
-#   0.25] going down. With four seeds that threshold is the standard
+#   credits 0.12 [0.00, 0.29] of the situations going up and 0.08 [0.00,
+#   0.21] going down. With four seeds that threshold is the standard
 #   deviation of a situation's scores across seeds. Up, where every reply
-#   is coherent, 0.71 of the situations stay within it; down, a situation
-#   also fails when one of its four replies breaks.
+#   is coherent, 0.88 of the situations are not credited: their change
+#   is within the noise or of the wrong sign; down, a situation also
+#   fails when one of its four replies breaks.
 # - **The direction and grid were found by searching.** Two directions
 #   summed, at strengths found by exploring the choice situations. The
-#   confirmation situations guard the number against that search. They
-#   do not guard it against fitting this judge: the score that moves is
-#   chapter 02's empathy judge's, with its measured accuracy, and
-#   "judged empathy rises" is that judge's reading.
+#   confirmation situations guard the number against that search, and
+#   here the search did not carry over: 0.33 on the choice situations,
+#   0.29 on the confirmation ones, both with intervals that reach
+#   chance. The score that is read is chapter 02's tuning judge's, an
+#   n-gram judge of the reply alone, with its measured accuracy; "judged
+#   empathy" is that judge's reading.
 
 
 # %% [markdown]
@@ -774,11 +800,12 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #     --prompts in.jsonl --out out.jsonl
 # ```
 #
-# On this model that is the setting whose confirmation the reporting
-# judge does not back (section 6): from the command line as here, it
-# moves what the tuning judge reads far more than it moves empathy by
-# an independent reading. A model that follows instructions may do
-# better; the chapter's confirmation is the check to rerun on it.
+# On this model that is a setting that missed the goal (section 6):
+# 0.35 x RMS at all positions of layer 15, which moved 0.29 of the
+# confirmation situations both ways as the tuning judge reads them,
+# against a chance of 0.17, and broke 22 of the 96 replies it pushed
+# away from empathy. A model that follows instructions may do better;
+# the chapter's confirmation is the check to rerun on it.
 #
 # ## What this chapter cannot show
 #
@@ -813,12 +840,15 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #   Vectors' direction from the model's own replies under a warm and a cold
 #   system prompt; `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
-# - On the default model, the normalised sum of the two directions moves
-#   0.88 of 24 situations kept for that check both ways as the tuning
-#   judge reads them, with the coherent share at the goal's bar
-#   (section 6). The reporting judge, of another kind, reads 0.21 of
-#   them moved, near chance: the goal is met by one judge only. The
-#   persona direction alone comes within one situation of it under the
-#   same protocol, and most single moves are within the seed noise.
+# - On the default model no direction meets the goal. The normalised sum
+#   of the two directions moves 0.29 [0.12, 0.50] of 24 situations kept
+#   for that check both ways as the tuning judge reads them, against a
+#   chance of 0.17, with 0.89 of pushed replies coherent, under the bar
+#   (section 6). Pushed away from empathy, judged empathy falls where
+#   replies break; pushed toward it, it does not rise. Each direction
+#   alone does no better (0.25 and 0.33), and most single moves are
+#   within the seed noise. The reporting judge reads more of the
+#   situations moved (0.58) but agrees with the tuning judge little
+#   (rho 0.33), and none of its readings reaches 0.80 either.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.
