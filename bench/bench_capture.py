@@ -346,13 +346,13 @@ def judges_item(n_texts: int, repeats: int) -> dict:
 
 
 def book_generation_item(executed: Path) -> dict:
-    """The default book's generation speed: every token its chapters generated over the seconds they spent
-    generating (``executed/profile.json``, written by the last build that ran a chapter) against the
-    reference figure of the same build: plain transformers ``generate``, one batch of 8 fixed prompts x 32
-    tokens on one thread, as each chapter's kernel has (goal >= 0.8x). Read from the build, not re-timed:
-    the two ran in one run of `make book`, but on different prompts, batch sizes and lengths, so the ratio
-    says how close the book's generation comes to plain batched generation on the same machine, not a
-    side-by-side replay of its prompts."""
+    """The default book's generation speed: every token the chapters that ran in the last build generated,
+    over the seconds they spent generating (``executed/profile.json``), against that build's reference
+    figure: plain transformers ``generate``, one batch of 8 fixed prompts x 32 tokens on one thread, as
+    each chapter's kernel has in a two-job build (goal >= 0.8x). Read from the build, not re-timed: the two
+    ran in one run of `make book` (chapters reused from an earlier build are left out), but on different
+    prompts, batch sizes and lengths, so the ratio says how close the book's generation comes to plain
+    batched generation on the same machine, not a side-by-side replay of its prompts."""
     import json
 
     path = executed / "profile.json"
@@ -362,7 +362,8 @@ def book_generation_item(executed: Path) -> dict:
     except (OSError, ValueError):
         print(f"{name}: no {path}; run `make book` first", flush=True)
         return make_item(name, what + f" (no {path} yet)", {"a": {}, "b": {}}, "rate", None)
-    chapters, ref = prof.get("chapters", {}), prof.get("reference") or {}
+    chapters = {k: c for k, c in prof.get("chapters", {}).items() if c.get("ran", True)}
+    ref = prof.get("reference") or {}
     tokens = sum(c["generated_tokens"] for c in chapters.values())
     seconds = sum(c["seconds"]["generation"] for c in chapters.values())
     measured = {"a": {"tok_s": ref.get("tokens_per_s"), "s": ref.get("seconds")},

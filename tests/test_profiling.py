@@ -20,8 +20,8 @@ def test_a_phase_inside_another_is_counted_once_in_the_inner_phase():
         with profiling.phase("judging"):
             time.sleep(0.3)
     d = _diff(before, profiling.snapshot())
-    assert 0.3 <= d["seconds"]["judging"] < 0.45
-    assert 0.2 <= d["seconds"]["generation"] < 0.3, "the inner phase's time is not counted twice"
+    assert 0.3 <= d["seconds"]["judging"] < 0.5
+    assert 0.2 <= d["seconds"]["generation"] < 0.3 + 0.15, "the inner phase's time is not counted twice"
     with pytest.raises(ValueError, match="phase 'decoding': expected one of generation, capture"):
         profiling.phase("decoding").__enter__()
     with pytest.raises(ValueError, match="expected one of"):
@@ -91,7 +91,8 @@ def test_the_bench_reads_the_books_generation_speed_against_the_same_builds_refe
     assert missing["ratio"] is None and "make book" in capsys.readouterr().out
     prof = {"reference": {"tokens_per_s": 80.0, "seconds": 3.2},
             "chapters": {"04_x": {"generated_tokens": 600, "seconds": {"generation": 10.0}},
-                         "06_y": {"generated_tokens": 1400, "seconds": {"generation": 30.0}}}}
+                         "06_y": {"generated_tokens": 1400, "seconds": {"generation": 30.0}},
+                         "05_z": {"generated_tokens": 9999, "seconds": {"generation": 1.0}, "ran": False}}}
     (tmp_path / "profile.json").write_text(json.dumps(prof))
     item = book_generation_item(tmp_path)
     assert item["b"]["tok_s"] == pytest.approx(50.0) and item["ratio"] == pytest.approx(50 / 80)

@@ -478,10 +478,12 @@ def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: in
 
 
 
-def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None) -> dict:
+def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None,
+                  ran: Sequence[str] = ()) -> dict:
     """``executed/profile.json``: per chapter, its wall time (``timings``), the seconds of each phase
-    (:mod:`profiling`), the rest (``other``) and its tokens; and the reference figure measured in the same
-    run (:func:`profiling.reference_speed`), or the previous one where ``reference`` is None."""
+    (:mod:`profiling`), the rest (``other``), its tokens and whether it ran in this build (``ran``: a reused
+    chapter keeps the profile of the build that ran it); and the reference figure measured in this run
+    (:func:`reference_speed`), or the previous one where ``reference`` is None."""
     path = executed / PROFILE
     try:
         old = json.loads(path.read_text())
@@ -497,7 +499,7 @@ def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float
         seconds = {k: round(v, 1) for k, v in got["seconds"].items()}
         seconds["other"] = round(wall - sum(got["seconds"].values()), 1)
         chapters[stem] = {"wall_s": wall, "seconds": seconds, "generated_tokens": got["generated_tokens"],
-                          "forward_tokens": got["forward_tokens"]}
+                          "forward_tokens": got["forward_tokens"], "ran": stem in ran}
     out = {"reference": reference or old.get("reference"), "chapters": chapters}
     atomic_write_text(path, json.dumps(out, indent=1, sort_keys=True) + "\n")
     return out
@@ -629,7 +631,7 @@ def build(quick: bool = False, model: str = DEFAULT_MODEL, seed: int = 0, only: 
     if ran_any:
         # the yardstick for the machine, measured in the same run (when the book is rendered: a real build)
         profile = write_profile(executed, [s.stem for s in chapters(root)], timings,
-                                reference_speed() if render else None)
+                                reference_speed() if render else None, ran=ran_any)
         print(profile_table(profile), flush=True)
     if not render:
         return executed

@@ -154,6 +154,8 @@ class _CarryClamp:
 
 
 def resolve(lm, interventions) -> list[tuple[Site, object]]:
+    """Check ``interventions`` against ``lm`` and return ``(site, intervention)`` pairs in execution order
+    (a cross-layer clamp adds its writes into later layers); what :func:`apply_all` takes."""
     items = []
     for iv in interventions:
         if not isinstance(iv, (Add, Set, Scale, Transcode)):
@@ -279,7 +281,7 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
     """Apply resolved interventions in execution order and read ``reads`` on the way (inside a trace).
 
     ``items`` are ``(site, intervention)`` or ``(site, intervention, rows)``
-    with ``rows`` a boolean mask over the batch (see :func:`_rows_items`).
+    with ``rows`` a boolean mask over the batch (see :func:`emocircuits.steering._rows_items`).
     Several interventions at one site act one after the other on the same
     value. A read at an intervened site sees the changed value. Returns
     ``{str(site): value}`` for ``reads``.

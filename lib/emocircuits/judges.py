@@ -536,9 +536,10 @@ class _EmpathyJudgeBase:
     def __init__(self, seed: int = 0, use_all: bool = False, corpus: Path | Sequence[Path] | None = None):
         recs, test = empathy_corpus(corpus, seed)
         self.test = [r for r, t in zip(recs, test) if t]
-        self._fit([r for r, t in zip(recs, test) if use_all or not t], seed)
+        self._fit([r for r, t in zip(recs, test) if use_all or not t], seed, recs)
 
-    def _fit(self, train: list[dict], seed: int) -> None:
+    def _fit(self, train: list[dict], seed: int, corpus: list[dict]) -> None:
+        """Fit on ``train``; ``corpus`` is every record (for caches the split and the whole judge share)."""
         raise NotImplementedError
 
     @staticmethod
@@ -568,7 +569,7 @@ class NgramEmpathyJudge(_EmpathyJudgeBase):
 
     name = "word and character n-grams of the reply + logistic regression (1-5)"
 
-    def _fit(self, train: list[dict], seed: int) -> None:
+    def _fit(self, train: list[dict], seed: int, corpus: list[dict]) -> None:
         texts = [r["reply"] for r in train]
         y = np.array([r["score"] - 1 for r in train])  # classes 0-4
         groups = [r["situation"] for r in train]  # C by leaving situations out (never the sentence encoder)
@@ -597,13 +598,13 @@ class EmbeddingEmpathyJudge(_EmpathyJudgeBase):
     name = "sentence embeddings of situation and reply + logistic regression (1-5)"
     C = 8.0
 
-    def _fit(self, train: list[dict], seed: int) -> None:
+    def _fit(self, train: list[dict], seed: int, corpus: list[dict]) -> None:
         sit, rep = [r["situation"] for r in train], [r["reply"] for r in train]
         y = np.array([r["score"] for r in train])
         key = {"sit": sit, "rep": rep, "y": y.tolist(), "C": self.C, "seed": seed, "encoder": EMBEDDER_PACKAGE}
 
-        def features():
-            return _pair_features(sit, rep, embed_cached(sit + rep))
+        def features():  # every record's texts, so the split judge and the whole one share one cache entry
+            return _pair_features(sit, rep, embed_cached([r["situation"] for r in corpus] + [r["reply"] for r in corpus]))
 
         self.clf = _fit_cached("empathy-embedding", key, features, y, self.C, seed)
 

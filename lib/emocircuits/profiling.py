@@ -3,18 +3,23 @@
 The book runner (:func:`emocircuits.book.run_chapter`) names a file prefix in ``EMOCIRCUITS_PROFILE``;
 every process of the chapter that imports emocircuits (its kernel, and a CLI it starts) then writes
 ``<prefix>.<pid>.json`` with what it measured, and the runner adds them up. Outside the runner the
-counters still run (:func:`snapshot` reads them) and nothing is written.
+counters still run (:func:`snapshot` reads them) and nothing is written. The build's reference figure
+is :func:`emocircuits.book.reference_speed`.
 
 Phases: ``generation`` (:func:`steering.generate`), ``capture`` (forward passes that read a model's
-internals: :func:`activations.capture`, circuits' and attribution's traced passes), ``judging`` (the
-judges' scoring and fitting, coherence and perplexity) and ``training`` (transcoder training). A phase
-inside another is counted once, in the inner phase (an emotion judge called while a generation runs
-would count as judging). What no phase covers (starting the kernel, imports, loading models, plots,
-tables) is the chapter's ``other`` time. The build's reference figure is :func:`emocircuits.book.reference_speed`.
+internals: :func:`activations.capture`, circuits' ``LastToken`` passes and
+:func:`circuits.sublayer_influence`), ``judging`` (the judges' scoring and fitting, coherence and
+perplexity) and ``training`` (transcoder training). A phase inside another is counted once, in the inner
+phase. What no phase covers is the chapter's ``other`` time: starting the kernel, imports, loading
+models, plots and tables, and the forward passes no phase names (attribution graphs,
+:func:`steering.forward`, transcoders' splice losses).
 
-Tokens: ``generated_tokens`` (new tokens kept, up to and including end of sequence) and
-``forward_tokens`` (non-padding tokens of the forward passes of ``capture``; prompt tokens of a
-generation are not counted there).
+Tokens: ``generated_tokens`` (new tokens kept; the end-of-sequence token and what follows are left out)
+and ``forward_tokens`` (non-padding tokens of :func:`activations.capture`'s passes; a generation's prompt
+and the other capture passes are not counted).
+
+The state is plain data, kept per thread (no lock object: a traced block that reaches a timed function
+can still be shipped to a remote backend); a forked child starts from zero.
 """
 
 from __future__ import annotations
@@ -34,11 +39,20 @@ PROFILE_ENV = "EMOCIRCUITS_PROFILE"
 PHASES = ("generation", "capture", "judging", "training")
 FLUSH_EVERY_S = 2.0
 
-_lock = threading.RLock()
 _seconds = {p: 0.0 for p in PHASES}
 _tokens = {"generated_tokens": 0, "forward_tokens": 0}
-_stack: list[list] = []  # [phase, seconds spent in inner phases]
+_stacks: dict[int, list[list]] = {}  # per thread: [phase, seconds spent in inner phases]
 _last_flush = [0.0]
+
+
+def _reset() -> None:
+    """Start from zero (a forked child: its parent reports its own time)."""
+    for p in PHASES:
+        _seconds[p] = 0.0
+    for k in _tokens:
+        _tokens[k] = 0
+    _stacks.clear()
+    _last_flush[0] = 0.0
 
 
 @contextmanager
@@ -47,18 +61,17 @@ def phase(name: str):
     if name not in PHASES:
         raise ValueError(f"phase {name!r}: expected one of {', '.join(PHASES)}")
     t0 = time.perf_counter()
-    with _lock:
-        _stack.append([name, 0.0])
+    stack = _stacks.setdefault(threading.get_ident(), [])
+    stack.append([name, 0.0])
     try:
         yield
     finally:
         total = time.perf_counter() - t0
-        with _lock:
-            _, inner = _stack.pop()
-            _seconds[name] += total - inner
-            if _stack:
-                _stack[-1][1] += total
-        if not _stack:
+        _, inner = stack.pop()
+        _seconds[name] += total - inner
+        if stack:
+            stack[-1][1] += total
+        else:
             flush()
 
 
@@ -78,15 +91,13 @@ def timed(name: str):
 
 def count(generated: int = 0, forward: int = 0) -> None:
     """Add generated and forward tokens."""
-    with _lock:
-        _tokens["generated_tokens"] += int(generated)
-        _tokens["forward_tokens"] += int(forward)
+    _tokens["generated_tokens"] += int(generated)
+    _tokens["forward_tokens"] += int(forward)
 
 
 def snapshot() -> dict:
     """``{"seconds": {phase: s}, "generated_tokens": n, "forward_tokens": n}`` of this process so far."""
-    with _lock:
-        return {"seconds": dict(_seconds), **_tokens}
+    return {"seconds": dict(_seconds), **_tokens}
 
 
 def flush(force: bool = False) -> None:
@@ -120,5 +131,6 @@ def collect(prefix: str | Path) -> dict:
     return total
 
 
+os.register_at_fork(after_in_child=_reset)
 if os.environ.get(PROFILE_ENV):
     atexit.register(flush, True)
