@@ -196,7 +196,7 @@ def test_the_rule_chose_which_empathy_judge_tunes_and_the_two_are_different_inst
 
 def test_empathy_judges_on_their_test_set_read_once():
     """judge_empathy_fresh: 36 forum posts x 5 replies, written and labelled blind by two processes after
-    the judges were fixed. Pins what chapter 02 reports (tuning judge rho 0.60, reporting 0.37, below the
+    the judges were fixed. Pins what chapter 02 reports (tuning judge rho 0.59, reporting 0.37, below the
     0.80 goal and the writer-labeller agreement of 0.80), so that a change of either judge is seen."""
     from scipy.stats import spearmanr as rho_of
 
