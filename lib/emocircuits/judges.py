@@ -89,7 +89,7 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                              show_progress_bar=False, convert_to_numpy=True)
 
 
-@timed("judging")
+@timed("judge_fitting")
 def _cached_arrays(path: Path, compute) -> dict[str, np.ndarray]:
     """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first. Parallel chapters
     that need the same entry take turns under a lock (kept apart from the cache entries): the first computes,
@@ -829,7 +829,7 @@ def coherence(texts: Sequence[str], lm=None, contexts: Sequence[str] | None = No
     return out
 
 
-@timed("judging")
+@timed("perplexity")
 def perplexity(lm, texts: Sequence[str], contexts: Sequence[str] | None = None, batch_size: int = 16) -> list[float]:
     """Per-text perplexity of ``text`` (after ``context``, if given) under a loaded model.
 

@@ -8,8 +8,10 @@ is :func:`emocircuits.book.reference_speed`.
 
 Phases: ``generation`` (:func:`steering.generate`), ``capture`` (forward passes that read a model's
 internals: :func:`activations.capture`, circuits' ``LastToken`` passes and
-:func:`circuits.sublayer_influence`), ``judging`` (the judges' scoring and fitting, coherence and
-perplexity) and ``training`` (transcoder training). A phase inside another is counted once, in the inner
+:func:`circuits.sublayer_influence`), ``judging`` (the judges' scoring and coherence checks), ``perplexity``
+(:func:`judges.perplexity`, coherence's forward passes), ``judge_fitting`` (fitting the judges or loading
+their fits, embedding their corpora, and waiting for another chapter that fits the same one) and
+``training`` (transcoder training). A phase inside another is counted once, in the inner
 phase. What no phase covers is the chapter's ``other`` time: starting the kernel, imports, loading
 models, plots and tables, and the forward passes no phase names (attribution graphs,
 :func:`steering.forward`, transcoders' splice losses).
@@ -36,7 +38,7 @@ from pathlib import Path
 from .cache import atomic_write_text
 
 PROFILE_ENV = "EMOCIRCUITS_PROFILE"
-PHASES = ("generation", "capture", "judging", "training")
+PHASES = ("generation", "capture", "judging", "perplexity", "judge_fitting", "training")
 FLUSH_EVERY_S = 2.0
 
 _seconds = {p: 0.0 for p in PHASES}
