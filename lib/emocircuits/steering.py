@@ -32,8 +32,11 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .activations import capture, check_batch_size
+from .cache import atomic_write
 from .interventions import Add, Scale, Set, Transcode, _check_positions, apply_all, resolve  # noqa: F401 (chapters' names)
 from .profiling import count, timed
+from .protocol import refuse_test_records
+from .stats import bootstrap_ci
 
 def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side: str = "left") -> torch.Tensor:
     """Logits ``[batch, tokens, vocab]`` of one forward pass with interventions applied."""
@@ -296,8 +299,6 @@ ALPHAS = (-20, -10, -5, -3, -1, 0, 1, 3, 5, 10, 20)  # paper A's grid, for a uni
 
 def residual_rms(lm, texts: Sequence[str], layer: int, site_kind: str = "resid_post") -> float:
     """Root mean square of the site's entries over every real token of ``texts`` (paper B scales alpha by it)."""
-    from .activations import capture
-
     site = f"{site_kind}.{layer}"
     rows = capture(lm, list(texts), [site], pooling="none", progress=False)[site]
     x = torch.cat(rows)
@@ -404,8 +405,6 @@ def steering_success(records: Sequence[dict], scores: Sequence[float], coherent:
     import numpy as np
     import pandas as pd
 
-    from .stats import bootstrap_ci
-
     df = _judged_frame(records, scores, coherent)
     rows = []
     for layer, lay in df.groupby("layer"):
@@ -453,8 +452,6 @@ def both_ways(records: Sequence[dict], scores: Sequence[float], coherent: Sequen
     """
     import numpy as np
     import pandas as pd
-
-    from .stats import bootstrap_ci
 
     df = _judged_frame(records, scores, coherent)
     rng = np.random.default_rng(seed)
@@ -505,8 +502,6 @@ def best_setting(table, record_ids: Sequence[str], min_coherent: float = 0.9):
     ids); a test record among them, or a missing one, is refused
     (:func:`emocircuits.protocol.refuse_test_records`): a setting is chosen on discovery situations only.
     """
-    from .protocol import refuse_test_records
-
     if isinstance(record_ids, str):
         raise ValueError(f"record_ids={record_ids!r}: expected a list of record ids, not one string")
     refuse_test_records(record_ids, "best_setting")
@@ -527,8 +522,6 @@ def save_vector(path, vector, *, model: str, layer: int, site: str = "resid_post
     from pathlib import Path
 
     from safetensors.torch import save_file
-
-    from .cache import atomic_write
 
     vec = torch.as_tensor(vector, dtype=torch.float32).contiguous()
     if vec.ndim != 1:
@@ -561,8 +554,6 @@ def export_control_vector(path, directions: dict, model_hint: str, site: str = "
 
     import gguf
     import numpy as np
-
-    from .cache import atomic_write
 
     if site != "resid_post":
         raise ValueError(f"site={site!r}: llama.cpp control vectors act on the block output, resid_post only")

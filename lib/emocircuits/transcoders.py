@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .datasets import DATA_DIR
 from .interventions import Set, Transcode, apply_all, resolve
 from .sites import Site, read_site
 from .cache import atomic_write, atomic_write_text, cache_dir, code_version, stable_hash
@@ -332,8 +333,6 @@ def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -
     so the list (and its hash) is the same on every machine. Files in
     :data:`CORPUS_EXCLUDE` (evaluation-only stress tests) are left out.
     """
-    from .datasets import DATA_DIR
-
     folder = Path(data_dir) if data_dir is not None else DATA_DIR
     out: list[str] = []
     for path in sorted(folder.glob("*.jsonl")):
