@@ -212,10 +212,11 @@ def test_empathy_judges_on_their_test_set_read_once():
 def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]
-    fresh = J.EmpathyJudge().score(texts)
+    small = J.DATA_DIR / "judge_empathy.jsonl"  # the first corpus alone keeps the fit quick
+    fresh = J.EmpathyJudge(corpus=small).score(texts)
     files = list((tmp_path / "judges").iterdir())
     assert files and {f.suffix for f in files} == {".safetensors"}  # idf table and model: nothing pickled
-    again = J.EmpathyJudge().score(texts)
+    again = J.EmpathyJudge(corpus=small).score(texts)
     np.testing.assert_array_equal(fresh, again)
     corpus = [J.DATA_DIR / "judge_emotion.jsonl"]  # a small corpus keeps the fit quick
     first = J.EmotionJudge(corpus=corpus).predict_proba(texts)
