@@ -477,7 +477,6 @@ def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: in
             "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}
 
 
-
 def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None,
                   ran: Sequence[str] = ()) -> dict:
     """``executed/profile.json``: per chapter, its wall time (``timings``), the seconds of each phase
@@ -508,7 +507,8 @@ def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float
 def profile_table(profile: dict) -> str:
     """The profile as a text table (printed at the end of a build)."""
     cols = (*profiling.PHASES, "other")
-    lines = [f"{'chapter':24s} {'wall s':>7s} " + " ".join(f"{c:>13s}" for c in cols) + f" {'gen tok':>8s} {'fwd tok':>9s}"]
+    lines = [f"{'chapter':24s} {'wall s':>7s} " + " ".join(f"{c:>13s}" for c in cols)
+             + f" {'gen tok':>8s} {'fwd tok':>9s}"]
     for stem, c in sorted(profile["chapters"].items()):
         lines.append(f"{stem:24s} {c['wall_s']:7.1f} " + " ".join(f"{c['seconds'].get(k, 0):13.1f}" for k in cols)
                      + f" {c['generated_tokens']:8d} {c['forward_tokens']:9d}")

@@ -153,6 +153,13 @@ EMOTION_VALIDATION = {
 }
 
 
+def _corpus_paths(path: str | Path | Sequence[Path] | None, default: Sequence[str]) -> list[Path]:
+    """The file or files given, or the bundled corpora named in ``default``."""
+    if path is None:
+        return [DATA_DIR / f"{n}.jsonl" for n in default]
+    return [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+
+
 def emotion_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     """Records of the emotion corpora (:data:`EMOTION_CORPORA`, or the file or files given) and a test mask
     that holds out 20% of each file's texts per label (seeded).
@@ -160,8 +167,7 @@ def emotion_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> 
     Each record gains ``source`` (its file's stem) and ``group`` (its file's ``style`` or ``register``
     field, prefixed by the stem): the unit the judges' settings are cross-validated over.
     """
-    paths = [DATA_DIR / f"{n}.jsonl" for n in EMOTION_CORPORA] if path is None else (
-        [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path])
+    paths = _corpus_paths(path, EMOTION_CORPORA)
     recs, test = [], []
     for p in paths:
         part = _read_jsonl(p)
@@ -198,8 +204,7 @@ EMPATHY_CORPORA = ("judge_empathy", "judge_empathy_registers")
 def empathy_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     """Records of the empathy corpora (:data:`EMPATHY_CORPORA`, or the file or files given) and a 80/20
     test mask that holds out whole clusters of similar situations."""
-    paths = ([DATA_DIR / f"{n}.jsonl" for n in EMPATHY_CORPORA] if path is None
-             else [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path])
+    paths = _corpus_paths(path, EMPATHY_CORPORA)
     recs = [r for p in paths for r in _read_jsonl(p)]
     names = ", ".join(p.name for p in paths)
     bad = [r.get("id") for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]

@@ -41,18 +41,19 @@ PROFILE_ENV = "EMOCIRCUITS_PROFILE"
 PHASES = ("generation", "capture", "judging", "perplexity", "judge_fitting", "training")
 FLUSH_EVERY_S = 2.0
 
-_seconds = {p: 0.0 for p in PHASES}
-_tokens = {"generated_tokens": 0, "forward_tokens": 0}
+def _zero() -> dict:
+    """Counters at zero, in the shape :func:`snapshot` and :func:`collect` return."""
+    return {"seconds": {p: 0.0 for p in PHASES}, "generated_tokens": 0, "forward_tokens": 0}
+
+
+_counts = _zero()
 _stacks: dict[int, list[list]] = {}  # per thread: [phase, seconds spent in inner phases]
 _last_flush = [0.0]
 
 
 def _reset() -> None:
     """Start from zero (a forked child: its parent reports its own time)."""
-    for p in PHASES:
-        _seconds[p] = 0.0
-    for k in _tokens:
-        _tokens[k] = 0
+    _counts.update(_zero())
     _stacks.clear()
     _last_flush[0] = 0.0
 
@@ -70,7 +71,7 @@ def phase(name: str):
     finally:
         total = time.perf_counter() - t0
         _, inner = stack.pop()
-        _seconds[name] += total - inner
+        _counts["seconds"][name] += total - inner
         if stack:
             stack[-1][1] += total
         else:
@@ -93,13 +94,13 @@ def timed(name: str):
 
 def count(generated: int = 0, forward: int = 0) -> None:
     """Add generated and forward tokens."""
-    _tokens["generated_tokens"] += int(generated)
-    _tokens["forward_tokens"] += int(forward)
+    _counts["generated_tokens"] += int(generated)
+    _counts["forward_tokens"] += int(forward)
 
 
 def snapshot() -> dict:
     """``{"seconds": {phase: s}, "generated_tokens": n, "forward_tokens": n}`` of this process so far."""
-    return {"seconds": dict(_seconds), **_tokens}
+    return {**_counts, "seconds": dict(_counts["seconds"])}
 
 
 def flush(force: bool = False) -> None:
@@ -118,7 +119,7 @@ def flush(force: bool = False) -> None:
 def collect(prefix: str | Path) -> dict:
     """Add up (and remove) the files every process wrote under ``prefix``."""
     prefix = Path(prefix)
-    total = {"seconds": {p: 0.0 for p in PHASES}, "generated_tokens": 0, "forward_tokens": 0}
+    total = _zero()
     for path in sorted(prefix.parent.glob(prefix.name + ".*.json")):
         try:
             got = json.loads(path.read_text())
