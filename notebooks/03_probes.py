@@ -819,7 +819,8 @@ pd.DataFrame([
 # both files) holds 635 replies to 127 other situations, one per grade:
 # 90 personal (messages from friends, colleagues, strangers, forum posts,
 # customer desks, messages to a chat assistant) and 37 other games. Each
-# reply is graded 1-5 by its author. Every reply is scored by the probe
+# reply is graded 1-5 by its author (QUICK mode keeps every third
+# situation with all five of its replies). Every reply is scored by the probe
 # at its best layer, as the assistant's answer to the situation. Does it rank the empathic replies
 # (grade 4-5) above the dismissive or task-only ones (1-2)?
 # **Baselines:** chance (0.5) and paper A's keyword count on the same
@@ -827,6 +828,8 @@ pd.DataFrame([
 
 # %%
 graded, _ = J.empathy_corpus()  # the judge's graded replies, checked as the judge reads them
+kept = sorted({r["situation"] for r in graded})[:: size(3, 1, 1)]  # QUICK: every third situation, all five grades
+graded = [r for r in graded if r["situation"] in kept]
 gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])
 gr_score = P.score_texts(lm, fits[POOL], gr_texts, response_starts=gr_starts)
 grade = np.array([r["score"] for r in graded])

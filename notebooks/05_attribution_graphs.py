@@ -565,3 +565,79 @@ pd.Series(headline).to_frame("value")
 #   (classifiers trained on this project's 635 graded replies, one on the
 #   reply's n-grams, one on sentence embeddings), not by Claude, so paper
 #   C's numbers and ours are on the same 1-5 scale but not the same ruler.
+
+# %% [markdown]
+# ## Summary
+#
+# What this run found, each number beside the baseline it is read against
+# (empathy is chapter 02's tuning judge's 1-5 score).
+
+# %% tags=["remove-input"]
+from IPython.display import Markdown
+
+
+def ci(row):
+    """A row of the clamping table: its judged empathy with its 95% interval, as "3.06 [3.00, 3.17]"."""
+    return f"{row['empathy (1-5)']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]"
+
+
+def joined(items):
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+fve, lin = round(fve_ci[0], 2), round(qual.linear_fve.mean(), 2)
+versus = "more than" if fve > lin else "less than" if fve < lin else "as much as"
+n_steps, chance = sum(map(len, emp_ids)), qual.l0.mean() / tset[0].cfg.n_features
+steps = f"every one of the {n_steps} generation steps of the {len(pairs)} empathetic replies"
+if persist:
+    neutral_too = sum(float(neu_act[la].mean(0)[f]) >= 0.5 for la, f, *_ in persist)
+    if len(persist) > 1:
+        neutral = (f"{neutral_too} of them {'is' if neutral_too == 1 else 'are'} on in at least half the neutral "
+                   "replies' steps too")
+    else:
+        neutral = f"it is on in {'at least' if neutral_too else 'fewer than'} half the neutral replies' steps"
+    persistence = (f"{len(persist)} feature{'s stay' if len(persist) > 1 else ' stays'} on at {steps} (chance for one "
+                   f"feature at one step: {chance:.3f}); {neutral}.")
+else:
+    persistence = (f"No feature stays on at {steps}, paper C's criterion; a feature picked at random is on at one "
+                   f"step with probability {chance:.3f}.")
+unmod = clamp_table.loc["unmodified"]
+circ4, ctrl4, circ100 = (clamp_table.loc[c] for c in ("circuit = 4x its max", "control = 4x its max", "circuit = 100"))
+coherent_rows = clamp_table[clamp_table.index.str.startswith("circuit") & (clamp_table.coherent >= 0.9)]
+labels = [c.removeprefix("circuit = ").removesuffix(" its max") for c in coherent_rows.index]
+lifted = [lab for lab, lo in zip(labels, coherent_rows.lo) if lo > unmod["empathy (1-5)"]]
+if labels:
+    lifts = (f"Of the circuit's clamps that keep at least 0.90 of replies coherent (at {joined(labels)}), "
+             f"{joined(lifted) if lifted else 'none'} lift{'' if len(lifted) > 1 else 's'} judged empathy with an "
+             f"interval wholly above the unmodified {unmod['empathy (1-5)']:.2f}.")
+else:
+    lifts = "No clamp of the circuit keeps 0.90 of replies coherent."
+findings = [
+    f"The transcoders explain {fve_ci[0]:.2f} [{fve_ci[1]:.2f}, {fve_ci[2]:.2f}] of the MLPs' output variance on "
+    f"held-out text (mean over layers), {versus} a linear map's {qual.linear_fve.mean():.2f}; splicing all in "
+    f"raises next-token loss from {losses['clean']:.2f} to {losses['all']:.2f} nats.",
+    f"The attribution graph adds up to each node's real value within {graph.check['max_abs_error']:.0e}, but "
+    f"error nodes, what the transcoders miss, carry {share_err:.0%} of the influence on the target logit.",
+    persistence,
+    f"Clamped at 4x each feature's largest activation, the {len(circuit_feats)}-feature circuit scores "
+    f"{ci(circ4)} on empathy, against {ci(unmod)} unmodified and {ci(ctrl4)} for as many random features.",
+    lifts,
+    f"Clamped at 100, where paper C reports {PAPER_C_CLAMP['100']:.2f} against {PAPER_C_CLAMP['unmodified']:.2f} "
+    f"unmodified (Gemma-2-2B, Claude judge), the circuit leaves {circ100.coherent:.2f} of replies coherent and "
+    f"scores {circ100['empathy (1-5)']:.2f}.",
+]
+display(Markdown("\n".join(f"- {s}" for s in findings)))
+
+# %% [markdown]
+# ### References
+#
+# - Paper C: *Preliminary Investigation of Empathy Regulating Circuits in
+#   Language Models* (preprint). This chapter reproduces its persistent
+#   features, circuit growth and clamping.
+# - Ameisen et al., 2025, [*Circuit Tracing: Revealing Computational Graphs
+#   in Language Models*](https://transformer-circuits.pub/2025/attribution-graphs/methods.html):
+#   transcoders, the replacement model and attribution graphs.
+# - [circuit-tracer](https://github.com/safety-research/circuit-tracer): the
+#   format of the published transcoder sets that the `TRANSCODERS` parameter
+#   loads.
+# - Chapter 02 of this book for the empathy judges and the coherence check.

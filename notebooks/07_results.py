@@ -172,12 +172,15 @@ show("judges")
 # %% [markdown]
 # ## The same comparisons as a picture
 #
-# Left: paper B's three ways to an emotion (share of replies judged as the
-# target), ours with 95% intervals, the paper's as a cross; the dashed
-# line is the unmodified model. Right: paper C's clamping table on its
-# 1-5 scale.
+# Left: paper A's steering, the share of situations whose judged empathy
+# moved the intended way under both signs (on the situations the setting
+# was chosen on, biased up, and on fresh ones); the dashed line is chance.
+# Middle: paper B's three ways to an emotion (share of replies judged as
+# the target); the dashed line is the unmodified model. Right: paper C's
+# clamping table on its 1-5 scale. Ours with 95% intervals, the paper's
+# as a red cross where it reported the same quantity.
 
-# %%
+# %% tags=["landing-figure"]
 def pick(chapter, key):
     """(value, low, high) as recorded; NaN when not run, the value itself when no interval was recorded."""
     got = R.value(rec.get(chapter, {}), key)
@@ -187,27 +190,37 @@ def pick(chapter, key):
     return v, v if lo is None else lo, v if hi is None else hi
 
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.1, 1, 1.3]})
 label_b = {"prompting": "prompting", "steering": "steering vector", "modulation": "circuit modulation"}
+rows_a = [("probe (where chosen)", "both_ways_best", R.PAPER_A_STEERING), ("probe (fresh)", "both_ways_confirmed", np.nan),
+          ("probe + persona (fresh)", "sum_confirmed", np.nan)]
 rows_b = [(label_b[how], f"{how}_accuracy", p) for how, p in R.PAPER_B_CONTROL.items()]
 rows_c = [("unmodified", "empathy_unmodified", R.PAPER_C_CLAMP["unmodified"])] + [
     (f"clamp {v}", f"clamp_circuit_{v}_empathy", p) for v, p in R.PAPER_C_CLAMP.items() if v != "unmodified"]
-for ax, chapter, items, base_key, label in (
-        (axes[0], "04_emotion_circuits", rows_b, "plain_accuracy", "share judged as the target"),
-        (axes[1], "05_attribution_graphs", rows_c, "empathy_unmodified", "judged empathy (1-5)")):
+for ax, chapter, items, base_key, base_label, label in (
+        (axes[0], "06_steering", rows_a, "both_ways_confirmed_chance", "chance (ours)", "share moved both ways"),
+        (axes[1], "04_emotion_circuits", rows_b, "plain_accuracy", "unmodified model (ours)",
+         "share judged as the target"),
+        (axes[2], "05_attribution_graphs", rows_c, "empathy_unmodified", "unmodified model (ours)",
+         "judged empathy (1-5)")):
     ours = np.array([pick(chapter, k) for _, k, _ in items])
     x = np.arange(len(items))
     ax.errorbar(x, ours[:, 0], [ours[:, 0] - ours[:, 1], ours[:, 2] - ours[:, 0]], fmt="o", capsize=3,
-                label=f"this book ({MODEL})")
-    ax.scatter(x, [p for *_, p in items], marker="x", color="C3", label="paper")
+                label=f"this book ({MODEL})", zorder=3)
+    ax.scatter(x, [p for *_, p in items], marker="x", s=60, color="C3", label="paper", zorder=4)
     base = pick(chapter, base_key)[0]
     if not np.isnan(base):
-        ax.axhline(base, color="grey", ls="--", lw=1, label="unmodified model (ours)")
-    ax.set_xticks(x, [n for n, *_ in items], rotation=15)
+        ax.axhline(base, color="grey", ls="--", lw=1, label=base_label)
+    ax.set_xticks(x, [n for n, *_ in items], rotation=20, ha="right")
     ax.set(ylabel=label)
-    ax.legend(fontsize=8)
-axes[0].set(ylim=(-0.02, 1.02), title="Paper B: three ways to an emotion")
-axes[1].set(ylim=(0.8, 5.2), title="Paper C: clamping the empathy circuit")
+axes[0].set(ylim=(-0.02, 1.02), title="Paper A: steering empathy")
+axes[1].set(ylim=(-0.02, 1.02), title="Paper B: three ways to an emotion")
+axes[2].set(ylim=(0.8, 5.2), title="Paper C: clamping the circuit")
+handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False,
+           bbox_to_anchor=(0.5, -0.02))
+fig.suptitle("The three papers' headline numbers beside this book's")
+fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
 
 # %% [markdown]

@@ -2,9 +2,12 @@
 
 The QUICK book (every chapter executed by papermill, rendered by Jupyter Book)
 is served on 127.0.0.1 and each chapter page is opened: it loads without
-console errors, its figures are there and decoded, no cell shows an error,
+console errors, its figures are there, decoded and described (alt text),
+no cell shows an error or prints to stderr, no output is wider than the
+column, code takes at most 15% of the page's height, it has a summary,
 the sidebar reaches every chapter, launch buttons point at Colab and Binder,
 circuitsvis views render from their inlined bundle, and no page is heavy.
+The start page shows this build's findings, their figure and every chapter.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 import time
@@ -22,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))]
 MAX_PAGE_MB = 8.0  # a circuitsvis view inlines its 1.3 MB bundle; pages stay well under this
+MAX_CODE_SHARE = 0.15  # of a chapter page's height, with folded cells folded (emocircuits.book.present_code)
 
 # Console messages a page may log without being broken. pydata-sphinx-theme
 # logs the first on a visit with nothing in localStorage (every visit of a
@@ -96,7 +101,7 @@ def test_every_chapter_page_in_a_browser(site, browser):
     errors = _open(browser, f"{base}/index.html")
     assert not errors, f"index.html logs console errors: {errors}"
     assert set(CHAPTERS) <= _nav_pages(browser), "the sidebar of the start page misses chapters"
-    problems = []
+    problems = _landing_page_problems(browser, base)
     for stem in CHAPTERS:
         page = html_dir / "notebooks" / f"{stem}.html"
         assert page.exists(), f"{stem}: no rendered page {page}"
@@ -107,10 +112,33 @@ def test_every_chapter_page_in_a_browser(site, browser):
         if errors:
             problems.append(f"{stem}: console errors {errors}")
         imgs = browser.execute_script(
-            "return [...document.querySelectorAll('article img')].map(i => [i.src, i.complete ? i.naturalWidth : 0])")
+            "return [...document.querySelectorAll('article img')].map(i => [i.src, i.complete ? i.naturalWidth : 0,"
+            " (i.getAttribute('alt') || '').trim()])")
         if not imgs:
             problems.append(f"{stem}: no figure on the page")
-        problems += [f"{stem}: figure not decoded: {src[:80]}" for src, w in imgs if not w]
+        problems += [f"{stem}: figure not decoded: {src[:80]}" for src, w, _ in imgs if not w]
+        problems += [f"{stem}: figure without alt text: {src[-40:]}" for src, _, alt in imgs
+                     if len(alt) < 10 or re.fullmatch(r"\S+\.(png|svg|jpe?g)", alt)]  # Sphinx's default: the file
+        wide = browser.execute_script(
+            "const right = document.querySelector('article').getBoundingClientRect().right;"
+            "return [...document.querySelectorAll('article .cell_output, article .cell_output pre,"
+            " article .cell_output table')].filter(e => e.scrollWidth > e.clientWidth + 2"
+            " || e.getBoundingClientRect().right > right + 2).map(e => e.innerText.slice(0, 60))")
+        problems += [f"{stem}: output wider than the column: {t!r}" for t in wide]
+        code = browser.execute_script(
+            "const art = document.querySelector('article'); let code = 0;"
+            "art.querySelectorAll('.cell_input').forEach(e => {"
+            " if (!e.closest('details:not([open])')) code += e.getBoundingClientRect().height; });"
+            "return code / art.getBoundingClientRect().height")
+        if code > MAX_CODE_SHARE:
+            problems.append(f"{stem}: code takes {code:.0%} of the page's height (at most {MAX_CODE_SHARE:.0%})")
+        n_stderr = browser.execute_script("return document.querySelectorAll('.cell_output .output.stderr').length")
+        if n_stderr:
+            problems.append(f"{stem}: {n_stderr} output(s) printed to stderr on the page")
+        headings = browser.execute_script(
+            "return [...document.querySelectorAll('article h2')].map(h => h.innerText.trim())")
+        if not any(h.startswith("Summary") for h in headings):
+            problems.append(f"{stem}: no Summary section (headings: {headings})")
         n_err = browser.execute_script(
             "return document.querySelectorAll('.cell_output .output.traceback, .cell_output .output.error').length")
         if n_err:
@@ -133,6 +161,30 @@ def test_every_chapter_page_in_a_browser(site, browser):
             "return [...document.querySelectorAll('div[id^=\"circuits-vis-\"]')].map(d => d.innerText.length)")
         problems += [f"{stem}: circuitsvis view {i} rendered nothing" for i, n in enumerate(views) if n == 0]
     assert not problems, "\n".join(problems)
+
+
+def _landing_page_problems(browser, base) -> list[str]:
+    """The start page shows this build's findings (sentences with numbers), its figure with alt text, and every
+    chapter with a reading time."""
+    problems = [f"landing page: console errors {e}" for e in _open(browser, f"{base}/book/intro.html")]
+    found = browser.execute_script(
+        "const s = document.querySelector('section#what-this-build-found');"
+        "return s ? [...s.querySelectorAll('li')].map(li => li.innerText) : null")
+    if found is None:
+        return problems + ["landing page: no 'What this build found' section"]
+    with_numbers = [f for f in found if any(ch.isdigit() for ch in f) and "[" in f]
+    if len(with_numbers) < 4:
+        problems.append(f"landing page: {len(with_numbers)} findings with a number and interval (want >= 4)")
+    imgs = browser.execute_script(
+        "return [...document.querySelectorAll('section#what-this-build-found img')].map(i => "
+        "[i.complete ? i.naturalWidth : 0, (i.getAttribute('alt') || '').trim()])")
+    if not imgs or not all(w and len(alt) >= 10 for w, alt in imgs):
+        problems.append(f"landing page: the findings figure is missing, undecoded or without alt text: {imgs}")
+    text = browser.execute_script("return document.body.innerText")
+    missing = [stem for stem in CHAPTERS if stem[:2] + " ·" not in text]
+    if missing or text.count("min") < len(CHAPTERS):
+        problems.append(f"landing page: the chapter list misses {missing} or their reading times")
+    return problems
 
 
 def test_a_circuitsvis_view_renders_offline(site, browser):

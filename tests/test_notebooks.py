@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -419,31 +420,128 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
         build(quick=True, model="x", root=tmp_path, render=False, jobs=2)
 
 
-def test_rendered_pages_show_a_progress_bar_as_a_front_end_does(tmp_path):
-    """tqdm writes each update as its own output starting with a carriage return: the staged page keeps the
-    last state of each line, joins consecutive outputs of one stream, and leaves other outputs alone."""
+def _stage_one(tmp_path, nb, stem="05_x", records=None):
+    """Stage one executed notebook (and its records) as the renderer would; returns the staged folder."""
     from emocircuits.book import stage
 
+    for name in ("_config.yml", "_toc.yml"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "book").mkdir(exist_ok=True)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run" / f"{stem}.ipynb").write_text(json.dumps(nb))
+    if records is not None:
+        (tmp_path / "run" / f"{stem}.results.json").write_text(json.dumps(records))
+    stage(tmp_path, tmp_path / "run", tmp_path / "staged")
+    return tmp_path / "staged"
+
+
+def _nb(*cells):
+    return {"cells": list(cells), "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_rendered_pages_keep_printed_lines_as_a_front_end_shows_them_and_leave_out_progress_bars(tmp_path):
+    """tqdm writes each update as its own stderr output starting with a carriage return: the staged page joins
+    consecutive outputs of one stream, keeps the last state of each line, leaves progress bars out (a page is
+    read, not watched) and keeps other stderr lines (a warning) and other outputs as they were."""
     figure = {"output_type": "display_data", "data": {"text/plain": "<Figure>"}, "metadata": {}}
     cell = {"cell_type": "code", "source": "train()", "metadata": {}, "execution_count": 1, "outputs": [
         {"output_type": "stream", "name": "stdout", "text": ["corpus: 3 texts\n"]},
-        *({"output_type": "stream", "name": "stderr", "text": f"\rtrain: {i}/3"} for i in range(4)),
+        *({"output_type": "stream", "name": "stderr", "text": f"\rtrain: {100 * i // 3}%|##  | {i}/3 [00:0{i}<00:01, "
+           f"2.{i}it/s]"} for i in range(4)),
         {"output_type": "stream", "name": "stderr", "text": "\n"},
         figure,
-        {"output_type": "stream", "name": "stdout", "text": ["a\rb\n", "c\r\n"]}]}
-    nb = {"cells": [cell, {"cell_type": "markdown", "source": "text", "metadata": {}}], "metadata": {},
-          "nbformat": 4, "nbformat_minor": 5}
-    for name in ("_config.yml", "_toc.yml"):
-        (tmp_path / name).write_text("")
-    (tmp_path / "book").mkdir()
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "05_x.ipynb").write_text(json.dumps(nb))
-    stage(tmp_path, tmp_path / "run", tmp_path / "staged")
-    page = json.loads((tmp_path / "staged" / "notebooks" / "05_x.ipynb").read_text())
+        {"output_type": "stream", "name": "stdout", "text": ["a\rb\n", "c\r\n"]},
+        {"output_type": "stream", "name": "stderr", "text": "UserWarning: something to see\n"}]}
+    nb = _nb(cell, {"cell_type": "markdown", "source": "text", "metadata": {}})
+    page = json.loads((_stage_one(tmp_path, nb) / "notebooks" / "05_x.ipynb").read_text())
     assert page["cells"][0]["outputs"] == [
         {"output_type": "stream", "name": "stdout", "text": "corpus: 3 texts\n"},
-        {"output_type": "stream", "name": "stderr", "text": "train: 3/3\n"},
         figure,
-        {"output_type": "stream", "name": "stdout", "text": "b\nc\n"}]
+        {"output_type": "stream", "name": "stdout", "text": "b\nc\n"},
+        {"output_type": "stream", "name": "stderr", "text": "UserWarning: something to see\n"}]
     assert page["cells"][1] == nb["cells"][1]
     assert json.loads((tmp_path / "run" / "05_x.ipynb").read_text()) == nb  # the executed notebook is untouched
+
+
+def test_a_figure_shown_in_a_chapter_is_described_in_words_and_the_page_gives_it_alt_text_and_a_caption(tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emocircuits.plots import setup_style
+
+    shell = InteractiveShell.instance()
+    try:
+        setup_style()
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0.5, 0.9], label="smollm2-135m")
+        ax.set(title="Probe AUROC by layer", xlabel="layer", ylabel="test AUROC")
+        ax.legend()
+        data, _ = shell.display_formatter.format(fig)
+        plt.close(fig)
+    finally:
+        InteractiveShell.clear_instance()
+    assert data["text/plain"] == "Probe AUROC by layer\ntest AUROC against layer; legend: smollm2-135m."
+    shown = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo=", **data}}
+    table = {"output_type": "display_data", "metadata": {}, "data": {"text/html": "<table></table>"}}
+    own = {"mystnb": {"image": {"alt": "chosen by the chapter"}}}
+    nb = _nb(*({"cell_type": "code", "source": "", "metadata": meta, "execution_count": 1, "outputs": outs}
+               for meta, outs in (({}, [shown]), ({}, [shown, table]), (own, [shown]),
+                                  ({}, [{**shown, "data": {**shown["data"], "text/plain": "<Figure size 1x1>"}}]))))
+    cells = json.loads((_stage_one(tmp_path, nb) / "notebooks" / "05_x.ipynb").read_text())["cells"]
+    alt = "Probe AUROC by layer. test AUROC against layer; legend: smollm2-135m."
+    assert cells[0]["metadata"]["mystnb"] == {"image": {"alt": alt}, "figure": {"caption": "Probe AUROC by layer"}}
+    assert cells[1]["metadata"]["mystnb"] == {"image": {"alt": alt}}  # a table in the cell: no figure around both
+    assert cells[2]["metadata"]["mystnb"]["image"]["alt"] == "chosen by the chapter"
+    assert "mystnb" not in cells[3]["metadata"]  # a figure shown without the book's style has no words to give
+
+
+def test_the_landing_page_lists_this_builds_findings_its_figure_and_every_chapter_with_a_reading_time(tmp_path):
+    from emocircuits.results import findings
+
+    records = {"mean_drop_circuit": 0.95, "mean_drop_circuit_lo": 0.7, "mean_drop_circuit_hi": 1.0,
+               "mean_drop_random": 0.1}
+    shown = {"output_type": "display_data", "metadata": {},
+             "data": {"image/png": "iVBORw0KGgo=", "text/plain": "Three papers\nPanel 1: share."}}
+    nb = _nb({"cell_type": "markdown", "source": "# 04 · Emotion circuits\n" + "word " * 1500, "metadata": {}},
+             {"cell_type": "code", "source": "", "metadata": {"tags": ["landing-figure"]}, "execution_count": 1,
+              "outputs": [shown]})
+    staged = _stage_one(tmp_path, nb, stem="04_emotion_circuits", records=records)
+    text = (staged / "book" / "_findings.md").read_text()
+    assert findings({"04_emotion_circuits": records}) == [
+        "**Ablating circuits (chapter 04).** Mean-ablating an emotion's circuit removes 0.95 [0.70, 1.00] of the "
+        "emotion signal on held-out prompts; as many random components of the same layers remove 0.10."]
+    assert "- **Ablating circuits (chapter 04).**" in text and "0.95 [0.70, 1.00]" in text
+    assert "```{figure} images/findings.png\n:alt: Three papers. Panel 1: share." in text
+    assert (staged / "book" / "images" / "findings.png").read_bytes() == base64.b64decode("iVBORw0KGgo=")
+    chapters = (staged / "book" / "_chapters.md").read_text()
+    assert "| {doc}`04 · Emotion circuits </notebooks/04_emotion_circuits>` | about 10 min |" in chapters
+    (tmp_path / "none").mkdir()
+    empty = _stage_one(tmp_path / "none", _nb(), stem="00_x")
+    assert "recorded no headline numbers" in (empty / "book" / "_findings.md").read_text()
+
+
+def test_a_page_shows_one_parameters_cell_with_this_runs_values_and_folds_the_plumbing(tmp_path):
+    def code(source, tags=(), outputs=()):
+        return {"cell_type": "code", "source": source, "metadata": {"tags": list(tags)}, "execution_count": 1,
+                "outputs": list(outputs)}
+
+    figure = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo=",
+                                                                        "text/plain": "A figure\nof something"}}
+    printed = {"output_type": "stream", "name": "stdout", "text": "0.91\n"}
+    cells = [code('MODEL = "smollm2-135m"\nQUICK = False  # True: fewer items\nSEED = 0', ["parameters"]),
+             code('# Parameters\nQUICK = True\nMODEL = "gemma3-270m"\n', ["injected-parameters"]),
+             code("import numpy as np\nfrom emocircuits import probes as P\nsetup_style()"),
+             code("fit = P.fit_pair_probe(lm, pairs)\nprint(fit.best_layer)", outputs=[printed]),
+             code("fig, ax = plt.subplots()\nax.plot(x)\nplt.show()", outputs=[figure]),
+             code("record(auroc=fit.auroc)"),
+             code("\n".join(f"x{i} = {i}" for i in range(8)), outputs=[printed]),
+             code("\n".join(f"y{i} = {i}" for i in range(8)), ["show-input"], outputs=[printed])]
+    page = json.loads((_stage_one(tmp_path, _nb(*cells)) / "notebooks" / "05_x.ipynb").read_text())["cells"]
+    assert page[0]["source"] == ("# this run's values (papermill's -p NAME VALUE sets them)\n"
+                                 'MODEL = "gemma3-270m"\nQUICK = True  # True: fewer items\nSEED = 0')
+    assert "remove-cell" in page[1]["metadata"]["tags"]
+    folded = ["hide-input" in c["metadata"]["tags"] for c in page[2:]]
+    assert folded == [True, False, True, True, True, False]  # set-up, a library call, a plot, record, long, asked

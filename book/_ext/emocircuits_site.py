@@ -11,6 +11,8 @@
   404. It is written here first, as a small page with the book's title,
   its icon and a link for readers whose browser does not follow the
   redirect.
+- ``static/emocircuits.css`` keeps every output inside the text column:
+  printed lines and table cells wrap rather than scroll sideways.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ def write_index(app, exception) -> None:
     atomic_write_text(Path(app.outdir) / "index.html", page)
 
 
+def add_stylesheet(app) -> None:
+    app.config.html_static_path.append(str(Path(__file__).parent / "static"))
+    app.add_css_file("emocircuits.css")
+
+
 def setup(app):
+    app.connect("builder-inited", add_stylesheet)
     app.connect("html-page-context", dedupe_scripts)
     app.connect("build-finished", write_index, priority=400)  # before sphinx-external-toc's bare redirect
     return {"parallel_read_safe": True, "parallel_write_safe": True}

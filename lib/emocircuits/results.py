@@ -13,6 +13,7 @@ full run has) is shown as "not run in this build", never filled in.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +31,7 @@ PAPERS = {
 }
 
 # The papers' own numbers that the book sets beside its figures (as reported, not re-derived).
+PAPER_A_STEERING = 0.653  # share of scenarios steered both ways, Qwen2.5-7B (paper A's best bidirectional model)
 PAPER_B_CONTROL = {"prompting": 0.9896, "steering": 0.9122, "modulation": 0.9965}  # share judged as target
 PAPER_C_CLAMP = {"unmodified": 4.07, "1": 3.60, "10": 3.67, "100": 4.53, "1000": 4.27}  # judged empathy, 1-5
 
@@ -354,3 +356,86 @@ def comparison(recorded: dict[str, dict]) -> dict[str, pd.DataFrame]:
             "fixed before the test data was read": row.fixed,
             "caveat": row.caveat, "chapter": row.chapter})
     return {p: pd.DataFrame(rows) for p, rows in tables.items()}
+
+
+# -- the landing page's findings --------------------------------------------------------------------------------
+#
+# Each finding is one sentence over recorded numbers, each number printed as the tables print it (with its interval
+# where one was recorded) and beside the baseline it is read against. A finding whose numbers were not recorded in
+# this build is left out, never filled in; the wording that depends on a number's side of its baseline is chosen
+# from the numbers, so the same sentence is true of a QUICK build and of the default one.
+
+PAPER_LINKS = {
+    "A": ("Detecting and Steering LLMs' Empathy in Action", "https://arxiv.org/abs/2511.16699"),
+    "B": ("Do LLMs \"Feel\"? Emotion Circuits Discovery and Control", "https://arxiv.org/abs/2510.11328"),
+    "C": ("Preliminary Investigation of Empathy Regulating Circuits in Language Models", None),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One headline sentence: ``text`` with ``{key}`` fields filled from a chapter's recorded numbers (each as
+    the tables print it, with its interval), and ``clause(record)``, wording chosen from the numbers, put in
+    for ``{clause}``."""
+    chapter: str
+    text: str
+    clause: Callable[[dict], str] = lambda rec: ""
+
+    def render(self, recorded: dict[str, dict]) -> str | None:
+        rec = recorded.get(self.chapter) or {}
+        keys = [f for _, f, _, _ in string.Formatter().parse(self.text) if f and f != "clause"]
+        got = {k: _num(rec, k) for k in keys}
+        return None if None in got.values() else self.text.format(clause=self.clause(rec), **got)
+
+
+def _person_not_warmth(rec: dict) -> str:
+    apart = (rec.get("graded_task_auroc_lo") or 0) > (rec.get("graded_dismissive_auroc_hi") or 1)
+    return ": it reads the pairs' contrast, person against task, more than warm against cold" if apart else ""
+
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding("02_measuring",
+            "**The instruments (chapter 02).** On chat replies written after the judges were fixed, the emotion "
+            "judge agrees with the intended emotion on {emotion_judge_fresh_accuracy} (a second judge: "
+            "{emotion_report_fresh_accuracy}; chance 0.17); the empathy judge ranks fresh replies at Spearman rho "
+            "{empathy_judge_fresh_rho} with their labels (reply length alone: {empathy_fresh_length_rho})."),
+    Finding("03_probes",
+            "**Reading empathy (paper A, chapter 03).** A mean-difference probe tells an empathic reply from a "
+            "task-focused one in the same game at test AUROC {auroc_response} (random directions' 95th percentile: "
+            "{random_p95_response}); on pairs written to share frame and length it scores {matched_auroc}, and a "
+            "bag of words {bow_matched_auroc}."),
+    Finding("03_probes",
+            "**What the probe reads (chapter 03).** On graded replies to situations no pair covers, it ranks "
+            "empathic replies above task-only ones at {graded_task_auroc} and above dismissive ones at "
+            "{graded_dismissive_auroc} (chance 0.50){clause}.", _person_not_warmth),
+    Finding("06_steering",
+            "**Steering empathy (paper A, chapter 06).** A setting chosen on some situations moved judged empathy "
+            "the intended way under both signs in {both_ways_confirmed} of fresh situations with the probe "
+            "direction (chance {both_ways_confirmed_chance}) and in {sum_confirmed} with the probe plus a persona "
+            "vector (chance {sum_confirmed_chance})."),
+    Finding("04_emotion_circuits",
+            "**Emotion circuits (paper B, chapter 04).** Modulating an emotion's circuit made {modulation_accuracy} "
+            "of replies to test prompts read as that emotion, against {steering_accuracy} for a steering vector, "
+            "{prompting_accuracy} for asking in the system prompt, {random_modulation_accuracy} for as many random "
+            "components and {plain_accuracy} unmodified (paper B: "
+            f"{PAPER_B_CONTROL['modulation']:.1%}, {PAPER_B_CONTROL['steering']:.1%} and "
+            f"{PAPER_B_CONTROL['prompting']:.1%} on a 3B model)."),
+    Finding("04_emotion_circuits",
+            "**Ablating circuits (chapter 04).** Mean-ablating an emotion's circuit removes {mean_drop_circuit} of "
+            "the emotion signal on held-out prompts; as many random components of the same layers remove "
+            "{mean_drop_random}."),
+    Finding("05_attribution_graphs",
+            "**Attribution graphs (paper C, chapter 05).** The transcoders trained here explain {fve_mean} of the "
+            "MLPs' variance on held-out text (a linear map: {linear_fve_mean}), and {error_influence_share} of a "
+            "graph's influence runs through error nodes; clamping the circuit at 4x gives judged empathy "
+            "{clamp_circuit_4x_empathy} against {clamp_control_4x_empathy} for random features and "
+            "{empathy_unmodified} unmodified (1-5)."),
+)
+
+
+def findings(recorded: dict[str, dict]) -> list[str]:
+    """The landing page's headline findings (Markdown, one sentence each) from ``{chapter stem: recorded numbers}``
+    of one build; a finding whose numbers that build did not record is left out."""
+    if not isinstance(recorded, dict):
+        raise TypeError(f"recorded must be a dict of chapter stem -> numbers, got {type(recorded).__name__}")
+    return [text for f in FINDINGS if (text := f.render(recorded)) is not None]
