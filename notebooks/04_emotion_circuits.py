@@ -71,16 +71,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import HTML, display
+from IPython.display import display
 
 from emocircuits import circuits as C
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
-from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
-from emocircuits.plots import setup_style
+from emocircuits.plots import neuron_view, setup_style
 from emocircuits.protocol import Experiment
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import generate, generate_grid, next_token_logits
@@ -1279,27 +1278,17 @@ display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "adde
 # unmodulated replies: colour shows each neuron's activation per token
 # (pick a neuron in the view). A circuit is read at the last prompt
 # position; this view shows whether its neurons also track emotional words
-# in running text or fire on something else.
+# in running text or fire on something else. Special tokens (the chat
+# template's markers) reach activations of hundreds where words reach a
+# few, so `plots.neuron_view` shows them at 0 and clips the rest to the
+# 1st-99th percentile of the words' values: the colours compare words.
 
 # %%
 emo = "happiness"
 top = sorted((c for c in circuits[emo].components if c.kind == "neuron"), key=lambda c: -c.score)[:6]
 sample = pd.concat([mod[mod.emotion == emo].head(2), plain[plain.emotion == emo].head(1)])
 chat = [lm.chat_prompt(u) + t for u, t in zip(sample.user, sample.text)]
-layers_needed = sorted({c.layer for c in top})
-rows_ = capture(lm, chat, [f"mlp_act.{l}" for l in layers_needed], pooling="none", progress=False)
-ids = lm.encode(chat, padding_side="right")["input_ids"]
-tokens, values = [], []
-for r in range(len(chat)):
-    n = rows_[f"mlp_act.{layers_needed[0]}"][r].shape[0]
-    tokens += [lm.tokenizer.decode([int(t)]) for t in ids[r][:n]] + ["\n\n"]
-    vals = torch.stack([rows_[f"mlp_act.{c.layer}"][r][:, c.index] for c in top], 1)
-    values.append(torch.cat([vals, torch.zeros(1, len(top))]))
-values = torch.cat(values)
-import circuitsvis as cv  # noqa: E402
-
-view = cv.tokens.colored_tokens_multi(tokens, values, labels=[f"L{c.layer} N{c.index}" for c in top])
-display(HTML(view.local_src))  # the JavaScript bundle inline, so the page works offline
+display(neuron_view(lm, chat, [(c.layer, c.index) for c in top]))  # its JavaScript inline: works offline
 
 # %% [markdown]
 # ## Headline numbers

@@ -276,3 +276,31 @@ def test_memory_cache_keeps_each_response_start_apart(tiny_llama):
     with pytest.raises(ValueError, match=r"texts \[2\] have no tokens after their response_starts"):
         capture(lm, [text, "Hi.", "Hi."], [site], pooling="mean_response", response_starts=[6, 1, 50],
                 cache="memory", progress=False)
+
+
+def test_a_neuron_token_view_shows_words_on_their_own_scale(smol):
+    """Special tokens are shown at 0 and the words' values clipped to their own 1st-99th percentile, so a
+    chat marker's activation of hundreds does not set the colour scale; unclipped, a word keeps its value."""
+    from emocircuits.plots import neuron_token_values, neuron_view
+
+    texts = [smol.chat_prompt("My dog died today.") + "I'm so sorry, that is heartbreaking.",
+             smol.chat_prompt("I got the job!") + "Congratulations, that's wonderful news!"]
+    neurons = [(3, 7), (20, 100)]
+    raw_tokens, raw = neuron_token_values(smol, texts, neurons, clip_quantile=0.0)
+    tokens, clipped = neuron_token_values(smol, texts, neurons)
+    assert tokens == raw_tokens and clipped.shape == (len(tokens), 2)
+    first = capture(smol, texts[:1], ["mlp_act.20"], pooling="none", progress=False)["mlp_act.20"][0][:, 100]
+    special = [t in ("<|im_start|>", "<|im_end|>") for t in tokens]
+    assert sum(special) >= 4 and all(raw[i].abs().sum() == 0 for i, s in enumerate(special) if s)
+    words = [i for i, t in enumerate(tokens[: len(first)]) if not special[i]]
+    assert torch.allclose(raw[words, 1], first[words].float(), atol=1e-5)
+    ordinary = torch.tensor([not s and t != "\n\n" for s, t in zip(special, tokens)])
+    for k in range(2):
+        lo, hi = torch.quantile(raw[ordinary, k], 0.01), torch.quantile(raw[ordinary, k], 0.99)
+        assert clipped[ordinary, k].min() >= lo - 1e-6 and clipped[ordinary, k].max() <= hi + 1e-6
+        assert clipped[ordinary, k].max() == pytest.approx(float(hi))
+    assert 'id="circuits-vis-' in neuron_view(smol, texts, neurons).data
+    with pytest.raises(ValueError, match="neurons must be"):
+        neuron_token_values(smol, texts, [3])
+    with pytest.raises(ValueError, match="clip_quantile"):
+        neuron_token_values(smol, texts, neurons, clip_quantile=0.7)

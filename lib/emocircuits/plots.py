@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import matplotlib.pyplot as plt
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
+
+from .activations import capture
 
 PALETTE = "colorblind"
 
@@ -90,3 +95,52 @@ def band(ax, x, mean, lo, hi, label: str, **kw):
     line, = ax.plot(x, mean, label=label, **kw)
     ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
     return line
+
+
+def neuron_token_values(lm, texts: Sequence[str], neurons: Sequence[tuple[int, int]],
+                        clip_quantile: float = 0.01) -> tuple[list[str], torch.Tensor]:
+    """Each token of ``texts`` (one after another, a blank line between texts) with the activation of each MLP
+    neuron ``(layer, index)`` on it: ``(tokens, values [tokens, neurons])``, the input of a circuitsvis token view.
+
+    Special tokens (BOS, chat-template markers) carry activations far outside the range of words (hundreds
+    against a few), which would set a colour scale where every word is pale; they are shown at 0, and every
+    other value is clipped to the ``clip_quantile`` .. ``1 - clip_quantile`` quantiles of the ordinary tokens'
+    values, per neuron.
+    """
+    if not texts or isinstance(texts, str):
+        raise ValueError("texts must be a non-empty list of str")
+    if not neurons or not all(isinstance(n, (tuple, list)) and len(n) == 2 for n in neurons):
+        raise ValueError(f"neurons must be a non-empty list of (layer, index) pairs, got {neurons!r}")
+    if not 0 <= clip_quantile < 0.5:
+        raise ValueError(f"clip_quantile={clip_quantile!r}: expected a number in [0, 0.5)")
+    layers = sorted({layer for layer, _ in neurons})
+    rows = capture(lm, list(texts), [f"mlp_act.{layer}" for layer in layers], pooling="none", progress=False)
+    ids = lm.encode(list(texts), padding_side="right")["input_ids"]
+    special = set(lm.tokenizer.all_special_ids)
+    tokens, values, ordinary = [], [], []
+    for r in range(len(texts)):
+        n = rows[f"mlp_act.{layers[0]}"][r].shape[0]
+        row_ids = [int(t) for t in ids[r][:n]]
+        tokens += [lm.tokenizer.decode([t]) for t in row_ids] + ["\n\n"]
+        vals = torch.stack([rows[f"mlp_act.{layer}"][r][:, index].float() for layer, index in neurons], 1)
+        values.append(torch.cat([vals, torch.zeros(1, len(neurons))]))
+        ordinary += [t not in special for t in row_ids] + [False]
+    values, ordinary = torch.cat(values), torch.tensor(ordinary)
+    values[~ordinary] = 0.0
+    if ordinary.any() and clip_quantile > 0:
+        lo = torch.quantile(values[ordinary], clip_quantile, dim=0)
+        hi = torch.quantile(values[ordinary], 1 - clip_quantile, dim=0)
+        values = torch.maximum(torch.minimum(values, hi), lo) * ordinary[:, None]
+    return tokens, values
+
+
+def neuron_view(lm, texts: Sequence[str], neurons: Sequence[tuple[int, int]], labels: Sequence[str] | None = None,
+                clip_quantile: float = 0.01):
+    """A circuitsvis view of MLP neurons' activations token by token (:func:`neuron_token_values`), with its
+    JavaScript inline so the page works offline; display it with ``IPython.display.display``."""
+    import circuitsvis as cv  # optional at import time: only the views need it
+    from IPython.display import HTML
+
+    tokens, values = neuron_token_values(lm, texts, neurons, clip_quantile)
+    labels = list(labels) if labels is not None else [f"L{layer} N{index}" for layer, index in neurons]
+    return HTML(cv.tokens.colored_tokens_multi(tokens, values, labels=labels).local_src)
