@@ -316,3 +316,32 @@ def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_ll
         assert left_out in T.CORPUS_EXCLUDE
         text = json.loads((tmp_path / f"{left_out}.jsonl").read_text())
         assert not any(v in t for t in got for v in text.values() if isinstance(v, str) and len(v) > 20)
+
+
+def test_the_graph_picture_draws_kept_positions_sums_errors_per_layer_and_names_features(tiny_llama, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    g = A.attribution_graph(tiny_llama, ts, TEXT, max_features=40)
+    kept = A.prune(g, node_threshold=0.8, edge_threshold=0.98)
+    nf = len(g.features)
+    feats = [i for i in np.nonzero(kept["nodes"][:nf])[0]]
+    top = max(feats, key=lambda i: g.influence[i])
+    la, _, f, _ = g.features[top]
+    labels = A.feature_labels(tiny_llama, ts, [(la, f)], CORPUS[:6])
+    assert labels[(la, f)].startswith(f"L{la} F{f}: ")
+    ax = A.plot_graph(g, kept, labels=labels)
+    positions = {g.node_xy(int(i))[0] for i in np.nonzero(kept["nodes"])[0] if not nf <= i < nf + g.n_layers * g.n_tok}
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) == len(positions) + 1 and ticks[-1] == "errors, summed"  # one column per kept position
+    diamonds = [c for c in ax.collections if c.get_offsets()[0][0] == len(positions) + 0.5]
+    assert 1 <= len(diamonds) <= g.n_layers  # the error nodes of a layer are one marker
+    assert labels[(la, f)] in [t.get_text() for t in ax.texts]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "edge: raises its target" in legend and "error nodes of a layer, summed" in legend
+    share = g.influence[nf:g.token_index(0)].sum() / g.influence.sum()
+    assert f"error nodes carry {share:.0%}" in ax.get_title()
+    plt.close(ax.figure)
