@@ -338,6 +338,10 @@ def test_record_writes_only_under_the_runner(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"a": 0.5, "b": 2.0}
     with pytest.raises(ValueError, match="expected a number"):
         record(c="high")
+    assert record(auc=(np.float64(0.8), 0.7, 0.9)) == {"auc": 0.8, "auc_lo": 0.7, "auc_hi": 0.9}
+    assert json.loads(path.read_text())["auc_hi"] == 0.9
+    with pytest.raises(ValueError, match=r"an interval is \(estimate, low, high\), got 2 values"):
+        record(auc=(0.8, 0.7))
 
 
 def test_sizer_picks_one_value_per_run_size_and_rejects_quick_with_full(tmp_path):

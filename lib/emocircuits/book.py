@@ -199,16 +199,25 @@ RESULTS_ENV = "EMOCIRCUITS_RESULTS"
 def record(**numbers) -> dict:
     """Store a chapter's headline numbers; returns them.
 
-    Under :func:`run_chapter` they are merged into the chapter's results file
-    (named by the environment variable ``EMOCIRCUITS_RESULTS``); in an
+    A number is a float, or an estimate with its interval ``(est, lo, hi)`` (what :func:`stats.bootstrap_ci`
+    returns), stored as ``key``, ``key_lo`` and ``key_hi``. Under :func:`run_chapter` they are merged into
+    the chapter's results file (named by the environment variable ``EMOCIRCUITS_RESULTS``); in an
     interactive session nothing is written.
     """
     clean = {}
     for k, v in numbers.items():
-        try:
-            clean[k] = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"record({k}=...): expected a number, got {type(v).__name__}") from None
+        if isinstance(v, (tuple, list)):
+            if len(v) != 3:
+                raise ValueError(f"record({k}=...): an interval is (estimate, low, high), got {len(v)} values")
+            parts = dict(zip((k, f"{k}_lo", f"{k}_hi"), v))
+        else:
+            parts = {k: v}
+        for name, x in parts.items():
+            try:
+                clean[name] = float(x)
+            except (TypeError, ValueError):
+                raise ValueError(f"record({k}=...): expected a number or (estimate, low, high), got "
+                                 f"{type(x).__name__}") from None
     path = os.environ.get(RESULTS_ENV)
     if path:
         p = Path(path)
