@@ -544,8 +544,14 @@ def test_a_page_shows_one_parameters_cell_with_this_runs_values_and_folds_the_pl
              code("\n".join(f"x{i} = {i}" for i in range(8)), outputs=[printed]),
              code("\n".join(f"y{i} = {i}" for i in range(8)), ["show-input"], outputs=[printed])]
     page = json.loads((_stage_one(tmp_path, _nb(*cells)) / "notebooks" / "05_x.ipynb").read_text())["cells"]
+    note, page = page[0], page[1:]  # a QUICK run on another model says so above its parameters
+    assert note["cell_type"] == "markdown" and "built in QUICK mode, on fewer items" in note["source"]
+    assert "and on `gemma3-270m`" in note["source"] and "prose are the published book's" in note["source"]
     assert page[0]["source"] == ("# this run's values (papermill's -p NAME VALUE sets them)\n"
                                  'MODEL = "gemma3-270m"\nQUICK = True  # True: fewer items\nSEED = 0')
     assert "remove-cell" in page[1]["metadata"]["tags"]
     folded = ["hide-input" in c["metadata"]["tags"] for c in page[2:]]
     assert folded == [True, False, True, True, True, False]  # set-up, a library call, a plot, record, long, asked
+    from emocircuits.book import run_note
+
+    assert run_note({"MODEL": "smollm2-135m", "QUICK": False, "FULL": False}) == ""  # the published book: no note

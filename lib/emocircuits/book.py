@@ -419,6 +419,24 @@ def _calls_record(source: str) -> bool:
                and n.value.func.id == "record" for n in body)
 
 
+def run_note(params: dict) -> str:
+    """A note for the top of a page built at another size or on another model than the published book,
+    whose prose quotes the default book's numbers; "" for the default book."""
+    model = params.get("MODEL", DEFAULT_MODEL)
+    parts = []
+    if params.get("QUICK"):
+        parts.append("in QUICK mode, on fewer items (read its intervals, not its digits)")
+    if params.get("FULL"):
+        parts.append("at the FULL size, on more items")
+    if model != DEFAULT_MODEL:
+        parts.append(f"on `{model}`")
+    if not parts:
+        return ""
+    return (":::{note}\nThis page was built " + " and ".join(parts) + ". Its tables, figures and summary come "
+            f"from this run; numbers quoted in the prose are the published book's (default size, "
+            f"`{DEFAULT_MODEL}`).\n:::")
+
+
 LONG_CELL_LINES = 7  # a longer code cell is folded on the page (one click shows it)
 
 
@@ -426,7 +444,8 @@ def present_code(nb: dict) -> dict:
     """An executed chapter's code as a page shows it: one parameters cell, the plumbing folded.
 
     - Papermill adds the run's values as a second cell (``injected-parameters``); the page shows one cell,
-      the chapter's own parameters cell with this run's values put in (its comments kept).
+      the chapter's own parameters cell with this run's values put in (its comments kept), after a note
+      (:func:`run_note`) when the run is not the published book's size and model.
     - Set-up cells (mostly imports), cells that record the headline numbers (``record(...)``), cells whose
       only output is a figure and cells longer than ``LONG_CELL_LINES`` get ``hide-input``: the output shows,
       the code is one click away. Short cells, the library calls a reader would type, stay in view.
@@ -445,6 +464,9 @@ def present_code(nb: dict) -> dict:
             lines.append(line)
         params["source"] = "# this run's values (papermill's -p NAME VALUE sets them)\n" + "\n".join(lines)
         _tag(injected, "remove-cell")
+        note = run_note({k: ast.literal_eval(v) for k, v in values.items() if k in ("MODEL", "QUICK", "FULL")})
+        if note:
+            cells.insert(cells.index(params), {"cell_type": "markdown", "metadata": {}, "source": note})
     for cell in cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if cell.get("cell_type") != "code" or "show-input" in tags or {"parameters", "remove-cell"} & set(tags):
