@@ -94,10 +94,14 @@ if not rec:
 tables = R.comparison(rec)
 
 
-def show(paper):
-    display(Markdown(f"**{'Paper ' + paper if len(paper) == 1 else paper.capitalize()}.** {R.PAPERS[paper]}"))
-    display(tables[paper].drop(columns="chapter").style.hide(axis="index")
-            .set_properties(**{"text-align": "left"}))
+def show(paper, steering=None):
+    """One paper's table; ``steering`` True or False keeps only its steering rows or only the others."""
+    table = tables[paper]
+    if steering is not None:
+        table = table[table.measurement.str.contains("steer") == steering]
+    if not steering:
+        display(Markdown(f"**{'Paper ' + paper if len(paper) == 1 else paper.capitalize()}.** {R.PAPERS[paper]}"))
+    display(table.drop(columns="chapter").style.hide(axis="index").set_properties(**{"text-align": "left"}))
 
 
 # %% [markdown]
@@ -130,9 +134,14 @@ def show(paper):
 # 0.17: far from the 80% this book set as its goal. The reporting judge
 # reads 0.58 of them moved, and the two judges agree only loosely on
 # these replies (chapter 06 says what that means for trusting either).
+#
+# Detection first (chapter 03), then steering (chapter 06).
 
 # %%
-show("A")
+show("A", steering=False)
+
+# %%
+show("A", steering=True)
 
 # %% [markdown]
 # ## Paper B: emotion circuits

@@ -206,6 +206,14 @@ def test_evaluate_pairs_scores_other_pairs_with_the_fitted_threshold(smol):
         P.evaluate_pairs(smol, probe, lex, scen, layers=[4])
     with pytest.raises(ds.DataError, match="need at least 2 pairs"):
         P.evaluate_pairs(smol, probe, lex[:1], scen)
+    at5 = probe.at(5)  # the typed view of the saved metrics, keyed by int layer
+    assert isinstance(at5, P.Detection)
+    assert at5.as_dict() == {k: v for k, v in probe.metrics["layers"]["5"].items() if k != "cv_auroc"}
+    assert at5.auroc == probe.metrics["layers"]["5"]["auroc"] and at5.auroc_ci == tuple(
+        probe.metrics["layers"]["5"]["auroc_ci"])
+    assert probe.cv_auroc(5) == probe.metrics["layers"]["5"]["cv_auroc"]
+    with pytest.raises(KeyError, match=r"layer 4 was not fitted; the probe has layers \[3, 5\]"):
+        probe.at(4)
 
 
 def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_the_training_pairs(smol):
