@@ -83,6 +83,7 @@ from emocircuits.plots import neuron_view, setup_style
 from emocircuits.protocol import Experiment
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import generate, generate_grid, next_token_logits
+from emocircuits.tables import show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -150,7 +151,9 @@ for e, emo in enumerate(EMO):
     tail.append({"emotion": emo, "top 1%": t[0.01], "top 5%": t[0.05],
                  "top 1% (random dir)": tb[0.01], "top 5% (random dir)": tb[0.05]})
 tail = pd.DataFrame(tail).set_index("emotion")
-display(tail)
+display(show(tail.reset_index(), columns={
+    "emotion": "emotion", "top 1%": "top 1% of neurons", "top 5%": "top 5% of neurons",
+    "top 1% (random dir)": "top 1%, random direction", "top 5% (random dir)": "top 5%, random direction"}))
 print(f"{L * lm.d_mlp} neurons; share of the positive contribution mass carried by the top 1% and 5%")
 
 # %%
@@ -171,7 +174,7 @@ for e, emo in enumerate(EMO):
     flat = [(neuron_scores[l][e][i], l, i) for l in range(L) for i in np.argsort(-neuron_scores[l][e])[:3]]
     for s, l, i in sorted(flat, reverse=True)[:3]:
         top_rows.append({"emotion": emo, "layer": l, "neuron": int(i), "mean contribution": s})
-display(pd.DataFrame(top_rows).set_index(["emotion", "layer"]))
+display(show(pd.DataFrame(top_rows), caption="each emotion's three neurons with the largest mean contribution"))
 
 # %% [markdown]
 # ## 3. Heads: zeroing one head at a time
@@ -238,7 +241,8 @@ plt.show()
 summary = pd.DataFrame({k: [np.nanmean(infl[k][:, :6]), np.nanmax(infl[k][:, :6]),
                             np.nanmean(np.abs(infl[k][:, 6]))] for k in ("attn", "mlp")},
                        index=["mean I (emotions)", "max I (emotions)", "mean |I| (random push)"])
-display(summary)
+display(show(summary.rename_axis("influence I").reset_index(),
+             columns={"influence I": "influence I", "attn": "attention sublayers", "mlp": "MLP sublayers"}))
 
 # %% [markdown]
 # ## 5. Assembling circuits
@@ -258,7 +262,8 @@ display(summary)
 
 # %%
 budget = C.default_budget(lm)
-print("budget:", budget)
+print(f"budget: {budget['n_neurons']} neurons and {budget['n_heads']} heads, at least {budget['min_neurons']} "
+      f"neuron(s) and {budget['min_heads']} head(s) per layer, no layer above {budget['cap']:.0%} of the budget")
 out_dir = cache_dir("circuits") / lm.name / size.name  # "quick", "book" or "full"
 
 
@@ -305,7 +310,7 @@ def per_kind_matrix(f):
 
 shared, chance = per_kind_matrix(common), per_kind_matrix(chance_overlap)
 overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
-display(overlap.style.format("{:.2f}").set_caption("share of components two circuits have in common"))
+display(show(overlap.rename_axis("circuit").reset_index(), caption="share of components two circuits have in common"))
 off = ~np.eye(len(EMO), dtype=bool)
 by_kind = "; ".join(f"{kind}s {shared[kind][off].mean():.2f} (random {chance[kind][off].mean():.2f})"
                     for kind in C.KINDS)
@@ -353,7 +358,8 @@ SHARES = size((0.5, 1.0), (0.1, 0.25, 0.5, 1.0), (0.1, 0.25, 0.5, 1.0))  # top k
 ref_dirs = dirs[f"resid_post.{L - 1}"]
 runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
 signal = C.emotion_signal(lm, runner, ref_dirs)
-print("unablated signal per emotion (mean over scenarios):", dict(zip(EMO, signal.mean(0).round(1))))
+print("unablated signal per emotion (mean over scenarios):",
+      ", ".join(f"{emo} {v:.1f}" for emo, v in zip(EMO, signal.mean(0))))
 rows = []
 whole_by_scenario = {}  # (mode, "circuit" or "random") -> each emotion's drop per held-out scenario, whole circuit
 for e, emo in enumerate(EMO):
@@ -378,14 +384,17 @@ for e, emo in enumerate(EMO):
                  **C.summarise(up, up_r)})
 checks = pd.DataFrame(rows)
 whole = checks[checks.share == 1.0]
-display(whole.pivot(index="emotion", columns="check", values="ratio").reindex(EMO).style.format("{:.1f}")
-        .set_caption("whole circuit: circuit effect / random effect (goal: >= 3 for ablation; inf: random effect <= 0)"))
-display(whole.set_index(["emotion", "check"])[["circuit", "circuit_lo", "circuit_hi", "random", "random_lo",
-                                               "random_hi", "draw_min", "draw_max"]].style.format("{:.2f}", na_rep="-")
-        .set_caption(f"whole circuit: effects in units of the unablated signal; intervals over {len(test_recs)} "
-                     f"held-out scenarios; {n_random} random draws, the least and most of their means"))
+ratios = whole.pivot(index="emotion", columns="check", values="ratio").reindex(EMO).rename_axis(columns=None)
+display(show(ratios.reset_index(), digits=1, caption="whole circuit: circuit effect / random effect "
+                                                     "(goal: >= 3 for ablation; inf: random effect <= 0)"))
+display(show(whole, columns={"emotion": "emotion", "check": "check", "circuit": "circuit",
+                             "random": "random components (mean of draws)", "draw_min": "least draw",
+                             "draw_max": "most draw"}, intervals=["circuit", "random"],
+             caption=f"whole circuit: effects in units of the unablated signal, with 95% intervals over "
+                     f"{len(test_recs)} held-out scenarios; {n_random} random draws, the least and most of their "
+                     "means"))
 print("random draws that had to reuse circuit components (a layer with too few others):",
-      {emo: int(C.random_like(circuits[emo], lm, seed=SEED).meta["overlap"]) for emo in EMO})
+      ", ".join(f"{emo} {int(C.random_like(circuits[emo], lm, seed=SEED).meta['overlap'])}" for emo in EMO))
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -404,21 +413,24 @@ plt.show()
 
 # %% [markdown]
 # The test reads "the top k components". How does the comparison change
-# with k? The next table gives the ratio for each share of the circuit
-# kept, and the figure the two drops behind it (mean ablation).
+# with k? The next two tables give the ratio for each share of the
+# circuit kept, one per ablation, and the figure the two drops behind it
+# (mean ablation).
 
 # %%
 abl = checks[checks.check != "enhance x2 (rise)"]
 by_share = abl.pivot_table(index="emotion", columns=["share", "check"], values="ratio", dropna=False)
 by_share.columns = by_share.columns.set_levels([f"top {s_:.0%}" for s_ in by_share.columns.levels[0]], level=0)
 k_of = abl.groupby("share").k.first()  # every emotion's circuit has the same budget
-display(by_share.reindex(EMO).style.format("{:.1f}").set_caption(
-    "circuit effect / random effect by share of the circuit kept (top k by score; goal: >= 3); k = "
-    + " / ".join(str(int(k)) for k in k_of)))
+for check in ("mean ablation (drop)", "zero ablation (drop)"):  # one table per ablation: a column per share kept
+    ratio_by = by_share.reindex(EMO).xs(check, axis=1, level="check")
+    ratio_by.columns = [f"{c} (k = {int(k)})" for c, k in zip(ratio_by.columns, k_of)]
+    display(show(ratio_by.rename_axis("emotion").reset_index(), digits=1, caption=(
+        f"{check}: circuit effect / random effect by share of the circuit kept (top k by score; goal: >= 3)")))
 # an emotion passes at a share when both ablations reach 3x (a NaN ratio, no drop either way, fails)
 passing = (abl.ratio.fillna(0).groupby([abl.share, abl.emotion]).min() >= 3).groupby("share").sum()
 print("emotions whose zero and mean ablation both reach 3x, by share kept:",
-      {f"{s_:g}": int(n) for s_, n in passing.items()})
+      ", ".join(f"top {s_:.0%}: {int(n)} of {len(EMO)}" for s_, n in passing.items()))
 fig, axes = plt.subplots(1, len(EMO), figsize=(11, 2.6), sharey=True)
 for ax, emo in zip(axes, EMO):
     sub = abl[(abl.emotion == emo) & (abl.check == "mean ablation (drop)")]
@@ -501,10 +513,12 @@ replies = generate(lm, users, system=systems, interventions_each=each, max_new_t
 gen = pd.DataFrame(gen_rows)
 gen["judged as instructed"] = [v["label"] == e for v, e in zip(judge(replies), gen.emotion)]
 agg = gen.groupby("condition")["judged as instructed"].agg(list)
-display(pd.DataFrame({c: dict(zip(["share", "lo", "hi"], bootstrap_ci(np.array(v, float), seed=SEED)))
-                      for c, v in agg.items()}).T.style.format("{:.2f}")
-        .set_caption(f"replies judged as the instructed emotion ({len(gen) // 3} per condition, "
-                     f"{gen.emotion.nunique()} emotions)"))
+gen_shares = pd.DataFrame({c: dict(zip(["share", "share_lo", "share_hi"], bootstrap_ci(np.array(v, float), seed=SEED)))
+                           for c, v in agg.items()}).T
+display(show(gen_shares.rename_axis("condition").reset_index(),
+             columns={"condition": "condition", "share": "judged as the instructed emotion"}, intervals=["share"],
+             caption=f"replies judged as the instructed emotion ({len(gen) // 3} per condition, "
+                     f"{gen.emotion.nunique()} emotions), with 95% intervals"))
 
 # %% [markdown]
 # Read this check for what it can show at this size. The unchanged model
@@ -640,6 +654,20 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
 tuned, tunes = {}, {}
 
 
+def declared(experiment):
+    """An :class:`Experiment`'s declaration as the page prints it: what is declared, and how."""
+    t = experiment.table()
+    return show(t.rename_axis("declared").reset_index(),
+                columns={"declared": "declared", experiment.name: experiment.name})
+
+
+def strengths(t):
+    """A table indexed by strength (``scale``) with the strengths printed as numbers, not floats: "8", not "8.00"."""
+    out = t.rename_axis("scale").reset_index().rename_axis(columns=None)
+    out["scale"] = [f"{s_:g}" for s_ in out["scale"]]
+    return out
+
+
 def choose(how, grid, name=None, **kw):
     """Run every strength in ``grid`` on the discovery prompts; return the one strength for all emotions
     and the {emotion: strength} that the same rule picks from each emotion's own replies. ``kw`` goes to
@@ -649,18 +677,20 @@ def choose(how, grid, name=None, **kw):
     table = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
     if name is None:
         tunes[how], tuned[how] = tune, table
-    display(table.style.format("{:.2f}").set_caption(f"{name or how}: choosing the scale on discovery prompts"))
+    display(show(strengths(table), columns={"scale": "strength", "accuracy": "judged as the target",
+                                            "coherent": "coherent"},
+                 caption=f"{name or how}: choosing the scale on discovery prompts"))
     return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
 
 
 SCALES = size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0))
 ALPHAS = size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0))
-display(Experiment(
+display(declared(Experiment(
     "section 7: strengths", discovery=f"sev_discovery, {size(1, 4, 6)} scenarios' neutral events, no instruction",
     candidates={"modulation scale": SCALES, "steering alpha (x RMS)": ALPHAS},
     rule="circuits.choose_strength: the smallest strength with the best share judged as the target among those "
          "keeping >= 90% of replies coherent (pooled; and per emotion)",
-    test=f"sev_test, {size(2, 16, 16)} held-out scenarios' neutral events, judged once").table())
+    test=f"sev_test, {size(2, 16, 16)} held-out scenarios' neutral events, judged once")))
 scale, scale_by = choose("modulation", SCALES)
 alpha, alpha_by = choose("steering", ALPHAS)
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
@@ -672,9 +702,14 @@ per_emotion[("modulation", "chosen", "")] = pd.Series(scale_by)
 per_emotion[("steering", "chosen", "")] = pd.Series(alpha_by)
 per_emotion = per_emotion[["modulation", "steering"]].rename(columns=lambda c: f"{c:g}" if isinstance(c, float) else c,
                                                             level=2)
-display(per_emotion.loc[EMO].style.format("{:.2f}").set_caption(
-    f"each emotion's own discovery replies ({len(tunes['modulation']) // len(tuned['modulation']) // len(EMO)} per "
-    "strength): judged as the target and coherent, per strength, and the strength the same rule picks"))
+for how in ("modulation", "steering"):  # a table per method: a row per strength, a column per emotion
+    p_ = per_emotion[how].loc[EMO]
+    cells = (p_["accuracy"].map("{:.2f}".format) + " / " + p_["coherent"].map("{:.2f}".format)).T
+    cells.loc["chosen"] = [f"{v:g}" for v in p_[("chosen", "")]]
+    display(show(cells.rename_axis("strength").reset_index().rename_axis(columns=None), caption=(
+        f"{how}: each emotion's own discovery replies ({len(tunes[how]) // len(tuned[how]) // len(EMO)} per "
+        "strength), share judged as the target / share coherent at each strength, and the strength the same "
+        "rule picks (last row)")))
 
 # %% [markdown]
 # A stronger push buys accuracy with coherence, so two methods are
@@ -690,8 +725,8 @@ def at_equal_coherence(tables, where):
     """Show each method's best accuracy per coherence level; print and return modulation minus steering
     at the levels both reach."""
     at = C.best_at_coherence(tables)
-    display(at.style.format("{:.2f}", na_rep="-").set_caption(
-        f"best accuracy among strengths keeping at least this coherent share ({where})"))
+    display(show(at.reset_index().rename_axis(columns=None), caption=(
+        f"best accuracy among strengths keeping at least this coherent share ({where}); -: none keeps it")))
     both = at.dropna()
     margin = both["modulation"] - both["steering"]
     print(f"coherence levels both methods reach ({where}): {len(both)}; modulation minus steering there: "
@@ -755,12 +790,39 @@ def scored(runs):
     return pd.DataFrame(out).T
 
 
+def show_scored(t, caption):
+    """A table of :func:`scored` as the page prints it: a row per run, each share with its 95% interval in one
+    cell, and the judges' agreement."""
+    ends = {"acc": "accuracy", "rep": "reported", "coh": "coherent", "both": "on target and coherent",
+            "names": "names the target"}
+    view = t.rename(columns={f"{a} {end}": f"{b}_{end}" for a, b in ends.items() for end in ("lo", "hi")})
+    display(show(view.rename_axis("run").reset_index(), intervals=list(ends.values()), caption=caption, columns={
+        "run": "run", "accuracy": "accuracy (judged as the target)", "reported": "reporting judge: as the target",
+        "kappa": "the judges' agreement (kappa)", "coherent": "coherent",
+        "on target and coherent": "on target and coherent", "names the target": "names the target"}))
+
+
+def judged_as(table, caption):
+    """A share table of target (rows) by judged label (columns) as a row per target: the labels the judge
+    gave its replies, most frequent first, and the share of the row each took."""
+    rows = [{"target": target, "judged as": ", ".join(f"{label} {v:.2f}" for label, v in
+                                                      row.sort_values(ascending=False, kind="stable").items() if v > 0)}
+            for target, row in table.iterrows()]
+    display(show(pd.DataFrame(rows), caption=caption,
+                 columns={"target": "target", "judged as": "judged as (share of the row's replies)"}))
+
+
+def show_replies(df):
+    """Replies with their target, the tuning judge's label and the coherence verdict."""
+    display(show(df, columns={"emotion": "target", "text": "reply", "judged": "judged as", "coherent": "coherent"}))
+
+
 res = scored({"circuit modulation": mod, "steering vector (directions)": steered,
               "circuit modulation, a scale per emotion": mod_by, "steering vector, an alpha per emotion": steered_by,
               "modulation of random components (same layers, same rule)": mod_random, "no intervention": plain,
               "prompting (instruction)": asked_df, "no intervention, plain greedy": plain_greedy,
               "circuit modulation, plain greedy": mod_greedy})
-display(res.style.format("{:.2f}").set_caption(
+show_scored(res, (
     f"held-out prompts: {len(mod)} replies per row, repetition penalty {REP_PENALTY}"
     f"{f', no repeated {NO_REPEAT_NGRAM}-gram' if NO_REPEAT_NGRAM else ''} unless marked (goal: accuracy >= 0.80 "
     "with >= 0.90 coherent); paper B on Llama-3.2-3B (greedy, penalty 1.1, no repeated 3-gram): circuit 0.9965, "
@@ -770,9 +832,9 @@ unmodified = plain[plain.emotion == EMO[0]].judged.value_counts(normalize=True)
 confusion = pd.crosstab(mod.emotion, mod.judged, normalize="index")
 confusion = confusion.reindex(columns=confusion.columns.union(unmodified.index), fill_value=0.0)
 confusion.loc["no intervention (any target)"] = unmodified
-display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
-    f"modulated replies: target (rows) vs judged emotion (columns), {len(mod) // len(EMO)} replies per row "
-    f"(one reply is {len(EMO) / len(mod):.2f} of a row); last row: the unmodified model"))
+judged_as(confusion.fillna(0.0), f"modulated replies: the labels the judge gave each target's "
+                                 f"{len(mod) // len(EMO)} replies (one reply is {len(EMO) / len(mod):.2f} of a row); "
+                                 "last row: the unmodified model")
 
 # %% [markdown]
 # How to read these two tables on the default model (96 held-out replies
@@ -785,7 +847,7 @@ display(confusion.fillna(0.0).style.format("{:.2f}").set_caption(
 # kappa 0.80. Steering vectors reach 0.28 [0.20, 0.38] and prompting 0.22
 # [0.14, 0.30], against 0.15 [0.08, 0.22] for the unmodified model.
 #
-# The confusion table says where modulation falls short: sadness,
+# The table of judged labels says where modulation falls short: sadness,
 # happiness and surprise are read as the target in all 16 replies each,
 # anger in 14 of 16, disgust in 3 of 16 and fear in none. Disgust's
 # replies scatter over happiness, anger and surprise (5, 4 and 4 of 16).
@@ -849,9 +911,10 @@ held_tuned = {how: pd.concat(runs.values()).groupby("scale").agg(accuracy=("hit"
               for how, runs in held_runs.items()}
 held_at_coh, held_gap = at_equal_coherence(held_tuned, f"held-out prompts, {len(held_runs['modulation'][scale])} "
                                                         "replies per strength")
-display(pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]).hit.mean().unstack()
-        .style.format("{:.2f}").set_caption("modulation on these held-out prompts: share judged as the target, "
-                                            "per scale (rows) and target emotion (columns)"))
+per_scale = pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]).hit.mean().unstack()
+display(show(strengths(per_scale.reindex(columns=EMO)), caption="modulation on these held-out prompts: share judged "
+                                                                "as the target, per scale (rows) and target emotion "
+                                                                "(columns)"))
 
 # %% [markdown]
 # Two columns keep the accuracy honest. **On target and coherent** counts
@@ -863,8 +926,7 @@ display(pd.concat(held_runs["modulation"].values()).groupby(["scale", "emotion"]
 # below before reading the accuracy as "writes in the emotion".
 
 # %%
-show = mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent"]]
-display(show.style.hide(axis="index"))
+show_replies(mod.groupby("emotion").head(2))
 
 # %% [markdown]
 # **What the push promotes.** A judge's label says little about how a
@@ -895,10 +957,11 @@ def promoted(circs, k=8):
             for j, e in enumerate(EMO)}
 
 
-display(pd.DataFrame({"the emotion's circuit": promoted(circuits),
-                      "random components, same layers (baseline)": promoted(random_circuits)})
-        .style.set_caption(f"tokens each push promotes more than the six pushes' mean, first reply token of "
-                           f"{len(first_users)} held-out prompts, scale {scale:g}"))
+display(show(pd.DataFrame({"the emotion's circuit": promoted(circuits),
+                           "random components, same layers (baseline)": promoted(random_circuits)})
+             .rename_axis("emotion").reset_index(),
+             caption=f"tokens each push promotes more than the six pushes' mean, first reply token of "
+                     f"{len(first_users)} held-out prompts, scale {scale:g}"))
 
 # %% [markdown]
 # On the default model (16 held-out prompts), the circuits for anger,
@@ -996,9 +1059,9 @@ display(pd.DataFrame({"cosine with paper B's direction, mean over layers": site_
                       "share of components also in paper B's circuit": pd.Series(kept),
                       "... at random within layers (baseline)": {
                           emo: sum(chance_overlap(t_circuits[emo], circuits[emo]).values()) for emo in EMO}}).loc[EMO]
-        .style.format("{:.2f}").set_caption(f"the variant against paper B's way, per emotion (directions: residual "
-                                            f"stream after each layer; two random unit directions in {lm.d_model} "
-                                            f"dimensions: |cosine| about {1 / np.sqrt(lm.d_model):.2f})"))
+        .rename_axis("emotion").reset_index().pipe(show, caption=(
+            f"the variant against paper B's way, per emotion (directions: residual stream after each layer; two "
+            f"random unit directions in {lm.d_model} dimensions: |cosine| about {1 / np.sqrt(lm.d_model):.2f})")))
 
 t_scale, _ = choose("modulation", size((4.0,), (2.0, 3.0, 4.0, 5.0, 6.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)),
                     name="modulation, circuits from text", circs=t_circuits, means=t_means)
@@ -1009,17 +1072,17 @@ t_res = scored({"circuit modulation (paper B's way, section 7)": mod,
                 "circuit modulation, circuits from text": t_mod,
                 "same push on random components (same layers)": t_mod_random,
                 "no intervention": plain})
-display(t_res.style.format("{:.2f}").set_caption(
+show_scored(t_res, (
     f"held-out prompts, {len(t_mod)} replies per row; the variant's scale {t_scale:g}, chosen on discovery prompts "
     "(goal: accuracy >= 0.80 with >= 0.90 coherent)"))
 display(pd.DataFrame({"paper B's way": mod.groupby("emotion").hit.mean(),
                       "circuits from text": t_mod.groupby("emotion").hit.mean(),
                       "random components": t_mod_random.groupby("emotion").hit.mean()}).loc[EMO]
-        .style.format("{:.2f}").set_caption(f"share judged as the target per emotion, {len(t_mod) // len(EMO)} "
-                                            "held-out replies each"))
-display(pd.crosstab(t_mod.emotion, t_mod.judged, normalize="index").reindex(EMO).style.format("{:.2f}").set_caption(
-    f"the variant's modulated replies: target (rows) vs judged emotion (columns), {len(t_mod) // len(EMO)} per row"))
-display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent"]].style.hide(axis="index"))
+        .rename_axis("emotion").reset_index().pipe(show, caption=(
+            f"share judged as the target per emotion, {len(t_mod) // len(EMO)} held-out replies each")))
+judged_as(pd.crosstab(t_mod.emotion, t_mod.judged, normalize="index").reindex(EMO),
+          f"the variant's modulated replies: the labels the judge gave each target's {len(t_mod) // len(EMO)} replies")
+show_replies(t_mod.groupby("emotion").head(2))
 
 # %% [markdown]
 # How to read this on the default model (96 held-out replies per row).
@@ -1098,12 +1161,12 @@ display(t_mod.groupby("emotion").head(2)[["emotion", "text", "judged", "coherent
 WAYS = {"paper B's way": dict(scale=scale, circs=circuits, means=c_means),  # the candidates; the first wins a tie
         "circuits from text": dict(scale=t_scale, circs=t_circuits, means=t_means)}
 n_pick = size(2, 12, 24)
-display(Experiment(
+display(declared(Experiment(
     "section 9: the way per emotion", discovery=f"sev_discovery, {n_pick} scenarios' neutral events",
     candidates={"way": tuple(WAYS)},
     rule="circuits.choose_strength(option='way'), per emotion: the more accurate way among those keeping >= 90% "
          "of that emotion's replies coherent; paper B's way on a tie",
-    test=f"sev_test, {size(2, 16, 16)} scenarios no other section uses, judged once").table())
+    test=f"sev_test, {size(2, 16, 16)} scenarios no other section uses, judged once")))
 pick = pd.concat([toward(disc[:n_pick], n_tokens=new_tokens, **kw).assign(way=way) for way, kw in WAYS.items()])
 pick["way"] = pd.Categorical(pick.way, categories=list(WAYS), ordered=True)
 way_by = C.choose_strength(pick, by="emotion", option="way")
@@ -1113,9 +1176,10 @@ def per_way(runs, caption):
     """Each emotion's share judged as the target and share coherent under each way, and the way picked."""
     t = pd.concat({way: r.groupby("emotion").agg(on_target=("hit", "mean"), coherent=("coherent", "mean"))
                    for way, r in runs.items()}, axis=1).loc[EMO]
-    numbers = list(t.columns)
     t[("picked", "")] = pd.Series(way_by)
-    display(t.style.format("{:.2f}", subset=numbers).set_caption(caption))
+    view = t.copy()
+    view.columns = [f"{way}: {m.replace('_', ' ')}" if m else way for way, m in t.columns]
+    display(show(view.rename_axis("emotion").reset_index(), caption=caption))
 
 
 per_way({way: pick[pick.way == way] for way in WAYS},
@@ -1135,11 +1199,11 @@ f_plain = toward(fresh, 0.0, new_tokens)
 PICK = "each emotion's way, picked on discovery prompts"
 f_res = scored({PICK: f_pick, **f_runs,
                 "same push on random components (same layers)": f_random, "no intervention": f_plain})
-display(f_res.style.format("{:.2f}").set_caption(
+show_scored(f_res, (
     f"fresh test prompts ({len(fresh)} scenarios), {len(f_pick)} replies per row (goal: accuracy >= 0.80 with "
     ">= 0.90 coherent)"))
 per_way(f_runs, f"fresh prompts, {len(f_pick) // len(EMO)} replies per emotion and way, and the way picked")
-display(f_pick.groupby("emotion").head(1)[["emotion", "text", "judged", "coherent"]].style.hide(axis="index"))
+show_replies(f_pick.groupby("emotion").head(1))
 
 # %% [markdown]
 # How to read this on the default model (96 fresh replies per row). The
@@ -1227,14 +1291,16 @@ ALL, NONE = f"the pick, all {len(fresh) + len(more)} fresh scenarios", f"no inte
 m_res = scored({ALL: pd.concat([f_pick, m_pick]), f"the pick, the first {len(fresh)} (above)": f_pick,
                 f"the pick, the {len(more)} added": m_pick, NONE: pd.concat([f_plain, m_plain]),
                 f"no intervention, the {len(more)} added": m_plain})
-display(m_res.style.format("{:.2f}").set_caption(
+show_scored(m_res, (
     f"the pick on every fresh prompt: {len(f_pick) + len(m_pick)} replies (goal: accuracy >= 0.80 with >= 0.90 "
     "coherent)"))
 display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "added": m_pick.groupby("emotion").hit.sum(),
                       "of": (f_pick.groupby("emotion").size() + m_pick.groupby("emotion").size()),
                       "coherent, added": m_pick.groupby("emotion").coherent.sum(),
-                      "way": pd.Series(way_by)}).loc[EMO].style.set_caption(
-    "replies judged as the target per emotion: the first sample, the added one, and how many there are in all"))
+                      "way": pd.Series(way_by)}).loc[EMO].rename_axis("emotion").reset_index().pipe(
+    show, columns={"emotion": "emotion", "first sample": "on target, first sample", "added": "on target, added",
+                   "of": "replies in all", "coherent, added": "coherent, added", "way": "way"},
+    caption="replies judged as the target per emotion: the first sample, the added one, and how many there are in all"))
 
 # %% [markdown]
 # How to read this on the default model. Over all 64 fresh scenarios
@@ -1385,7 +1451,7 @@ headline = record(
     **{f"{mode}_drop_{who}_{end}": v for (mode, who), drops in whole_by_scenario.items()
        for end, v in zip(("lo", "hi"), bootstrap_ci(np.mean(drops, 0), seed=SEED)[1:])},
 )
-pd.Series(headline).to_frame("value")
+show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in headline.values()]}))
 
 # %% [markdown]
 # ## What this shows, and what it cannot

@@ -83,6 +83,7 @@ from emocircuits.plots import setup_style
 from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import Transcode, generate, generate_grid
+from emocircuits.tables import show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -166,7 +167,10 @@ loss_texts = held[: size(2, 4, 32)]
 losses = T.splice_losses(lm, tset, loss_texts)
 qual["d_loss (this transcoder)"] = [losses["each"][la] - losses["clean"] for la in qual.index]
 qual["d_loss (MLP zeroed)"] = [losses["zero_mlp"][la] - losses["clean"] for la in qual.index]
-display(qual[["fve", "linear_fve", "l0", "dead", "d_loss (this transcoder)", "d_loss (MLP zeroed)"]])
+display(show(qual.rename_axis("layer").reset_index(), digits=3, columns={
+    "layer": "layer", "fve": "FVE", "linear_fve": "FVE, linear map", "l0": "L0 (features on per token)",
+    "dead": "dead share", "d_loss (this transcoder)": "loss increase, transcoder spliced in (nats)",
+    "d_loss (MLP zeroed)": "loss increase, MLP zeroed (nats)"}))
 fve_ci = bootstrap_ci(qual["fve"].to_numpy(), seed=SEED)
 print(f"mean FVE {fve_ci[0]:.3f} [{fve_ci[1]:.3f}, {fve_ci[2]:.3f}] over layers (linear map: "
       f"{qual.linear_fve.mean():.3f}); mean L0 {qual.l0.mean():.1f}; dead {qual.dead.mean():.1%}")
@@ -247,7 +251,7 @@ persist_table["empathetic - neutral"] = persist_table["mean share (empathetic)"]
 persist_table = persist_table.sort_values(["min share (empathetic)", "empathetic - neutral"], ascending=False)
 print(f"features on in at least half the steps of every empathetic reply: {len(persist_table)}; "
       f"chance level for one feature at one step (mean L0 / features): {qual.l0.mean() / tset[0].cfg.n_features:.3f}")
-display(persist_table.head(12))
+display(show(persist_table.head(12), digits=3))
 print("first replies:")
 for (s, u), ids in list(zip(pairs, emp_ids))[:3]:
     print(f"- {u!r} -> {lm.tokenizer.decode(ids, skip_special_tokens=True)!r}")
@@ -277,8 +281,7 @@ def card(la, f):
 
 
 cards = pd.DataFrame([card(la, f) for la, f in chosen])
-with pd.option_context("display.max_colwidth", 120):
-    display(cards)
+display(show(cards))
 
 # %% [markdown]
 # With the default book's small dictionaries no feature is on at every
@@ -301,7 +304,11 @@ with pd.option_context("display.max_colwidth", 120):
 # token embeddings, so each edge is an exact linear effect. The check below
 # adds up, for every node we computed a row for, all its incoming edges and
 # the constant from the biases, and compares the sum with the node's real
-# value.
+# value. The picture keeps the nodes and edges that carry most of the
+# influence on the logit (`A.prune`): only the token positions that hold
+# one are drawn, each layer's error nodes are summed into one grey diamond
+# on the right, and the eight most influential features are named by the
+# tokens they are most active on in held-out text.
 
 # %%
 s_idx = 1 if len(emp_systems) > 1 else 0
@@ -320,7 +327,9 @@ print(f"target: {graph.target!r}; check: largest |sum of edges + constants - val
 share_err = graph.influence[len(graph.features):graph.token_index(0)].sum() / graph.influence.sum()
 print(f"share of influence on the logit through error nodes: {share_err:.1%} "
       f"(the part of the computation the transcoders do not explain)")
-A.plot_graph(graph, kept)
+top_nodes = sorted(range(len(graph.features)), key=lambda i: -graph.influence[i])[:8]
+names = A.feature_labels(lm, tset, [graph.features[i][::2] for i in top_nodes], held)  # (layer, feature) pairs
+A.plot_graph(graph, kept, labels=names)
 plt.tight_layout()
 plt.show()
 
@@ -384,7 +393,7 @@ for step, nodes in enumerate(grown):
                      "share of its input from previous step": eff if step else float("nan"),
                      "writes": " ".join(repr(t) for t, _ in lens["writes"])})
 growth = pd.DataFrame(rows)
-display(growth)
+display(show(growth, digits=3))
 circuit_feats = sorted({(la, f) for nodes in grown for la, _, f, _ in nodes})
 print(f"seed L{seed[0]}/F{seed[2]}; circuit: {len(circuit_feats)} features over layers "
       f"{sorted({la for la, _ in circuit_feats})}")
@@ -450,7 +459,13 @@ clamp_judges_rho = spearmanr(np.concatenate(tuned), np.concatenate(reported))[0]
 print(f"the two empathy judges agree on these {sum(map(len, tuned))} replies with Spearman rho {clamp_judges_rho:.2f}")
 paper_c = {k if k == "unmodified" else f"circuit = {k}": v for k, v in PAPER_C_CLAMP.items()}
 clamp_table["paper C (Gemma-2-2B, Claude)"] = [paper_c.get(c, np.nan) for c in clamp_table.index]
-display(clamp_table)
+display(show(clamp_table.rename_axis("condition").reset_index().rename(columns={
+    "empathy (1-5)": "empathy", "lo": "empathy_lo", "hi": "empathy_hi", "coh lo": "coherent_lo",
+    "coh hi": "coherent_hi"}),
+    intervals=["empathy", "coherent"], columns={
+        "condition": "condition", "empathy": "empathy (1-5)", "reporting judge": "reporting judge (1-5)",
+        "coherent": "coherent", "n": "replies", "paper C (Gemma-2-2B, Claude)": "paper C (Gemma-2-2B, Claude)"},
+    caption="judged empathy and share of coherent replies, with 95% intervals over replies"))
 for name in list(conditions)[:3]:
     print(f"{name}: {replies_by[name][0]!r}")
 
@@ -497,10 +512,10 @@ import circuitsvis as cv  # noqa: E402
 
 from emocircuits.transcoders import mlp_io  # noqa: E402
 
-show = [p + lm.tokenizer.decode(ids) for p, ids in zip(emp_prompts[:3], emp_ids[:3])]
-xin, _, mask, ids = mlp_io(lm, show, [seed[0]], max_length=None, input_site=tset.input_site)
+view_texts = [p + lm.tokenizer.decode(ids) for p, ids in zip(emp_prompts[:3], emp_ids[:3])]
+xin, _, mask, ids = mlp_io(lm, view_texts, [seed[0]], max_length=None, input_site=tset.input_site)
 tokens, values = [], []
-for r in range(len(show)):
+for r in range(len(view_texts)):
     n = int(mask[r].sum())
     with torch.no_grad():
         f = tset[seed[0]].encode(xin[seed[0]][r, :n].float().cpu())[:, seed[2]]
@@ -535,7 +550,7 @@ for name, r in clamp_table.drop(index="unmodified").iterrows():  # "circuit = 10
     slug = "clamp_" + name.replace(" = ", "_").replace(" its max", "").replace(" ", "_")
     record(**{f"{slug}_empathy": r["empathy (1-5)"], f"{slug}_empathy_lo": r["lo"], f"{slug}_empathy_hi": r["hi"],
               f"{slug}_empathy_report": r["reporting judge"], f"{slug}_coherent": r["coherent"]})
-pd.Series(headline).to_frame("value")
+show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in headline.values()]}))
 
 # %% [markdown]
 # ## What this shows, and what it cannot

@@ -339,7 +339,8 @@ def test_the_graph_picture_draws_kept_positions_sums_errors_per_layer_and_names_
     assert len(ticks) == len(positions) + 1 and ticks[-1] == "errors, summed"  # one column per kept position
     diamonds = [c for c in ax.collections if c.get_offsets()[0][0] == len(positions) + 0.5]
     assert 1 <= len(diamonds) <= g.n_layers  # the error nodes of a layer are one marker
-    assert labels[(la, f)] in [t.get_text() for t in ax.texts]
+    assert any(f"1  {labels[(la, f)]}" in t.get_text() for t in ax.texts)  # numbered, named beside the picture
+    assert "1" in [t.get_text() for t in ax.texts]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "edge: raises its target" in legend and "error nodes of a layer, summed" in legend
     share = g.influence[nf:g.token_index(0)].sum() / g.influence.sum()

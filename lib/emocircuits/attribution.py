@@ -674,7 +674,8 @@ def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300,
 
     Only the token positions that hold a kept node are drawn, one column each, with their tokens as labels;
     layers go up. Feature nodes are violet, sized by influence on the logit, and the ``n_labels`` most
-    influential are named by ``labels`` (``{(layer, feature): text}``, e.g. :func:`feature_labels`). Error
+    influential are numbered and named, beside the picture, by ``labels`` (``{(layer, feature): text}``, e.g.
+    :func:`feature_labels`). Error
     nodes, what the transcoders miss, are summed per layer into one grey diamond in the right-hand column,
     sized by their share of influence; the edges into and out of them are not drawn. Edge width follows
     |direct effect|, orange positive and blue negative; a legend says so.
@@ -709,11 +710,15 @@ def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300,
     feats = [i for i in drawn if i < nf]
     for i in feats:
         ax.scatter(*xy[i], s=20 + 180 * infl[i] / imax, color="#7570b3", zorder=3)
-    for i in sorted(feats, key=lambda i: -infl[i])[:n_labels if labels else 0]:
-        la, _, f, _ = graph.features[i]
-        ax.annotate(labels.get((la, f), f"L{la} F{f}"), xy[i], xytext=(5, 3), textcoords="offset points",
-                    fontsize=8, color="#3f3a7a", zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    named = []
+    for k, i in enumerate(sorted(feats, key=lambda i: -infl[i])[:n_labels if labels else 0], start=1):
+        la, _, f, _ = graph.features[i]  # a number by the node, its name in the list beside the picture
+        ax.annotate(str(k), xy[i], xytext=(-9 if k % 2 else 5, 2), textcoords="offset points", fontsize=8,
+                    fontweight="bold", color="#3f3a7a", zorder=4)
+        named.append(f"{k}  {labels.get((la, f), f'L{la} F{f}')}")
+    if named:
+        ax.text(1.03, 1.0, "most influential features\n(tokens they fire on most)\n\n" + "\n".join(named),
+                transform=ax.transAxes, va="top", ha="left", fontsize=8, color="#3f3a7a")
     for i in drawn:
         if i == graph.logit_index:
             ax.scatter(*xy[i], s=180, marker="*", color="#e7298a", zorder=3)
