@@ -38,3 +38,15 @@ def test_show_names_what_is_missing():
         show(df, {"nope": "x"})
     with pytest.raises(TypeError, match="df must be a pandas DataFrame"):
         show([1, 2])
+
+
+def test_a_section_result_is_one_boxed_admonition():
+    from emocircuits.page import result
+
+    box = result("  The probe reads 0.91 [0.86, 0.97] (random: 0.75). ")
+    assert box.data == (":::{admonition} Result\n:class: result\n\nThe probe reads 0.91 [0.86, 0.97] (random: "
+                        "0.75).\n:::\n")
+    with pytest.raises(ValueError, match="non-empty sentence"):
+        result(" ")
+    with pytest.raises(ValueError, match="must not contain ':::'"):
+        result("a ::: b")
