@@ -56,13 +56,10 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # behind the number (a layer, a strength, a way) was made on discovery
 # data before the test replies existed; rows explored after reading
 # test replies are left out of this page and stay, marked exploratory,
-# in their chapters. The emotion judges themselves were rebuilt on 6
-# December 2026 (chapter 02), after earlier versions of chapter 04 had
-# been read: that rebuild answered the judge's errors on chat replies,
-# not chapter 04's numbers. The empathy judges were retrained on a
-# larger corpus on 7 December, and a rule written before their test set
-# was read swapped their roles: the n-gram judge now tunes. Earlier
-# versions of chapter 06 had been read with the other judge tuning.
+# in their chapters. The judges themselves were rebuilt after earlier
+# versions of chapters 04 and 06 had been read; the appendix
+# {doc}`Methods notes </book/methods>` says when, why, and what else was
+# explored after a result had been read.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md

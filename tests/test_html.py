@@ -101,6 +101,7 @@ def test_every_chapter_page_in_a_browser(site, browser):
     errors = _open(browser, f"{base}/index.html")
     assert not errors, f"index.html logs console errors: {errors}"
     assert set(CHAPTERS) <= _nav_pages(browser), "the sidebar of the start page misses chapters"
+    assert "methods" in _nav_pages(browser), "the sidebar misses the methods-notes appendix"
     problems = _landing_page_problems(browser, base)
     for stem in CHAPTERS:
         page = html_dir / "notebooks" / f"{stem}.html"
