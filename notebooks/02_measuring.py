@@ -76,6 +76,7 @@ from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
+from emocircuits.tables import show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -176,7 +177,7 @@ for s, (texts, truth) in sets.items():
     rows.append({"test set": s, "n": len(truth), "majority class": f"{majority:.2f}",
                  **{k: fmt(*acc_of[s][k]["accuracy"]) for k in kinds},
                  "agreement (kappa)": f"{agree_of[s]['agree']:.2f} ({agree_of[s]['kappa']:.2f})"})
-pd.DataFrame(rows).set_index("test set")
+show(pd.DataFrame(rows))
 
 # %% [markdown]
 # Accuracy per emotion, with 95% intervals over that emotion's replies
@@ -223,7 +224,7 @@ plt.show()
 texts, truth = sets[chat_sets[0]]
 errors = [(t, l, p, r) for t, l, p, r in zip(texts, truth, labels_of[chat_sets[0]]["tuning judge"],
                                              labels_of[chat_sets[0]]["reporting judge"]) if l != p]
-pd.DataFrame(errors[:8], columns=["reply", "written as", "tuning judge", "reporting judge"])
+show(pd.DataFrame(errors[:8], columns=["reply", "written as", "tuning judge", "reporting judge"]))
 
 # %% [markdown]
 # **What the emotion judges cannot read.** Mixed emotions get one label
@@ -330,7 +331,7 @@ for name, fn in judges.items():
     rows.append({"judge": name, "held-out situations: empathic side higher": fmt(*bootstrap_ci(pair_wins(fn),
                  seed=SEED)), "EIA pairs: empathic side higher": fmt(*bootstrap_ci(eia_wins(fn), seed=SEED))})
 print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {fmt(rho, *rho_ci[1:])}")
-pd.DataFrame(rows)
+show(pd.DataFrame(rows))
 
 # %% [markdown]
 # A tie counts as a loss for every judge (the keyword count ties often).
@@ -344,7 +345,7 @@ pd.DataFrame(rows)
 a = emp.score([p.positive for p in pairs], ctx)
 b = emp.score([p.negative for p in pairs], ctx)
 wrong = [(p.id, p.positive, round(x, 2), p.negative, round(y, 2)) for p, x, y in zip(pairs, a, b) if x <= y]
-pd.DataFrame(wrong, columns=["pair", "empathic reply", "score", "task-focused reply", "score "]).head(6)
+show(pd.DataFrame(wrong, columns=["pair", "empathic reply", "score", "task-focused reply", "score "]).head(6))
 
 # %% [markdown]
 # The EIA rubric's 0/1/2 level comes from the 1-5 score by fixed cut
@@ -394,9 +395,10 @@ readings = {"n-grams (tunes)": s_fresh, "embeddings (reports)": r_fresh,
             "the writer's intended level": [r.intended for r in fresh_emp]}
 fresh_rho = {k: rho_with_ci(v, y_fresh) for k, v in readings.items()}
 rho_judges_fresh = spearmanr(s_fresh, r_fresh)[0]
-pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: fmt(*v) for k, v in fresh_rho.items()},
-              "a level-4/5 reply above a level-1/2 reply to the same post": {
-                  k: fmt(*bootstrap_ci(warm_above_cold(v, fresh_emp), seed=SEED)) for k, v in readings.items()}})
+show(pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: fmt(*v) for k, v in fresh_rho.items()},
+                   "a level-4/5 reply above a level-1/2 reply to the same post": {
+                       k: fmt(*bootstrap_ci(warm_above_cold(v, fresh_emp), seed=SEED)) for k, v in readings.items()}})
+     .rename_axis("reading").reset_index())
 
 # %% [markdown]
 # Read once, after the roles were fixed (the judges do not depend on the
@@ -443,7 +445,7 @@ for name, (lev, sc) in ways.items():
                  if lev is not None else "-",
                  "Spearman rho with the level": f"{spearmanr(sc, y_game)[0]:.2f}",
                  "a 2 scored above a 0 of the same game": fmt(*bootstrap_ci(pair, seed=SEED))})
-pd.DataFrame(rows).set_index("judge")
+show(pd.DataFrame(rows))
 
 # %% [markdown]
 # On the games the 1-5 score cut into levels gets 0.59 of the levels
@@ -506,10 +508,10 @@ examples = [
     "",
 ]
 coh = J.coherence(examples, lm=lm)
-pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["distinct_2"], 2),
-               "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
-               "short sentences": round(c["fragment_share"], 2),
-               "coherent": c["coherent"]} for t, c in zip(examples, coh)])
+show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["distinct_2"], 2),
+                    "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
+                    "short sentences": round(c["fragment_share"], 2),
+                    "coherent": c["coherent"]} for t, c in zip(examples, coh)]))
 
 # %% [markdown]
 # ## 5. Judging the model's own replies
@@ -536,9 +538,10 @@ d_est, d_lo, d_hi = bootstrap_ci(diff, seed=SEED)
 print("empathy, empathetic minus neutral system prompt:", fmt(d_est, d_lo, d_hi))
 print("the interval", "excludes" if d_lo > 0 or d_hi < 0 else "includes", "zero on", MODEL)
 coh_gen = {k: np.mean([c["coherent"] for c in J.coherence(v)]) for k, v in gens.items()}
-print("share coherent:", {k: round(v, 2) for k, v in coh_gen.items()})
-pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"], "score (n)": scores["neutral"].round(2),
-              "empathetic prompt": gens["empathetic"], "score (e)": scores["empathetic"].round(2)}).head(5)
+print("share coherent:", ", ".join(f"{k} prompt {v:.2f}" for k, v in coh_gen.items()))
+show(pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"],
+                   "score (n)": scores["neutral"].round(2), "empathetic prompt": gens["empathetic"],
+                   "score (e)": scores["empathetic"].round(2)}).head(5))
 
 # %% [markdown]
 # On the 135M default model both prompts draw replies that open with

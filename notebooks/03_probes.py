@@ -82,6 +82,7 @@ from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
+from emocircuits.tables import show as show_table  # `show` names a list of layers below
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -156,7 +157,16 @@ for pool, fit in fits.items():
                  "random dirs, unsigned (paper A): mean / p95": f"{ru['mean']:.2f} / {ru['p95']:.2f}",
                  "1st principal component, no labels: AUROC (variance share)":
                      f"{pcb['auroc'][0]:.2f} ({pcb['explained_variance'][0]:.2f})"})
-pd.DataFrame(rows)
+display(show_table(pd.DataFrame(rows), columns=[
+    "pooling", "layer (chosen on train pairs)", "AUROC [95% CI]", "accuracy [95% CI]", "Cohen's d [95% CI]",
+    "test-peak layer (exploratory): AUROC"], caption="The probe at its chosen layer, on the test pairs"))
+show_table(pd.DataFrame(rows), columns={
+    "pooling": "pooling", "random dirs, oriented: mean / p95": "random dirs, oriented: AUROC mean / p95",
+    "random dirs, oriented: d mean / p95": "random dirs, oriented: Cohen's d mean / p95",
+    "random dirs, unsigned (paper A): mean / p95": "random dirs, unsigned (paper A): AUROC mean / p95",
+    "1st principal component, no labels: AUROC (variance share)":
+        "1st principal component, no labels: AUROC (variance share)"},
+    caption="Baselines at the same layer, on the same test pairs")
 
 # %% [markdown]
 # `mean_all` averages the prompt, which both sides share, into each
@@ -171,11 +181,11 @@ pd.DataFrame(rows)
 # training data, a random direction picks up whatever the two sides differ
 # in along it. That is why the baseline is shown, not assumed. Paper A
 # scored its random directions unsigned (its 95th percentile: 0.857);
-# the last column does the same with the same draws, for a like-for-like
-# comparison. Unsigned directions centre on 0.5 by construction, so the
-# oriented baseline is the stricter of the two.
+# the second table's unsigned column does the same with the same draws,
+# for a like-for-like comparison. Unsigned directions centre on 0.5 by
+# construction, so the oriented baseline is the stricter of the two.
 #
-# Why do random directions do so well? The last column looks for one
+# Why do random directions do so well? Its last column looks for one
 # dominant axis: the first principal component of the training replies'
 # vectors, found without their labels and only oriented by them. Where it
 # separates the test pairs nearly as well as the probe, empathic versus
@@ -194,9 +204,10 @@ pd.DataFrame(rows)
 #
 # When both the probe and the random directions separate nearly every test
 # pair, AUROC (which stops at 1) hides the gap between them; Cohen's d does
-# not. The `d` columns compare the probe's d with the random directions'
-# on the same test pairs: how much farther apart the probe puts the two
-# sides than a direction that knows nothing but the training sign.
+# not. The `d` columns (the probe's in the first table, the random
+# directions' in the second) compare the two on the same test pairs: how
+# much farther apart the probe puts the two sides than a direction that
+# knows nothing but the training sign.
 #
 # A second baseline: the same probe trained after swapping the two sides
 # of each training pair at random.
@@ -296,8 +307,9 @@ def transfer_row(what, l, r=None):
 
 
 print(f"bag of words (resid_pre.0): AUROC {bow_stored:.2f} on the stored test pairs")
-pd.DataFrame([transfer_row("best on the stored pairs", best), transfer_row("peak on the matched pairs", peak),
-              transfer_row("bag of words: input embeddings, resid_pre", 0, bow_matched)]).set_index("layer")
+show_table(pd.DataFrame([transfer_row("best on the stored pairs", best),
+                         transfer_row("peak on the matched pairs", peak),
+                         transfer_row("bag of words: input embeddings, resid_pre", 0, bow_matched)]))
 
 # %% [markdown]
 # The first row is the fair test: its layer was fixed before the matched
@@ -406,10 +418,11 @@ ax.legend(loc="lower right", fontsize=8)
 plt.show()
 print(f"pronoun count (no model): AUROC {fmt(*pron_auc)}; the probe trained on matched pairs, layer {best_m}, on "
       f"the stored test pairs: AUROC {fmt(on_stored.auroc, *on_stored.auroc_ci)}")
-pd.DataFrame([transfer_row("trained on matched pairs; best on the test pairs", best_m, m_tr[best_m]),
-              transfer_row("trained on matched pairs; chosen on the train pairs alone", cv_best, m_tr[cv_best]),
-              transfer_row("trained on the stored pairs", best_m),
-              transfer_row("bag of words trained on matched pairs", 0, bow_m_tr)]).set_index("layer")
+show_table(pd.DataFrame([
+    transfer_row("trained on matched pairs; best on the test pairs", best_m, m_tr[best_m]),
+    transfer_row("trained on matched pairs; chosen on the train pairs alone", cv_best, m_tr[cv_best]),
+    transfer_row("trained on the stored pairs", best_m),
+    transfer_row("bag of words trained on matched pairs", 0, bow_m_tr)]))
 
 # %% [markdown]
 # In the book run on the default model, the probe trained on matched
@@ -521,8 +534,9 @@ ax.axvline(best, color="k", ls=":", lw=1, label=f"best layer ({best})")
 ax.set(ylabel="probe AUROC", ylim=(-0.02, 1.02), title="The probe on pairs written to fool a keyword detector")
 ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 plt.show()
-stress.assign(**{"probe AUROC [95% CI]": [fmt(r["probe AUROC"], r.lo, r.hi) for _, r in stress.iterrows()]})[
-    ["pairs", "texts", "probe AUROC [95% CI]", "keyword counter AUROC", "words replaced"]]
+show_table(stress.assign(**{"probe AUROC [95% CI]": [fmt(r["probe AUROC"], r.lo, r.hi)
+                                                     for _, r in stress.iterrows()]}),
+           columns=["pairs", "texts", "probe AUROC [95% CI]", "keyword counter AUROC", "words replaced"])
 
 # %%
 cw, pt = stress_at.loc["care_words"], stress_at.loc["polite_task"]
@@ -792,14 +806,14 @@ def r_ci(x, y):
 
 
 raw_ci, al_ci = r_ci(s_a, s_b), r_ci(s_a, align(B_rep) @ fit_a.directions[la])
-pd.DataFrame([
+show_table(pd.DataFrame([
     {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": fmt(*raw_ci),
      "baseline (mean / 95th pct)": f"permuted texts: {np.mean(null_raw):+.2f} / {np.quantile(null_raw, .95):+.2f}"},
     {"comparison": f"{MODEL} probe on {OTHER} activations mapped into {MODEL}'s space",
      "Pearson r [95% CI]": fmt(*al_ci),
      "baseline (mean / 95th pct)": f"map fitted on mismatched texts: {np.mean(null_al):+.2f} / "
                                    f"{np.quantile(null_al, .95):+.2f}"},
-])
+]))
 
 # %% [markdown]
 # The raw correlation says whether the two models *order* the replies

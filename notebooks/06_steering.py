@@ -74,6 +74,7 @@ from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
+from emocircuits.tables import interval, show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -110,8 +111,8 @@ situations = [r.text for r in heldout][: size(8, 6, 12)]
 chosen_on = [r.id for r in heldout][: len(situations)]  # their record ids: best_setting refuses test records
 chat_texts = [lm.chat_prompt(s) for s in situations]
 rms = {l: S.residual_rms(lm, chat_texts, l) for l in CANDIDATES}
-pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
-               "residual RMS": round(rms[l], 2)} for l in CANDIDATES])
+show(pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
+                    "residual RMS": round(rms[l], 2)} for l in CANDIDATES]))
 
 # %% [markdown]
 # Paper A's alphas multiply a unit vector. In this model's units, its
@@ -164,8 +165,11 @@ settings = ([("all", "unit", UNIT_LAYERS, PAPER_A_ALPHAS)] if UNIT_LAYERS else [
 records = [r for pos, scale, layers, alphas in settings
            for r in S.sweep(lm, prompts, fit.directions, layers, alphas, scale=scale, positions=pos, seeds=SEEDS,
                             sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
-pd.DataFrame(records).groupby(["positions", "scale", "layer"]).alpha.agg(["unique", "size"]).rename(
-    columns={"unique": "alphas", "size": "replies"})
+grid = pd.DataFrame(records).groupby(["layer", "positions", "scale"]).alpha.agg(["unique", "size"]).reset_index()
+show(grid.assign(unique=[", ".join(f"{a:g}" for a in u) for u in grid["unique"]],
+                 scale=grid.scale.map({"rms": "residual RMS", "unit": "unit vector"})),
+     columns={"layer": "layer", "positions": "positions", "scale": "alpha in units of", "unique": "alphas",
+              "size": "replies"})
 
 # %% [markdown]
 # ## 2. Judging every reply
@@ -215,7 +219,23 @@ scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
 table = S.steering_success(records, scores, coherent, seed=SEED)
 # every push in one unit, for the figures: paper A's unit alphas divided by the layer's RMS
 table.insert(4, "alpha_rms", np.where(table.scale == "unit", table.alpha / table.layer.map(rms), table.alpha))
-table.round(3)
+
+
+def push_label(alpha, scale, layer, both=False):
+    """A push as the tables print it: "+0.5 x RMS", or on paper A's grid "+5 x unit vector (+0.75 x RMS)";
+    ``both``: a setting pushed both ways, "±0.5 x RMS"."""
+    if alpha == 0:
+        return "0 (unpushed)"
+    sign = "±" if both else "+" if alpha > 0 else "-"
+    if scale != "unit":
+        return f"{sign}{abs(alpha):g} x RMS"
+    return f"{sign}{abs(alpha):g} x unit vector ({sign}{abs(alpha) / rms[layer]:.2f} x RMS)"
+
+
+show(table.assign(push=[push_label(a, s_, l) for a, s_, l in zip(table.alpha, table.scale, table.layer)]),
+     columns={"layer": "layer", "positions": "positions", "push": "push (alpha)",
+              "score": "judged empathy [95% CI]", "coherent_share": "coherent share", "threshold": "threshold",
+              "success": "honest success [95% CI]"}, intervals=["score", "success"])
 
 # %% [markdown]
 # **The success metric.** For each situation, compare its mean judged
@@ -266,7 +286,10 @@ for (layer, pos, scale, alpha), g in df[df.alpha != 0].groupby(["layer", "positi
                  "keyword success (paper A)": round(kw, 2),
                  "honest success": round(honest, 2), "coherent share": round(g.coherent.mean(), 2)})
 kw = pd.DataFrame(rows)
-kw
+show(kw.assign(push=[push_label(a, s_, l) for a, s_, l in zip(kw.alpha, kw.scale, kw.layer)]),
+     columns={"layer": "layer", "positions": "positions", "push": "push (alpha)",
+              "keyword success (paper A)": "keyword success (paper A)", "honest success": "honest success",
+              "coherent share": "coherent share"})
 
 # %% [markdown]
 # Where the two disagree, look at the replies: at negative alpha the
@@ -279,7 +302,7 @@ ex = df[(df.layer == ex_layer) & (df.positions == "all") & (df.scale == "rms") &
         & (df.id == prompts[0]["id"])]
 ex = ex.sort_values("alpha")
 print("situation:", prompts[0]["user"])
-ex[["alpha", "text", "score", "coherent"]]
+show(ex, columns={"alpha": "alpha (x RMS)", "text": "reply", "score": "judged empathy", "coherent": "coherent"})
 
 # %% [markdown]
 # ## 4. The best setting, against the goal
@@ -296,7 +319,32 @@ ex[["alpha", "text", "score", "coherent"]]
 
 # %%
 goal = S.both_ways(records, scores, coherent, seed=SEED)
-goal.round(2)
+
+
+def goal_cells(r):
+    """One row of a both-ways table (``steering.both_ways``) as the tables print it."""
+    return {"layer": int(r.layer), "positions": r.positions,
+            "push": push_label(r.alpha, r.scale, r.layer, both=True),
+            "situations": int(r.prompts), "moved both ways [95% CI]": interval(r.share, r.share_lo, r.share_hi),
+            "chance": f"{r.chance:.2f}", "coherent share": f"{r.coherent_share:.2f}",
+            "judged empathy at -alpha / 0 / +alpha": f"{r.score_down:.2f} / {r.score_0:.2f} / {r.score_up:.2f}",
+            "meets the goal": "yes" if r.meets_goal else "no"}
+
+
+def show_goal(g, first=None, drop=(), where=""):
+    """A both-ways table as the page prints it: one row per setting (``first``: a column of ``g`` to put first,
+    such as the direction; ``drop``: columns left out, such as a layer named in ``where``, the caption's start),
+    with the number of situations and of settings that meet the goal in the caption."""
+    view = pd.DataFrame([goal_cells(r) for _, r in g.iterrows()])
+    if first:
+        view.insert(0, first, g[first].to_numpy())
+    caption = (f"{where}{' / '.join(str(int(n_)) for n_ in g.prompts.unique())} situations; settings that meet "
+               f"the goal (at least 0.80 moved both ways, 0.90 of replies coherent): {int(g.meets_goal.sum())} "
+               f"of {len(g)}")
+    return show(view.drop(columns=["situations", "meets the goal", *drop]), caption=caption)
+
+
+show_goal(goal)
 
 # %% [markdown]
 # The best setting is chosen from this table: among settings that keep at
@@ -318,9 +366,8 @@ confirmed = S.both_ways(*conf_judged, seed=SEED).iloc[0]
 confirmed_report, confirmed_judges_rho = reported(conf_judged)
 print(f"confirmed on fresh situations, read by the reporting judge: {confirmed_report:.2f} moved both ways "
       f"(tuning judge {confirmed.share:.2f}); the judges' scores agree with rho {confirmed_judges_rho:.2f}")
-pd.DataFrame({"chosen on": top, "confirmed on fresh situations": confirmed}).loc[
-    ["layer", "positions", "scale", "alpha", "prompts", "share", "share_lo", "share_hi", "chance", "coherent_share",
-     "score_down", "score_0", "score_up", "meets_goal"]]
+show(pd.DataFrame({"chosen on": goal_cells(top), "confirmed on fresh situations": goal_cells(confirmed)})
+     .rename_axis("setting and result").reset_index())
 
 # %% [markdown]
 # Recorded for the results chapter: the chosen setting's share on the
@@ -479,16 +526,19 @@ probe_rows = goal[(goal.layer == MID) & (goal.scale == "rms") & goal.positions.i
 cols = ["positions", "alpha", "share", "share_lo", "share_hi", "chance", "coherent_share", "score_down",
         "score_0", "score_up"]
 compare = pd.concat({"persona direction": persona_goal[cols], "probe direction": probe_rows[cols]})
-compare.round(2)
+show_goal(pd.concat([persona_goal.assign(direction="persona direction"),
+                     probe_rows.assign(direction="probe direction")]), first="direction", drop=["layer"],
+          where=f"layer {MID}; ")
 
 # %% [markdown]
 # As in section 4, the setting that moved the most situations was chosen
 # on these situations, so its share is biased upward; it is run once more
 # on the fresh situations of section 4, and with it the probe direction at
 # the same setting (same layer, positions, alpha, situations and seeds:
-# only the direction differs). Besides the both-ways share, the table
-# gives each sign's honest success rate (section 2's metric: the change
-# has alpha's sign, beats the seed noise, and every reply is coherent).
+# only the direction differs). Besides the both-ways share (the first
+# table), the second table gives each sign's honest success rate
+# (section 2's metric: the change has alpha's sign, beats the seed
+# noise, and every reply is coherent).
 
 # %%
 p_top = S.best_setting(persona_goal, chosen_on)
@@ -514,6 +564,23 @@ def confirm_row(judged_, a):
             "score at +alpha": ss.score[a]}
 
 
+def show_confirm(rows):
+    """A confirmation table (one ``confirm_row`` per direction) as the page prints it, in two tables: the goal's
+    reading (moved both ways, its chance, coherence and the reporting judge's reading), then each sign's."""
+    v = rows.rename(columns={"moved both ways": "share", "lo": "share_lo", "hi": "share_hi",
+                             "success at +alpha": "up", "+ lo": "up_lo", "+ hi": "up_hi",
+                             "success at -alpha": "down", "- lo": "down_lo", "- hi": "down_hi"})
+    v = v.rename_axis("direction").reset_index()
+    display(show(v, columns={"direction": "direction", "share": "moved both ways [95% CI]", "chance": "chance",
+                             "coherent share": "coherent share",
+                             "reporting judge": "reporting judge: moved both ways",
+                             "judges' rho": "the judges' agreement (Spearman rho)"}, intervals=["share"]))
+    display(show(v, columns={"direction": "direction", "up": "honest success at +alpha [95% CI]",
+                             "down": "honest success at -alpha [95% CI]",
+                             "score at -alpha": "judged empathy at -alpha", "score at 0": "at 0",
+                             "score at +alpha": "at +alpha"}, intervals=["up", "down"]))
+
+
 unpushed = on_fresh(persona_dirs, [0])  # nothing acts at alpha = 0: one set serves both directions
 confirm = pd.DataFrame({name: confirm_row(with_unpushed(on_fresh(dirs_, [-p_a, p_a]), unpushed), p_a)
                         for name, dirs_ in (("persona direction", persona_dirs),
@@ -521,7 +588,7 @@ confirm = pd.DataFrame({name: confirm_row(with_unpushed(on_fresh(dirs_, [-p_a, p
 print(f"chosen on the first situations: layer {int(p_top.layer)}, positions {p_top.positions}, alpha {p_a:g} x RMS "
       f"(moved both ways there: {p_top.share:.2f}, coherent {p_top.coherent_share:.2f}); "
       f"{len(fresh)} fresh situations x {len(SEEDS)} seeds:")
-confirm.round(2)
+show_confirm(confirm)
 
 # %%
 pc = confirm.loc["persona direction"]
@@ -643,7 +710,7 @@ b_top = S.best_setting(b_goal, [r.id for r in heldout][len(situations):][: len(c
 b_a = float(b_top.alpha)
 print(f"cosine of the probe and persona directions at layer {MID}: {sum_cosine:+.2f}; "
       f"{len(B_SEEDS)} seeds per situation")
-b_goal[cols].round(2)
+show_goal(b_goal)
 
 # %%
 at_top = dict(seeds=B_SEEDS, scale=b_top.scale, positions=b_top.positions)  # the chosen setting
@@ -657,14 +724,15 @@ print(f"chosen on {len(choice)} situations of situations_heldout: alpha {b_a:g} 
       f"positions of layer {MID} (moved both ways there: {b_top.share:.2f} [{b_top.share_lo:.2f}, "
       f"{b_top.share_hi:.2f}], coherent {b_top.coherent_share:.3f}); {len(confirm_set)} confirmation situations "
       f"x {len(B_SEEDS)} seeds:")
-b_rows.round(2)
+show_confirm(b_rows)
 
 # %%
 c_df = pd.DataFrame(b_judged[0]).assign(score=b_judged[1], coherent=b_judged[2])
 print("coherent share per alpha (sum of both):", c_df.groupby("alpha").coherent.mean().round(3).to_dict())
 c_ex = c_df[(c_df.id == confirm_set[0]["id"]) & (c_df.seed == SEED)].sort_values("alpha")
 print("situation:", confirm_set[0]["user"])
-display(c_ex[["alpha", "text", "score", "coherent"]].style.hide(axis="index"))
+display(show(c_ex, columns={"alpha": "alpha (x RMS)", "text": "reply", "score": "judged empathy",
+                            "coherent": "coherent"}))
 broken = c_df[~c_df.coherent & (c_df.alpha != 0)]
 print(f"replies failing the coherence checks at -alpha / +alpha: {(broken.alpha < 0).sum()} / "
       f"{(broken.alpha > 0).sum()} of {(c_df.alpha < 0).sum()} each; e.g.:")
