@@ -248,5 +248,16 @@ for layer in sorted({lm.n_layers // 4, read_layer}):
 #   `resid_post.L` matches transformers' `hidden_states[L+1]`.
 # - `generate(lm, prompts, [Add(...)])` steers while generating.
 #
-# **References.** DESIGN notes of this project; the three source papers listed
-# in the introduction.
+# ### References
+#
+# - The three papers this book reproduces are listed, with links, on the
+#   book's first page.
+# - Fiotto-Kaufmann et al., *NNsight and NDIF: Democratizing Access to
+#   Foundation Model Internals*, [arXiv:2407.14561](https://arxiv.org/abs/2407.14561):
+#   the library every capture and intervention here runs on.
+# - Allal et al., *SmolLM2: When Smol Goes Big*, [arXiv:2502.02737](https://arxiv.org/abs/2502.02737),
+#   and the Gemma Team, *Gemma 3 Technical Report*, [arXiv:2503.19786](https://arxiv.org/abs/2503.19786):
+#   the two bundled models.
+# - Turner et al., *Steering Language Models With Activation Engineering*,
+#   [arXiv:2308.10248](https://arxiv.org/abs/2308.10248): adding a direction
+#   to the residual stream while the model generates.

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -337,3 +337,12 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 
 # %%
 pd.DataFrame(sorted(ds.EMPATHY_KEYWORDS.items()), columns=["keyword", "replacement"]).T
+
+# %% [markdown]
+# ### References
+#
+# - Paper B: *Do LLMs "Feel"? Emotion Circuits Discovery and Control*, [arXiv:2510.11328](https://arxiv.org/abs/2510.11328): the scenario x event-valence x emotion design of the SEV prompts.
+# - Paper A: *Detecting and Steering LLMs' Empathy in Action*, [arXiv:2511.16699](https://arxiv.org/abs/2511.16699): the Empathy-in-Action games, their prompt and the 0/1/2 rubric, and the keyword metric.
+# - Paper C: *Preliminary Investigation of Empathy Regulating Circuits in Language Models* (preprint): the empathetic and neutral system prompts.
+# - Chen et al., *Persona Vectors: Monitoring and Controlling Character Traits in Language Models*, [arXiv:2507.21509](https://arxiv.org/abs/2507.21509): the persona pairs and questions.
+# - `data/README.md` in the repository: who wrote each file, how, and to which brief.

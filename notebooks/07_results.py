@@ -256,3 +256,10 @@ plt.show()
 # - Read each row against its baseline first and against the paper
 #   second: the baseline says whether an effect is specific, the paper's
 #   number says how far a model of this size is from theirs.
+#
+# ### References
+#
+# - Paper A: *Detecting and Steering LLMs' Empathy in Action*, [arXiv:2511.16699](https://arxiv.org/abs/2511.16699).
+# - Paper B: *Do LLMs "Feel"? Emotion Circuits Discovery and Control*, [arXiv:2510.11328](https://arxiv.org/abs/2510.11328).
+# - Paper C: *Preliminary Investigation of Empathy Regulating Circuits in Language Models* (preprint).
+# - The appendix {doc}`Methods notes </book/methods>`: how each choice behind these numbers was made.
