@@ -79,11 +79,12 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
-from emocircuits.plots import neuron_view, setup_style
+from emocircuits.page import result
+from emocircuits.plots import neuron_token_values, neuron_view, setup_style
 from emocircuits.protocol import Experiment
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import generate, generate_grid, next_token_logits
-from emocircuits.tables import show
+from emocircuits.tables import interval, show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -120,6 +121,24 @@ labels = [p["emotion"] for p in prompts]
 groups = [f"{p['record_id']}:{p['valence']}" for p in prompts]
 dirs = C.directions(acts, labels, groups, EMO)
 print(f"{len(prompts)} prompts ({len(disc)} scenarios x 3 valences x 6 emotions), {len(acts)} sites")
+
+# %% tags=["remove-input"]
+# how good the directions are: leave one scenario out, compute the last layer's directions from the others, and
+# ask on which direction each left-out prompt projects most, centred per group as the directions are
+last_site = f"resid_post.{L - 1}"
+scenario_of, label_of, group_of = (np.array(v) for v in ([p["record_id"] for p in prompts], labels, groups))
+last_acts = acts[last_site].double().numpy()
+loso_acc = []
+for left_out in np.unique(scenario_of):
+    out_ = scenario_of == left_out
+    d_ = C.directions({last_site: last_acts[~out_]}, list(label_of[~out_]), list(group_of[~out_]), EMO)[last_site]
+    x_ = last_acts[out_] - pd.DataFrame(last_acts[out_]).groupby(group_of[out_]).transform("mean").to_numpy()
+    loso_acc.append(np.mean((x_ @ d_.T).argmax(1) == np.array([EMO.index(e_) for e_ in label_of[out_]])))
+display(result(
+    f"From {len(prompts)} instructed prompts come six emotion directions at each of {len(dirs)} residual-stream "
+    f"sites; at the last layer, directions computed without a scenario pick out the instructed emotion of "
+    f"{interval(*bootstrap_ci(np.array(loso_acc), seed=SEED))} of its prompts, centred as the directions are "
+    f"(chance {1 / len(EMO):.2f})."))
 
 # %% [markdown]
 # ## 2. Neurons: who writes the emotion into the residual stream?
@@ -176,6 +195,13 @@ for e, emo in enumerate(EMO):
         top_rows.append({"emotion": emo, "layer": l, "neuron": int(i), "mean contribution": s})
 display(show(pd.DataFrame(top_rows), caption="each emotion's three neurons with the largest mean contribution"))
 
+# %% tags=["remove-input"]
+heavier = int((tail["top 1%"] > tail["top 1% (random dir)"]).sum())
+display(result(
+    f"The top 1% of the {L * lm.d_mlp:,} neurons carry {tail['top 1%'].mean():.2f} of the positive contribution "
+    f"along an emotion's direction (mean over emotions), against {tail['top 1% (random dir)'].mean():.2f} along a "
+    f"random direction; the tail is heavier than the random direction's for {heavier} of {len(EMO)} emotions."))
+
 # %% [markdown]
 # ## 3. Heads: zeroing one head at a time
 #
@@ -196,6 +222,21 @@ for ax, emo in zip(axes, ["happiness", "anger"]):
     ax.set(title=emo, xlabel="head", ylabel="layer" if ax is axes[0] else "")
 fig.suptitle("Head contributions along the emotion direction at the MLP input")
 plt.show()
+
+# %% tags=["remove-input"]
+# the heads' split along section 2's random direction: how heavy a tail the activations give anyway
+rand_heads = {l: C.scores_by_emotion(C.head_contributions(lm, l, acts[f"attn_z.{l}"], rand_dirs[f"resid_mid.{l}"]),
+                                     labels, groups, EMO).numpy() for l in range(L)}
+head_tail, rand_head_tail = (np.mean([C.tail_share(np.concatenate([sc[l][e] for l in range(L)]))[0.05]
+                                      for e in range(len(EMO))]) for sc in (head_scores, rand_heads))
+all_heads = np.stack([head_scores[l] for l in range(L)])  # [layer, emotion, head]
+top_l, top_e, top_h = np.unravel_index(np.argmax(all_heads), all_heads.shape)
+than_random = ("as much as" if round(head_tail, 2) == round(rand_head_tail, 2)
+               else "more than" if head_tail > rand_head_tail else "less than")
+display(result(
+    f"The top 5% of the {L * lm.n_heads} heads carry {head_tail:.2f} of the positive contribution along an emotion's "
+    f"direction (mean over emotions), {than_random} along a random direction ({rand_head_tail:.2f}); the largest "
+    f"term is head {top_h} of layer {top_l}, for {EMO[top_e]}."))
 
 # %% [markdown]
 # ## 4. Sublayer influence
@@ -243,6 +284,17 @@ summary = pd.DataFrame({k: [np.nanmean(infl[k][:, :6]), np.nanmax(infl[k][:, :6]
                        index=["mean I (emotions)", "max I (emotions)", "mean |I| (random push)"])
 display(show(summary.rename_axis("influence I").reset_index(),
              columns={"influence I": "influence I", "attn": "attention sublayers", "mlp": "MLP sublayers"}))
+
+# %% tags=["remove-input"]
+mean_infl = {"attention": summary.loc["mean I (emotions)", "attn"], "MLP": summary.loc["mean I (emotions)", "mlp"]}
+random_infl = summary.loc["mean |I| (random push)"].mean()
+above_random = [kind for kind, v in mean_infl.items() if v > random_infl]
+display(result(
+    f"Pushed along their emotion's direction, attention sublayers reach the last layer with mean influence "
+    f"I = {mean_infl['attention']:.2f} and MLP sublayers with {mean_infl['MLP']:.2f}, against a mean |I| of "
+    f"{random_infl:.2f} for a random push of the same size: "
+    + ("both kinds lie above it." if len(above_random) == 2 else f"only the {above_random[0]} sublayers lie above it."
+       if above_random else "neither kind lies above it.")))
 
 # %% [markdown]
 # ## 5. Assembling circuits
@@ -318,6 +370,13 @@ print(f"two different emotions' circuits share {overlap.values[off].mean():.2f} 
       f"(least {overlap.values[off].min():.2f}, most {overlap.values[off].max():.2f}); drawn at random within "
       f"layers with the same counts per layer they would share {sum(chance.values())[off].mean():.2f}. By kind, "
       f"in the same units: {by_kind}")
+
+# %% tags=["remove-input"]
+display(result(
+    f"Each emotion's circuit takes {budget['n_neurons']} neurons and {budget['n_heads']} heads; two emotions' "
+    f"circuits share {overlap.values[off].mean():.2f} of their components on average, against "
+    f"{sum(chance.values())[off].mean():.2f} for circuits drawn at random within the same layers (neurons alone: "
+    f"{shared['neuron'][off].mean():.2f} against {chance['neuron'][off].mean():.2f})."))
 
 # %% [markdown]
 # ## 6. Causal checks: the circuit against random components
@@ -533,7 +592,17 @@ display(show(gen_shares.rename_axis("condition").reset_index(),
 # range, and can break a reply outright). The drop of the signal above is what
 # the circuit does to the model's representation; whether that reaches
 # the text is not something this check can show at this size.
-#
+
+# %% tags=["remove-input"]
+drop_circuit = bootstrap_ci(np.mean(whole_by_scenario[("mean", "circuit")], 0), seed=SEED)
+drop_random = bootstrap_ci(np.mean(whole_by_scenario[("mean", "random")], 0), seed=SEED)
+display(result(
+    f"Mean-ablating a whole circuit removes {interval(*drop_circuit)} of its emotion's held-out signal (mean over "
+    f"emotions), against {interval(*drop_random)} for as many random components of the same layers; both ablations "
+    f"remove at least 3x the random drop for {int(passing.loc[1.0])} of {len(EMO)} emotions (top half: "
+    f"{int(passing.loc[0.5])})."))
+
+# %% [markdown]
 # ## 7. Three ways to an emotion the model was not asked for
 #
 # Paper B's comparison, on prompts *without* an emotion instruction:
@@ -988,6 +1057,19 @@ display(show(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # reply and the random one does not; it shows only that the choice of
 # components matters more for the reply than for its first token.
 
+# %% tags=["remove-input"]
+modulated, plain_acc = res.loc["circuit modulation"], res.loc["no intervention", "accuracy"]
+display(result(
+    f"Circuit modulation puts {interval(modulated['accuracy'], modulated['acc lo'], modulated['acc hi'])} of held-out "
+    f"replies on target ({modulated['coherent']:.2f} coherent), an interval "
+    f"{'above' if modulated['acc lo'] > plain_acc else 'that does not clear'} the unmodified model's "
+    f"{plain_acc:.2f}; random components reach "
+    f"{res.loc['modulation of random components (same layers, same rule)', 'accuracy']:.2f}, steering vectors "
+    f"{res.loc['steering vector (directions)', 'accuracy']:.2f} and prompting "
+    f"{res.loc['prompting (instruction)', 'accuracy']:.2f}. Modulation "
+    f"{'meets' if modulated['accuracy'] >= 0.8 and modulated['coherent'] >= 0.9 else 'misses'} the goal (0.80 on "
+    f"target with 0.90 coherent)."))
+
 # %% [markdown]
 # ## 8. A variant: circuits from text that expresses the emotion
 #
@@ -1130,6 +1212,19 @@ show_replies(t_mod.groupby("emotion").head(2))
 # from 24 replies is a direction for those replies' topics as much as for
 # their emotion; which part of it does the
 # work is more than this comparison can show.
+
+# %% tags=["remove-input"]
+from_text = t_res.loc["circuit modulation, circuits from text"]
+paper_b = t_res.loc["circuit modulation (paper B's way, section 7)"]
+random_acc = t_res.loc["same push on random components (same layers)", "accuracy"]
+against_b = ("level with" if round(from_text["accuracy"], 2) == round(paper_b["accuracy"], 2)
+             else "behind" if from_text["accuracy"] < paper_b["accuracy"] else "ahead of")
+display(result(
+    f"Circuits built from text put {interval(from_text['accuracy'], from_text['acc lo'], from_text['acc hi'])} of "
+    f"held-out replies on target, {against_b} paper B's way ({paper_b['accuracy']:.2f}), an interval that "
+    f"{'clears' if from_text['acc lo'] > random_acc else 'does not clear'} random components ({random_acc:.2f}); "
+    f"they name the emotion's word in {from_text['names the target']:.2f} of replies, paper B's "
+    f"way in {paper_b['names the target']:.2f}."))
 
 # %% [markdown]
 # ## 9. Choosing the way per emotion, checked on fresh prompts
@@ -1337,6 +1432,18 @@ display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "adde
 # the emotion's word in 0.41 of its replies: some of the accuracy is the
 # model saying the word.
 
+# %% tags=["remove-input"]
+picked, pooled = f_res.loc[PICK], m_res.loc[ALL]
+display(result(
+    f"The way picked per emotion (circuits from text for {sum(w == 'circuits from text' for w in way_by.values())} "
+    f"of {len(EMO)}) puts {interval(picked['accuracy'], picked['acc lo'], picked['acc hi'])} of fresh replies on "
+    f"target ({picked['coherent']:.2f} coherent), against "
+    f"{f_res.loc['no intervention', 'accuracy']:.2f} unmodified and "
+    f"{f_res.loc['same push on random components (same layers)', 'accuracy']:.2f} on random components, and "
+    f"{'meets' if picked['accuracy'] >= 0.8 and picked['coherent'] >= 0.9 else 'misses'} the goal; with the added "
+    f"sample, {interval(pooled['accuracy'], pooled['acc lo'], pooled['acc hi'])} of {len(f_pick) + len(m_pick)} "
+    f"replies."))
+
 # %% [markdown]
 # ## 10. Looking at the neurons on real text
 #
@@ -1355,6 +1462,22 @@ top = sorted((c for c in circuits[emo].components if c.kind == "neuron"), key=la
 sample = pd.concat([mod[mod.emotion == emo].head(2), plain[plain.emotion == emo].head(1)])
 chat = [lm.chat_prompt(u) + t for u, t in zip(sample.user, sample.text)]
 display(neuron_view(lm, chat, [(c.layer, c.index) for c in top]))  # its JavaScript inline: works offline
+
+# %% tags=["remove-input"]
+# where each of the view's neurons peaks (raw values; special tokens at 0), and how often the emotion's word occurs
+view_tokens, view_values = neuron_token_values(lm, chat, [(c.layer, c.index) for c in top], clip_quantile=0)
+words = view_values.abs().sum(1) > 0  # the texts' ordinary tokens (not the separators or the template's markers)
+peaks = [view_tokens[int(i)] for i in view_values.argmax(0)]
+on_word = J.names_emotion(peaks, [emo] * len(peaks))
+word_share = J.names_emotion([t for t, w in zip(view_tokens, words) if w], [emo] * int(words.sum())).mean()
+others = pd.Series([t for t, w in zip(peaks, on_word) if not w], dtype=object).value_counts(sort=False)
+listed = ", ".join(f"`{t!r}`" + (f" ({k})" if k > 1 else "") for t, k in others.items())  # as code: no markdown
+n_on = int(on_word.sum())
+display(result(
+    f"On these {len(chat)} prompts and replies, {n_on or 'none'} of the {emo} circuit's {len(top)} top neurons "
+    f"peak on a token of {emo}'s own word ({J.EMOTION_STEMS[emo]}...), which makes up {word_share:.2f} of their "
+    f"tokens" + ("." if not len(others) else f"; they peak on {listed}." if not n_on
+                 else f"; the other {'one peaks' if others.sum() == 1 else f'{others.sum()} peak'} on {listed}.")))
 
 # %% [markdown]
 # ## Headline numbers

@@ -79,11 +79,12 @@ from emocircuits import published as P
 from emocircuits import transcoders as T
 from emocircuits.book import record, sizer
 from emocircuits.datasets import DATA_DIR
+from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
 from emocircuits.steering import Transcode, generate, generate_grid
-from emocircuits.tables import show
+from emocircuits.tables import interval, show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -207,6 +208,16 @@ plt.show()
 # the error nodes' share of the graph's influence (section 3) says how
 # much; it was 72% in the default book and 41% in that FULL run.
 
+# %% tags=["remove-input"]
+linear_fve = qual.linear_fve.mean()
+than_linear = "more than" if fve_ci[1] > linear_fve else "less than" if fve_ci[2] < linear_fve else "about as much as"
+built = (f"{len(tset)} transcoders of {tset[0].cfg.n_features} features, trained here on {n_train_tok:,} tokens,"
+         if TRANSCODERS == "trained" else f"The {len(tset)} published transcoders")
+display(result(
+    f"{built} explain {interval(*fve_ci)} of the MLPs' output variance on held-out text (mean over layers), "
+    f"{than_linear} a linear map's {linear_fve:.2f}; splicing all in raises next-token loss from "
+    f"{losses['clean']:.2f} to {losses['all']:.2f} nats."))
+
 # %% [markdown]
 # ## 2. Replies under empathetic system prompts, and the features that persist
 #
@@ -294,6 +305,23 @@ display(show(cards))
 # a seed at least four layers below the top (section 4 says why); read it
 # against the neutral column too.
 
+# %% tags=["remove-input"]
+step_count, chance_on = sum(map(len, emp_ids)), qual.l0.mean() / tset[0].cfg.n_features
+n_half = len(persist_table)
+gap_max = persist_table["empathetic - neutral"].max() if n_half else float("nan")
+if not n_half:
+    versus_neutral = "no feature is on at half the steps of every reply"
+elif gap_max <= 0:
+    versus_neutral = (f"the {n_half} features on at half or more of every reply's steps are on no more often than "
+                      "in the neutral replies")
+else:
+    versus_neutral = (f"the {n_half} features on at half or more of every reply's steps are on in at most "
+                      f"{gap_max:.2f} more of the steps than in the neutral replies")
+display(result(
+    f"{f'{len(persist)} features stay' if len(persist) > 1 else '1 feature stays' if persist else 'No feature stays'} "
+    f"on at every one of the {step_count} generation steps of the {len(pairs)} empathetic replies (chance for one "
+    f"feature at one step: {chance_on:.3f}); {versus_neutral}."))
+
 # %% [markdown]
 # ## 3. An attribution graph
 #
@@ -346,6 +374,13 @@ graph40_seconds = time.perf_counter() - t0
 print(f"{g40.n_tok}-token prompt, {len(g40.features)} feature rows: {graph40_seconds:.1f} s "
       f"(check error {g40.check['max_abs_error']:.1e})")
 
+# %% tags=["remove-input"]
+display(result(
+    f"The attribution graph of a {graph.n_tok}-token prompt adds up to every node's real value within "
+    f"{graph.check['max_abs_error']:.0e} (values up to {graph.check['max_value']:.0f}), and a {g40.n_tok}-token "
+    f"prompt's takes {graph40_seconds:.1f} s ({'within' if graph40_seconds < 20 else 'over'} the 20 s goal); error "
+    f"nodes, what the transcoders miss, carry {share_err:.0%} of the influence on the target logit."))
+
 # %% [markdown]
 # ## 4. Growing a circuit from the most persistent feature
 #
@@ -397,6 +432,17 @@ display(show(growth, digits=3))
 circuit_feats = sorted({(la, f) for nodes in grown for la, _, f, _ in nodes})
 print(f"seed L{seed[0]}/F{seed[2]}; circuit: {len(circuit_feats)} features over layers "
       f"{sorted({la for la, _ in circuit_feats})}")
+
+# %% tags=["remove-input"]
+seed_row = persist_table[(persist_table.layer == seed[0]) & (persist_table.feature == seed[2])]
+seed_about = (f", on at {seed_row['min share (empathetic)'].iloc[0]:.2f} or more of every empathetic reply's steps "
+              f"and at {seed_row['mean share (neutral)'].iloc[0]:.2f} of the neutral replies' steps,"
+              if len(seed_row) else " (the graph's top feature: no persistent one was active in the prompt),")
+circuit_layers = sorted({la for la, _ in circuit_feats})
+display(result(
+    f"Grown from L{seed[0]}/F{seed[2]}{seed_about} the circuit has {len(circuit_feats)} features over layers "
+    f"{circuit_layers[0]}-{circuit_layers[-1]}; no added feature gets more than "
+    f"{growth['share of its input from previous step'].max():.0%} of its input from the step before."))
 
 # %% [markdown]
 # ## 5. Clamping the circuit
@@ -501,6 +547,28 @@ for name in list(conditions)[:3]:
 # neither checks whether the words make a reply, so read both beside the
 # coherent share.
 
+# %% tags=["remove-input"]
+def empathy_ci(row):
+    return interval(row["empathy (1-5)"], row["lo"], row["hi"])
+
+
+unmodified_row = clamp_table.loc["unmodified"]
+coherent_clamps = clamp_table[clamp_table.index.str.startswith("circuit") & (clamp_table.coherent >= 0.9)]
+raised = [c.removeprefix("circuit = ").removesuffix(" its max") for c, lo in coherent_clamps.lo.items()
+          if lo > unmodified_row["empathy (1-5)"]]
+if coherent_clamps.empty:
+    verdict = "no clamp of the circuit keeps 0.90 of replies coherent"
+elif raised:
+    verdict = (f"of its clamps that keep 0.90 of replies coherent, the {'one' if len(raised) == 1 else 'ones'} at "
+               f"{', '.join(raised)} {'has its interval' if len(raised) == 1 else 'have their intervals'} wholly "
+               "above the unmodified mean")
+else:
+    verdict = "no clamp of it that keeps 0.90 of replies coherent has its interval wholly above the unmodified mean"
+display(result(
+    f"Clamped at 4x each feature's largest activation, the {len(circuit_feats)}-feature circuit scores "
+    f"{empathy_ci(clamp_table.loc['circuit = 4x its max'])} on empathy, against {empathy_ci(unmodified_row)} "
+    f"unmodified and {empathy_ci(clamp_table.loc['control = 4x its max'])} for as many random features; {verdict}."))
+
 # %% [markdown]
 # ## 6. A feature along a reply
 #
@@ -523,6 +591,15 @@ for r in range(len(view_texts)):
     values += f.tolist() + [0.0]
 view = cv.tokens.colored_tokens(tokens, values)
 display(HTML(view.local_src))
+
+# %% tags=["remove-input"]
+seed_values = np.array(values)
+peak = int(seed_values.argmax())
+display(result(
+    f"The seed feature L{seed[0]}/F{seed[2]} is on at {(seed_values > 0).sum() / (len(values) - len(view_texts)):.2f} "
+    f"of the {len(values) - len(view_texts)} tokens of these {len(view_texts)} empathetic prompts and replies, "
+    f"against {qual.l0.mean() / tset[0].cfg.n_features:.3f} for a feature picked at random, and peaks on "
+    f"`{tokens[peak]!r}` ({seed_values[peak]:.1f})."))
 
 # %% [markdown]
 # ## Headline numbers
