@@ -96,7 +96,7 @@ lm
 # `resid_mid.L`; then the MLP, whose neurons' activations are `mlp_act.L`,
 # writes `mlp_out.L`, giving `resid_post.L`. In Gemma-style blocks `attn_out`
 # and `mlp_out` are taken *after* the extra normalisation that Gemma applies
-# before each residual add, so that `resid_mid = resid_pre + attn_out` and
+# before each residual add. That way `resid_mid = resid_pre + attn_out` and
 # `resid_post = resid_mid + mlp_out` hold for both architectures.
 
 # %%
@@ -142,10 +142,11 @@ for system in [None, "You are a warm, caring friend who listens closely."]:
 # ## Emotion is already in the residual stream
 #
 # A small preview of chapter 03. We write pairs of sentences that share a
-# template but describe a good or a bad event, without naming an emotion;
-# take the residual stream at each sentence's last token; and ask, layer by
-# layer, whether the two class means tell *held-out* sentences apart. A
-# nearest-class-mean classifier is fitted leaving one pair out at a time.
+# template but describe a good or a bad event, without naming an emotion.
+# We take the residual stream at each sentence's last token. Then we ask,
+# layer by layer, whether the two class means tell *held-out* sentences
+# apart. A nearest-class-mean classifier is fitted leaving one pair out at
+# a time.
 # Beside it: chance (50%) and the same procedure with the labels shuffled
 # within pairs (mean and 95th percentile). The band is a bootstrap 95%
 # interval over sentences.
@@ -203,9 +204,10 @@ display(result(
 
 # %% [markdown]
 # What this can and cannot show: the two groups differ in words as well as
-# in valence (*lost*, *failed*, *tumour*), so this is an upper bound on what a
-# clean emotion signal would give, from 2 x 16 sentences. Chapter 03 controls
-# for wording with paired scenarios, held-out splits and lexical ablation.
+# in valence (*lost*, *failed*, *tumour*). So this is an upper bound on what
+# a clean emotion signal would give, from 2 x 16 sentences. Chapter 03
+# controls for wording with paired scenarios, held-out splits and lexical
+# ablation.
 #
 # ## Changing what the model writes
 #
@@ -213,7 +215,7 @@ display(result(
 # it to the residual stream at every position while the model generates is
 # the simplest *steering* intervention. We scale it in units of the typical
 # size of the residual stream at that layer (its mean norm), as paper B
-# does, and try it at the layer where valence became readable and at an
+# does. We try it at the layer where valence became readable and at an
 # earlier one, against the unsteered reply ($\alpha = 0$).
 
 # %%

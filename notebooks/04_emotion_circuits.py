@@ -35,21 +35,21 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   as many random components of the same layers (paper B's code has no
 #   such control);
 # - measure how strongly a push at each sublayer reaches the last layer
-#   (sublayer influence), assemble a circuit per emotion under a budget,
-#   and use it to make the model write in an emotion it was not asked for;
-# - see where paper B's way falls short on a small model, try a variant
-#   that builds the circuits from text expressing the emotion, and pick
-#   between the two per emotion, tested on prompts kept fresh for it.
+#   (sublayer influence);
+# - assemble a circuit per emotion under a budget, and use it to make the
+#   model write in an emotion it was not asked for;
+# - see where paper B's way falls short on a small model, and try a variant
+#   that builds the circuits from text expressing the emotion;
+# - pick between the two per emotion, tested on prompts kept fresh for it.
 #
 # This follows paper B (*Do LLMs "Feel"? Emotion Circuits Discovery and
 # Control*), which ran on Llama-3.2-3B-Instruct; here it runs on the
 # bundled models, so the numbers are a small model's, not the paper's.
 #
 # The prose quotes the default book's numbers (smollm2-135m), read with
-# chapter 02's two judges: the tuning judge, which makes every choice
-# here, and the reporting judge, whose share on target (`reported`) and
-# agreement with the tuning judge (`kappa`) the held-out tables show
-# beside it.
+# chapter 02's two judges. The tuning judge makes every choice here. The
+# held-out tables show the reporting judge beside it: its share on target
+# (`reported`) and its agreement with the tuning judge (`kappa`).
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -100,8 +100,8 @@ print(lm)
 #
 # Paper B's prompts (chapter 01): a scenario and an event of positive,
 # neutral or negative valence, under the system prompt "Always reply in
-# {emotion}. ...". We take the discovery scenarios, record every sublayer's
-# activation at the last prompt token, and compute paper B's
+# {emotion}. ...". We take the discovery scenarios and record every
+# sublayer's activation at the last prompt token. Then we compute paper B's
 # context-agnostic direction per emotion at every site (chapter 03): per
 # (scenario, valence) group subtract the mean over emotions, average per
 # emotion, centre, normalise.
@@ -145,9 +145,9 @@ display(result(
 #
 # The MLP's output is `W_down a`, a sum over neurons. Projected on the
 # emotion direction `v` of the layer's output, neuron `i` contributes
-# `a_i (W_down[:, i] . v)`: an exact split of the MLP's write along `v`
-# (on Gemma we hold the post-MLP norm's scale fixed, which keeps the split
-# exact). We average each neuron's term over the prompts of each emotion,
+# `a_i (W_down[:, i] . v)`: an exact split of the MLP's write along `v`. On
+# Gemma we hold the post-MLP norm's scale fixed, which keeps the split
+# exact. We average each neuron's term over the prompts of each emotion,
 # after subtracting what every emotion shares in a context (the same
 # centring as the directions).
 #
@@ -206,11 +206,11 @@ display(result(
 # ## 3. Heads: zeroing one head at a time
 #
 # Paper B zeroes one head's slice of the attention output projection's
-# input and measures the drop of the projection on the emotion direction
-# at the layer's MLP input. On a Llama-style model that drop is exactly
-# the head's term `W_O[:, head] z_head . v`, so all heads of all layers
-# come from one pass (the test suite checks the equality against real
-# zeroing). Below: each head's mean contribution for two emotions.
+# input and measures the drop of the projection on the emotion direction at
+# the layer's MLP input. On a Llama-style model that drop is exactly the
+# head's term `W_O[:, head] z_head . v`, so all heads of all layers come
+# from one pass. The test suite checks the equality against real zeroing.
+# Below: each head's mean contribution for two emotions.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
@@ -243,8 +243,8 @@ display(result(
 #
 # Which sublayers can move the emotion signal at the last layer? For each
 # sublayer we add `alpha x sigma x u` at its output, at the last prompt
-# position, where `u` is the sublayer's own emotion direction and `sigma`
-# the RMS of the residual stream right after it, and read the change
+# position. Here `u` is the sublayer's own emotion direction and `sigma`
+# the RMS of the residual stream right after it. We then read the change
 # `delta` of the last layer's projection on that emotion's direction:
 # `I = delta / (alpha x sigma)`, averaged over alphas. `I = 1` means the
 # push arrives undiminished along the reference direction.
@@ -300,13 +300,13 @@ display(result(
 # ## 5. Assembling circuits
 #
 # Paper B chose 560 components on a 28-layer model: 392 MLP neurons and 168
-# heads, at least 4 neurons and 2 heads per layer, no layer above 40% of
-# the budget, the rest shared in proportion to each sublayer's influence.
-# `default_budget` keeps the same *shares* of all neurons and heads for
-# this model (it is a parameter of `assemble`). Within a layer the
-# highest-scoring components are taken. Each circuit is written as JSON
+# heads. It took at least 4 neurons and 2 heads per layer, no layer above
+# 40% of the budget, and shared the rest in proportion to each sublayer's
+# influence. `default_budget` keeps the same *shares* of all neurons and
+# heads for this model (it is a parameter of `assemble`). Within a layer
+# the highest-scoring components are taken. Each circuit is written as JSON
 # (layer, kind, index, score per component) under the cache folder, one
-# folder per model and run size; `circuits.Circuit.from_json` reads one
+# folder per model and run size. `circuits.Circuit.from_json` reads one
 # back, for use outside the book. Under the table of how many components
 # two circuits share, its baseline: what circuits drawn at random within
 # the same layers would share, by kind. A layer has few heads, so random
@@ -383,24 +383,24 @@ display(result(
 #
 # A ranking by contribution says who *writes* along the direction; it does
 # not say that removing them matters downstream. We use held-out prompts
-# (the test scenarios, built from other skeletons), each scenario asked
-# for all six emotions, and measure each emotion's **signal** at the last
-# layer: the projection on its direction when the prompt asks for it,
+# (the test scenarios, built from other skeletons), each scenario asked for
+# all six emotions. On them we measure each emotion's **signal** at the
+# last layer: the projection on its direction when the prompt asks for it,
 # minus the mean when the same scenario asks for another emotion. Knocking
 # out *any* large set of components shifts every prompt's activations; the
 # signal cancels such shared shifts and keeps what the direction was
 # defined by.
 #
-# The test this chapter sets the circuits: knocking out the top k
-# components of an emotion's circuit should lower that emotion's signal
-# at least 3x more than knocking out k random components of the same
-# layers. We knock out the **top k** of each circuit and, separately, as
-# many random components of the same layers (12 draws in the default
-# book, 16 in a FULL run), at the last prompt position, where the
-# components were scored. The top k are the highest-scoring share of the
-# circuit's neurons and of its heads (`Circuit.top`): a tenth, a quarter,
-# a half and the whole circuit (QUICK: a half and the whole). *Zero* ablation
-# sets components to 0; *mean* ablation sets them to their mean over the
+# The test this chapter sets: knocking out the top k components of an
+# emotion's circuit should lower that emotion's signal at least 3x more
+# than knocking out k random components of the same layers. We knock out
+# the **top k** of each circuit and, separately, as many random components
+# of the same layers (12 draws in the default book, 16 in a FULL run). Both
+# knockouts act at the last prompt position, where the components were
+# scored. The top k are the highest-scoring share of the circuit's neurons
+# and of its heads (`Circuit.top`): a tenth, a quarter, a half and the
+# whole circuit (QUICK: a half and the whole). *Zero* ablation sets
+# components to 0; *mean* ablation sets them to their mean over the
 # discovery prompts, which keeps activations in range. Then we *enhance*
 # the whole circuit (scale its components by 2). Effects are in units of
 # the unablated signal (1 = the whole signal), with intervals over
@@ -508,50 +508,49 @@ plt.show()
 # tenth, a quarter, a half or the whole circuit, mean ablation removes at
 # least 3x what as many random components of the same layers remove, for
 # every emotion. Zero ablation does too for the three top shares, but not
-# for the whole circuit on surprise: zeroing all 147 of its components
-# does not lower the surprise signal (a mean drop of -0.25, interval
-# -0.91 to 0.48), and neither does zeroing a random set reliably (its
-# draws range from -4.05 to 0.71). Setting that many components to 0 may
-# take activations out of their usual range, where a change in a
-# difference of projections says little. The whole circuit compares less
-# well with its random sets than its top half does (all six emotions
-# under zero ablation, five under mean ablation): the top half already
-# removes nearly all the signal the whole circuit removes, so the lower
-# half cannot add much, while the random set doubles. That does not show
-# the lower half to be unimportant, only that this test cannot see it.
-# Note also where the top of a circuit lies: on this model the top tenth
-# of every circuit sits in layers 14-29 (of 0-29), and the top quarter
-# mostly there too. The random sets are drawn from the same layers, so
-# the comparison stays fair, but "highest-scoring" here largely means
-# "late".
+# for the whole circuit on surprise. Zeroing all 147 of its components does
+# not lower the surprise signal (a mean drop of -0.25, interval -0.91 to
+# 0.48). Neither does zeroing a random set reliably (its draws range from
+# -4.05 to 0.71). Setting that many components to 0 may take activations
+# out of their usual range, where a change in a difference of projections
+# says little. The whole circuit compares less well with its random sets
+# than its top half does (all six emotions under zero ablation, five under
+# mean ablation). The top half already removes nearly all the signal the
+# whole circuit removes, so the lower half cannot add much, while the
+# random set doubles. That does not show the lower half to be unimportant,
+# only that this test cannot see it. Note also where the top of a circuit
+# lies: on this model the top tenth of every circuit sits in layers 14-29
+# (of 0-29), and the top quarter mostly there too. The random sets are
+# drawn from the same layers, so the comparison stays fair, but
+# "highest-scoring" here largely means "late".
 #
 # The random baseline is itself noisy. It is a mean over draws, and the
-# spread of single draws (the last two columns of the effects table) can
-# be wider than the effect. On `gemma3-270m` (18 layers of 4 heads, so a
-# circuit of 18 heads takes one per layer and a random set one of the
-# other three, besides its neurons) the draws decide the verdict. With
-# the 2 random draws this chapter used to take, the whole surprise
-# circuit reached 2.0x by mean ablation, and the top tenth (in an
-# exploration with the same 2 draws) passed for only 1 of 6 emotions.
-# With 12 draws the whole surprise circuit reaches 4.3x, and
-# the top tenth passes for all six. That is why the default book now
-# draws 12 random sets, not 2. When we ran this chapter with
-# `MODEL = "gemma3-270m"` and 12 draws, every emotion reached 3x at the
-# top tenth, quarter and half under both ablations (the least: surprise,
-# 3.2x by mean ablation at the tenth), and the whole circuit fell short
-# only for surprise under zero ablation (2.4x), as on the default model.
+# spread of single draws (the last two columns of the effects table) can be
+# wider than the effect. On `gemma3-270m` the draws decide the verdict. It
+# has 18 layers of 4 heads, so a circuit of 18 heads takes one per layer
+# and a random set one of the other three, besides its neurons. With the 2
+# random draws this chapter used to take, the whole surprise circuit
+# reached 2.0x by mean ablation. The top tenth (in an exploration with the
+# same 2 draws) passed for only 1 of 6 emotions. With 12 draws the whole
+# surprise circuit reaches 4.3x, and the top tenth passes for all six. That
+# is why the default book now draws 12 random sets, not 2. When we ran this
+# chapter with `MODEL = "gemma3-270m"` and 12 draws, every emotion reached
+# 3x at the top tenth, quarter and half under both ablations. The least was
+# surprise, 3.2x by mean ablation at the tenth. The whole circuit fell
+# short only for surprise under zero ablation (2.4x), as on the default
+# model.
 #
-# One caution on reading this against the test set above. The whole
-# circuit was the test fixed in advance; the shares were added after it
-# fell short for surprise on gemma. The tenth, quarter and half are a
-# reading of the test at other k, chosen after that result. They were not
-# tuned, and the table shows every share tried.
+# One caution on reading this against the test set above. The whole circuit
+# was the test fixed in advance; the shares were added after it fell short
+# for surprise on gemma. The tenth, quarter and half are a reading of the
+# test at other k, chosen after that result. They were not tuned, and the
+# table shows every share tried.
 
 # %% [markdown]
 # Does the drop in the signal show in what the model writes? We generate
-# replies to the instructed held-out prompts with each circuit zeroed,
-# with a random set zeroed, and unchanged, and ask chapter 02's emotion
-# judge whether the reply reads as the instructed emotion.
+# replies to the instructed held-out prompts with each circuit zeroed, with
+# a random set zeroed, and unchanged. Then we ask chapter 02's emotion
+# judge whether each reply reads as the instructed emotion.
 
 # %%
 judge = J.EmotionJudge(use_all=True, seed=SEED)
@@ -582,16 +581,16 @@ display(show(gen_shares.rename_axis("condition").reset_index(),
 # %% [markdown]
 # Read this check for what it can show at this size. The unchanged model
 # rarely writes the instructed emotion in a way the judge reads (about a
-# fifth of its replies on the default model), so there is little for an
+# fifth of its replies on the default model). So there is little for an
 # ablation to remove, and with 9 replies per condition the intervals are
-# wide. On the default model the check does not follow the signal
-# result: zeroing the circuit does not lower the share (2 of 9, as for
-# the unchanged model), and zeroing as many random components leaves 1
-# of 9 on the instructed emotion, which 9 replies cannot tell apart
-# from the unchanged 2 (zeroing is off the activations' usual
-# range, and can break a reply outright). The drop of the signal above is what
-# the circuit does to the model's representation; whether that reaches
-# the text is not something this check can show at this size.
+# wide. On the default model the check does not follow the signal result:
+# zeroing the circuit does not lower the share (2 of 9, as for the
+# unchanged model). Zeroing as many random components leaves 1 of 9 on the
+# instructed emotion, which 9 replies cannot tell apart from the
+# unchanged 2. (Zeroing is off the activations' usual range, and can break
+# a reply outright.) The drop of the signal above is what the circuit does
+# to the model's representation; whether that reaches the text is not
+# something this check can show at this size.
 
 # %% tags=["remove-input"]
 drop_circuit = bootstrap_ci(np.mean(whole_by_scenario[("mean", "circuit")], 0), seed=SEED)
@@ -605,53 +604,54 @@ display(result(
 # %% [markdown]
 # ## 7. Three ways to an emotion the model was not asked for
 #
-# Paper B's comparison, on prompts *without* an emotion instruction:
-# (a) **prompting**, asking for the emotion in the system prompt;
-# (b) **steering vectors**, adding the emotion's direction to the residual
+# Paper B's comparison has three ways, run on prompts *without* an emotion
+# instruction. (a) **Prompting** asks for the emotion in the system prompt.
+# (b) **Steering vectors** add the emotion's direction to the residual
 # stream of the middle third of the layers (a total of `alpha` x the
-# residual RMS, split evenly over those layers); (c) **circuit
-# modulation**, adding `scale x` (the emotion's group-centred mean
-# activation) to each circuit neuron and head. (b) and (c) act at the last
-# prompt position and every generated position. `scale` and `alpha` are
-# each chosen on discovery prompts (the smallest that reaches the best
-# judged accuracy with at least 90% coherent replies; if none keeps 90%
-# coherent, the most accurate one) and then evaluated once on held-out
-# prompts. The default book tries scales 6-12 on 4 discovery scenarios (24
+# residual RMS, split evenly over those layers). (c) **Circuit modulation**
+# adds `scale x` (the emotion's group-centred mean activation) to each
+# circuit neuron and head. (b) and (c) act at the last prompt position and
+# every generated position. `scale` and `alpha` are each chosen on
+# discovery prompts, then evaluated once on held-out prompts. The choice is
+# the smallest that reaches the best judged accuracy with at least 90%
+# coherent replies; if none keeps 90% coherent, it is the most accurate
+# one. The default book tries scales 6-12 on 4 discovery scenarios (24
 # replies per scale) and alphas 8 and 16 (what FULL runs on this model
-# chose with the earlier judge); a FULL run searches scales 2-16 and
-# alphas 1-16 on 6 scenarios; QUICK mode uses 8 for both. Read the
-# coherent share beside the unmodified model's own.
+# chose with the earlier judge). A FULL run searches scales 2-16 and alphas
+# 1-16 on 6 scenarios; QUICK mode uses 8 for both. Read the coherent share
+# beside the unmodified model's own.
 #
 # **Decoding.** Paper B's generation script decodes greedily, with a
-# repetition penalty of 1.1, no 3-gram repeated and at least 10 new
-# tokens. A 135M model decoded plain greedily falls into loops ("I'm so
-# sorry to hear about your little ones. I'm so sorry to hear about your
-# little ones. I'm"), which the coherence checks rightly fail, pushed or
-# not: on the held-out prompts a quarter of the unmodified model's greedy
-# replies did. A loop says nothing about the intervention, and it hides
-# what the push did. So every row here decodes greedily with a repetition penalty of 1.2
-# (`REP_PENALTY`; CTRL's rule, at the value its authors suggest for greedy
-# decoding, not tuned here): a token already in the row has its logit
-# shrunk before the pick. The penalty can push a model toward rare tokens
-# instead, so coherence here also checks the reply's perplexity under the
-# unmodified model given its prompt (chapter 02). The last two rows of the
-# held-out table repeat the unmodified model and the chosen modulation
-# with plain greedy decoding, so the penalty's effect is in the table.
+# repetition penalty of 1.1, no 3-gram repeated and at least 10 new tokens.
+# A 135M model decoded plain greedily falls into loops ("I'm so sorry to
+# hear about your little ones. I'm so sorry to hear about your little ones.
+# I'm"). The coherence checks rightly fail a looping reply, pushed or not;
+# on the held-out prompts a quarter of the unmodified model's greedy
+# replies looped. A loop says nothing about the intervention, and it hides
+# what the push did. So every row here decodes greedily with a repetition
+# penalty of 1.2 (`REP_PENALTY`; CTRL's rule, at the value its authors
+# suggest for greedy decoding, not tuned here). A token already in the row
+# has its logit shrunk before the pick. The penalty can push a model toward
+# rare tokens instead, so coherence here also checks the reply's perplexity
+# under the unmodified model given its prompt (chapter 02). The last two
+# rows of the held-out table repeat the unmodified model and the chosen
+# modulation with plain greedy decoding, so the penalty's effect is in the
+# table.
 #
 # **Where this differs from paper B's released code**, besides the model
 # and the judge:
 # - its heads are pushed at *every* position of the prompt and the reply,
-#   its neurons at the last one; here both act at the last prompt position
+#   its neurons at the last one. Here both act at the last prompt position
 #   and every generated one (`HEAD_POSITIONS`);
 # - its decoding, above (`REP_PENALTY`, `NO_REPEAT_NGRAM`);
-# - its strength is fixed per emotion in the script (0.8 for anger, 1.0
-#   for the rest, on circuits of 560 components); here one scale for all
-#   six emotions is chosen on discovery prompts, on circuits scaled to the
-#   model (section 5), and a second row of the held-out table gives each
+# - its strength is fixed per emotion in the script (0.8 for anger, 1.0 for
+#   the rest, on circuits of 560 components). Here one scale for all six
+#   emotions is chosen on discovery prompts, on circuits scaled to the
+#   model (section 5). A second row of the held-out table gives each
 #   emotion its own scale, picked by the same rule from that emotion's
-#   discovery replies alone (steering gets the same, an alpha per emotion,
-#   so the comparison stays even). Those are few replies per strength (4
-#   in the default book), so a per-emotion pick is a noisy one;
+#   discovery replies alone. Steering gets the same, an alpha per emotion,
+#   so the comparison stays even. Those are few replies per strength (4 in
+#   the default book), so a per-emotion pick is a noisy one;
 # - it builds circuits from judge-accepted replies only; here from every
 #   prompt (section 1).
 #
@@ -909,62 +909,62 @@ judged_as(confusion.fillna(0.0), f"modulated replies: the labels the judge gave 
 # How to read these two tables on the default model (96 held-out replies
 # per row). With the penalty, the unmodified model's replies are all
 # coherent, and so are nearly all modulated ones (0.97). Modulation falls
-# short of the goal (0.80 on target with at least 0.90 coherent): 0.68
-# [0.57, 0.77] on target, an interval that stops under 0.80, and 0.65
+# short of the goal (0.80 on target with at least 0.90 coherent). It is
+# 0.68 [0.57, 0.77] on target, an interval that stops under 0.80, and 0.65
 # [0.54, 0.74] on target and coherent. The reporting judge reads 0.75
-# [0.66, 0.83] on target; the two judges agree on these replies with
-# kappa 0.80. Steering vectors reach 0.28 [0.20, 0.38] and prompting 0.22
-# [0.14, 0.30], against 0.15 [0.08, 0.22] for the unmodified model.
+# [0.66, 0.83] on target; the two judges agree on these replies with kappa
+# 0.80. Steering vectors reach 0.28 [0.20, 0.38] and prompting 0.22 [0.14,
+# 0.30], against 0.15 [0.08, 0.22] for the unmodified model.
 #
-# The table of judged labels says where modulation falls short: sadness,
+# The table of judged labels says where modulation falls short. Sadness,
 # happiness and surprise are read as the target in all 16 replies each,
-# anger in 14 of 16, disgust in 3 of 16 and fear in none. Disgust's
-# replies scatter over happiness, anger and surprise (5, 4 and 4 of 16).
-# Fear's modulated replies mostly read as neutral (12 of 16), where the
-# unmodified model's mostly read as happiness (0.62, the last row): the
-# push moves them, but not to fear. Read them (two are in the table of
-# replies below): the push does reach the text, as a register rather
-# than a feeling. On the default model's held-out prompts they turn to
-# preparation and vigilance ("As I'm preparing to dispense medication
-# from my cart, you're likely within 10 feet of the nearest location"):
-# the topic of danger, without anyone afraid in it, and the judge rightly
-# reads it as neutral. The token table at the end of this section finds
-# the same before any decoding. Larger scales do not change that while
-# they cost coherence overall (0.88 coherent at scale 10 and 0.79 at 12
-# on the discovery prompts, the first table of this section). Plain
-# greedy decoding, the last two rows, loses about a quarter of the
-# unmodified replies to loops, and more of the modulated ones: with
-# greedy decoding, most of the incoherence is the decoder's, not the
-# push's.
+# anger in 14 of 16, disgust in 3 of 16 and fear in none. Disgust's replies
+# scatter over happiness, anger and surprise (5, 4 and 4 of 16). Fear's
+# modulated replies mostly read as neutral (12 of 16), where the unmodified
+# model's mostly read as happiness (0.62, the last row). The push moves
+# them, but not to fear. Read them (two are in the table of replies below):
+# the push does reach the text, as a register rather than a feeling. On the
+# default model's held-out prompts they turn to preparation and vigilance
+# ("As I'm preparing to dispense medication from my cart, you're likely
+# within 10 feet of the nearest location"). That is the topic of danger,
+# without anyone afraid in it, and the judge rightly reads it as neutral.
+# The token table at the end of this section finds the same before any
+# decoding. Larger scales do not change that while they cost coherence
+# overall (0.88 coherent at scale 10 and 0.79 at 12 on the discovery
+# prompts, the first table of this section). Plain greedy decoding, the
+# last two rows, loses about a quarter of the unmodified replies to loops,
+# and more of the modulated ones. With greedy decoding, most of the
+# incoherence is the decoder's, not the push's.
 #
-# Choosing the components matters: the same push (each emotion's
-# group-centred means at the chosen scale) on as many random components
-# of the same layers leaves the judged emotion at the unmodified model's
-# level (0.17 against 0.15 on the default model; the circuits: 0.68).
+# Choosing the components matters. The same push (each emotion's
+# group-centred means at the chosen scale) on as many random components of
+# the same layers leaves the judged emotion at the unmodified model's
+# level. On the default model that is 0.17 against 0.15; the circuits reach
+# 0.68.
 #
 # A scale per emotion, paper B's way, does not close the gap here: its
-# accuracy is one scale's, 0.68 [0.58, 0.77]. The per-emotion pick reads
-# 4 discovery replies per strength, so one reply decides it. It keeps 8
-# for anger, sadness and happiness. Surprise took 10, where all 4 of its
-# discovery replies were on target, against 3 of 4 at 8. Fear and
-# disgust took 6, the smallest scale: fear's discovery replies were on
-# target at no scale, disgust's once, at 12, where half its replies were
-# incoherent. On the held-out prompts (the per-scale table below)
-# surprise is on target in 8 of 8 replies at both 8 and 10, disgust in 1
-# of 8 at both 6 and 8, and fear in 1 of 8 at 6 against none at 8. These
-# held-out comparisons are 8 replies per cell, read after the fact, not a
-# basis for a choice. Pooling the six emotions' replies, as the one-scale
-# rule does, makes the steadier choice at this sample size; a per-emotion
-# pick would need more discovery prompts than this book spends. Steering
-# given an alpha per emotion gains little either: 0.31 [0.22, 0.41]
-# against 0.28 [0.20, 0.38].
+# accuracy is one scale's, 0.68 [0.58, 0.77]. The per-emotion pick reads 4
+# discovery replies per strength, so one reply decides it. It keeps 8 for
+# anger, sadness and happiness. Surprise took 10, where all 4 of its
+# discovery replies were on target, against 3 of 4 at 8. Fear and disgust
+# took 6, the smallest scale: fear's discovery replies were on target at no
+# scale, disgust's once, at 12, where half its replies were incoherent. On
+# the held-out prompts (the per-scale table below) surprise is on target in
+# 8 of 8 replies at both 8 and 10. Disgust is on target in 1 of 8 at both 6
+# and 8, and fear in 1 of 8 at 6 against none at 8. These held-out
+# comparisons are 8 replies per cell, read after the fact, not a basis for
+# a choice. Pooling the six emotions' replies, as the one-scale rule does,
+# makes the steadier choice at this sample size. A per-emotion pick would
+# need more discovery prompts than this book spends. Steering given an
+# alpha per emotion gains little either: 0.31 [0.22, 0.41] against 0.28
+# [0.20, 0.38].
 #
 # The held-out table compares one chosen strength per method, and their
-# coherent shares need not match. So every strength tried on the
-# discovery prompts is run on the first 8 held-out scenarios too (48
-# replies per strength; FULL: all 16), and the equal-coherence table is
-# built again from those replies. Each level
-# still takes the best of a few strengths, for both methods alike.
+# coherent shares need not match. So every strength tried on the discovery
+# prompts is run on the first 8 held-out scenarios too (48 replies per
+# strength; FULL: all 16). The equal-coherence table is built again from
+# those replies. Each level still takes the best of a few strengths, for
+# both methods alike.
 
 # %%
 n_eq = size(2, 8, 16)  # held-out scenarios for the every-strength re-run (the first ones of the table's)
@@ -986,30 +986,30 @@ display(show(strengths(per_scale.reindex(columns=EMO)), caption="modulation on t
                                                                 "(columns)"))
 
 # %% [markdown]
-# Two columns keep the accuracy honest. **On target and coherent** counts
-# a reply only when both hold. **Names the target** is judge-free: the
-# share of replies that contain the emotion's own word. A small model
-# pushed toward an emotion tends to *say* it (the sadness replies below:
-# "I am sorrowful"); the emotion judge reads the word, and the coherence checks
-# catch only the replies where one word takes over. Read the replies
-# below before reading the accuracy as "writes in the emotion".
+# Two columns keep the accuracy honest. **On target and coherent** counts a
+# reply only when both hold. **Names the target** is judge-free: the share
+# of replies that contain the emotion's own word. A small model pushed
+# toward an emotion tends to *say* it (the sadness replies below: "I am
+# sorrowful"). The emotion judge reads the word, and the coherence checks
+# catch only the replies where one word takes over. Read the replies below
+# before reading the accuracy as "writes in the emotion".
 
 # %%
 show_replies(mod.groupby("emotion").head(2))
 
 # %% [markdown]
-# **What the push promotes.** A judge's label says little about how a
-# push changes the text, so here is the push's first effect on the words,
-# before any decoding choice: the change of the next-token logits at the
-# last prompt position of the held-out prompts, with each emotion's
-# circuit modulated at the chosen scale. Any push of this size promotes
-# some tokens whatever its direction (on this model, word fragments such
-# as " strugg" lead the raw shift of a push along any one token's
-# unembedding row at the last layer), so each emotion's shift is shown minus
-# the mean shift of the six: what that emotion's push promotes more than
-# the others do. The baseline column does the same for random components
-# of the circuits' layers, pushed by the same rule. This is one step of
-# one reply; what the push does once the reply has begun is not in it.
+# **What the push promotes.** A judge's label says little about how a push
+# changes the text. Here is the push's first effect on the words, before
+# any decoding choice. It is the change of the next-token logits at the
+# last prompt position of the held-out prompts, with each emotion's circuit
+# modulated at the chosen scale. Any push of this size promotes some tokens
+# whatever its direction. On this model, word fragments such as " strugg"
+# lead the raw shift of a push along any one token's unembedding row at the
+# last layer. So each emotion's shift is shown minus the mean shift of the
+# six: what that emotion's push promotes more than the others do. The
+# baseline column does the same for random components of the circuits'
+# layers, pushed by the same rule. This is one step of one reply; what the
+# push does once the reply has begun is not in it.
 
 # %%
 first_users = [p["user"] for p in ds.sev_prompts(held, emotions=None, valences=("neutral",))]
@@ -1038,24 +1038,23 @@ display(show(pd.DataFrame({"the emotion's circuit": promoted(circuits),
 # (" anger", " sorrow", " happiness", " surprise" and their kin). Disgust's
 # promotes a few words of its topic (" vomit", " cannib", " cirrhosis")
 # among fragments. Fear's promotes no word of fear at all: "stakes",
-# " duty", " stealth", " simulating", "enarios". That is the register
-# its replies show, and it is there at the first token, before decoding
-# has a say: at this size, what the fear circuit carries is closer to
-# danger and readiness than to being afraid.
+# " duty", " stealth", " simulating", "enarios". That is the register its
+# replies show, and it is there at the first token, before decoding has a
+# say. At this size, what the fear circuit carries is closer to danger and
+# readiness than to being afraid.
 #
 # The baseline column is not empty of emotion. The random components are
-# pushed by the emotion's own group-centred means, which can carry some
-# of the emotion wherever they are added: half the tokens happiness's
-# random push promotes are happiness words (" smiling", " smile", " joy",
-# " laughing"),
-# anger's " aggression", sadness's " sadness" and "alone"; fear's,
-# surprise's and disgust's promote fragments. Yet in the replies the
-# random pushes do nothing the judge can see (the held-out table's
-# random-components row, 0.17, against 0.15 unmodified). So a
+# pushed by the emotion's own group-centred means, which can carry some of
+# the emotion wherever they are added. Half the tokens happiness's random
+# push promotes are happiness words (" smiling", " smile", " joy",
+# " laughing"). Anger's promotes " aggression", sadness's " sadness" and
+# "alone"; fear's, surprise's and disgust's promote fragments. Yet in the
+# replies the random pushes do nothing the judge can see (the held-out
+# table's random-components row, 0.17, against 0.15 unmodified). So a
 # first-token shift toward an emotion's words is not enough to carry a
-# reply. This table cannot say why the circuits' push lasts into the
-# reply and the random one does not; it shows only that the choice of
-# components matters more for the reply than for its first token.
+# reply. This table cannot say why the circuits' push lasts into the reply
+# and the random one does not. It shows only that the choice of components
+# matters more for the reply than for its first token.
 
 # %% tags=["remove-input"]
 modulated, plain_acc = res.loc["circuit modulation"], res.loc["no intervention", "accuracy"]
@@ -1078,46 +1077,46 @@ display(result(
 # model hardly follows the instruction (chapter 01). So a direction holds
 # whatever "you were told to be afraid" means to this model, and for fear
 # that is the topic of danger, not someone afraid in it. The variant below
-# changes only where the activations come from: the model *reads* short
+# changes only where the activations come from. The model *reads* short
 # replies that express each emotion, and every site is averaged over the
 # reply's tokens, the positions where modulation acts. Everything after
 # that is the pipeline of sections 1-5: the group-centred directions, the
 # neuron and head scores, the sublayer influence, the same budget, and
-# modulation by the texts' group-centred means, with one scale for all
-# emotions chosen on the discovery prompts by section 7's rule and then
-# run once on the same held-out prompts.
+# modulation by the texts' group-centred means. One scale for all emotions
+# is chosen on the discovery prompts by section 7's rule and then run once
+# on the same held-out prompts.
 #
 # **The texts** (`data/emotion_replies.jsonl`): 24 replies per emotion,
 # written for this book, said to someone ("The ice is cracking under us.
 # Slowly, back towards the shore."), without the emotion words the SEV
 # prompts may not use either ("afraid", "gross", "sad" and their kin; the
-# loader refuses them). Evaluative words such as "revolting" or "vile",
-# in 7 of the disgust replies, it allows. The replies were written
-# without prompts: each is placed after one of the discovery prompts
-# without instruction, and the six emotions' replies after the same
-# prompt form a group, so centring removes what the prompt does. None of
-# them is in the judge's corpus (`datasets.validate_all` checks it).
+# loader refuses them). Evaluative words such as "revolting" or "vile", in
+# 7 of the disgust replies, it allows. The replies were written without
+# prompts. Each is placed after one of the discovery prompts without
+# instruction, and the six emotions' replies after the same prompt form a
+# group, so centring removes what the prompt does. None of them is in the
+# judge's corpus (`datasets.validate_all` checks it).
 #
 # ```{note}
-# Exploratory. The variant was designed after section 7's held-out
-# replies had been read, and is tested here on those same held-out
-# prompts, so this section's table is not a test of a choice made before
-# looking. Section 9 tests the variant on fresh prompts; that is the
-# number the results chapter shows.
+# Exploratory. The variant was designed after section 7's held-out replies
+# had been read, and is tested here on those same held-out prompts. So this
+# section's table is not a test of a choice made before looking. Section 9
+# tests the variant on fresh prompts; that is the number the results
+# chapter shows.
 # ```
 #
 # **How to read it.** This is not paper B's method, and it was built
 # *after* paper B's way fell short on fear. A first try on discovery
 # prompts built the directions from the judge's own training texts, and
-# fear moved; these replies were then written to keep the judge's texts
-# out, and not revised after any run with them. The scale grid was set
-# in the same exploration on discovery prompts; the held-out prompts
-# were not looked at until this section ran. The judge did not see these
-# texts, but it learned from texts written to a similar brief, so a push
-# toward "replies like these" is also a push toward what the judge
-# knows. The random-components row, the judge-free "names the target"
-# column and the replies themselves are the checks on that. The
-# circuits' causal checks of section 6 were not repeated for them.
+# fear moved. These replies were then written to keep the judge's texts
+# out, and not revised after any run with them. The scale grid was set in
+# the same exploration on discovery prompts; the held-out prompts were not
+# looked at until this section ran. The judge did not see these texts, but
+# it learned from texts written to a similar brief. So a push toward
+# "replies like these" is also a push toward what the judge knows. The
+# random-components row, the judge-free "names the target" column and the
+# replies themselves are the checks on that. The circuits' causal checks of
+# section 6 were not repeated for them.
 
 # %%
 all_replies = ds.load_named("emotion_replies")
@@ -1167,51 +1166,50 @@ judged_as(pd.crosstab(t_mod.emotion, t_mod.judged, normalize="index").reindex(EM
 show_replies(t_mod.groupby("emotion").head(2))
 
 # %% [markdown]
-# How to read this on the default model (96 held-out replies per row).
-# The judge reads 0.89 of the 144 replies as their own emotion, so the
-# texts carry what they were written to carry. The two ways find partly
-# different directions (cosine 0.05 to 0.21 on average over layers, 0.13
-# to 0.45 at the last layer) and different circuits: the variant's shares
-# 0.22 to 0.27 of its components with paper B's circuit for the same
-# emotion, against 0.12 to 0.14 for circuits drawn at random within the
-# same layers. Its circuits are written beside paper B's, as
-# `{emotion}_from_text.json`.
+# How to read this on the default model (96 held-out replies per row). The
+# judge reads 0.89 of the 144 replies as their own emotion, so the texts
+# carry what they were written to carry. The two ways find partly different
+# directions (cosine 0.05 to 0.21 on average over layers, 0.13 to 0.45 at
+# the last layer). Their circuits differ too. The variant's shares 0.22 to
+# 0.27 of its components with paper B's circuit for the same emotion.
+# Circuits drawn at random within the same layers share 0.12 to 0.14. Its
+# circuits are written beside paper B's, as `{emotion}_from_text.json`.
 #
 # By the tuning judge, the variant hardly moves fear, the emotion it was
-# built for: 3 of 16 fear replies read as fear (paper B's way: none);
-# most read as neutral (9 of 16) or disgust (4). It moves disgust: 13 of
-# 16 replies read as disgust (paper B's way: 3 of 16). It loses surprise
-# (2 of 16, against 16 of 16; 9 of its surprise replies read as
-# happiness), most of anger (4 of 16, against 14; its anger replies read
-# as sadness, neutral or anger) and some sadness (13 of 16, against 16).
+# built for: 3 of 16 fear replies read as fear (paper B's way: none). Most
+# read as neutral (9 of 16) or disgust (4). It moves disgust: 13 of 16
+# replies read as disgust (paper B's way: 3 of 16). It loses surprise (2 of
+# 16, against 16 of 16; 9 of its surprise replies read as happiness). It
+# loses most of anger (4 of 16, against 14; its anger replies read as
+# sadness, neutral or anger) and some sadness (13 of 16, against 16).
 # Overall it is behind: 0.53 [0.43, 0.62] on target against 0.68 [0.57,
 # 0.77]. It keeps every reply coherent (paper B's way: 0.97) at the scale
-# it chose, 3, which kept every discovery reply coherent too, so on
-# target *and* coherent it is the same 0.53, against 0.65 [0.54, 0.74].
-# So it does not meet the goal either (0.80 on target with 0.90
-# coherent), and it is further from it. The reporting judge reads more of
-# its replies as the target, 0.71 [0.61, 0.80] (paper B's way: 0.75), and
-# agrees with the tuning judge less on them (kappa 0.49, against 0.80):
-# on these replies, which seldom name the emotion, the two judges part
-# most. The same push on random components stays near the unmodified
-# model (0.19 against 0.15).
+# it chose, 3, which kept every discovery reply coherent too. On target
+# *and* coherent it is thus the same 0.53, against 0.65 [0.54, 0.74]. So
+# it does not meet the goal either (0.80 on target with 0.90 coherent),
+# and it is further from it. The reporting judge reads more of its replies
+# as the target, 0.71 [0.61, 0.80] (paper B's way: 0.75). It agrees with
+# the tuning judge less on them (kappa 0.49, against 0.80): on these
+# replies, which seldom name the emotion, the two judges part most. The
+# same push on random components stays near the unmodified model (0.19
+# against 0.15).
 #
 # What differs most is how the replies get there. Paper B's way names the
-# target emotion's own word in 0.60 of its replies; the variant in 0.01
-# (a judge-free count of the label's stem only: "vile" or "revolting"
-# would not count). In the replies shown above, the variant's carry the
-# emotion, where they do, through what happens in them: fear's are
-# alarms and emergencies, disgust's are food, hands and swallowing. The
+# target emotion's own word in 0.60 of its replies; the variant in 0.01.
+# This is a judge-free count of the label's stem only: "vile" or
+# "revolting" would not count. In the replies shown above, the variant's
+# carry the emotion, where they do, through what happens in them: fear's
+# are alarms and emergencies, disgust's are food, hands and swallowing. The
 # judge reads one of each pair as the target, the other fear reply as
 # neutral and the other disgust reply as happiness. That is closer to
 # writing *in* an emotion, and it is also the topics of the texts it was
-# built from (fear's texts are mostly physical danger, disgust's mostly
-# food and dirt). Surprise's texts turn on questions ("Wait, you're
-# telling me you've had a twin all this time?"), and the surprise replies
-# shown keep the question marks without the surprise. A direction read
-# from 24 replies is a direction for those replies' topics as much as for
-# their emotion; which part of it does the
-# work is more than this comparison can show.
+# built from. Fear's texts are mostly physical danger, disgust's mostly
+# food and dirt. Surprise's texts turn on questions ("Wait, you're telling
+# me you've had a twin all this time?"), and the surprise replies shown
+# keep the question marks without the surprise. A direction read from 24
+# replies is a direction for those replies' topics as much as for their
+# emotion. Which part of it does the work is more than this comparison can
+# show.
 
 # %% tags=["remove-input"]
 from_text = t_res.loc["circuit modulation, circuits from text"]
@@ -1229,28 +1227,27 @@ display(result(
 # %% [markdown]
 # ## 9. Choosing the way per emotion, checked on fresh prompts
 #
-# Sections 7 and 8 fail in different places: paper B's circuits move
-# anger, sadness, happiness and surprise but hardly fear or disgust; the
-# circuits from text move disgust but lose surprise and most of anger,
-# and move fear only a little more. That suggests one
-# more method: for each emotion, take whichever of the two circuits does
-# better on the *discovery* prompts, each way at the one scale it chose
-# there, by the same rule as every strength in this chapter (the more
-# accurate of the two among those keeping at least 90% of the replies
-# coherent, or the more accurate if neither does; paper B's way on a
-# tie). The pick reads 12 discovery
-# scenarios per emotion and way in the default book (2 in QUICK mode, 24
-# in FULL runs), more than section 7's per-emotion scales had.
+# Sections 7 and 8 fail in different places. Paper B's circuits move anger,
+# sadness, happiness and surprise but hardly fear or disgust. The circuits
+# from text move disgust but lose surprise and most of anger, and move fear
+# only a little more. That suggests one more method: for each emotion, take
+# whichever of the two circuits does better on the *discovery* prompts,
+# each way at the one scale it chose there. The choice follows the same
+# rule as every strength in this chapter. It takes the more accurate of the
+# two among those keeping at least 90% of the replies coherent, or the more
+# accurate if neither does; paper B's way wins a tie. The pick reads 12
+# discovery scenarios per emotion and way in the default book (2 in QUICK
+# mode, 24 in FULL runs), more than section 7's per-emotion scales had.
 #
-# **Fresh prompts.** This method was designed after the held-out replies
-# of sections 7 and 8 had been read, so those prompts can no longer test
-# it. It is tested on 16 other test scenarios (2 in QUICK mode),
-# halfway between the held-out ones in the test file, which no other
-# section of this chapter uses; paper B's way, the circuits from text
-# and the unmodified model are run on them too, so every row reads the
-# same prompts. (The pick then gets 48 more, below, and why.) The
-# baseline for choosing components is the same push, emotion by emotion,
-# on random components of the chosen circuit's layers.
+# **Fresh prompts.** This method was designed after the held-out replies of
+# sections 7 and 8 had been read, so those prompts can no longer test it.
+# It is tested on 16 other test scenarios (2 in QUICK mode), halfway
+# between the held-out ones in the test file, which no other section of
+# this chapter uses. Paper B's way, the circuits from text and the
+# unmodified model are run on them too, so every row reads the same
+# prompts. (The pick then gets 48 more, below, and why.) The baseline for
+# choosing components is the same push, emotion by emotion, on random
+# components of the chosen circuit's layers.
 
 # %%
 WAYS = {"paper B's way": dict(scale=scale, circs=circuits, means=c_means),  # the candidates; the first wins a tie
@@ -1303,51 +1300,51 @@ show_replies(f_pick.groupby("emotion").head(1))
 # %% [markdown]
 # How to read this on the default model (96 fresh replies per row). The
 # rule picks the circuits from text for fear (on target in 6 of 12
-# discovery replies, against 2 of 12 for paper B's), for disgust (8 of
-# 12, against 1 of 12) and for anger (paper B's was on target in 11 of 12
-# but kept only 10 coherent; the circuits from text, 6 of 12 on target,
-# all coherent), and paper B's way for the other three.
+# discovery replies, against 2 of 12 for paper B's) and for disgust (8 of
+# 12, against 1 of 12). It also picks them for anger: paper B's was on
+# target in 11 of 12 but kept only 10 coherent; the circuits from text were
+# on target in 6 of 12, all coherent. For the other three it picks paper
+# B's way.
 #
-# On the fresh prompts the pick lands on target in 0.67 [0.57, 0.75] of
-# the replies with every reply coherent, against 0.17 unmodified and
-# 0.16 for the same push on random components. That is 64 of 96: the
-# goal (0.80 with 0.90 coherent) needed 77. Since every reply is
-# coherent, the joint measure is 0.67 too, against 0.65 for paper B's
-# way alone and 0.51 for the circuits from text. The pick names the
-# emotion's own word in 0.35 of its replies, between paper B's way
-# (0.51) and the circuits from text (0.02). The reporting judge reads
-# 0.89 [0.82, 0.95] of the pick's replies as on target, and the two
-# judges agree on them with kappa 0.62. By the reporting judge's count
-# the pick would clear 0.80; the goal is read with the tuning judge, the
-# one every choice here was made with, and by its count the goal is
-# missed.
+# On the fresh prompts the pick lands on target in 0.67 [0.57, 0.75] of the
+# replies with every reply coherent, against 0.17 unmodified and 0.16 for
+# the same push on random components. That is 64 of 96: the goal (0.80 with
+# 0.90 coherent) needed 77. Since every reply is coherent, the joint
+# measure is 0.67 too, against 0.65 for paper B's way alone and 0.51 for
+# the circuits from text. The pick names the emotion's own word in 0.35 of
+# its replies, between paper B's way (0.51) and the circuits from text
+# (0.02). The reporting judge reads 0.89 [0.82, 0.95] of the pick's replies
+# as on target, and the two judges agree on them with kappa 0.62. By the
+# reporting judge's count the pick would clear 0.80. The goal is read with
+# the tuning judge, the one every choice here was made with, and by its
+# count the goal is missed.
 #
-# The fresh prompts also give both earlier ways a second sample. Paper
-# B's way reaches 0.68 [0.58, 0.76] here with 0.95 coherent (0.68 on the
+# The fresh prompts also give both earlier ways a second sample. Paper B's
+# way reaches 0.68 [0.58, 0.76] here with 0.95 coherent (0.68 on the
 # held-out prompts), the circuits from text 0.51 [0.42, 0.60] with every
-# reply coherent (0.53 held out). The two samples agree: no way clears
-# the goal, no interval here reaches 0.80, and the pick does no better
-# than paper B's way alone. The reporting judge orders them differently:
-# the pick 0.89, the circuits from text 0.77, paper B's way 0.71; it
-# agrees with the tuning judge least on the circuits from text (kappa
-# 0.51, against 0.71 on paper B's way). Which way is best depends on the
-# judge; both judges read every way far above the unmodified model (0.17
-# by either).
+# reply coherent (0.53 held out). The two samples agree: no way clears the
+# goal, no interval here reaches 0.80, and the pick does no better than
+# paper B's way alone. The reporting judge orders them differently: the
+# pick 0.89, the circuits from text 0.77, paper B's way 0.71. It agrees
+# with the tuning judge least on the circuits from text (kappa 0.51,
+# against 0.71 on paper B's way). Which way is best depends on the judge;
+# both judges read every way far above the unmodified model (0.17 by
+# either).
 #
-# Where the pick gives most away is anger: on these prompts paper B's way
-# reads as anger in 14 of 16 replies, with 13 of 16 coherent, the
-# circuits from text in 4 of 16. The rule refused paper B's way for anger
-# because it kept 10 of 12 discovery replies coherent, under the 90% the
-# rule asks of *each* emotion. Disgust gains from the pick (11 of 16
-# against 3 of 16) and fear hardly (3 against 2); the loss and the gains
-# cancel, and the pick ends one reply behind paper B's way. The goal
-# holds the pooled replies to 90% coherent. Held over the six pooled,
-# the same rule would have kept anger with paper B's way, and on these
-# prompts reached 74 of 96 on target (0.77) with 93 of 96 coherent:
-# still short. That rule was not fixed before the run, so this is a
-# reading of the table, not a result. What keeps every way under the
-# goal here is not coherence, near 1 throughout, but fear, which
-# neither way moves (at most 3 of 16 on these prompts).
+# Where the pick gives most away is anger. On these prompts paper B's way
+# reads as anger in 14 of 16 replies, with 13 of 16 coherent; the circuits
+# from text in 4 of 16. The rule refused paper B's way for anger because it
+# kept 10 of 12 discovery replies coherent, under the 90% the rule asks of
+# *each* emotion. Disgust gains from the pick (11 of 16 against 3 of 16)
+# and fear hardly (3 against 2). The loss and the gains cancel, and the
+# pick ends one reply behind paper B's way. The goal holds the pooled
+# replies to 90% coherent. Held over the six pooled, the same rule would
+# have kept anger with paper B's way. On these prompts it would have
+# reached 74 of 96 on target (0.77) with 93 of 96 coherent: still short.
+# That rule was not fixed before the run, so this is a reading of the
+# table, not a result. What keeps every way under the goal here is not
+# coherence, near 1 throughout, but fear, which neither way moves (at most
+# 3 of 16 on these prompts).
 
 # %% [markdown]
 # ### Exploratory: a larger sample, added after a near miss
@@ -1359,20 +1356,19 @@ show_replies(f_pick.groupby("emotion").head(1))
 # of the results chapter; the result of section 9 is the table above.
 # ```
 #
-# 96 replies a row give a wide interval: the one above spans 0.18. So
-# the pick, unchanged (the same ways, scales and circuits for each
-# emotion, chosen above on discovery prompts), runs once more on 48
-# further test scenarios that no other part of this chapter uses, spread
-# over the rest of the test file (1 in QUICK mode), with the unmodified
-# model on the same prompts. This sample was added *after* the 96
-# replies above, read with the earlier judge, came out one short of the
-# goal (76 of 96); read with the current tuning judge they are 13 short,
-# so the near miss of this section's title is the earlier judge's.
-# Adding data after a near miss favours a crossing, so the 48 are also
-# shown on their own, and the result is the pooled share of all the
-# fresh replies, whichever way it falls. Only the pick and the unmodified
-# model run on them: each emotion's row carries its own circuit, means
-# and scale in one batched call.
+# 96 replies a row give a wide interval: the one above spans 0.18. So the
+# pick runs once more, unchanged: the same ways, scales and circuits for
+# each emotion, chosen above on discovery prompts. It runs on 48 further
+# test scenarios that no other part of this chapter uses (1 in QUICK mode),
+# spread over the rest of the test file. The unmodified model runs on the
+# same prompts. This sample was added *after* the 96 replies above, read
+# with the earlier judge, came out one short of the goal (76 of 96). Read
+# with the current tuning judge they are 13 short, so the near miss of this
+# section's title is the earlier judge's. Adding data after a near miss
+# favours a crossing. So the 48 are also shown on their own, and the result
+# is the pooled share of all the fresh replies, whichever way it falls.
+# Only the pick and the unmodified model run on them: each emotion's row
+# carries its own circuit, means and scale in one batched call.
 
 # %%
 n_more = size(1, 48, 48)
@@ -1398,39 +1394,38 @@ display(pd.DataFrame({"first sample": f_pick.groupby("emotion").hit.sum(), "adde
     caption="replies judged as the target per emotion: the first sample, the added one, and how many there are in all"))
 
 # %% [markdown]
-# How to read this on the default model. Over all 64 fresh scenarios
-# the pick lands on target in 0.72 [0.67, 0.76] of the replies (276 of
-# 384), with every reply coherent, so 0.72 on both counts; the reporting
-# judge reads 0.89 [0.86, 0.92] (kappa 0.68). The unmodified model, on
-# the same prompts: 0.16. The 48 added scenarios alone, drawn after the
-# first 16's result had been read, give 0.74 [0.68, 0.79] (212 of 288),
-# every reply coherent, where the first 16 gave 0.67. The 48 are the one
-# sample the near miss could not have shaped; no rule for when to stop
-# adding was fixed in advance, and this is the only addition (80 unused
-# test scenarios were not run). By the tuning judge's count the pick
-# misses the goal (0.80 on target with at least 0.90 coherent), pooled
-# and in the added part alone, and neither interval reaches it: their
-# upper ends, 0.76 and 0.79, are under the line.
+# How to read this on the default model. Over all 64 fresh scenarios the
+# pick lands on target in 0.72 [0.67, 0.76] of the replies (276 of 384),
+# with every reply coherent, so 0.72 on both counts. The reporting judge
+# reads 0.89 [0.86, 0.92] (kappa 0.68). The unmodified model, on the same
+# prompts: 0.16. The 48 added scenarios alone, drawn after the first 16's
+# result had been read, give 0.74 [0.68, 0.79] (212 of 288), every reply
+# coherent, where the first 16 gave 0.67. The 48 are the one sample the
+# near miss could not have shaped. No rule for when to stop adding was
+# fixed in advance, and this is the only addition (80 unused test scenarios
+# were not run). By the tuning judge's count the pick misses the goal (0.80
+# on target with at least 0.90 coherent), pooled and in the added part
+# alone. Neither interval reaches it: their upper ends, 0.76 and 0.79, are
+# under the line.
 #
-# The share is an average over uneven emotions. Sadness and surprise are
-# on target in 64 of 64 replies and happiness in 55, all three under
-# paper B's way; disgust in 42, anger in 27 and fear in only 24 of 64,
+# The share is an average over uneven emotions. Sadness and surprise are on
+# target in 64 of 64 replies and happiness in 55, all three under paper B's
+# way. Disgust is on target in 42, anger in 27 and fear in only 24 of 64,
 # all three through the circuits from text. Anger is where the rule's
-# coherence floor cost most (section 9's reading above). A reader who
-# needs one emotion should read its row, not the pooled share.
+# coherence floor cost most (section 9's reading above). A reader who needs
+# one emotion should read its row, not the pooled share.
 #
 # Paper B reports 99.65% on Llama-3.2-3B-Instruct. A 135M model gets to
 # about 0.72 with the pick by the tuning judge's count (0.89 by the
-# reporting judge's), and neither way alone cleared the goal on either
-# of its samples; each fails on some emotion. The directions of paper
-# B's way are read from instructed prompts, which a model this size
-# hardly follows (chapter 01; asked for the emotion, section 7: 0.22 on
-# target, against 0.15 unasked), so for fear and disgust they carry the
-# topic more than the feeling (section 7); the circuits from text carry
-# the topics of the 144 replies they were read from (section 8). The
-# judges, too, are this project's own (chapter 02), and the pick names
-# the emotion's word in 0.41 of its replies: some of the accuracy is the
-# model saying the word.
+# reporting judge's). Neither way alone cleared the goal on either of its
+# samples; each fails on some emotion. The directions of paper B's way are
+# read from instructed prompts, which a model this size hardly follows
+# (chapter 01; asked for the emotion, section 7: 0.22 on target, against
+# 0.15 unasked). So for fear and disgust they carry the topic more than the
+# feeling (section 7). The circuits from text carry the topics of the 144
+# replies they were read from (section 8). The judges, too, are this
+# project's own (chapter 02), and the pick names the emotion's word in 0.41
+# of its replies: some of the accuracy is the model saying the word.
 
 # %% tags=["remove-input"]
 picked, pooled = f_res.loc[PICK], m_res.loc[ALL]
@@ -1453,7 +1448,7 @@ display(result(
 # position; this view shows whether its neurons also track emotional words
 # in running text or fire on something else. Special tokens (the chat
 # template's markers) reach activations of hundreds where words reach a
-# few, so `plots.neuron_view` shows them at 0 and clips the rest to the
+# few. So `plots.neuron_view` shows them at 0 and clips the rest to the
 # 1st-99th percentile of the words' values: the colours compare words.
 
 # %%
@@ -1583,14 +1578,14 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #   split is exact, but it only says who writes along a direction at the
 #   last prompt token. The ablation table says whether knocking those
 #   components out lowers the signal more than knocking out as many random
-#   ones, on held-out prompts; the generation check says whether that shows
+#   ones, on held-out prompts. The generation check says whether that shows
 #   in the replies. Where the ratio is near 1, the ranking picked
 #   components that do not matter more than others. The ratio depends on
 #   how much of the circuit is knocked out and on which random components
-#   stand beside it, so the sweep shows four sizes and the baseline
-#   averages 12 random draws; with one size and a few draws the verdict
-#   can depend on the draws as much as on the circuit (surprise on
-#   gemma, section 6).
+#   stand beside it. So the sweep shows four sizes and the baseline
+#   averages 12 random draws. With one size and a few draws the verdict can
+#   depend on the draws as much as on the circuit (surprise on gemma,
+#   section 6).
 # - **A direction is not an emotion.** Everything is measured along
 #   directions computed from *instructed* prompts, so a circuit for "anger"
 #   is a circuit for the model's representation of having been told to be
@@ -1601,42 +1596,42 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #   of the accuracy. A second judge of another kind reports beside it and
 #   reads some rows quite differently (the pick on fresh prompts: 0.67 by
 #   the tuning judge, 0.89 by the reporting judge).
-# - **Small model, small circuits.** The budget keeps paper B's *shares*
-#   of components, which for the default model means 147 components (79
-#   neurons and 68 heads, against paper B's 560); paper B's 99.65% was on a
-#   3B model whose instruction following is
-#   far stronger (see the prompting row). Run this chapter with a larger
-#   `MODEL` on a GPU to compare.
-# - **Designs made one after another.** Each method was run once per set
-#   of test prompts, but the methods were designed in turn, each after the
-#   previous one's held-out replies had been read: section 8's after
+# - **Small model, small circuits.** The budget keeps paper B's *shares* of
+#   components, which for the default model means 147 components (79
+#   neurons and 68 heads, against paper B's 560). Paper B's 99.65% was on a
+#   3B model whose instruction following is far stronger (see the prompting
+#   row). Run this chapter with a larger `MODEL` on a GPU to compare.
+# - **Designs made one after another.** Each method was run once per set of
+#   test prompts, but the methods were designed in turn, each after the
+#   previous one's held-out replies had been read. Section 8's came after
 #   section 7's, and section 8 was still tested on section 7's held-out
-#   prompts (what they showed prompted its design, not its settings);
-#   section 9's after both, so it got prompts of its own. Its second
+#   prompts (what they showed prompted its design, not its settings).
+#   Section 9's came after both, so it got prompts of its own. Its second
 #   reading of the two earlier ways moved them little: paper B's way 0.68
-#   then 0.68, the circuits from text 0.53 then 0.51. The pick's own
-#   sample was then enlarged, after its first 96 replies fell one short of
-#   the goal as the earlier judge read them (13 short as the current
-#   tuning judge reads them); its settings stayed as they were, and the
-#   enlarged sample is reported pooled and in its two parts.
-# - **Equal coherence, a few strengths.** The comparison at equal
-#   coherence covers every strength tried, on the discovery prompts and
-#   again on the held-out ones (24 and 48 replies per strength in the
-#   default book), without intervals. Each level takes each method's best strength, the
-#   same small selection for both; a level only one method reaches is no
-#   comparison (when we ran this chapter with `MODEL = "gemma3-270m"`,
-#   plain greedy decoding and the earlier judge, only steering kept 0.83
-#   of held-out replies coherent, and there it was no more accurate than
-#   the unmodified model).
+#   then 0.68, the circuits from text 0.53 then 0.51. The pick's own sample
+#   was then enlarged, after its first 96 replies fell one short of the
+#   goal as the earlier judge read them (13 short as the current tuning
+#   judge reads them). Its settings stayed as they were, and the enlarged
+#   sample is reported pooled and in its two parts.
+# - **Equal coherence, a few strengths.** The comparison at equal coherence
+#   covers every strength tried, on the discovery prompts and again on the
+#   held-out ones (24 and 48 replies per strength in the default book),
+#   without intervals. Each level takes each method's best strength, the
+#   same small selection for both. A level only one method reaches is no
+#   comparison. When we ran this chapter with `MODEL = "gemma3-270m"`,
+#   plain greedy decoding and the earlier judge, only steering kept 0.83 of
+#   held-out replies coherent. There it was no more accurate than the
+#   unmodified model.
 # - **Gemma-style norms.** On Gemma the post-sublayer norms are frozen for
 #   the split, so a head's term is its zeroing effect only to first order.
 
 # %% [markdown]
 # ## Summary
 #
-# What this run found, each number beside the baseline it is read against;
-# "on target" is a reply chapter 02's tuning judge reads as the target
-# emotion, and a method's goal is 0.80 on target with at least 0.90 coherent.
+# What this run found, each number beside the baseline it is read against.
+# "On target" is a reply chapter 02's tuning judge reads as the target
+# emotion, and a method's goal is 0.80 on target with at least 0.90
+# coherent.
 
 # %% tags=["remove-input"]
 from IPython.display import Markdown

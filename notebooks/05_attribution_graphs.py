@@ -35,15 +35,15 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   error term and input token on every other feature and on a logit, in a
 #   replacement model that reproduces the real forward pass exactly;
 # - find the features that stay on at every step of every reply under
-#   empathetic system prompts (paper C's "persistent" features), grow a
-#   circuit from the most persistent one by top-k influence, clamp it, and
-#   judge the replies.
+#   empathetic system prompts (paper C's "persistent" features);
+# - grow a circuit from the most persistent one by top-k influence, clamp
+#   it, and judge the replies.
 #
 # This follows paper C (*Preliminary Investigation of Empathy Regulating
 # Circuits in Language Models*), which used a published cross-layer
 # transcoder for Gemma-2-2B and a Claude judge. No published transcoders
 # exist for the default model, so we train them here, on this project's
-# texts, on a CPU: the dictionaries are small and the corpus tiny next to
+# texts, on a CPU. The dictionaries are small and the corpus tiny next to
 # the field's, and the chapter says what that costs. Where a published set
 # fits the model, the `TRANSCODERS` parameter uses it instead.
 
@@ -99,18 +99,18 @@ print(lm)
 #
 # The corpus is every text of the project's data files (chapter 01), shaped
 # the way the chapters show them to the model (situations and replies as
-# chat turns, SEV scenarios with their events), plus replies the model
-# writes itself to SEV scenarios. A tenth of the texts is held out from
-# training; the quality numbers below use 32 of them in the default book
-# (all in a FULL run), and the loss numbers 4 (32).
+# chat turns, SEV scenarios with their events). It also holds replies the
+# model writes itself to SEV scenarios. A tenth of the texts is held out
+# from training; the quality numbers below use 32 of them in the default
+# book (all in a FULL run), and the loss numbers 4 (32).
 #
 # Each transcoder reads `mlp_in` (the residual stream after the pre-MLP
 # norm) and predicts `mlp_out` through `n_features` features, of which the
 # `k` largest per token stay on (top-k). Decoder rows have unit norm, so an
 # activation is the length of what the feature writes into the residual
-# stream. Training uses Adam; in a FULL run the learning rate falls
-# linearly to zero over the last 30% of the steps (over a single short
-# pass the decay cost FVE, so the smaller runs keep it constant). It is
+# stream. Training uses Adam. In a FULL run the learning rate falls
+# linearly to zero over the last 30% of the steps. Over a single short
+# pass the decay cost FVE, so the smaller runs keep it constant. It is
 # cached under the model, the corpus and the settings, checkpointed, and
 # resumes where it stopped.
 
@@ -151,9 +151,10 @@ else:
 # ### How good are they?
 #
 # - **Fraction of variance explained (FVE)** of `mlp_out` on held-out text,
-#   beside a least-squares *linear* map from `mlp_in` to `mlp_out` (fitted
-#   on training texts, measured on the same held-out tokens): how much of
-#   the MLP a dense linear stand-in with no sparsity gets.
+#   beside a least-squares *linear* map from `mlp_in` to `mlp_out`. The map
+#   is fitted on training texts and measured on the same held-out tokens.
+#   Its FVE is how much of the MLP a dense linear stand-in with no sparsity
+#   gets.
 # - **L0**: features on per token (at most `k`); **dead**: features that
 #   never fire on the held-out text.
 # - **Next-token loss** when one transcoder replaces its MLP (the error
@@ -196,17 +197,18 @@ plt.show()
 # per layer for one pass over 400 texts (QUICK mode: 150). Dictionaries that
 # small and that briefly trained explain about as much of the MLP as the
 # dense linear map does, or less, and splicing all of them in costs several
-# nats. A FULL run (`FULL = True`: 2,048 features, all 2,000 training
-# texts, 82,165 tokens, eight passes with the learning rate decayed over
-# the last 30%; 49 minutes of training on 2 cores, once, then cached)
-# reached, on all 222 held-out texts, a mean FVE of 0.81 [0.78, 0.83]
-# over layers against the linear map's 0.63 (lowest layer 0.71; 13 of 30
-# layers at 0.80 or more), with 27 features on per token and 9% dead, and
-# +0.66 nats with every layer spliced in (clean 3.90). The earlier FULL
-# recipe, two passes without the decay, gave 0.72 and +1.25 nats: on a
-# corpus this small, more passes still help. Everything below rests on these dictionaries:
-# the error nodes' share of the graph's influence (section 3) says how
-# much; it was 72% in the default book and 41% in that FULL run.
+# nats. A FULL run (`FULL = True`) trains 2,048 features on all 2,000
+# training texts, 82,165 tokens, for eight passes with the learning rate
+# decayed over the last 30%. That took 49 minutes of training on 2 cores,
+# once, then cached. On all 222 held-out texts it reached a mean FVE of
+# 0.81 [0.78, 0.83] over layers, against the linear map's 0.63 (lowest
+# layer 0.71; 13 of 30 layers at 0.80 or more). It had 27 features on per
+# token and 9% dead, and cost +0.66 nats with every layer spliced in
+# (clean 3.90). The earlier FULL recipe, two passes without the decay,
+# gave 0.72 and +1.25 nats: on a corpus this small, more passes still
+# help. Everything below rests on these dictionaries: the error nodes'
+# share of the graph's influence (section 3) says how much. It was 72% in
+# the default book and 41% in that FULL run.
 
 # %% tags=["remove-input"]
 linear_fve = qual.linear_fve.mean()
@@ -229,9 +231,9 @@ display(result(
 # neutral system prompt.
 #
 # **Baseline.** A feature chosen at random is on at a given token with
-# probability about `L0 / n_features` (printed below); staying on for
+# probability about `L0 / n_features` (printed below). Staying on for
 # every step of every reply (15 in the default book, 25 in paper C and a
-# FULL run) by chance is then vanishingly unlikely, so what survives is
+# FULL run) by chance is then vanishingly unlikely. So what survives is
 # structure, though not necessarily *empathy* structure (a feature that
 # fires on every assistant turn of the chat template would survive too).
 # The neutral replies tell the two apart.
@@ -270,11 +272,12 @@ for (s, u), ids in list(zip(pairs, emp_ids))[:3]:
 # %% [markdown]
 # ### Feature cards
 #
-# What a feature *reads* (the vocabulary tokens whose embedding, on the
-# direct path through the pre-MLP norm, drives it most), what it *writes*
-# (the tokens its decoder row promotes and suppresses through the final
-# norm and the unembedding), and the held-out contexts where it is most
-# active. The direct-path token lists ignore attention and earlier layers,
+# Each card shows what a feature *reads*: the vocabulary tokens whose
+# embedding, on the direct path through the pre-MLP norm, drives it most.
+# It shows what the feature *writes*: the tokens its decoder row promotes
+# and suppresses through the final norm and the unembedding. It also
+# shows the held-out contexts where the feature is most active. The
+# direct-path token lists ignore attention and earlier layers,
 # so for late-layer features they are a weak hint.
 
 # %%
@@ -333,10 +336,10 @@ display(result(
 # adds up, for every node we computed a row for, all its incoming edges and
 # the constant from the biases, and compares the sum with the node's real
 # value. The picture keeps the nodes and edges that carry most of the
-# influence on the logit (`A.prune`): only the token positions that hold
-# one are drawn, each layer's error nodes are summed into one grey diamond
-# on the right, and the eight most influential features are named by the
-# tokens they are most active on in held-out text.
+# influence on the logit (`A.prune`). Only the token positions that hold
+# one are drawn, and each layer's error nodes are summed into one grey
+# diamond on the right. The eight most influential features are named by
+# the tokens they are most active on in held-out text.
 
 # %%
 s_idx = 1 if len(emp_systems) > 1 else 0
@@ -389,19 +392,19 @@ display(result(
 # weight) from the features added in the step before. Our seed is the most
 # persistent feature (ties: the one most specific to the empathetic
 # prompts) that is active in the graph's prompt and sits at least four
-# layers below the top, so that there is a downstream to grow into; the
-# features of the last layers that stay on everywhere are, on this model,
-# as active under the neutral prompt. When no feature is on at every step
-# of every reply (as on the default model, section 2), the seed is the
-# one on at the largest share of steps; compare its share under the
-# neutral prompt in section 2's table before reading the circuit as an
-# empathy circuit.
+# layers below the top. That leaves a downstream to grow into. And on
+# this model, the last layers' features that stay on everywhere are as
+# active under the neutral prompt. When no feature is on at every step of
+# every reply (as on the default model, section 2), the seed is the one
+# on at the largest share of steps. Compare its share under the neutral
+# prompt in section 2's table before reading the circuit as an empathy
+# circuit.
 #
 # One change from "activation x edge weight": we rank a downstream feature
 # by that effect *divided by its own activation* (the share of its input
-# the circuit provides). With raw effects, the last layer's features, whose
-# activations are tens of times larger than anyone else's on this model,
-# win every step on scale alone and the circuit ends after one step.
+# the circuit provides). On this model the last layer's features have
+# activations tens of times larger than anyone else's. With raw effects
+# they win every step on scale alone, and the circuit ends after one step.
 
 # %%
 active = {}
@@ -448,7 +451,7 @@ display(result(
 # ## 5. Clamping the circuit
 #
 # Paper C clamps the circuit's features to 1, 10, 100 and 1000 while the
-# model answers under the *neutral* system prompt, and asks a judge how
+# model answers under the *neutral* system prompt. It asks a judge how
 # empathetic the replies are (their Table 1, Gemma-2-2B, Claude judge, 1-5
 # scale). Our features' activations live on this model's scale, so we also
 # clamp at multiples of each feature's largest activation on the held-out
@@ -519,32 +522,32 @@ for name in list(conditions)[:3]:
 # Read each row against the unmodified model's interval and against the
 # control at the same multiple. The "reporting judge" column is the same
 # replies' mean score from chapter 02's second empathy judge, a judge of
-# another kind (sentence embeddings; called here without the situation,
-# it reads each reply on its own); where the two judges' readings of a
-# row part ways, neither's number is the effect.
+# another kind. It uses sentence embeddings; called here without the
+# situation, it reads each reply on its own. Where the two judges'
+# readings of a row part ways, neither's number is the effect.
 #
 # On the default model no clamp raises judged empathy more than random
 # features do. The unmodified replies score 3.06 [3.00, 3.17]. The
 # circuit's clamps that keep the replies coherent (1, 10, 1x and 4x; nine
 # or ten of ten replies) score 3.08 to 3.31, some just above that narrow
-# interval, but each of their own intervals holds 3.06. At 4x each
+# interval. But each of their own intervals holds 3.06. At 4x each
 # feature's maximum the circuit scores 3.31 [2.90, 3.79], below the
 # random control's 3.62 [3.08, 4.19]. The control at 4x is the one row
 # whose interval lies wholly above the unmodified mean, on ten replies,
-# one of them incoherent: a "something changed" effect at most, and not
-# the circuit's. The absolute clamps of 100 and 1000 break every reply,
-# and the judge scores the broken text low (2.45 and 2.40).
+# one of them incoherent. That is a "something changed" effect at most,
+# and not the circuit's. The absolute clamps of 100 and 1000 break every
+# reply, and the judge scores the broken text low (2.45 and 2.40).
 #
 # The reporting judge (default model, no intervals) agrees that the
 # circuit does nothing special: 3.15 unmodified, 3.12 to 3.31 for the
 # circuit's coherent clamps, 3.19 for the control at 4x. It puts the
 # circuit at 4x a little above the control (3.31 against 3.19), the
-# reverse of the tuning judge's order: the judges part ways on those two
+# reverse of the tuning judge's order. The judges part ways on those two
 # rows, so neither difference is an effect. Over the same 90 replies the
 # two judges agree with rho 0.71, the broken ones included. Both score
 # broken text below every coherent row (the reporting judge 2.49 and 1.65
-# at clamps of 100 and 1000), though not at the bottom of the scale:
-# neither checks whether the words make a reply, so read both beside the
+# at clamps of 100 and 1000), though not at the bottom of the scale.
+# Neither checks whether the words make a reply, so read both beside the
 # coherent share.
 
 # %% tags=["remove-input"]
@@ -634,29 +637,31 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #
 # - **The graph is exact about the replacement model, not about the
 #   model.** Edges are exact linear effects with attention and norms frozen
-#   at this prompt; the error nodes carry what the transcoders miss (see
+#   at this prompt. The error nodes carry what the transcoders miss (see
 #   their share of influence above). Where errors dominate, a clean-looking
 #   feature graph is a story about a model we did not run.
 # - **Small dictionaries, small corpus.** The field trains transcoders on
 #   hundreds of millions of tokens; ours saw the figure printed in section 1
 #   on a CPU. Dead features, low FVE in some layers and a loss increase when
 #   all are spliced in are the price. A FULL run (49 minutes of training on
-#   2 cores) gets them to a mean FVE of 0.81 and +0.66 nats, still on a
-#   corpus of 82,165 tokens, under a thousandth of what published sets
+#   2 cores) gets them to a mean FVE of 0.81 and +0.66 nats. That is still
+#   on a corpus of 82,165 tokens, under a thousandth of what published sets
 #   see. The `TRANSCODERS` parameter runs this chapter on a published set
 #   in circuit-tracer's format instead, per-layer or cross-layer (paper C's
-#   kind), from a folder or a hub id: GemmaScope 2 for `gemma3-270m`, or
-#   the Gemma-2-2B sets for a GPU run with `MODEL="gemma-2-2b"`. The
-#   README's table says which set fits which model.
+#   kind), from a folder or a hub id. It takes GemmaScope 2 for
+#   `gemma3-270m`, or the Gemma-2-2B sets for a GPU run with
+#   `MODEL="gemma-2-2b"`. The README's table says which set fits which
+#   model.
 # - **Persistence is not empathy.** A feature that is on at every step may
 #   track the assistant turn, the reply's format or the topic. The neutral
 #   column of the persistence table and the feature cards are how to tell;
 #   the clamping control says whether pushing *any* features that hard has
 #   the same effect.
-# - **The judge.** Empathy is read by chapter 02's two empathy judges
-#   (classifiers trained on this project's 635 graded replies, one on the
-#   reply's n-grams, one on sentence embeddings), not by Claude, so paper
-#   C's numbers and ours are on the same 1-5 scale but not the same ruler.
+# - **The judge.** Empathy is read by chapter 02's two empathy judges, not
+#   by Claude. They are classifiers trained on this project's 635 graded
+#   replies, one on the reply's n-grams, one on sentence embeddings. So
+#   paper C's numbers and ours are on the same 1-5 scale but not the same
+#   ruler.
 
 # %% [markdown]
 # ## Summary

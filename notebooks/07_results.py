@@ -37,26 +37,25 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # Nothing here is computed afresh: each chapter records its headline
 # numbers when it runs (`emocircuits.book.record`), and this page reads the
 # records of the same build. A QUICK build (what `make test` runs) records
-# QUICK numbers from fewer items, so read its intervals, not its digits;
-# the published book is the default size (`make book`, about 35 minutes
-# on 2 CPU cores from an empty cache, `.venv` ready), and `make
-# book-full` repeats it on larger samples. A number a chapter did not record says
-# "not run in this build".
+# QUICK numbers from fewer items, so read its intervals, not its digits.
+# The published book is the default size (`make book`, about 35 minutes
+# on 2 CPU cores from an empty cache, `.venv` ready), and
+# `make book-full` repeats it on larger samples. A number a chapter did
+# not record says "not run in this build".
 #
 # Two columns keep the measurement honest. **Reporting judge** gives a
 # number as read by chapter 02's second judge of the same thing, a model
-# of another kind that never chooses anything: the second emotion judge
-# for emotion shares, the second empathy judge (sentence embeddings of
-# situation and reply) for chapters 05 and 06's empathy scores and
-# shares. The main column is the
-# tuning judge's, the one the chapters chose their strengths and settings
-# with. Where the two differ, the choice may have been tuned to one
-# judge's quirks.
+# of another kind that never chooses anything. For emotion shares that
+# is the second emotion judge; for chapters 05 and 06's empathy scores
+# and shares, the second empathy judge (sentence embeddings of situation
+# and reply). The main column is the tuning judge's, the one the chapters
+# chose their strengths and settings with. Where the two differ, the
+# choice may have been tuned to one judge's quirks.
 # **Fixed before the test data was read** says whether every choice
 # behind the number (a layer, a strength, a way) was made on discovery
-# data before the test replies existed; rows explored after reading
-# test replies are left out of this page and stay, marked exploratory,
-# in their chapters. The judges themselves were rebuilt after earlier
+# data before the test replies existed. Rows explored after reading test
+# replies are left out of this page and stay, marked exploratory, in
+# their chapters. The judges themselves were rebuilt after earlier
 # versions of chapters 04 and 06 had been read; the appendix
 # {doc}`Methods notes </book/methods>` says when, why, and what else was
 # explored after a result had been read.
@@ -105,32 +104,34 @@ def show(paper, steering=None):
 # ## Paper A: detecting and steering empathy
 #
 # On the bundled models detection transfers: a mean-difference probe
-# reads empathic from task-focused replies in a 135M model too, and the
+# reads empathic from task-focused replies in a 135M model too. The
 # reply-only pooling gives the highest AUROC, though its random-direction
-# baseline rises with it (chapter 03 says why). The random-direction baseline matters more than
-# paper A's table suggests: oriented random directions reach high AUROCs
-# on 15 test pairs. A stronger baseline is the bag of words, the same
-# probe fitted on the reply's input embeddings: on the default model it
-# comes within 0.05 of the probe, so detecting these pairs takes little
-# more than their words. On 30 pairs whose sides share a frame and a
-# length (chapter 03), the layer the stored pairs select carries over
-# poorly on the default model, while its middle and late layers hold,
-# at about the bag of words' level. Trained on 40 more such pairs, the
-# probe reaches 0.96 on the default model and 0.98 on gemma3-270m (0.95
-# and 0.98 at a layer chosen without the test pairs), with random
-# directions' 95th percentile at 0.72 and 0.76; but a bag of words trained
-# on the same pairs reaches 0.93 on both, within 0.03 and 0.06. Steering is where small models part ways with the
-# paper: read the coherent share beside every success rate. A direction
-# built from the model's own replies (Persona Vectors, chapter 06's
-# section 5) steers one way only on the default model, up; pushed the
-# other way the replies stay coherent and unchanged, where paper A's
-# Dolphin broke down. The model hardly follows the persona prompts the
-# direction is built from. With more situations and seeds (section 6),
-# a push along the sum of the two directions moves 0.29 [0.13, 0.50] of
-# fresh situations both ways by the tuning judge, against a chance of
-# 0.17: far from the 80% this book set as its goal. The reporting judge
-# reads 0.58 of them moved, and the two judges agree only loosely on
-# these replies (chapter 06 says what that means for trusting either).
+# baseline rises with it (chapter 03 says why). The random-direction
+# baseline matters more than paper A's table suggests: oriented random
+# directions reach high AUROCs on 15 test pairs. A stronger baseline is
+# the bag of words, the same probe fitted on the reply's input
+# embeddings. On the default model it comes within 0.05 of the probe, so
+# detecting these pairs takes little more than their words. On 30 pairs
+# whose sides share a frame and a length (chapter 03), the layer the
+# stored pairs select carries over poorly on the default model. The
+# model's middle and late layers hold, at about the bag of words' level.
+# Trained on 40 more such pairs, the probe reaches 0.96 on the default
+# model and 0.98 on gemma3-270m (0.95 and 0.98 at a layer chosen without
+# the test pairs). Random directions' 95th percentile is at 0.72 and
+# 0.76. But a bag of words trained on the same pairs reaches 0.93 on
+# both, within 0.03 and 0.06. Steering is where small models part ways
+# with the paper: read the coherent share beside every success rate. A
+# direction built from the model's own replies (Persona Vectors, chapter
+# 06's section 5) steers one way only on the default model, up. Pushed
+# the other way, the replies stay coherent and unchanged, where paper
+# A's Dolphin broke down. The model hardly follows the persona prompts
+# the direction is built from. With more situations and seeds (section
+# 6), a push along the sum of the two directions moves 0.29 [0.13, 0.50]
+# of fresh situations both ways by the tuning judge. That is against a
+# chance of 0.17, and far from the 80% this book set as its goal. The
+# reporting judge reads 0.58 of them moved, and the two judges agree only
+# loosely on these replies (chapter 06 says what that means for trusting
+# either).
 #
 # Detection first (chapter 03), then steering (chapter 06).
 
@@ -146,8 +147,8 @@ show("A", steering=True)
 # The causal checks (ablation against random components) are this book's
 # addition; paper B's released code does not run them. The three-way
 # comparison keeps paper B's ranking question (does modulating the circuit
-# beat prompting and steering vectors?) but not its level: a 135M model
-# barely follows an instruction to write in an emotion, which is also why
+# beat prompting and steering vectors?) but not its level. A 135M model
+# barely follows an instruction to write in an emotion. That is also why
 # prompting scores low here, no higher than no intervention.
 
 # %%
@@ -179,8 +180,9 @@ show("judges")
 # ## The same comparisons as a picture
 #
 # Left: paper A's steering, the share of situations whose judged empathy
-# moved the intended way under both signs (on the situations the setting
-# was chosen on, biased up, and on fresh ones); the dashed line is chance.
+# moved the intended way under both signs. It is shown on the situations
+# the setting was chosen on (biased up) and on fresh ones; the dashed line
+# is chance.
 # Middle: paper B's three ways to an emotion (share of replies judged as
 # the target); the dashed line is the unmodified model. Right: paper C's
 # clamping table on its 1-5 scale. Ours with 95% intervals, the paper's
@@ -240,9 +242,9 @@ plt.show()
 #   (see the note at the top) and re-run chapters 03-07 for numbers on a
 #   2B-3B model; those are marked by the model name printed above.
 # - **The papers' judges.** Papers B and C judged replies with GPT-4o-mini
-#   and Claude; this book's judges (chapter 02) are small classifiers whose
-#   accuracy chapter 02 measures, not how they would differ from the
-#   papers' judges; a gap between a paper and this page can come from the
+#   and Claude. This book's judges (chapter 02) are small classifiers
+#   whose accuracy chapter 02 measures, not how they would differ from the
+#   papers' judges. A gap between a paper and this page can come from the
 #   judge as well as from the model.
 # - **Equal measurements.** Where the caveat column names a different
 #   metric (keyword counts vs judged empathy, clamp values in different
