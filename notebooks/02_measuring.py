@@ -67,6 +67,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix
 
@@ -76,7 +77,8 @@ from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.tables import show
+from emocircuits.page import result
+from emocircuits.tables import interval, show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -239,6 +241,19 @@ show(pd.DataFrame(errors[:8], columns=["reply", "written as", "tuning judge", "r
 # both judges fall to about half. Replies of larger chat models judged by
 # people are the test this book cannot run offline; a GPU user can set a
 # chat model beside these judges (`ModelRubricJudge`, `APIJudge`).
+
+# %% tags=["remove-input"]
+box_majority = {s: max(t.count(l) for l in set(t)) / len(t) for s, (_, t) in sets.items()}
+box_fresh = {k: acc_of[chat_sets[1]][k]["accuracy"] for k in kinds}
+box_own = {k: acc_of[bundled][k]["accuracy"] for k in kinds}
+box_clear = [k for k in kinds if round(box_own[k][1], 2) > round(box_majority[bundled], 2)]
+display(result(
+    f"On fresh chat replies the tuning judge is right on {interval(*box_fresh['tuning judge'])} and the reporting "
+    f"judge on {interval(*box_fresh['reporting judge'])} (majority class {box_majority[chat_sets[1]]:.2f}). On the "
+    f"bundled models' hand-labelled replies they are right on {interval(*box_own['tuning judge'])} and "
+    f"{interval(*box_own['reporting judge'])} (majority class {box_majority[bundled]:.2f}; "
+    + ("both intervals clear it" if len(box_clear) == 2 else f"only the {box_clear[0]}'s interval clears it"
+       if box_clear else "neither interval clears it") + ")."))
 
 # %% [markdown]
 # ## 2. The empathy judges
@@ -456,6 +471,18 @@ show(pd.DataFrame(rows))
 # classifier is the one to use where paper A's construct is meant;
 # neither reads what an action costs as well as a person would.
 
+# %% tags=["remove-input"]
+box_rho, box_len, box_writer = (fresh_rho[k] for k in ("n-grams (tunes)", "reply length in words",
+                                                       "the writer's intended level"))
+box_rubric = bootstrap_ci((ways["RubricJudge (trained on the rubric)"][0] == y_game).astype(float), seed=SEED)
+box_vs_length = "above" if round(box_rho[1], 2) > round(box_len[0], 2) else "not clearly above"
+box_vs_writer = "short of" if round(box_rho[2], 2) < round(box_writer[0], 2) else "level with"
+display(result(
+    f"On fresh forum replies the tuning empathy judge's Spearman rho with an independent labeller is "
+    f"{interval(*box_rho)}, {box_vs_length} reply length alone ({box_len[0]:.2f}) and {box_vs_writer} the "
+    f"writer's own levels ({interval(*box_writer)}); on paper A's 0/1/2 rubric the trained classifier gets "
+    f"{interval(*box_rubric)} of the EIA levels right (chance {np.bincount(y_game).max() / len(y_game):.2f})."))
+
 # %% [markdown]
 # ## 3. Paper A's keyword heuristic, and why it overstates suppression
 #
@@ -475,7 +502,15 @@ print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample
 # Chapter 06 therefore reports steering with the trained judges and a
 # coherence gate, and shows the keyword number beside them only as the
 # paper's baseline.
-#
+
+# %% tags=["remove-input"]
+box_down, box_up = (J.keyword_success(sample, sample, alpha=a) for a in (-1, +1))
+display(result(
+    f"Comparing each of the {len(sample)} written EIA replies with itself, paper A's rule scores doing nothing as a "
+    f"successful suppression for {box_down:.2f} of them and as a successful push toward empathy for {box_up:.2f}, "
+    f"where a metric of change would give 0 for both."))
+
+# %% [markdown]
 # ## 4. Coherence
 #
 # A steered model can score high on any judge while emitting fragments.
@@ -512,6 +547,15 @@ show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": roun
                     "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
                     "short sentences": round(c["fragment_share"], 2),
                     "coherent": c["coherent"]} for t, c in zip(examples, coh)]))
+
+# %% tags=["remove-input"]
+box_people = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")] + \
+             [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
+box_passed = sum(c["coherent"] for c in J.coherence(box_people))
+display(result(
+    f"The coherence gate passes {box_passed} of the {len(box_people)} texts people wrote for the judges' first two "
+    f"corpora and flags {sum(not c['coherent'] for c in coh[1:])} of the {len(examples) - 1} broken texts above, "
+    f"while the plain sympathetic reply {'passes' if coh[0]['coherent'] else 'fails'}."))
 
 # %% [markdown]
 # ## 5. Judging the model's own replies
@@ -552,7 +596,16 @@ show(pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"],
 # rather than against a fixed bar. Re-run with a larger chat model
 # (`MODEL = "gemma-2-2b-it"` on a GPU) to see whether the prompts pull
 # apart there.
-#
+
+# %% tags=["remove-input"]
+display(result(
+    f"On {len(situations)} held-out situations the empathetic system prompt changes {MODEL}'s judged empathy (1-5) "
+    f"by {interval(d_est, d_lo, d_hi)} against the neutral one, "
+    + ("an interval that includes zero" if not (d_lo > 0 or d_hi < 0) else "a rise" if d_lo > 0 else "a fall")
+    + f"; {coh_gen['empathetic']:.2f} (empathetic) and {coh_gen['neutral']:.2f} (neutral) of the replies are "
+    f"coherent."))
+
+# %% [markdown]
 # ## 6. Speed
 #
 # Every steering sweep judges thousands of replies, so the judges must be
@@ -569,6 +622,11 @@ emp.score(batch)
 J.coherence(batch)
 dt = time.perf_counter() - t0
 print(f"{len(batch)} texts judged in {dt:.1f} s ({len(batch) / dt:.0f} texts/s)")
+
+# %% tags=["remove-input"]
+display(result(
+    f"All four judges together read {len(batch)} texts in {dt:.1f} s on this machine, {len(batch) / dt:.0f} a "
+    f"second, so judging a sweep of 1,000 replies takes about {1000 * dt / len(batch):.0f} s."))
 
 # %% [markdown]
 # ## Headline numbers

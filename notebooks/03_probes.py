@@ -82,7 +82,8 @@ from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.tables import show as show_table  # `show` names a list of layers below
+from emocircuits.page import result
+from emocircuits.tables import interval, show as show_table  # `show` names a list of layers below
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -465,6 +466,18 @@ show_table(pd.DataFrame([
 # train and test pairs come from the same five games and one writer, and
 # were written after results were known.
 
+# %% tags=["remove-input"]
+box_stored, box_matched, box_bow = (fits[POOL].metrics["layers"][str(best)], transfer[best]["detection"],
+                                    bow_matched["detection"])
+box_apart = round(box_matched.auroc_ci[0], 2) > round(box_bow.auroc_ci[1], 2)
+display(result(
+    f"At layer {best}, chosen on the training pairs, the probe scores AUROC "
+    f"{interval(box_stored['auroc'], *box_stored['auroc_ci'])} on the stored test pairs (random directions' 95th "
+    f"percentile: {fits[POOL].metrics['random_baseline']['p95']:.2f}) and "
+    f"{interval(box_matched.auroc, *box_matched.auroc_ci)} on register-matched pairs (random: "
+    f"{transfer[best]['random']['p95']:.2f}), against a bag of words' {interval(box_bow.auroc, *box_bow.auroc_ci)}"
+    + ("." if box_apart else ", with overlapping intervals.")))
+
 # %% [markdown]
 # ## 2. Lexical ablation
 #
@@ -561,6 +574,18 @@ print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 
 # do; the probe reads the first as empathy, which the training pairs never
 # had to tell apart from the second. Detection on the stored test pairs is
 # real, but it is not detection of empathic *action*.
+
+# %% tags=["remove-input"]
+box_before, box_after = cw.loc["original", "probe AUROC"], cw.loc["ablated", "probe AUROC"]
+box_polite = [pt.loc["original", k] for k in ("probe AUROC", "lo", "hi")]
+box_where = "above" if round(box_polite[1], 2) > 0.5 else "below" if round(box_polite[2], 2) < 0.5 else \
+    "an interval that includes"
+display(result(
+    f"Replacing the care words moves the probe's AUROC on the care-word pairs from {box_before:.2f} to "
+    f"{box_after:.2f} (goal: a drop of at most 0.05, {'met' if box_before - box_after <= 0.05 else 'missed'}). "
+    f"On polite refusals it scores {interval(*box_polite)}, {box_where} chance (0.50; a keyword counter: "
+    f"{pt.loc['original', 'keyword counter AUROC']:.2f}), and {pt.loc['ablated', 'probe AUROC']:.2f} once their "
+    f"care words are replaced."))
 
 # %% [markdown]
 # ## 3. Emotion directions (paper B)
@@ -708,7 +733,16 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # is printed above for this model; the paper found these neighbours in
 # larger models. On the default model they do not appear: disgust is
 # anger's second-nearest direction, and fear is the farthest from sadness.
-#
+
+# %% tags=["remove-input"]
+box_e = emo_df.set_index("layer").loc[best_e]
+box_test = "" if np.isnan(emo_test[0]) else f" and {interval(*emo_test)} on test scenarios"
+display(result(
+    f"Held out by scenario, a six-way probe at layer {best_e} names the instructed emotion with accuracy "
+    f"{interval(box_e.accuracy, box_e.lo, box_e.hi)}{box_test} (chance 0.17); anger's nearest direction is "
+    f"{nearest['anger']} and sadness's {nearest['sadness']}, where paper B found disgust and fear."))
+
+# %% [markdown]
 # ## 4. Do two models agree? (paper A's open question 3)
 #
 # Paper A asked whether probes of different models agree on the same texts.
@@ -826,7 +860,18 @@ show_table(pd.DataFrame([
 # percentile of 0.23 (the two models order unseen replies alike), the
 # aligned one 0.77 [0.67, 0.85] against 0.33: a probe carried across
 # through a map fitted on unrelated text keeps much of its ranking.
-#
+
+# %% tags=["remove-input"]
+box_null = {"raw": np.quantile(null_raw, .95), "aligned": np.quantile(null_al, .95)}
+box_vs = {k: "above" if round(ci[1], 2) > round(box_null[k], 2) else "not clearly above"
+          for k, ci in (("raw", raw_ci), ("aligned", al_ci))}
+display(result(
+    f"On {len(s_a)} unseen replies the two models' own probes agree with Pearson r {interval(*raw_ci)}, "
+    f"{box_vs['raw']} permuted texts' 95th percentile ({box_null['raw']:.2f}); {MODEL}'s probe on {OTHER}'s "
+    f"activations mapped into its space gives {interval(*al_ci)}, {box_vs['aligned']} a map fitted on mismatched "
+    f"texts ({box_null['aligned']:.2f})."))
+
+# %% [markdown]
 # ## 5. Does the probe rank replies to situations the pairs never cover?
 #
 # The pairs come from five games. The empathy judges' corpus (chapter 02,
@@ -886,7 +931,15 @@ plt.show()
 # That fits the polite-refusal test above: the probe separates replies
 # about the task from replies about the person, not kind ones from
 # unkind ones.
-#
+
+# %% tags=["remove-input"]
+box_situations = len({r["situation"] for r in graded})
+display(result(
+    f"On {high.sum() + low.sum()} graded replies to {box_situations} situations the pairs never cover, the probe's "
+    f"AUROC for grades 4-5 against 1-2 is {interval(*gr_auc)}, against {interval(*gr_kw_auc)} for a keyword count "
+    f"(chance 0.50): {interval(*gr_task)} against task-only replies, {interval(*gr_cold)} against dismissive ones."))
+
+# %% [markdown]
 # ## 6. Does the probe track the empathy of real generations?
 #
 # The last check uses the model's own greedy replies to held-out
@@ -930,7 +983,16 @@ plt.show()
 # These replies answer personal situations, so they differ more in warmth
 # (what the judge scores) than in attention to the person against a task
 # (what the probe reads).
-#
+
+# %% tags=["remove-input"]
+box_null = np.quantile(null_gen, .95)
+box_digits = 3 if f"{r_est:.2f}" == f"{box_null:.2f}" else 2  # a third digit where two would read as a tie
+display(result(
+    f"Over the model's {len(keep)} own replies, the probe and the tuning empathy judge correlate with Pearson r "
+    f"{interval(r_est, r_lo, r_hi, box_digits)}, {'above' if r_est > box_null else 'not above'} the "
+    f"{box_null:.{box_digits}f} that shuffled pairings reach one time in twenty."))
+
+# %% [markdown]
 # ## Headline numbers
 #
 # Recorded for the results chapter and the regression check.

@@ -72,6 +72,7 @@ from emocircuits import probes as P
 from emocircuits import steering as S
 from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
+from emocircuits.page import result
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 from emocircuits.tables import interval, show
@@ -171,6 +172,14 @@ show(grid.assign(unique=[", ".join(f"{a:g}" for a in u) for u in grid["unique"]]
      columns={"layer": "layer", "positions": "positions", "scale": "alpha in units of", "unique": "alphas",
               "size": "replies"})
 
+# %% tags=["remove-input"]
+box_mid = fit.metrics["layers"][str(n // 2)]
+display(result(
+    f"The probe direction tells held-out empathic from task-focused replies apart with AUROC "
+    f"{interval(box_mid['auroc'], *box_mid['auroc_ci'])} at layer {n // 2}, where it is pushed (chance 0.50); "
+    f"paper A's largest push, 20 unit vectors, is {20 / rms[n // 2]:.2f} residual RMS there and "
+    f"{20 / rms[CANDIDATES[0]]:.2f} at layer {CANDIDATES[0]}. The grid draws {len(records)} sampled replies."))
+
 # %% [markdown]
 # ## 2. Judging every reply
 #
@@ -264,6 +273,18 @@ for ax in axes:
     ax.legend(fontsize=8)
 plt.show()
 
+# %% tags=["remove-input"]
+box_rows = table[(table.layer == n // 2) & (table.positions == "all") & table.scale.isin(["rms", "any"])]
+box_rows = box_rows.set_index("alpha")  # the unpushed row's scale is "any"
+box_0, box_dn, box_up = (box_rows.loc[a] for a in (0, -1, 1))
+box_score, box_success = ({a: interval(r[c], r[f"{c}_lo"], r[f"{c}_hi"])
+                           for a, r in ((0, box_0), (-1, box_dn), (1, box_up))} for c in ("score", "success"))
+display(result(
+    f"Pushed by -1 and +1 x RMS at every position of layer {n // 2}, judged empathy is {box_score[-1]} and "
+    f"{box_score[1]} against {box_score[0]} unpushed, with {box_dn.coherent_share:.2f} and "
+    f"{box_up.coherent_share:.2f} of replies coherent against {box_0.coherent_share:.2f}; the honest success rate is "
+    f"{box_success[-1]} down and {box_success[1]} up."))
+
 # %% [markdown]
 # ## 3. Paper A's keyword metric beside it
 #
@@ -303,6 +324,15 @@ ex = df[(df.layer == ex_layer) & (df.positions == "all") & (df.scale == "rms") &
 ex = ex.sort_values("alpha")
 print("situation:", prompts[0]["user"])
 show(ex, columns={"alpha": "alpha (x RMS)", "text": "reply", "score": "judged empathy", "coherent": "coherent"})
+
+# %% tags=["remove-input"]
+box_neg, box_pos = kw[kw.alpha < 0], kw[kw.alpha > 0]
+box_higher = int((box_neg["keyword success (paper A)"] > box_neg["honest success"]).sum())
+display(result(
+    f"Pushed away from empathy, paper A's keyword metric reads {box_neg['keyword success (paper A)'].mean():.2f} on "
+    f"average against an honest success rate of {box_neg['honest success'].mean():.2f} (higher on {box_higher} of "
+    f"{len(box_neg)} settings); pushed toward it, {box_pos['keyword success (paper A)'].mean():.2f} against "
+    f"{box_pos['honest success'].mean():.2f}."))
 
 # %% [markdown]
 # ## 4. The best setting, against the goal
@@ -430,6 +460,22 @@ pd.Series(headline).to_frame("value")
 # (GPU) for a model with a wider range.
 # Section 6 comes back to the goal with a second direction beside this
 # one.
+
+# %% tags=["remove-input"]
+def box_vs_chance(lo, hi, chance):
+    """Where a share's interval lies against its chance level, as the boxes say it (at the printed digits)."""
+    lo, hi, chance = round(lo, 2), round(hi, 2), round(chance, 2)
+    where = "above" if lo > chance else "below" if hi < chance else "an interval that includes"
+    return f"{where} chance ({chance:.2f})"
+
+
+box_moved = interval(confirmed.share, confirmed.share_lo, confirmed.share_hi)
+display(result(
+    f"The setting chosen on {int(top.prompts)} situations ({push_label(top.alpha, top.scale, top.layer, both=True)} "
+    f"at {top.positions} positions of layer {int(top.layer)}) moves {box_moved} of {int(confirmed.prompts)} fresh "
+    f"situations both ways, {box_vs_chance(confirmed.share_lo, confirmed.share_hi, confirmed.chance)}, with "
+    f"{confirmed.coherent_share:.2f} of replies coherent: the goal (0.80 moved, 0.90 coherent) is "
+    f"{'met' if confirmed.meets_goal else 'not met'}."))
 
 # %% [markdown]
 # ## 5. A direction from the model's own replies (Persona Vectors)
@@ -656,6 +702,14 @@ persona_headline = record(
 # assumes one. Re-run this section with `MODEL = "gemma-2-2b-it"` (GPU)
 # to test it.
 
+# %% tags=["remove-input"]
+box_moved = interval(pc["moved both ways"], pc.lo, pc.hi)
+display(result(
+    f"The model's warm-prompt reply is judged above its cold-prompt one on {interval(*follows)} of questions (0.50 "
+    f"if ignored); pushed along the direction built from them, {box_moved} of {len(fresh)} fresh situations move "
+    f"both ways, {box_vs_chance(pc.lo, pc.hi, pc.chance)}, against "
+    f"{confirm.loc['probe direction', 'moved both ways']:.2f} for the probe direction at the same setting."))
+
 # %% [markdown]
 # ## 6. The two directions together
 #
@@ -830,6 +884,16 @@ pd.Series(sum_headline).to_frame("value")
 #   n-gram judge of the reply alone, with its measured accuracy; "judged
 #   empathy" is that judge's reading.
 
+# %% tags=["remove-input"]
+box_met = bs["moved both ways"] >= 0.8 and bs["coherent share"] >= 0.9  # steering.both_ways's goal
+display(result(
+    f"Pushed {b_a:g} x RMS along the sum of both directions, {interval(bs['moved both ways'], bs.lo, bs.hi)} of "
+    f"{len(confirm_set)} confirmation situations move both ways, {box_vs_chance(bs.lo, bs.hi, bs.chance)}, against "
+    f"{b_rows.loc['probe direction alone', 'moved both ways']:.2f} and "
+    f"{b_rows.loc['persona direction alone', 'moved both ways']:.2f} for the probe and persona directions alone, "
+    f"with {bs['coherent share']:.2f} of replies coherent. The goal (0.80 moved, 0.90 coherent) is "
+    f"{'met' if box_met else 'not met'}."))
+
 
 # %% [markdown]
 # ## 7. Export
@@ -874,7 +938,14 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 # against a chance of 0.17, and broke 22 of the 96 replies it pushed
 # away from empathy. A model that follows instructions may do better;
 # the chapter's confirmation is the check to rerun on it.
-#
+
+# %% tags=["remove-input"]
+display(result(
+    f"The {len(saved)} directions are saved as safetensors with the setting chosen for each, and the sum's llama.cpp "
+    f"control vector reloads with a largest difference of {float((back[MID] - vec).abs().max()):.1e} per entry from "
+    f"the saved vector."))
+
+# %% [markdown]
 # ## What this chapter cannot show
 #
 # - **That the direction is the model's own.** Adding a vector can produce

@@ -4,7 +4,8 @@ The QUICK book (every chapter executed by papermill, rendered by Jupyter Book)
 is served on 127.0.0.1 and each chapter page is opened: it loads without
 console errors, its figures are there, decoded and described (alt text),
 no cell shows an error or prints to stderr, no output is wider than the
-column, code takes at most 15% of the page's height, it has a summary,
+column, code takes at most 15% of the page's height, each numbered section
+has a boxed result and the chapter a summary,
 the sidebar reaches every chapter, launch buttons point at Colab and Binder,
 circuitsvis views render from their inlined bundle, and no page is heavy.
 The start page shows this build's findings, their figure and every chapter.
@@ -123,9 +124,9 @@ def test_every_chapter_page_in_a_browser(site, browser):
         wide = browser.execute_script(
             "const right = document.querySelector('article').getBoundingClientRect().right;"
             "return [...document.querySelectorAll('article .cell_output, article .cell_output pre,"
-            " article .cell_output table')].filter(e => e.scrollWidth > e.clientWidth + 2"
+            " article .cell_output table, article .cell_input pre')].filter(e => e.scrollWidth > e.clientWidth + 2"
             " || e.getBoundingClientRect().right > right + 2).map(e => e.innerText.slice(0, 60))")
-        problems += [f"{stem}: output wider than the column: {t!r}" for t in wide]
+        problems += [f"{stem}: a cell wider than the column: {t!r}" for t in wide]
         code = browser.execute_script(
             "const art = document.querySelector('article'); let code = 0;"
             "art.querySelectorAll('.cell_input').forEach(e => {"
@@ -140,6 +141,10 @@ def test_every_chapter_page_in_a_browser(site, browser):
             "return [...document.querySelectorAll('article h2')].map(h => h.innerText.trim())")
         if not any(h.startswith("Summary") for h in headings):
             problems.append(f"{stem}: no Summary section (headings: {headings})")
+        unboxed = browser.execute_script(
+            "return [...document.querySelectorAll('article section > h2')].filter(h => /^\\d+\\./.test(h.innerText))"
+            ".filter(h => !h.parentElement.querySelector('.admonition.result')).map(h => h.innerText)")
+        problems += [f"{stem}: section {h!r} ends without a boxed result (emocircuits.page.result)" for h in unboxed]
         n_err = browser.execute_script(
             "return document.querySelectorAll('.cell_output .output.traceback, .cell_output .output.error').length")
         if n_err:
