@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
+from IPython.display import display
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_score
 
@@ -63,8 +64,10 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import sizer
 from emocircuits.judges import EmotionJudge
+from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
+from emocircuits.tables import interval
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -118,6 +121,14 @@ sns.boxplot(lengths, x="valence", y="words", hue="set", ax=ax)
 ax.set(title="Event length by valence", ylabel="words per event")
 plt.show()
 lengths.groupby(["set", "valence"])["words"].describe()[["mean", "std", "min", "max"]].round(1)
+
+# %% tags=["remove-input"]
+box_mean = lengths.groupby(["set", "valence"])["words"].mean()
+box_spread = max(box_mean[name].max() - box_mean[name].min() for name in ("discovery", "test"))
+display(result(
+    f"{len(disc)} discovery and {len(test)} test scenarios give {len(prompts):,} discovery prompts (3 valences x "
+    f"{len(ds.EMOTIONS)} emotions each); the mean event length differs by at most {box_spread:.1f} words between "
+    f"valences, on events of {lengths.words.mean():.0f} words on average."))
 
 # %% [markdown]
 # ## 2. Empathy in action (paper A's design)
@@ -236,6 +247,15 @@ print(f"{len(matched)} pairs ({sum(r.split == 'train' for r in matched)} train);
       f"{int(ds.keyword_counts([r.positive for r in matched]).sum())} / "
       f"{int(ds.keyword_counts([r.negative for r in matched]).sum())}")
 
+# %% tags=["remove-input"]
+box_len, box_kw = (next(t for t in table if t["cue"] == cue and t["pairs"] == "original")
+                   for cue in ("length (words)", "empathy keywords"))
+display(result(
+    f"Across held-out games, a classifier on reply length tells the sides of the {len(pairs)} stored pairs apart at "
+    f"{box_len['accuracy']:.2f} and one on keyword counts at {box_kw['accuracy']:.2f} (chance 0.50); empathic "
+    f"minus task-focused length is {interval(diff, lo, hi, 1)} words, and the {len(matched)} matched pairs hold "
+    f"length, frame and keywords fixed."))
+
 # %% [markdown]
 # ## 3. Paper C's prompts, and held-out situations
 #
@@ -254,6 +274,14 @@ print(f"{len(held)} held-out situations, e.g.:")
 for r in held[:5]:
     print(" -", r.text)
 
+# %% tags=["remove-input"]
+box_names = {"system_empathetic": "empathetic system prompts", "system_neutral": "neutral system prompt",
+             "situation": "situations"}
+box_kinds = pd.Series([box_names.get(r.kind, r.kind) for r in cp]).value_counts()
+display(result(
+    f"Paper C's prompts come as given ({', '.join(f'{n} {k}' for k, n in box_kinds.items())}), and "
+    f"{len(held)} situations written here keep its circuit's evaluation off the prompts it was found on."))
+
 # %% [markdown]
 # ## 4. Persona pairs (Persona Vectors' design)
 #
@@ -269,6 +297,14 @@ pd.DataFrame([{"id": r.id, "empathetic": r.positive, "apathetic": r.negative} fo
 
 # %%
 pd.Series([q.split for q in questions]).value_counts()
+
+# %% tags=["remove-input"]
+box_split = pd.Series([q.split for q in questions]).value_counts()
+box_use = {"extract": "build the direction", "eval": "judge it"}
+display(result(
+    f"{len(persona)} pairs of warm and cold system prompts and {len(questions)} questions: "
+    + " and ".join(f"{n} to {box_use.get(k, k)}" for k, n in box_split.items())
+    + ", so the persona direction is judged on questions it was not built from."))
 
 # %% [markdown]
 # ## Elicitation
