@@ -179,8 +179,9 @@ def _landing_page_problems(browser, base) -> list[str]:
     if found is None:
         return problems + ["landing page: no 'What this build found' section"]
     with_numbers = [f for f in found if any(ch.isdigit() for ch in f) and "[" in f]
-    if len(with_numbers) < 4:
-        problems.append(f"landing page: {len(with_numbers)} findings with a number and interval (want >= 4)")
+    if not 4 <= len(with_numbers) == len(found) <= 6:
+        problems.append(f"landing page: {len(found)} findings, {len(with_numbers)} with a number and interval "
+                        "(want 4-6, each with one)")
     imgs = browser.execute_script(
         "return [...document.querySelectorAll('section#what-this-build-found img')].map(i => "
         "[i.complete ? i.naturalWidth : 0, (i.getAttribute('alt') || '').trim()])")

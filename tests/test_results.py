@@ -203,14 +203,16 @@ def _rendered_rows(html: str) -> list[list[str]]:
 def test_a_finding_appears_only_with_its_numbers_and_its_wording_follows_them():
     from emocircuits.results import findings
 
-    apart = {"graded_task_auroc": 0.94, "graded_task_auroc_lo": 0.90, "graded_task_auroc_hi": 0.97,
+    probe = {"auroc_response": 1.0, "random_p95_response": 0.86, "matched_auroc": 0.91, "bow_matched_auroc": 0.88}
+    apart = {**probe, "graded_task_auroc": 0.94, "graded_task_auroc_lo": 0.90, "graded_task_auroc_hi": 0.97,
              "graded_dismissive_auroc": 0.60, "graded_dismissive_auroc_lo": 0.52, "graded_dismissive_auroc_hi": 0.68}
     (text,) = findings({"03_probes": apart})
-    assert "at 0.94 [0.90, 0.97] and above dismissive ones at 0.60 [0.52, 0.68] (chance 0.50): it reads" in text
+    assert ("task-only replies at 0.94 [0.90, 0.97] and above dismissive ones at 0.60 [0.52, 0.68]: it reads person "
+            "against task more than warm against cold.") in text
     close = {**apart, "graded_dismissive_auroc_hi": 0.92}
     assert findings({"03_probes": close}) == [text.replace(
-        ": it reads the pairs' contrast, person against task, more than warm against cold", "").replace(
+        ": it reads person against task more than warm against cold", "").replace(
         "0.60 [0.52, 0.68]", "0.60 [0.52, 0.92]")]
-    assert findings({"03_probes": {"graded_task_auroc": 0.9}}) == []  # a number missing: no sentence, no filler
+    assert findings({"03_probes": {**probe, "graded_task_auroc": 0.9}}) == []  # a number missing: no sentence
     with pytest.raises(TypeError, match="recorded must be a dict"):
         findings([apart])

@@ -390,7 +390,7 @@ class Finding:
 
 def _person_not_warmth(rec: dict) -> str:
     apart = (rec.get("graded_task_auroc_lo") or 0) > (rec.get("graded_dismissive_auroc_hi") or 1)
-    return ": it reads the pairs' contrast, person against task, more than warm against cold" if apart else ""
+    return ": it reads person against task more than warm against cold" if apart else ""
 
 
 FINDINGS: tuple[Finding, ...] = (
@@ -401,13 +401,10 @@ FINDINGS: tuple[Finding, ...] = (
             "{empathy_judge_fresh_rho} with their labels (reply length alone: {empathy_fresh_length_rho})."),
     Finding("03_probes",
             "**Reading empathy (paper A, chapter 03).** A mean-difference probe tells an empathic reply from a "
-            "task-focused one in the same game at test AUROC {auroc_response} (random directions' 95th percentile: "
-            "{random_p95_response}); on pairs written to share frame and length it scores {matched_auroc}, and a "
-            "bag of words {bow_matched_auroc}."),
-    Finding("03_probes",
-            "**What the probe reads (chapter 03).** On graded replies to situations no pair covers, it ranks "
-            "empathic replies above task-only ones at {graded_task_auroc} and above dismissive ones at "
-            "{graded_dismissive_auroc} (chance 0.50){clause}.", _person_not_warmth),
+            "task-focused one at test AUROC {auroc_response} (random directions' 95th percentile: "
+            "{random_p95_response}), and {matched_auroc} on pairs that share frame and length (a bag of words: "
+            "{bow_matched_auroc}). On graded replies to new situations it ranks empathic above task-only replies at "
+            "{graded_task_auroc} and above dismissive ones at {graded_dismissive_auroc}{clause}.", _person_not_warmth),
     Finding("06_steering",
             "**Steering empathy (paper A, chapter 06).** A setting chosen on some situations moved judged empathy "
             "the intended way under both signs in {both_ways_confirmed} of fresh situations with the probe "
