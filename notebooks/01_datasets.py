@@ -161,11 +161,11 @@ pd.crosstab(pd.Series([r.scenario for r in pairs], name="game"), pd.Series([r.sp
 # A probe trained on these pairs could succeed for the wrong reason if the
 # two sides differ in something shallow. We check two shallow cues with a
 # cross-validated logistic regression, grouped by game so that the test
-# folds hold games the classifier has not seen: the reply's **length**, and
-# its count of **empathy keywords** (the ~45-word list that lexical ablation
-# replaces, shown at the end). Chance is 50%. With five folds a bootstrap
-# interval would be too coarse, so beside the mean we give the range over
-# folds.
+# folds hold games the classifier has not seen. The cues are the reply's
+# **length** and its count of **empathy keywords** (the 44-word list that
+# lexical ablation replaces, shown at the end). Chance is 50%. With five
+# folds a bootstrap interval would be too coarse, so beside the mean we
+# give the range over folds.
 
 # %%
 def shallow_accuracy(records, feature):
@@ -203,19 +203,21 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# Length tells the sides apart at about chance; keywords do better than
-# chance but not well (the accuracy above), and lexical ablation removes that cue (a keyword count of zero on
-# both sides leaves nothing to learn). So in chapter 03 a probe that still
-# separates ablated pairs is reading more than vocabulary. What this cannot
-# show: other shallow cues (sentence structure, pronouns, the word *task*)
-# remain, and 50 pairs written by one author carry that author's style.
+# Length tells the sides apart at about chance. Keywords do better than
+# chance but not well (the accuracy above), and lexical ablation removes
+# that cue: a keyword count of zero on both sides leaves nothing to learn.
+# So in chapter 03 a probe that still separates ablated pairs is reading
+# more than vocabulary. What this cannot show: other shallow cues (sentence
+# structure, pronouns, the word *task*) remain, and 50 pairs written by one
+# author carry that author's style.
 #
 # Keywords separate the stored pairs only moderately, and ablation finds
-# few of them to replace (the empathic replies mostly *act*). For a strong test,
-# `eia_lexical.jsonl` puts the keywords where they matter: 20 pairs in the
-# same games, never trained on. In `care_words` pairs only the empathic
-# reply uses them; in `polite_task` pairs only the task-focused reply does,
-# wrapped around a refusal. Chapter 03 scores the probe on both.
+# few of them to replace (the empathic replies mostly *act*). For a strong
+# test, `eia_lexical.jsonl` puts the keywords where they matter: 20 pairs
+# in the same games, never trained on. In `care_words` pairs only the
+# empathic reply uses them; in `polite_task` pairs only the task-focused
+# reply does, wrapped around a refusal. Chapter 03 scores the probe on
+# both.
 
 # %%
 lexical = ds.load_named("eia_lexical")
@@ -229,12 +231,12 @@ kw.groupby("variant").agg(["count", "sum"])
 
 # %% [markdown]
 # Each side of a stored pair is written freely, in its own sentences and
-# details. `eia_matched.jsonl` (70 pairs: 30 test and 40 train, 6 and 8
-# per game) holds more fixed: both sides of a pair open with the same
-# word, have nearly the same length, follow one frame, use no keyword,
-# and differ in whom the action serves. Chapter 03 uses its test pairs to
-# ask whether the probe reads that contrast or something else that comes
-# with the stored pairs' sides, and its train pairs to fit a probe where
+# details. `eia_matched.jsonl` (70 pairs: 30 test and 40 train, 6 and 8 per
+# game) holds more fixed. Both sides of a pair open with the same word,
+# have nearly the same length, follow one frame and use no keyword. They
+# differ in whom the action serves. Chapter 03 uses its test pairs to ask
+# whether the probe reads that contrast or something else that comes with
+# the stored pairs' sides. It uses its train pairs to fit a probe where
 # little else differs.
 
 # %%
@@ -362,9 +364,9 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 # - `ds.load_named(name)` reads and validates any of the files above; bad
 #   records fail with the file, line and field.
 # - `ds.sev_prompts` builds paper B's 2,880 discovery prompts by code.
-# - EIA pairs carry a stored 35/15 split; `ds.lexical_ablation` removes the
-#   keyword cue from both sides; `eia_lexical.jsonl` (20 pairs) is where
-#   that cue is strong, used as a stress test in chapter 03, and
+# - EIA pairs carry a stored 35/15 split, and `ds.lexical_ablation` removes
+#   the keyword cue from both sides. `eia_lexical.jsonl` (20 pairs) is
+#   where that cue is strong, used as a stress test in chapter 03.
 #   `eia_matched.jsonl` (30 test and 40 train pairs) holds register fixed
 #   for the same chapter.
 # - `ds.elicit` keeps generations with everything needed to redo them.

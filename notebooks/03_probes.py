@@ -108,7 +108,7 @@ def fmt(est, lo, hi, digits=2):
 #
 # Each pair is an EIA game prompt followed by two replies, one empathic and
 # one task-focused (chapter 01). The probe is the normalised difference of
-# the two sides' mean activations on the 35 training pairs; it is scored by
+# the two sides' mean activations on the 35 training pairs. It is scored by
 # AUROC on the 15 test pairs, with a bootstrap interval over pairs. Three
 # poolings turn a text's token activations into one vector:
 #
@@ -120,9 +120,9 @@ def fmt(est, lo, hi, digits=2):
 # The grey line is the 95th percentile of 100 random unit directions,
 # each oriented on the training pairs as a probe would be.
 #
-# **The layer is chosen before any test pair is read**: for each layer, a
-# direction fitted on four games' training pairs scores the fifth game's,
-# and the layer with the best mean of those five AUROCs is the probe's
+# **The layer is chosen before any test pair is read.** For each layer, a
+# direction fitted on four games' training pairs scores the fifth game's.
+# The layer with the best mean of those five AUROCs is the probe's
 # (`layer_rule` in the probe's metrics). Its test AUROC is the headline.
 # The layer where test AUROC peaks is shown beside it, labelled as what it
 # is: a choice made by looking, optimistic by construction.
@@ -170,20 +170,20 @@ show_table(pd.DataFrame(rows), columns={
     caption="Baselines at the same layer, on the same test pairs")
 
 # %% [markdown]
-# `mean_all` averages the prompt, which both sides share, into each
-# vector, so the reply's signal is diluted by a long identical prefix, and
-# the probe partly learns how the reply *changes the average*. Averaging
-# over the reply alone gives the highest AUROC and Cohen's d on the
-# default model, though not the largest margin over the random directions
-# (below); the rest of the book uses `mean_response` for replies and
+# `mean_all` averages the prompt, which both sides share, into each vector.
+# So the reply's signal is diluted by a long identical prefix, and the
+# probe partly learns how the reply *changes the average*. Averaging over
+# the reply alone gives the highest AUROC and Cohen's d on the default
+# model, though not the largest margin over the random directions (below).
+# The rest of the book uses `mean_response` for replies and
 # `last_prompt_token` for prompts.
 #
-# Note also that random directions are not at 0.5: oriented on the
-# training data, a random direction picks up whatever the two sides differ
-# in along it. That is why the baseline is shown, not assumed. Paper A
-# scored its random directions unsigned (its 95th percentile: 0.857);
-# the second table's unsigned column does the same with the same draws,
-# for a like-for-like comparison. Unsigned directions centre on 0.5 by
+# Note also that random directions are not at 0.5: oriented on the training
+# data, a random direction picks up whatever the two sides differ in along
+# it. That is why the baseline is shown, not assumed. Paper A scored its
+# random directions unsigned (its 95th percentile: 0.857). The second
+# table's unsigned column does the same with the same draws, for a
+# like-for-like comparison. Unsigned directions centre on 0.5 by
 # construction, so the oriented baseline is the stricter of the two.
 #
 # Why do random directions do so well? Its last column looks for one
@@ -191,24 +191,23 @@ show_table(pd.DataFrame(rows), columns={
 # vectors, found without their labels and only oriented by them. Where it
 # separates the test pairs nearly as well as the probe, empathic versus
 # task is the largest thing that varies across these replies (they share
-# their prompts, so little else does), and a random direction separates
-# them to the extent that it leans on that axis. In the book run it does
-# not: at the chosen layers the first component stays near chance (0.59
-# for `mean_response` at layer 24), yet there random directions' 95th
-# percentile reaches 0.76 (unsigned) and 0.82 (oriented). The contrast
-# is spread over several axes of variation, and a random direction picks
-# up part of it along any of them. Either way a
-# high random baseline is a property of the data, not a flaw of the
-# probe, and it means that detecting this contrast is easy: the probe's
-# margin over the random directions, not its AUROC, is the evidence that
-# it found the contrast's own direction.
+# their prompts, so little else does). In that case a random direction
+# separates them to the extent that it leans on that axis. In the book run
+# it does not. At the chosen layers the first component stays near chance
+# (0.59 for `mean_response` at layer 24), yet there random directions' 95th
+# percentile reaches 0.76 (unsigned) and 0.82 (oriented). The contrast is
+# spread over several axes of variation, and a random direction picks up
+# part of it along any of them. Either way a high random baseline is a
+# property of the data, not a flaw of the probe. It means that detecting
+# this contrast is easy. The probe's margin over the random directions, not
+# its AUROC, is the evidence that it found the contrast's own direction.
 #
 # When both the probe and the random directions separate nearly every test
 # pair, AUROC (which stops at 1) hides the gap between them; Cohen's d does
 # not. The `d` columns (the probe's in the first table, the random
-# directions' in the second) compare the two on the same test pairs: how
-# much farther apart the probe puts the two sides than a direction that
-# knows nothing but the training sign.
+# directions' in the second) compare the two on the same test pairs. They
+# show how much farther apart the probe puts the two sides than a direction
+# that knows nothing but the training sign.
 #
 # A second baseline: the same probe trained after swapping the two sides
 # of each training pair at random.
@@ -237,11 +236,11 @@ print(f"share of shuffled probes at or above the real one: "
 # The shuffled-label baseline can have a high 95th percentile even though
 # its mean is 0.5. When the two sides differ along one dominant axis, any
 # random relabelling of the training pairs still yields a direction close
-# to that axis, pointing either way, so its test AUROC lands near 0 or
-# near 1. The share of shuffled probes that reach the real probe's AUROC
-# is the permutation p-value; the random-direction baseline (which knows
-# nothing of the data) is the stricter comparison for "is there a
-# direction at all".
+# to that axis, pointing either way. Its test AUROC then lands near 0 or
+# near 1. The share of shuffled probes that reach the real probe's AUROC is
+# the permutation p-value. The random-direction baseline (which knows
+# nothing of the data) is the stricter comparison for "is there a direction
+# at all".
 
 # %% [markdown]
 # ### Does the probe read whom the reply serves, or how it is written?
@@ -249,12 +248,11 @@ print(f"share of shuffled probes at or above the real one: "
 # The high random baseline says that the stored pairs' two sides differ
 # along many directions at once. Each side of a stored pair is written
 # freely, in its own sentences and details, so a direction can separate
-# them by anything that goes with the contrast. `eia_matched.jsonl` (its
-# 30 test pairs, 6 per game; chapter 01) holds more of that fixed. Both
-# sides of a pair open with the same word, have nearly the same length
-# (17 to 25 words), follow one frame in the same plain register and use
-# no care word; one spends its action on the person, the other on the
-# task:
+# them by anything that goes with the contrast. `eia_matched.jsonl` (its 30
+# test pairs, 6 per game; chapter 01) holds more of that fixed. Both sides
+# of a pair open with the same word, have nearly the same length (17 to 25
+# words), follow one frame in the same plain register and use no care word.
+# One spends its action on the person, the other on the task:
 #
 # > *I set the crate down, open a bottle and hand it to Jonah, then wait
 # > in the shade while he drinks it slowly.*
@@ -316,75 +314,76 @@ show_table(pd.DataFrame([transfer_row("best on the stored pairs", best),
 # The first row is the fair test: its layer was fixed before the matched
 # pairs were scored. The second row picks the layer on the matched pairs
 # themselves, so it is optimistic, but with every layer drawn on the
-# picture the reader can see how much. The third is a lexical baseline:
-# the same probe fitted on the reply's input embeddings, before any block
-# has run, so its pooled vector is the average of the reply's token
-# embeddings, a bag of words.
+# picture the reader can see how much. The third is a lexical baseline: the
+# same probe fitted on the reply's input embeddings, before any block has
+# run. So its pooled vector is the average of the reply's token embeddings,
+# a bag of words.
 #
-# In the book run on the default model (every other layer), the fixed
-# row holds. The layer chosen on the stored pairs' training split (layer
-# 24) scores 0.92 [0.87, 0.97] on the matched pairs, against a 95th
-# percentile of 0.72 for random directions, and puts every pair the right
-# way round (random directions: 80% at their 95th percentile). The peak
-# row, picked on the matched pairs themselves, adds 0.01 (layer 28). From
-# layer 10 on, every layer's AUROC on matched pairs (0.86 to 0.93) stays
-# well above the random directions' percentile (0.70 to 0.76). So the
-# matched contrast (or the words that come with it; see below) is
-# linearly readable in this model's middle and late layers.
+# In the book run on the default model (every other layer), the fixed row
+# holds. The layer chosen on the stored pairs' training split (layer 24)
+# scores 0.92 [0.87, 0.97] on the matched pairs, against a 95th percentile
+# of 0.72 for random directions. It puts every pair the right way round
+# (random directions: 80% at their 95th percentile). The peak row, picked
+# on the matched pairs themselves, adds 0.01 (layer 28). From layer 10 on,
+# every layer's AUROC on matched pairs (0.86 to 0.93) stays well above the
+# random directions' percentile (0.70 to 0.76). So the matched contrast (or
+# the words that come with it; see below) is linearly readable in this
+# model's middle and late layers.
 #
-# How the layer is chosen matters. An earlier version of this chapter
-# took the layer with the best AUROC on the stored *test* pairs: layer 4.
-# It carries over poorly, 0.71 on the matched pairs, barely above the
-# random directions' 0.68 at that layer, with fewer pairs the right way
-# round (70%) than the best random directions (77%): the stored test
-# split, 15 pairs, rewarded a layer that reads something the matched
-# pairs hold fixed, or that does not carry over to replies this short
-# (about 20 words against the stored replies' 50). Choosing on the
-# training pairs by leaving one game out avoided that trap here; the
-# picture shows every layer, so the reader can check the choice. Section
-# 4 repeats the check at the second model's chosen layer.
+# How the layer is chosen matters. An earlier version of this chapter took
+# the layer with the best AUROC on the stored *test* pairs: layer 4. It
+# carries over poorly, 0.71 on the matched pairs, barely above the random
+# directions' 0.68 at that layer. It also puts fewer pairs the right way
+# round (70%) than the best random directions (77%). The stored test split,
+# 15 pairs, rewarded a layer that reads something the matched pairs hold
+# fixed, or that does not carry over to replies this short (about 20 words
+# against the stored replies' 50). Choosing on the training pairs by
+# leaving one game out avoided that trap here; the picture shows every
+# layer, so the reader can check the choice. Section 4 repeats the check at
+# the second model's chosen layer.
 #
-# The bag of words is the strongest baseline in this chapter. On the
-# stored test pairs (the line above the table) it comes within 0.04 of
-# the probe on the default model (0.95 against 0.98): telling these replies apart needs
-# little more than their words, which the 44-word lexical ablation of
-# section 2 could not show, since it removes only care words. It
-# separates the matched pairs too, well above random directions: a reply
-# that serves the person uses words for giving and staying ("give",
+# The bag of words is the strongest baseline in this chapter. On the stored
+# test pairs (the line above the table) it comes within 0.04 of the probe
+# on the default model (0.95 against 0.98). Telling these replies apart
+# needs little more than their words. The 44-word lexical ablation of
+# section 2 could not show that, since it removes only care words. The bag
+# of words separates the matched pairs too, well above random directions. A
+# reply that serves the person uses words for giving and staying ("give",
 # "sit", "stay", "help", "until") and refers to the person as "him" or
-# "her"; one that serves the task uses words for checking and moving on
-# ("keep", "check", "code", "every"). The fixed and peak rows beat the
-# bag of words (0.88 [0.81, 0.94]) by 0.04 and 0.05, with overlapping
-# intervals. This test cannot separate reading whom the
-# action serves from reading the words that go with serving someone; no
-# set of natural sentences can remove that.
+# "her". One that serves the task uses words for checking and moving on
+# ("keep", "check", "code", "every"). The fixed and peak rows beat the bag
+# of words (0.88 [0.81, 0.94]) by 0.04 and 0.05, with overlapping
+# intervals. This test cannot separate reading whom the action serves from
+# reading the words that go with serving someone; no set of natural
+# sentences can remove that.
 #
-# Random directions still score above 0.5 on matched pairs, probably
-# because, oriented on the stored training pairs, they carry some of
-# what separates those pairs' sides, and the matched pairs' sides still
-# differ in some of it (the pronouns, for one). Their mean near 0.58 is
-# the floor to read the probe against, not chance.
+# Random directions still score above 0.5 on matched pairs. The likely
+# reason: oriented on the stored training pairs, they carry some of what
+# separates those pairs' sides, and the matched pairs' sides still differ
+# in some of it (the pronouns, for one). Their mean near 0.58 is the floor
+# to read the probe against, not chance.
 
 # %% [markdown]
 # ### A probe trained on matched pairs
 #
 # The stored pairs' random baseline is high because their sides differ in
-# more than the contrast. A probe that is meant to read the contrast can
-# be trained where less else differs. `eia_matched.jsonl` also holds 40
-# training pairs (8 per game, written to the same constraints as its
-# test pairs, after the results above were known and before any probe had
-# been trained on them; none was dropped or edited). Like the test pairs,
-# most of their task sides name the person too ("I tell Mara I am going
-# to the keypad"), but their empathic sides use a third-person pronoun
-# (he, she, him, her, his, hers) about five times as often. The same protocol
-# as for the stored pairs follows: mean-difference directions fitted on
-# the 40 training pairs, the best layer by AUROC on the 30 test pairs,
-# 100 random directions oriented on the training pairs, and the bag of
-# words fitted on the same pairs. Two more checks answer the obvious
-# objections. A layer chosen on the test pairs is optimistic, so a second
-# layer is chosen without them: leave one game out of the training pairs,
-# fit on the other four, score the fifth, and average (dashed curve). And
-# the pronouns are counted, with no model at all, as one more baseline.
+# more than the contrast. A probe that is meant to read the contrast can be
+# trained where less else differs. `eia_matched.jsonl` also holds 40
+# training pairs (8 per game), written to the same constraints as its test
+# pairs. They were written after the results above were known and before
+# any probe had been trained on them; none was dropped or edited. Like the
+# test pairs, most of their task sides name the person too ("I tell Mara I
+# am going to the keypad"). But their empathic sides use a third-person
+# pronoun (he, she, him, her, his, hers) about five times as often. The
+# same protocol as for the stored pairs follows: mean-difference directions
+# fitted on the 40 training pairs, and the best layer by AUROC on the 30
+# test pairs. Beside them come 100 random directions oriented on the
+# training pairs, and the bag of words fitted on the same pairs. Two more
+# checks answer the obvious objections. A layer chosen on the test pairs is
+# optimistic, so a second layer is chosen without them. It is chosen by
+# leaving one game out of the training pairs, fitting on the other four,
+# scoring the fifth, and averaging (dashed curve). And the pronouns are
+# counted, with no model at all, as one more baseline.
 
 # %%
 fit_set = matched_all[:: size(2, 1, 1)]  # QUICK: every other pair of each split (15 test, 20 train)
@@ -426,45 +425,44 @@ show_table(pd.DataFrame([
     transfer_row("bag of words trained on matched pairs", 0, bow_m_tr)]))
 
 # %% [markdown]
-# In the book run on the default model, the probe trained on matched
-# pairs reaches 0.96 [0.92, 0.99] at layer 24, against a 95th percentile
-# of 0.72 for random directions (Cohen's d 2.2 against 0.8). Trained on
-# the stored pairs, the same pooling reached 0.98 on their test pairs,
-# but with random directions at 0.82. On the matched test pairs random
-# directions sit far lower whichever pairs orient them (0.68 at layer 4
-# and 0.72 at layer 24 oriented on the stored pairs, 0.72 on the matched
-# train pairs): the matched test pairs, not the training pairs, pull
-# them down. The layer chosen without
-# the test pairs is layer 26, which scores 0.95 [0.91, 0.99] on them
-# (random p95 0.73): the choice costs little, as the picture shows, since
-# from layer 10 on every layer scores about 0.92 to 0.96. Every probe in
-# the table, the bag of words included, puts nearly every pair the right
-# way round, but so do most random directions (80% at their 95th
-# percentile): pair order is a weak test here. What separates the probes
-# is how well their scores rank all 60 replies together, across pairs.
-# Section 4 repeats the test on the second model (gemma3-270m: 0.98 at
-# layer 10, random p95 0.76; the layer chosen on the train pairs alone
-# is the same one). Before writing this section I ran the same fit on
-# every layer of both models, as a pilot (`emocircuits probe --model M
-# --pairs data/eia_matched.jsonl --pooling mean_response` reruns it). It
-# showed that section 4's coarser grid (every fourth layer) would have
-# missed gemma3-270m's best layers and peaked at 0.94, so section 4 fits
-# this probe on every other layer, as here.
+# In the book run on the default model, the probe trained on matched pairs
+# reaches 0.96 [0.92, 0.99] at layer 24, against a 95th percentile of 0.72
+# for random directions (Cohen's d 2.2 against 0.8). Trained on the stored
+# pairs, the same pooling reached 0.98 on their test pairs, but with random
+# directions at 0.82. On the matched test pairs random directions sit far
+# lower whichever pairs orient them: 0.68 at layer 4 and 0.72 at layer 24
+# oriented on the stored pairs, 0.72 on the matched train pairs. It is the
+# matched test pairs, not the training pairs, that pull them down. The
+# layer chosen without the test pairs is layer 26, which scores 0.95 [0.91,
+# 0.99] on them (random p95 0.73). The choice costs little, as the picture
+# shows, since from layer 10 on every layer scores about 0.92 to 0.96.
+# Every probe in the table, the bag of words included, puts nearly every
+# pair the right way round. But so do most random directions (80% at their
+# 95th percentile): pair order is a weak test here. What separates the
+# probes is how well their scores rank all 60 replies together, across
+# pairs. Section 4 repeats the test on the second model (gemma3-270m: 0.98
+# at layer 10, random p95 0.76; the layer chosen on the train pairs alone
+# is the same one). Before writing this section I ran the same fit on every
+# layer of both models, as a pilot (`emocircuits probe --model M --pairs
+# data/eia_matched.jsonl --pooling mean_response` reruns it). It showed
+# that section 4's coarser grid (every fourth layer) would have missed
+# gemma3-270m's best layers and peaked at 0.94. So section 4 fits this
+# probe on every other layer, as here.
 #
 # The baselines temper it. The bag of words, fitted on the same 40 pairs,
 # scores 0.93, within 0.03 of the probe with overlapping intervals (on
 # gemma3-270m it is 0.06 behind). Counting pronouns, with no model and no
-# training, scores 0.85 [0.74, 0.93]: the sides still differ in how often
+# training, scores 0.85 [0.74, 0.93]. The sides still differ in how often
 # they refer to the person, and a direction may use that too. The probe
 # trained on the stored pairs already scores 0.92 on these test pairs at
-# layer 24 and 0.93 at its peak (layer 28). Training on matched pairs
-# adds about 0.03 over that peak, and the layer chosen without the test
-# pairs is a late one (26), as the stored pairs' own choice (24) is. Trained on matched pairs,
-# the direction also ranks the freely written stored test pairs (0.97,
-# the line above the table), so what it learned carries over to them.
-# None of this settles words against intent, and the set is narrow:
-# train and test pairs come from the same five games and one writer, and
-# were written after results were known.
+# layer 24 and 0.93 at its peak (layer 28). Training on matched pairs adds
+# about 0.03 over that peak. The layer chosen without the test pairs is a
+# late one (26), as the stored pairs' own choice (24) is. Trained on
+# matched pairs, the direction also ranks the freely written stored test
+# pairs (0.97, the line above the table), so what it learned carries over
+# to them. None of this settles words against intent, and the set is
+# narrow: train and test pairs come from the same five games and one
+# writer, and were written after results were known.
 
 # %% tags=["remove-input"]
 box_stored, box_matched, box_bow = (fits[POOL].metrics["layers"][str(best)], transfer[best]["detection"],
@@ -565,15 +563,15 @@ print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 
 # every keyword the empathic replies hold; what the probe loses is the drop
 # to compare with the goal of 0.05 or less. On **polite task**, the probe
 # must rank a reply that acts above one that only speaks kindly. On the
-# bundled default model, no layer does this reliably: at the chosen
-# layer (24) the probe scores 0.60 [0.41, 0.77], an interval that holds
-# chance. Ablating the care words out of the refusals raises it to 0.84,
-# and the later layers' AUROC with it, so the care words do pull
-# refusals towards the empathic side. The task-focused replies here talk
-# *to* the person *about their feelings*, the empathic ones say what they
-# do; the probe reads the first as empathy, which the training pairs never
-# had to tell apart from the second. Detection on the stored test pairs is
-# real, but it is not detection of empathic *action*.
+# bundled default model, no layer does this reliably: at the chosen layer
+# (24) the probe scores 0.60 [0.41, 0.77], an interval that holds chance.
+# Ablating the care words out of the refusals raises it to 0.84, and the
+# later layers' AUROC with it, so the care words do pull refusals towards
+# the empathic side. The task-focused replies here talk *to* the person
+# *about their feelings*; the empathic ones say what they do. The probe
+# reads the first as empathy, which the training pairs never had to tell
+# apart from the second. Detection on the stored test pairs is real, but it
+# is not detection of empathic *action*.
 
 # %% tags=["remove-input"]
 box_before, box_after = cw.loc["original", "probe AUROC"], cw.loc["ablated", "probe AUROC"]
@@ -673,14 +671,14 @@ else:
     emo_test = (float("nan"),) * 3
 
 # %% [markdown]
-# On the default model the test accuracy rises with the number of
-# training scenarios (a FULL run adds a row for all 20 per theme), so at
-# this size the six-way probe is limited by its training data, not only by
-# what the layer holds. The intervals are over test prompts only; a
-# different draw of training scenarios would move each row too.
+# On the default model the test accuracy rises with the number of training
+# scenarios (a FULL run adds a row for all 20 per theme). So at this size
+# the six-way probe is limited by its training data, not only by what the
+# layer holds. The intervals are over test prompts only; a different draw
+# of training scenarios would move each row too.
 #
-# Raw activations are dominated by *which scenario* is being read, so
-# both the silhouette score above and the 2-D views below use activations
+# Raw activations are dominated by *which scenario* is being read. So both
+# the silhouette score above and the 2-D views below use activations
 # centred within each scenario-valence group (what varies across the six
 # instructions to the same scenario). PCA at four layers; colours are the
 # instructed emotion.
@@ -729,10 +727,11 @@ print(f"mean off-diagonal cosine {cos[~np.eye(6, dtype=bool)].mean():+.2f} (cent
 # %% [markdown]
 # Centring makes the six centroids sum to zero, so their average cosine is
 # near -0.2 whatever the model does (exactly -0.2 if all six had the same
-# length); only departures from it carry information. Whether anger sits next to disgust and sadness next to fear
-# is printed above for this model; the paper found these neighbours in
-# larger models. On the default model they do not appear: disgust is
-# anger's second-nearest direction, and fear is the farthest from sadness.
+# length). Only departures from it carry information. Whether anger sits
+# next to disgust and sadness next to fear is printed above for this model;
+# the paper found these neighbours in larger models. On the default model
+# they do not appear: disgust is anger's second-nearest direction, and fear
+# is the farthest from sadness.
 
 # %% tags=["remove-input"]
 box_e = emo_df.set_index("layer").loc[best_e]
@@ -748,24 +747,23 @@ display(result(
 # Paper A asked whether probes of different models agree on the same texts.
 # First, the second bundled model's own layer-by-layer result with the
 # `mean_response` probe. Then both models score the 215 replies of the
-# empathy judges' first corpus, `judge_empathy.jsonl` (texts no probe
-# was trained on; a FULL run takes all of them, the default book every
-# fourth, QUICK mode every sixth; the
-# alignment texts below are thinned too, to every sixth in the default
-# book and every tenth in QUICK mode) with their own best-layer
-# empathy probe. Their raw agreement is a Pearson r between the two score
-# lists. (The first cell also scores section 1's matched pairs at the
-# second model's chosen layer: compare it with the first row of that
-# section's table. In the default book, smollm2-135m's chosen layer 24
-# holds, 0.92, and so does gemma3-270m's chosen layer 12 of 18, 0.94,
-# both far above their random directions' 95th percentiles (0.72).
-# It also fits the probe trained on matched pairs, as in section 1.)
-# Each reply is read as the assistant's answer to its situation, pooled
-# over the reply, as the probe was trained. Then model B's activations are
-# mapped into model A's space (PCA to 64 dimensions and an orthogonal
-# Procrustes rotation, fitted on texts of the emotion judge's corpus, 770
-# in a FULL run, disjoint from the 215), and model A's probe scores the mapped
-# activations. The permutation baseline
+# empathy judges' first corpus, `judge_empathy.jsonl`, with their own
+# best-layer empathy probe. No probe was trained on these texts. A FULL run
+# takes all of them, the default book every fourth, QUICK mode every sixth.
+# The alignment texts below are thinned too, to every sixth in the default
+# book and every tenth in QUICK mode. Their raw agreement is a Pearson r
+# between the two score lists. (The first cell also scores section 1's
+# matched pairs at the second model's chosen layer: compare it with the
+# first row of that section's table. In the default book, smollm2-135m's
+# chosen layer 24 holds, 0.92, and so does gemma3-270m's chosen layer 12 of
+# 18, 0.94, both far above their random directions' 95th percentiles
+# (0.72). It also fits the probe trained on matched pairs, as in
+# section 1.) Each reply is read as the assistant's answer to its
+# situation, pooled over the reply, as the probe was trained. Then model
+# B's activations are mapped into model A's space (PCA to 64 dimensions and
+# an orthogonal Procrustes rotation). The map is fitted on texts of the
+# emotion judge's corpus, 770 in a FULL run, disjoint from the 215. Model
+# A's probe then scores the mapped activations. The permutation baseline
 # fits the same map on mismatched texts.
 
 # %%
@@ -850,16 +848,16 @@ show_table(pd.DataFrame([
 ]))
 
 # %% [markdown]
-# The raw correlation says whether the two models *order* the replies
-# alike by their own probes; the aligned one whether a single probe
+# The raw correlation says whether the two models *order* the replies alike
+# by their own probes. The aligned one says whether a single probe
 # transfers across models once the spaces are matched on unrelated text.
 # Judge both against their baselines. Both centre on zero; their 95th
 # percentiles are how high a correlation gets by chance with this many
 # replies. On the default model both clear their baselines by a wide
-# margin: the raw agreement is 0.69 [0.47, 0.83] against a 95th
-# percentile of 0.23 (the two models order unseen replies alike), the
-# aligned one 0.77 [0.67, 0.85] against 0.33: a probe carried across
-# through a map fitted on unrelated text keeps much of its ranking.
+# margin. The raw agreement is 0.69 [0.47, 0.83] against a 95th percentile
+# of 0.23 (the two models order unseen replies alike). The aligned one is
+# 0.77 [0.67, 0.85] against 0.33: a probe carried across through a map
+# fitted on unrelated text keeps much of its ranking.
 
 # %% tags=["remove-input"]
 box_null = {"raw": np.quantile(null_raw, .95), "aligned": np.quantile(null_al, .95)}
@@ -875,13 +873,14 @@ display(result(
 # ## 5. Does the probe rank replies to situations the pairs never cover?
 #
 # The pairs come from five games. The empathy judges' corpus (chapter 02,
-# both files) holds 635 replies to 127 other situations, one per grade:
-# 90 personal (messages from friends, colleagues, strangers, forum posts,
-# customer desks, messages to a chat assistant) and 37 other games. Each
-# reply is graded 1-5 by its author (QUICK mode keeps every third
-# situation with all five of its replies). Every reply is scored by the probe
-# at its best layer, as the assistant's answer to the situation. Does it rank the empathic replies
-# (grade 4-5) above the dismissive or task-only ones (1-2)?
+# both files) holds 635 replies to 127 other situations, one per grade. Of
+# these situations, 90 are personal (messages from friends, colleagues,
+# strangers, forum posts, customer desks, messages to a chat assistant) and
+# 37 are other games. Each reply is graded 1-5 by its author (QUICK mode
+# keeps every third situation with all five of its replies). Every reply is
+# scored by the probe at its best layer, as the assistant's answer to the
+# situation. Does it rank the empathic replies (grade 4-5) above the
+# dismissive or task-only ones (1-2)?
 # **Baselines:** chance (0.5) and paper A's keyword count on the same
 # replies.
 
@@ -913,24 +912,23 @@ ax.set(xlabel="author's grade (1 = dismissive, 2 = task only, 5 = deeply attuned
 plt.show()
 
 # %% [markdown]
-# The probe ranks replies to new situations above chance (0.76 [0.72,
-# 0.80] on the default model), with much less separation than on the
-# held-out pairs, and a little less again on the 90 personal situations,
-# the farthest from the games it was trained on (0.73 [0.67, 0.78]).
-# The pairs contrast caring with pursuing a game's objective; these
-# replies contrast warm with cold, practical-only or dismissive answers,
-# a subtler contrast. A keyword count is near chance here (0.52): about a fifth of
+# The probe ranks replies to new situations above chance (0.76 [0.72, 0.80]
+# on the default model), with much less separation than on the held-out
+# pairs. It does a little less well again on the 90 personal situations,
+# the farthest from the games it was trained on (0.73 [0.67, 0.78]). The
+# pairs contrast caring with pursuing a game's objective; these replies
+# contrast warm with cold, practical-only or dismissive answers, a subtler
+# contrast. A keyword count is near chance here (0.52): about a fifth of
 # the dismissive replies say "sorry" or "understand" perfunctorily, and
-# most warm ones use no word of the lexicon. So what the probe picks up
-# is not the lexicon. The split by the low grade and the boxes
-# show where the ranking comes from: empathic replies against task-only
-# ones (grade 2), the contrast the pairs teach, separate well (0.94
-# [0.91, 0.96]); against dismissive ones (grade 1) the probe does much
-# worse (0.59 [0.53, 0.65]), just above chance: on the default model
-# dismissive replies project only a little below warm ones.
-# That fits the polite-refusal test above: the probe separates replies
-# about the task from replies about the person, not kind ones from
-# unkind ones.
+# most warm ones use no word of the lexicon. So what the probe picks up is
+# not the lexicon. The split by the low grade and the boxes show where the
+# ranking comes from. Against task-only replies (grade 2), the contrast the
+# pairs teach, empathic replies separate well (0.94 [0.91, 0.96]). Against
+# dismissive ones (grade 1) the probe does much worse (0.59 [0.53, 0.65]),
+# just above chance: on the default model dismissive replies project only a
+# little below warm ones. That fits the polite-refusal test above: the
+# probe separates replies about the task from replies about the person, not
+# kind ones from unkind ones.
 
 # %% tags=["remove-input"]
 box_situations = len({r["situation"] for r in graded})
@@ -942,11 +940,11 @@ display(result(
 # %% [markdown]
 # ## 6. Does the probe track the empathy of real generations?
 #
-# The last check uses the model's own greedy replies to held-out
-# situations (20 in a FULL run, 8 in the default book, 4 in QUICK mode;
-# none of them in the pairs), under paper C's empathetic and neutral
-# system prompts. Each reply is scored by the `mean_response` probe and
-# by chapter 02's tuning empathy judge, which reads the word and
+# The last check uses the model's own greedy replies to held-out situations
+# (20 in a FULL run, 8 in the default book, 4 in QUICK mode; none of them
+# in the pairs). The replies are written under paper C's empathetic and
+# neutral system prompts. Each reply is scored by the `mean_response` probe
+# and by chapter 02's tuning empathy judge, which reads the word and
 # character n-grams of the reply alone.
 
 # %%
@@ -1076,11 +1074,11 @@ pd.Series(headline).to_frame("value")
 #   held-out situations, the matched pairs and the judges' corpus widen
 #   it a little.
 # - **Words against meaning.** A bag of words comes within 0.05 of the
-#   probe on the stored pairs and on the matched pairs; trained on matched pairs,
-#   it stays within 0.03 on the default model and 0.06 on gemma3-270m,
-#   and a count of pronouns reaches 0.85. Natural replies that serve
-#   a person use different words from replies that serve a task, so no
-#   test here can show that a direction reads the intent rather than its
+#   probe on the stored pairs and on the matched pairs. Trained on matched
+#   pairs, it stays within 0.03 on the default model and 0.06 on
+#   gemma3-270m, and a count of pronouns reaches 0.85. Natural replies that
+#   serve a person use different words from replies that serve a task. So
+#   no test here can show that a direction reads the intent rather than its
 #   vocabulary; the polite-refusal pairs come closest, and the probe fails
 #   them.
 # - **Feeling.** Emotion directions here represent an *instructed* emotion,
@@ -1094,26 +1092,42 @@ pd.Series(headline).to_frame("value")
 #   baselines a probe at every layer; `emocircuits score` applies it.
 # - Pool over the reply: `mean_all` dilutes the signal with the shared
 #   prompt.
-# - Removing care words does not hurt the probe, even where there are
-#   many to remove; but polite refusals fool it (0.60 at the chosen
-#   layer, chance inside the interval), largely through their care words:
-#   removing them lifts it to 0.84. It reads attention to feelings more
-#   than empathic action (`eia_lexical`).
+# - Removing care words does not hurt the probe, even where there are many
+#   to remove. But polite refusals fool it (0.60 at the chosen layer,
+#   chance inside the interval), largely through their care words: removing
+#   them lifts it to 0.84. It reads attention to feelings more than
+#   empathic action (`eia_lexical`).
 # - On pairs whose sides share a frame, length and register
 #   (`eia_matched`), the middle and late layers keep separating the sides
-#   far above random directions, the layer chosen on the stored pairs'
-#   training split among them (0.92 on the default model), and a bag of
+#   far above random directions. The layer chosen on the stored pairs'
+#   training split is among them (0.92 on the default model), and a bag of
 #   words does nearly as well. Choosing that layer by test AUROC instead
-#   picked an early layer that does not carry over (0.71): a layer chosen
-#   by looking at one set of test pairs needs a second, differently
-#   written set to be trusted. Trained on the matched
-#   set's own 40 training pairs, the probe reaches 0.96 (default model)
-#   and 0.98 (gemma3-270m) on its test pairs, 0.95 and 0.98 at a layer
-#   chosen on the training pairs alone, with random directions' 95th
-#   percentile at 0.72-0.76; a bag of words reaches 0.93.
+#   picked an early layer that does not carry over (0.71). A layer chosen
+#   by looking at one set of test pairs needs a second, differently written
+#   set to be trusted. Trained on the matched set's own 40 training pairs,
+#   the probe reaches 0.96 (default model) and 0.98 (gemma3-270m) on its
+#   test pairs. At a layer chosen on the training pairs alone it reaches
+#   0.95 and 0.98, with random directions' 95th percentile at 0.72-0.76; a
+#   bag of words reaches 0.93.
 # - On graded replies to situations the pairs never cover, the probe ranks
 #   empathic replies above task-only ones well, and above dismissive ones
-#   barely: it reads the pairs' contrast, person against task, not warm
+#   barely. It reads the pairs' contrast, person against task, not warm
 #   against cold.
 # - The numbers above, with their baselines, are this model's answer to
 #   each of paper A's and paper B's detection questions.
+
+# %% [markdown]
+# ### References
+#
+# - Paper A: *Detecting and Steering LLMs' Empathy in Action*,
+#   [arXiv:2511.16699](https://arxiv.org/abs/2511.16699): mean-difference
+#   probes, AUROC per layer, lexical ablation, cross-model agreement.
+# - Paper B: *Do LLMs "Feel"? Emotion Circuits Discovery and Control*,
+#   [arXiv:2510.11328](https://arxiv.org/abs/2510.11328): context-agnostic
+#   emotion directions.
+# - Alain and Bengio, *Understanding intermediate layers using linear
+#   classifier probes*,
+#   [arXiv:1610.01644](https://arxiv.org/abs/1610.01644): reading a layer
+#   with a linear probe.
+# - The appendix {doc}`Methods notes </book/methods>`: why layers are
+#   chosen on training pairs and test-peak layers are exploratory.

@@ -46,8 +46,8 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # suggests? This chapter covers direction steering (paper A, Persona
 # Vectors). Circuit modulation and feature clamping, the other two
 # interventions the papers compare, live beside the components they need
-# (chapter 04's three-way comparison and chapter 05's clamping table);
-# chapter 07 puts all three papers' numbers side by side.
+# (chapter 04's three-way comparison and chapter 05's clamping table).
+# Chapter 07 puts all three papers' numbers side by side.
 
 # %% [markdown]
 # ```{include} ../book/_gpu.md
@@ -92,13 +92,13 @@ print(lm)
 # few candidate layers and report each layer's held-out AUROC.
 #
 # How far to push? A unit vector added with coefficient 20 (paper A's
-# largest alpha) is negligible in one model and destructive in another,
-# because residual-stream scales differ by orders of magnitude across
-# models and layers. So alpha here is in units of the residual RMS at the
-# layer (paper B's convention): alpha = 1 adds a vector whose length equals
-# the RMS of a single residual entry times one. The table shows why a
-# fixed scale would mislead: the RMS jumps between layers where a few
-# *massive activations* appear.
+# largest alpha) is negligible in one model and destructive in another. The
+# reason is that residual-stream scales differ by orders of magnitude
+# across models and layers. So alpha here is in units of the residual RMS
+# at the layer (paper B's convention). With alpha = 1, the added vector's
+# length equals the RMS of a single residual entry times one. The table
+# shows why a fixed scale would mislead: the RMS jumps between layers where
+# a few *massive activations* appear.
 
 # %%
 pairs = ds.load_named("eia_pairs")[:: size(2, 1, 1)]  # QUICK: every other pair
@@ -127,28 +127,28 @@ pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in r
 # %% [markdown]
 # We steer at two layers, adding the vector at every position as paper A
 # did. At the earliest candidate (where the probe reads empathy best in
-# small models, chapter 03) we use paper A's own grid, alpha in {-20, -10,
-# -5, -3, -1, 0, 1, 3, 5, 10, 20} times the unit vector, which the table
-# above puts between a fraction of one RMS and a few. At the middle of the
-# network that grid would barely touch the residual stream, so there alpha
-# is in units of the residual RMS, as in paper B. (A FULL run sweeps both
-# grids at both layers.)
+# small models, chapter 03) we use paper A's own grid. There alpha is in
+# {-20, -10, -5, -3, -1, 0, 1, 3, 5, 10, 20} times the unit vector, which
+# the table above puts between a fraction of one RMS and a few. At the
+# middle of the network that grid would barely touch the residual stream,
+# so there alpha is in units of the residual RMS, as in paper B. (A FULL
+# run sweeps both grids at both layers.)
 #
 # *Where* to push is a choice too. Paper B added its vector at the last
 # prompt position and every generated one. Pushing the prompt's positions
 # changes how the model reads the situation, not only how it answers, and
 # may cost coherence. At the middle layer we also push only the generated
 # tokens (`generated`: the first new token is predicted from an untouched
-# prompt) and only the last four prompt positions plus the generated ones
-# (`last:4`), at |alpha| <= 1. The alpha = 0 replies are the baseline of
-# every setting at their layer.
+# prompt). We also push only the last four prompt positions plus the
+# generated ones (`last:4`). Both narrower pushes use |alpha| <= 1. The
+# alpha = 0 replies are the baseline of every setting at their layer.
 #
-# Replies are sampled at temperature 0.7, and each situation and seed
-# draws the same random numbers at every alpha, layer and position (one
-# seeded stream per reply, see `steering.generate`). A push too weak to
-# change any token leaves the reply exactly as it was, so differences
-# between alphas are the push's doing, not sampling noise; the seeds give
-# the noise that the success metric below compares against.
+# Replies are sampled at temperature 0.7, and each situation and seed draws
+# the same random numbers at every alpha, layer and position (one seeded
+# stream per reply, see `steering.generate`). A push too weak to change any
+# token leaves the reply exactly as it was. So differences between alphas
+# are the push's doing, not sampling noise; the seeds give the noise that
+# the success metric below compares against.
 
 # %%
 LAYERS = size([n // 2], [CANDIDATES[0], n // 2], [CANDIDATES[0], n // 2])  # QUICK: the middle layer only
@@ -184,12 +184,12 @@ display(result(
 # ## 2. Judging every reply
 #
 # Each reply gets chapter 02's tuning empathy score (1-5; an n-gram judge
-# that reads the reply alone, not its situation) and
-# chapter 02's coherence checks, including perplexity under the
-# *unsteered* model given the prompt. Steering can produce fluent-looking
-# pseudo-language with a low perplexity (byte-level tokens of accented
-# letters predict each other), which the language check catches: the
-# judges read English only, so other scripts count as off-target.
+# that reads the reply alone, not its situation). It also gets chapter 02's
+# coherence checks, including perplexity under the *unsteered* model given
+# the prompt. Steering can produce fluent-looking pseudo-language with a
+# low perplexity (byte-level tokens of accented letters predict each
+# other). The language check catches it: the judges read English only, so
+# other scripts count as off-target.
 
 # %%
 emp = J.EmpathyJudge(use_all=True, seed=SEED)  # the judge the settings are chosen by
@@ -250,10 +250,10 @@ show(table.assign(push=[push_label(a, s_, l) for a, s_, l in zip(table.alpha, ta
 # **The success metric.** For each situation, compare its mean judged
 # empathy at alpha with its mean at alpha = 0 (same layer, same seeds).
 # Steering *succeeds* on that situation when the change has alpha's sign,
-# is larger than the seed-to-seed noise (twice the standard error of a
-# situation's mean at alpha = 0, the `threshold` column), and every reply
-# at that alpha is coherent. A broken reply is never a success, and an
-# unchanged reply never counts for negative alpha.
+# is larger than the seed-to-seed noise, and every reply at that alpha is
+# coherent. The noise bar is twice the standard error of a situation's mean
+# at alpha = 0 (the `threshold` column). A broken reply is never a success,
+# and an unchanged reply never counts for negative alpha.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -289,7 +289,7 @@ display(result(
 # ## 3. Paper A's keyword metric beside it
 #
 # Paper A counted empathy keywords minus task keywords and called a steered
-# reply a success when the count moved in alpha's direction, counting an
+# reply a success when the count moved in alpha's direction. It counted an
 # unchanged count as success for negative alpha (chapter 02). Here it is
 # computed on the same replies, against each situation's alpha = 0 reply
 # with the same seed:
@@ -313,7 +313,7 @@ show(kw.assign(push=[push_label(a, s_, l) for a, s_, l in zip(kw.alpha, kw.scale
               "coherent share": "coherent share"})
 
 # %% [markdown]
-# Where the two disagree, look at the replies: at negative alpha the
+# Where the two disagree, look at the replies. At negative alpha the
 # keyword metric rewards replies that did not change, and at large |alpha|
 # it rewards broken text that happens to drop (or repeat) a keyword.
 
@@ -337,15 +337,16 @@ display(result(
 # %% [markdown]
 # ## 4. The best setting, against the goal
 #
-# The goal set for this book: at some layer and alpha, judged empathy
-# rises for alpha > 0 *and* falls for alpha < 0 on at least 80% of held-out
-# situations, while at least 90% of replies stay coherent. This is a plain
-# sign test per situation (mean over seeds), looser than the success
-# metric above, which also asks the change to beat the seed noise. Its
-# baseline is `chance`: the share expected if steering did nothing,
-# computed by shuffling each situation's replies among -|alpha|, 0 and
-# +|alpha| (about 1/6, the chance that the three means fall in the right
-# order). The table covers every layer, positions and |alpha| tried above.
+# The goal set for this book: at some layer and alpha, judged empathy rises
+# for alpha > 0 *and* falls for alpha < 0 on at least 80% of held-out
+# situations. The same setting must keep at least 90% of replies coherent.
+# This is a plain sign test per situation (mean over seeds), looser than
+# the success metric above, which also asks the change to beat the seed
+# noise. Its baseline is `chance`: the share expected if steering did
+# nothing. It is computed by shuffling each situation's replies among
+# -|alpha|, 0 and +|alpha| (about 1/6, the chance that the three means fall
+# in the right order). The table covers every layer, positions and |alpha|
+# tried above.
 
 # %%
 goal = S.both_ways(records, scores, coherent, seed=SEED)
@@ -401,12 +402,13 @@ show(pd.DataFrame({"chosen on": goal_cells(top), "confirmed on fresh situations"
 
 # %% [markdown]
 # Recorded for the results chapter: the chosen setting's share on the
-# situations it was chosen on and on fresh ones, each with an interval
-# over situations (the fresh ones also as chapter 02's reporting empathy
-# judge reads them: a judge of another kind, which chose nothing), paper A's keyword metric on the same replies as the
-# first, and the best share on paper A's unit grid (chosen on the same
-# situations, so biased up as well; not in QUICK runs, which skip that
-# grid).
+# situations it was chosen on and on fresh ones, each with an interval over
+# situations. The fresh ones are also read by chapter 02's reporting
+# empathy judge, a judge of another kind, which chose nothing. Beside them
+# come paper A's keyword metric on the same replies as the first, and the
+# best share on paper A's unit grid. That share is chosen on the same
+# situations, so it is biased up as well. QUICK runs skip that grid and do
+# not record it.
 
 # %%
 unit_goal = goal[goal.scale == "unit"]
@@ -432,32 +434,31 @@ pd.Series(headline).to_frame("value")
 # %% [markdown]
 # With the probe direction alone the goal is not met on the bundled 135M
 # model, and the tables say why. The early layer, where the probe reads
-# empathy best, does not move judged empathy with the push: across paper
+# empathy best, does not move judged empathy with the push. Across paper
 # A's whole grid (up to about 3 RMS either way) at least 0.92 of replies
-# stay coherent, but every alpha's interval overlaps the unsteered
-# replies' interval, and no |alpha| moves more situations both ways than
-# its interval allows by chance. Paper A's keyword metric reads 0.75 to
-# 0.92 at that layer's negative alphas, where the honest rate is 0: its
-# rule counts an unchanged reply as a success. The middle layer moves
-# replies both ways, but not far before they break. Pushed away from
-# empathy, the model writes digits and letter salad (the example in
-# section 3), and at alpha = -1 hardly a reply passes the coherence
-# checks, wherever the push is applied; pushed toward it, the model
-# writes a soup of short questions. The most situations moved, 0.83
-# [0.50, 1.00] at 0.5 x RMS over all positions, came with 0.75 of
-# replies coherent, below the bar. Pushing only the generated tokens
-# keeps 0.96 of replies coherent at |alpha| = 0.5, where the effect is
-# small: judged empathy 2.61, 2.83 and 3.14 at -0.5, 0 and +0.5. That is
-# the chosen setting, 0.33 [0.00, 0.67] moved both ways, level with paper
-# A's grid at alpha 5 and 20. **On the 12 fresh situations it moves 0.17
-# [0.00, 0.42] both ways, against a chance of 0.16**: no more than a push
-# that does nothing. There judged empathy is 2.31 at -0.5, 2.28 unpushed
-# and 1.96 at +0.5, so the push toward empathy lowered it. The reporting
-# judge reads 0.33 of the fresh situations moved; its scores and the
-# tuning judge's agree with rho 0.10. A probe direction that reads
+# stay coherent. But every alpha's interval overlaps the unsteered replies'
+# interval, and no |alpha| moves more situations both ways than its
+# interval allows by chance. Paper A's keyword metric reads 0.75 to 0.92 at
+# that layer's negative alphas, where the honest rate is 0: its rule counts
+# an unchanged reply as a success. The middle layer moves replies both
+# ways, but not far before they break. Pushed away from empathy, the model
+# writes digits and letter salad (the example in section 3). At alpha = -1
+# hardly a reply passes the coherence checks, wherever the push is applied.
+# Pushed toward empathy, the model writes a soup of short questions. The
+# most situations moved, 0.83 [0.50, 1.00] at 0.5 x RMS over all positions,
+# came with 0.75 of replies coherent, below the bar. Pushing only the
+# generated tokens keeps 0.96 of replies coherent at |alpha| = 0.5, where
+# the effect is small: judged empathy 2.61, 2.83 and 3.14 at -0.5, 0 and
+# +0.5. That is the chosen setting, 0.33 [0.00, 0.67] moved both ways,
+# level with paper A's grid at alpha 5 and 20. **On the 12 fresh situations
+# it moves 0.17 [0.00, 0.42] both ways, against a chance of 0.16**: no more
+# than a push that does nothing. There judged empathy is 2.31 at -0.5, 2.28
+# unpushed and 1.96 at +0.5, so the push toward empathy lowered it. The
+# reporting judge reads 0.33 of the fresh situations moved; its scores and
+# the tuning judge's agree with rho 0.10. A probe direction that reads
 # empathy well (AUROC near 1 in chapter 03) need not be a direction the
-# model *writes* empathy with. Re-run with `MODEL = "gemma-2-2b-it"`
-# (GPU) for a model with a wider range.
+# model *writes* empathy with. Re-run with `MODEL = "gemma-2-2b-it"` (GPU)
+# for a model with a wider range.
 # Section 6 comes back to the goal with a second direction beside this
 # one.
 
@@ -482,15 +483,15 @@ display(result(
 #
 # The probe direction was fitted on replies *other* models wrote (chapter
 # 01's pairs) and read by this one. Persona Vectors builds the direction
-# from the model's *own* writing instead: ask the same questions under a
-# trait-eliciting and a trait-suppressing system prompt (chapter 01's
-# persona pairs, "You are a warm and caring assistant..." against "You
-# are a cold and detached assistant..."), average each reply's
-# activations over its own tokens with its prompt in context, and take
-# the mean difference, keeping the questions where the judge scored the
-# warm reply above the cold one (Persona Vectors keeps replies by their
-# trait score). If the probe reads empathy but does not write it, a
-# direction taken from the model's writing is the natural next try.
+# from the model's *own* writing instead. The recipe: ask the same
+# questions under a trait-eliciting and a trait-suppressing system prompt
+# (chapter 01's persona pairs, "You are a warm and caring assistant..."
+# against "You are a cold and detached assistant..."). Average each reply's
+# activations over its own tokens with its prompt in context. Then take the
+# mean difference, keeping the questions where the judge scored the warm
+# reply above the cold one (Persona Vectors keeps replies by their trait
+# score). If the probe reads empathy but does not write it, a direction
+# taken from the model's writing is the natural next try.
 #
 # It rests on one condition, checked first: the model must write
 # differently under the two prompts. The extraction questions build the
@@ -577,14 +578,14 @@ show_goal(pd.concat([persona_goal.assign(direction="persona direction"),
           where=f"layer {MID}; ")
 
 # %% [markdown]
-# As in section 4, the setting that moved the most situations was chosen
-# on these situations, so its share is biased upward; it is run once more
-# on the fresh situations of section 4, and with it the probe direction at
+# As in section 4, the setting that moved the most situations was chosen on
+# these situations, so its share is biased upward. It is run once more on
+# the fresh situations of section 4. The probe direction is run with it at
 # the same setting (same layer, positions, alpha, situations and seeds:
 # only the direction differs). Besides the both-ways share (the first
-# table), the second table gives each sign's honest success rate
-# (section 2's metric: the change has alpha's sign, beats the seed
-# noise, and every reply is coherent).
+# table), the second table gives each sign's honest success rate. That is
+# section 2's metric: the change has alpha's sign, beats the seed noise,
+# and every reply is coherent.
 
 # %%
 p_top = S.best_setting(persona_goal, chosen_on)
@@ -657,45 +658,45 @@ persona_headline = record(
     probe_same_setting_both=confirm.loc["probe direction", "moved both ways"])
 
 # %% [markdown]
-# How to read this section on the default model (the numbers below are
-# the default book's). **The model hardly follows the persona prompts.**
-# Its warm replies get slightly more judged empathy than its cold ones
-# (warm minus cold +0.16 [-0.10, +0.42], an interval that holds 0), and
-# the warm reply is judged above the cold one on 0.61 [0.50, 0.72] of
-# questions, against 0.5 if the prompt were ignored (the example above is
-# one pair, the first question under the first persona pair). The
-# direction, built from the 21 of 36 extraction pairs where the warm reply
-# was judged higher, is not the probe's (cosines between -0.33 and +0.09
-# at the four layers), and it does tell the two personas' replies apart
-# on the evaluation questions: 0.76 [0.68, 0.85] AUROC read after the
-# system prompt, 0.72 [0.63, 0.82] even without the prompt that produced
-# them. So the replies differ in something, their register more than
-# their judged empathy.
+# How to read this section on the default model (the numbers below are the
+# default book's). **The model hardly follows the persona prompts.** Its
+# warm replies get slightly more judged empathy than its cold ones (warm
+# minus cold +0.16 [-0.10, +0.42], an interval that holds 0). The warm
+# reply is judged above the cold one on 0.61 [0.50, 0.72] of questions,
+# against 0.5 if the prompt were ignored. (The example above is one pair,
+# the first question under the first persona pair.) The direction is built
+# from the 21 of 36 extraction pairs where the warm reply was judged
+# higher. It is not the probe's (cosines between -0.33 and +0.09 at the
+# four layers). It does tell the two personas' replies apart on the
+# evaluation questions: 0.76 [0.68, 0.85] AUROC read after the system
+# prompt, 0.72 [0.63, 0.82] even without the prompt that produced them. So
+# the replies differ in something, their register more than their judged
+# empathy.
 #
 # **Steering with it does not hold up.** On the six choice situations the
 # persona direction moved 0.33 [0.00, 0.67] of them both ways at each of
 # its four settings. Only one kept 90% of replies coherent, 0.5 x RMS at
 # the generated positions (0.92), so it is the choice; over all positions
-# the same push kept 0.88. The fresh situations do not confirm even
-# that: 0.17 [0.00, 0.42] moved both ways, against a chance of 0.16, with
-# 0.90 of replies coherent. Judged empathy is 2.57 at -0.5, 2.28
-# unpushed and 2.67 at +0.5: the push raises it a little whichever its
-# sign. The honest success rate is 0.17 [0.00, 0.42] upward and 0
-# downward. The reporting judge reads 0.08 of the fresh situations moved
-# (rho 0.31 with the tuning judge). Paper A saw a one-sided effect on
-# Dolphin-Llama-3.1-8B (94.4% success pushing toward empathy), where the
-# push away from empathy broke the replies (empty outputs, "move move
-# move"); here neither sign does what it should on fresh situations.
+# the same push kept 0.88. The fresh situations do not confirm even that:
+# 0.17 [0.00, 0.42] moved both ways, against a chance of 0.16, with 0.90 of
+# replies coherent. Judged empathy is 2.57 at -0.5, 2.28 unpushed and 2.67
+# at +0.5: the push raises it a little whichever its sign. The honest
+# success rate is 0.17 [0.00, 0.42] upward and 0 downward. The reporting
+# judge reads 0.08 of the fresh situations moved (rho 0.31 with the tuning
+# judge). Paper A saw a one-sided effect on Dolphin-Llama-3.1-8B (94.4%
+# success pushing toward empathy). There the push away from empathy broke
+# the replies (empty outputs, "move move move"). Here neither sign does
+# what it should on fresh situations.
 #
 # **The probe direction at the same setting** is section 4's chosen
-# setting, so its row repeats section 4's confirmation: 0.17 [0.00,
-# 0.42] moved both ways with 0.96 coherent (2.31, 2.28 and 1.96 at -0.5,
-# 0 and +0.5). On the fresh situations the two directions move the same
+# setting, so its row repeats section 4's confirmation. It moved 0.17
+# [0.00, 0.42] both ways with 0.96 coherent (2.31, 2.28 and 1.96 at -0.5, 0
+# and +0.5). On the fresh situations the two directions move the same
 # share, at chance. With six situations and two seeds per setting, the
 # choice among settings is noisy (the persona direction's four settings
-# tie), which is why section 4 confirms its choice on fresh situations
-# and this comparison is not used to choose anything. Neither direction
-# alone reaches the goal of 0.80; section 6 pushes along both at once.
+# tie). That is why section 4 confirms its choice on fresh situations and
+# this comparison is not used to choose anything. Neither direction alone
+# reaches the goal of 0.80; section 6 pushes along both at once.
 #
 # What this cannot show is whether a model that *does* follow its persona
 # prompt gives a direction that steers both ways. Persona Vectors
@@ -713,23 +714,24 @@ display(result(
 # %% [markdown]
 # ## 6. The two directions together
 #
-# Sections 4 and 5 each fell short with one direction. The probe
-# direction breaks replies when pushed hard, and its chosen setting moved
-# no more fresh situations both ways than chance; on the same fresh
-# situations the persona direction did no better, raising judged empathy
-# a little whichever way it pushed. At the middle layer the two are close
-# to orthogonal (the cosine table of section 5), so a push along their
-# normalised sum,
-# `u = (p + q) / |p + q|` for the unit probe direction `p` and the unit
-# persona direction `q`, gives each of them 1/sqrt(2) of the push.
+# Sections 4 and 5 each fell short with one direction. The probe direction
+# breaks replies when pushed hard, and its chosen setting moved no more
+# fresh situations both ways than chance. On the same fresh situations the
+# persona direction did no better, raising judged empathy a little
+# whichever way it pushed. At the middle layer the two are close to
+# orthogonal (the cosine table of section 5). So a push along their
+# normalised sum gives each of them 1/sqrt(2) of the push. The sum is
+# `u = (p + q) / |p + q|`, for the unit probe direction `p` and the unit
+# persona direction `q`.
 #
 # Section 4's choice rested on six situations and two seeds, which left
 # it noisy. This section uses more of both:
 # - **choose** the strength on 24 situations of `situations_heldout` that
 #   section 4 did not choose on (its fresh situations and the rest of the
-#   file), with four seeds each: alpha in {0.35, 0.45, 0.55} x RMS at all
-#   positions of the middle layer, by `best_setting`'s rule (the most
-#   situations moved among strengths that keep 90% of replies coherent);
+#   file), with four seeds each. The grid is alpha in {0.35, 0.45, 0.55} x
+#   RMS at all positions of the middle layer. The rule is `best_setting`'s:
+#   the most situations moved among strengths that keep 90% of replies
+#   coherent;
 # - **confirm** that one setting on `situations_confirm`: 24 situations
 #   written for this purpose after this direction, layer, positions and
 #   grid had been fixed in explorations on the choice situations. No
@@ -742,11 +744,11 @@ display(result(
 # The grid was fixed by exploring the choice situations, so the choice's
 # share is biased upward; the confirmation is the number held against the
 # goal. Those explorations were read by the earlier tuning judge, a
-# sentence-embedding judge, before chapter 02's two judges swapped roles;
-# the strength within the grid is chosen with the current one. As
-# elsewhere in this chapter, alpha is in units of the residual RMS on the
-# prompts being pushed, so the same alpha is a slightly different push
-# on the two sets of situations.
+# sentence-embedding judge, before chapter 02's two judges swapped roles.
+# The strength within the grid is chosen with the current one. As elsewhere
+# in this chapter, alpha is in units of the residual RMS on the prompts
+# being pushed. So the same alpha is a slightly different push on the two
+# sets of situations.
 
 # %%
 u_sum = fit.directions[MID] + persona_dirs[MID]  # both unit vectors
@@ -815,47 +817,46 @@ pd.Series(sum_headline).to_frame("value")
 # numbers). On the 24 choice situations, 0.45 x RMS moved the most
 # situations both ways, 0.50 [0.33, 0.71], but kept only 0.88 of replies
 # coherent; 0.55 moved 0.38 with 0.71 coherent. Among the strengths that
-# kept 90% coherent the choice is 0.35 x RMS: 0.33 [0.12, 0.50] moved,
-# 0.96 coherent, against a chance of 0.16. **On the 24 confirmation
-# situations the same push moved 0.29 [0.12, 0.50] of them both ways**,
-# against a chance of 0.17, **with 0.89 of the pushed replies
-# coherent**: judged empathy 2.46 at -0.35, 2.98 unpushed and 2.94 at
-# +0.35. **The goal is not met, on either half, as the tuning judge
-# reads it**: 7 of 24 situations moved both ways where it asked for 20,
-# an interval whose lower end is below chance, and coherence under the
-# bar (0.89 against 0.90). The push lowers judged empathy and does not
-# raise it.
+# kept 90% coherent the choice is 0.35 x RMS: 0.33 [0.12, 0.50] moved, 0.96
+# coherent, against a chance of 0.16. **On the 24 confirmation situations
+# the same push moved 0.29 [0.12, 0.50] of them both ways**, against a
+# chance of 0.17, **with 0.89 of the pushed replies coherent**. Judged
+# empathy is 2.46 at -0.35, 2.98 unpushed and 2.94 at +0.35. **The goal is
+# not met, on either half, as the tuning judge reads it.** It counts 7 of
+# 24 situations moved both ways where the goal asked for 20, with an
+# interval whose lower end is below chance. Coherence is under the bar too
+# (0.89 against 0.90). The push lowers judged empathy and does not raise
+# it.
 #
-# **The reporting judge reads more movement, and the judges barely
-# agree.** Chapter 02's second empathy judge (sentence embeddings; it
-# chose nothing here) reads the same confirmation replies (24 situations,
-# four seeds, at -0.35, 0 and +0.35) and finds 0.58 of the situations
-# moved both ways; the two judges' scores of these replies agree with
-# Spearman rho 0.33. It reads more than the tuning judge for each
-# direction alone too (0.75 for the probe direction, 0.58 for the
-# persona direction, against 0.25 and 0.33) and on section 4's
-# confirmation (0.33 against 0.17), but less on section 5's (0.08
-# against 0.17). Its shares come without an interval or a chance level
-# of its own here (shuffling gives near 1/6 for any judge when nothing
-# moves), and none of them reaches 0.80. The goal is read with the
-# tuning judge, the one every choice here was made with; by its count
-# every confirmation in this chapter has an interval that reaches chance
-# (shares 0.17 to 0.33, chances 0.16 to 0.18). What the reporting
-# judge sees move and the tuning judge does not, this chapter cannot
-# say.
+# **The reporting judge reads more movement, and the judges barely agree.**
+# Chapter 02's second empathy judge (sentence embeddings; it chose nothing
+# here) reads the same confirmation replies (24 situations, four seeds, at
+# -0.35, 0 and +0.35). It finds 0.58 of the situations moved both ways; the
+# two judges' scores of these replies agree with Spearman rho 0.33. It
+# reads more than the tuning judge for each direction alone too (0.75 for
+# the probe direction, 0.58 for the persona direction, against 0.25 and
+# 0.33). It also reads more on section 4's confirmation (0.33 against
+# 0.17), but less on section 5's (0.08 against 0.17). Its shares come
+# without an interval or a chance level of its own here (shuffling gives
+# near 1/6 for any judge when nothing moves), and none of them reaches
+# 0.80. The goal is read with the tuning judge, the one every choice here
+# was made with. By its count every confirmation in this chapter has an
+# interval that reaches chance (shares 0.17 to 0.33, chances 0.16 to 0.18).
+# What the reporting judge sees move and the tuning judge does not, this
+# chapter cannot say.
 #
-# **The sum adds nothing this sample can see.** At the same setting, on
-# the same situations and seeds, the probe direction alone moves 0.25
-# [0.08, 0.42] both ways (0.96 coherent) and the persona direction alone
-# 0.33 [0.17, 0.50] (0.92 coherent), against a chance of 0.18 for each.
-# The sum's 0.29 lies between them, and its coherence (0.89) is the
-# lowest of the three; the intervals overlap. The probe direction alone
-# lowers judged empathy (2.41) and does not raise it (2.95); the persona
-# direction alone hardly moves it either way (2.81 and 2.95, against
-# 2.98 unpushed). Under this protocol (other and more situations, four
-# seeds, 0.35 x RMS at all positions) the persona direction moves 0.33,
-# against 0.17 of section 5's 12 fresh situations (two seeds, 0.5 x RMS
-# at the generated positions); both intervals reach chance.
+# **The sum adds nothing this sample can see.** At the same setting, on the
+# same situations and seeds, the probe direction alone moves 0.25 [0.08,
+# 0.42] both ways (0.96 coherent). The persona direction alone moves 0.33
+# [0.17, 0.50] (0.92 coherent), against a chance of 0.18 for each. The
+# sum's 0.29 lies between them, and its coherence (0.89) is the lowest of
+# the three; the intervals overlap. The probe direction alone lowers judged
+# empathy (2.41) and does not raise it (2.95); the persona direction alone
+# hardly moves it either way (2.81 and 2.95, against 2.98 unpushed). Under
+# this protocol (other and more situations, four seeds, 0.35 x RMS at all
+# positions) the persona direction moves 0.33. That compares with 0.17 of
+# section 5's 12 fresh situations (two seeds, 0.5 x RMS at the generated
+# positions); both intervals reach chance.
 #
 # Three more things qualify the result.
 # - **The coherence half fails on one side.** 170 of the 192 pushed
@@ -865,24 +866,24 @@ pd.Series(sum_headline).to_frame("value")
 #   and loops (the examples above). The fall in judged empathy at -0.35
 #   comes where replies break; how much of it is the breakage, these
 #   outputs do not separate.
-# - **Most single moves are within the sampling noise.** The goal is a
-#   sign test on each situation's mean over four seeds. Section 2's
-#   stricter metric, which asks each change to beat twice the standard
-#   error of the seed noise and every reply at that alpha to be coherent,
-#   credits 0.12 [0.00, 0.29] of the situations going up and 0.08 [0.00,
-#   0.21] going down. With four seeds that threshold is the standard
-#   deviation of a situation's scores across seeds. Up, where every reply
-#   is coherent, 0.88 of the situations are not credited: their change
-#   is within the noise or of the wrong sign; down, a situation also
-#   fails when one of its four replies breaks.
+# - **Most single moves are within the sampling noise.** The goal is a sign
+#   test on each situation's mean over four seeds. Section 2's stricter
+#   metric asks each change to beat twice the standard error of the seed
+#   noise and every reply at that alpha to be coherent. It credits 0.12
+#   [0.00, 0.29] of the situations going up and 0.08 [0.00, 0.21] going
+#   down. With four seeds that threshold is the standard deviation of a
+#   situation's scores across seeds. Up, where every reply is coherent,
+#   0.88 of the situations are not credited: their change is within the
+#   noise or of the wrong sign. Down, a situation also fails when one of
+#   its four replies breaks.
 # - **The direction and grid were found by searching.** Two directions
 #   summed, at strengths found by exploring the choice situations. The
-#   confirmation situations guard the number against that search, and
-#   here the search did not carry over: 0.33 on the choice situations,
-#   0.29 on the confirmation ones, both with intervals that reach
-#   chance. The score that is read is chapter 02's tuning judge's, an
-#   n-gram judge of the reply alone, with its measured accuracy; "judged
-#   empathy" is that judge's reading.
+#   confirmation situations guard the number against that search. Here the
+#   search did not carry over: 0.33 on the choice situations, 0.29 on the
+#   confirmation ones, both with intervals that reach chance. The score
+#   that is read is chapter 02's tuning judge's, an n-gram judge of the
+#   reply alone, with its measured accuracy; "judged empathy" is that
+#   judge's reading.
 
 # %% tags=["remove-input"]
 box_met = bs["moved both ways"] >= 0.8 and bs["coherent share"] >= 0.9  # steering.both_ways's goal
@@ -898,14 +899,14 @@ display(result(
 # %% [markdown]
 # ## 7. Export
 #
-# Each of the chapter's three directions is saved as safetensors with what
-# produced it (model, layer, site, pooling, a hash of the training pairs)
-# and with the setting this chapter chose for it on discovery situations
-# (scale, positions, alpha), under the cache folder. The sum of both is
-# also written as a llama.cpp control vector (`--control-vector-scaled
-# FILE s` applies it in llama.cpp, adding to the output of each listed
-# block, i.e. `resid_post`; llama.cpp adds it as it is, so `s` is in the
-# model's units, not this chapter's RMS units).
+# Each of the chapter's three directions is saved as safetensors under the
+# cache folder. The file records what produced it (model, layer, site,
+# pooling, a hash of the training pairs) and the setting this chapter chose
+# for it on discovery situations (scale, positions, alpha). The sum of both
+# is also written as a llama.cpp control vector. In llama.cpp,
+# `--control-vector-scaled FILE s` applies it, adding to the output of each
+# listed block, i.e. `resid_post`. The vector is added as it is, so `s` is
+# in the model's units, not this chapter's RMS units.
 
 # %%
 out_dir = cache_dir("vectors") / model_slug(MODEL) / size("quick", "book", "full")  # this run's size
@@ -932,12 +933,12 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #     --prompts in.jsonl --out out.jsonl
 # ```
 #
-# On this model that is a setting that missed the goal (section 6):
-# 0.35 x RMS at all positions of layer 15, which moved 0.29 of the
-# confirmation situations both ways as the tuning judge reads them,
-# against a chance of 0.17, and broke 22 of the 96 replies it pushed
-# away from empathy. A model that follows instructions may do better;
-# the chapter's confirmation is the check to rerun on it.
+# On this model that is a setting that missed the goal (section 6): 0.35 x
+# RMS at all positions of layer 15. It moved 0.29 of the confirmation
+# situations both ways as the tuning judge reads them, against a chance of
+# 0.17. It broke 22 of the 96 replies it pushed away from empathy. A model
+# that follows instructions may do better; the chapter's confirmation is
+# the check to rerun on it.
 
 # %% tags=["remove-input"]
 display(result(
@@ -949,16 +950,16 @@ display(result(
 # ## What this chapter cannot show
 #
 # - **That the direction is the model's own.** Adding a vector can produce
-#   a behaviour by a route the model never uses unprompted; circuit
+#   a behaviour by a route the model never uses unprompted. Circuit
 #   modulation (chapter 04) intervenes on components the model does use.
 # - **Judged is not felt.** Every effect here is measured by chapter 02's
 #   judges, with their measured accuracy; a judge blind to sarcasm would
 #   score a sarcastic reply as warm.
 # - **Small models, few situations.** The intervals above are over 6
 #   situations and two sampled seeds for choosing the setting and 12 fresh
-#   situations for confirming it in the default book (12, 18 and three
-#   seeds in a FULL run; 8, 12 and one in QUICK mode, sized so the
-#   regression check sees a change of one situation in 12). A share of 6
+#   situations for confirming it, in the default book. A FULL run uses 12,
+#   18 and three seeds; QUICK mode uses 8, 12 and one, sized so the
+#   regression check sees a change of one situation in 12. A share of 6
 #   situations moves in steps of 1/6, and the best of a dozen such shares
 #   (the default book's goal table) is biased upward, which is why the
 #   confirmation exists. Section 6 uses 24 situations to choose and 24 to
@@ -966,9 +967,10 @@ display(result(
 #
 # ## Summary
 #
-# - `steering.sweep` runs the grid (layers, alphas on the unit vector as
-#   in paper A or in RMS units as in paper B, positions); `steering.steering_success` turns judged replies into the
-#   honest success rate with its threshold.
+# - `steering.sweep` runs the grid (layers, alphas on the unit vector as in
+#   paper A or in RMS units as in paper B, positions).
+#   `steering.steering_success` turns judged replies into the honest
+#   success rate with its threshold.
 # - `steering.both_ways` measures the goal (moved both ways, coherent)
 #   against a shuffled-alpha chance level; `steering.best_setting` picks a
 #   setting, which is then confirmed on situations that did not choose it.
@@ -977,17 +979,35 @@ display(result(
 #   because broken text can drop or repeat a keyword.
 # - `probes.persona_replies` and `probes.persona_directions` build Persona
 #   Vectors' direction from the model's own replies under a warm and a cold
-#   system prompt; `probes.persona_activations(..., system=False)` is the
+#   system prompt. `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
-# - On the default model no direction meets the goal. The normalised sum
-#   of the two directions moves 0.29 [0.12, 0.50] of 24 situations kept
-#   for that check both ways as the tuning judge reads them, against a
-#   chance of 0.17, with 0.89 of pushed replies coherent, under the bar
+# - On the default model no direction meets the goal. The normalised sum of
+#   the two directions moves 0.29 [0.12, 0.50] of 24 situations kept for
+#   that check both ways, as the tuning judge reads them, against a chance
+#   of 0.17. Its pushed replies are 0.89 coherent, under the bar
 #   (section 6). Pushed away from empathy, judged empathy falls where
-#   replies break; pushed toward it, it does not rise. Each direction
-#   alone does no better (0.25 and 0.33), and most single moves are
-#   within the seed noise. The reporting judge reads more of the
-#   situations moved (0.58) but agrees with the tuning judge little
-#   (rho 0.33), and none of its readings reaches 0.80 either.
+#   replies break; pushed toward it, it does not rise. Each direction alone
+#   does no better (0.25 and 0.33), and most single moves are within the
+#   seed noise. The reporting judge reads more of the situations moved
+#   (0.58) but agrees with the tuning judge little (rho 0.33), and none of
+#   its readings reaches 0.80 either.
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.
+
+# %% [markdown]
+# ### References
+#
+# - Paper A: *Detecting and Steering LLMs' Empathy in Action*,
+#   [arXiv:2511.16699](https://arxiv.org/abs/2511.16699): steering along
+#   the probe direction, alpha sweeps, the keyword metric.
+# - Chen et al., *Persona Vectors: Monitoring and Controlling Character
+#   Traits in Language Models*,
+#   [arXiv:2507.21509](https://arxiv.org/abs/2507.21509): the persona
+#   direction.
+# - Turner et al., *Steering Language Models With Activation Engineering*,
+#   [arXiv:2308.10248](https://arxiv.org/abs/2308.10248), and Rimsky et
+#   al., *Steering Llama 2 via Contrastive Activation Addition*,
+#   [arXiv:2312.06681](https://arxiv.org/abs/2312.06681): adding a
+#   direction while the model generates.
+# - The appendix {doc}`Methods notes </book/methods>`: how the settings
+#   were chosen before the confirmation situations were read.
