@@ -132,9 +132,8 @@ fits = P.fit_pair_probes(lm, pairs, scen, layers=LAYERS, poolings=("mean_all", "
                         seed=SEED)  # one forward pass, three poolings
 fig, ax = plt.subplots(figsize=(8, 3.8))
 for pool, fit in fits.items():
-    m = fit.metrics["layers"]
-    band(ax, LAYERS, [m[str(l)]["auroc"] for l in LAYERS], [m[str(l)]["auroc_ci"][0] for l in LAYERS],
-         [m[str(l)]["auroc_ci"][1] for l in LAYERS], label=pool)
+    band(ax, LAYERS, [fit.at(l).auroc for l in LAYERS], [fit.at(l).auroc_ci[0] for l in LAYERS],
+         [fit.at(l).auroc_ci[1] for l in LAYERS], label=pool)
 for pool, fit in fits.items():
     ax.scatter([fit.best_layer], [fit.metrics["random_baseline"]["p95"]], marker="_", s=300, color="grey")
 ax.axhline(0.5, color="black", lw=0.6, ls=":")
@@ -272,7 +271,7 @@ print(f"share of shuffled probes at or above the real one: "
 matched_all = ds.load_named("eia_matched")
 matched = [r for r in matched_all if r.split == "test"]  # the 30 test pairs; the 40 train pairs are for below
 transfer = P.transfer_pairs(lm, fits[POOL], matched, scen, layers=LAYERS, seed=SEED)
-mt = pd.DataFrame([{"layer": l, "stored": fits[POOL].metrics["layers"][str(l)]["auroc"],
+mt = pd.DataFrame([{"layer": l, "stored": fits[POOL].at(l).auroc,
                     "matched": r["detection"].auroc, "lo": r["detection"].auroc_ci[0],
                     "hi": r["detection"].auroc_ci[1], "random_mean": r["random"]["mean"],
                     "random_p95": r["random"]["p95"]} for l, r in transfer.items()])
@@ -291,7 +290,7 @@ peak = int(mt.loc[mt.matched.idxmax(), "layer"])  # chosen on the matched pairs 
 
 # a bag-of-words baseline: the same probe fitted on the reply's input embeddings (before any block)
 bow = P.fit_pair_probe(lm, pairs, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED)
-bow_stored = bow.metrics["layers"]["0"]["auroc"]
+bow_stored = bow.at(0).auroc
 bow_matched = P.transfer_pairs(lm, bow, matched, scen, seed=SEED)[0]
 
 
@@ -403,10 +402,9 @@ def pronouns(text):
 
 
 pron_auc = P.auroc_ci([pronouns(r.positive) for r in m_test], [pronouns(r.negative) for r in m_test], seed=SEED)
-fm = fit_m.metrics["layers"]
 fig, ax = plt.subplots(figsize=(8, 3.6))
-band(ax, LAYERS, [fm[str(l)]["auroc"] for l in LAYERS], [fm[str(l)]["auroc_ci"][0] for l in LAYERS],
-     [fm[str(l)]["auroc_ci"][1] for l in LAYERS], label="trained on matched pairs: test pairs", color="C2")
+band(ax, LAYERS, [fit_m.at(l).auroc for l in LAYERS], [fit_m.at(l).auroc_ci[0] for l in LAYERS],
+     [fit_m.at(l).auroc_ci[1] for l in LAYERS], label="trained on matched pairs: test pairs", color="C2")
 ax.plot(LAYERS, [cv_m[l] for l in LAYERS], color="C2", ls="--", label="same, leave one game out (train pairs)")
 ax.plot(mt.layer, mt.matched, color="C3", label="trained on the stored pairs: test pairs")
 ax.axhline(m_tr[best_m]["random"]["p95"], color="grey", ls="--", label=f"random directions at layer {best_m}: p95")
@@ -490,7 +488,7 @@ ablated, counts = ds.lexical_ablation(test_pairs)
 print(f"replacements: {counts['positive']} on the empathic side, {counts['negative']} on the task side")
 CHECK_LAYERS = size([best], LAYERS, LAYERS)  # QUICK: the best layer only (the forward pass stops there)
 on_ablated = P.evaluate_pairs(lm, fits[POOL], ablated, scen, layers=CHECK_LAYERS, seed=SEED)
-abl = pd.DataFrame([{"layer": l, "original": fits[POOL].metrics["layers"][str(l)]["auroc"], "ablated": det.auroc,
+abl = pd.DataFrame([{"layer": l, "original": fits[POOL].at(l).auroc, "ablated": det.auroc,
                      "ablated_lo": det.auroc_ci[0], "ablated_hi": det.auroc_ci[1]} for l, det in on_ablated.items()])
 fig, ax = plt.subplots()
 ax.plot(abl.layer, abl.original, label="original test pairs")
@@ -773,9 +771,8 @@ fit_o = P.fit_pair_probe(other, pairs, scen, layers=O_LAYERS, pooling=POOL, seed
 fit_a = fits[POOL]
 fig, ax = plt.subplots(figsize=(8, 3.4))
 for name, fit, ls in [(MODEL, fit_a, LAYERS), (OTHER, fit_o, O_LAYERS)]:
-    m = fit.metrics["layers"]
-    band(ax, np.array(ls) / max(ls), [m[str(l)]["auroc"] for l in ls], [m[str(l)]["auroc_ci"][0] for l in ls],
-         [m[str(l)]["auroc_ci"][1] for l in ls], label=f"{name} (best layer {fit.best_layer}, "
+    band(ax, np.array(ls) / max(ls), [fit.at(l).auroc for l in ls], [fit.at(l).auroc_ci[0] for l in ls],
+         [fit.at(l).auroc_ci[1] for l in ls], label=f"{name} (best layer {fit.best_layer}, "
          f"random p95 {fit.metrics['random_baseline']['p95']:.2f})")
 ax.set(xlabel="relative depth (layer / last layer)", ylabel="test AUROC", ylim=(0.3, 1.02),
        title=f"Empathy probe ({POOL}) on both bundled models")
@@ -1024,12 +1021,10 @@ headline = record(
     bow_matched_auroc_hi=bow_matched["detection"].auroc_ci[1],
     other_matched_auroc=tr_o["detection"].auroc, other_matched_auroc_lo=tr_o["detection"].auroc_ci[0],
     other_matched_auroc_hi=tr_o["detection"].auroc_ci[1], other_matched_random_p95=tr_o["random"]["p95"],
-    matched_fit_auroc=fm[str(best_m)]["auroc"], matched_fit_auroc_lo=fm[str(best_m)]["auroc_ci"][0],
-    matched_fit_auroc_hi=fm[str(best_m)]["auroc_ci"][1], matched_fit_layer=best_m,
+    matched_fit_auroc=(fit_m.at(best_m).auroc, *fit_m.at(best_m).auroc_ci), matched_fit_layer=best_m,
     matched_fit_random_p95=m_tr[best_m]["random"]["p95"], matched_fit_random_d_p95=m_tr[best_m]["random"]["d_p95"],
-    matched_fit_d=fm[str(best_m)]["cohens_d"], matched_fit_paired=m_tr[best_m]["paired"],
-    matched_fit_cv_layer=cv_best, matched_fit_cv_auroc=fm[str(cv_best)]["auroc"],
-    matched_fit_cv_auroc_lo=fm[str(cv_best)]["auroc_ci"][0], matched_fit_cv_auroc_hi=fm[str(cv_best)]["auroc_ci"][1],
+    matched_fit_d=fit_m.at(best_m).cohens_d, matched_fit_paired=m_tr[best_m]["paired"],
+    matched_fit_cv_layer=cv_best, matched_fit_cv_auroc=(fit_m.at(cv_best).auroc, *fit_m.at(cv_best).auroc_ci),
     matched_fit_cv_random_p95=m_tr[cv_best]["random"]["p95"],
     matched_fit_bow_auroc=bow_m_tr["detection"].auroc, matched_fit_bow_auroc_lo=bow_m_tr["detection"].auroc_ci[0],
     matched_fit_bow_auroc_hi=bow_m_tr["detection"].auroc_ci[1], matched_fit_pronoun_auroc=pron_auc[0],

@@ -112,7 +112,7 @@ situations = [r.text for r in heldout][: size(8, 6, 12)]
 chosen_on = [r.id for r in heldout][: len(situations)]  # their record ids: best_setting refuses test records
 chat_texts = [lm.chat_prompt(s) for s in situations]
 rms = {l: S.residual_rms(lm, chat_texts, l) for l in CANDIDATES}
-show(pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.metrics["layers"][str(l)]["auroc"], 3),
+show(pd.DataFrame([{"layer": l, "probe test AUROC": round(fit.at(l).auroc, 3),
                     "residual RMS": round(rms[l], 2)} for l in CANDIDATES]))
 
 # %% [markdown]
