@@ -402,7 +402,8 @@ display(result(
 #
 # One change from "activation x edge weight": we rank a downstream feature
 # by that effect *divided by its own activation* (the share of its input
-# the circuit provides). On this model the last layer's features have
+# the circuit provides; above 1 when the feature's other inputs pull it
+# down). On this model the last layer's features have
 # activations tens of times larger than anyone else's. With raw effects
 # they win every step on scale alone, and the circuit ends after one step.
 
@@ -431,7 +432,9 @@ for step, nodes in enumerate(grown):
                      "share of its input from previous step": eff if step else float("nan"),
                      "writes": " ".join(repr(t) for t, _ in lens["writes"])})
 growth = pd.DataFrame(rows)
-display(show(growth, digits=3))
+display(show(growth, {"step": "step", "node": "node", "token": "token",
+                     "share of its input from previous step": "effect of the step before / activation",
+                     "writes": "writes"}, digits=3))
 circuit_feats = sorted({(la, f) for nodes in grown for la, _, f, _ in nodes})
 print(f"seed L{seed[0]}/F{seed[2]}; circuit: {len(circuit_feats)} features over layers "
       f"{sorted({la for la, _ in circuit_feats})}")
@@ -442,10 +445,13 @@ seed_about = (f", on at {seed_row['min share (empathetic)'].iloc[0]:.2f} or more
               f"and at {seed_row['mean share (neutral)'].iloc[0]:.2f} of the neutral replies' steps,"
               if len(seed_row) else " (the graph's top feature: no persistent one was active in the prompt),")
 circuit_layers = sorted({la for la, _ in circuit_feats})
+from_before = growth["share of its input from previous step"].dropna()  # the step before's effect / activation
+over_one = int((from_before > 1).sum())
 display(result(
     f"Grown from L{seed[0]}/F{seed[2]}{seed_about} the circuit has {len(circuit_feats)} features over layers "
-    f"{circuit_layers[0]}-{circuit_layers[-1]}; no added feature gets more than "
-    f"{growth['share of its input from previous step'].max():.0%} of its input from the step before."))
+    f"{circuit_layers[0]}-{circuit_layers[-1]}; the step before supplies a median {from_before.median():.2f} of an "
+    f"added feature's activation" + (f" (more than all of it for {over_one} of {len(from_before)}: their other "
+                                      "inputs pull them down)." if over_one else ".")))
 
 # %% [markdown]
 # ## 5. Clamping the circuit
