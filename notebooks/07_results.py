@@ -79,6 +79,7 @@ from IPython.display import Markdown, display
 from emocircuits import results as R
 from emocircuits.book import recorded
 from emocircuits.plots import setup_style
+from emocircuits.tables import interval
 
 setup_style()
 pd.set_option("display.max_colwidth", 120)
@@ -110,29 +111,33 @@ def show(paper, steering=None):
 # baseline matters more than paper A's table suggests: oriented random
 # directions reach high AUROCs on 15 test pairs. A stronger baseline is
 # the bag of words, the same probe fitted on the reply's input
-# embeddings. On the default model it comes within 0.05 of the probe, so
-# detecting these pairs takes little more than their words. On 30 pairs
-# whose sides share a frame and a length (chapter 03), the layer the
-# stored pairs select carries over poorly on the default model. The
-# model's middle and late layers hold, at about the bag of words' level.
-# Trained on 40 more such pairs, the probe reaches 0.96 on the default
-# model and 0.98 on gemma3-270m (0.95 and 0.98 at a layer chosen without
-# the test pairs). Random directions' 95th percentile is at 0.72 and
-# 0.76. But a bag of words trained on the same pairs reaches 0.93 on
-# both, within 0.03 and 0.06. Steering is where small models part ways
-# with the paper: read the coherent share beside every success rate. A
-# direction built from the model's own replies (Persona Vectors, chapter
-# 06's section 5) steers one way only on the default model, up. Pushed
-# the other way, the replies stay coherent and unchanged, where paper
-# A's Dolphin broke down. The model hardly follows the persona prompts
-# the direction is built from. With more situations and seeds (section
-# 6), a push along the sum of the two directions moves 0.29 [0.13, 0.50]
-# of fresh situations both ways by the tuning judge. That is against a
-# chance of 0.17, and far from the 80% this book set as its goal. The
-# reporting judge reads 0.58 of them moved, and the two judges agree only
-# loosely on these replies (chapter 06 says what that means for trusting
-# either).
-#
+# embeddings. Steering is where small models part ways with the paper:
+# read the coherent share beside every success rate. Chapter 06 also
+# builds a direction from the model's own replies under warm and cold
+# persona prompts, and the model hardly follows those prompts (its
+# section 5). In this build:
+
+# %% tags=["remove-input"]
+def n(chapter, key):
+    """A recorded number as the tables print it, with its interval; "not run" when this build lacks it."""
+    got = R.value(rec.get(chapter, {}), key)
+    return "not run" if got is None else interval(*got)
+
+
+display(Markdown(
+    f"- **Detection.** The probe scores {n('03_probes', 'auroc_response')} on the stored test pairs, a bag of "
+    f"words {n('03_probes', 'bow_auroc')}. Trained on pairs whose sides share frame and length, it scores "
+    f"{n('03_probes', 'matched_fit_auroc')} on their test pairs ({n('03_probes', 'other_matched_fit_auroc')} on "
+    f"the second bundled model), a bag of words {n('03_probes', 'matched_fit_bow_auroc')}, random directions' "
+    f"95th percentile {n('03_probes', 'matched_fit_random_p95')}.\n"
+    f"- **Steering.** Along the sum of the probe and persona directions, {n('06_steering', 'sum_confirmed')} of "
+    f"fresh situations move both ways by the tuning judge (chance {n('06_steering', 'sum_confirmed_chance')}; "
+    f"goal 0.80). The reporting judge reads {n('06_steering', 'sum_confirmed_report')} of them moved; the two "
+    f"judges' rank correlation on these replies is {n('06_steering', 'sum_confirmed_judges_rho')}. The persona "
+    f"direction alone moves {n('06_steering', 'persona_confirmed_up')} of fresh situations up and "
+    f"{n('06_steering', 'persona_confirmed_down')} down."))
+
+# %% [markdown]
 # Detection first (chapter 03), then steering (chapter 06).
 
 # %%
