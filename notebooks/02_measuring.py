@@ -84,11 +84,6 @@ setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
 pd.set_option("display.max_colwidth", 110)
 
-
-def fmt(est, lo, hi, digits=2):
-    return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 # %% [markdown]
 # ## 1. The emotion judges
 #
@@ -177,7 +172,7 @@ rows = []
 for s, (texts, truth) in sets.items():
     majority = max(truth.count(l) for l in set(truth)) / len(truth)
     rows.append({"test set": s, "n": len(truth), "majority class": f"{majority:.2f}",
-                 **{k: fmt(*acc_of[s][k]["accuracy"]) for k in kinds},
+                 **{k: interval(*acc_of[s][k]["accuracy"]) for k in kinds},
                  "agreement (kappa)": f"{agree_of[s]['agree']:.2f} ({agree_of[s]['kappa']:.2f})"})
 show(pd.DataFrame(rows))
 
@@ -187,7 +182,7 @@ show(pd.DataFrame(rows))
 
 # %%
 chat_sets = list(J.EMOTION_VALIDATION)[:2]
-pd.DataFrame({(s, k): {e: fmt(*acc_of[s][k][e]) for e in ds.EMOTIONS} for s in chat_sets for k in kinds})
+pd.DataFrame({(s, k): {e: interval(*acc_of[s][k][e]) for e in ds.EMOTIONS} for s in chat_sets for k in kinds})
 
 # %%
 bundled = list(J.EMOTION_VALIDATION)[2]
@@ -344,9 +339,9 @@ judges = {
 }
 rows = []
 for name, fn in judges.items():
-    rows.append({"judge": name, "held-out situations: empathic side higher": fmt(*bootstrap_ci(pair_wins(fn),
-                 seed=SEED)), "EIA pairs: empathic side higher": fmt(*bootstrap_ci(eia_wins(fn), seed=SEED))})
-print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {fmt(rho, *rho_ci[1:])}")
+    rows.append({"judge": name, "held-out situations: empathic side higher": interval(*bootstrap_ci(pair_wins(fn),
+                 seed=SEED)), "EIA pairs: empathic side higher": interval(*bootstrap_ci(eia_wins(fn), seed=SEED))})
+print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {interval(rho, *rho_ci[1:])}")
 show(pd.DataFrame(rows))
 
 # %% [markdown]
@@ -411,9 +406,9 @@ readings = {"n-grams (tunes)": s_fresh, "embeddings (reports)": r_fresh,
             "the writer's intended level": [r.intended for r in fresh_emp]}
 fresh_rho = {k: rho_with_ci(v, y_fresh) for k, v in readings.items()}
 rho_judges_fresh = spearmanr(s_fresh, r_fresh)[0]
-show(pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: fmt(*v) for k, v in fresh_rho.items()},
+show(pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: interval(*v) for k, v in fresh_rho.items()},
                    "a level-4/5 reply above a level-1/2 reply to the same post": {
-                       k: fmt(*bootstrap_ci(warm_above_cold(v, fresh_emp), seed=SEED)) for k, v in readings.items()}})
+                       k: interval(*bootstrap_ci(warm_above_cold(v, fresh_emp), seed=SEED)) for k, v in readings.items()}})
      .rename_axis("reading").reset_index())
 
 # %% [markdown]
@@ -458,10 +453,10 @@ for name, (lev, sc) in ways.items():
     pair = np.array([sc[i] > sc[j] for g_ in set(gid) for i in np.where((y_game == 2) & (gid == g_))[0]
                      for j in np.where((y_game == 0) & (gid == g_))[0]], float)
     rows.append({"judge": name,
-                 "level accuracy [95% CI]": fmt(*bootstrap_ci((lev == y_game).astype(float), seed=SEED))
+                 "level accuracy [95% CI]": interval(*bootstrap_ci((lev == y_game).astype(float), seed=SEED))
                  if lev is not None else "-",
                  "Spearman rho with the level": f"{spearmanr(sc, y_game)[0]:.2f}",
-                 "a 2 scored above a 0 of the same game": fmt(*bootstrap_ci(pair, seed=SEED))})
+                 "a 2 scored above a 0 of the same game": interval(*bootstrap_ci(pair, seed=SEED))})
 show(pd.DataFrame(rows))
 
 # %% [markdown]
@@ -581,7 +576,7 @@ print(f"{2 * len(situations)} replies in {time.perf_counter() - t0:.0f} s")
 scores = {k: emp.score(v, situations) for k, v in gens.items()}
 diff = scores["empathetic"] - scores["neutral"]
 d_est, d_lo, d_hi = bootstrap_ci(diff, seed=SEED)
-print("empathy, empathetic minus neutral system prompt:", fmt(d_est, d_lo, d_hi))
+print("empathy, empathetic minus neutral system prompt:", interval(d_est, d_lo, d_hi))
 print("the interval", "excludes" if d_lo > 0 or d_hi < 0 else "includes", "zero on", MODEL)
 coh_gen = {k: np.mean([c["coherent"] for c in J.coherence(v)]) for k, v in gens.items()}
 print("share coherent:", ", ".join(f"{k} prompt {v:.2f}" for k, v in coh_gen.items()))

@@ -98,11 +98,6 @@ scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 print(lm, f"\n{len(pairs)} pairs, {sum(p.split == 'train' for p in pairs)} train / "
       f"{sum(p.split == 'test' for p in pairs)} test (stored split)")
 
-
-def fmt(est, lo, hi, digits=2):
-    return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 # %% [markdown]
 # ## 1. An empathy probe at every layer, three ways of pooling
 #
@@ -148,10 +143,10 @@ for pool, fit in fits.items():
     rb, ru, pcb = (fit.metrics[k] for k in ("random_baseline", "random_baseline_unoriented", "pc_baseline"))
     peak = fit.metrics["test_best_layer"]
     rows.append({"pooling": pool, "layer (chosen on train pairs)": fit.best_layer,
-                 "AUROC [95% CI]": fmt(b["auroc"], *b["auroc_ci"]),
+                 "AUROC [95% CI]": interval(b["auroc"], *b["auroc_ci"]),
                  "test-peak layer (exploratory): AUROC": f"{peak}: {fit.metrics['layers'][str(peak)]['auroc']:.2f}",
-                 "accuracy [95% CI]": fmt(b["accuracy"], *b["accuracy_ci"]),
-                 "Cohen's d [95% CI]": fmt(b["cohens_d"], *b["cohens_d_ci"], digits=1),
+                 "accuracy [95% CI]": interval(b["accuracy"], *b["accuracy_ci"]),
+                 "Cohen's d [95% CI]": interval(b["cohens_d"], *b["cohens_d_ci"], digits=1),
                  "random dirs, oriented: mean / p95": f"{rb['mean']:.2f} / {rb['p95']:.2f}",
                  "random dirs, oriented: d mean / p95": f"{rb['d_mean']:.1f} / {rb['d_p95']:.1f}",
                  "random dirs, unsigned (paper A): mean / p95": f"{ru['mean']:.2f} / {ru['p95']:.2f}",
@@ -225,8 +220,8 @@ shuf = P.shuffled_baseline(Xp[tr], Xn[tr], Xp[~tr], Xn[~tr], n=100, seed=SEED)
 logit = P.logistic_direction(Xp[tr], Xn[tr], seed=SEED)
 det_logit = P.evaluate_direction(logit, Xp[~tr], Xn[~tr], threshold=P.midpoint(logit, Xp[tr], Xn[tr]), seed=SEED)
 print(f"layer {best}, {POOL}: mean-difference AUROC "
-      f"{fmt(fits[POOL].metrics['layers'][str(best)]['auroc'], *fits[POOL].metrics['layers'][str(best)]['auroc_ci'])}")
-print(f"logistic-regression probe AUROC {fmt(det_logit.auroc, *det_logit.auroc_ci)}")
+      f"{interval(fits[POOL].metrics['layers'][str(best)]['auroc'], *fits[POOL].metrics['layers'][str(best)]['auroc_ci'])}")
+print(f"logistic-regression probe AUROC {interval(det_logit.auroc, *det_logit.auroc_ci)}")
 print(f"shuffled-label probes: mean {shuf['mean']:.2f}, 95th percentile {shuf['p95']:.2f}")
 print(f"share of shuffled probes at or above the real one: "
       f"{np.mean(np.array(shuf['aurocs']) >= fits[POOL].metrics['layers'][str(best)]['auroc']):.2f}")
@@ -297,8 +292,8 @@ bow_matched = P.transfer_pairs(lm, bow, matched, scen, seed=SEED)[0]
 def transfer_row(what, l, r=None):
     r = transfer[l] if r is None else r
     det, rb = r["detection"], r["random"]
-    return {"layer": f"{l} ({what})", "AUROC [95% CI]": fmt(det.auroc, *det.auroc_ci),
-            "pairs the right way round [95% CI]": fmt(r["paired"], *r["paired_ci"]),
+    return {"layer": f"{l} ({what})", "AUROC [95% CI]": interval(det.auroc, *det.auroc_ci),
+            "pairs the right way round [95% CI]": interval(r["paired"], *r["paired_ci"]),
             "random dirs: AUROC mean / p95": f"{rb['mean']:.2f} / {rb['p95']:.2f}",
             "random dirs: pairs right way round, p95": f"{rb['paired_p95']:.2f}",
             "Cohen's d (random p95)": f"{det.cohens_d:.1f} ({rb['d_p95']:.1f})"}
@@ -414,8 +409,8 @@ ax.set(xlabel="layer (resid_post)", ylabel="AUROC", ylim=(0.3, 1.02),
        title=f"{POOL} probes on the {len(m_test)} matched test pairs")
 ax.legend(loc="lower right", fontsize=8)
 plt.show()
-print(f"pronoun count (no model): AUROC {fmt(*pron_auc)}; the probe trained on matched pairs, layer {best_m}, on "
-      f"the stored test pairs: AUROC {fmt(on_stored.auroc, *on_stored.auroc_ci)}")
+print(f"pronoun count (no model): AUROC {interval(*pron_auc)}; the probe trained on matched pairs, layer {best_m}, on "
+      f"the stored test pairs: AUROC {interval(on_stored.auroc, *on_stored.auroc_ci)}")
 show_table(pd.DataFrame([
     transfer_row("trained on matched pairs; best on the test pairs", best_m, m_tr[best_m]),
     transfer_row("trained on matched pairs; chosen on the train pairs alone", cv_best, m_tr[cv_best]),
@@ -543,7 +538,7 @@ ax.axvline(best, color="k", ls=":", lw=1, label=f"best layer ({best})")
 ax.set(ylabel="probe AUROC", ylim=(-0.02, 1.02), title="The probe on pairs written to fool a keyword detector")
 ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 plt.show()
-show_table(stress.assign(**{"probe AUROC [95% CI]": [fmt(r["probe AUROC"], r.lo, r.hi)
+show_table(stress.assign(**{"probe AUROC [95% CI]": [interval(r["probe AUROC"], r.lo, r.hi)
                                                      for _, r in stress.iterrows()]}),
            columns=["pairs", "texts", "probe AUROC [95% CI]", "keyword counter AUROC", "words replaced"])
 
@@ -552,7 +547,7 @@ cw, pt = stress_at.loc["care_words"], stress_at.loc["polite_task"]
 print(f"care words: probe AUROC {cw.loc['original', 'probe AUROC']:.3f} -> {cw.loc['ablated', 'probe AUROC']:.3f} "
       f"after {int(cw.loc['ablated', 'words replaced'])} keywords are replaced "
       f"(drop {cw.loc['original', 'probe AUROC'] - cw.loc['ablated', 'probe AUROC']:+.3f}; goal: at most 0.05)")
-print(f"polite task: probe AUROC {fmt(*pt.loc['original', ['probe AUROC', 'lo', 'hi']])} "
+print(f"polite task: probe AUROC {interval(*pt.loc['original', ['probe AUROC', 'lo', 'hi']])} "
       f"(0.5 is chance; the keyword counter gets {pt.loc['original', 'keyword counter AUROC']:.2f}); "
       f"{pt.loc['ablated', 'probe AUROC']:.2f} once the refusals lose their care words")
 
@@ -636,7 +631,7 @@ ax.legend(loc="center right", fontsize=8)
 plt.show()
 best_e = int(emo_df.loc[emo_df.accuracy.idxmax(), "layer"])
 r = emo_df.set_index("layer").loc[best_e]
-print(f"best layer {best_e}: six-way accuracy {fmt(r.accuracy, r.lo, r.hi)} (chance 0.17)")
+print(f"best layer {best_e}: six-way accuracy {interval(r.accuracy, r.lo, r.hi)} (chance 0.17)")
 
 # %% [markdown]
 # The best layer was picked by the same cross-validation that scores it,
@@ -661,7 +656,7 @@ if n_test_scen:
         t_pred = clf.fit(X_e[m], emotions[m]).predict(X_t)
         acc_n = bootstrap_ci((t_pred == y_t).astype(float), seed=SEED)
         curve.append({"discovery scenarios per theme": n, "training prompts": int(m.sum()),
-                      "test accuracy [95% CI]": fmt(*acc_n)})
+                      "test accuracy [95% CI]": interval(*acc_n)})
     emo_test = acc_n  # the last row: every discovery prompt read
     display(pd.DataFrame(curve).style.hide(axis="index").set_caption(
         f"six-way probe at layer {best_e}, scored on {len(t_prompts)} test prompts (chance 0.17)"))
@@ -780,8 +775,8 @@ ax.legend(loc="lower right", fontsize=8)
 plt.show()
 tr_o = P.transfer_pairs(other, fit_o, matched, scen, layers=[fit_o.best_layer], seed=SEED)[fit_o.best_layer]
 print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the matched pairs: AUROC "
-      f"{fmt(tr_o['detection'].auroc, *tr_o['detection'].auroc_ci)}, pairs the right way round "
-      f"{fmt(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "
+      f"{interval(tr_o['detection'].auroc, *tr_o['detection'].auroc_ci)}, pairs the right way round "
+      f"{interval(tr_o['paired'], *tr_o['paired_ci'])}; random directions: AUROC p95 {tr_o['random']['p95']:.2f}, "
       f"pairs right way round p95 {tr_o['random']['paired_p95']:.2f}")
 # the matched-pairs probe of section 1 on this model, on the main model's layer grid (every other layer)
 fit_om = P.fit_pair_probe(other, fit_set, scen, layers=range(0, other.n_layers, size(6, 2, 1)), pooling=POOL,
@@ -793,10 +788,10 @@ bow_om = P.fit_pair_probe(other, fit_set, scen, layers=[0], pooling=POOL, site_k
 cv_om = P.cv_layer_auroc(other, fit_set, scen, layers=fit_om.layers, pooling=POOL)
 cv_o = P.best_layer(cv_om)  # chosen on the train pairs alone
 om_cv = fit_om.metrics["layers"][str(cv_o)]
-print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {fmt(om['auroc'], *om['auroc_ci'])}"
+print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {interval(om['auroc'], *om['auroc_ci'])}"
       f"; random directions: p95 {fit_om.metrics['random_baseline']['p95']:.2f}; bag of words "
-      f"{fmt(bow_om['auroc'], *bow_om['auroc_ci'])}; at the layer chosen on the train pairs ({cv_o}): AUROC "
-      f"{fmt(om_cv['auroc'], *om_cv['auroc_ci'])}")
+      f"{interval(bow_om['auroc'], *bow_om['auroc_ci'])}; at the layer chosen on the train pairs ({cv_o}): AUROC "
+      f"{interval(om_cv['auroc'], *om_cv['auroc_ci'])}")
 
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -836,10 +831,10 @@ def r_ci(x, y):
 
 raw_ci, al_ci = r_ci(s_a, s_b), r_ci(s_a, align(B_rep) @ fit_a.directions[la])
 show_table(pd.DataFrame([
-    {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": fmt(*raw_ci),
+    {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": interval(*raw_ci),
      "baseline (mean / 95th pct)": f"permuted texts: {np.mean(null_raw):+.2f} / {np.quantile(null_raw, .95):+.2f}"},
     {"comparison": f"{MODEL} probe on {OTHER} activations mapped into {MODEL}'s space",
-     "Pearson r [95% CI]": fmt(*al_ci),
+     "Pearson r [95% CI]": interval(*al_ci),
      "baseline (mean / 95th pct)": f"map fitted on mismatched texts: {np.mean(null_al):+.2f} / "
                                    f"{np.quantile(null_al, .95):+.2f}"},
 ]))
@@ -897,11 +892,11 @@ gr_personal = P.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEE
 gr_task = P.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)  # empathic vs task-focused: the pairs' contrast
 gr_cold = P.auroc_ci(gr_score[high], gr_score[grade == 1], seed=SEED)  # empathic vs dismissive
 print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
-      f"situations: probe AUROC {fmt(*gr_auc)}; keyword count {fmt(*gr_kw_auc)}; chance 0.50")
-print(f"split by the low grade: 4-5 vs task only (2, {(grade == 2).sum()} replies) {fmt(*gr_task)}; "
-      f"4-5 vs dismissive (1, {(grade == 1).sum()} replies) {fmt(*gr_cold)}")
+      f"situations: probe AUROC {interval(*gr_auc)}; keyword count {interval(*gr_kw_auc)}; chance 0.50")
+print(f"split by the low grade: 4-5 vs task only (2, {(grade == 2).sum()} replies) {interval(*gr_task)}; "
+      f"4-5 vs dismissive (1, {(grade == 1).sum()} replies) {interval(*gr_cold)}")
 print(f"the {len({r['situation'] for r, g in zip(graded, game) if not g})} personal situations only "
-      f"(no game, unlike every pair): probe AUROC {fmt(*gr_personal)}")
+      f"(no game, unlike every pair): probe AUROC {interval(*gr_personal)}")
 fig, ax = plt.subplots(figsize=(5, 3.2))
 sns.boxplot(x=grade, y=gr_score, color="#9ecae1", ax=ax)
 ax.set(xlabel="author's grade (1 = dismissive, 2 = task only, 5 = deeply attuned)",
@@ -957,7 +952,7 @@ probe_s = P.score_texts(lm, fits[POOL], [full[i] for i in keep], response_starts
 judge_s = J.EmpathyJudge(use_all=True, seed=SEED).score([gens[i].text for i in keep], [gens[i].user for i in keep])
 r_est, r_lo, r_hi = r_ci(probe_s, judge_s)
 null_gen = [pearsonr(probe_s, rng.permutation(judge_s))[0] for _ in range(1000)]
-print(f"{len(keep)} replies: Pearson r(probe, judge) = {fmt(r_est, r_lo, r_hi)}; "
+print(f"{len(keep)} replies: Pearson r(probe, judge) = {interval(r_est, r_lo, r_hi)}; "
       f"permutation 95th percentile {np.quantile(null_gen, .95):+.2f}")
 fig, ax = plt.subplots(figsize=(5, 3.6))
 kinds = np.array(["empathetic prompt" if gens[i].prompt_id.startswith("emp") else "neutral prompt" for i in keep])

@@ -381,8 +381,13 @@ def stage(root: Path, executed: Path, staging: Path) -> None:
     write_landing(staging / "book", pages, recorded(executed))
 
 
+def _joined(text) -> str:
+    """A notebook's text field as one string (nbformat allows a list of lines)."""
+    return "".join(text) if isinstance(text, list) else text
+
+
 def _source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell.get("source"), list) else cell.get("source", "")
+    return _joined(cell.get("source", ""))
 
 
 def _tag(cell: dict, tag: str) -> None:
@@ -400,21 +405,21 @@ def _parameter_lines(source: str) -> dict[str, str]:
     return out
 
 
-def _is_setup(source: str) -> bool:
-    """Imports and the chapter's set-up calls, nothing a reader needs to read."""
+def _statements(source: str) -> list[ast.stmt]:
+    """A code cell's top-level statements (none if it is not plain Python, e.g. a magic)."""
     try:
-        body = ast.parse(source).body
+        return ast.parse(source).body
     except SyntaxError:
-        return False
+        return []
+
+
+def _is_setup(body: list[ast.stmt]) -> bool:
+    """Imports and the chapter's set-up calls, nothing a reader needs to read."""
     imports = sum(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
     return bool(body) and imports >= 0.6 * len(body)
 
 
-def _calls_record(source: str) -> bool:
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return False
+def _calls_record(body: list[ast.stmt]) -> bool:
     return any(isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
                and n.value.func.id == "record" for n in body)
 
@@ -474,8 +479,10 @@ def present_code(nb: dict) -> dict:
         outputs = cell.get("outputs", [])
         only_figures = bool(outputs) and all(o.get("output_type") in ("display_data", "execute_result")
                                              and "image/png" in o.get("data", {}) for o in outputs)
-        long = len(_source(cell).strip().splitlines()) > LONG_CELL_LINES
-        if long or _is_setup(_source(cell)) or _calls_record(_source(cell)) or only_figures:
+        source = _source(cell)
+        body = _statements(source)
+        if len(source.strip().splitlines()) > LONG_CELL_LINES or _is_setup(body) or _calls_record(body) \
+                or only_figures:
             _tag(cell, "hide-input")
     return nb
 
@@ -498,7 +505,7 @@ def describe_figures(nb: dict) -> dict:
         if not images:
             continue
         text = images[0]["data"].get("text/plain", "")
-        text = "".join(text) if isinstance(text, list) else text
+        text = _joined(text)
         if not text.strip() or text.startswith("<Figure"):
             continue
         title, _, rest = text.partition("\n")
@@ -509,23 +516,21 @@ def describe_figures(nb: dict) -> dict:
     return nb
 
 
-def _words(nb: dict) -> int:
+def _word_count(nb: dict) -> int:
     n = 0
     for cell in nb.get("cells", []):
-        src = "".join(cell["source"]) if isinstance(cell.get("source"), list) else cell.get("source", "")
         if cell.get("cell_type") == "markdown":
-            n += len(src.split())
+            n += len(_source(cell).split())
         for out in cell.get("outputs", []):
             text = out.get("text") or out.get("data", {}).get("text/markdown") or ""
-            n += len(("".join(text) if isinstance(text, list) else text).split())
+            n += len(_joined(text).split())
     return n
 
 
 def _title(nb: dict, stem: str) -> str:
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "markdown":
-            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            for line in src.splitlines():
+            for line in _source(cell).splitlines():
                 if line.startswith("# "):
                     return line[2:].strip()
     return stem
@@ -551,7 +556,7 @@ def write_landing(book_dir: Path, pages: dict[str, dict], records: dict[str, dic
     atomic_write_text(book_dir / "_findings.md", "\n".join(lines) + "\n")
     rows = ["| chapter | reading time |", "| --- | --- |"]
     for stem, nb in pages.items():
-        minutes = max(5, 5 * math.ceil(_words(nb) / READING_WPM / 5))
+        minutes = max(5, 5 * math.ceil(_word_count(nb) / READING_WPM / 5))
         rows.append(f"| {{doc}}`{_title(nb, stem)} </notebooks/{stem}>` | about {minutes} min |")
     atomic_write_text(book_dir / "_chapters.md", "\n".join(rows) + "\n")
 
@@ -568,7 +573,7 @@ def _landing_figure(pages: dict[str, dict]) -> tuple[str, str, str] | None:
                 if png:
                     opts = cell.get("metadata", {}).get("mystnb", {})
                     caption = opts.get("figure", {}).get("caption") or "The results chapter's figure"
-                    return ("".join(png) if isinstance(png, list) else png), \
+                    return _joined(png), \
                         opts.get("image", {}).get("alt") or caption, caption
     return None
 
@@ -606,7 +611,7 @@ def tidy_streams(nb: dict) -> dict:
             if out.get("output_type") != "stream":
                 outputs.append(out)
                 continue
-            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            text = _joined(out["text"])
             prev = outputs[-1] if outputs else None
             if prev is not None and prev.get("output_type") == "stream" and prev["name"] == out["name"]:
                 prev["text"] += text

@@ -445,19 +445,22 @@ class PairProbe:
     def best_layer(self) -> int:
         return int(self.metrics["best_layer"])
 
-    def at(self, layer: int) -> Detection:
-        """Held-out detection at ``layer`` (an int), typed; ``metrics`` keeps string keys only because it is
-        saved as JSON."""
+    def _layer_metrics(self, layer: int) -> dict:
+        """The saved metrics of ``layer`` (string keys only because they are saved as JSON)."""
         got = self.metrics.get("layers", {}).get(str(int(layer)))
         if got is None:
             raise KeyError(f"layer {layer} was not fitted; the probe has layers {self.layers}")
+        return got
+
+    def at(self, layer: int) -> Detection:
+        """Held-out detection at ``layer`` (an int), typed."""
+        got = self._layer_metrics(layer)
         return Detection(got["auroc"], tuple(got["auroc_ci"]), got["accuracy"], tuple(got["accuracy_ci"]),
                          got["cohens_d"], tuple(got["cohens_d_ci"]))
 
     def cv_auroc(self, layer: int) -> float:
         """The cross-validated AUROC on the train pairs at ``layer``, by which :attr:`best_layer` was chosen."""
-        self.at(layer)  # names a layer that was not fitted
-        return float(self.metrics["layers"][str(int(layer))]["cv_auroc"])
+        return float(self._layer_metrics(layer)["cv_auroc"])
 
 
 def fit_pair_probe(lm, records, scenarios: dict | None = None, layers: Sequence[int] | None = None,

@@ -19,6 +19,8 @@ from typing import Callable
 
 import pandas as pd
 
+from .tables import interval
+
 NOT_RUN = "not run in this build"
 
 PAPERS = {
@@ -64,14 +66,9 @@ def value(rec: dict, key: str) -> tuple[float, float | None, float | None] | Non
 
 
 def _num(rec: dict, key: str, digits: int = 2) -> str | None:
+    """A recorded number as the tables print it (:func:`tables.interval`); None if absent."""
     got = value(rec, key)
-    if got is None:
-        return None
-    v, lo, hi = got
-    text = f"{v:.{digits}f}"
-    if lo is not None and hi is not None:
-        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return text
+    return None if got is None else interval(*got, digits=digits)
 
 
 def _base(template: str, *keys: str | tuple[str, int], digits: int = 2) -> Getter:
