@@ -11,7 +11,8 @@ import pytest
 LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 LOWER_LAYERS = ("sites", "interventions", "activations", "profiling", "cache")
 # modules with no package import inside a function (the rest: cli's lazy imports keep `emocircuits --help` quick)
-NO_INNER_IMPORTS = (*LOWER_LAYERS, "steering", "probes", "circuits", "attribution", "transcoders", "judges", "stats")
+NO_INNER_IMPORTS = (*LOWER_LAYERS, "steering", "probes", "circuits", "attribution", "clamping", "transcoders", "judges",
+                    "stats")
 
 
 def _package_imports(node: ast.AST) -> set[str]:

@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default=None, choices=["unit", "rms"],
                    help="alpha multiplies the unit direction (unit) or the residual RMS (rms); default: the "
                         "vector file's, else unit")
-    p.add_argument("--positions", default=None, help="all, prompt, generated or last:k; default: the vector "
+    p.add_argument("--positions", default=None, help="all, prompt, generated, last_prompt or last:k; default: the vector "
                                                        "file's, else all")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     _add_remote(p)

@@ -21,10 +21,14 @@ from .sites import Site, parse_site, read_site, site_width, split_heads, write_s
 _POS_RE = re.compile(r"^last:(\d+)$")
 
 
+POSITIONS = ("all", "prompt", "generated", "last_prompt")  # and "last:k"; steering's docstring says what each means
+
+
 def _check_positions(positions: str) -> str:
-    if positions in ("all", "prompt", "generated") or (_POS_RE.match(positions) and int(positions[5:]) > 0):
+    if positions in POSITIONS or (isinstance(positions, str) and _POS_RE.match(positions) and int(positions[5:]) > 0):
         return positions
-    raise ValueError(f"positions={positions!r}: expected 'all', 'prompt', 'generated' or 'last:k' with k >= 1")
+    raise ValueError(f"positions={positions!r}: expected 'all', 'prompt', 'generated', 'last_prompt' or 'last:k' "
+                     f"with k >= 1")
 
 
 @dataclass
@@ -188,6 +192,8 @@ def _position_slice(positions: str, step: int, n_tok: int) -> slice | None:
         return slice(None) if step == 0 else None
     if positions == "generated":
         return None if step == 0 else slice(None)
+    if positions == "last_prompt":
+        return slice(max(n_tok - 1, 0), None) if step == 0 else None
     k = int(positions[5:])
     return slice(max(n_tok - k, 0), None) if step == 0 else slice(None)
 

@@ -16,6 +16,8 @@ each acts at a named site (:mod:`.sites`):
                  token, predicted from the prompt, is not affected)
 ``"last:k"``     the last ``k`` prompt positions and every generated one
                  (paper B's "last position, every step" is ``"last:1"``)
+``"last_prompt"`` the prompt's final position only, nothing generated
+                 (paper C's clamp "in the final token of the current prompt")
 
 Generation pads on the left, so "the last k prompt positions" are the last
 ``k`` columns of the first forward pass.
@@ -38,10 +40,20 @@ from .profiling import count, timed
 from .protocol import refuse_test_records
 from .stats import bootstrap_ci
 
-def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side: str = "left") -> torch.Tensor:
-    """Logits ``[batch, tokens, vocab]`` of one forward pass with interventions applied."""
-    items = resolve(lm, interventions)
-    enc = {k: v.to(lm.device) for k, v in lm.encode(list(texts), padding_side=padding_side).items()}
+def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side: str = "left",
+            interventions_each: Sequence[Sequence] | None = None) -> torch.Tensor:
+    """Logits ``[batch, tokens, vocab]`` of one forward pass with interventions applied: ``interventions``
+    on every row, or ``interventions_each``, one list per text, each acting on its own row only."""
+    texts = list(texts)
+    if interventions_each is not None:
+        if interventions:
+            raise ValueError("give interventions (the same for every text) or interventions_each, not both")
+        if isinstance(interventions_each, (str, bytes)) or len(interventions_each) != len(texts):
+            raise ValueError(f"interventions_each must hold one list of interventions per text ({len(texts)} texts)")
+        items = _rows_items([resolve(lm, ivs) for ivs in interventions_each])
+    else:
+        items = resolve(lm, interventions)
+    enc = {k: v.to(lm.device) for k, v in lm.encode(texts, padding_side=padding_side).items()}
     out: dict = {}
     with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
         apply_all(lm, items, 0)
