@@ -191,7 +191,7 @@ class JudgeEmpathyRecord(_Record):
 
 class EmpathyValidationRecord(JudgeEmpathyRecord):
     """A reply scored 1-5 by a labeller who did not write it, with the level its writer meant
-    (``judge_empathy_fresh.jsonl``)."""
+    (``judge_empathy_fresh.jsonl``, ``judge_empathy_voices.jsonl``, ``judge_empathy_assistant.jsonl``)."""
     intended: Literal[1, 2, 3, 4, 5]
 
 
@@ -235,7 +235,9 @@ FILES = {
     "judge_emotion_registers": "judge_emotion", "judge_emotion_chat": "emotion_validation",
     "judge_emotion_fresh": "emotion_validation",
     "judge_empathy": "judge_empathy", "judge_empathy_registers": "judge_empathy",
-    "judge_empathy_heldout": "judge_empathy", "judge_empathy_fresh": "empathy_validation", "eia_rubric_train": "rubric",
+    "judge_empathy_heldout": "judge_empathy", "judge_empathy_fresh": "empathy_validation",
+    "judge_empathy_voices": "empathy_validation", "judge_empathy_assistant": "empathy_validation",
+    "eia_rubric_train": "rubric",
     "eia_rubric_heldout": "rubric", "judge_emotion_bundled": "emotion_bundled",
 }
 

@@ -29,6 +29,7 @@ TEST_SPLITS: dict[str, str | None] = {
     "judge_emotion_bundled": None,
     "judge_empathy_heldout": None,  # the empathy judges' development and test sets
     "judge_empathy_fresh": None,
+    "judge_empathy_assistant": None,
     "eia_rubric_heldout": None,
 }
 

@@ -320,7 +320,8 @@ class TranscoderSet(dict):
 CORPUS_EXCLUDE = frozenset({"eia_lexical", "eia_matched", "situations_confirm", "emotion_replies",
                             "judge_emotion_registers", "judge_emotion_chat", "judge_emotion_fresh",
                             "judge_empathy_heldout", "eia_rubric_train", "eia_rubric_heldout",
-                            "judge_emotion_bundled", "judge_empathy_registers", "judge_empathy_fresh"})
+                            "judge_emotion_bundled", "judge_empathy_registers", "judge_empathy_fresh",
+                            "judge_empathy_voices", "judge_empathy_assistant"})
 
 
 def project_corpus(lm, replies: Sequence[tuple[str, str]] = (), data_dir=None) -> list[str]:
