@@ -864,8 +864,8 @@ display(result(
 # %% [markdown]
 # ## 5. Does the probe rank replies to situations the pairs never cover?
 #
-# The pairs come from five games. The empathy judges' corpus (chapter 02,
-# both files) holds 635 replies to 127 other situations, one per grade. Of
+# The pairs come from five games. The empathy judges' first two corpora
+# (chapter 02) hold 635 replies to 127 other situations, one per grade. Of
 # these situations, 90 are personal (messages from friends, colleagues,
 # strangers, forum posts, customer desks, messages to a chat assistant) and
 # 37 are other games. Each reply is graded 1-5 by its author (QUICK mode
@@ -877,7 +877,9 @@ display(result(
 # replies.
 
 # %%
-graded, _ = J.empathy_corpus()  # the judge's graded replies, checked as the judge reads them
+# the judge's first two graded corpora, checked as the judge reads them (the third has a blind labeller's
+# grades, not one reply per grade)
+graded, _ = J.empathy_corpus([J.DATA_DIR / f"{n}.jsonl" for n in J.EMPATHY_CORPORA[:2]])
 kept = sorted({r["situation"] for r in graded})[:: size(3, 1, 1)]  # QUICK: every third situation, all five grades
 graded = [r for r in graded if r["situation"] in kept]
 gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])

@@ -691,7 +691,7 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #   the clamping control says whether pushing *any* features that hard has
 #   the same effect.
 # - **The judge.** Empathy is read by chapter 02's two empathy judges, not
-#   by Claude. They are classifiers trained on this project's 635 graded
+#   by Claude. They are classifiers trained on this project's 1,035 graded
 #   replies, one on the reply's n-grams, one on sentence embeddings. So
 #   paper C's numbers and ours are on the same 1-5 scale but not the same
 #   ruler.
