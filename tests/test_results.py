@@ -49,6 +49,11 @@ def test_comparison_puts_each_recorded_number_with_its_interval_and_baseline():
         R.comparison([("04_emotion_circuits", {})])
 
 
+def _clamp_row(v: str) -> str:
+    """The results table's label of paper C's clamp at value ``v``."""
+    return f"judged empathy, each situation's circuit clamped to {v} at the prompt's final token (1-5)"
+
+
 def _clamp_keys(src: str) -> set[str]:
     """The clamp numbers chapter 05 records, read from its source: each condition name it builds (at every size,
     QUICK to FULL), through the chapter's own slug rule, into each f-string key of its ``record(**{...})`` call."""
@@ -122,7 +127,7 @@ def test_paper_rows_put_the_papers_number_beside_the_record_or_the_not_run_marke
     for v, theirs in R.PAPER_C_CLAMP.items():
         if v == "unmodified":
             continue
-        row = c.loc[f"judged empathy, circuit clamped to {v} (1-5)"]
+        row = c.loc[_clamp_row(v)]
         assert row["paper"] == f"{theirs:.2f}"
         if v == "100":
             assert row["this book [95% CI]"] == "2.92 [2.86, 2.97]"
@@ -131,7 +136,7 @@ def test_paper_rows_put_the_papers_number_beside_the_record_or_the_not_run_marke
             assert (row["this book [95% CI]"], row["baseline"]) == (R.NOT_RUN, ""), v
     # recorded without its coherent share: the measured number shows, the baseline says it was not run
     part = R.comparison({"05_attribution_graphs": {"clamp_circuit_10_empathy": 3.5, "empathy_unmodified": 3.0}})
-    row = part["C"].set_index("measurement").loc["judged empathy, circuit clamped to 10 (1-5)"]
+    row = part["C"].set_index("measurement").loc[_clamp_row("10")]
     assert (row["this book [95% CI]"], row["baseline"]) == ("3.50", R.NOT_RUN)
 
 
@@ -185,7 +190,7 @@ def test_results_chapter_of_the_quick_book_shows_the_recorded_numbers(quick_book
     for v in R.PAPER_C_CLAMP:
         if v == "unmodified":
             continue
-        cell = c.loc[f"judged empathy, circuit clamped to {v} (1-5)", "this book [95% CI]"]
+        cell = c.loc[_clamp_row(v), "this book [95% CI]"]
         if v in ran:
             k = f"clamp_circuit_{v}_empathy"
             assert cell == f"{five[k]:.2f} [{five[k + '_lo']:.2f}, {five[k + '_hi']:.2f}]"

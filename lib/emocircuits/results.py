@@ -238,6 +238,17 @@ ROWS: tuple[Row, ...] = (
         "94.4% pro-empathy only (Dolphin)", "06_steering", "sum_confirmed_up",
         _base("success at -alpha: {}", "sum_confirmed_down"),
         "ours: the judge's score against the seed noise; paper A: keyword counts"),
+    Row("A", "steering the five EIA games on paper A's rubric (0/1/2), alpha -20..20 x the unit vector: share of "
+        "game-alpha cells moved beyond seed noise, both signs", "65.3% (Qwen2.5-7B), 61.7% (Phi-3-mini)",
+        "06_steering", "game_success_both",
+        _base("toward empathy only: {}; away only: {}; rubric level unsteered {}, at alpha 20 {}, at -20 {}",
+              "game_success_pro", "game_success_anti", "game_level_0", "game_level_top", "game_level_bottom"),
+        "paper A's prompt, grid and construct; layer by cross-validation on the training pairs; rubric read by "
+        "chapter 02's RubricJudge, nothing chosen on judged replies; 135M against 4-8B parameters",
+        fixed="yes (layer, grid and success rule fixed before the game replies were read)"),
+    Row("A", "probe projection vs rubric level on the steered game replies, Pearson r", "0.71 (Phi-3)",
+        "06_steering", "game_probe_r", _base("shuffled levels, p95 of |r|: {}", "game_probe_r_null"),
+        "the replies span paper A's alpha grid, so the steering moves both numbers"),
     # paper B
     Row("B", "six-way emotion probe accuracy, held out by scenario", "not reported", "03_probes",
         "emotion_accuracy", _fixed("chance 0.17"), "the instruction names the emotion (see chapter 03)"),
@@ -320,15 +331,23 @@ ROWS: tuple[Row, ...] = (
     Row("C", "judged empathy, unmodified (1-5)", f"{PAPER_C_CLAMP['unmodified']:.2f}", "05_attribution_graphs", "empathy_unmodified",
         _base("coherent share {}", "coherent_unmodified"), "ours: chapter 02's judge; paper C: Claude"),
 ) + tuple(
-    Row("C", f"judged empathy, circuit clamped to {v} (1-5)", f"{theirs:.2f}", "05_attribution_graphs",
+    Row("C", f"judged empathy, each situation's circuit clamped to {v} at the prompt's final token (1-5)",
+        f"{theirs:.2f}", "05_attribution_graphs",
         f"clamp_circuit_{v}_empathy", _base("unmodified {}; coherent share {}", "empathy_unmodified",
                                             f"clamp_circuit_{v}_coherent"),
-        "absolute values mean different things in different dictionaries")
+        "per-prompt circuits clamped at the final token, as paper C; absolute values mean different things in "
+        "different dictionaries")
     for v, theirs in PAPER_C_CLAMP.items() if v != "unmodified"
 ) + (
-    Row("C", "judged empathy, circuit clamped to 4x its max activation (1-5)", "-", "05_attribution_graphs",
-        "clamp_circuit_4x_empathy", _base("random control circuit, same clamp: {}", "clamp_control_4x_empathy"),
+    Row("C", "judged empathy, each situation's circuit clamped to 4x its max activation at the final token (1-5)",
+        "-", "05_attribution_graphs", "clamp_circuit_4x_empathy",
+        _base("random control circuit, same clamp: {}; next-token KL, circuit {} vs control {}",
+              "clamp_control_4x_empathy", "kl_circuit_4x", "kl_control_4x"),
         "clamp scaled to each feature's own range"),
+    Row("C", "judged empathy, one circuit for all situations: the union of the per-situation circuits at 4x (1-5)",
+        "'did not yield significant results'", "05_attribution_graphs", "clamp_union_4x_empathy",
+        _base("coherent share {}; unmodified {}", "clamp_union_4x_coherent", "empathy_unmodified"),
+        "paper C tried the union and the intersection; chapter 05 shows both"),
 )
 
 
