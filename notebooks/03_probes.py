@@ -967,8 +967,8 @@ plt.show()
 
 # %% [markdown]
 # Read r against the permutation 95th percentile. On the default model,
-# over 16 replies, r is 0.26 [0.03, 0.52]: positive, with an interval
-# that only just clears zero, but below the 0.45 that shuffled pairings
+# over 16 replies, r is 0.35 [0.05, 0.68]: positive, with an interval
+# that only just clears zero, but below the 0.43 that shuffled pairings
 # reach one time in twenty. Across the model's own replies the probe
 # tracks judged empathy weakly at best; this test cannot tell it from
 # chance. Section 5 suggests why.

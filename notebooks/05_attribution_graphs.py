@@ -36,8 +36,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   replacement model that reproduces the real forward pass exactly;
 # - find the features that stay on at every step of every reply under
 #   empathetic system prompts (paper C's "persistent" features);
-# - grow a circuit from the most persistent one by top-k influence, clamp
-#   it, and judge the replies.
+# - grow a circuit from the most persistent one by top-k influence, one
+#   per situation, clamp it at the prompt's final token as paper C did, and
+#   judge the replies and the next token.
 #
 # This follows paper C (*Preliminary Investigation of Empathy Regulating
 # Circuits in Language Models*), which used a published cross-layer
@@ -491,7 +492,8 @@ union_feats, inter_feats = C.union(per_prompt), C.intersection(per_prompt)
 feeling = set(C.about_feelings(lm, tset, union_feats, held, J.EmotionJudge(use_all=True, seed=SEED)))
 feeling_feats = [[n for n in pc.features if n in feeling] for pc in per_prompt]
 sizes = [len(pc.features) for pc in per_prompt]
-print(f"{len(per_prompt)} circuits in {time.perf_counter() - t0:.0f} s: {min(sizes)}-{max(sizes)} features each "
+size_text = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+print(f"{len(per_prompt)} circuits in {time.perf_counter() - t0:.0f} s: {size_text} features each "
       f"(seeded by a persistent feature in {sum(pc.seeded_by == 'persistent' for pc in per_prompt)}); union "
       f"{len(union_feats)}, intersection {len(inter_feats)}; about feelings: {len(feeling)} of the union's "
       f"features, {sum(map(bool, feeling_feats))} prompts keep at least one")
@@ -579,6 +581,42 @@ display(show(logit_table, digits=3, caption="the first reply token under each cl
                                             f"{len(eval_sit)} neutral prompts, and the tokens moved most"))
 kl_circuit4, kl_control4 = effects["circuit = 4x its max"]["kl"], effects["control = 4x its max"]["kl"]
 
+# %% [markdown]
+# In the default book (10 situations, one greedy reply per condition) no
+# final-token clamp lifts judged empathy clear of the unmodified model's
+# 3.22 [3.04, 3.47]. At a clamp of 1 nothing changes: the replies are the
+# unmodified ones, word for word. The circuits at 10, 1x and 4x each
+# feature's maximum score 3.36 to 3.48, each interval holding 3.22. At 4x
+# the circuits sit above their random controls (3.48 [3.08, 4.01] against
+# 2.94 [2.67, 3.19]), but the intervals touch, over ten replies. At 100
+# the replies start to break (0.90 coherent, 3.16); at 1000 most do (0.30
+# coherent, 2.94). Paper C's pattern, a dip at 1 and 10 and a peak at 100,
+# does not appear.
+#
+# The variants say the same. The union of the ten circuits (131
+# features) scores 3.36 [2.83, 3.97], the intersection (one feature that
+# every circuit holds) 3.18, and the circuits kept to features about
+# feelings 3.21. The rule kept 84 of the union's 131 features: on this
+# emotional corpus most top contexts read as emotional, so it filters
+# little. Clamped at every position instead, the circuits score 3.19 and
+# their controls 3.43, the reverse of the final-token order. So the order
+# of circuit and control is within the noise.
+#
+# The reporting judge reads the same rows close together: 3.14
+# unmodified, 3.34 for the circuits at 4x, 3.15 for their controls. Over
+# these 140 replies the two judges' rank agreement is -0.01. Most replies
+# differ from the unmodified one by a few words, or not at all, and on
+# such small differences the two judges disagree. Chapter 02 measured
+# them on replies that differ by level, not by a word.
+#
+# The next token shows the clamp does act. At 4x the circuits move the
+# first reply token's distribution by 0.24 nats, twice the controls'
+# 0.12. The tokens they promote and suppress are word fragments and
+# function words ('Just', 'Got'), not words of care. At 100 the KL is 4.2
+# nats and code tokens lead. With greedy decoding a change that does not
+# flip the first choice leaves the whole reply as it was, which is what
+# the three replies printed above show.
+
 # %% tags=["remove-input"]
 def empathy_ci(row):
     return interval(row["empathy (1-5)"], row["lo"], row["hi"])
@@ -599,7 +637,7 @@ else:
     verdict = "no final-token clamp of them that keeps 0.90 of replies coherent has its interval wholly above the unmodified mean"
 display(result(
     f"Clamped at the neutral prompt's final token at 4x each feature's largest activation, each situation's own "
-    f"circuit ({min(sizes)}-{max(sizes)} features) scores {empathy_ci(clamp_table.loc['circuit = 4x its max'])} on "
+    f"circuit ({size_text} features) scores {empathy_ci(clamp_table.loc['circuit = 4x its max'])} on "
     f"empathy, against {empathy_ci(unmodified_row)} unmodified and "
     f"{empathy_ci(clamp_table.loc['control = 4x its max'])} for as many random features; {verdict}. It moves the "
     f"first reply token's distribution by {kl_circuit4:.2f} nats (KL), the control by {kl_control4:.2f}."))
