@@ -139,14 +139,14 @@ plt.show()
 
 rows = []
 for pool, fit in fits.items():
-    b = fit.metrics["layers"][str(fit.best_layer)]
+    b = fit.at(fit.best_layer)
     rb, ru, pcb = (fit.metrics[k] for k in ("random_baseline", "random_baseline_unoriented", "pc_baseline"))
     peak = fit.metrics["test_best_layer"]
     rows.append({"pooling": pool, "layer (chosen on train pairs)": fit.best_layer,
-                 "AUROC [95% CI]": interval(b["auroc"], *b["auroc_ci"]),
-                 "test-peak layer (exploratory): AUROC": f"{peak}: {fit.metrics['layers'][str(peak)]['auroc']:.2f}",
-                 "accuracy [95% CI]": interval(b["accuracy"], *b["accuracy_ci"]),
-                 "Cohen's d [95% CI]": interval(b["cohens_d"], *b["cohens_d_ci"], digits=1),
+                 "AUROC [95% CI]": interval(b.auroc, *b.auroc_ci),
+                 "test-peak layer (exploratory): AUROC": f"{peak}: {fit.at(peak).auroc:.2f}",
+                 "accuracy [95% CI]": interval(b.accuracy, *b.accuracy_ci),
+                 "Cohen's d [95% CI]": interval(b.cohens_d, *b.cohens_d_ci, digits=1),
                  "random dirs, oriented: mean / p95": f"{rb['mean']:.2f} / {rb['p95']:.2f}",
                  "random dirs, oriented: d mean / p95": f"{rb['d_mean']:.1f} / {rb['d_p95']:.1f}",
                  "random dirs, unsigned (paper A): mean / p95": f"{ru['mean']:.2f} / {ru['p95']:.2f}",
@@ -458,12 +458,11 @@ show_table(pd.DataFrame([
 # writer, and were written after results were known.
 
 # %% tags=["remove-input"]
-box_stored, box_matched, box_bow = (fits[POOL].metrics["layers"][str(best)], transfer[best]["detection"],
-                                    bow_matched["detection"])
+box_stored, box_matched, box_bow = fits[POOL].at(best), transfer[best]["detection"], bow_matched["detection"]
 box_apart = round(box_matched.auroc_ci[0], 2) > round(box_bow.auroc_ci[1], 2)
 display(result(
     f"At layer {best}, chosen on the training pairs, the probe scores AUROC "
-    f"{interval(box_stored['auroc'], *box_stored['auroc_ci'])} on the stored test pairs (random directions' 95th "
+    f"{interval(box_stored.auroc, *box_stored.auroc_ci)} on the stored test pairs (random directions' 95th "
     f"percentile: {fits[POOL].metrics['random_baseline']['p95']:.2f}) and "
     f"{interval(box_matched.auroc, *box_matched.auroc_ci)} on register-matched pairs (random: "
     f"{transfer[best]['random']['p95']:.2f}), against a bag of words' {interval(box_bow.auroc, *box_bow.auroc_ci)}"
@@ -782,16 +781,15 @@ print(f"{OTHER}, layer {fit_o.best_layer} (best on the stored pairs), on the mat
 fit_om = P.fit_pair_probe(other, fit_set, scen, layers=range(0, other.n_layers, size(6, 2, 1)), pooling=POOL,
                           seed=SEED)
 peak_om = fit_om.metrics["test_best_layer"]  # exploratory: chosen on the test pairs
-om = fit_om.metrics["layers"][str(peak_om)]
-bow_om = P.fit_pair_probe(other, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre",
-                          seed=SEED).metrics["layers"]["0"]
+om = fit_om.at(peak_om)
+bow_om = P.fit_pair_probe(other, fit_set, scen, layers=[0], pooling=POOL, site_kind="resid_pre", seed=SEED).at(0)
 cv_om = P.cv_layer_auroc(other, fit_set, scen, layers=fit_om.layers, pooling=POOL)
 cv_o = P.best_layer(cv_om)  # chosen on the train pairs alone
-om_cv = fit_om.metrics["layers"][str(cv_o)]
-print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {interval(om['auroc'], *om['auroc_ci'])}"
+om_cv = fit_om.at(cv_o)
+print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {interval(om.auroc, *om.auroc_ci)}"
       f"; random directions: p95 {fit_om.metrics['random_baseline']['p95']:.2f}; bag of words "
-      f"{interval(bow_om['auroc'], *bow_om['auroc_ci'])}; at the layer chosen on the train pairs ({cv_o}): AUROC "
-      f"{interval(om_cv['auroc'], *om_cv['auroc_ci'])}")
+      f"{interval(bow_om.auroc, *bow_om.auroc_ci)}; at the layer chosen on the train pairs ({cv_o}): AUROC "
+      f"{interval(om_cv.auroc, *om_cv.auroc_ci)}")
 
 # %%
 emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
@@ -991,11 +989,11 @@ display(result(
 
 # %%
 def best_of(fit, prefix, random_key):
-    b = fit.metrics["layers"][str(fit.best_layer)]
-    return {prefix: b["auroc"], f"{prefix}_lo": b["auroc_ci"][0], f"{prefix}_hi": b["auroc_ci"][1],
+    b = fit.at(fit.best_layer)
+    return {prefix: b.auroc, f"{prefix}_lo": b.auroc_ci[0], f"{prefix}_hi": b.auroc_ci[1],
             f"{prefix}_layer": fit.best_layer, random_key: fit.metrics["random_baseline"]["p95"],
             f"{random_key}_unoriented": fit.metrics["random_baseline_unoriented"]["p95"],
-            f"{prefix}_d": b["cohens_d"], f"{random_key}_d": fit.metrics["random_baseline"]["d_p95"],
+            f"{prefix}_d": b.cohens_d, f"{random_key}_d": fit.metrics["random_baseline"]["d_p95"],
             f"{random_key}_pc1": fit.metrics["pc_baseline"]["auroc"][0]}
 
 
@@ -1027,10 +1025,9 @@ headline = record(
     matched_fit_bow_auroc_hi=bow_m_tr["detection"].auroc_ci[1], matched_fit_pronoun_auroc=pron_auc[0],
     matched_fit_pronoun_auroc_lo=pron_auc[1], matched_fit_pronoun_auroc_hi=pron_auc[2],
     matched_fit_on_stored_auroc=on_stored.auroc,
-    other_matched_fit_auroc=om["auroc"], other_matched_fit_auroc_lo=om["auroc_ci"][0],
-    other_matched_fit_auroc_hi=om["auroc_ci"][1], other_matched_fit_layer=peak_om,
-    other_matched_fit_random_p95=fit_om.metrics["random_baseline"]["p95"], other_matched_fit_bow_auroc=bow_om["auroc"],
-    other_matched_fit_cv_layer=cv_o, other_matched_fit_cv_auroc=om_cv["auroc"],
+    other_matched_fit_auroc=(om.auroc, *om.auroc_ci), other_matched_fit_layer=peak_om,
+    other_matched_fit_random_p95=fit_om.metrics["random_baseline"]["p95"], other_matched_fit_bow_auroc=bow_om.auroc,
+    other_matched_fit_cv_layer=cv_o, other_matched_fit_cv_auroc=om_cv.auroc,
     ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
     graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
     graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],

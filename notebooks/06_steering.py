@@ -173,10 +173,10 @@ show(grid.assign(unique=[", ".join(f"{a:g}" for a in u) for u in grid["unique"]]
               "size": "replies"})
 
 # %% tags=["remove-input"]
-box_mid = fit.metrics["layers"][str(n // 2)]
+box_mid = fit.at(n // 2)
 display(result(
     f"The probe direction tells held-out empathic from task-focused replies apart with AUROC "
-    f"{interval(box_mid['auroc'], *box_mid['auroc_ci'])} at layer {n // 2}, where it is pushed (chance 0.50); "
+    f"{interval(box_mid.auroc, *box_mid.auroc_ci)} at layer {n // 2}, where it is pushed (chance 0.50); "
     f"paper A's largest push, 20 unit vectors, is {20 / rms[n // 2]:.2f} residual RMS there and "
     f"{20 / rms[CANDIDATES[0]]:.2f} at layer {CANDIDATES[0]}. The grid draws {len(records)} sampled replies."))
 
