@@ -447,9 +447,9 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("05_attribution_graphs",
             "**Attribution graphs (paper C, chapter 05).** The transcoders trained here explain {fve_mean} of the "
             "MLPs' variance on held-out text (a linear map: {linear_fve_mean}), and {error_influence_share} of a "
-            "graph's influence runs through error nodes; clamping the circuit at 4x gives judged empathy "
-            "{clamp_circuit_4x_empathy} against {clamp_control_4x_empathy} for random features and "
-            "{empathy_unmodified} unmodified (1-5)."),
+            "graph's influence runs through error nodes; clamping each situation's circuit at its prompt's final "
+            "token (paper C's way) at 4x gives judged empathy {clamp_circuit_4x_empathy} against "
+            "{clamp_control_4x_empathy} for random features and {empathy_unmodified} unmodified (1-5)."),
 )
 
 
