@@ -64,6 +64,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import display
+from scipy.stats import spearmanr
 
 from emocircuits import datasets as ds
 from emocircuits import judges as J
@@ -199,8 +200,6 @@ emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)  # reads the confi
 def reported(judged_):
     """The reporting empathy judge on judged replies ``(records, scores, coherent)``: the share of situations
     it sees moved both ways, and its agreement with the tuning judge (Spearman rho over the replies)."""
-    from scipy.stats import spearmanr
-
     recs_, sc_, coh_ = judged_
     rs = emp_report.score([r["text"] for r in recs_], [r["user"] for r in recs_])  # it reads the situation too
     return S.both_ways(recs_, rs, coh_, seed=SEED).iloc[0].share, float(spearmanr(rs, sc_)[0])
@@ -433,32 +432,34 @@ pd.Series(headline).to_frame("value")
 
 # %% [markdown]
 # With the probe direction alone the goal is not met on the bundled 135M
-# model, and the tables say why. The early layer, where the probe reads
-# empathy best, does not move judged empathy with the push. Across paper
-# A's whole grid (up to about 3 RMS either way) at least 0.92 of replies
-# stay coherent. But every alpha's interval overlaps the unsteered replies'
-# interval, and no |alpha| moves more situations both ways than its
-# interval allows by chance. Paper A's keyword metric reads 0.75 to 0.92 at
-# that layer's negative alphas, where the honest rate is 0: its rule counts
-# an unchanged reply as a success. The middle layer moves replies both
-# ways, but not far before they break. Pushed away from empathy, the model
-# writes digits and letter salad (the example in section 3). At alpha = -1
-# hardly a reply passes the coherence checks, wherever the push is applied.
-# Pushed toward empathy, the model writes a soup of short questions. The
-# most situations moved, 0.83 [0.50, 1.00] at 0.5 x RMS over all positions,
-# came with 0.75 of replies coherent, below the bar. Pushing only the
-# generated tokens keeps 0.96 of replies coherent at |alpha| = 0.5, where
-# the effect is small: judged empathy 2.61, 2.83 and 3.14 at -0.5, 0 and
-# +0.5. That is the chosen setting, 0.33 [0.00, 0.67] moved both ways,
-# level with paper A's grid at alpha 5 and 20. **On the 12 fresh situations
-# it moves 0.17 [0.00, 0.42] both ways, against a chance of 0.16**: no more
-# than a push that does nothing. There judged empathy is 2.31 at -0.5, 2.28
-# unpushed and 1.96 at +0.5, so the push toward empathy lowered it. The
-# reporting judge reads 0.33 of the fresh situations moved; its scores and
-# the tuning judge's agree with rho 0.10. A probe direction that reads
-# empathy well (AUROC near 1 in chapter 03) need not be a direction the
-# model *writes* empathy with. Re-run with `MODEL = "gemma-2-2b-it"` (GPU)
-# for a model with a wider range.
+# model (the default book's numbers), and the tables say why. The early
+# layer, where the probe reads empathy best, does not move judged empathy
+# with the push. Across paper A's whole grid (up to about 3 RMS either way)
+# at least 0.92 of replies stay coherent. But every alpha's interval
+# overlaps the unpushed replies' interval. No |alpha| there moves
+# situations both ways with an interval above chance: at most 0.33 [0.00,
+# 0.67], at 5 and 20, against 0.17. Paper A's keyword metric reads 0.75 to
+# 0.92 at that layer's negative alphas, where the honest rate is 0: its
+# rule counts an unchanged reply as a success. The middle layer moves
+# replies both ways, but not far before they break. Pushed away from
+# empathy, the model writes digits and letter salad (the example in
+# section 3). At alpha = -1 hardly a reply passes the coherence checks,
+# wherever the push is applied. Pushed toward empathy, the model writes a
+# soup of short questions. Over all positions, 0.5 x RMS moved all six
+# situations both ways (1.00), with 0.75 of replies coherent, below the
+# bar. Pushing only the generated tokens keeps 0.96 of replies coherent at
+# |alpha| = 0.5, where the effect is smaller: judged empathy 2.51, 2.88 and
+# 3.29 at -0.5, 0 and +0.5. That is the chosen setting, 0.33 [0.00, 0.67]
+# moved both ways, level with paper A's grid at alpha 5 and 20. **On the
+# 12 fresh situations it moves 0.25 [0.00, 0.50] both ways, against a
+# chance of 0.16**: an interval that includes chance, with 0.96 of replies
+# coherent. There judged empathy is 2.51 at -0.5, 2.41 unpushed and 2.57
+# at +0.5: both signs raise it a little, so the push away from empathy
+# does not lower it. The reporting judge reads 0.50 of the fresh
+# situations moved; its scores and the tuning judge's agree with rho 0.33.
+# A probe direction that reads empathy well (AUROC near 1 in chapter 03)
+# need not be a direction the model *writes* empathy with. Re-run with
+# `MODEL = "gemma-2-2b-it"` (GPU) for a model with a wider range.
 # Section 6 comes back to the goal with a second direction beside this
 # one.
 
@@ -660,42 +661,50 @@ persona_headline = record(
 # %% [markdown]
 # How to read this section on the default model (the numbers below are the
 # default book's). **The model hardly follows the persona prompts.** Its
-# warm replies get slightly more judged empathy than its cold ones (warm
-# minus cold +0.16 [-0.10, +0.42], an interval that holds 0). The warm
-# reply is judged above the cold one on 0.61 [0.50, 0.72] of questions,
-# against 0.5 if the prompt were ignored. (The example above is one pair,
-# the first question under the first persona pair.) The direction is built
-# from the 21 of 36 extraction pairs where the warm reply was judged
-# higher. It is not the probe's (cosines between -0.33 and +0.09 at the
-# four layers). It does tell the two personas' replies apart on the
-# evaluation questions: 0.76 [0.68, 0.85] AUROC read after the system
-# prompt, 0.72 [0.63, 0.82] even without the prompt that produced them. So
-# the replies differ in something, their register more than their judged
-# empathy.
+# warm replies get no more judged empathy than its cold ones (warm minus
+# cold -0.06 [-0.29, +0.16], an interval that holds 0). The warm reply is
+# judged above the cold one on 0.54 [0.43, 0.65] of questions, against 0.5
+# if the prompt were ignored. (The example above is one pair, the first
+# question under the first persona pair.) The direction is built from the
+# 19 of 36 extraction pairs where the warm reply was judged higher. It is
+# not the probe's: the cosines run from -0.49 at layer 5 to +0.11, and
+# are +0.05 at layer 15, where it is pushed. It does tell the two
+# personas' replies apart on the evaluation questions: 0.76 [0.67, 0.85]
+# AUROC read after the system prompt, 0.72 [0.63, 0.81] even without the
+# prompt that produced them. So the replies differ in something, their
+# register more than their judged empathy.
 #
 # **Steering with it does not hold up.** On the six choice situations the
-# persona direction moved 0.33 [0.00, 0.67] of them both ways at each of
-# its four settings. Only one kept 90% of replies coherent, 0.5 x RMS at
-# the generated positions (0.92), so it is the choice; over all positions
-# the same push kept 0.88. The fresh situations do not confirm even that:
-# 0.17 [0.00, 0.42] moved both ways, against a chance of 0.16, with 0.90 of
-# replies coherent. Judged empathy is 2.57 at -0.5, 2.28 unpushed and 2.67
-# at +0.5: the push raises it a little whichever its sign. The honest
-# success rate is 0.17 [0.00, 0.42] upward and 0 downward. The reporting
-# judge reads 0.08 of the fresh situations moved (rho 0.31 with the tuning
-# judge). Paper A saw a one-sided effect on Dolphin-Llama-3.1-8B (94.4%
-# success pushing toward empathy). There the push away from empathy broke
-# the replies (empty outputs, "move move move"). Here neither sign does
-# what it should on fresh situations.
+# persona direction moved at most 0.33 [0.00, 0.67] of them both ways, at
+# ±1 x RMS on the generated positions, with 0.75 of replies coherent. The
+# two settings that kept 90% coherent, both at 0.5 x RMS, each moved 0.17
+# [0.00, 0.50], level with chance (0.17). The choice is 0.5 x RMS at all
+# positions (1.00 coherent). The fresh situations confirm no more: 0.08
+# [0.00, 0.25] moved both ways, against a chance of 0.16, with 0.96 of
+# replies coherent. Judged empathy is 2.40 at -0.5, 2.41 unpushed and 2.84
+# at +0.5: the push toward empathy raises it, the push away leaves it
+# where it was. The honest success rate is 0.33 [0.08, 0.58] upward and
+# 0.08 [0.00, 0.25] downward. The reporting judge reads 0.58 of the fresh
+# situations moved (rho 0.33 with the tuning judge). Paper A saw a
+# one-sided effect on Dolphin-Llama-3.1-8B (94.4% success pushing toward
+# empathy). There the push away from empathy broke the replies (empty
+# outputs, "move move move"). Here the effect leans the same way, far
+# weaker, and 0.96 of the replies stay coherent.
 #
-# **The probe direction at the same setting** is section 4's chosen
-# setting, so its row repeats section 4's confirmation. It moved 0.17
-# [0.00, 0.42] both ways with 0.96 coherent (2.31, 2.28 and 1.96 at -0.5, 0
-# and +0.5). On the fresh situations the two directions move the same
-# share, at chance. With six situations and two seeds per setting, the
-# choice among settings is noisy (the persona direction's four settings
-# tie). That is why section 4 confirms its choice on fresh situations and
-# this comparison is not used to choose anything. Neither direction alone
+# **The probe direction at the same setting** is not section 4's choice,
+# which pushed only the generated tokens. At 0.5 x RMS over all positions
+# it moved 0.33 [0.08, 0.58] of the fresh situations both ways, an
+# interval that includes chance (0.16), with 0.94 coherent. Pushed toward
+# empathy it raises judged empathy from 2.41 to 3.84, beyond the noise on
+# 0.83 [0.58, 1.00] of situations. Pushed away it gives 2.28, beyond the
+# noise on 0.08 [0.00, 0.25]. The reporting judge reads 0.75 moved (rho
+# 0.57). So on the fresh situations the probe direction moves more than
+# the persona direction (0.33 against 0.08), mostly upward. The same push
+# kept only 0.75 of replies coherent on the six choice situations, against
+# 0.94 on the fresh ones: with six situations and two seeds per setting,
+# the choice among settings is noisy. That is why section 4 confirms its
+# choice on fresh situations and this comparison is not used to choose
+# anything. Neither direction alone
 # reaches the goal of 0.80; section 6 pushes along both at once.
 #
 # What this cannot show is whether a model that *does* follow its persona
@@ -714,12 +723,13 @@ display(result(
 # %% [markdown]
 # ## 6. The two directions together
 #
-# Sections 4 and 5 each fell short with one direction. The probe direction
-# breaks replies when pushed hard, and its chosen setting moved no more
-# fresh situations both ways than chance. On the same fresh situations the
-# persona direction did no better, raising judged empathy a little
-# whichever way it pushed. At the middle layer the two are close to
-# orthogonal (the cosine table of section 5). So a push along their
+# On the default model, sections 4 and 5 each fell short with one
+# direction. The probe direction breaks replies when pushed hard. Its
+# chosen setting moved 0.25 of the fresh situations both ways, an interval
+# that includes chance. On the same fresh situations the persona direction
+# did no better (0.08), raising judged empathy when pushed toward it and
+# not lowering it when pushed away. At the middle layer the two are close
+# to orthogonal (the cosine table of section 5). So a push along their
 # normalised sum gives each of them 1/sqrt(2) of the push. The sum is
 # `u = (p + q) / |p + q|`, for the unit probe direction `p` and the unit
 # persona direction `q`.
@@ -814,76 +824,80 @@ pd.Series(sum_headline).to_frame("value")
 
 # %% [markdown]
 # How to read this section on the default model (the default book's
-# numbers). On the 24 choice situations, 0.45 x RMS moved the most
-# situations both ways, 0.50 [0.33, 0.71], but kept only 0.88 of replies
-# coherent; 0.55 moved 0.38 with 0.71 coherent. Among the strengths that
-# kept 90% coherent the choice is 0.35 x RMS: 0.33 [0.12, 0.50] moved, 0.96
-# coherent, against a chance of 0.16. **On the 24 confirmation situations
-# the same push moved 0.29 [0.12, 0.50] of them both ways**, against a
-# chance of 0.17, **with 0.89 of the pushed replies coherent**. Judged
-# empathy is 2.46 at -0.35, 2.98 unpushed and 2.94 at +0.35. **The goal is
-# not met, on either half, as the tuning judge reads it.** It counts 7 of
-# 24 situations moved both ways where the goal asked for 20, with an
-# interval whose lower end is below chance. Coherence is under the bar too
-# (0.89 against 0.90). The push lowers judged empathy and does not raise
-# it.
+# numbers). On the 24 choice situations, 0.55 x RMS moved the most
+# situations both ways, 0.79 [0.62, 0.92], but kept only 0.85 of replies
+# coherent. Among the strengths that kept 90% coherent the choice is 0.45
+# x RMS: 0.50 [0.29, 0.71] moved, 0.94 coherent, against a chance of
+# 0.16. **On the 24 confirmation situations the same push moved 0.46
+# [0.25, 0.67] of them both ways**, against a chance of 0.17, **with 0.92
+# of the pushed replies coherent**. Judged empathy is 2.28 at -0.45, 3.20
+# unpushed and 3.32 at +0.45. **The goal is not met, on the choice or the
+# confirmation situations, as the tuning judge reads it.** Its coherence
+# half is met (0.92 against 0.90); its share half is not. The tuning judge
+# counts 11 of 24 situations moved both ways where the goal asked for 20.
+# The interval lies above chance but below 0.80. The push lowers judged
+# empathy far more than it raises it.
 #
-# **The reporting judge reads more movement, and the judges barely agree.**
-# Chapter 02's second empathy judge (sentence embeddings; it chose nothing
-# here) reads the same confirmation replies (24 situations, four seeds, at
-# -0.35, 0 and +0.35). It finds 0.58 of the situations moved both ways; the
-# two judges' scores of these replies agree with Spearman rho 0.33. It
-# reads more than the tuning judge for each direction alone too (0.75 for
-# the probe direction, 0.58 for the persona direction, against 0.25 and
-# 0.33). It also reads more on section 4's confirmation (0.33 against
-# 0.17), but less on section 5's (0.08 against 0.17). Its shares come
+# **The reporting judge reads more movement, and the judges agree only in
+# part.** Chapter 02's second empathy judge (sentence embeddings; it chose
+# nothing here) reads the same confirmation replies (24 situations, four
+# seeds, at -0.45, 0 and +0.45). It finds 0.92 of the situations moved
+# both ways; the two judges' scores of these replies agree with Spearman
+# rho 0.47. It reads more than the tuning judge for each direction alone
+# too (0.83 for the probe direction, 0.71 for the persona direction,
+# against 0.62 and 0.29). It also reads more on section 4's confirmation
+# (0.50 against 0.25) and on section 5's (0.58 against 0.08 for the
+# persona direction, 0.75 against 0.33 for the probe). Its shares come
 # without an interval or a chance level of its own here (shuffling gives
-# near 1/6 for any judge when nothing moves), and none of them reaches
-# 0.80. The goal is read with the tuning judge, the one every choice here
-# was made with. By its count every confirmation in this chapter has an
-# interval that reaches chance (shares 0.17 to 0.33, chances 0.16 to 0.18).
-# What the reporting judge sees move and the tuning judge does not, this
-# chapter cannot say.
+# near 1/6 for any judge when nothing moves). Two of them, the sum's and
+# the probe direction's in this section, pass 0.80. The goal is read with
+# the tuning judge, the one every choice here was made with. By its count
+# only the sum and the probe direction alone in this section have
+# intervals above chance. Every other confirmation in this chapter has an
+# interval that reaches chance. What the reporting judge sees move and the
+# tuning judge does not, this chapter cannot say.
 #
-# **The sum adds nothing this sample can see.** At the same setting, on the
-# same situations and seeds, the probe direction alone moves 0.25 [0.08,
-# 0.42] both ways (0.96 coherent). The persona direction alone moves 0.33
-# [0.17, 0.50] (0.92 coherent), against a chance of 0.18 for each. The
-# sum's 0.29 lies between them, and its coherence (0.89) is the lowest of
-# the three; the intervals overlap. The probe direction alone lowers judged
-# empathy (2.41) and does not raise it (2.95); the persona direction alone
-# hardly moves it either way (2.81 and 2.95, against 2.98 unpushed). Under
-# this protocol (other and more situations, four seeds, 0.35 x RMS at all
-# positions) the persona direction moves 0.33. That compares with 0.17 of
-# section 5's 12 fresh situations (two seeds, 0.5 x RMS at the generated
-# positions); both intervals reach chance.
+# **The sum does no better than the probe direction alone.** At the same
+# setting, on the same situations and seeds, the probe direction alone
+# moves 0.62 [0.46, 0.79] both ways (0.93 coherent). The persona direction
+# alone moves 0.29 [0.12, 0.46] (0.94 coherent), against a chance of 0.17
+# for each. The sum's 0.46 lies between them; the intervals overlap. The
+# probe direction alone raises judged empathy the most (3.66 against 3.20
+# unpushed) and lowers it to 2.36 when pushed away. The persona direction
+# alone lowers it a little (2.77) and does not raise it (3.05). Under this
+# protocol (other and more situations, four seeds, 0.45 x RMS at all
+# positions) the persona direction moves 0.29 and the probe direction
+# 0.62. On section 5's 12 fresh situations (two seeds, 0.5 x RMS at all
+# positions) they moved 0.08 and 0.33. Of the two, only the probe
+# direction's interval here is above chance.
 #
 # Three more things qualify the result.
-# - **The coherence half fails on one side.** 170 of the 192 pushed
-#   replies are coherent (0.89). All 22 that are not were pushed away
-#   from empathy: 0.77 coherent at -0.35, 1.00 at +0.35, against 0.97
+# - **Coherence holds overall but fails on one side.** 177 of the 192
+#   pushed replies are coherent (0.92). All 15 that are not were pushed
+#   away from empathy: 0.84 coherent at -0.45, 1.00 at +0.45, against 0.97
 #   for the unpushed replies. Pushed down, the model still writes digits
-#   and loops (the examples above). The fall in judged empathy at -0.35
-#   comes where replies break; how much of it is the breakage, these
-#   outputs do not separate.
+#   and loops (the examples above). The fall in judged empathy at -0.45
+#   comes partly where replies break, but not only: the example reply at
+#   -0.45 is coherent and turns to task talk. How much of the fall is the
+#   breakage, these outputs do not separate.
 # - **Most single moves are within the sampling noise.** The goal is a sign
 #   test on each situation's mean over four seeds. Section 2's stricter
 #   metric asks each change to beat twice the standard error of the seed
-#   noise and every reply at that alpha to be coherent. It credits 0.12
-#   [0.00, 0.29] of the situations going up and 0.08 [0.00, 0.21] going
+#   noise and every reply at that alpha to be coherent. It credits 0.17
+#   [0.04, 0.33] of the situations going up and 0.33 [0.17, 0.50] going
 #   down. With four seeds that threshold is the standard deviation of a
 #   situation's scores across seeds. Up, where every reply is coherent,
-#   0.88 of the situations are not credited: their change is within the
+#   0.83 of the situations are not credited: their change is within the
 #   noise or of the wrong sign. Down, a situation also fails when one of
 #   its four replies breaks.
 # - **The direction and grid were found by searching.** Two directions
 #   summed, at strengths found by exploring the choice situations. The
 #   confirmation situations guard the number against that search. Here the
-#   search did not carry over: 0.33 on the choice situations, 0.29 on the
-#   confirmation ones, both with intervals that reach chance. The score
-#   that is read is chapter 02's tuning judge's, an n-gram judge of the
-#   reply alone, with its measured accuracy; "judged empathy" is that
-#   judge's reading.
+#   share carried over: 0.50 on the choice situations, 0.46 on the
+#   confirmation ones, both with intervals above chance and below 0.80.
+#   The score that is read is chapter 02's tuning judge's, an n-gram judge
+#   of the reply alone, with its measured accuracy; "judged empathy" is
+#   that judge's reading.
 
 # %% tags=["remove-input"]
 box_met = bs["moved both ways"] >= 0.8 and bs["coherent share"] >= 0.9  # steering.both_ways's goal
@@ -942,10 +956,14 @@ game_level = rubric.score(game_texts)  # expected rubric level, 0-2
 game_emp = emp.score(game_texts, [ds.eia_prompt(scen[r["id"]]) for r in game_records])
 game_coh = [c["coherent"] for c in J.coherence(game_texts)]
 game_success = S.steering_success(game_records, game_level, game_coh, seed=SEED)
+game_success_1to5 = S.steering_success(game_records, game_emp, game_coh, seed=SEED)  # the second reading
+game_judges_rho = float(spearmanr(game_level, game_emp)[0])
 game_rms = S.residual_rms(lm, [lm.chat_prompt(p["user"]) for p in game_prompts], game_layer)
 print(f"layer {game_layer} (cross-validated AUROC on the training pairs {fit.cv_auroc(game_layer):.3f}); "
       f"{len(game_records)} replies: {len(games)} games x {len(GAME_ALPHAS)} alphas x {len(GAME_SEEDS)} seeds; "
-      f"residual RMS there {game_rms:.1f}")
+      f"residual RMS there {game_rms:.1f}; the rubric judge and the 1-5 judge agree on these replies with Spearman "
+      f"rho {game_judges_rho:.2f}, and the 1-5 judge credits "
+      f"{game_success_1to5[game_success_1to5.alpha != 0].success.mean():.2f} of game-alpha cells")
 display(show(game_success.assign(rms_units=game_success.alpha / game_rms), digits=2,
              intervals=["score", "success"], columns={
                  "alpha": "alpha (unit vector)", "rms_units": "alpha in residual RMS", "score": "rubric level (0-2)",
@@ -970,6 +988,33 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# How to read this section on the default model (the default book's
+# numbers). The rule picked layer 20, whose cross-validated AUROC on the
+# training pairs is 0.984. On the test pairs layer 5 reads best (0.99
+# against 0.96, section 1), but the rule does not look at them. The
+# residual RMS there is 97.4 on the game prompts, so paper A's largest
+# push, 20 unit vectors, is 0.21 of it. The pushes that moved judged
+# empathy in section 4 were 0.5 x RMS and more, at layer 15. At this
+# layer paper A's grid is a small push, which bears on why little moves.
+#
+# The rubric level hardly follows alpha. Unsteered, the five games
+# average 0.19 [0.11, 0.28] on the 0-2 scale, close to "pursues the task".
+# At +20 they average 0.42 [0.20, 0.58], but at -20 also 0.33 [0.22,
+# 0.43]: the push away from empathy raises the level too. Per game (left
+# panel) no curve climbs steadily: The Protector jumps at +5 and falls
+# back at +10, and The Duel ends lower at +20 than unsteered. Beyond the
+# seed noise, 0.20 of game-alpha cells move toward empathy at positive
+# alphas and 0.04 away from it at negative ones. Paper A reported 65.3%
+# (Qwen2.5-7B) and 61.7% (Phi-3-mini) both ways, on models of 4-8B
+# parameters against our 135M.
+#
+# Coherence is not what limits it: 0.90 to 1.00 of replies pass at every
+# alpha, 0.90 unsteered. The 1-5 empathy judge, reading the same replies
+# (right panel), changes little from -10 to +20 and is lowest at -20.
+# There the two judges part: the rubric level rises while the 1-5 score
+# falls.
+
+# %% [markdown]
 # Paper A also correlated the probe's reading of a reply with its
 # behavioural score (r = 0.71 for Phi-3). Here: each game reply's
 # projection on the probe direction at the same layer, read by the
@@ -989,6 +1034,13 @@ game_r_ci = bootstrap_ci(np.arange(len(g_proj)), stat=lambda i: np.corrcoef(g_pr
 print(f"probe projection vs rubric level over {len(g_proj)} replies: r = {interval(game_r, *game_r_ci[1:])}; "
       f"shuffled levels' 95th percentile of |r|: {game_r_null:.2f}; paper A (Phi-3): 0.71")
 
+# %% [markdown]
+# On the default model the probe's reading does not track the rubric
+# level: r = -0.02 [-0.14, 0.11] over 220 replies, inside the 0.14 that
+# shuffled levels reach, against paper A's 0.71 for Phi-3. The mean level
+# stays between 0.12 and 0.42 at every alpha, so most replies read below
+# level 1, which may leave r little spread to follow.
+
 # %%
 pro = game_success[game_success.alpha > 0].success.mean()
 anti = game_success[game_success.alpha < 0].success.mean()
@@ -998,6 +1050,8 @@ base_row = game_success[game_success.alpha == 0].iloc[0]
 game_headline = record(
     game_layer=game_layer, game_success_pro=pro, game_success_anti=anti,
     game_success_both=float(game_success[game_success.alpha != 0].success.mean()),
+    game_success_both_report=float(game_success_1to5[game_success_1to5.alpha != 0].success.mean()),
+    game_judges_rho=game_judges_rho,
     game_level_top=top_row.score, game_level_0=base_row.score, game_level_bottom=low_row.score,
     game_coherent_top=top_row.coherent_share, game_coherent_bottom=low_row.coherent_share,
     game_probe_r=(game_r, *game_r_ci[1:]), game_probe_r_null=game_r_null)
@@ -1009,8 +1063,10 @@ display(result(
     f"it at negative ones (paper A: 65.3% and 61.7% both ways on 4-8B models); the rubric level is "
     f"{top_row.score:.2f} at alpha {top_row.alpha:g}, {base_row.score:.2f} unsteered and {low_row.score:.2f} at "
     f"alpha {low_row.alpha:g} ({top_row.coherent_share:.2f} and {low_row.coherent_share:.2f} of replies coherent). "
-    f"The probe's reading of a reply tracks its level at r = {interval(game_r, *game_r_ci[1:])} (shuffled: "
-    f"{game_r_null:.2f}; paper A 0.71)."))
+    f"The 1-5 judge, reading the same replies, credits {game_headline['game_success_both_report']:.2f} of all "
+    f"game-alpha cells (the rubric judge: {game_headline['game_success_both']:.2f}; their rank agreement rho "
+    f"{game_judges_rho:.2f}). The probe's reading of a reply tracks its level at r = "
+    f"{interval(game_r, *game_r_ci[1:])} (shuffled: {game_r_null:.2f}; paper A 0.71)."))
 
 
 # %% [markdown]
@@ -1050,12 +1106,15 @@ print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
 #     --prompts in.jsonl --out out.jsonl
 # ```
 #
-# On this model that is a setting that missed the goal (section 6): 0.35 x
-# RMS at all positions of layer 15. It moved 0.29 of the confirmation
-# situations both ways as the tuning judge reads them, against a chance of
-# 0.17. It broke 22 of the 96 replies it pushed away from empathy. A model
-# that follows instructions may do better; the chapter's confirmation is
-# the check to rerun on it.
+# On the default model that is section 6's choice, a setting that missed
+# the goal: 0.45 x RMS at all positions of layer 15. It moved 0.46 of the
+# confirmation situations both ways as the tuning judge reads them,
+# against a chance of 0.17 and the goal's 0.80. It broke 15 of the 96
+# replies it pushed away from empathy and none of those it pushed toward
+# it. At the same setting the probe direction alone moved 0.62; its file
+# records section 4's setting, which `--alpha 0.45 --positions all`
+# overrides. A model that follows instructions may do better; the
+# chapter's confirmation is the check to rerun on it.
 
 # %% tags=["remove-input"]
 display(result(
@@ -1081,6 +1140,8 @@ display(result(
 #   (the default book's goal table) is biased upward, which is why the
 #   confirmation exists. Section 6 uses 24 situations to choose and 24 to
 #   confirm, with four seeds each (18, 24 and six seeds in a FULL run).
+#   Section 7's intervals are over five games, with four seeds each (six
+#   in a FULL run, two in QUICK mode).
 #
 # ## Summary
 #
@@ -1099,15 +1160,22 @@ display(result(
 #   system prompt. `probes.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
 # - On the default model no direction meets the goal. The normalised sum of
-#   the two directions moves 0.29 [0.12, 0.50] of 24 situations kept for
+#   the two directions moves 0.46 [0.25, 0.67] of 24 situations kept for
 #   that check both ways, as the tuning judge reads them, against a chance
-#   of 0.17. Its pushed replies are 0.89 coherent, under the bar
-#   (section 6). Pushed away from empathy, judged empathy falls where
-#   replies break; pushed toward it, it does not rise. Each direction alone
-#   does no better (0.25 and 0.33), and most single moves are within the
-#   seed noise. The reporting judge reads more of the situations moved
-#   (0.58) but agrees with the tuning judge little (rho 0.33), and none of
-#   its readings reaches 0.80 either.
+#   of 0.17 and the goal's 0.80. Its pushed replies are 0.92 coherent,
+#   over the bar, but all 15 broken ones were pushed away from empathy
+#   (section 6). Pushed away, judged empathy falls (3.20 to 2.28); pushed
+#   toward it, it rises a little (3.32). At the same setting the probe
+#   direction alone moves more (0.62 [0.46, 0.79]) and the persona
+#   direction less (0.29), and most single moves are within the seed
+#   noise. The reporting judge reads more of the situations moved (0.92
+#   for the sum, 0.83 for the probe direction alone), without an interval
+#   of its own, and agrees with the tuning judge in part (rho 0.47).
+# - On paper A's five games and rubric (section 7), paper A's grid at
+#   layer 20 moves 0.20 of game-alpha cells toward empathy beyond the seed
+#   noise and 0.04 away, against paper A's 65.3% and 61.7% on 4-8B models.
+#   Its largest push is 0.21 of the residual RMS there, and the probe's
+#   reading does not track the rubric level (r = -0.02, shuffled 0.14).
 # - `save_vector`, `export_control_vector` and `emocircuits steer` take a
 #   direction out of the book.
 
