@@ -221,7 +221,14 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     assert files and {f.suffix for f in files} == {".safetensors"}  # idf table and model: nothing pickled
     again = J.EmpathyJudge(corpus=small).score(texts)
     np.testing.assert_array_equal(fresh, again)
-    corpus = [J.DATA_DIR / "judge_emotion.jsonl"]  # a small corpus keeps the fit quick
+    recs = J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")  # 15 texts per label and style keep the fit quick
+    kept, seen = [], Counter()
+    for r in recs:
+        if seen[(r["label"], r["style"])] < 15:
+            kept.append(r)
+            seen[(r["label"], r["style"])] += 1
+    corpus = [tmp_path / "judge_emotion_small.jsonl"]
+    corpus[0].write_text("".join(json.dumps(r) + "\n" for r in kept))
     first = J.EmotionJudge(corpus=corpus).predict_proba(texts)
     calls = []
     monkeypatch.setattr(J, "choose_c", lambda *a, **k: calls.append(1))
@@ -494,9 +501,11 @@ def test_names_emotion_finds_each_word_family():
 
 def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
     recs, _ = J.empathy_corpus()
-    for name, counts in (("judge_empathy", [("game", 15), ("personal", 28)]),
-                         ("judge_empathy_registers", [("game", 22), ("personal", 62)])):  # the dataset cards' counts
-        setting = {r["situation"]: r["setting"] for r in recs if r["id"].startswith("empr-") == (name != "judge_empathy")}
+    prefix = {"judge_empathy": "emp-", "judge_empathy_registers": "empr-", "judge_empathy_voices": "empw-"}
+    for name, counts in (("judge_empathy", [("game", 15), ("personal", 28)]),  # the dataset cards' counts
+                         ("judge_empathy_registers", [("game", 22), ("personal", 62)]),
+                         ("judge_empathy_voices", [("personal", 80)])):
+        setting = {r["situation"]: r["setting"] for r in recs if r["id"].startswith(prefix[name])}
         assert sorted(Counter(setting.values()).items()) == counts
     bad = tmp_path / "judge_empathy.jsonl"
     bad.write_text("".join(json.dumps({**r, "setting": "work"}) + "\n" for r in recs[:5]))
