@@ -340,9 +340,17 @@ class _CalibratedLinear:
 
         def fit():
             X = X_fn()
-            c, oof, cv = choose_c(X, y, groups, seed, max_folds=max_folds)
-            clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(X, y)
-            return {"classes": clf.classes_, "coef": clf.coef_.astype(np.float32), "intercept": clf.intercept_,
+            # hashed n-grams fill a few thousand of about a million columns: fit on the columns some text
+            # uses (an unused column's weight stays 0 under L2), then put the weights back in place
+            cols = np.unique(X.indices) if hasattr(X, "indices") else None
+            Xfit = X if cols is None else X[:, cols]
+            c, oof, cv = choose_c(Xfit, y, groups, seed, max_folds=max_folds)
+            clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(Xfit, y)
+            coef = clf.coef_
+            if cols is not None:
+                coef = np.zeros((clf.coef_.shape[0], X.shape[1]))
+                coef[:, cols] = clf.coef_
+            return {"classes": clf.classes_, "coef": coef.astype(np.float32), "intercept": clf.intercept_,
                     "C": np.array([c]), "temperature": np.array([fit_temperature(oof, y)]),
                     "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
 
