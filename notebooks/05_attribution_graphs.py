@@ -570,9 +570,12 @@ for name in ("unmodified", "circuit = 4x its max", "control = 4x its max"):
 
 # %%
 neutral_texts = [lm.chat_prompt(u, NEUTRAL) for u in eval_sit]
-logit_conditions = {name: [ivs or [] for ivs in per] for name, per in conditions.items()
+logit_conditions = {name: per for name, per in conditions.items()
                     if name != "unmodified" and ("4x" in name or name == "circuit = 100")}
-effects = C.logit_effects(lm, neutral_texts, logit_conditions, top=5)
+effects = {}
+for name, per in logit_conditions.items():  # a condition some prompts sit out is read on its own prompts only
+    own = [(t, ivs) for t, ivs in zip(neutral_texts, per) if ivs is not None]
+    effects.update(C.logit_effects(lm, [t for t, _ in own], {name: [ivs for _, ivs in own]}, top=5))
 logit_table = pd.DataFrame([
     {"condition": name, "KL from unmodified (nats)": e["kl"],
      "promoted": " ".join(repr(t) for t, _ in e["promoted"]),
@@ -588,7 +591,7 @@ kl_circuit4, kl_control4 = effects["circuit = 4x its max"]["kl"], effects["contr
 # unmodified ones, word for word. The circuits at 10, 1x and 4x each
 # feature's maximum score 3.36 to 3.48, each interval holding 3.22. At 4x
 # the circuits sit above their random controls (3.48 [3.08, 4.01] against
-# 2.94 [2.67, 3.19]), but the intervals touch, over ten replies. At 100
+# 2.94 [2.67, 3.19]), but the intervals overlap, over ten replies. At 100
 # the replies start to break (0.90 coherent, 3.16); at 1000 most do (0.30
 # coherent, 2.94). Paper C's pattern, a dip at 1 and 10 and a peak at 100,
 # does not appear.

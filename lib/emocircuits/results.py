@@ -55,7 +55,8 @@ class Row:
     # whether every choice behind the number was fixed before its test data was read ("" where nothing is chosen
     # from judged replies). The tuning judge itself was rebuilt on 2026-12-06, after chapter 04's test replies had
     # been read in earlier versions of the book; the rebuild answered the judge's failures on chat replies, not
-    # chapter 04's numbers (chapter 02).
+    # chapter 04's numbers (chapter 02). The empathy judges were rebuilt twice on 2026-12-07; the second time
+    # after chapter 06's confirmation situations had been read with the earlier judges (book/methods.md).
     fixed: str = ""
 
 
