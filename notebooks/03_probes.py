@@ -867,7 +867,7 @@ display(result(
 # these situations, 90 are personal (messages from friends, colleagues,
 # strangers, forum posts, customer desks, messages to a chat assistant) and
 # 37 are other games. Each reply is graded 1-5 by its author (QUICK mode
-# keeps every third situation with all five of its replies). Every reply is
+# keeps every sixth situation with all five of its replies). Every reply is
 # scored by the probe at its best layer, as the assistant's answer to the
 # situation. Does it rank the empathic replies (grade 4-5) above the
 # dismissive or task-only ones (1-2)?
@@ -878,7 +878,7 @@ display(result(
 # the judge's first two graded corpora, checked as the judge reads them (the third has a blind labeller's
 # grades, not one reply per grade)
 graded, _ = J.empathy_corpus([J.DATA_DIR / f"{n}.jsonl" for n in J.EMPATHY_CORPORA[:2]])
-kept = sorted({r["situation"] for r in graded})[:: size(3, 1, 1)]  # QUICK: every third situation, all five grades
+kept = sorted({r["situation"] for r in graded})[:: size(6, 1, 1)]  # QUICK: every sixth situation, all five grades
 graded = [r for r in graded if r["situation"] in kept]
 gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])
 gr_score = P.score_texts(lm, fits[POOL], gr_texts, response_starts=gr_starts)
