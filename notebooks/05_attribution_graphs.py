@@ -572,10 +572,7 @@ for name in ("unmodified", "circuit = 4x its max", "control = 4x its max"):
 neutral_texts = [lm.chat_prompt(u, NEUTRAL) for u in eval_sit]
 logit_conditions = {name: per for name, per in conditions.items()
                     if name != "unmodified" and ("4x" in name or name == "circuit = 100")}
-effects = {}
-for name, per in logit_conditions.items():  # a condition some prompts sit out is read on its own prompts only
-    own = [(t, ivs) for t, ivs in zip(neutral_texts, per) if ivs is not None]
-    effects.update(C.logit_effects(lm, [t for t, _ in own], {name: [ivs for _, ivs in own]}, top=5))
+effects = C.logit_effects(lm, neutral_texts, logit_conditions, top=5)  # a prompt that sits a condition out is left out
 logit_table = pd.DataFrame([
     {"condition": name, "KL from unmodified (nats)": e["kl"],
      "promoted": " ".join(repr(t) for t, _ in e["promoted"]),

@@ -122,5 +122,10 @@ def test_logit_effects_name_what_a_clamp_promotes_and_are_zero_without_one(tiny_
     one = C.logit_effects(tiny_llama, texts, {"first only": [strong[0], []]})["first only"]["kl_each"]
     alone = C.logit_effects(tiny_llama, texts[:1], {"first": [strong[0]]})["first"]["kl_each"]
     assert one[1] == pytest.approx(0.0, abs=1e-6) and one[0] == pytest.approx(alone[0], rel=1e-3)
+    # a text that sits a condition out is left out of its mean, not counted as unmoved
+    part = C.logit_effects(tiny_llama, texts, {"first": [strong[0], None]})["first"]["kl_each"]
+    assert part == pytest.approx(alone, rel=1e-3)
+    with pytest.raises(ValueError, match="acts on no text"):
+        C.logit_effects(tiny_llama, texts, {"none": [None, None]})
     with pytest.raises(ValueError, match="2 texts"):
         C.logit_effects(tiny_llama, texts, {"bad": [[]]})

@@ -130,19 +130,24 @@ def about_feelings(lm, tset: TranscoderSet, feats: Sequence[Feature], texts: Seq
                    top: int = 5, width: int = 12, threshold: float = 0.5) -> list[Feature]:
     """The features of ``feats`` whose top contexts in ``texts`` read as emotional: over the ``top``
     windows where each is most active (``width`` tokens before it and the token), the emotion ``judge``'s
-    (``predict_proba`` in :data:`.judges.LABELS` order) mean probability of any label but ``neutral`` is at least ``threshold``. A feature active nowhere in
-    ``texts`` is left out. The judge reads short windows, not the meaning a feature carries; this is a
+    mean probability (``predict_proba`` in :data:`.judges.LABELS` order) of any label but ``neutral`` is
+    at least ``threshold``. A feature active nowhere in ``texts`` is left out. The judge reads short windows, not the meaning a feature carries; this is a
     declared rule, not a reading of what the feature does."""
     feats = list(feats)
     if not feats:
         return []
     ctxs = top_contexts(lm, tset, feats, texts, top=top, width=width)
-    keep = []
-    neutral = LABELS.index("neutral")
+    windows = {n: [(c["before"] + c["token"]).strip() or c["token"] for c in ctxs[n]] for n in feats}
+    flat = [w for n in feats for w in windows[n]]
+    if not flat:
+        return []
+    emotional = 1.0 - judge.predict_proba(flat)[:, LABELS.index("neutral")]  # one call for every window
+    keep, i = [], 0
     for n in feats:
-        windows = [(c["before"] + c["token"]).strip() or c["token"] for c in ctxs[n]]
-        if windows and float(np.mean(1.0 - judge.predict_proba(windows)[:, neutral])) >= threshold:
+        k = len(windows[n])
+        if k and float(np.mean(emotional[i:i + k])) >= threshold:
             keep.append(n)
+        i += k
     return keep
 
 
@@ -151,26 +156,33 @@ def logit_effects(lm, texts: Sequence[str], conditions: Mapping[str, Sequence[Se
     """What each condition does to the next-token distribution at the prompts' final token.
 
     ``conditions[name]`` holds one list of interventions per text (a per-prompt circuit clamps each prompt
-    with its own). For each condition: the mean change of every token's log-probability against the
-    unmodified model over the texts, its ``top`` promoted and suppressed tokens, and the mean KL
-    divergence of the clamped distribution from the unmodified one (nats). Texts share left-padded
-    batches, each row with its own interventions; at the final token, where paper C clamps, padding
-    changes nothing."""
+    with its own), or None for a text that sits the condition out. For each condition, over the texts it
+    acts on: the mean change of every token's log-probability against the unmodified model, its ``top``
+    promoted and suppressed tokens, and the mean KL divergence of the clamped distribution from the
+    unmodified one (nats; ``kl_each`` per text acted on). The unmodified pass runs once for all
+    conditions. Texts share left-padded batches, each row with its own interventions; at the final token,
+    where paper C clamps, padding changes nothing."""
     texts = list(texts)
     if not texts:
         raise ValueError("logit_effects: no texts")
-    base = torch.cat([forward(lm, texts[i:i + batch_size])[:, -1] for i in range(0, len(texts), batch_size)])
-    base = base.log_softmax(-1)  # left padding: column -1 is every text's final token
+
+    def final_logprobs(rows, per_row=None):
+        return torch.cat([forward(lm, [texts[r] for r in rows[i:i + batch_size]],
+                                  interventions_each=None if per_row is None else per_row[i:i + batch_size])[:, -1]
+                          for i in range(0, len(rows), batch_size)]).log_softmax(-1)  # left padding: -1 is final
+
+    base = final_logprobs(list(range(len(texts))))
     out = {}
     for name, per_text in conditions.items():
         if len(per_text) != len(texts):
             raise ValueError(f"logit_effects: condition {name!r} has {len(per_text)} lists of interventions for "
                              f"{len(texts)} texts")
-        moved = torch.cat([forward(lm, texts[i:i + batch_size],
-                                   interventions_each=[list(v) for v in per_text[i:i + batch_size]])[:, -1]
-                           for i in range(0, len(texts), batch_size)]).log_softmax(-1)
-        delta = (moved - base).mean(0)
-        kl = (base.exp() * (base - moved)).sum(-1)
+        rows = [r for r, v in enumerate(per_text) if v is not None]
+        if not rows:
+            raise ValueError(f"logit_effects: condition {name!r} acts on no text")
+        moved = final_logprobs(rows, [list(per_text[r]) for r in rows])
+        delta = (moved - base[rows]).mean(0)
+        kl = (base[rows].exp() * (base[rows] - moved)).sum(-1)
 
         def tokens(v):
             idx = torch.topk(v, top).indices
