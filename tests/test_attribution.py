@@ -346,3 +346,42 @@ def test_the_graph_picture_draws_kept_positions_sums_errors_per_layer_and_names_
     share = g.influence[nf:g.token_index(0)].sum() / g.influence.sum()
     assert f"error nodes carry {share:.0%}" in ax.get_title()
     plt.close(ax.figure)
+
+
+def test_the_skip_is_the_ridge_fit_of_the_first_batches_and_the_features_add_to_it(tiny_llama, tmp_path):
+    """The skip fit's batches only gather statistics; the skip is then the ridge regression from mlp_in to
+    mlp_out on their tokens (sklearn's, by hand); the features then train on what it leaves. (On a random tiny
+    model the skip leaves little but noise; that the features add to it on a real model is chapter 05's check.)"""
+    from sklearn.linear_model import Ridge
+
+    st = T.TrainSettings(**SETTINGS, skip_fit=0.3)
+    n_batches = -(-len(CORPUS) // st.batch_size)
+    tr = T._Trainer(tiny_llama, st, "x", n_batches=n_batches)
+    batches = T._batches(CORPUS, st.batch_size, st.seed)
+    assert tr.skip_batches == -(-3 * n_batches // 10) < n_batches
+    xs, ys = {la: [] for la in tr.layers}, {la: [] for la in tr.layers}
+    for b in batches[: tr.skip_batches]:
+        xin, xout, mask, _ = T.mlp_io(tiny_llama, b, tr.layers)
+        keep = T.first_left_out(mask)
+        for la in tr.layers:
+            xs[la].append(xin[la][keep].float())
+            ys[la].append(xout[la][keep].float())
+        before = {la: tr.params[la]["W_enc"].clone() for la in tr.layers}
+        tr.train_batch(xin, xout, mask)
+        assert all(torch.equal(before[la], tr.params[la]["W_enc"]) for la in tr.layers)  # no feature step yet
+    d = tiny_llama.d_model
+    for la in tr.layers:
+        x = torch.cat(xs[la]).double() / tr.scale_in[la]
+        y = torch.cat(ys[la]).double() / tr.scale_out[la]
+        alpha = st.ridge * d * float(x.pow(2).mean())
+        ref = Ridge(alpha=alpha, fit_intercept=True, solver="cholesky").fit(x.numpy(), y.numpy())
+        np.testing.assert_allclose(tr.params[la]["W_skip"].numpy(), ref.coef_, atol=2e-4)
+        np.testing.assert_allclose(tr.intercept[la].numpy(), ref.intercept_, atol=2e-4)
+    tr.train_batch(*T.mlp_io(tiny_llama, batches[tr.skip_batches], tr.layers)[:3])
+    assert all(not torch.equal(before[la], tr.params[la]["W_enc"]) for la in tr.layers)  # the features train now
+    ts = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "tc", progress=False)
+    q = T.quality(tiny_llama, ts, CORPUS[:10])
+    for la in ts:
+        assert 0 < q[la]["l0"] <= st.k and 0 <= q[la]["dense"] <= 1 - q[la]["dead"]
+    with pytest.raises(T.TranscoderError, match="skip_fit"):
+        T.train(tiny_llama, CORPUS, T.TrainSettings(skip_fit=1.0), folder=tmp_path / "bad", progress=False)

@@ -15,8 +15,12 @@ feature's activation is the length of what it writes into the residual
 stream (clamping a feature to 10 adds a vector of norm 10). They have a
 linear skip connection by default ("skip transcoders"): the part of the MLP
 that is linear in its input needs no features, which leaves the features
-for the rest. The skip is a linear path like attention's OV circuit, so the
-attribution graph stays exact with it.
+for the rest. Training fits the skip first, in closed form (ridge
+regression from ``mlp_in`` to ``mlp_out`` on the first batches), and the
+features then learn what that linear map leaves; a skip learned by
+gradient descent from zero, with the features, lags a least-squares map for
+the whole of a short run. The skip is a linear path like attention's OV
+circuit, so the attribution graph stays exact with it.
 
 Files: one ``layer_{L}.safetensors`` per layer with the config as JSON in the
 metadata, written atomically. Published transcoder sets in circuit-tracer's
@@ -46,6 +50,7 @@ from .cache import atomic_write, atomic_write_text, cache_dir, code_version, sta
 from .profiling import timed
 
 ACTIVATIONS = ("topk", "jumprelu", "relu")
+DENSE = 0.1  # a feature on at more than this share of tokens counts as dense in quality()
 INPUT_SITES = ("mlp_in", "resid_mid")
 
 
@@ -422,6 +427,13 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 25
     skip: bool = True
+    # the first ``skip_fit`` of the first epoch's batches fit the skip in closed form (ridge regression from
+    # mlp_in to mlp_out) before any feature trains; the features then learn what that linear map leaves.
+    # 0: the skip is learned by gradient descent with the features. ``ridge`` is the penalty in tokens per input
+    # dimension (lambda = ridge * d_model * the inputs' mean square): it matters only when the fit sees few tokens
+    skip_fit: float = 0.2
+    ridge: float = 0.3
+    step_tokens: int = 128  # tokens per optimiser step (a batch's tokens, shuffled, in steps of this size)
     layers: list[int] | None = field(default=None)
 
 
@@ -436,6 +448,9 @@ class _Trainer:
     def __init__(self, lm, st: TrainSettings, corpus_hash: str, n_batches: int):
         self.st = st
         self.n_batches = n_batches
+        self.fits_skip = st.skip and st.skip_fit > 0
+        # batches of the first epoch that only gather the skip's statistics
+        self.skip_batches = min(n_batches, max(1, math.ceil(st.skip_fit * n_batches))) if self.fits_skip else 0
         self.layers = list(st.layers) if st.layers is not None else list(range(lm.n_layers))
         g = torch.Generator().manual_seed(st.seed)
         d, F = lm.d_model, st.n_features
@@ -447,10 +462,18 @@ class _Trainer:
             init = {"W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": W_dec, "b_dec": torch.zeros(d)}
             if st.skip:
                 init["W_skip"] = torch.zeros(d, d)
-            self.params[layer] = {n: t.requires_grad_(True) for n, t in init.items()}
-        self.opt = {layer: torch.optim.Adam(list(p.values()), lr=st.lr) for layer, p in self.params.items()}
+            self.params[layer] = {n: t.requires_grad_(n != "W_skip" or not self.fits_skip) for n, t in init.items()}
+        self.opt = {layer: torch.optim.Adam([t for t in p.values() if t.requires_grad], lr=st.lr)
+                    for layer, p in self.params.items()}
+        # least-squares statistics of the skip fit, [x, 1]^T [x, 1] and [x, 1]^T y in the normalised space
+        self.gram = {layer: torch.zeros(d + 1, d + 1, dtype=torch.float64) for layer in self.layers}
+        self.cross = {layer: torch.zeros(d + 1, d, dtype=torch.float64) for layer in self.layers}
         self.scale_in = {layer: 0.0 for layer in self.layers}
         self.scale_out = {layer: 0.0 for layer in self.layers}
+        # with a fitted skip, the features learn (y - skip - intercept) / scale_res, in the normalised space;
+        # scale_res (the leftover's size, fixed from the first feature batch) keeps their targets at unit scale
+        self.intercept = {layer: torch.zeros(d) for layer in self.layers}
+        self.scale_res = {layer: 0.0 if self.fits_skip else 1.0 for layer in self.layers}
         self.last_fired = {layer: torch.zeros(F, dtype=torch.long) for layer in self.layers}
         self.tokens = 0
         self.step = 0
@@ -469,69 +492,119 @@ class _Trainer:
 
     # ---- one batch
     def train_batch(self, xin: dict, xout: dict, mask: torch.Tensor) -> dict:
-        st = self.st
         m = first_left_out(mask).reshape(-1)
         n_tok = int(m.sum())
-        fve = {}
-        lr = self.lr_at(self.step)
+        xs, ys = {}, {}
         for layer in self.layers:
             x = xin[layer].reshape(-1, self.d_model)[m].float().cpu()
             y = xout[layer].reshape(-1, self.d_model)[m].float().cpu()
             if self.scale_in[layer] == 0.0:  # fixed from the first batch: mean squared norm -> d_model
                 self.scale_in[layer] = float(x.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
                 self.scale_out[layer] = float(y.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
-                with torch.no_grad():
-                    self.params[layer]["b_dec"].copy_(y.mean(0) / self.scale_out[layer])
-            x = x / self.scale_in[layer]
-            y = y / self.scale_out[layer]
-            p = self.params[layer]
-            pre = x @ p["W_enc"].T + p["b_enc"]
-            vals, idx = pre.topk(st.k, dim=-1)
-            f_vals = torch.relu(vals)
-            # the decoder reads only the k chosen rows per token (an embedding bag), not a dense [tokens, F] product
-            y_hat = _sparse_decode(idx, f_vals, p["W_dec"]) + p["b_dec"]
-            if "W_skip" in p:
-                y_hat = y_hat + x @ p["W_skip"].T
-            var = (y - y.mean(0)).pow(2).sum(-1).mean()
-            loss = (y_hat - y).pow(2).sum(-1).mean() / var
-            fired = torch.zeros(st.n_features, dtype=torch.bool)
-            fired[idx[f_vals > 0]] = True
-            self.last_fired[layer][fired] = self.tokens + n_tok
-            dead = (self.tokens + n_tok - self.last_fired[layer]) > st.dead_after_tokens
-            total = loss
-            if dead.any() and st.aux_k > 0:  # AuxK: dead features learn to explain what the live ones miss
-                kk = min(st.aux_k, int(dead.sum()))
-                av, ai = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
-                err = (y - y_hat).detach()
-                aux_hat = _sparse_decode(ai, torch.relu(av), p["W_dec"])
-                aux = (aux_hat - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
-                total = loss + st.aux_coef * torch.nan_to_num(aux)
-            self.opt[layer].zero_grad()
-            total.backward()
+                if not self.fits_skip:
+                    with torch.no_grad():
+                        self.params[layer]["b_dec"].copy_(y.mean(0) / self.scale_out[layer])
+            xs[layer], ys[layer] = x / self.scale_in[layer], y / self.scale_out[layer]
+        if self.step < self.skip_batches:  # the skip fit's batches: statistics only
+            for layer in self.layers:
+                x1 = torch.cat([xs[layer], torch.ones(n_tok, 1)], 1)
+                self.gram[layer] += (x1.T @ x1).double()
+                self.cross[layer] += (x1.T @ ys[layer]).double()
+            self.tokens += n_tok
+            self.step += 1
+            if self.step == self.skip_batches:
+                self._solve_skip()
+            row = {"step": self.step, "tokens": self.tokens, "fve_mean": float("nan")}
+            self.history.append(row)
+            return row
+        st = self.st
+        lr = self.lr_at(self.step)
+        order = torch.randperm(n_tok, generator=torch.Generator().manual_seed(st.seed * 1_000_003 + self.step))
+        chunks = order.split(st.step_tokens) if st.step_tokens > 0 else (order,)
+        fve = {}
+        for layer in self.layers:
+            p, sse, sst = self.params[layer], 0.0, 0.0
             for group in self.opt[layer].param_groups:
                 group["lr"] = lr
-            self.opt[layer].step()
-            with torch.no_grad():
-                p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
-            fve[layer] = 1.0 - loss.item()
+            seen = self.tokens
+            x_all, y_all = xs[layer], ys[layer]
+            if self.fits_skip:  # the features learn what the fitted linear map leaves
+                with torch.no_grad():
+                    y_all = y_all - x_all @ p["W_skip"].T - self.intercept[layer]
+                if self.scale_res[layer] == 0.0:
+                    self.scale_res[layer] = float(y_all.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
+                y_all = y_all / self.scale_res[layer]
+            for rows in chunks:
+                loss, err, var = self._step(layer, x_all[rows], y_all[rows], seen)
+                seen += len(rows)
+                sse, sst = sse + err, sst + var
+            fve[layer] = 1.0 - sse / max(sst, 1e-12)
         self.tokens += n_tok
         self.step += 1
         row = {"step": self.step, "tokens": self.tokens, "fve_mean": float(np.mean(list(fve.values())))}
         self.history.append(row)
         return row
 
+    def _step(self, layer: int, x: torch.Tensor, y: torch.Tensor, seen: int) -> tuple[float, float, float]:
+        """One optimiser step of one layer on ``x -> y`` (normalised); its squared error and variance summed."""
+        st, p = self.st, self.params[layer]
+        pre = x @ p["W_enc"].T + p["b_enc"]
+        vals, idx = pre.topk(st.k, dim=-1)
+        f_vals = torch.relu(vals)
+        # the decoder reads only the k chosen rows per token (an embedding bag), not a dense [tokens, F] product
+        y_hat = _sparse_decode(idx, f_vals, p["W_dec"]) + p["b_dec"]
+        if "W_skip" in p and not self.fits_skip:
+            y_hat = y_hat + x @ p["W_skip"].T
+        var = (y - y.mean(0)).pow(2).sum(-1).mean()
+        loss = (y_hat - y).pow(2).sum(-1).mean() / var
+        fired = torch.zeros(st.n_features, dtype=torch.bool)
+        fired[idx[f_vals > 0]] = True
+        self.last_fired[layer][fired] = seen + len(x)
+        dead = (seen + len(x) - self.last_fired[layer]) > st.dead_after_tokens
+        total = loss
+        if dead.any() and st.aux_k > 0:  # AuxK: dead features learn to explain what the live ones miss
+            kk = min(st.aux_k, int(dead.sum()))
+            av, ai = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
+            err = (y - y_hat).detach()
+            aux_hat = _sparse_decode(ai, torch.relu(av), p["W_dec"])
+            aux = (aux_hat - err).pow(2).sum(-1).mean() / err.pow(2).sum(-1).mean().clamp_min(1e-8)
+            total = loss + st.aux_coef * torch.nan_to_num(aux)
+        self.opt[layer].zero_grad()
+        total.backward()
+        self.opt[layer].step()
+        with torch.no_grad():
+            p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+        n = len(x)
+        return loss.item(), loss.item() * var.item() * n, var.item() * n
+
+    def _solve_skip(self) -> None:
+        """The least-squares skip of every layer from the gathered statistics; its intercept starts ``b_dec``."""
+        d = self.d_model
+        for layer in self.layers:
+            g = self.gram[layer]
+            per_token = float(g.diagonal()[:d].mean() / g[d, d])  # the inputs' mean square per dimension
+            ridge = self.st.ridge * d * per_token * torch.eye(d + 1, dtype=g.dtype)
+            ridge[d, d] = 0.0  # the intercept is not shrunk
+            sol = torch.linalg.solve(g + ridge, self.cross[layer])  # [d + 1, d]
+            with torch.no_grad():
+                self.params[layer]["W_skip"].copy_(sol[:d].T.float())
+            self.intercept[layer] = sol[d].float()
+            self.gram[layer], self.cross[layer] = None, None
+
     # ---- results
     def transcoders(self) -> TranscoderSet:
         out = TranscoderSet()
         for layer in self.layers:
             p = {n: t.detach() for n, t in self.params[layer].items()}
-            si, so = self.scale_in[layer], self.scale_out[layer]
+            si, so, rho = self.scale_in[layer], self.scale_out[layer], self.scale_res[layer] or 1.0
             cfg = TranscoderConfig(d_model=self.d_model, n_features=self.st.n_features, layer=layer, k=self.st.k,
                                    model=self.lm_name, tokens_seen=self.tokens, seed=self.st.seed,
                                    corpus=self.corpus_hash, skip=self.st.skip)
-            # f' = so * f, so decoder rows stay unit norm in the model's units
-            state = {"W_enc": p["W_enc"] * (so / si), "b_enc": p["b_enc"] * so,
-                     "W_dec": p["W_dec"].clone(), "b_dec": p["b_dec"] * so}
+            # y = so * (x / si @ W_skip.T + intercept + rho * (f @ W_dec + b_dec)) in the model's units; with
+            # f' = so * rho * f the decoder rows stay unit norm there
+            g = so * rho
+            state = {"W_enc": p["W_enc"] * (g / si), "b_enc": p["b_enc"] * g,
+                     "W_dec": p["W_dec"].clone(), "b_dec": so * (self.intercept[layer] + rho * p["b_dec"])}
             if "W_skip" in p:
                 state["W_skip"] = p["W_skip"] * (so / si)
             out[layer] = Transcoder.from_state(state, cfg)
@@ -552,8 +625,11 @@ class _Trainer:
                     tensors[f"{layer}.{n}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
                     tensors[f"{layer}.{n}.step"] = torch.as_tensor(s["step"]).reshape(1).float()
             tensors[f"{layer}.last_fired"] = self.last_fired[layer]
+            tensors[f"{layer}.intercept"] = self.intercept[layer].contiguous()
+            if self.gram[layer] is not None and self.step < self.skip_batches:  # the skip fit is under way
+                tensors[f"{layer}.gram"], tensors[f"{layer}.cross"] = self.gram[layer], self.cross[layer]
         meta = {"step": self.step, "epoch": self.epoch, "tokens": self.tokens, "history": self.history,
-                "scale_in": self.scale_in, "scale_out": self.scale_out, "settings": asdict(self.st),
+                "scale_in": self.scale_in, "scale_out": self.scale_out, "scale_res": self.scale_res, "settings": asdict(self.st),
                 "corpus": self.corpus_hash}
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"trainer": json.dumps(meta)}))
 
@@ -567,6 +643,7 @@ class _Trainer:
         self.history = meta["history"]
         self.scale_in = {int(k): v for k, v in meta["scale_in"].items()}
         self.scale_out = {int(k): v for k, v in meta["scale_out"].items()}
+        self.scale_res = {int(k): v for k, v in meta["scale_res"].items()}
         for layer in self.layers:
             with torch.no_grad():
                 for n, t in self.params[layer].items():
@@ -578,6 +655,11 @@ class _Trainer:
                         "exp_avg": tensors[f"{layer}.{n}.exp_avg"].clone(),
                         "exp_avg_sq": tensors[f"{layer}.{n}.exp_avg_sq"].clone()}
             self.last_fired[layer] = tensors[f"{layer}.last_fired"].clone()
+            self.intercept[layer] = tensors[f"{layer}.intercept"].clone()
+            if f"{layer}.gram" in tensors:
+                self.gram[layer], self.cross[layer] = tensors[f"{layer}.gram"], tensors[f"{layer}.cross"]
+            elif self.step >= self.skip_batches:
+                self.gram[layer], self.cross[layer] = None, None
 
 
 @timed("training")
@@ -600,6 +682,11 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
         raise TranscoderError(f"k={st.k}: expected 1..n_features={st.n_features}")
     if not 0.0 <= st.lr_decay <= 1.0:
         raise TranscoderError(f"lr_decay={st.lr_decay!r}: expected a fraction of the steps in 0..1")
+    if not 0.0 <= st.skip_fit < 1.0 or (st.skip_fit > 0 and st.epochs == 1 and len(texts) <= st.batch_size):
+        raise TranscoderError(f"skip_fit={st.skip_fit!r}: expected a fraction of the first epoch's batches in 0..1 "
+                              "that leaves the features some batches (0 learns the skip by gradient descent)")
+    if st.ridge < 0 or st.step_tokens < 0:
+        raise TranscoderError(f"ridge={st.ridge!r}, step_tokens={st.step_tokens!r}: expected values >= 0")
     if st.layers is not None and any(not 0 <= la < lm.n_layers for la in st.layers):
         raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
     corpus_hash = stable_hash(list(texts))
@@ -647,7 +734,8 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
 
 def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
             progress: bool = False, baseline_texts: Sequence[str] = (), with_max: bool = False) -> dict[int, dict]:
-    """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, dead fraction.
+    """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, the share of
+    features never on (``dead``) and on at more than :data:`DENSE` of the tokens (``dense``).
 
     Also, as the baseline, the fraction of variance a least-squares *linear*
     map from ``mlp_in`` to ``mlp_out`` explains on ``texts`` (``linear_fve``),
@@ -659,7 +747,7 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
     layers = sorted(tset)
     if not isinstance(with_max, bool):
         raise TypeError(f"with_max={with_max!r}: expected True or False")
-    sums = {la: {"sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features, dtype=torch.bool),
+    sums = {la: {"sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features),
                  "max": torch.zeros(tset[la].cfg.n_features), "y": [], "x": [], "half": []} for la in layers}
     tagged = [(t, 0) for t in baseline_texts] + [(t, 1) for t in texts]
     for batch in tqdm(_batches(tagged, batch_size, 0), desc="transcoder quality", disable=not progress):
@@ -685,7 +773,7 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
             s["sse"] += float((y_hat - y).pow(2).sum())
             s["l0"] += float((f != 0).sum())
             s["n"] += y.shape[0]
-            s["fired"] |= (f != 0).any(0)
+            s["fired"] += (f != 0).sum(0)
             s["max"] = torch.maximum(s["max"], f.max(0).values) if len(f) else s["max"]
             s["y"].append(y_all[la])
             s["x"].append(x_all[la])
@@ -703,8 +791,8 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
             X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
             sol = torch.linalg.lstsq(X[~h], y[~h]).solution
             lin = 1 - float((X[h] @ sol - yt).pow(2).sum()) / sst
-        out[la] = {"fve": 1 - s["sse"] / sst, "l0": s["l0"] / s["n"], "dead": 1 - float(s["fired"].float().mean()),
-                   "linear_fve": lin, "tokens": s["n"]}
+        out[la] = {"fve": 1 - s["sse"] / sst, "l0": s["l0"] / s["n"], "dead": float((s["fired"] == 0).float().mean()),
+                   "dense": float((s["fired"] > DENSE * s["n"]).float().mean()), "linear_fve": lin, "tokens": s["n"]}
         if with_max:
             out[la]["max_act"] = s["max"]
     return out
