@@ -498,7 +498,7 @@ eval_sit = size(SITUATIONS, SITUATIONS + HELDOUT[:5], SITUATIONS + HELDOUT)
 t0 = time.perf_counter()
 per_prompt = [C.grow_for_prompt(lm, tset, lm.chat_prompt(u, emp_systems[s_idx]), ranked, TOP, k=K, steps=STEPS,
                                 max_features=max_features) for u in eval_sit]
-controls = [C.control(tset, pc.features, seed=SEED + i) for i, pc in enumerate(per_prompt)]
+controls = [C.control(tset, pc.features, seed=SEED + i, max_act=maxact) for i, pc in enumerate(per_prompt)]
 union_feats, inter_feats = C.union(per_prompt), C.intersection(per_prompt)
 feeling = set(C.about_feelings(lm, tset, union_feats, held, J.EmotionJudge(use_all=True, seed=SEED)))
 feeling_feats = [[n for n in pc.features if n in feeling] for pc in per_prompt]
@@ -575,8 +575,8 @@ for name in ("unmodified", "circuit = 4x its max", "control = 4x its max"):
 # also look at the one prediction it moves directly: the first reply
 # token, at the neutral prompt's final position. For each condition, the
 # mean KL divergence of the clamped next-token distribution from the
-# unmodified one (nats), and the tokens whose log-probability rises and
-# falls most on average. The control's KL is the baseline for "how much
+# unmodified one (nats), and the tokens whose probability rises and falls
+# most on average. The control's KL is the baseline for "how much
 # does clamping that many features move anything".
 
 # %%

@@ -68,6 +68,16 @@ def test_controls_match_layers_and_size_and_avoid_the_circuit(tset):
     ctl = C.control(tset, feats, seed=3)
     assert sorted(la for la, _ in ctl) == [0, 0, 2] and not set(ctl) & set(feats) and len(set(ctl)) == 3
     assert ctl == C.control(tset, feats, seed=3) and ctl != C.control(tset, feats, seed=4)
+    # given each feature's largest activation, only features that fired are drawn
+    alive = {la: torch.zeros(tset[la].cfg.n_features) for la in tset}
+    for la in alive:
+        alive[la][[1, 3, 8, 9]] = 1.0
+    for seed in range(5):
+        ctl = C.control(tset, feats, seed=seed, max_act=alive)
+        assert {f for _, f in ctl} <= {1, 3, 8, 9} and not set(ctl) & set(feats)
+    alive[2][:] = 0.0
+    with pytest.raises(ValueError, match="layer 2 has 0 live features"):
+        C.control(tset, feats, max_act=alive)
 
 
 def test_per_prompt_circuits_union_and_intersection(tiny_llama, tset):
@@ -129,3 +139,17 @@ def test_logit_effects_name_what_a_clamp_promotes_and_are_zero_without_one(tiny_
         C.logit_effects(tiny_llama, texts, {"none": [None, None]})
     with pytest.raises(ValueError, match="2 texts"):
         C.logit_effects(tiny_llama, texts, {"bad": [[]]})
+
+
+def test_an_every_position_clamp_leaves_each_rows_first_token_alone_under_left_padding(tiny_llama, tset):
+    """In a left-padded batch the short row's first real token is the attention sink, not column 0: an
+    every-position clamp or splice gives that row the logits it gets alone (no padding), token for token."""
+    from emocircuits.steering import forward
+
+    short, long_ = CORPUS[0], CORPUS[1] + " " + CORPUS[2]
+    n = len(tiny_llama.encode([short])["input_ids"][0])
+    for iv in (Transcode(tset[1], clamp={3: 5.0}, positions="all"), Transcode(tset[2], splice=True)):
+        batch = forward(tiny_llama, [short, long_], [iv])
+        alone = forward(tiny_llama, [short], [iv])
+        torch.testing.assert_close(batch[0, -n:], alone[0], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(alone[0], forward(tiny_llama, [short])[0], atol=1e-3)  # it does act

@@ -305,7 +305,7 @@ def _run_batch(lm, enc: dict, site_list: list[Site], poolings: tuple[str, ...], 
         last = max(s.order for s in site_list)
         items = [(s, iv) for s, iv in items if s.order <= last]
     with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs) as tracer:
-        values = apply_all(lm, items, 0, site_list) if items else None
+        values = apply_all(lm, items, 0, site_list, attention_mask=enc["attention_mask"]) if items else None
         for s in site_list:
             x = values[str(s)] if values is not None else read_site(lm, s)
             for p in poolings:

@@ -85,9 +85,12 @@ def intersection(circuits: Sequence[PromptCircuit]) -> list[Feature]:
     return sorted(set.intersection(*(set(c.features) for c in circuits)))
 
 
-def control(tset: TranscoderSet, feats: Sequence[Feature], seed: int = 0) -> list[Feature]:
+def control(tset: TranscoderSet, feats: Sequence[Feature], seed: int = 0,
+            max_act: Mapping[int, Sequence[float]] | None = None) -> list[Feature]:
     """A random-feature control of the same size and layers: for each layer as many features, drawn without
-    replacement from those not in ``feats``."""
+    replacement from those not in ``feats``; with ``max_act`` (each feature's largest activation on
+    held-out text), only from features that fired there, as a circuit's features did (a dead feature
+    clamped to a multiple of its maximum would be clamped to nothing)."""
     rng = np.random.default_rng(seed)
     per: dict[int, int] = {}
     for la, _ in feats:
@@ -95,7 +98,11 @@ def control(tset: TranscoderSet, feats: Sequence[Feature], seed: int = 0) -> lis
     out = []
     for la, n in sorted(per.items()):
         own = {f for l2, f in feats if l2 == la}
-        pool = np.array([f for f in range(tset[la].cfg.n_features) if f not in own])
+        live = (lambda f: float(max_act[la][f]) > 0) if max_act is not None else (lambda f: True)
+        pool = np.array([f for f in range(tset[la].cfg.n_features) if f not in own and live(f)])
+        if len(pool) < n:
+            raise ValueError(f"control: layer {la} has {len(pool)} live features outside the circuit, "
+                             f"{n} needed")
         out += [(la, int(f)) for f in rng.choice(pool, size=n, replace=False)]
     return out
 
@@ -157,8 +164,9 @@ def logit_effects(lm, texts: Sequence[str], conditions: Mapping[str, Sequence[Se
 
     ``conditions[name]`` holds one list of interventions per text (a per-prompt circuit clamps each prompt
     with its own), or None for a text that sits the condition out. For each condition, over the texts it
-    acts on: the mean change of every token's log-probability against the unmodified model, its ``top``
-    promoted and suppressed tokens, and the mean KL divergence of the clamped distribution from the
+    acts on: the mean change of every token's probability against the unmodified model, its ``top``
+    promoted and suppressed tokens (ranked by probability, so a rare token whose log-probability jumps but
+    stays negligible does not lead the list), and the mean KL divergence of the clamped distribution from the
     unmodified one (nats; ``kl_each`` per text acted on). The unmodified pass runs once for all
     conditions. Texts share left-padded batches, each row with its own interventions; at the final token,
     where paper C clamps, padding changes nothing."""
@@ -181,7 +189,7 @@ def logit_effects(lm, texts: Sequence[str], conditions: Mapping[str, Sequence[Se
         if not rows:
             raise ValueError(f"logit_effects: condition {name!r} acts on no text")
         moved = final_logprobs(rows, [list(per_text[r]) for r in rows])
-        delta = (moved - base[rows]).mean(0)
+        delta = (moved.exp() - base[rows].exp()).mean(0)
         kl = (base[rows].exp() * (base[rows] - moved)).sum(-1)
 
         def tokens(v):

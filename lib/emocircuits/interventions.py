@@ -95,9 +95,10 @@ class Transcode:
     ``splice=True`` replaces the MLP's output by the transcoder's prediction
     (the error term dropped). ``clamp={feature: value}`` keeps the MLP's output
     and moves each listed feature from its current activation to ``value``:
-    ``mlp_out += (value - f) * W_dec[feature]``. The first column of the
-    first forward pass (the first token, an attention sink transcoders are
-    not trained on; in a left-padded batch, a pad) is left alone.
+    ``mlp_out += (value - f) * W_dec[feature]``. Each text's first token in
+    the first forward pass (an attention sink transcoders are not trained
+    on) is left alone: the first column, or, when the batch's attention mask
+    is given (a left-padded batch), each row's first real token.
 
     Cross-layer transcoders: a clamp also writes ``(value - f)`` through the
     feature's decoders into every later layer it reaches, and a splice adds
@@ -237,7 +238,8 @@ def _transcode(iv: Transcode, x: torch.Tensor, srcs: dict, carry: dict) -> torch
 
 
 def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
-           srcs: dict | None = None, rows: torch.Tensor | None = None, carry: dict | None = None) -> torch.Tensor:
+           srcs: dict | None = None, rows: torch.Tensor | None = None, carry: dict | None = None,
+           sink: torch.Tensor | None = None) -> torch.Tensor:
     """Read the site (or take ``x``), change it at the chosen columns, write it back (inside a trace).
 
     Returns the site's value after the change, so several interventions at one
@@ -250,7 +252,8 @@ def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
         return x
     new = x.clone()
     carry = {} if carry is None else carry
-    if isinstance(iv, (Transcode, _CarryClamp)) and step == 0 and (cols.start or 0) == 0:
+    keep_sink = isinstance(iv, (Transcode, _CarryClamp)) and step == 0 and (cols.start or 0) == 0
+    if keep_sink and sink is None:
         cols = slice(1, None)  # transcoders leave the first token (attention sink) alone
     if isinstance(iv, Transcode):
         new[:, cols] = _transcode(iv, x[:, cols], {la: v[:, cols] for la, v in (srcs or {}).items()}, carry)
@@ -277,21 +280,32 @@ def _apply(lm, site: Site, iv, step: int, x: torch.Tensor | None = None,
     else:
         val = torch.as_tensor(iv.value, dtype=x.dtype, device=x.device)
         new[:, cols, iv._index.to(x.device)] = val
+    if keep_sink and sink is not None:  # each row's first real token keeps its value
+        b = torch.arange(x.shape[0], device=x.device)
+        new[b, sink.to(x.device)] = x[b, sink.to(x.device)]
     if rows is not None:
         new = torch.where(rows.to(x.device).view(-1, *([1] * (x.ndim - 1))), new, x)
     write_site(lm, site, new)
     return new
 
 
-def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
+def sink_columns(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's first real token (the attention sink): its column in a padded batch, ``[batch]``."""
+    return attention_mask.long().argmax(dim=1)
+
+
+def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = (), attention_mask: torch.Tensor | None = None
+              ) -> dict:
     """Apply resolved interventions in execution order and read ``reads`` on the way (inside a trace).
 
     ``items`` are ``(site, intervention)`` or ``(site, intervention, rows)``
     with ``rows`` a boolean mask over the batch (see :func:`emocircuits.steering._rows_items`).
     Several interventions at one site act one after the other on the same
     value. A read at an intervened site sees the changed value. Returns
-    ``{str(site): value}`` for ``reads``.
+    ``{str(site): value}`` for ``reads``. ``attention_mask`` (of a padded
+    batch) tells transcoder interventions where each row's first token is.
     """
+    sink = sink_columns(attention_mask) if attention_mask is not None else None
     items = [it if len(it) == 3 else (*it, None) for it in items]
     ins = {src for _, iv, _ in items if isinstance(iv, Transcode) for src in iv.sources}
     events = sorted([(s.order, 0, s, iv, rows) for s, iv, rows in items]
@@ -310,5 +324,5 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = ()) -> dict:
                 out[str(site)] = read_site(lm, site)
         else:
             srcs = {s.layer: sources[s.layer] for s in iv.sources} if isinstance(iv, Transcode) else None
-            current[site] = _apply(lm, site, iv, step, current.get(site), srcs, rows, carry)
+            current[site] = _apply(lm, site, iv, step, current.get(site), srcs, rows, carry, sink)
     return out

@@ -56,7 +56,7 @@ def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side
     enc = {k: v.to(lm.device) for k, v in lm.encode(texts, padding_side=padding_side).items()}
     out: dict = {}
     with torch.inference_mode(), lm.nn.trace(enc, **lm.remote_kwargs):
-        apply_all(lm, items, 0)
+        apply_all(lm, items, 0, attention_mask=enc["attention_mask"])
         out["logits"] = lm.nn.output.logits
     return out["logits"].float().cpu()
 
@@ -287,7 +287,7 @@ def _generate_traced(lm, enc: dict, items, gen_kwargs: dict) -> torch.Tensor:
             with tracer.invoke(enc):
                 if items:  # (a remote model generates unsteered through here too)
                     for step in tracer.all():
-                        apply_all(lm, items, step)
+                        apply_all(lm, items, step, attention_mask=enc["attention_mask"] if step == 0 else None)
             with tracer.invoke():
                 out["ids"] = tracer.result.save()
     return out["ids"]
