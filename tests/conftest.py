@@ -15,7 +15,8 @@ from emocircuits.models import load_model  # noqa: E402
 
 from testkit import TINY_KINDS, make_tiny  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per process when pytest-xdist runs several (make test runs two), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,6 @@ def pytest_collection_modifyitems(config, items):
     while this process holds no models yet (on a small CI machine the memory
     of loaded session fixtures slowed every chapter's kernel)."""
     items.sort(key=lambda item: "quick_book" not in getattr(item, "fixturenames", ()))
+    for item in items:  # so that `-m quick_book` and `-m "not quick_book"` split the run
+        if "quick_book" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.quick_book)

@@ -245,24 +245,38 @@ def _arch_cases():
     return [("gemma2", ["00", "04", "05"])]
 
 
+def _book_tiny(kind: str) -> Path:
+    """``_build/tiny-models/<kind>``, made once (written to a temporary folder, then renamed into place; a
+    process that finds another's already there keeps that one)."""
+    import shutil
+    import tempfile
+
+    from testkit import make_tiny
+
+    folder = ROOT / "_build" / "tiny-models" / kind
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=folder.parent))
+        make_tiny(tmp, kind, name=f"book-{kind}")
+        if folder.exists() and not (folder / "config.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-made folder from an interrupted run
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process put its copy there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+# the chapters of one tiny model run in one process (pytest-xdist's loadgroup): they share its executed folder
+@pytest.mark.xdist_group("tiny-gemma2-book")
 @pytest.mark.parametrize("kind,only", _arch_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, only):
     """A chapter given a local model folder (as a reader's own model would be) runs to its last cell and
     draws its figures; its numbers mean nothing on random weights. The run goes to its own folder
     (``_build/executed-quick-<model>``), leaving the default model's QUICK book alone."""
-    import shutil
-    import tempfile
-
     from emocircuits.book import build, chapters, executed_dir
-    from testkit import make_tiny
 
-    folder = ROOT / "_build" / "tiny-models" / kind  # made once: a fixed path, so a re-run reuses the chapters
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=folder.parent))
-        make_tiny(tmp, kind, name=f"book-{kind}")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+    folder = _book_tiny(kind)  # made once: a fixed path, so a re-run reuses the chapters
     build(quick=True, model=str(folder), only=only, render=False)
     out = executed_dir(ROOT, quick=True, model=str(folder))
     stems = [c.stem for c in chapters() if only is None or c.stem[:2] in only]
@@ -275,24 +289,16 @@ def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, o
             assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure on {kind}"
 
 
+@pytest.mark.xdist_group("tiny-gemma2-book")
 @pytest.mark.parametrize("kind,hook", [("transcoder_set", "mlp.hook_in"), ("cross_layer_transcoder", "hook_resid_mid")])
 def test_chapter_05_runs_on_a_published_set_in_circuit_tracers_format(kind, hook, tmp_path):
     """Chapter 05 with ``TRANSCODERS`` naming a folder in circuit-tracer's format, per-layer and cross-layer,
     on a tiny Gemma 2 (random weights: its numbers mean nothing), runs to its end with an exact graph."""
-    import shutil
-    import tempfile
-
     from emocircuits.book import _code_hash, results_path, run_chapter
     from emocircuits.models import load_model
-    from testkit import make_tiny, write_tiny_set
+    from testkit import write_tiny_set
 
-    folder = ROOT / "_build" / "tiny-models" / "gemma2"  # shared with the architecture runs
-    if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".gemma2-", dir=folder.parent))
-        make_tiny(tmp, "gemma2", name="book-gemma2")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+    folder = _book_tiny("gemma2")  # shared with the architecture runs
     tset = write_tiny_set(tmp_path / "set", load_model(str(folder), device="cpu"), kind=kind, input_hook=hook)
     src = ROOT / "notebooks" / "05_attribution_graphs.ipynb"
     out, _ = run_chapter(src, tmp_path / "out", {"MODEL": str(folder), "QUICK": True, "TRANSCODERS": str(tset)},

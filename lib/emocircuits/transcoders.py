@@ -449,8 +449,10 @@ class _Trainer:
         self.st = st
         self.n_batches = n_batches
         self.fits_skip = st.skip and st.skip_fit > 0
-        # batches of the first epoch that only gather the skip's statistics
-        self.skip_batches = min(n_batches, max(1, math.ceil(st.skip_fit * n_batches))) if self.fits_skip else 0
+        # batches of the first epoch that only gather the skip's statistics (a one-epoch run keeps at least one
+        # for the features; a run of a single batch fits the skip on it and then trains the features on it)
+        cap = n_batches - 1 if st.epochs == 1 and n_batches > 1 else n_batches
+        self.skip_batches = min(cap, max(1, math.ceil(st.skip_fit * n_batches))) if self.fits_skip else 0
         self.layers = list(st.layers) if st.layers is not None else list(range(lm.n_layers))
         g = torch.Generator().manual_seed(st.seed)
         d, F = lm.d_model, st.n_features
@@ -510,13 +512,14 @@ class _Trainer:
                 x1 = torch.cat([xs[layer], torch.ones(n_tok, 1)], 1)
                 self.gram[layer] += (x1.T @ x1).double()
                 self.cross[layer] += (x1.T @ ys[layer]).double()
-            self.tokens += n_tok
-            self.step += 1
-            if self.step == self.skip_batches:
+            if self.step + 1 == self.skip_batches:
                 self._solve_skip()
-            row = {"step": self.step, "tokens": self.tokens, "fve_mean": float("nan")}
-            self.history.append(row)
-            return row
+            if not (self.step + 1 == self.n_batches and self.st.epochs == 1):
+                self.tokens += n_tok
+                self.step += 1
+                row = {"step": self.step, "tokens": self.tokens, "fve_mean": float("nan")}
+                self.history.append(row)
+                return row
         st = self.st
         lr = self.lr_at(self.step)
         order = torch.randperm(n_tok, generator=torch.Generator().manual_seed(st.seed * 1_000_003 + self.step))
@@ -682,9 +685,9 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
         raise TranscoderError(f"k={st.k}: expected 1..n_features={st.n_features}")
     if not 0.0 <= st.lr_decay <= 1.0:
         raise TranscoderError(f"lr_decay={st.lr_decay!r}: expected a fraction of the steps in 0..1")
-    if not 0.0 <= st.skip_fit < 1.0 or (st.skip_fit > 0 and st.epochs == 1 and len(texts) <= st.batch_size):
-        raise TranscoderError(f"skip_fit={st.skip_fit!r}: expected a fraction of the first epoch's batches in 0..1 "
-                              "that leaves the features some batches (0 learns the skip by gradient descent)")
+    if not 0.0 <= st.skip_fit < 1.0:
+        raise TranscoderError(f"skip_fit={st.skip_fit!r}: expected a fraction of the first epoch's batches in "
+                              "[0, 1) (0 learns the skip by gradient descent)")
     if st.ridge < 0 or st.step_tokens < 0:
         raise TranscoderError(f"ridge={st.ridge!r}, step_tokens={st.step_tokens!r}: expected values >= 0")
     if st.layers is not None and any(not 0 <= la < lm.n_layers for la in st.layers):
