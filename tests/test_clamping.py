@@ -153,3 +153,15 @@ def test_an_every_position_clamp_leaves_each_rows_first_token_alone_under_left_p
         alone = forward(tiny_llama, [short], [iv])
         torch.testing.assert_close(batch[0, -n:], alone[0], rtol=1e-4, atol=1e-4)
         assert not torch.allclose(alone[0], forward(tiny_llama, [short])[0], atol=1e-3)  # it does act
+
+
+def test_a_final_token_clamp_refuses_a_right_padded_batch(tiny_llama, tset):
+    from emocircuits.steering import forward
+
+    texts = [CORPUS[0], CORPUS[1] + " " + CORPUS[2]]
+    for positions in ("last_prompt", "last:2"):
+        iv = Transcode(tset[1], clamp={3: 5.0}, positions=positions)
+        with pytest.raises(ValueError, match="left-padded"):
+            forward(tiny_llama, texts, [iv], padding_side="right")
+        forward(tiny_llama, texts, [iv])  # left padding (the default) is fine
+    forward(tiny_llama, texts, [Transcode(tset[1], clamp={3: 5.0}, positions="all")], padding_side="right")

@@ -306,6 +306,11 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = (), attention_ma
     batch) tells transcoder interventions where each row's first token is.
     """
     sink = sink_columns(attention_mask) if attention_mask is not None else None
+    if attention_mask is not None and step == 0 and not bool(attention_mask[:, -1].all()):
+        last = sorted({it[1].positions for it in items if str(getattr(it[1], "positions", "")).startswith("last")})
+        if last:  # in a right-padded batch the last column is a pad for every shorter text
+            raise ValueError(f"positions={last[0]!r} acts on each text's final tokens and needs a left-padded batch "
+                             "(padding_side='left'); this batch is right-padded")
     items = [it if len(it) == 3 else (*it, None) for it in items]
     ins = {src for _, iv, _ in items if isinstance(iv, Transcode) for src in iv.sources}
     events = sorted([(s.order, 0, s, iv, rows) for s, iv, rows in items]
