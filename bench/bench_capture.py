@@ -268,7 +268,9 @@ def transcoder_training_item(lm, texts: list[str], repeats: int, n_features: int
     """One training step of every layer's transcoder: dense reference (A) against the library's (B)."""
     from emocircuits import transcoders as T
 
-    st = T.TrainSettings(n_features=n_features, k=k, seed=0)
+    # the skip learned with the features and one step per batch, as the dense reference does it: the two sides
+    # then compute the same update, and the item times the step's implementation only
+    st = T.TrainSettings(n_features=n_features, k=k, seed=0, skip_fit=0.0, step_tokens=0)
     xin, xout, mask, _ = T.mlp_io(lm, texts, list(range(lm.n_layers)), st.max_length)
     keep = T.first_left_out(mask).reshape(-1)
     n_tok = int(keep.sum())
