@@ -148,7 +148,7 @@ settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, skip_fit=0.3, se
                 T.TrainSettings(n_features=2048, k=32, epochs=8, lr_decay=0.3, seed=SEED))
 t0 = time.perf_counter()
 if TRANSCODERS == "trained":
-    tset = T.train(lm, train, settings)
+    tset = T.train(lm, train, settings, progress=False)  # (a progress bar would print into the page)
     print(f"{len(tset)} transcoders, {settings.n_features} features each, k={settings.k}: "
           f"{time.perf_counter() - t0:.0f} s (0 s when cached); {tset[0].cfg.tokens_seen:,} training tokens seen")
 else:

@@ -189,11 +189,14 @@ def test_two_builds_of_one_folder_at_once_run_a_chapter_once_and_keep_its_record
 
 @pytest.mark.parametrize("stem", [p.stem for p in SOURCES])
 def test_chapter_runs_quick_without_errors(stem, quick_book):
-    """Every chapter in QUICK mode (the session's QUICK book): outputs, figures, no error."""
+    """Every chapter in QUICK mode (the session's QUICK book): outputs, figures, no error, and nothing
+    printed to stderr (a progress bar or a library's warning would show in the rendered page)."""
     nb, outputs = _executed(quick_book, stem)
     assert nb.metadata["papermill"]["parameters"] == quick_book.params
     assert outputs
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    stderr = ["".join(o.get("text", ""))[:80] for o in outputs if o.get("name") == "stderr"]
+    assert not stderr, f"{stem} prints to stderr: {stderr[:3]}"
     assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure"
 
 

@@ -713,7 +713,10 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
             xin, xout, mask, _ = mlp_io(lm, batch, trainer.layers, st.max_length)
             row = trainer.train_batch(xin, xout, mask)
             bar.update(1)
-            bar.set_postfix(fve=f"{row['fve_mean']:.3f}")
+            if math.isnan(row["fve_mean"]):
+                bar.set_postfix_str("fitting the skip")
+            else:
+                bar.set_postfix(fve=f"{row['fve_mean']:.3f}")
             done_now += 1
             if trainer.step % st.checkpoint_every == 0:
                 trainer.save_checkpoint(ckpt)
