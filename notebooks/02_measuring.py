@@ -574,8 +574,8 @@ show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": roun
                     "coherent": c["coherent"]} for t, c in zip(examples, coh)]))
 
 # %% tags=["remove-input"]
-box_people = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")] + \
-             [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
+box_people = [r["text"] for r in J.read_corpus("judge_emotion")] + \
+             [r["reply"] for r in J.read_corpus("judge_empathy")]
 box_passed = sum(c["coherent"] for c in J.coherence(box_people))
 display(result(
     f"The coherence gate passes {box_passed} of the {len(box_people)} texts people wrote for the judges' first two "

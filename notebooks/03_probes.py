@@ -792,8 +792,8 @@ print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {
       f"{interval(om_cv.auroc, *om_cv.auroc_ci)}")
 
 # %%
-emp_recs = J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")
-align_texts = [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
+emp_recs = J.read_corpus("judge_empathy")
+align_texts = [r["text"] for r in J.read_corpus("judge_emotion")]
 emp_recs, align_texts = emp_recs[:: size(6, 4, 1)], align_texts[:: size(10, 6, 1)]
 la, lo_ = fit_a.best_layer, fit_o.best_layer
 

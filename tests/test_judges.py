@@ -221,7 +221,7 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     assert files and {f.suffix for f in files} == {".safetensors"}  # idf table and model: nothing pickled
     again = J.EmpathyJudge(corpus=small).score(texts)
     np.testing.assert_array_equal(fresh, again)
-    recs = J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")  # 15 texts per label and style keep the fit quick
+    recs = J.read_corpus("judge_emotion")  # 15 texts per label and style keep the fit quick
     kept, seen = [], Counter()
     for r in recs:
         if seen[(r["label"], r["style"])] < 15:
@@ -312,8 +312,8 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
 
 def test_top_word_and_fragment_checks_pass_the_written_corpora():
     """The written replies and emotion texts (985 texts) are coherent by these checks, bar one emphatic 'nope'."""
-    texts = [r["reply"] for r in J._read_jsonl(J.DATA_DIR / "judge_empathy.jsonl")]
-    texts += [r["text"] for r in J._read_jsonl(J.DATA_DIR / "judge_emotion.jsonl")]
+    texts = [r["reply"] for r in J.read_corpus("judge_empathy")]
+    texts += [r["text"] for r in J.read_corpus("judge_emotion")]
     checked = J.coherence(texts)
     failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
@@ -511,3 +511,11 @@ def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
     bad.write_text("".join(json.dumps({**r, "setting": "work"}) + "\n" for r in recs[:5]))
     with pytest.raises(J.JudgeError, match="setting is not 'personal' or 'game'"):
         J.empathy_corpus(bad)
+
+
+def test_read_corpus_takes_a_name_or_a_path_and_names_a_missing_one(tmp_path):
+    by_name = J.read_corpus("judge_empathy")
+    assert by_name == J.read_corpus(J.DATA_DIR / "judge_empathy.jsonl") and {"situation", "reply"} <= set(by_name[0])
+    with pytest.raises(FileNotFoundError, match="read_corpus\\('judge_nothing'\\)"):
+        J.read_corpus("judge_nothing")
+    assert J.paper_a_keywords("Sorry, I understand; the task and the goal.") == (2, 2)

@@ -122,7 +122,12 @@ def embed_cached(texts: Sequence[str]) -> dict[str, np.ndarray]:
 # corpora
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_corpus(name: str | Path) -> list[dict]:
+    """The records of a judge's corpus: a name under ``data/`` (``"judge_empathy"``) or a JSONL file's path."""
+    path = Path(name) if isinstance(name, Path) or str(name).endswith(".jsonl") else DATA_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"read_corpus({str(name)!r}): no file {path}; give a corpus name under "
+                                f"{DATA_DIR} (e.g. 'judge_empathy') or a .jsonl path")
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
@@ -170,7 +175,7 @@ def emotion_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> 
     paths = _corpus_paths(path, EMOTION_CORPORA)
     recs, test = [], []
     for p in paths:
-        part = _read_jsonl(p)
+        part = read_corpus(p)
         bad = [r.get("id") for r in part if r.get("label") not in LABELS or not str(r.get("text", "")).strip()]
         if bad:
             raise JudgeError(f"{p.name}: records with unknown label or empty text: {bad[:5]}; labels are "
@@ -191,7 +196,7 @@ def emotion_validation(name: str) -> tuple[list[str], list[str]]:
     """``(texts, labels)`` of one emotion validation set (a key of :data:`EMOTION_VALIDATION`)."""
     if name not in EMOTION_VALIDATION:
         raise JudgeError(f"unknown validation set {name!r}; expected one of {', '.join(EMOTION_VALIDATION)}")
-    recs = [r for r in _read_jsonl(DATA_DIR / f"{EMOTION_VALIDATION[name]}.jsonl") if r["label"] != "unclear"]
+    recs = [r for r in read_corpus(DATA_DIR / f"{EMOTION_VALIDATION[name]}.jsonl") if r["label"] != "unclear"]
     return [r["text"] for r in recs], [r["label"] for r in recs]
 
 
@@ -210,7 +215,7 @@ def empathy_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> 
     """Records of the empathy corpora (:data:`EMPATHY_CORPORA`, or the file or files given) and a 80/20
     test mask that holds out whole clusters of similar situations."""
     paths = _corpus_paths(path, EMPATHY_CORPORA)
-    recs = [r for p in paths for r in _read_jsonl(p)]
+    recs = [r for p in paths for r in read_corpus(p)]
     names = ", ".join(p.name for p in paths)
     bad = [r.get("id") for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
     if bad:
@@ -664,7 +669,7 @@ def empathy_development_rhos(seed: int = 0) -> dict[str, dict[str, float]]:
         judge = cls(seed=seed, use_all=True)
         row = {}
         for name in EMPATHY_DEVELOPMENT:
-            recs = _read_jsonl(DATA_DIR / f"{name}.jsonl")
+            recs = read_corpus(DATA_DIR / f"{name}.jsonl")
             got = judge.score([r["reply"] for r in recs], [r["situation"] for r in recs])
             row[name] = float(spearmanr(got, [r["score"] for r in recs])[0])
         out[cls.__name__] = {**row, "mean": float(np.mean(list(row.values())))}
@@ -685,7 +690,7 @@ class RubricJudge:
     name = "word and character n-grams + logistic regression (EIA rubric)"
 
     def __init__(self, seed: int = 0, corpus: Path | None = None):
-        recs = _read_jsonl(corpus or DATA_DIR / "eia_rubric_train.jsonl")
+        recs = read_corpus(corpus or DATA_DIR / "eia_rubric_train.jsonl")
         bad = [r.get("id") for r in recs if r.get("level") not in (0, 1, 2) or not str(r.get("reply", "")).strip()]
         if bad:
             raise JudgeError(f"rubric corpus: records with a level outside 0-2 or an empty reply: {bad[:5]}")
@@ -969,7 +974,7 @@ KEYWORD_TASK = ("task", "objective", "goal", "complete", "efficient", "finish", 
                 "progress")
 
 
-def keyword_counts(text: str) -> tuple[int, int]:
+def paper_a_keywords(text: str) -> tuple[int, int]:
     words = re.findall(r"[a-z']+", text.lower())
     c = Counter(words)
     return sum(c[w] for w in KEYWORD_EMPATHY), sum(c[w] for w in KEYWORD_TASK)
@@ -977,7 +982,7 @@ def keyword_counts(text: str) -> tuple[int, int]:
 
 def keyword_judge(texts: Sequence[str]) -> list[float]:
     """Paper A's heuristic: empathy keywords minus task keywords (11 vs 10 words)."""
-    return [float(e - t) for e, t in (keyword_counts(x) for x in texts)]
+    return [float(e - t) for e, t in (paper_a_keywords(x) for x in texts)]
 
 
 def keyword_success(base: Sequence[str], steered: Sequence[str], alpha: float) -> float:
