@@ -67,6 +67,7 @@ from emocircuits.judges import EmotionJudge
 from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
+from emocircuits.steering import elicit
 from emocircuits.tables import interval
 
 setup_style()
@@ -326,7 +327,7 @@ lm = load_model(MODEL)
 first = ds.first_per_theme(disc, 1)  # one scenario per theme
 chosen = first[: size(1, 2, len(first))]
 elicit_prompts = ds.sev_prompts(chosen)
-records = ds.elicit(lm, elicit_prompts, max_new_tokens=size(24, 32, 48), seed=SEED, progress=False,
+records = elicit(lm, elicit_prompts, max_new_tokens=size(24, 32, 48), seed=SEED, progress=False,
                     judge=EmotionJudge(use_all=True, seed=SEED))
 gen = pd.DataFrame([{"emotion": r.emotion, "valence": r.prompt_id.split(":")[1], "reply": r.text,
                      "judged": r.judge["label"], "accepted": r.accepted} for r in records])
@@ -369,7 +370,7 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 #   where that cue is strong, used as a stress test in chapter 03.
 #   `eia_matched.jsonl` (30 test and 40 train pairs) holds register fixed
 #   for the same chapter.
-# - `ds.elicit` keeps generations with everything needed to redo them.
+# - `steering.elicit` keeps generations with everything needed to redo them.
 #
 # The lexical-ablation keyword list, with the neutral word each becomes:
 

@@ -78,6 +78,7 @@ from emocircuits.book import record, sizer
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
 from emocircuits.page import result
+from emocircuits.steering import elicit
 from emocircuits.tables import interval, show
 
 setup_style()
@@ -596,7 +597,7 @@ cp = {r.id: r for r in ds.load_named("circuit_prompts")}
 situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 8, 20)]
 systems = {"empathetic": cp["empathetic-2"].text, "neutral": cp["neutral-1"].text}
 t0 = time.perf_counter()
-gens = {k: [g.text for g in ds.elicit(lm, [{"id": f"s{i}", "user": s, "system": sys_}
+gens = {k: [g.text for g in elicit(lm, [{"id": f"s{i}", "user": s, "system": sys_}
                                            for i, s in enumerate(situations)],
                                       max_new_tokens=size(32, 40, 60), seed=SEED, progress=False)]
         for k, sys_ in systems.items()}

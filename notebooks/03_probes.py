@@ -83,6 +83,7 @@ from emocircuits.book import record, sizer
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 from emocircuits.page import result
+from emocircuits.steering import elicit
 from emocircuits.tables import interval, show as show_table  # `show` names a list of layers below
 
 setup_style()
@@ -944,7 +945,7 @@ cp = {r.id: r for r in ds.load_named("circuit_prompts")}
 situations = [r.text for r in ds.load_named("situations_heldout")][: size(4, 8, 20)]
 gen_prompts = [{"id": f"{k}-{i}", "user": s, "system": cp[k].text}
                for k in ("empathetic-2", "neutral-1") for i, s in enumerate(situations)]
-gens = ds.elicit(lm, gen_prompts, max_new_tokens=size(24, 40, 60), seed=SEED, progress=False)
+gens = elicit(lm, gen_prompts, max_new_tokens=size(24, 40, 60), seed=SEED, progress=False)
 full = [lm.chat_prompt(g.user, system=g.system) + g.text for g in gens]
 g_starts = [len(lm.chat_prompt(g.user, system=g.system)) for g in gens]
 keep = [i for i, g in enumerate(gens) if g.text.strip()]

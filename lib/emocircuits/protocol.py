@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from .datasets import DATA_DIR
+
 # The files (or a file's ``split``) whose records are test data for some experiment: no choice reads them.
 TEST_SPLITS: dict[str, str | None] = {
     "sev_test": None,  # every record: chapter 04's held-out and fresh scenarios
@@ -54,8 +56,6 @@ def _test_ids(data_dir: str) -> frozenset[str]:
 
 def test_ids(data_dir: str | Path | None = None) -> frozenset[str]:
     """The ids of every test record (:data:`TEST_SPLITS`) in the bundled data folder or ``data_dir``."""
-    from .datasets import DATA_DIR
-
     return _test_ids(str(data_dir or DATA_DIR))
 
 

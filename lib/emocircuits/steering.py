@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -35,6 +36,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from .activations import capture, check_batch_size
 from .cache import atomic_write
+from .datasets import EMOTIONS, DataError, GenerationRecord, write_jsonl
 from .interventions import Add, Scale, Set, Transcode, _check_positions, apply_all, resolve  # noqa: F401 (chapters' names)
 from .profiling import count, timed
 from .protocol import refuse_test_records
@@ -605,3 +607,47 @@ def load_control_vector(path) -> tuple[dict[int, torch.Tensor], str]:
         if t.name.startswith("direction."):
             out[int(t.name.split(".")[1])] = torch.tensor(t.data.copy()).reshape(-1).float()
     return out, hint
+
+
+# ---------------------------------------------------------------------------
+# elicitation
+
+
+def elicit(lm, prompts: list[dict], max_new_tokens: int = 100, seed: int = 0, do_sample: bool = False,
+           temperature: float = 1.0, judge=None, batch_size: int = 8, out: str | Path | None = None,
+           progress: bool = True) -> list[GenerationRecord]:
+    """Generate a reply to every prompt and keep it with everything needed to redo it.
+
+    ``prompts`` are dicts with ``id``, ``user`` and optionally ``system`` and
+    ``emotion`` (as :func:`datasets.sev_prompts` makes). Paper B's setting is greedy
+    decoding of 100 tokens. With a ``judge`` (a callable taking a list of
+    replies and returning one dict per reply with a ``label``), each record
+    stores the verdict and ``accepted`` = the judged label equals the
+    instructed emotion, the filter paper B applies before computing
+    directions. With ``out`` the records are written atomically as JSONL.
+    """
+    if not prompts:
+        raise DataError("prompts is empty")
+    for p in prompts:
+        missing = [k for k in ("id", "user") if not p.get(k)]
+        if missing:
+            raise DataError(f"prompt {p.get('id', '?')!r}: missing {', '.join(missing)}")
+        if p.get("emotion") is not None and p["emotion"] not in EMOTIONS:
+            raise DataError(f"prompt {p['id']!r}: unknown emotion {p['emotion']!r}; expected one of {', '.join(EMOTIONS)}")
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                "temperature": temperature if do_sample else None, "batch_size": batch_size}
+    texts = generate(lm, [p["user"] for p in prompts], system=[p.get("system") for p in prompts],
+                     max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, seed=seed,
+                     batch_size=batch_size, progress=progress)
+    verdicts = judge(texts) if judge is not None else [None] * len(texts)
+    records = []
+    for p, text, v in zip(prompts, texts, verdicts):
+        accepted = None
+        if v is not None and p.get("emotion") is not None:
+            accepted = v.get("label") == p["emotion"]
+        records.append(GenerationRecord(id=f"{lm.name}:{p['id']}", model=lm.name, prompt_id=p["id"],
+                                        emotion=p.get("emotion"), system=p.get("system"), user=p["user"],
+                                        text=text, seed=seed, settings=settings, judge=v, accepted=accepted))
+    if out is not None:
+        write_jsonl(out, records)
+    return records
