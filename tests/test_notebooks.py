@@ -270,8 +270,8 @@ def _book_tiny(kind: str) -> Path:
     return folder
 
 
-# the chapters of one tiny model run in one process (pytest-xdist's loadgroup): they share its executed folder
-@pytest.mark.xdist_group("tiny-gemma2-book")
+# the chapters of one tiny model share its executed folder; make test's --dist loadfile keeps this file's tests,
+# which start Jupyter kernels, in one process
 @pytest.mark.parametrize("kind,only", _arch_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, only):
     """A chapter given a local model folder (as a reader's own model would be) runs to its last cell and
@@ -292,7 +292,6 @@ def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, o
             assert [o for o in outputs if "image/png" in o.get("data", {})], f"{stem} shows no figure on {kind}"
 
 
-@pytest.mark.xdist_group("tiny-gemma2-book")
 @pytest.mark.parametrize("kind,hook", [("transcoder_set", "mlp.hook_in"), ("cross_layer_transcoder", "hook_resid_mid")])
 def test_chapter_05_runs_on_a_published_set_in_circuit_tracers_format(kind, hook, tmp_path):
     """Chapter 05 with ``TRANSCODERS`` naming a folder in circuit-tracer's format, per-layer and cross-layer,
@@ -564,3 +563,32 @@ def test_a_page_shows_one_parameters_cell_with_this_runs_values_and_folds_the_pl
     from emocircuits.book import run_note
 
     assert run_note({"MODEL": "smollm2-135m", "QUICK": False, "FULL": False}) == ""  # the published book: no note
+
+
+def test_a_kernel_that_dies_before_its_first_reply_is_started_once_more(tmp_path, monkeypatch):
+    """Two kernels started at once can be handed the same port; the loser dies before replying, having run
+    nothing. The chapter then starts once more; any other failure, or a second death, is raised."""
+    import papermill as pm
+
+    from emocircuits import book
+
+    src = tmp_path / "00_x.py"
+    src.write_text('# %% tags=["parameters"]\nMODEL = "x"\n\n# %%\nfrom emocircuits.book import record\n'
+                   'record(ran=1)\n')
+    real, calls = pm.execute_notebook, []
+
+    def flaky(*args, fail=("Kernel died before replying to kernel_info",), **kwargs):
+        calls.append(1)
+        if len(calls) <= len(fail):
+            raise RuntimeError(fail[len(calls) - 1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pm, "execute_notebook", flaky)
+    _, ran = book.run_chapter(src, tmp_path / "a", {"MODEL": "x"}, code_hash="t")
+    assert ran and len(calls) == 2 and json.loads((tmp_path / "a" / "00_x.results.json").read_text()) == {"ran": 1}
+    for fail in (("Kernel died before replying to kernel_info",) * 2, ("something else",)):
+        calls.clear()
+        monkeypatch.setattr(pm, "execute_notebook", lambda *a, f=fail, **k: flaky(*a, fail=f, **k))
+        with pytest.raises(RuntimeError, match=fail[-1]):
+            book.run_chapter(src, tmp_path / f"b{len(fail)}", {"MODEL": "x"}, code_hash="t")
+        assert len(calls) == len(fail)

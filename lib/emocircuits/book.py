@@ -330,8 +330,17 @@ def _execute(src: Path, out_dir: Path, params: dict, key: str) -> None:
     old_env = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
-                            cwd=str(src.parent), progress_bar=False, kernel_manager_class=kernel_manager_class())
+        for attempt in (1, 2):
+            try:
+                pm.execute_notebook(str(inp), str(tmp), parameters=params, kernel_name="python3",
+                                    cwd=str(src.parent), progress_bar=False,
+                                    kernel_manager_class=kernel_manager_class())
+                break
+            except RuntimeError as err:
+                # two kernels started at once can be handed the same localhost port; the second then dies
+                # before its first reply, having run nothing: start it once more on fresh ports
+                if attempt == 2 or "before replying to kernel_info" not in str(err):
+                    raise
         reads = _read_digests(data, [n for n in tmp_reads.read_text(encoding="utf-8").splitlines() if n])
         measured = profiling.collect(prof)
     except pm.PapermillExecutionError as err:
