@@ -67,11 +67,11 @@ book-full: $(STAMP)
 	$(BIN)/emocircuits book --full
 
 # The QUICK book's tests first (the book runs its chapters two at a time), then every other test in two
-# processes of one thread each, a test file to one process (so tests that share a folder or start Jupyter kernels
-# do not race); both runs always happen, and either failing fails the target.
+# processes of one thread each (a folder two tests share is made race-free; a chapter whose kernel lost a port
+# race starts once more); both runs always happen, and either failing fails the target.
 test: $(STAMP) $(BROWSER_STAMP) $(LINT_STAMP)
 	@$(BIN)/python -m pytest -q -m quick_book; book=$$?; \
-	  $(BIN)/python -m pytest -q -m "not quick_book" -n 2 --dist loadfile; rest=$$?; \
+	  $(BIN)/python -m pytest -q -m "not quick_book" -n 2; rest=$$?; \
 	  test $$book -eq 0 -a $$rest -eq 0
 
 # make test runs chapters 00, 04 and 05 on a tiny Gemma 2; this runs every chapter on each tiny architecture

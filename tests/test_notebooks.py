@@ -270,8 +270,6 @@ def _book_tiny(kind: str) -> Path:
     return folder
 
 
-# the chapters of one tiny model share its executed folder; make test's --dist loadfile keeps this file's tests,
-# which start Jupyter kernels, in one process
 @pytest.mark.parametrize("kind,only", _arch_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, only):
     """A chapter given a local model folder (as a reader's own model would be) runs to its last cell and
