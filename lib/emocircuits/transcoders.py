@@ -581,7 +581,7 @@ class _Trainer:
         return loss.item(), loss.item() * var.item() * n, var.item() * n
 
     def _solve_skip(self) -> None:
-        """The least-squares skip of every layer from the gathered statistics; its intercept starts ``b_dec``."""
+        """The ridge-regression skip of every layer, and its intercept, from the gathered statistics."""
         d = self.d_model
         for layer in self.layers:
             g = self.gram[layer]
