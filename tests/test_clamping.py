@@ -12,7 +12,7 @@ from emocircuits import clamping as C
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
 from emocircuits.judges import LABELS
-from emocircuits.steering import Transcode, generate
+from emocircuits.steering import Transcode, forward, generate
 
 from testkit import CORPUS
 
@@ -144,8 +144,6 @@ def test_logit_effects_name_what_a_clamp_promotes_and_are_zero_without_one(tiny_
 def test_an_every_position_clamp_leaves_each_rows_first_token_alone_under_left_padding(tiny_llama, tset):
     """In a left-padded batch the short row's first real token is the attention sink, not column 0: an
     every-position clamp or splice gives that row the logits it gets alone (no padding), token for token."""
-    from emocircuits.steering import forward
-
     short, long_ = CORPUS[0], CORPUS[1] + " " + CORPUS[2]
     n = len(tiny_llama.encode([short])["input_ids"][0])
     for iv in (Transcode(tset[1], clamp={3: 5.0}, positions="all"), Transcode(tset[2], splice=True)):
@@ -156,8 +154,6 @@ def test_an_every_position_clamp_leaves_each_rows_first_token_alone_under_left_p
 
 
 def test_a_final_token_clamp_refuses_a_right_padded_batch(tiny_llama, tset):
-    from emocircuits.steering import forward
-
     texts = [CORPUS[0], CORPUS[1] + " " + CORPUS[2]]
     for positions in ("last_prompt", "last:2"):
         iv = Transcode(tset[1], clamp={3: 5.0}, positions=positions)

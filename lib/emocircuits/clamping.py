@@ -138,8 +138,9 @@ def about_feelings(lm, tset: TranscoderSet, feats: Sequence[Feature], texts: Seq
     """The features of ``feats`` whose top contexts in ``texts`` read as emotional: over the ``top``
     windows where each is most active (``width`` tokens before it and the token), the emotion ``judge``'s
     mean probability (``predict_proba`` in :data:`.judges.LABELS` order) of any label but ``neutral`` is
-    at least ``threshold``. A feature active nowhere in ``texts`` is left out. The judge reads short windows, not the meaning a feature carries; this is a
-    declared rule, not a reading of what the feature does."""
+    at least ``threshold``. A feature active nowhere in ``texts`` is left out. The judge reads short
+    windows, not the meaning a feature carries; this is a declared rule, not a reading of what the feature
+    does."""
     feats = list(feats)
     if not feats:
         return []

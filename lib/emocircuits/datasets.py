@@ -479,7 +479,6 @@ def lexical_ablation(records: list[PairRecord]) -> tuple[list[PairRecord], dict[
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> Path:
     """Write records atomically, one JSON object per line, keys in schema order."""
-
     lines = []
     for r in records:
         d = r.model_dump(exclude_none=True) if isinstance(r, BaseModel) else r

@@ -303,10 +303,12 @@ def apply_all(lm, items, step: int = 0, reads: Sequence[Site] = (), attention_ma
     Several interventions at one site act one after the other on the same
     value. A read at an intervened site sees the changed value. Returns
     ``{str(site): value}`` for ``reads``. ``attention_mask`` (of a padded
-    batch) tells transcoder interventions where each row's first token is.
+    batch) tells transcoder interventions where each row's first token is; only the first pass (step 0)
+    reads it.
     """
-    sink = sink_columns(attention_mask) if attention_mask is not None else None
-    if attention_mask is not None and step == 0 and not bool(attention_mask[:, -1].all()):
+    first_pass = attention_mask is not None and step == 0  # later passes read only their new tokens
+    sink = sink_columns(attention_mask) if first_pass else None
+    if first_pass and not bool(attention_mask[:, -1].all()):
         last = sorted({it[1].positions for it in items if str(getattr(it[1], "positions", "")).startswith("last")})
         if last:  # in a right-padded batch the last column is a pad for every shorter text
             raise ValueError(f"positions={last[0]!r} acts on each text's final tokens and needs a left-padded batch "

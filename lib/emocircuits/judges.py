@@ -196,7 +196,7 @@ def emotion_validation(name: str) -> tuple[list[str], list[str]]:
     """``(texts, labels)`` of one emotion validation set (a key of :data:`EMOTION_VALIDATION`)."""
     if name not in EMOTION_VALIDATION:
         raise JudgeError(f"unknown validation set {name!r}; expected one of {', '.join(EMOTION_VALIDATION)}")
-    recs = [r for r in read_corpus(DATA_DIR / f"{EMOTION_VALIDATION[name]}.jsonl") if r["label"] != "unclear"]
+    recs = [r for r in read_corpus(EMOTION_VALIDATION[name]) if r["label"] != "unclear"]
     return [r["text"] for r in recs], [r["label"] for r in recs]
 
 
@@ -669,7 +669,7 @@ def empathy_development_rhos(seed: int = 0) -> dict[str, dict[str, float]]:
         judge = cls(seed=seed, use_all=True)
         row = {}
         for name in EMPATHY_DEVELOPMENT:
-            recs = read_corpus(DATA_DIR / f"{name}.jsonl")
+            recs = read_corpus(name)
             got = judge.score([r["reply"] for r in recs], [r["situation"] for r in recs])
             row[name] = float(spearmanr(got, [r["score"] for r in recs])[0])
         out[cls.__name__] = {**row, "mean": float(np.mean(list(row.values())))}
@@ -690,7 +690,7 @@ class RubricJudge:
     name = "word and character n-grams + logistic regression (EIA rubric)"
 
     def __init__(self, seed: int = 0, corpus: Path | None = None):
-        recs = read_corpus(corpus or DATA_DIR / "eia_rubric_train.jsonl")
+        recs = read_corpus(corpus or "eia_rubric_train")
         bad = [r.get("id") for r in recs if r.get("level") not in (0, 1, 2) or not str(r.get("reply", "")).strip()]
         if bad:
             raise JudgeError(f"rubric corpus: records with a level outside 0-2 or an empty reply: {bad[:5]}")

@@ -289,7 +289,7 @@ def _generate_traced(lm, enc: dict, items, gen_kwargs: dict) -> torch.Tensor:
             with tracer.invoke(enc):
                 if items:  # (a remote model generates unsteered through here too)
                     for step in tracer.all():
-                        apply_all(lm, items, step, attention_mask=enc["attention_mask"] if step == 0 else None)
+                        apply_all(lm, items, step, attention_mask=enc["attention_mask"])
             with tracer.invoke():
                 out["ids"] = tracer.result.save()
     return out["ids"]

@@ -538,7 +538,7 @@ class _Trainer:
                     self.scale_res[layer] = float(y_all.pow(2).sum(-1).mean().sqrt()) / math.sqrt(self.d_model)
                 y_all = y_all / self.scale_res[layer]
             for rows in chunks:
-                loss, err, var = self._step(layer, x_all[rows], y_all[rows], seen)
+                err, var = self._step(layer, x_all[rows], y_all[rows], seen)
                 seen += len(rows)
                 sse, sst = sse + err, sst + var
             fve[layer] = 1.0 - sse / max(sst, 1e-12)
@@ -548,7 +548,7 @@ class _Trainer:
         self.history.append(row)
         return row
 
-    def _step(self, layer: int, x: torch.Tensor, y: torch.Tensor, seen: int) -> tuple[float, float, float]:
+    def _step(self, layer: int, x: torch.Tensor, y: torch.Tensor, seen: int) -> tuple[float, float]:
         """One optimiser step of one layer on ``x -> y`` (normalised); its squared error and variance summed."""
         st, p = self.st, self.params[layer]
         pre = x @ p["W_enc"].T + p["b_enc"]
@@ -578,7 +578,7 @@ class _Trainer:
         with torch.no_grad():
             p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
         n = len(x)
-        return loss.item(), loss.item() * var.item() * n, var.item() * n
+        return loss.item() * var.item() * n, var.item() * n
 
     def _solve_skip(self) -> None:
         """The ridge-regression skip of every layer, and its intercept, from the gathered statistics."""
