@@ -16,7 +16,7 @@ extra untimed call of each side (see ``bench/harness.py``).
    stack alone (``lm.hf.model``, no unembedding; no target).
 2. Capture of ``mlp_act`` and ``attn_z`` at every layer (60 sites on a
    30-layer model) against the same plain forward, target >= 0.8.
-3. Steered generation: ``steering.generate`` with an ``Add`` of 4 x a
+3. Steered generation: ``generation.generate`` with an ``Add`` of 4 x a
    random unit vector at ``resid_post`` of the middle layer, positions
    "all", against ``generate`` without interventions; same prompts, greedy,
    fixed ``max_new_tokens``. A steer can make greedy decoding stop at EOS
@@ -165,7 +165,7 @@ def capture_items(lm, texts: list[str], batch: int, repeats: int) -> list[dict]:
 def modulation(lm, n_layers: int = 10, n_neurons: int = 4, n_heads: int = 2, value: float = 2.0,
                seed: int = 0) -> list:
     """Circuit-modulation interventions: a few neurons and heads nudged at the last position."""
-    from emocircuits.steering import Add
+    from emocircuits.interventions import Add
 
     g = torch.Generator().manual_seed(seed)
     first = max(0, lm.n_layers // 2 - n_layers // 2)
@@ -182,7 +182,8 @@ def modulation(lm, n_layers: int = 10, n_neurons: int = 4, n_heads: int = 2, val
 
 
 def generation_items(lm, prompts: list[str], max_new_tokens: int, repeats: int) -> list[dict]:
-    from emocircuits.steering import Add, generate
+    from emocircuits.generation import generate
+    from emocircuits.interventions import Add
 
     def gen(interventions):
         def run() -> int:

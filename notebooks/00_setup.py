@@ -59,11 +59,12 @@ from IPython.display import display
 from emocircuits import load_model, capture
 from emocircuits.activations import SITE_KINDS, all_layers
 from emocircuits.book import sizer
+from emocircuits.generation import generate, generate_grid
+from emocircuits.interventions import Add
 from emocircuits.models import model_table
 from emocircuits.page import result
 from emocircuits.plots import band, setup_style
 from emocircuits.probes import centroid_separability
-from emocircuits.steering import Add, generate, generate_grid
 from emocircuits.tables import interval
 
 setup_style()

@@ -63,11 +63,11 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import sizer
+from emocircuits.generation import elicit
 from emocircuits.judges import EmotionJudge
 from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import elicit
 from emocircuits.tables import interval
 
 setup_style()
@@ -370,7 +370,7 @@ gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 #   where that cue is strong, used as a stress test in chapter 03.
 #   `eia_matched.jsonl` (30 test and 40 train pairs) holds register fixed
 #   for the same chapter.
-# - `steering.elicit` keeps generations with everything needed to redo them.
+# - `generation.elicit` keeps generations with everything needed to redo them.
 #
 # The lexical-ablation keyword list, with the neutral word each becomes:
 

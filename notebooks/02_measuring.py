@@ -75,10 +75,10 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import record, sizer
+from emocircuits.generation import elicit
+from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.page import result
-from emocircuits.steering import elicit
 from emocircuits.tables import interval, show
 
 setup_style()

@@ -69,21 +69,21 @@ from scipy.stats import pearsonr
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
-from sklearn.model_selection import GroupKFold, cross_val_score
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from emocircuits import circuits as C
 from emocircuits import datasets as ds
+from emocircuits import emotion_acts
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits.activations import capture
 from emocircuits.book import record, sizer
+from emocircuits.generation import elicit
+from emocircuits.page import result
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.page import result
-from emocircuits.steering import elicit
 from emocircuits.tables import interval, show as show_table  # `show` names a list of layers below
 
 setup_style()
@@ -601,7 +601,7 @@ per_theme = size(1, 10, 20)
 chosen = ds.first_per_theme(disc_all, per_theme)
 # the scenarios chapter 04 captures (its size(1, 5, 5) per theme) come from that shared capture
 # (whichever chapter runs first pays); the others are captured here, residual stream only
-prompts, E = C.sev_residuals(lm, chosen, shared=ds.first_per_theme(disc_all, size(1, 5, 5)))
+prompts, E = emotion_acts.sev_residuals(lm, chosen, shared=ds.first_per_theme(disc_all, size(1, 5, 5)))
 emotions = np.array([p["emotion"] for p in prompts])
 scenario = np.array([p["record_id"] for p in prompts])
 context = np.array([f"{p['record_id']}:{p['valence']}" for p in prompts])

@@ -73,17 +73,21 @@ import seaborn as sns
 import torch
 from IPython.display import display
 
+from emocircuits import causal
+from emocircuits import choosing
 from emocircuits import circuits as C
+from emocircuits import contributions
 from emocircuits import datasets as ds
+from emocircuits import emotion_acts
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
+from emocircuits.generation import generate, generate_grid, next_token_logits
 from emocircuits.page import result
 from emocircuits.plots import neuron_token_values, neuron_view, setup_style
 from emocircuits.protocol import Experiment
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import generate, generate_grid, next_token_logits
 from emocircuits.tables import interval, show
 
 setup_style()
@@ -116,10 +120,10 @@ print(lm)
 all_disc = ds.load_named("sev_discovery")
 disc = ds.first_per_theme(all_disc, size(1, 2, 3))
 # rows of the capture chapter 03 makes of more scenarios (whichever chapter runs first pays for it)
-prompts, acts = C.sev_activations(lm, ds.first_per_theme(all_disc, size(1, 5, 5)), keep=disc)
+prompts, acts = emotion_acts.sev_activations(lm, ds.first_per_theme(all_disc, size(1, 5, 5)), keep=disc)
 labels = [p["emotion"] for p in prompts]
 groups = [f"{p['record_id']}:{p['valence']}" for p in prompts]
-dirs = C.directions(acts, labels, groups, EMO)
+dirs = emotion_acts.directions(acts, labels, groups, EMO)
 print(f"{len(prompts)} prompts ({len(disc)} scenarios x 3 valences x 6 emotions), {len(acts)} sites")
 
 # %% tags=["remove-input"]
@@ -131,7 +135,8 @@ last_acts = acts[last_site].double().numpy()
 loso_acc = []
 for left_out in np.unique(scenario_of):
     out_ = scenario_of == left_out
-    d_ = C.directions({last_site: last_acts[~out_]}, list(label_of[~out_]), list(group_of[~out_]), EMO)[last_site]
+    d_ = emotion_acts.directions({last_site: last_acts[~out_]}, list(label_of[~out_]), list(group_of[~out_]),
+                                 EMO)[last_site]
     x_ = last_acts[out_] - pd.DataFrame(last_acts[out_]).groupby(group_of[out_]).transform("mean").to_numpy()
     loso_acc.append(np.mean((x_ @ d_.T).argmax(1) == np.array([EMO.index(e_) for e_ in label_of[out_]])))
 display(result(
@@ -156,17 +161,17 @@ display(result(
 # that shows comes from the activations' own heavy tails, not from emotion.
 
 # %%
-neuron_scores, head_scores = C.component_scores(lm, acts, dirs, labels, groups, EMO)
+neuron_scores, head_scores = contributions.component_scores(lm, acts, dirs, labels, groups, EMO)
 rng = np.random.default_rng(SEED)
 rand_dirs = {k: np.tile(rng.normal(size=(1, v.shape[1])), (len(EMO), 1)) for k, v in dirs.items()}
 rand_dirs = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in rand_dirs.items()}
-rand_neurons, _ = C.component_scores(lm, acts, rand_dirs, labels, groups, EMO)
+rand_neurons, _ = contributions.component_scores(lm, acts, rand_dirs, labels, groups, EMO)
 
 tail = []
 for e, emo in enumerate(EMO):
     allv = np.concatenate([neuron_scores[l][e] for l in range(L)])
     base = np.concatenate([rand_neurons[l][e] for l in range(L)])
-    t, tb = C.tail_share(allv), C.tail_share(base)
+    t, tb = contributions.tail_share(allv), contributions.tail_share(base)
     tail.append({"emotion": emo, "top 1%": t[0.01], "top 5%": t[0.05],
                  "top 1% (random dir)": tb[0.01], "top 5% (random dir)": tb[0.05]})
 tail = pd.DataFrame(tail).set_index("emotion")
@@ -225,9 +230,10 @@ plt.show()
 
 # %% tags=["remove-input"]
 # the heads' split along section 2's random direction: how heavy a tail the activations give anyway
-rand_heads = {l: C.scores_by_emotion(C.head_contributions(lm, l, acts[f"attn_z.{l}"], rand_dirs[f"resid_mid.{l}"]),
-                                     labels, groups, EMO).numpy() for l in range(L)}
-head_tail, rand_head_tail = (np.mean([C.tail_share(np.concatenate([sc[l][e] for l in range(L)]))[0.05]
+rand_heads = {l: contributions.scores_by_emotion(
+                  contributions.head_contributions(lm, l, acts[f"attn_z.{l}"], rand_dirs[f"resid_mid.{l}"]),
+                  labels, groups, EMO).numpy() for l in range(L)}
+head_tail, rand_head_tail = (np.mean([contributions.tail_share(np.concatenate([sc[l][e] for l in range(L)]))[0.05]
                                       for e in range(len(EMO))]) for sc in (head_scores, rand_heads))
 all_heads = np.stack([head_scores[l] for l in range(L)])  # [layer, emotion, head]
 top_l, top_e, top_h = np.unravel_index(np.argmax(all_heads), all_heads.shape)
@@ -266,7 +272,7 @@ def influence(dirs):
     local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], rand_u]) for l in range(L) for k in ("attn_out", "mlp_out")}
     ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
     # one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes
-    return C.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2),
+    return causal.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2),
                                 progress=False)
 
 
@@ -415,23 +421,23 @@ means = C.component_means({k: v for k, v in acts.items() if k.split(".")[0] in (
 n_random = size(2, 12, 16)
 SHARES = size((0.5, 1.0), (0.1, 0.25, 0.5, 1.0), (0.1, 0.25, 0.5, 1.0))  # top k = this share of each kind
 ref_dirs = dirs[f"resid_post.{L - 1}"]
-runner = C.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
-signal = C.emotion_signal(lm, runner, ref_dirs)
+runner = causal.LastToken(lm, tt_all)  # every check acts at the last position: the prefix runs once
+signal = causal.emotion_signal(lm, runner, ref_dirs)
 print("unablated signal per emotion (mean over scenarios):",
       ", ".join(f"{emo} {v:.1f}" for emo, v in zip(EMO, signal.mean(0))))
 rows = []
 whole_by_scenario = {}  # (mode, "circuit" or "random") -> each emotion's drop per held-out scenario, whole circuit
 for e, emo in enumerate(EMO):
     unit = signal[:, e].mean()
-    measure = lambda ivs, e=e: C.emotion_signal(lm, runner, ref_dirs, ivs)[:, e] / unit  # noqa: E731
+    measure = lambda ivs, e=e: causal.emotion_signal(lm, runner, ref_dirs, ivs)[:, e] / unit  # noqa: E731
     for share in SHARES:
         top_k = circuits[emo].top(share)
         for mode in ("zero", "mean"):
-            res = C.ablate(lm, top_k, measure, mode=mode, means=means, n_random=n_random, seed=SEED,
+            res = causal.ablate(lm, top_k, measure, mode=mode, means=means, n_random=n_random, seed=SEED,
                            positions="last:1", baseline=signal[:, e] / unit)
             per_draw = res["random"].mean(1)  # each random set's mean drop over scenarios
             rows.append({"emotion": emo, "share": share, "k": len(top_k), "check": f"{mode} ablation (drop)",
-                         **C.summarise(res["circuit"], res["random"]),
+                         **causal.summarise(res["circuit"], res["random"]),
                          "draw_min": per_draw.min(), "draw_max": per_draw.max()})
             if share == 1.0:
                 whole_by_scenario.setdefault((mode, "circuit"), []).append(res["circuit"])
@@ -440,7 +446,7 @@ for e, emo in enumerate(EMO):
     up_r = np.stack([measure(C.enhance(C.random_like(circuits[emo], lm, seed=SEED + r), 2.0, positions="last:1"))
                      - signal[:, e] / unit for r in range(n_random)])
     rows.append({"emotion": emo, "share": 1.0, "k": len(circuits[emo]), "check": "enhance x2 (rise)",
-                 **C.summarise(up, up_r)})
+                 **causal.summarise(up, up_r)})
 checks = pd.DataFrame(rows)
 whole = checks[checks.share == 1.0]
 ratios = whole.pivot(index="emotion", columns="check", values="ratio").reindex(EMO).rename_axis(columns=None)
@@ -749,7 +755,7 @@ def choose(how, grid, name=None, **kw):
     display(show(strengths(table), columns={"scale": "strength", "accuracy": "judged as the target",
                                             "coherent": "coherent"},
                  caption=f"{name or how}: choosing the scale on discovery prompts"))
-    return C.choose_strength(tune), C.choose_strength(tune, by="emotion")
+    return choosing.choose_strength(tune), choosing.choose_strength(tune, by="emotion")
 
 
 SCALES = size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0))
@@ -757,7 +763,7 @@ ALPHAS = size((8.0,), (8.0, 16.0), (1.0, 2.0, 4.0, 8.0, 16.0))
 display(declared(Experiment(
     "section 7: strengths", discovery=f"sev_discovery, {size(1, 4, 6)} scenarios' neutral events, no instruction",
     candidates={"modulation scale": SCALES, "steering alpha (x RMS)": ALPHAS},
-    rule="circuits.choose_strength: the smallest strength with the best share judged as the target among those "
+    rule="choosing.choose_strength: the smallest strength with the best share judged as the target among those "
          "keeping >= 90% of replies coherent (pooled; and per emotion)",
     test=f"sev_test, {size(2, 16, 16)} held-out scenarios' neutral events, judged once")))
 scale, scale_by = choose("modulation", SCALES)
@@ -793,7 +799,7 @@ for how in ("modulation", "steering"):  # a table per method: a row per strength
 def at_equal_coherence(tables, where):
     """Show each method's best accuracy per coherence level; print and return modulation minus steering
     at the levels both reach."""
-    at = C.best_at_coherence(tables)
+    at = choosing.best_at_coherence(tables)
     display(show(at.reset_index().rename_axis(columns=None), caption=(
         f"best accuracy among strengths keeping at least this coherent share ({where}); -: none keeps it")))
     both = at.dropna()
@@ -1122,12 +1128,12 @@ display(result(
 all_replies = ds.load_named("emotion_replies")
 reply_recs = [r for e in EMO for r in [x for x in all_replies if x.label == e][: size(8, 24, 24)]]
 contexts = [p["user"] for p in ds.sev_prompts(all_disc, emotions=None, valences=("neutral",))]
-t_labels, t_groups, t_acts = C.reply_activations(lm, reply_recs, contexts, EMO)
+t_labels, t_groups, t_acts = emotion_acts.reply_activations(lm, reply_recs, contexts, EMO)
 reads = [v["label"] for v in judge([r.text for r in reply_recs])]
 print(f"{len(reply_recs)} replies ({len(reply_recs) // len(EMO)} per emotion); the judge reads "
       f"{np.mean([lab == r.label for lab, r in zip(reads, reply_recs)]):.2f} of them as their emotion (chance 1/7)")
-t_dirs = C.directions(t_acts, t_labels, t_groups, EMO)
-t_neurons, t_heads = C.component_scores(lm, t_acts, t_dirs, t_labels, t_groups, EMO)
+t_dirs = emotion_acts.directions(t_acts, t_labels, t_groups, EMO)
+t_neurons, t_heads = contributions.component_scores(lm, t_acts, t_dirs, t_labels, t_groups, EMO)
 t_infl = influence(t_dirs)
 t_circuits = assemble_all(t_neurons, t_heads, t_infl, suffix="_from_text")
 t_means = C.group_centred_means({k: v for k, v in t_acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
@@ -1256,12 +1262,12 @@ n_pick = size(2, 12, 24)
 display(declared(Experiment(
     "section 9: the way per emotion", discovery=f"sev_discovery, {n_pick} scenarios' neutral events",
     candidates={"way": tuple(WAYS)},
-    rule="circuits.choose_strength(option='way'), per emotion: the more accurate way among those keeping >= 90% "
+    rule="choosing.choose_strength(option='way'), per emotion: the more accurate way among those keeping >= 90% "
          "of that emotion's replies coherent; paper B's way on a tie",
     test=f"sev_test, {size(2, 16, 16)} scenarios no other section uses, judged once")))
 pick = pd.concat([toward(disc[:n_pick], n_tokens=new_tokens, **kw).assign(way=way) for way, kw in WAYS.items()])
 pick["way"] = pd.Categorical(pick.way, categories=list(WAYS), ordered=True)
-way_by = C.choose_strength(pick, by="emotion", option="way")
+way_by = choosing.choose_strength(pick, by="emotion", option="way")
 
 
 def per_way(runs, caption):

@@ -81,11 +81,11 @@ from emocircuits import published as P
 from emocircuits import transcoders as T
 from emocircuits.book import record, sizer
 from emocircuits.datasets import DATA_DIR
+from emocircuits.generation import generate
 from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
-from emocircuits.steering import generate
 from emocircuits.tables import interval, show
 
 setup_style()

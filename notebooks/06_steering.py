@@ -66,11 +66,13 @@ import pandas as pd
 from IPython.display import display
 from scipy.stats import spearmanr
 
+from emocircuits import choosing
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import steering as S
+from emocircuits import vectors
 from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.page import result
@@ -146,7 +148,7 @@ pd.DataFrame({f"paper A alpha {a}": {f"layer {l}": round(a / r, 2) for l, r in r
 #
 # Replies are sampled at temperature 0.7, and each situation and seed draws
 # the same random numbers at every alpha, layer and position (one seeded
-# stream per reply, see `steering.generate`). A push too weak to change any
+# stream per reply, see `generation.generate`). A push too weak to change any
 # token leaves the reply exactly as it was. So differences between alphas
 # are the push's doing, not sampling noise; the seeds give the noise that
 # the success metric below compares against.
@@ -386,7 +388,7 @@ show_goal(goal)
 # goal.
 
 # %%
-top = S.best_setting(goal, chosen_on)
+top = choosing.best_setting(goal, chosen_on)
 fresh_sit = [r.text for r in ds.load_named("situations_heldout")][len(situations): len(situations) + size(12, 12, 18)]
 fresh = [{"id": f"fresh-{i}", "user": s} for i, s in enumerate(fresh_sit)]
 a_top = float(top.alpha)
@@ -411,7 +413,7 @@ show(pd.DataFrame({"chosen on": goal_cells(top), "confirmed on fresh situations"
 
 # %%
 unit_goal = goal[goal.scale == "unit"]
-unit_best = S.best_setting(unit_goal, chosen_on) if len(unit_goal) else pd.Series(np.nan, index=goal.columns)
+unit_best = choosing.best_setting(unit_goal, chosen_on) if len(unit_goal) else pd.Series(np.nan, index=goal.columns)
 kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.scale == top.scale)
             & (kw.alpha.abs() == a_top)]
 headline = record(
@@ -589,7 +591,7 @@ show_goal(pd.concat([persona_goal.assign(direction="persona direction"),
 # and every reply is coherent.
 
 # %%
-p_top = S.best_setting(persona_goal, chosen_on)
+p_top = choosing.best_setting(persona_goal, chosen_on)
 p_a = float(p_top.alpha)
 
 
@@ -772,7 +774,7 @@ confirm_set = [{"id": f"confirm-{i}", "user": r.text}
                for i, r in enumerate(ds.load_named("situations_confirm")[: size(12, 24, 24)])]
 sum_cosine = float(fit.directions[MID] @ persona_dirs[MID])
 b_goal = S.both_ways(*judged_sweep(choice, both_dir, [MID], B_ALPHAS, seeds=B_SEEDS, scale="rms"), seed=SEED)
-b_top = S.best_setting(b_goal, [r.id for r in heldout][len(situations):][: len(choice)])
+b_top = choosing.best_setting(b_goal, [r.id for r in heldout][len(situations):][: len(choice)])
 b_a = float(b_top.alpha)
 print(f"cosine of the probe and persona directions at layer {MID}: {sum_cosine:+.2f}; "
       f"{len(B_SEEDS)} seeds per situation")
@@ -1086,12 +1088,12 @@ out_dir = cache_dir("vectors") / model_slug(MODEL) / size("quick", "book", "full
 data_hash = stable_hash([p.model_dump() for p in pairs])
 saved = {}
 for name, dirs_, t in (("probe", fit.directions, top), ("persona", persona_dirs, p_top), ("sum", both_dir, b_top)):
-    saved[name] = S.save_vector(out_dir / f"empathy_{name}.safetensors", dirs_[int(t.layer)], model=lm.name,
+    saved[name] = vectors.save_vector(out_dir / f"empathy_{name}.safetensors", dirs_[int(t.layer)], model=lm.name,
                                 layer=int(t.layer), pooling="mean_response", dataset_hash=data_hash, scale=t.scale,
                                 positions=t.positions, alpha=f"{float(t.alpha):g}", chosen_on="situations_heldout")
-vec, meta = S.load_vector(saved["sum"])
-gguf_path = S.export_control_vector(out_dir / "empathy_sum.gguf", {MID: both_dir[MID]}, model_hint=lm.arch)
-back, hint = S.load_control_vector(gguf_path)
+vec, meta = vectors.load_vector(saved["sum"])
+gguf_path = vectors.export_control_vector(out_dir / "empathy_sum.gguf", {MID: both_dir[MID]}, model_hint=lm.arch)
+back, hint = vectors.load_control_vector(gguf_path)
 print("the sum's metadata:", meta)
 print(f"control vector: model hint {hint!r}, layers {sorted(back)}, "
       f"max difference after reload {float((back[MID] - vec).abs().max()):.1e}")
@@ -1150,7 +1152,7 @@ display(result(
 #   `steering.steering_success` turns judged replies into the honest
 #   success rate with its threshold.
 # - `steering.both_ways` measures the goal (moved both ways, coherent)
-#   against a shuffled-alpha chance level; `steering.best_setting` picks a
+#   against a shuffled-alpha chance level; `choosing.best_setting` picks a
 #   setting, which is then confirmed on situations that did not choose it.
 # - Paper A's keyword metric is shown beside it. It reads higher, mostly
 #   because its negative-alpha rule counts unchanged replies, and also

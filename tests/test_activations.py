@@ -250,7 +250,7 @@ def test_memory_cache_runs_only_unseen_texts_and_gives_fresh_values(tiny_llama, 
         capture(lm, TEXTS, sites, pooling="none", cache="memory", progress=False)
     with pytest.raises(ValueError, match="cache='disk': expected False, True"):
         capture(lm, TEXTS, sites, cache="disk", progress=False)
-    from emocircuits.steering import Add
+    from emocircuits.interventions import Add
 
     with pytest.raises(ValueError, match="cache='memory' is not supported with interventions"):
         capture(lm, TEXTS, sites, cache="memory", progress=False,

@@ -16,8 +16,9 @@ import torch
 
 from emocircuits import models
 from emocircuits.activations import capture
+from emocircuits.generation import forward, generate
+from emocircuits.interventions import Add, Scale, Set
 from emocircuits.models import ModelError, load_model
-from emocircuits.steering import Add, Scale, Set, forward, generate
 
 from testkit import TINY_KINDS, hand_run_from, make_tiny
 

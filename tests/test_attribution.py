@@ -12,7 +12,8 @@ import torch
 from emocircuits import attribution as A
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
-from emocircuits.steering import Transcode, forward
+from emocircuits.generation import forward
+from emocircuits.interventions import Transcode
 
 from testkit import CORPUS
 
@@ -247,7 +248,7 @@ def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
 
 def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):
     """Skipping the blocks under the changed layer gives what full forwards give, on both layouts."""
-    from emocircuits.steering import Set
+    from emocircuits.interventions import Set
 
     texts = CORPUS[:5]
     got = T.splice_losses(tiny, tset, texts, batch_size=3)

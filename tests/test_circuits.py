@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from emocircuits import datasets as ds
+from emocircuits import causal
+from emocircuits import choosing
 from emocircuits import circuits as C
+from emocircuits import contributions
+from emocircuits import datasets as ds
+from emocircuits import emotion_acts
 from emocircuits.activations import capture
-from emocircuits.steering import Scale, Set, generate
+from emocircuits.generation import generate
+from emocircuits.interventions import Scale, Set
 
 TEXTS = ["My dog died this morning.", "I got the job! We celebrate tonight.",
          "The lake froze overnight and the weather turned cold.", "Could you help me plan a party?"]
@@ -33,11 +38,11 @@ def test_neuron_terms_add_up_to_mlp_output(tiny):
     layer = 1
     acts = capture(tiny, TEXTS, [f"mlp_act.{layer}", f"mlp_out.{layer}"], progress=False)
     V = _dirs(tiny)
-    c = C.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V)
+    c = contributions.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V)
     assert c.shape == (len(TEXTS), 3, tiny.d_mlp)
     want = acts[f"mlp_out.{layer}"].double() @ V.T
     torch.testing.assert_close(c.sum(-1), want, rtol=1e-4, atol=1e-4)
-    single = C.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V[0])
+    single = contributions.neuron_contributions(tiny, layer, acts[f"mlp_act.{layer}"], V[0])
     torch.testing.assert_close(single, c[:, 0])
 
 
@@ -45,7 +50,7 @@ def test_head_terms_add_up_and_match_zeroing(tiny):
     layer = 2
     acts = capture(tiny, TEXTS, [f"attn_z.{layer}", f"attn_out.{layer}", f"resid_mid.{layer}"], progress=False)
     V = _dirs(tiny, 2, seed=1)
-    c = C.head_contributions(tiny, layer, acts[f"attn_z.{layer}"], V)
+    c = contributions.head_contributions(tiny, layer, acts[f"attn_z.{layer}"], V)
     assert c.shape == (len(TEXTS), 2, tiny.n_heads)
     torch.testing.assert_close(c.sum(-1), acts[f"attn_out.{layer}"].double() @ V.T, rtol=1e-4, atol=1e-4)
     # zeroing head h changes the MLP input by exactly its term on Llama; on Gemma the
@@ -65,13 +70,13 @@ def test_head_terms_add_up_and_match_zeroing(tiny):
 
 def test_bad_shapes_are_named(tiny_llama):
     with pytest.raises(ValueError, match="attn_z must be"):
-        C.head_contributions(tiny_llama, 0, torch.zeros(2, 3), _dirs(tiny_llama)[0])
+        contributions.head_contributions(tiny_llama, 0, torch.zeros(2, 3), _dirs(tiny_llama)[0])
     with pytest.raises(ValueError, match="direction has"):
-        C.neuron_contributions(tiny_llama, 0, torch.zeros(2, tiny_llama.d_mlp), torch.zeros(5))
+        contributions.neuron_contributions(tiny_llama, 0, torch.zeros(2, tiny_llama.d_mlp), torch.zeros(5))
     with pytest.raises(ValueError, match="batch_size=0"):
-        C.LastToken(tiny_llama, ["a prompt"], batch_size=0)
+        causal.LastToken(tiny_llama, ["a prompt"], batch_size=0)
     with pytest.raises(ValueError, match="batch_size=0"):
-        C.sublayer_influence(tiny_llama, ["a prompt"], {}, np.zeros((1, tiny_llama.d_model)), batch_size=0)
+        causal.sublayer_influence(tiny_llama, ["a prompt"], {}, np.zeros((1, tiny_llama.d_model)), batch_size=0)
 
 
 def test_scores_centre_out_what_contexts_share():
@@ -81,19 +86,19 @@ def test_scores_centre_out_what_contexts_share():
     contrib[0, 0, 1] = 2.0   # emotion a in g1, along a's direction, component 1
     contrib[2, 0, 1] = 2.0   # emotion a in g2
     labels, groups = ["a", "b", "a", "b"], ["g1", "g1", "g2", "g2"]
-    s = C.scores_by_emotion(contrib, labels, groups, ["a", "b"])
+    s = contributions.scores_by_emotion(contrib, labels, groups, ["a", "b"])
     assert s.shape == (2, 3)
     assert s[0, 0] == pytest.approx(0.0) and s[0, 1] == pytest.approx(1.0)
-    raw = C.scores_by_emotion(contrib, labels, groups, ["a", "b"], centre=False)
+    raw = contributions.scores_by_emotion(contrib, labels, groups, ["a", "b"], centre=False)
     assert raw[0, 0] == pytest.approx(2.5) and raw[0, 1] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="no kept prompts"):
-        C.scores_by_emotion(contrib, labels, groups, ["a", "b"], keep=[False, True, False, True])
+        contributions.scores_by_emotion(contrib, labels, groups, ["a", "b"], keep=[False, True, False, True])
 
 
 def test_tail_share():
     s = np.r_[np.full(99, 0.01), 99.0 * 0.01 * 9]  # one component carries 90% of the positive mass
-    assert C.tail_share(s, (0.01,))[0.01] == pytest.approx(0.9)
-    assert np.isnan(C.tail_share(-np.ones(10))[0.01])
+    assert contributions.tail_share(s, (0.01,))[0.01] == pytest.approx(0.9)
+    assert np.isnan(contributions.tail_share(-np.ones(10))[0.01])
 
 
 def test_allocate_respects_minimum_cap_and_total():
@@ -214,23 +219,23 @@ def test_scale_doubles_a_neuron(tiny_gemma):
 def test_emotion_signal_cancels_shared_shifts(tiny_llama):
     V = _dirs(tiny_llama, 2, seed=6).float().numpy()
     texts = [f"{t} Be {e}." for t in TEXTS[:3] for e in ("glad", "sad")]  # 3 scenarios x 2 asked emotions
-    sig = C.emotion_signal(tiny_llama, texts, V)
-    p = C.projection(tiny_llama, texts, V).reshape(3, 2, 2)
+    sig = causal.emotion_signal(tiny_llama, texts, V)
+    p = causal.projection(tiny_llama, texts, V).reshape(3, 2, 2)
     np.testing.assert_allclose(sig[:, 0], p[:, 0, 0] - p[:, 1, 0], rtol=1e-5, atol=1e-6)
     # a push along the last layer's output shifts every prompt alike: the signal does not move
-    from emocircuits.steering import Add
+    from emocircuits.interventions import Add
 
     push = Add(f"resid_post.{tiny_llama.n_layers - 1}", torch.as_tensor(V[0]), alpha=7.0)
-    np.testing.assert_allclose(C.emotion_signal(tiny_llama, texts, V, [push]), sig, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(causal.emotion_signal(tiny_llama, texts, V, [push]), sig, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not a multiple"):
-        C.emotion_signal(tiny_llama, texts[:5], V)
+        causal.emotion_signal(tiny_llama, texts[:5], V)
 
 
 def test_last_token_runner_matches_full_forward(tiny):
     circ = C.Circuit("x", tiny.name, [C.Component(0, "neuron", 3), C.Component(1, "head", 2),
                                       C.Component(2, "neuron", 9)])
     sites = [f"resid_post.{tiny.n_layers - 1}", "mlp_act.2"]
-    runner = C.LastToken(tiny, TEXTS, batch_size=3)
+    runner = causal.LastToken(tiny, TEXTS, batch_size=3)
     for ivs in ([], C.ablation(circ, positions="last:1"), C.enhance(circ, 3.0, positions="last:1")):
         got = runner(sites, ivs)
         want = capture(tiny, TEXTS, sites, interventions=ivs, progress=False)
@@ -240,7 +245,7 @@ def test_last_token_runner_matches_full_forward(tiny):
         runner(sites, C.ablation(circ))
     V = _dirs(tiny, 2).float().numpy()
     texts = TEXTS[:4]
-    np.testing.assert_allclose(C.emotion_signal(tiny, C.LastToken(tiny, texts), V), C.emotion_signal(tiny, texts, V),
+    np.testing.assert_allclose(causal.emotion_signal(tiny, causal.LastToken(tiny, texts), V), causal.emotion_signal(tiny, texts, V),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -248,7 +253,7 @@ def test_influence_of_the_last_mlp_on_its_own_direction_is_one(tiny):
     L = tiny.n_layers
     V = _dirs(tiny, 2, seed=3).float().numpy()
     local = {f"attn_out.{L - 1}": V, f"mlp_out.{L - 1}": V}
-    infl = C.sublayer_influence(tiny, TEXTS[:2], local, V, alphas=(1.0, 2.0), layers=[L - 1], progress=False)
+    infl = causal.sublayer_influence(tiny, TEXTS[:2], local, V, alphas=(1.0, 2.0), layers=[L - 1], progress=False)
     np.testing.assert_allclose(infl["mlp"][L - 1], 1.0, atol=1e-3)
     assert np.isnan(infl["mlp"][0]).all()
     assert np.isfinite(infl["attn"][L - 1]).all()
@@ -256,13 +261,13 @@ def test_influence_of_the_last_mlp_on_its_own_direction_is_one(tiny):
 
 def test_influence_matches_a_full_forward_with_the_push(tiny):
     """The cached-prefix shortcut gives what a full forward with the push at the last position gives."""
-    from emocircuits.steering import Add
+    from emocircuits.interventions import Add
 
     layer, E = 1, 2
     V = _dirs(tiny, E, seed=4).float().numpy()
     local = {f"attn_out.{layer}": V, f"mlp_out.{layer}": V[::-1].copy()}
     texts = TEXTS[:3]
-    infl = C.sublayer_influence(tiny, texts, local, V, alphas=(1.5,), layers=[layer], batch_size=2,
+    infl = causal.sublayer_influence(tiny, texts, local, V, alphas=(1.5,), layers=[layer], batch_size=2,
                                 progress=False)
     sig = infl["sigma"][f"resid_post.{layer}"]
     last = f"resid_post.{tiny.n_layers - 1}"
@@ -281,16 +286,16 @@ def test_circuit_ablation_beats_random_on_smollm2(smol):
     layers = list(range(smol.n_layers - 4, smol.n_layers))
     acts = capture(smol, texts, [f"mlp_act.{l}" for l in layers], progress=False)
     v = _dirs(smol, 1, seed=5)[0].numpy()
-    ns = {l: C.neuron_contributions(smol, l, acts[f"mlp_act.{l}"], v).mean(0).numpy() for l in layers}
+    ns = {l: contributions.neuron_contributions(smol, l, acts[f"mlp_act.{l}"], v).mean(0).numpy() for l in layers}
     hs = {l: np.zeros(smol.n_heads) for l in layers}
     circ = C.top_components("x", smol.name, ns, hs, k=40, kind="neuron")
-    measure = lambda ivs: C.projection(smol, texts, v, interventions=ivs)  # noqa: E731
-    res = C.ablate(smol, circ, measure, mode="zero", n_random=3)
+    measure = lambda ivs: causal.projection(smol, texts, v, interventions=ivs)  # noqa: E731
+    res = causal.ablate(smol, circ, measure, mode="zero", n_random=3)
     assert res["circuit"].mean() > 3 * np.abs(res["random"].mean(1)).max()
     means = C.component_means(acts)
-    res_m = C.ablate(smol, circ, measure, mode="mean", means=means, n_random=1)
+    res_m = causal.ablate(smol, circ, measure, mode="mean", means=means, n_random=1)
     assert res_m["circuit"].mean() > 0
-    up = C.projection(smol, texts, v, interventions=C.enhance(circ, 2.0))
+    up = causal.projection(smol, texts, v, interventions=C.enhance(circ, 2.0))
     assert (up - res["base"]).mean() > 0
 
 
@@ -313,26 +318,26 @@ def test_sev_activations_is_one_cached_capture_of_every_site(tiny_llama, tmp_pat
 
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     recs = ds.first_per_theme(ds.load_named("sev_discovery"), 1)[:2]
-    prompts, acts = C.sev_activations(tiny_llama, recs)
+    prompts, acts = emotion_acts.sev_activations(tiny_llama, recs)
     assert len(prompts) == 2 * 3 * 6
     L = tiny_llama.n_layers
-    assert set(acts) == set(C.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
+    assert set(acts) == set(emotion_acts.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
     texts = [tiny_llama.chat_prompt(p["user"], system=p["system"]) for p in prompts]
     direct = capture(tiny_llama, texts, ["resid_post.1", "attn_z.0"], progress=False)
     torch.testing.assert_close(acts["resid_post.1"], direct["resid_post.1"], rtol=1e-4, atol=1e-4)
     assert acts["attn_z.0"].shape == direct["attn_z.0"].shape
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
-    again = C.sev_activations(tiny_llama, recs)[1]  # from the cache
+    again = emotion_acts.sev_activations(tiny_llama, recs)[1]  # from the cache
     assert all(torch.equal(again[k], acts[k]) for k in acts)
 
-    sub_prompts, sub = C.sev_activations(tiny_llama, recs, keep=recs[1:])  # rows of the same capture
+    sub_prompts, sub = emotion_acts.sev_activations(tiny_llama, recs, keep=recs[1:])  # rows of the same capture
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
     rows = [i for i, p in enumerate(prompts) if p["record_id"] == recs[1].id]
     assert sub_prompts == [prompts[i] for i in rows] and len(rows) == 18
     assert all(torch.equal(sub[k], acts[k][rows]) for k in acts)
     other = ds.load_named("sev_discovery")[-1]
     with pytest.raises(ValueError, match=rf"keep: records \['{other.id}'\] are not among the 2 records captured"):
-        C.sev_activations(tiny_llama, recs, keep=[other])
+        emotion_acts.sev_activations(tiny_llama, recs, keep=[other])
 
 
 def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_path, monkeypatch):
@@ -343,8 +348,8 @@ def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_p
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     recs = ds.first_per_theme(ds.load_named("sev_discovery"), 2)[:4]  # two themes, two scenarios each
     shared = [recs[0], recs[2]]
-    _, shared_acts = C.sev_activations(tiny_llama, shared)
-    prompts, acts = C.sev_residuals(tiny_llama, recs, shared=shared)
+    _, shared_acts = emotion_acts.sev_activations(tiny_llama, shared)
+    prompts, acts = emotion_acts.sev_residuals(tiny_llama, recs, shared=shared)
     assert prompts == ds.sev_prompts(recs)
     L = tiny_llama.n_layers
     assert list(acts) == [f"resid_post.{l}" for l in range(L)]
@@ -359,14 +364,14 @@ def test_sev_residuals_reads_shared_rows_and_captures_the_rest(tiny_llama, tmp_p
     torch.testing.assert_close(acts[f"resid_post.{L - 1}"], direct[f"resid_post.{L - 1}"], rtol=1e-4, atol=1e-4)
     # one more capture file (the unshared records', residual stream only); a rerun reads both back
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
-    again = C.sev_residuals(tiny_llama, recs, shared=shared)[1]
+    again = emotion_acts.sev_residuals(tiny_llama, recs, shared=shared)[1]
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
     assert all(torch.equal(again[k], acts[k]) for k in acts)
     # with every record shared, nothing new is captured
-    assert C.sev_residuals(tiny_llama, shared, shared=shared)[0] == ds.sev_prompts(shared)
+    assert emotion_acts.sev_residuals(tiny_llama, shared, shared=shared)[0] == ds.sev_prompts(shared)
     assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 2
     with pytest.raises(ValueError, match=rf"records: \['{recs[0].id}'\] appear more than once"):
-        C.sev_residuals(tiny_llama, [recs[0], recs[0]])
+        emotion_acts.sev_residuals(tiny_llama, [recs[0], recs[0]])
 
 
 def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_per_group():
@@ -379,21 +384,21 @@ def test_choose_strength_takes_the_smallest_best_coherent_strength_overall_and_p
         rows += [("fear", scale, 0, c) for c in coh]
     df = pd.DataFrame(rows, columns=["emotion", "scale", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
     df["record_id"] = [f"sev-d-work-{i % 4 + 1:02d}" for i in range(len(df))]  # discovery records
-    assert C.choose_strength(df, by="emotion") == {"anger": 8.0, "fear": 8.0}  # fear: smallest coherent tie
-    assert C.choose_strength(df) == 8.0  # pooled: 12 is more accurate (0.5 vs 0.25) but 0.75 coherent
-    assert isinstance(C.choose_strength(df), float)
-    assert C.choose_strength(df, min_coherent=0.5) == 12.0 and C.choose_strength(df, min_coherent=0.5,
+    assert choosing.choose_strength(df, by="emotion") == {"anger": 8.0, "fear": 8.0}  # fear: smallest coherent tie
+    assert choosing.choose_strength(df) == 8.0  # pooled: 12 is more accurate (0.5 vs 0.25) but 0.75 coherent
+    assert isinstance(choosing.choose_strength(df), float)
+    assert choosing.choose_strength(df, min_coherent=0.5) == 12.0 and choosing.choose_strength(df, min_coherent=0.5,
                                                                                  by="emotion")["anger"] == 12.0
     bad = df.assign(coherent=False)  # none coherent: the most accurate strength, the smallest among ties
-    assert C.choose_strength(bad, by="emotion") == {"anger": 12.0, "fear": 4.0}
+    assert choosing.choose_strength(bad, by="emotion") == {"anger": 12.0, "fear": 4.0}
     with pytest.raises(ValueError, match="missing \\['hit'\\]"):
-        C.choose_strength(df.drop(columns="hit"))
+        choosing.choose_strength(df.drop(columns="hit"))
     with pytest.raises(ValueError, match="min_coherent must be a share"):
-        C.choose_strength(df, min_coherent=90)
+        choosing.choose_strength(df, min_coherent=90)
     with pytest.raises(ValueError, match="no rows"):
-        C.choose_strength(df.iloc[:0])
+        choosing.choose_strength(df.iloc[:0])
     with pytest.raises(ValueError, match="replies\\['emotion'\\] has missing values"):
-        C.choose_strength(df.assign(emotion=df.emotion.where(df.scale != 4)), by="emotion")
+        choosing.choose_strength(df.assign(emotion=df.emotion.where(df.scale != 4)), by="emotion")
 
 
 def test_choose_strength_picks_among_named_candidates_in_their_given_order():
@@ -407,14 +412,14 @@ def test_choose_strength_picks_among_named_candidates_in_their_given_order():
     df = pd.DataFrame(rows, columns=["emotion", "way", "hit", "coherent"]).astype({"hit": bool, "coherent": bool})
     df["record_id"] = "sev-d-home-03"
     df["way"] = pd.Categorical(df.way, categories=["paper B", "from text"], ordered=True)  # not alphabetical
-    assert C.choose_strength(df, by="emotion", option="way") == {"fear": "from text", "anger": "paper B"}
+    assert choosing.choose_strength(df, by="emotion", option="way") == {"fear": "from text", "anger": "paper B"}
     # a better but incoherent candidate loses to a coherent one
     worse = df.assign(coherent=~((df.emotion == "fear") & (df.way == "from text") & (df.hit)))
-    assert C.choose_strength(worse, by="emotion", option="way")["fear"] == "paper B"
+    assert choosing.choose_strength(worse, by="emotion", option="way")["fear"] == "paper B"
     with pytest.raises(ValueError, match="missing \\['way'\\]"):
-        C.choose_strength(df.drop(columns="way"), option="way")
+        choosing.choose_strength(df.drop(columns="way"), option="way")
     with pytest.raises(ValueError, match="replies\\['way'\\] has missing values"):
-        C.choose_strength(df.assign(way=df.way.where(df.hit)), option="way")
+        choosing.choose_strength(df.assign(way=df.way.where(df.hit)), option="way")
 
 
 def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
@@ -427,18 +432,18 @@ def test_choose_strength_refuses_replies_made_from_test_records_naming_them():
 
     df = pd.DataFrame({"scale": [4.0, 8.0, 4.0, 8.0], "hit": [False, True, False, True], "coherent": [True] * 4,
                        "record_id": ["sev-d-work-01", "sev-d-work-01", "sev-d-home-02", "sev-d-home-02"]})
-    assert C.choose_strength(df) == 8.0
+    assert choosing.choose_strength(df) == 8.0
     leaked = df.assign(record_id=["sev-d-work-01", "sev-t-work-01", "sev-d-home-02", "sev-t-home-05"])
     with pytest.raises(protocol.ProtocolError, match=r"choose_strength: replies\['record_id'\]: 2 record\(s\) of a test split .*"
                                                      r"\(sev-t-home-05, sev-t-work-01\)"):
-        C.choose_strength(leaked)
+        choosing.choose_strength(leaked)
     with pytest.raises(protocol.ProtocolError, match="sit-confirm-01"):
-        C.choose_strength(df.assign(record_id="sit-confirm-01"))
+        choosing.choose_strength(df.assign(record_id="sit-confirm-01"))
     with pytest.raises(ValueError, match="missing \\['record_id'\\]"):
-        C.choose_strength(df.drop(columns="record_id"))
+        choosing.choose_strength(df.drop(columns="record_id"))
     for blank in (None, float("nan"), " "):  # a missing id cannot slip past as the string 'None' or 'nan'
         with pytest.raises(ValueError, match=r"replies\['record_id'\]: record id missing at positions \[1\]"):
-            C.choose_strength(df.assign(record_id=["sev-d-work-01", blank, "sev-d-home-02", "sev-d-home-02"]))
+            choosing.choose_strength(df.assign(record_id=["sev-d-work-01", blank, "sev-d-home-02", "sev-d-home-02"]))
     ids = protocol.test_ids()
     assert {"sev-t-work-01", "sit-confirm-24", "chat-001", "fresh-180"} <= ids
     assert not {i for i in ids if i.startswith(("sev-d-", "sit-heldout-"))}
@@ -464,13 +469,13 @@ def test_best_at_coherence_takes_the_most_accurate_setting_that_stays_coherent()
 
     mod = pd.DataFrame({"accuracy": [0.58, 0.75, 0.83], "coherent": [0.96, 0.75, 0.71]}, index=[6, 8, 10])
     steer = pd.DataFrame({"accuracy": [0.33, 0.42], "coherent": [0.92, 0.92]}, index=[8, 16])
-    t = C.best_at_coherence({"modulation": mod, "steering": steer})
+    t = choosing.best_at_coherence({"modulation": mod, "steering": steer})
     assert list(t.index) == [0.71, 0.75, 0.92, 0.96]
     assert t.loc[0.71].tolist() == [0.83, 0.42] and t.loc[0.92].tolist() == [0.58, 0.42]
     assert t.loc[0.96, "modulation"] == 0.58 and np.isnan(t.loc[0.96, "steering"])  # steering never reaches 0.96
-    assert C.best_at_coherence({"m": mod}, levels=[0.8]).loc[0.8, "m"] == 0.58
+    assert choosing.best_at_coherence({"m": mod}, levels=[0.8]).loc[0.8, "m"] == 0.58
     with pytest.raises(ValueError, match="tables\\['s'\\] needs rows with columns accuracy and coherent"):
-        C.best_at_coherence({"s": pd.DataFrame({"accuracy": [0.1]})})
+        choosing.best_at_coherence({"s": pd.DataFrame({"accuracy": [0.1]})})
 
 
 def test_reply_activations_average_the_reply_tokens_in_groups_of_one_context(tiny_llama, tmp_path, monkeypatch):
@@ -491,25 +496,25 @@ def test_reply_activations_average_the_reply_tokens_in_groups_of_one_context(tin
         return rows["mlp_act.1"][1][rows["mlp_act.1"][0].shape[0]:].mean(0), rows["mlp_act.1"][1].mean(0)
 
     contexts = ["How was your week?", "Tell me about your morning."]
-    labels, groups, acts = C.reply_activations(tiny_llama, recs, contexts, emos)
+    labels, groups, acts = emotion_acts.reply_activations(tiny_llama, recs, contexts, emos)
     assert labels == emos * 2 and groups == ["0"] * 6 + ["1"] * 6
     L = tiny_llama.n_layers
-    assert set(acts) == set(C.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
+    assert set(acts) == set(emotion_acts.direction_sites(L)) | {f"{k}.{l}" for k in ("mlp_act", "attn_z") for l in range(L)}
     reply_only, whole = reply_mean(contexts[1])
     torch.testing.assert_close(acts["mlp_act.1"][7], reply_only, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(acts["mlp_act.1"][7], whole, atol=1e-3)  # the prompt's tokens are left out
     # one context for two replies per emotion: it wraps, both groups follow it
-    _, groups1, acts1 = C.reply_activations(tiny_llama, recs, contexts[:1], emos)
+    _, groups1, acts1 = emotion_acts.reply_activations(tiny_llama, recs, contexts[:1], emos)
     assert groups1 == groups
     torch.testing.assert_close(acts1["mlp_act.1"][:6], acts["mlp_act.1"][:6], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(acts1["mlp_act.1"][7], reply_mean(contexts[0])[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="same number of replies"):
-        C.reply_activations(tiny_llama, recs[:-1], contexts, emos)
+        emotion_acts.reply_activations(tiny_llama, recs[:-1], contexts, emos)
     with pytest.raises(ValueError, match="same number of replies"):
-        C.reply_activations(tiny_llama, recs, contexts, emos[:5])  # a label outside the emotions asked for
+        emotion_acts.reply_activations(tiny_llama, recs, contexts, emos[:5])  # a label outside the emotions asked for
     with pytest.raises(ValueError, match="distinct emotion names"):
-        C.reply_activations(tiny_llama, recs, contexts, emos + ["fear"])
+        emotion_acts.reply_activations(tiny_llama, recs, contexts, emos + ["fear"])
     with pytest.raises(ValueError, match="contexts: expected a list of user prompts, not one str"):
-        C.reply_activations(tiny_llama, recs, "How was your week?", emos)
+        emotion_acts.reply_activations(tiny_llama, recs, "How was your week?", emos)
     with pytest.raises(ValueError, match="contexts: expected a non-empty list"):
-        C.reply_activations(tiny_llama, recs, [], emos)
+        emotion_acts.reply_activations(tiny_llama, recs, [], emos)

@@ -11,8 +11,9 @@ from emocircuits import attribution as A
 from emocircuits import clamping as C
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
+from emocircuits.generation import forward, generate
+from emocircuits.interventions import Transcode
 from emocircuits.judges import LABELS
-from emocircuits.steering import Transcode, forward, generate
 
 from testkit import CORPUS
 

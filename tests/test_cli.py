@@ -29,7 +29,7 @@ def test_generate_prints_a_reply(capsys, smol):
     out = capsys.readouterr().out.strip()
     assert len(out.split()) >= 3
     # greedy decoding: the same reply as the library call
-    from emocircuits.steering import generate
+    from emocircuits.generation import generate
 
     assert out == generate(smol, ["My dog died."], max_new_tokens=20)[0]
 

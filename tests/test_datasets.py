@@ -10,7 +10,7 @@ import pytest
 
 from emocircuits import datasets as ds
 from emocircuits.cli import main
-from emocircuits.steering import elicit
+from emocircuits.generation import elicit
 
 GOOD_PAIR = {"id": "p1", "scenario": "maze", "positive": "I stop to help.", "negative": "I keep running.",
              "split": "train"}
@@ -222,7 +222,7 @@ def test_elicit_stores_generations_and_acceptance(smol, tmp_path):
     assert [r.accepted for r in recs] == [True, False]
     assert all(r.text and r.model == "smollm2-135m" and r.settings["max_new_tokens"] == 12 for r in recs)
     assert [r.id for r in ds.load(out)] == [r.id for r in recs]
-    from emocircuits.steering import generate
+    from emocircuits.generation import generate
 
     assert recs[0].text == generate(smol, [prompts[0]["user"]], system=prompts[0]["system"], max_new_tokens=12)[0]
     with pytest.raises(ds.DataError, match="unknown emotion 'joy'"):

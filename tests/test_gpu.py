@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from emocircuits.activations import all_layers, capture
+from emocircuits.generation import forward, generate
+from emocircuits.interventions import Add
 from emocircuits.models import REGISTRY, load_model
-from emocircuits.steering import Add, forward, generate
 
 from testkit import hand_run_from, make_tiny
 

@@ -1,6 +1,6 @@
-"""The library's modules import one way: no cycle among their top-level imports, the lower layers
-(sites -> interventions -> activations) import no higher one, and the analysis modules import no package
-module inside a function."""
+"""The library's modules import one way: no cycle among their top-level imports, each module imports
+only from the layers below it (declared here, named in README), and no module but two imports the package
+inside a function."""
 
 import ast
 import graphlib
@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
-LOWER_LAYERS = ("sites", "interventions", "activations", "profiling", "cache")
+# The library's layers, bottom first: a module imports only modules of lower layers (the package's
+# __init__, cli and colab sit above them all). A new module must be placed here, and README's layout table
+# must name it.
+LAYERS = (
+    ("cache", "page", "sites", "stats", "tables"),
+    ("contributions", "datasets", "interventions", "models", "profiling", "results", "vectors"),
+    ("activations", "book", "circuits", "judges", "protocol", "transcoders"),
+    ("attribution", "causal", "choosing", "generation", "plots", "published"),
+    ("clamping", "probes", "steering"),
+    ("emotion_acts",),
+)
+TOP = ("__init__", "cli", "colab")
 # every module but two imports the package at its top: cli's lazy imports keep `emocircuits --help` quick, and
 # colab's set-up runs on Colab before the package's dependencies are installed
 INNER_IMPORTS_ALLOWED = ("cli", "colab")
@@ -54,11 +65,26 @@ def test_top_level_imports_have_no_cycle():
     assert order.index("sites") < order.index("interventions") < order.index("activations") < order.index("steering")
 
 
+def test_every_module_imports_only_from_the_layers_below_it():
+    top, _ = _graph()
+    layer_of = {m: i for i, names in enumerate(LAYERS) for m in names}
+    unplaced = sorted(set(top) - set(layer_of) - set(TOP))
+    assert not unplaced, f"modules {unplaced} have no layer in tests/test_layers.py: LAYERS"
+    for name, deps in top.items():
+        if name in TOP:
+            continue
+        upward = sorted(d for d in deps if d in top and layer_of.get(d, len(LAYERS)) >= layer_of[name])
+        assert not upward, f"{name}.py (layer {layer_of[name]}) imports {upward}, of its own layer or above"
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (LIB.parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `lib/emocircuits/`"))
+    missing = sorted(m for names in LAYERS for m in names if f"`{m}`" not in row)
+    assert not missing, f"README's layout table does not name {missing}"
+
+
 def test_the_analysis_modules_import_nothing_of_the_package_inside_functions():
     top, inner = _graph()
     for name in NO_INNER_IMPORTS:
         assert not inner[name], f"{name}.py imports {sorted(inner[name])} inside a function"
-    # a lower layer never imports a higher one, even at the top
-    for i, name in enumerate(LOWER_LAYERS[:3]):
-        higher = {"steering", "circuits", "attribution", "transcoders", "judges", "probes", "book", "cli"}
-        assert not (top[name] & higher), f"{name}.py imports {sorted(top[name] & higher)}"

@@ -363,7 +363,7 @@ def test_reply_texts_put_the_reply_in_the_assistant_turn(smol):
 
 
 def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_read_after_their_prompts(smol):
-    from emocircuits.steering import generate
+    from emocircuits.generation import generate
 
     personas = ds.load_named("persona_pairs")[:2]
     questions = [q for q in ds.load_named("persona_questions") if q.split == "extract"][:2]

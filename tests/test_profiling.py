@@ -30,7 +30,7 @@ def test_a_phase_inside_another_is_counted_once_in_the_inner_phase():
 
 def test_generation_and_capture_count_the_tokens_they_ran(smol):
     from emocircuits.activations import capture
-    from emocircuits.steering import generate
+    from emocircuits.generation import generate
 
     before = profiling.snapshot()
     ids = generate(smol, ["Say hi.", "Name a colour, then describe it at length."], max_new_tokens=6,

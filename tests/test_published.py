@@ -12,7 +12,7 @@ from emocircuits import attribution as A
 from emocircuits import published as P
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
-from emocircuits.steering import Transcode
+from emocircuits.interventions import Transcode
 
 from testkit import CORPUS, write_tiny_set
 

@@ -13,8 +13,9 @@ from emocircuits import attribution as A
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
 from emocircuits.cli import main
+from emocircuits.generation import forward, generate
+from emocircuits.interventions import Add, Transcode
 from emocircuits.models import ModelError, load_model
-from emocircuits.steering import Add, Transcode, forward, generate
 
 from testkit import CORPUS
 

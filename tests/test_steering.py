@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.steering import (Add, Scale, Set, _strip_after_eos, forward, generate, generate_grid,
-                                  next_token_logits)
+from emocircuits.generation import _strip_after_eos, forward, generate, generate_grid, next_token_logits
+from emocircuits.interventions import Add, Scale, Set
 
 from testkit import hand_run_from
 
@@ -51,7 +51,7 @@ def test_a_sampled_reply_depends_on_its_row_not_on_the_batch(smol):
 
 
 def test_row_sampler_draws_from_the_softmax_and_respects_top_p():
-    from emocircuits.steering import _RowSampler
+    from emocircuits.generation import _RowSampler
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
     n = 4000

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from emocircuits import choosing
+from emocircuits import generation
+from emocircuits import interventions
 from emocircuits import steering as S
+from emocircuits import vectors
 from emocircuits.activations import capture
 from emocircuits.cli import main
 
@@ -26,7 +30,7 @@ def test_sweep_grid_baseline_and_rms_scaling(tiny_llama):
     v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0))
     recs = S.sweep(tiny_llama, PROMPTS, v * 7, layers=[0, 1], alphas=[-2, 0, 2], max_new_tokens=6)
     assert len(recs) == 2 * 3 * 2
-    plain = S.generate(tiny_llama, [p["user"] for p in PROMPTS], max_new_tokens=6,
+    plain = generation.generate(tiny_llama, [p["user"] for p in PROMPTS], max_new_tokens=6,
                        system=[p.get("system") for p in PROMPTS])
     assert [r["text"] for r in recs if r["alpha"] == 0 and r["layer"] == 0] == plain
     # the vector is normalised: the applied coefficient is alpha itself
@@ -34,7 +38,7 @@ def test_sweep_grid_baseline_and_rms_scaling(tiny_llama):
     rms = S.residual_rms(tiny_llama, [tiny_llama.chat_prompt(PROMPTS[0]["user"])], 1)
     scaled = S.sweep(tiny_llama, PROMPTS[:1], v, layers=[1], alphas=[3], scale="rms", max_new_tokens=4)
     assert scaled[0]["coef"] == pytest.approx(3 * rms)
-    direct = S.generate(tiny_llama, [PROMPTS[0]["user"]], [S.Add("resid_post.1", v / v.norm(), 3 * rms)],
+    direct = generation.generate(tiny_llama, [PROMPTS[0]["user"]], [interventions.Add("resid_post.1", v / v.norm(), 3 * rms)],
                         max_new_tokens=4)
     assert scaled[0]["text"] == direct[0]
 
@@ -79,21 +83,21 @@ def test_success_needs_the_right_sign_beyond_noise_and_coherence():
 
 def test_vector_and_control_vector_files_round_trip(tmp_path):
     v = torch.randn(16)
-    path = S.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=4, pooling="mean_response",
+    path = vectors.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=4, pooling="mean_response",
                          dataset_hash="abc123")
-    got, meta = S.load_vector(path)
+    got, meta = vectors.load_vector(path)
     assert torch.equal(got, v)
     assert meta["model"] == "smollm2-135m" and meta["layer"] == "4" and meta["dataset_hash"] == "abc123"
     dirs = {1: torch.randn(16), 7: torch.randn(16)}
-    S.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="llama")
-    back, hint = S.load_control_vector(tmp_path / "cv.gguf")
+    vectors.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="llama")
+    back, hint = vectors.load_control_vector(tmp_path / "cv.gguf")
     assert hint == "llama" and sorted(back) == [1, 7]
     assert all(torch.allclose(back[k], dirs[k]) for k in dirs)
     with pytest.raises(ValueError, match="start at layer 1"):
-        S.export_control_vector(tmp_path / "bad.gguf", {0: torch.ones(4)}, "llama")
+        vectors.export_control_vector(tmp_path / "bad.gguf", {0: torch.ones(4)}, "llama")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cv.gguf", "v.safetensors"]
     with pytest.raises(ValueError, match="not a safetensors file"):
-        S.load_vector(tmp_path / "cv.gguf")
+        vectors.load_vector(tmp_path / "cv.gguf")
 
 
 def test_control_vector_file_is_what_llama_cpp_reads(tmp_path):
@@ -103,7 +107,7 @@ def test_control_vector_file_is_what_llama_cpp_reads(tmp_path):
     import gguf
 
     dirs = {12: torch.randn(48), 3: torch.randn(48, dtype=torch.float64), 1: np.linspace(-1, 1, 48)}
-    path = S.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="gemma3")
+    path = vectors.export_control_vector(tmp_path / "cv.gguf", dirs, model_hint="gemma3")
     r = gguf.GGUFReader(str(path))
     fields = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
     assert fields == {gguf.Keys.General.ARCHITECTURE: "controlvector", "controlvector.model_hint": "gemma3",
@@ -134,7 +138,7 @@ def test_steer_cli_alpha_zero_is_plain_and_alpha_changes_the_reply(smol, tmp_pat
         (rec,) = [json.loads(l) for l in out.read_text().splitlines()]
         assert set(rec) == {"id", "alpha", "layer", "text"} and rec["layer"] == 3
         outs[alpha] = rec["text"]
-    assert outs[0] == S.generate(smol, ["My dog died."], max_new_tokens=16)[0]
+    assert outs[0] == generation.generate(smol, ["My dog died."], max_new_tokens=16)[0]
     assert outs[40] != outs[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1}\n')
@@ -150,7 +154,7 @@ def test_steer_cli_takes_a_saved_vector_with_its_recorded_setting_or_a_control_v
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "x", "prompt": "My dog died."}) + "\n")
     v = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(0))
-    vec = S.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=5, scale="rms",
+    vec = vectors.save_vector(tmp_path / "v.safetensors", v, model="smollm2-135m", layer=5, scale="rms",
                         positions="generated", alpha="0.5")
 
     def steer(*flags):
@@ -163,12 +167,12 @@ def test_steer_cli_takes_a_saved_vector_with_its_recorded_setting_or_a_control_v
     want = S.sweep(smol, [{"id": "x", "user": "My dog died."}], v, [5], [0.5], scale="rms", positions="generated",
                    max_new_tokens=12)[0]
     assert (rec["layer"], rec["alpha"], rec["text"]) == (5, 0.5, want["text"])
-    assert steer("--vector", str(vec), "--alpha", "0")["text"] == S.generate(smol, ["My dog died."],
+    assert steer("--vector", str(vec), "--alpha", "0")["text"] == generation.generate(smol, ["My dog died."],
                                                                               max_new_tokens=12)[0]
-    gg = S.export_control_vector(tmp_path / "v.gguf", {3: v, 7: -v}, model_hint="llama")
+    gg = vectors.export_control_vector(tmp_path / "v.gguf", {3: v, 7: -v}, model_hint="llama")
     rec = steer("--vector", str(gg), "--alpha", "2")
-    ivs = [S.Add("resid_post.3", v, alpha=2.0), S.Add("resid_post.7", -v, alpha=2.0)]
-    assert rec["layer"] == [3, 7] and rec["text"] == S.generate(smol, ["My dog died."], ivs, max_new_tokens=12)[0]
+    ivs = [interventions.Add("resid_post.3", v, alpha=2.0), interventions.Add("resid_post.7", -v, alpha=2.0)]
+    assert rec["layer"] == [3, 7] and rec["text"] == generation.generate(smol, ["My dog died."], ivs, max_new_tokens=12)[0]
     for flags, msg in ((["--vector", str(gg)], "records no strength"), (["--vector", str(tmp_path / "no.gguf")],
                        "no such file"), (["--alpha", "1"], "exactly one of --probe"),
                        (["--vector", str(gg), "--alpha", "1", "--layer", "4"], "has layers [3, 7]")):
@@ -200,16 +204,16 @@ def test_both_ways_counts_prompts_moved_in_both_directions_per_positions():
     assert not t.meets_goal.any()
     assert (t.prompts == 4).all() and (t.share_lo <= t.share).all() and (t.share <= t.share_hi).all()
     table = S.both_ways(*_both_records(rows), n_perm=10)
-    best = S.best_setting(table, ["sit-heldout-01", "sit-heldout-02"], min_coherent=0.9)
+    best = choosing.best_setting(table, ["sit-heldout-01", "sit-heldout-02"], min_coherent=0.9)
     assert best.positions == "generated"  # 'all' moves more prompts but breaks a quarter of its replies
     # a setting is never chosen on test situations, nor on situations it cannot name
     with pytest.raises(ValueError, match=r"best_setting: 1 record\(s\) of a test split .*sit-confirm-03"):
-        S.best_setting(table, ["sit-heldout-01", "sit-confirm-03"])
+        choosing.best_setting(table, ["sit-heldout-01", "sit-confirm-03"])
     for bad in ([], ["sit-heldout-01", ""], ["sit-heldout-01", None]):
         with pytest.raises(ValueError, match="best_setting: (no record ids|record id missing at positions)"):
-            S.best_setting(table, bad)
+            choosing.best_setting(table, bad)
     with pytest.raises(ValueError, match="expected a list of record ids"):
-        S.best_setting(table, "sit-heldout-01")
+        choosing.best_setting(table, "sit-heldout-01")
     ss = S.steering_success(*_both_records(rows)).set_index(["positions", "alpha"])
     assert ss.loc[("generated", 1.0), "success"] == 1.0  # same alpha = 0 baseline for every positions
     assert ss.loc[("generated", -1.0), "success"] == pytest.approx(0.25)

@@ -119,7 +119,7 @@ def capture(
     :func:`forget_captures` empties the memory (do so after changing the
     model's weights in place).
 
-    ``interventions`` (:class:`~emocircuits.steering.Add` or ``Set``) act
+    ``interventions`` (:class:`~emocircuits.interventions.Add` or ``Set``) act
     during the forward pass; a site downstream of them, or at the same site,
     is read after they act. Captures under interventions are not cached.
 

@@ -197,7 +197,6 @@ def _weights(ctx: Context):
     return ctx._w
 
 
-
 def linear_forward(ctx: Context, emb: torch.Tensor, feats: Sequence[torch.Tensor], err: torch.Tensor,
                    deltas: Sequence[torch.Tensor] | None = None, logit_dirs: torch.Tensor | None = None):
     """The replacement model, linear in its inputs.

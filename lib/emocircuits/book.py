@@ -691,7 +691,7 @@ def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: in
     lm = load_model(model or DEFAULT_MODEL)
     prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
     enc = lm.encode(prompts, padding_side="left")
-    enc.pop("position_ids")  # generate derives positions from the mask, as steering.generate lets it
+    enc.pop("position_ids")  # generate derives positions from the mask, as generation.generate lets it
     enc = {k: v.to(lm.device) for k, v in enc.items()}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .attribution import AttributionError, Context, attribution_graph, grow, prepare, top_contexts
-from .interventions import Transcode, _check_positions
+from .interventions import Transcode, check_positions
 from .judges import LABELS
-from .steering import forward
+from .generation import forward
 from .transcoders import TranscoderSet
 
 Feature = tuple[int, int]  # (layer, feature)
@@ -121,7 +121,7 @@ def clamps(tset: TranscoderSet, feats: Sequence[Feature], value: float | None = 
     feats = list(feats)
     if not feats:
         raise ValueError("clamps: no features to clamp (an empty circuit is the unmodified model)")
-    _check_positions(positions)
+    check_positions(positions)
     per: dict[int, dict[int, float]] = {}
     for la, f in feats:
         if value is not None:

@@ -53,7 +53,7 @@ def _cmd_install_models(args) -> int:
 
 def _cmd_generate(args) -> int:
     from .models import load_model
-    from .steering import generate
+    from .generation import generate
 
     lm = load_model(args.model, device=args.device, remote=args.remote)
     sample = args.temperature > 0
@@ -228,7 +228,7 @@ def _vector_for(args) -> tuple[dict, dict]:
     as they are, times alpha, as llama.cpp does)."""
     from pathlib import Path
 
-    from .steering import load_control_vector, load_vector
+    from .vectors import load_control_vector, load_vector
 
     path = Path(args.vector)
     if not path.is_file():
@@ -260,7 +260,9 @@ def _cmd_steer(args) -> int:
 
     from .cache import atomic_write_text
     from .models import load_model
-    from .steering import Add, generate, sweep
+    from .generation import generate
+    from .interventions import Add
+    from .steering import sweep
 
     if (args.probe is None) == (args.vector is None):
         raise ValueError("pass exactly one of --probe DIR (a fitted probe) and --vector FILE (a saved direction)")

@@ -3,8 +3,22 @@
 :class:`Add` (a vector), :class:`Set` (a value), :class:`Scale` (a factor) and :class:`Transcode` (a
 transcoder's reconstruction, with features clamped) each name a site and the token positions they act on;
 :func:`resolve` checks them against a model and :func:`apply_all` applies them, in execution order, inside
-an ``lm.nn.trace`` or ``lm.nn.generate`` block. Generation, sweeps and export are in :mod:`.steering`;
+an ``lm.nn.trace`` or ``lm.nn.generate`` block. Forward passes and generation are in :mod:`.generation`;
 capture under interventions in :mod:`.activations`.
+
+``positions`` says where in the sequence an intervention acts:
+
+``"all"``         every prompt and every generated position
+``"prompt"``      the prompt's positions only (the first forward pass)
+``"generated"``   the positions of generated tokens only (so the first new
+                  token, predicted from the prompt, is not affected)
+``"last:k"``      the last ``k`` prompt positions and every generated one
+                  (paper B's "last position, every step" is ``"last:1"``)
+``"last_prompt"`` the prompt's final position only, nothing generated
+                  (paper C's clamp "in the final token of the current prompt")
+
+Generation pads on the left, so "the last k prompt positions" are the last
+``k`` columns of the first forward pass.
 """
 
 from __future__ import annotations
@@ -21,10 +35,10 @@ from .sites import Site, parse_site, read_site, site_width, split_heads, write_s
 _POS_RE = re.compile(r"^last:(\d+)$")
 
 
-POSITIONS = ("all", "prompt", "generated", "last_prompt")  # and "last:k"; steering's docstring says what each means
+POSITIONS = ("all", "prompt", "generated", "last_prompt")  # and "last:k"; the module's docstring says what each means
 
 
-def _check_positions(positions: str) -> str:
+def check_positions(positions: str) -> str:
     if positions in POSITIONS or (isinstance(positions, str) and _POS_RE.match(positions) and int(positions[5:]) > 0):
         return positions
     raise ValueError(f"positions={positions!r}: expected 'all', 'prompt', 'generated', 'last_prompt' or 'last:k' "
@@ -41,7 +55,7 @@ class Add:
     positions: str = "all"
 
     def __post_init__(self):
-        self.positions = _check_positions(self.positions)
+        self.positions = check_positions(self.positions)
         self.vector = torch.as_tensor(self.vector)
         if self.vector.ndim != 1:
             raise ValueError(f"Add.vector must be 1-D, got shape {tuple(self.vector.shape)}")
@@ -68,7 +82,7 @@ class Set:
 
 def _init_components(iv) -> None:
     """Shared checks of :class:`Set` and :class:`Scale`: positions, and a non-empty 1-D index."""
-    iv.positions = _check_positions(iv.positions)
+    iv.positions = check_positions(iv.positions)
     iv._index = torch.as_tensor(list(iv.index), dtype=torch.long)
     if iv._index.ndim != 1 or iv._index.numel() == 0:
         raise ValueError(f"{type(iv).__name__}.index must be a non-empty list of ints")
@@ -113,7 +127,7 @@ class Transcode:
     feeds: tuple = ()
 
     def __post_init__(self):
-        self.positions = _check_positions(self.positions)
+        self.positions = check_positions(self.positions)
         cfg = getattr(self.transcoder, "cfg", None)
         if cfg is None:
             raise TypeError(f"Transcode.transcoder must be a Transcoder, got {type(self.transcoder).__name__}")

@@ -38,7 +38,7 @@ from .activations import capture
 from .cache import atomic_write, atomic_write_text
 from .datasets import DataError, eia_prompt
 from .stats import bootstrap_ci
-from .steering import generate
+from .generation import generate
 
 
 # ---------------------------------------------------------------------------
@@ -745,7 +745,7 @@ def persona_replies(lm, personas, questions, max_new_tokens: int = 40, repetitio
     ``personas`` are records with ``positive`` and ``negative`` system
     prompts (``persona_pairs``); ``questions`` are strings or records with
     ``text`` (``persona_questions``). Decoding is greedy with ``repetition_penalty``
-    (see :func:`steering.generate`), so the replies are reproducible.
+    (see :func:`generation.generate`), so the replies are reproducible.
     """
     personas = list(personas)
     pos_sys = _texts_of(personas, "personas", "positive", bare=False)

@@ -6,15 +6,15 @@ every process of the chapter that imports emocircuits (its kernel, and a CLI it 
 counters still run (:func:`snapshot` reads them) and nothing is written. The build's reference figure
 is :func:`emocircuits.book.reference_speed`.
 
-Phases: ``generation`` (:func:`steering.generate`), ``capture`` (forward passes that read a model's
+Phases: ``generation`` (:func:`generation.generate`), ``capture`` (forward passes that read a model's
 internals: :func:`activations.capture`, circuits' ``LastToken`` passes and
-:func:`circuits.sublayer_influence`), ``judging`` (the judges' scoring and coherence checks), ``perplexity``
+:func:`causal.sublayer_influence`), ``judging`` (the judges' scoring and coherence checks), ``perplexity``
 (:func:`judges.perplexity`, coherence's forward passes), ``judge_fitting`` (fitting the judges or loading
 their fits, embedding their corpora, and waiting for another chapter that fits the same one) and
 ``training`` (transcoder training). A phase inside another is counted once, in the inner
 phase. What no phase covers is the chapter's ``other`` time: starting the kernel, imports, loading
 models, plots and tables, and the forward passes no phase names (attribution graphs,
-:func:`steering.forward`, transcoders' splice losses).
+:func:`generation.forward`, transcoders' splice losses).
 
 Tokens: ``generated_tokens`` (new tokens kept; the end-of-sequence token and what follows are left out)
 and ``forward_tokens`` (non-padding tokens of :func:`activations.capture`'s passes; a generation's prompt

@@ -5,7 +5,7 @@ on *discovery* data and is then judged once on *test* data. An :class:`Experimen
 before it runs, what it chooses among, by which rule, with which judge, on which data, and what it is
 tested on; a chapter shows the declaration above its results (:meth:`Experiment.table`).
 
-The choice functions (``circuits.choose_strength``, ``steering.best_setting``) call
+The choice functions (``choosing.choose_strength``, ``choosing.best_setting``) call
 :func:`refuse_test_records`: replies made from a record of a test split (:data:`TEST_SPLITS`), or from a
 record they cannot name, are refused, so a choice cannot be tuned on test replies by accident.
 """
