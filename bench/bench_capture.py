@@ -326,6 +326,7 @@ def judges_item(n_texts: int, repeats: int) -> dict:
     """What `emocircuits judge` runs per text: both emotion judges, empathy (the tuning judge's n-grams) and
     coherence, the encoder's one pass serving the reporting emotion judge (goal: at least 200 texts/s)."""
     from emocircuits import judges as J
+    from emocircuits.coherence import coherence
 
     emo, rep, emp = J.EmotionJudge(use_all=True), J.ReportingEmotionJudge(use_all=True), J.EmpathyJudge(use_all=True)
     texts = emo.corpus_texts
@@ -337,7 +338,7 @@ def judges_item(n_texts: int, repeats: int) -> dict:
 
     def all_four() -> int:
         E = J.embed(texts)
-        emo(texts), rep.predict_proba(texts, E), emp.score(texts), J.coherence(texts)
+        emo(texts), rep.predict_proba(texts, E), emp.score(texts), coherence(texts)
         return len(texts)
 
     m = compare(encoder, all_four, torch.device("cpu"), repeats)

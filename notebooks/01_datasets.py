@@ -60,11 +60,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_score
 
 from emocircuits import datasets as ds
-from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import sizer
 from emocircuits.generation import elicit
 from emocircuits.judges import EmotionJudge
+from emocircuits.lexical import names_emotion
 from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
@@ -355,7 +355,7 @@ pd.DataFrame(acc_rows)
 # word itself, and the mean reply length, per instructed emotion.
 
 # %%
-gen["names its emotion"] = J.names_emotion(gen.reply, gen.emotion)
+gen["names its emotion"] = names_emotion(gen.reply, gen.emotion)
 gen["words"] = gen.reply.str.split().str.len()
 gen.groupby("emotion")[["names its emotion", "words"]].mean().round(2)
 

@@ -75,7 +75,9 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import record, sizer
+from emocircuits.coherence import COHERENCE_THRESHOLDS, coherence
 from emocircuits.generation import elicit
+from emocircuits.lexical import keyword_judge, keyword_success
 from emocircuits.page import result
 from emocircuits.plots import setup_style
 from emocircuits.stats import bootstrap_ci
@@ -347,7 +349,7 @@ def eia_wins(score_fn):
 judges = {
     "n-grams (tunes)": emp.score,
     "embeddings (reports)": emp_split_report.score,
-    "keyword heuristic (paper A)": lambda r, s: J.keyword_judge(r),
+    "keyword heuristic (paper A)": lambda r, s: keyword_judge(r),
     "longer reply wins": lambda r, s: [len(x.split()) for x in r],
 }
 rows = []
@@ -473,7 +475,7 @@ emp_game = emp_all.score(game_replies, [r.prompt for r in games])
 ways = {"RubricJudge (trained on the rubric)": (rubric.level(game_replies), rubric.score(game_replies)),
         "EmpathyJudge score, cut at 2.5 / 3.5": (np.array([J.EmpathyJudge.rubric_level(x) for x in emp_game]),
                                                  emp_game),
-        "keyword heuristic (paper A)": (None, np.array(J.keyword_judge(game_replies)))}
+        "keyword heuristic (paper A)": (None, np.array(keyword_judge(game_replies)))}
 rows = []
 for name, (lev, sc) in ways.items():
     gid = np.array([r.game for r in games])
@@ -521,8 +523,8 @@ display(result(
 
 # %%
 sample = [p.positive for p in pairs] + [p.negative for p in pairs]
-print(f"keyword 'success' of doing nothing, alpha < 0: {J.keyword_success(sample, sample, alpha=-1):.2f}")
-print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample, sample, alpha=+1):.2f}")
+print(f"keyword 'success' of doing nothing, alpha < 0: {keyword_success(sample, sample, alpha=-1):.2f}")
+print(f"keyword 'success' of doing nothing, alpha > 0: {keyword_success(sample, sample, alpha=+1):.2f}")
 
 # %% [markdown]
 # Chapter 06 therefore reports steering with the trained judges and a
@@ -530,7 +532,7 @@ print(f"keyword 'success' of doing nothing, alpha > 0: {J.keyword_success(sample
 # paper's baseline.
 
 # %% tags=["remove-input"]
-box_down, box_up = (J.keyword_success(sample, sample, alpha=a) for a in (-1, +1))
+box_down, box_up = (keyword_success(sample, sample, alpha=a) for a in (-1, +1))
 display(result(
     f"Comparing each of the {len(sample)} written EIA replies with itself, paper A's rule scores doing nothing as a "
     f"successful suppression for {box_down:.2f} of them and as a successful push toward empathy for {box_up:.2f}, "
@@ -555,7 +557,7 @@ display(result(
 # fails it. The thresholds are fixed in the library:
 
 # %%
-pd.DataFrame([J.COHERENCE_THRESHOLDS]).T.rename(columns={0: "threshold"})
+pd.DataFrame([COHERENCE_THRESHOLDS]).T.rename(columns={0: "threshold"})
 
 # %%
 lm = load_model(MODEL)
@@ -568,7 +570,7 @@ examples = [
     "!!! ### ::: 0101 ;;; @@@",
     "",
 ]
-coh = J.coherence(examples, lm=lm)
+coh = coherence(examples, lm=lm)
 show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": round(c["distinct_2"], 2),
                     "longest repeat": c["longest_repeat"], "top word share": round(c["top_word_share"], 2),
                     "short sentences": round(c["fragment_share"], 2),
@@ -577,7 +579,7 @@ show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": roun
 # %% tags=["remove-input"]
 box_people = [r["text"] for r in J.read_corpus("judge_emotion")] + \
              [r["reply"] for r in J.read_corpus("judge_empathy")]
-box_passed = sum(c["coherent"] for c in J.coherence(box_people))
+box_passed = sum(c["coherent"] for c in coherence(box_people))
 display(result(
     f"The coherence gate passes {box_passed} of the {len(box_people)} texts people wrote for the judges' first two "
     f"corpora and flags {sum(not c['coherent'] for c in coh[1:])} of the {len(examples) - 1} broken texts above, "
@@ -607,7 +609,7 @@ diff = scores["empathetic"] - scores["neutral"]
 d_est, d_lo, d_hi = bootstrap_ci(diff, seed=SEED)
 print("empathy, empathetic minus neutral system prompt:", interval(d_est, d_lo, d_hi))
 print("the interval", "excludes" if d_lo > 0 or d_hi < 0 else "includes", "zero on", MODEL)
-coh_gen = {k: np.mean([c["coherent"] for c in J.coherence(v)]) for k, v in gens.items()}
+coh_gen = {k: np.mean([c["coherent"] for c in coherence(v)]) for k, v in gens.items()}
 print("share coherent:", ", ".join(f"{k} prompt {v:.2f}" for k, v in coh_gen.items()))
 show(pd.DataFrame({"situation": situations, "neutral prompt": gens["neutral"],
                    "score (n)": scores["neutral"].round(2), "empathetic prompt": gens["empathetic"],
@@ -644,7 +646,7 @@ t0 = time.perf_counter()
 emo(batch)
 report(batch)
 emp.score(batch)
-J.coherence(batch)
+coherence(batch)
 dt = time.perf_counter() - t0
 print(f"{len(batch)} texts judged in {dt:.1f} s ({len(batch) / dt:.0f} texts/s)")
 

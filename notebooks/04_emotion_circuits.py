@@ -83,7 +83,9 @@ from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
+from emocircuits.coherence import coherence
 from emocircuits.generation import generate, generate_grid, next_token_logits
+from emocircuits.lexical import EMOTION_STEMS, names_emotion
 from emocircuits.page import result
 from emocircuits.plots import neuron_token_values, neuron_view, setup_style
 from emocircuits.protocol import Experiment
@@ -689,7 +691,7 @@ def judged(texts, users, systems=None):
     contexts = [lm.chat_prompt(u, s) for u, s in zip(users, systems or [None] * len(users))]
     pairs = list(dict.fromkeys(zip(contexts, texts)))
     replies = [t for _, t in pairs]
-    checks = J.coherence(replies, lm=lm, contexts=[c for c, _ in pairs])
+    checks = coherence(replies, lm=lm, contexts=[c for c, _ in pairs])
     verdict = dict(zip(pairs, zip(judge.labels(replies), [c["coherent"] for c in checks],
                                   reporter.labels(replies))))
     labels, coherent, reported = zip(*[verdict[pair] for pair in zip(contexts, texts)])
@@ -854,7 +856,7 @@ def scored(runs):
     for name, df in runs.items():
         hit, coh = df.hit.to_numpy(bool), df.coherent.to_numpy(bool)
         a, c, b = (bootstrap_ci(x.astype(float), seed=SEED) for x in (hit, coh, hit & coh))
-        n = bootstrap_ci(J.names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
+        n = bootstrap_ci(names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
         rep = list(df.reported)
         r = bootstrap_ci((df.reported == df.emotion).to_numpy(float), seed=SEED)
         out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "reported": r[0], "rep lo": r[1],
@@ -1469,14 +1471,14 @@ display(neuron_view(lm, chat, [(c.layer, c.index) for c in top]))  # its JavaScr
 view_tokens, view_values = neuron_token_values(lm, chat, [(c.layer, c.index) for c in top], clip_quantile=0)
 words = view_values.abs().sum(1) > 0  # the texts' ordinary tokens (not the separators or the template's markers)
 peaks = [view_tokens[int(i)] for i in view_values.argmax(0)]
-on_word = J.names_emotion(peaks, [emo] * len(peaks))
-word_share = J.names_emotion([t for t, w in zip(view_tokens, words) if w], [emo] * int(words.sum())).mean()
+on_word = names_emotion(peaks, [emo] * len(peaks))
+word_share = names_emotion([t for t, w in zip(view_tokens, words) if w], [emo] * int(words.sum())).mean()
 others = pd.Series([t for t, w in zip(peaks, on_word) if not w], dtype=object).value_counts(sort=False)
 listed = ", ".join(f"`{t!r}`" + (f" ({k})" if k > 1 else "") for t, k in others.items())  # as code: no markdown
 n_on = int(on_word.sum())
 display(result(
     f"On these {len(chat)} prompts and replies, {n_on or 'none'} of the {emo} circuit's {len(top)} top neurons "
-    f"peak on a token of {emo}'s own word ({J.EMOTION_STEMS[emo]}...), which makes up {word_share:.2f} of their "
+    f"peak on a token of {emo}'s own word ({EMOTION_STEMS[emo]}...), which makes up {word_share:.2f} of their "
     f"tokens" + ("." if not len(others) else f"; they peak on {listed}." if not n_on
                  else f"; the other {'one peaks' if others.sum() == 1 else f'{others.sum()} peak'} on {listed}.")))
 

@@ -80,6 +80,7 @@ from emocircuits import load_model
 from emocircuits import published as P
 from emocircuits import transcoders as T
 from emocircuits.book import record, sizer
+from emocircuits.coherence import coherence
 from emocircuits.datasets import DATA_DIR
 from emocircuits.generation import generate
 from emocircuits.page import result
@@ -557,7 +558,7 @@ for name in conditions:
     scores, report = emp_judge.score(out, sits), emp_report.score(out, sits)
     tuned.append(scores)
     reported.append(report)
-    coh = np.array([c["coherent"] for c in J.coherence(out)])
+    coh = np.array([c["coherent"] for c in coherence(out)])
     m, lo, hi = bootstrap_ci(scores, seed=SEED)
     cm, clo, chi = bootstrap_ci(coh.astype(float), seed=SEED)
     rows.append({"condition": name, "empathy (1-5)": m, "lo": lo, "hi": hi, "reporting judge": float(report.mean()),

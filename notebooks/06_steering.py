@@ -75,6 +75,8 @@ from emocircuits import steering as S
 from emocircuits import vectors
 from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
+from emocircuits.coherence import coherence
+from emocircuits.lexical import keyword_success
 from emocircuits.page import result
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
@@ -211,7 +213,7 @@ def judge(recs, situations_by_id):
     """Each reply's empathy score given its situation, and whether it is coherent (perplexity given its prompt)."""
     texts = [r["text"] for r in recs]
     users = [situations_by_id[r["id"]] for r in recs]
-    checks = J.coherence(texts, lm=lm, contexts=[lm.chat_prompt(u) for u in users])
+    checks = coherence(texts, lm=lm, contexts=[lm.chat_prompt(u) for u in users])
     return emp.score(texts, users), [c["coherent"] for c in checks]
 
 
@@ -301,7 +303,7 @@ rows = []
 for (layer, pos, scale, alpha), g in df[df.alpha != 0].groupby(["layer", "positions", "scale", "alpha"]):
     base = df[(df.layer == layer) & (df.alpha == 0)].drop_duplicates(["id", "seed"]).set_index(["id", "seed"]).text
     g = g.set_index(["id", "seed"])
-    kw = J.keyword_success(base.loc[g.index].tolist(), g.text.tolist(), alpha)
+    kw = keyword_success(base.loc[g.index].tolist(), g.text.tolist(), alpha)
     honest = table[(table.layer == layer) & (table.positions == pos) & (table.scale == scale)
                    & (table.alpha == alpha)].success.iat[0]
     rows.append({"layer": layer, "positions": pos, "scale": scale, "alpha": alpha,
@@ -956,7 +958,7 @@ rubric = J.RubricJudge(seed=SEED)
 game_texts = [r["text"] for r in game_records]
 game_level = rubric.score(game_texts)  # expected rubric level, 0-2
 game_emp = emp.score(game_texts, [ds.eia_prompt(scen[r["id"]]) for r in game_records])
-game_coh = [c["coherent"] for c in J.coherence(game_texts)]
+game_coh = [c["coherent"] for c in coherence(game_texts)]
 game_success = S.steering_success(game_records, game_level, game_coh, seed=SEED)
 game_success_1to5 = S.steering_success(game_records, game_emp, game_coh, seed=SEED)  # the second reading
 game_judges_rho = float(spearmanr(game_level, game_emp)[0])

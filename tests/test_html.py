@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))]
 MAX_PAGE_MB = 8.0  # a circuitsvis view inlines its 1.3 MB bundle; pages stay well under this
-MAX_CODE_SHARE = 0.15  # of a chapter page's height, with folded cells folded (emocircuits.book.present_code)
+MAX_CODE_SHARE = 0.15  # of a chapter page's height, with folded cells folded (emocircuits.staging.present_code)
 
 # Console messages a page may log without being broken. pydata-sphinx-theme
 # logs the first on a visit with nothing in localStorage (every visit of a

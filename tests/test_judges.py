@@ -8,12 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
-from sklearn.metrics import f1_score
 
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import protocol
 from emocircuits.cli import main
+from emocircuits.coherence import COHERENCE_THRESHOLDS, coherence, perplexity
+from emocircuits.lexical import keyword_judge, keyword_success, names_emotion, paper_a_keywords
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_emotion_corpora_are_balanced_and_split_per_file_and_label():
     regs = [r for r in recs if r["source"] == "judge_emotion_registers"]
     assert Counter(r["register"] for r in regs) == dict.fromkeys(
         ("assistant", "hard", "casual", "formal", "in_role", "dialogue"), 420)
-    assert sum(J.names_emotion([r["text"]], [r["label"]])[0] for r in regs if r["label"] != "neutral") > 100
+    assert sum(names_emotion([r["text"]], [r["label"]])[0] for r in regs if r["label"] != "neutral") > 100
     assert test.sum() == 7 * 22 + 7 * 72  # 20% of each file's texts per label, seeded
     assert np.array_equal(test, J.emotion_corpus()[1])
     texts = [r["text"].lower() for r in recs]
@@ -125,8 +126,8 @@ def test_empathy_judge_ranks_held_out_replies(empathy_judge):
     ctx = [ds.eia_prompt(scen[p.scenario]) for p in pairs]
     a = empathy_judge.score([p.positive for p in pairs], ctx)
     b = empathy_judge.score([p.negative for p in pairs], ctx)
-    ka = np.array(J.keyword_judge([p.positive for p in pairs]))
-    kb = np.array(J.keyword_judge([p.negative for p in pairs]))
+    ka = np.array(keyword_judge([p.positive for p in pairs]))
+    kb = np.array(keyword_judge([p.negative for p in pairs]))
     assert np.mean(a > b) >= 0.75 > np.mean(ka > kb)
     assert [J.EmpathyJudge.rubric_level(x) for x in (1.0, 2.9, 4.2)] == [0, 1, 2]
 
@@ -262,7 +263,7 @@ def test_the_reporting_judge_embeds_the_corpus_once_for_both_of_its_variants(tmp
 
 
 def test_coherence_flags_repetition_symbols_and_empty_output():
-    good, loop, junk, empty = J.coherence([
+    good, loop, junk, empty = coherence([
         "I am so sorry about your dog. Would you like to tell me about him?",
         "the the the the the the the the the the the the the the",
         "@@@ ### 123 456 !!! ??? %%% ^^^",
@@ -272,16 +273,16 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert not loop["coherent"] and not loop["checks"]["distinct"]
     assert not junk["checks"]["language"]
     assert not empty["checks"]["nonempty"] and not empty["coherent"]
-    assert loop["longest_repeat"] > J.COHERENCE_THRESHOLDS["max_repeat_ngram"]
+    assert loop["longest_repeat"] > COHERENCE_THRESHOLDS["max_repeat_ngram"]
     # fluent-looking non-English (what steering can produce) fails the language check; one accent does not
-    pseudo, cafe = J.coherence(["Maím na báí, achirí náhúa, aída a má", "Let's meet at the café and talk."])
+    pseudo, cafe = coherence(["Maím na báí, achirí náhúa, aída a má", "Let's meet at the café and talk."])
     assert not pseudo["checks"]["language"] and cafe["coherent"]
     # letters run together into no English word (a push at the default model's middle layer)
-    run_on, long_word = J.coherence(["LARGEURESURASSURALPAURIS SURELENGAMATURALPAURISSEURDEURDEUR DEURSE",
+    run_on, long_word = coherence(["LARGEURESURASSURALPAURIS SURELENGAMATURALPAURISSEURDEURDEUR DEURSE",
                                      "That was incomprehensible, and the paperwork is overwhelming."])
     assert not run_on["checks"]["language"] and long_word["coherent"]  # 17 letters is still a word
     # one word taking over passes the bigram and n-gram checks but not the top-word check
-    takeover, twice, warm = J.coherence([
+    takeover, twice, warm = coherence([
         "Alright, anger, anger, anger. I'm gonna charge you, you angry angry angry angry, anger, anger",
         "Anger is fine. Anger passes, and the day goes on without it.",
         "That's wonderful news! I'm so happy for you; you must be thrilled, and you earned every bit of it.",
@@ -292,7 +293,7 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert twice["coherent"] and twice["top_word_share"] == pytest.approx(2 / 12)  # twice is not a takeover
     assert warm["coherent"]  # "you" three times is a function word
     # a pushed model's question soup passes every other check; the fragment check counts its one-word sentences
-    soup, asks, cut = J.coherence([
+    soup, asks, cut = coherence([
         "You're not? What's she? Does she? What's she's going to be? He's? He's?He's?He'd be so",
         "Oh no. What happened? Are you okay? Do you want me to come over tonight?",
         "I'm here. Really. Take your time, and tell me whenever you want. Okay",
@@ -302,7 +303,7 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
     assert asks["coherent"] and asks["fragment_share"] == pytest.approx(2 / 4)  # two short sentences are fine
     assert cut["coherent"] and cut["fragment_share"] == pytest.approx(2 / 3)  # the unfinished "Okay" is not counted
     # a pronoun taking over (a push at alpha = 2): every other check passes, "he" is 9 of 15 words
-    he, you = J.coherence(["He's really He\u2019 She\u2019s, He\u2019\u2019 He\u2019\u2019 He\u2019 She\u2019 "
+    he, you = coherence(["He's really He\u2019 She\u2019s, He\u2019\u2019 He\u2019\u2019 He\u2019 She\u2019 "
                            "He\u2019\u2019 He\u2019\u2019 He She\u2019\u2019 He\u2019\u2019",
                            "You did it. You really did, and you should be proud of how far you have come."])
     assert he["checks"]["distinct"] and he["checks"]["fragments"] and he["top_word_share"] < 0.1
@@ -314,7 +315,7 @@ def test_top_word_and_fragment_checks_pass_the_written_corpora():
     """The written replies and emotion texts (985 texts) are coherent by these checks, bar one emphatic 'nope'."""
     texts = [r["reply"] for r in J.read_corpus("judge_empathy")]
     texts += [r["text"] for r in J.read_corpus("judge_emotion")]
-    checked = J.coherence(texts)
+    checked = coherence(texts)
     failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
     assert all(c["checks"]["fragments"] and c["checks"]["language"] for c in checked)
@@ -328,12 +329,12 @@ def test_perplexity_matches_the_models_own_loss(smol):
     enc = smol.encode([text])
     with torch.inference_mode():
         loss = smol.hf(**enc, labels=enc["input_ids"]).loss
-    (ppl,) = J.perplexity(smol, [text])
+    (ppl,) = perplexity(smol, [text])
     assert ppl == pytest.approx(float(torch.exp(loss)), rel=1e-4)
     shuffled = "window the mat. cat out and the of The on sat looked the"
-    assert J.perplexity(smol, [shuffled])[0] > 2 * ppl
-    with_ctx = J.coherence([" Paris."], lm=smol, contexts=["The capital of France is"])[0]
-    assert with_ctx["perplexity"] < J.perplexity(smol, ["Paris."])[0]
+    assert perplexity(smol, [shuffled])[0] > 2 * ppl
+    with_ctx = coherence([" Paris."], lm=smol, contexts=["The capital of France is"])[0]
+    assert with_ctx["perplexity"] < perplexity(smol, ["Paris."])[0]
 
 
 def test_perplexity_of_each_text_after_its_context_alone_or_sharing_it(bundled):
@@ -346,7 +347,7 @@ def test_perplexity_of_each_text_after_its_context_alone_or_sharing_it(bundled):
     contexts = ["The capital of France is", story, "Hi", story, story, story]
     texts = [" Paris, a city on the Seine.", "an old fisherman.", " there, how are you?", "a girl who sang.",
              "a dog.", "a cat, a cat, a cat, a cat."]
-    got = J.perplexity(lm, texts, contexts, batch_size=2)  # the story's four texts: two batches of the cache
+    got = perplexity(lm, texts, contexts, batch_size=2)  # the story's four texts: two batches of the cache
     for c, t, g in zip(contexts, texts, got):
         enc = lm.encode([c + t])
         labels = enc["input_ids"].clone()
@@ -356,16 +357,16 @@ def test_perplexity_of_each_text_after_its_context_alone_or_sharing_it(bundled):
         assert g == pytest.approx(want, rel=1e-4), (c, t)
     assert got[5] < got[3]  # the repetition is easy to predict once started
     with pytest.raises(ValueError, match="contexts has 1 entries for 2 texts"):
-        J.perplexity(lm, ["a", "b"], ["c"])
+        perplexity(lm, ["a", "b"], ["c"])
 
 
 def test_keyword_baseline_counts_unchanged_outputs_as_success_for_negative_alpha():
     base = ["I understand, and I am sorry; I will help.", "Finish the task."]
-    assert J.keyword_judge(base) == [3.0, -2.0]
-    assert J.keyword_success(base, base, alpha=-5) == 1.0  # nothing changed, yet "success"
-    assert J.keyword_success(base, base, alpha=+5) == 0.0
+    assert keyword_judge(base) == [3.0, -2.0]
+    assert keyword_success(base, base, alpha=-5) == 1.0  # nothing changed, yet "success"
+    assert keyword_success(base, base, alpha=+5) == 0.0
     with pytest.raises(ValueError):
-        J.keyword_success(base, base[:1], alpha=1)
+        keyword_success(base, base[:1], alpha=1)
 
 
 # (message, a warm reply, a dismissive reply), written for this test
@@ -490,13 +491,13 @@ def test_judge_cli_truncates_long_texts_only_when_asked(tmp_path):
 
 
 def test_names_emotion_finds_each_word_family():
-    got = J.names_emotion(["I'm so angry!", "What a SURPRISING day", "Lovely weather.", "Fearless, really"],
+    got = names_emotion(["I'm so angry!", "What a SURPRISING day", "Lovely weather.", "Fearless, really"],
                           ["anger", "surprise", "happiness", "fear"])
     assert got.tolist() == [True, True, False, True]
     with pytest.raises(ValueError, match="emotions \\['joy'\\]: expected one of anger"):
-        J.names_emotion(["x"], ["joy"])
+        names_emotion(["x"], ["joy"])
     with pytest.raises(ValueError, match="differ in length: 1 vs 2"):
-        J.names_emotion(["x"], ["anger", "fear"])
+        names_emotion(["x"], ["anger", "fear"])
 
 
 def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
@@ -518,4 +519,4 @@ def test_read_corpus_takes_a_name_or_a_path_and_names_a_missing_one(tmp_path):
     assert by_name == J.read_corpus(J.DATA_DIR / "judge_empathy.jsonl") and {"situation", "reply"} <= set(by_name[0])
     with pytest.raises(FileNotFoundError, match="read_corpus\\('judge_nothing'\\)"):
         J.read_corpus("judge_nothing")
-    assert J.paper_a_keywords("Sorry, I understand; the task and the goal.") == (2, 2)
+    assert paper_a_keywords("Sorry, I understand; the task and the goal.") == (2, 2)

@@ -13,11 +13,11 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # __init__, cli and colab sit above them all). A new module must be placed here, and README's layout table
 # must name it.
 LAYERS = (
-    ("cache", "page", "sites", "stats", "tables"),
+    ("cache", "lexical", "page", "sites", "stats", "tables"),
     ("contributions", "datasets", "interventions", "models", "profiling", "results", "vectors"),
-    ("activations", "book", "circuits", "judges", "protocol", "transcoders"),
-    ("attribution", "causal", "choosing", "generation", "plots", "published"),
-    ("clamping", "probes", "steering"),
+    ("activations", "circuits", "coherence", "judges", "protocol", "transcoders"),
+    ("attribution", "causal", "choosing", "generation", "plots", "published", "staging"),
+    ("book", "clamping", "probes", "steering"),
     ("emotion_acts",),
 )
 TOP = ("__init__", "cli", "colab")

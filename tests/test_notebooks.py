@@ -432,7 +432,8 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
 
 def _stage_one(tmp_path, nb, stem="05_x", records=None):
     """Stage one executed notebook (and its records) as the renderer would; returns the staged folder."""
-    from emocircuits.book import stage
+    from emocircuits.book import recorded
+    from emocircuits.staging import stage
 
     for name in ("_config.yml", "_toc.yml"):
         (tmp_path / name).write_text("")
@@ -441,7 +442,7 @@ def _stage_one(tmp_path, nb, stem="05_x", records=None):
     (tmp_path / "run" / f"{stem}.ipynb").write_text(json.dumps(nb))
     if records is not None:
         (tmp_path / "run" / f"{stem}.results.json").write_text(json.dumps(records))
-    stage(tmp_path, tmp_path / "run", tmp_path / "staged")
+    stage(tmp_path, tmp_path / "run", tmp_path / "staged", recorded(tmp_path / "run"))
     return tmp_path / "staged"
 
 
@@ -558,7 +559,7 @@ def test_a_page_shows_one_parameters_cell_with_this_runs_values_and_folds_the_pl
     assert "remove-cell" in page[1]["metadata"]["tags"]
     folded = ["hide-input" in c["metadata"]["tags"] for c in page[2:]]
     assert folded == [True, False, True, True, True, False]  # set-up, a library call, a plot, record, long, asked
-    from emocircuits.book import run_note
+    from emocircuits.staging import run_note
 
     assert run_note({"MODEL": "smollm2-135m", "QUICK": False, "FULL": False}) == ""  # the published book: no note
 

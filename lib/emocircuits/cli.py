@@ -88,7 +88,8 @@ def _cmd_judge(args) -> int:
     import json
 
     from .cache import atomic_write_text
-    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, coherence, embed
+    from .coherence import coherence
+    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, embed
 
     items = _read_texts(args.texts, allow_empty=args.allow_empty,
                         empty_hint=", or pass --allow-empty to judge empty texts (they are never coherent)")

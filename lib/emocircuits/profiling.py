@@ -9,7 +9,7 @@ is :func:`emocircuits.book.reference_speed`.
 Phases: ``generation`` (:func:`generation.generate`), ``capture`` (forward passes that read a model's
 internals: :func:`activations.capture`, circuits' ``LastToken`` passes and
 :func:`causal.sublayer_influence`), ``judging`` (the judges' scoring and coherence checks), ``perplexity``
-(:func:`judges.perplexity`, coherence's forward passes), ``judge_fitting`` (fitting the judges or loading
+(:func:`coherence.perplexity`, coherence's forward passes), ``judge_fitting`` (fitting the judges or loading
 their fits, embedding their corpora, and waiting for another chapter that fits the same one) and
 ``training`` (transcoder training). A phase inside another is counted once, in the inner
 phase. What no phase covers is the chapter's ``other`` time: starting the kernel, imports, loading
