@@ -219,6 +219,7 @@ def bench_transcoders(lm):
     import json as _json
 
     from emocircuits import transcoders as T
+    from emocircuits import training
     from emocircuits.cache import cache_dir
 
     best = None
@@ -229,7 +230,7 @@ def bench_transcoders(lm):
     if best is not None:
         return T.TranscoderSet.load(best[1])
     texts = T.project_corpus(lm)[:320]
-    return T.train(lm, texts, T.TrainSettings(n_features=512, k=16, epochs=1), progress=False)
+    return training.train(lm, texts, training.TrainSettings(n_features=512, k=16, epochs=1), progress=False)
 
 
 def attribution_items(lm, repeats: int, lengths=(10, 20, 40, 80), max_features: int = 256) -> list[dict]:
@@ -267,15 +268,16 @@ def attribution_items(lm, repeats: int, lengths=(10, 20, 40, 80), max_features: 
 
 def transcoder_training_item(lm, texts: list[str], repeats: int, n_features: int = 2048, k: int = 32) -> dict:
     """One training step of every layer's transcoder: dense reference (A) against the library's (B)."""
+    from emocircuits import training
     from emocircuits import transcoders as T
 
     # the skip learned with the features and one step per batch, as the dense reference does it: the two sides
     # then compute the same update, and the item times the step's implementation only
-    st = T.TrainSettings(n_features=n_features, k=k, seed=0, skip_fit=0.0, step_tokens=0)
+    st = training.TrainSettings(n_features=n_features, k=k, seed=0, skip_fit=0.0, step_tokens=0)
     xin, xout, mask, _ = T.mlp_io(lm, texts, list(range(lm.n_layers)), st.max_length)
     keep = T.first_left_out(mask).reshape(-1)
     n_tok = int(keep.sum())
-    trainer = T._Trainer(lm, st, "bench", n_batches=1)  # one batch; no learning-rate decay here
+    trainer = training._Trainer(lm, st, "bench", n_batches=1)  # one batch; no learning-rate decay here
     trainer.train_batch(xin, xout, mask)  # sets the scales; then mark a tenth of the features dead, so AuxK runs
     for la in trainer.layers:
         trainer.last_fired[la][: n_features // 10] = -10 * st.dead_after_tokens

@@ -64,7 +64,7 @@ from emocircuits.interventions import Add
 from emocircuits.models import model_table
 from emocircuits.page import result
 from emocircuits.plots import band, setup_style
-from emocircuits.probes import centroid_separability
+from emocircuits.readout import centroid_separability
 from emocircuits.tables import interval
 
 setup_style()

@@ -78,6 +78,7 @@ from emocircuits import emotion_acts
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
+from emocircuits import readout
 from emocircuits.activations import capture
 from emocircuits.book import record, sizer
 from emocircuits.generation import elicit
@@ -217,9 +218,9 @@ X = X.double().numpy()
 n = len(pairs)
 tr = np.array([p.split == "train" for p in pairs])
 Xp, Xn = X[:n], X[n:]
-shuf = P.shuffled_baseline(Xp[tr], Xn[tr], Xp[~tr], Xn[~tr], n=100, seed=SEED)
-logit = P.logistic_direction(Xp[tr], Xn[tr], seed=SEED)
-det_logit = P.evaluate_direction(logit, Xp[~tr], Xn[~tr], threshold=P.midpoint(logit, Xp[tr], Xn[tr]), seed=SEED)
+shuf = readout.shuffled_baseline(Xp[tr], Xn[tr], Xp[~tr], Xn[~tr], n=100, seed=SEED)
+logit = readout.logistic_direction(Xp[tr], Xn[tr], seed=SEED)
+det_logit = readout.evaluate_direction(logit, Xp[~tr], Xn[~tr], threshold=readout.midpoint(logit, Xp[tr], Xn[tr]), seed=SEED)
 print(f"layer {best}, {POOL}: mean-difference AUROC "
       f"{interval(fits[POOL].metrics['layers'][str(best)]['auroc'], *fits[POOL].metrics['layers'][str(best)]['auroc_ci'])}")
 print(f"logistic-regression probe AUROC {interval(det_logit.auroc, *det_logit.auroc_ci)}")
@@ -397,7 +398,7 @@ def pronouns(text):
     return len(re.findall(r"\b(he|she|him|her|his|hers)\b", text, flags=re.IGNORECASE))
 
 
-pron_auc = P.auroc_ci([pronouns(r.positive) for r in m_test], [pronouns(r.negative) for r in m_test], seed=SEED)
+pron_auc = readout.auroc_ci([pronouns(r.positive) for r in m_test], [pronouns(r.negative) for r in m_test], seed=SEED)
 fig, ax = plt.subplots(figsize=(8, 3.6))
 band(ax, LAYERS, [fit_m.at(l).auroc for l in LAYERS], [fit_m.at(l).auroc_ci[0] for l in LAYERS],
      [fit_m.at(l).auroc_ci[1] for l in LAYERS], label="trained on matched pairs: test pairs", color="C2")
@@ -521,7 +522,7 @@ for variant in ("care_words", "polite_task"):
     recs = [r for r in lexical if r.variant == variant]
     abl_recs, n_rep = ds.lexical_ablation(recs)
     kw = ds.keyword_counts([r.positive for r in recs]), ds.keyword_counts([r.negative for r in recs])
-    keyword = P.evaluate_direction([1.0], kw[0][:, None], kw[1][:, None], seed=SEED)  # the count is the score
+    keyword = readout.evaluate_direction([1.0], kw[0][:, None], kw[1][:, None], seed=SEED)  # the count is the score
     for name, rs in (("original", recs), ("ablated", abl_recs)):
         dets = P.evaluate_pairs(lm, fits[POOL], rs, scen, layers=CHECK_LAYERS, seed=SEED)
         per_layer += [{"pairs": variant, "texts": name, "layer": l, "auroc": d.auroc} for l, d in dets.items()]
@@ -619,7 +620,7 @@ for l in E_LAYERS:
         pred = clf.fit(Xl[tr_i], emotions[tr_i]).predict(Xl[te_i])
         correct.extend((pred == emotions[te_i]).tolist())
     acc, lo, hi = bootstrap_ci(np.array(correct, float), n_boot=500, seed=SEED)
-    sil = silhouette_score(PCA(10, random_state=SEED).fit_transform(P.centre_by_group(Xl, context)), emotions)
+    sil = silhouette_score(PCA(10, random_state=SEED).fit_transform(readout.centre_by_group(Xl, context)), emotions)
     emo_rows.append({"layer": l, "accuracy": acc, "lo": lo, "hi": hi, "silhouette": sil})
 emo_df = pd.DataFrame(emo_rows)
 fig, ax = plt.subplots()
@@ -680,7 +681,7 @@ else:
 show = [E_LAYERS[0], E_LAYERS[len(E_LAYERS) // 3], best_e, E_LAYERS[-1]]
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
 for ax, l in zip(axes, show):
-    Z = PCA(2, random_state=SEED).fit_transform(P.centre_by_group(E[f"resid_post.{l}"].double().numpy(), context))
+    Z = PCA(2, random_state=SEED).fit_transform(readout.centre_by_group(E[f"resid_post.{l}"].double().numpy(), context))
     for emo_name in ds.EMOTIONS:
         m = emotions == emo_name
         ax.scatter(Z[m, 0], Z[m, 1], s=6, label=emo_name)
@@ -701,7 +702,7 @@ plt.show()
 # centre across emotions and normalise. Their cosine similarities:
 
 # %%
-dirs = P.centred_centroids(E[f"resid_post.{best_e}"].double().numpy(), emotions, context, ds.EMOTIONS)
+dirs = readout.centred_centroids(E[f"resid_post.{best_e}"].double().numpy(), emotions, context, ds.EMOTIONS)
 cos = dirs @ dirs.T
 fig, ax = plt.subplots(figsize=(4.8, 4))
 sns.heatmap(cos, annot=True, fmt=".2f", cmap="vlag", center=0, xticklabels=ds.EMOTIONS,
@@ -815,11 +816,11 @@ B_al = reply_acts(other, lo_, ["Say something."] * len(align_texts), align_texts
 s_a = A_rep @ fit_a.directions[la]
 s_b = B_rep @ fit_o.directions[lo_]
 raw_r = pearsonr(s_a, s_b)[0]
-align = P.align_procrustes(A_al, B_al, k=64)
+align = readout.align_procrustes(A_al, B_al, k=64)
 al_r = pearsonr(s_a, align(B_rep) @ fit_a.directions[la])[0]
 rng = np.random.default_rng(SEED)
 null_raw = [pearsonr(s_a, rng.permutation(s_b))[0] for _ in range(1000)]
-null_al = [pearsonr(s_a, P.align_procrustes(A_al, B_al[rng.permutation(len(B_al))], k=64)(B_rep)
+null_al = [pearsonr(s_a, readout.align_procrustes(A_al, B_al[rng.permutation(len(B_al))], k=64)(B_rep)
                     @ fit_a.directions[la])[0] for _ in range(size(20, 50, 50))]
 
 
@@ -885,13 +886,13 @@ gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["re
 gr_score = P.score_texts(lm, fits[POOL], gr_texts, response_starts=gr_starts)
 grade = np.array([r["score"] for r in graded])
 high, low = grade >= 4, grade <= 2
-gr_auc = P.auroc_ci(gr_score[high], gr_score[low], seed=SEED)
+gr_auc = readout.auroc_ci(gr_score[high], gr_score[low], seed=SEED)
 gr_kw = ds.keyword_counts([r["reply"] for r in graded])
-gr_kw_auc = P.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
+gr_kw_auc = readout.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
 game = np.array([r["setting"] == "game" for r in graded])  # other games told by an agent: the pairs' genre
-gr_personal = P.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
-gr_task = P.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)  # empathic vs task-focused: the pairs' contrast
-gr_cold = P.auroc_ci(gr_score[high], gr_score[grade == 1], seed=SEED)  # empathic vs dismissive
+gr_personal = readout.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
+gr_task = readout.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)  # empathic vs task-focused: the pairs' contrast
+gr_cold = readout.auroc_ci(gr_score[high], gr_score[grade == 1], seed=SEED)  # empathic vs dismissive
 print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
       f"situations: probe AUROC {interval(*gr_auc)}; keyword count {interval(*gr_kw_auc)}; chance 0.50")
 print(f"split by the low grade: 4-5 vs task only (2, {(grade == 2).sum()} replies) {interval(*gr_task)}; "

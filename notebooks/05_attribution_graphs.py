@@ -75,9 +75,11 @@ from scipy.stats import spearmanr
 from emocircuits import attribution as A
 from emocircuits import clamping as C
 from emocircuits import datasets as ds
+from emocircuits import fidelity
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import published as P
+from emocircuits import training
 from emocircuits import transcoders as T
 from emocircuits.book import record, sizer
 from emocircuits.coherence import coherence
@@ -144,12 +146,12 @@ print(f"corpus: {len(corpus)} texts; training on {len(train)} texts ({n_train_to
       f"{len(held)} held out")
 
 # %%
-settings = size(T.TrainSettings(n_features=512, k=16, epochs=1, skip_fit=0.3, seed=SEED),
-                T.TrainSettings(n_features=1024, k=32, epochs=1, lr_decay=0.3, seed=SEED),
-                T.TrainSettings(n_features=2048, k=32, epochs=8, lr_decay=0.3, seed=SEED))
+settings = size(training.TrainSettings(n_features=512, k=16, epochs=1, skip_fit=0.3, seed=SEED),
+                training.TrainSettings(n_features=1024, k=32, epochs=1, lr_decay=0.3, seed=SEED),
+                training.TrainSettings(n_features=2048, k=32, epochs=8, lr_decay=0.3, seed=SEED))
 t0 = time.perf_counter()
 if TRANSCODERS == "trained":
-    tset = T.train(lm, train, settings, progress=False)  # (a progress bar would print into the page)
+    tset = training.train(lm, train, settings, progress=False)  # (a progress bar would print into the page)
     print(f"{len(tset)} transcoders, {settings.n_features} features each, k={settings.k}: "
           f"{time.perf_counter() - t0:.0f} s (0 s when cached); {tset[0].cfg.tokens_seen:,} training tokens seen")
 else:
@@ -174,11 +176,11 @@ else:
 
 # %%
 # the linear map's fit sees 400 training texts (QUICK: 64), about as many as the skip fit does
-q = T.quality(lm, tset, held, baseline_texts=train[: size(64, 400, 400)], with_max=True)
+q = fidelity.quality(lm, tset, held, baseline_texts=train[: size(64, 400, 400)], with_max=True)
 maxact = {la: row.pop("max_act") for la, row in q.items()}  # each feature's largest activation, for section 5
 qual = pd.DataFrame(q).T
 loss_texts = held[: size(2, 4, 32)]
-losses = T.splice_losses(lm, tset, loss_texts)
+losses = fidelity.splice_losses(lm, tset, loss_texts)
 qual["d_loss (this transcoder)"] = [losses["each"][la] - losses["clean"] for la in qual.index]
 qual["d_loss (MLP zeroed)"] = [losses["zero_mlp"][la] - losses["clean"] for la in qual.index]
 display(show(qual.rename_axis("layer").reset_index(), digits=3, columns={
@@ -673,7 +675,7 @@ display(result(
 # %%
 import circuitsvis as cv  # noqa: E402
 
-from emocircuits.transcoders import mlp_io  # noqa: E402
+from emocircuits.transcoders import mlp_io
 
 view_texts = [p + lm.tokenizer.decode(ids) for p, ids in zip(emp_prompts[:3], emp_ids[:3])]
 xin, _, mask, ids = mlp_io(lm, view_texts, [seed[0]], max_length=None, input_site=tset.input_site)

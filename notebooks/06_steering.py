@@ -71,6 +71,7 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
 from emocircuits import probes as P
+from emocircuits import readout
 from emocircuits import steering as S
 from emocircuits import vectors
 from emocircuits.book import model_slug, record, sizer
@@ -78,6 +79,7 @@ from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.coherence import coherence
 from emocircuits.lexical import keyword_success
 from emocircuits.page import result
+from emocircuits.personas import persona_activations, persona_directions, persona_replies
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
 from emocircuits.tables import interval, show
@@ -512,8 +514,8 @@ questions = ds.load_named("persona_questions")
 extract_q = [q for q in questions if q.split == "extract"][: size(3, 12, 12)]
 eval_q = [q for q in questions if q.split == "eval"][: size(3, 12, 12)]
 P_TOKENS = size(16, 40, 48)
-own = P.persona_replies(lm, personas, extract_q, max_new_tokens=P_TOKENS)
-own_eval = P.persona_replies(lm, personas, eval_q, max_new_tokens=P_TOKENS)
+own = persona_replies(lm, personas, extract_q, max_new_tokens=P_TOKENS)
+own_eval = persona_replies(lm, personas, eval_q, max_new_tokens=P_TOKENS)
 warm, cold = emp.score(own.positive, own.question), emp.score(own.negative, own.question)
 warm_e, cold_e = emp.score(own_eval.positive, own_eval.question), emp.score(own_eval.negative, own_eval.question)
 gap = bootstrap_ci(np.r_[warm - cold, warm_e - cold_e], seed=SEED)
@@ -541,9 +543,9 @@ kept = warm > cold
 use = kept if kept.any() else np.ones_like(kept)
 if not kept.any():
     print("no extraction pair was judged warmer under the warm prompt: the persona direction uses every pair")
-persona_dirs = P.persona_directions(lm, own, CANDIDATES, keep=use)
+persona_dirs = persona_directions(lm, own, CANDIDATES, keep=use)
 # the evaluation replies read as Persona Vectors reads them (system prompt in context) and after the question alone
-det, det_alone = (P.evaluate_direction(persona_dirs[MID], *(X[MID] for X in P.persona_activations(
+det, det_alone = (readout.evaluate_direction(persona_dirs[MID], *(X[MID] for X in persona_activations(
     lm, own_eval.select(own_eval.complete), [MID], system=with_system)), seed=SEED) for with_system in (True, False))
 pd.DataFrame({"cosine with the probe direction": {l: float(persona_dirs[l] @ fit.directions[l]
                                                            / np.linalg.norm(fit.directions[l]))
@@ -1159,9 +1161,9 @@ display(result(
 # - Paper A's keyword metric is shown beside it. It reads higher, mostly
 #   because its negative-alpha rule counts unchanged replies, and also
 #   because broken text can drop or repeat a keyword.
-# - `probes.persona_replies` and `probes.persona_directions` build Persona
+# - `personas.persona_replies` and `personas.persona_directions` build Persona
 #   Vectors' direction from the model's own replies under a warm and a cold
-#   system prompt. `probes.persona_activations(..., system=False)` is the
+#   system prompt. `personas.persona_activations(..., system=False)` is the
 #   control that reads the replies without the prompt that produced them.
 # - On the default model no direction meets the goal. The normalised sum of
 #   the two directions moves 0.46 [0.25, 0.67] of 24 situations kept for

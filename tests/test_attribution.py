@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from emocircuits import attribution as A
+from emocircuits import fidelity
+from emocircuits import training
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
 from emocircuits.generation import forward
@@ -29,7 +31,7 @@ def tiny(tiny_arch):
 
 @pytest.fixture
 def tset(tiny, tmp_path):
-    return T.train(tiny, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    return training.train(tiny, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
 
 
 def test_replacement_model_reproduces_the_real_forward_pass(tiny, tset):
@@ -60,7 +62,7 @@ def test_edges_into_each_node_sum_to_its_value(tiny, tset):
 
 
 def test_direct_effects_match_the_graph_columns(tiny_llama, tmp_path):
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     ctx = A.prepare(tiny_llama, ts, TEXT)
     g = A.attribution_graph(tiny_llama, ts, TEXT, max_features=60, ctx=ctx)
     nodes = ctx.feature_nodes()
@@ -72,7 +74,7 @@ def test_direct_effects_match_the_graph_columns(tiny_llama, tmp_path):
 
 
 def test_growth_follows_positive_effects(tiny_llama, tmp_path):
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     ctx = A.prepare(tiny_llama, ts, TEXT)
     seed = next(n[:3] for n in ctx.feature_nodes() if n[0] == 0)
     steps = A.grow(ctx, seed, k=3, steps=2)
@@ -96,7 +98,7 @@ def test_sparse_decoder_matches_the_dense_product():
     W_dec = torch.randn(40, 6, generator=g, requires_grad=True)
     pre = torch.randn(9, 40, generator=g, requires_grad=True)
     vals, idx = pre.topk(5, dim=-1)
-    sparse = T._sparse_decode(idx, torch.relu(vals), W_dec)
+    sparse = training._sparse_decode(idx, torch.relu(vals), W_dec)
     dense = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)) @ W_dec
     torch.testing.assert_close(sparse, dense)
     gs = torch.autograd.grad(sparse.pow(2).sum(), (W_dec, pre), retain_graph=True)
@@ -106,21 +108,21 @@ def test_sparse_decoder_matches_the_dense_product():
 
 
 def test_learning_rate_decays_over_the_last_steps(tiny_llama):
-    tr = T._Trainer(tiny_llama, T.TrainSettings(**SETTINGS, lr_decay=0.5), "x", n_batches=5)  # 10 steps
+    tr = training._Trainer(tiny_llama, training.TrainSettings(**SETTINGS, lr_decay=0.5), "x", n_batches=5)  # 10 steps
     rates = [tr.lr_at(s) for s in range(10)]
     assert rates[:5] == [tr.st.lr] * 5
     assert rates[5:] == pytest.approx([tr.st.lr * f for f in (1.0, 0.8, 0.6, 0.4, 0.2)])
-    flat = T._Trainer(tiny_llama, T.TrainSettings(**SETTINGS), "x", n_batches=5)
+    flat = training._Trainer(tiny_llama, training.TrainSettings(**SETTINGS), "x", n_batches=5)
     assert {flat.lr_at(s) for s in range(10)} == {flat.st.lr}
 
 
 def test_files_roundtrip_and_training_resumes(tiny_llama, tmp_path):
-    st = T.TrainSettings(**SETTINGS, lr_decay=0.5)  # the schedule must resume where it stopped too
-    full = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "a", progress=False)
-    part = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False, stop_after_steps=4)
+    st = training.TrainSettings(**SETTINGS, lr_decay=0.5)  # the schedule must resume where it stopped too
+    full = training.train(tiny_llama, CORPUS, st, folder=tmp_path / "a", progress=False)
+    part = training.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False, stop_after_steps=4)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file() and not (tmp_path / "b" / "config.json").exists()
     assert not torch.equal(part[1].W_enc, full[1].W_enc)
-    resumed = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False)
+    resumed = training.train(tiny_llama, CORPUS, st, folder=tmp_path / "b", progress=False)
     for la in full:
         torch.testing.assert_close(resumed[la].W_enc, full[la].W_enc)
         torch.testing.assert_close(resumed[la].W_dec, full[la].W_dec)
@@ -167,13 +169,13 @@ def test_published_formats_load(tmp_path):
 
 def test_bad_settings_are_named(tiny_llama, tmp_path):
     with pytest.raises(T.TranscoderError, match="k=0"):
-        T.train(tiny_llama, CORPUS, T.TrainSettings(n_features=8, k=0), folder=tmp_path)
+        training.train(tiny_llama, CORPUS, training.TrainSettings(n_features=8, k=0), folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="texts is empty"):
-        T.train(tiny_llama, ["", " "], folder=tmp_path)
+        training.train(tiny_llama, ["", " "], folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="layers"):
-        T.train(tiny_llama, CORPUS, T.TrainSettings(layers=[5]), folder=tmp_path)
+        training.train(tiny_llama, CORPUS, training.TrainSettings(layers=[5]), folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="lr_decay=1.5"):
-        T.train(tiny_llama, CORPUS, T.TrainSettings(n_features=8, k=2, lr_decay=1.5), folder=tmp_path)
+        training.train(tiny_llama, CORPUS, training.TrainSettings(n_features=8, k=2, lr_decay=1.5), folder=tmp_path)
     with pytest.raises(T.TranscoderError, match="activation"):
         T.TranscoderConfig(d_model=4, n_features=8, layer=0, activation="gelu")
 
@@ -210,8 +212,8 @@ def test_splice_and_clamp_act_on_mlp_out(tiny, tset):
 
 
 def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
-    q = T.quality(tiny_llama, ts, CORPUS[:10], baseline_texts=CORPUS[10:60])
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    q = fidelity.quality(tiny_llama, ts, CORPUS[:10], baseline_texts=CORPUS[10:60])
     for la, row in q.items():
         assert row["l0"] <= 8 + 1e-9 and 0 <= row["dead"] <= 1 and row["fve"] <= 1
         assert row["linear_fve"] > 0.9  # five sentences repeated: a linear map fitted on them fits them
@@ -227,23 +229,23 @@ def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
         assert q[la]["fve"] == pytest.approx(by_hand, abs=1e-5)
         assert q[la]["tokens"] == int(keep.sum())
     # training helps: the finished set explains far more than the same set after its first batch
-    early = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "early", progress=False,
+    early = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "early", progress=False,
                     stop_after_steps=1)
-    q_early = T.quality(tiny_llama, early, CORPUS[:10])
+    q_early = fidelity.quality(tiny_llama, early, CORPUS[:10])
     for la in ts:
         assert q[la]["fve"] > 0.2 and q[la]["fve"] > q_early[la]["fve"] + 0.3
-    assert all(np.isnan(r["linear_fve"]) for r in T.quality(tiny_llama, ts, CORPUS[:4]).values())
-    losses = T.splice_losses(tiny_llama, ts, CORPUS[:4])
+    assert all(np.isnan(r["linear_fve"]) for r in fidelity.quality(tiny_llama, ts, CORPUS[:4]).values())
+    losses = fidelity.splice_losses(tiny_llama, ts, CORPUS[:4])
     assert set(losses["each"]) == {0, 1, 2} and losses["clean"] > 0
     assert losses["all"] != losses["clean"]
     # the largest activations come from the same passes as max_activations would make
-    q = T.quality(tiny_llama, ts, CORPUS[:10], with_max=True)
-    direct = T.max_activations(tiny_llama, ts, CORPUS[:10])
+    q = fidelity.quality(tiny_llama, ts, CORPUS[:10], with_max=True)
+    direct = fidelity.max_activations(tiny_llama, ts, CORPUS[:10])
     for la in ts:
         torch.testing.assert_close(q[la]["max_act"], direct[la], rtol=1e-5, atol=1e-5)
         assert float(q[la]["max_act"].max()) > 0
     with pytest.raises(TypeError, match="with_max"):
-        T.quality(tiny_llama, ts, CORPUS[:2], with_max="yes")
+        fidelity.quality(tiny_llama, ts, CORPUS[:2], with_max="yes")
 
 
 def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):
@@ -251,13 +253,13 @@ def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):
     from emocircuits.interventions import Set
 
     texts = CORPUS[:5]
-    got = T.splice_losses(tiny, tset, texts, batch_size=3)
-    assert got["clean"] == pytest.approx(T.next_token_loss(tiny, texts, batch_size=3), abs=1e-6)
+    got = fidelity.splice_losses(tiny, tset, texts, batch_size=3)
+    assert got["clean"] == pytest.approx(fidelity.next_token_loss(tiny, texts, batch_size=3), abs=1e-6)
     assert got["all"] == pytest.approx(
-        T.next_token_loss(tiny, texts, [Transcode(tc, splice=True) for tc in tset.values()], batch_size=3), abs=1e-6)
+        fidelity.next_token_loss(tiny, texts, [Transcode(tc, splice=True) for tc in tset.values()], batch_size=3), abs=1e-6)
     for la in tset:
-        one = T.next_token_loss(tiny, texts, [Transcode(tset[la], splice=True)], batch_size=3)
-        zero = T.next_token_loss(tiny, texts, [Set(f"mlp_out.{la}", list(range(tiny.d_model)), 0.0)], batch_size=3)
+        one = fidelity.next_token_loss(tiny, texts, [Transcode(tset[la], splice=True)], batch_size=3)
+        zero = fidelity.next_token_loss(tiny, texts, [Set(f"mlp_out.{la}", list(range(tiny.d_model)), 0.0)], batch_size=3)
         assert got["each"][la] == pytest.approx(one, abs=1e-5)
         assert got["zero_mlp"][la] == pytest.approx(zero, abs=1e-5)
     # a layer's own change shows: the conditions differ from clean and from each other
@@ -265,7 +267,7 @@ def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):
 
 
 def test_step_activity_and_persistence(tiny_llama, tmp_path):
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     prompts = [CORPUS[0], CORPUS[1]]
     replies = [tiny_llama.tokenizer.encode(" and more", add_special_tokens=False)] * 2
     act = A.step_activity(tiny_llama, ts, prompts, replies)
@@ -283,7 +285,7 @@ def test_step_activity_and_persistence(tiny_llama, tmp_path):
 
 
 def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     texts = CORPUS[:5]
     acts = capture(tiny_llama, texts, ["mlp_in.1"], pooling="none", progress=False)["mlp_in.1"]
     f = [ts[1].encode(x)[1:] for x in acts]  # first token left out
@@ -325,7 +327,7 @@ def test_the_graph_picture_draws_kept_positions_sums_errors_per_layer_and_names_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
+    ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     g = A.attribution_graph(tiny_llama, ts, TEXT, max_features=40)
     kept = A.prune(g, node_threshold=0.8, edge_threshold=0.98)
     nf = len(g.features)
@@ -355,10 +357,10 @@ def test_the_skip_is_the_ridge_fit_of_the_first_batches_and_the_features_add_to_
     model the skip leaves little but noise; that the features add to it on a real model is chapter 05's check.)"""
     from sklearn.linear_model import Ridge
 
-    st = T.TrainSettings(**SETTINGS, skip_fit=0.3)
+    st = training.TrainSettings(**SETTINGS, skip_fit=0.3)
     n_batches = -(-len(CORPUS) // st.batch_size)
-    tr = T._Trainer(tiny_llama, st, "x", n_batches=n_batches)
-    batches = T._batches(CORPUS, st.batch_size, st.seed)
+    tr = training._Trainer(tiny_llama, st, "x", n_batches=n_batches)
+    batches = T.text_batches(CORPUS, st.batch_size, st.seed)
     assert tr.skip_batches == -(-3 * n_batches // 10) < n_batches
     xs, ys = {la: [] for la in tr.layers}, {la: [] for la in tr.layers}
     for b in batches[: tr.skip_batches]:
@@ -380,9 +382,9 @@ def test_the_skip_is_the_ridge_fit_of_the_first_batches_and_the_features_add_to_
         np.testing.assert_allclose(tr.intercept[la].numpy(), ref.intercept_, atol=2e-4)
     tr.train_batch(*T.mlp_io(tiny_llama, batches[tr.skip_batches], tr.layers)[:3])
     assert all(not torch.equal(before[la], tr.params[la]["W_enc"]) for la in tr.layers)  # the features train now
-    ts = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "tc", progress=False)
-    q = T.quality(tiny_llama, ts, CORPUS[:10])
+    ts = training.train(tiny_llama, CORPUS, st, folder=tmp_path / "tc", progress=False)
+    q = fidelity.quality(tiny_llama, ts, CORPUS[:10])
     for la in ts:
         assert 0 < q[la]["l0"] <= st.k and 0 <= q[la]["dense"] <= 1 - q[la]["dead"]
     with pytest.raises(T.TranscoderError, match="skip_fit"):
-        T.train(tiny_llama, CORPUS, T.TrainSettings(skip_fit=1.0), folder=tmp_path / "bad", progress=False)
+        training.train(tiny_llama, CORPUS, training.TrainSettings(skip_fit=1.0), folder=tmp_path / "bad", progress=False)

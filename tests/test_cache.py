@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emocircuits import activations, judges, transcoders
+from emocircuits import activations, judges, training
 from emocircuits.cache import code_version
 
 
@@ -63,10 +63,10 @@ def test_judge_fits_and_embeddings_cached_before_a_code_change_are_recomputed(tm
 def test_transcoders_trained_before_a_code_change_are_trained_again(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     corpus = ["I lost my keys again today.", "We won the match and everyone cheered!"]
-    st = transcoders.TrainSettings(n_features=8, k=2, batch_size=2, epochs=1, layers=[0])
-    transcoders.train(tiny_llama, corpus, st, progress=False)
-    transcoders.train(tiny_llama, corpus, st, progress=False)
+    st = training.TrainSettings(n_features=8, k=2, batch_size=2, epochs=1, layers=[0])
+    training.train(tiny_llama, corpus, st, progress=False)
+    training.train(tiny_llama, corpus, st, progress=False)
     assert len(list((tmp_path / "transcoders" / tiny_llama.name).iterdir())) == 1
-    _edited(monkeypatch, transcoders)
-    transcoders.train(tiny_llama, corpus, st, progress=False)
+    _edited(monkeypatch, training)
+    training.train(tiny_llama, corpus, st, progress=False)
     assert len(list((tmp_path / "transcoders" / tiny_llama.name).iterdir())) == 2

@@ -9,7 +9,7 @@ import torch
 
 from emocircuits import attribution as A
 from emocircuits import clamping as C
-from emocircuits import transcoders as T
+from emocircuits import training
 from emocircuits.activations import capture
 from emocircuits.generation import forward, generate
 from emocircuits.interventions import Transcode
@@ -22,7 +22,7 @@ SETTINGS = dict(n_features=96, k=8, epochs=2, batch_size=8)
 
 @pytest.fixture(scope="module")
 def tset(tiny_llama, tmp_path_factory):
-    return T.train(tiny_llama, CORPUS, T.TrainSettings(**SETTINGS), folder=tmp_path_factory.mktemp("tc"),
+    return training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path_factory.mktemp("tc"),
                    progress=False)
 
 

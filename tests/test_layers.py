@@ -14,11 +14,10 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # must name it.
 LAYERS = (
     ("cache", "lexical", "page", "sites", "stats", "tables"),
-    ("contributions", "datasets", "interventions", "models", "profiling", "results", "vectors"),
+    ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
     ("activations", "circuits", "coherence", "judges", "protocol", "transcoders"),
-    ("attribution", "causal", "choosing", "generation", "plots", "published", "staging"),
-    ("book", "clamping", "probes", "steering"),
-    ("emotion_acts",),
+    ("attribution", "causal", "choosing", "fidelity", "generation", "plots", "published", "staging", "training"),
+    ("book", "clamping", "emotion_acts", "personas", "probes", "steering"),
 )
 TOP = ("__init__", "cli", "colab")
 # every module but two imports the package at its top: cli's lazy imports keep `emocircuits --help` quick, and

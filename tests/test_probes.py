@@ -11,8 +11,10 @@ from sklearn.metrics import roc_auc_score
 
 from emocircuits import datasets as ds
 from emocircuits import probes as P
+from emocircuits import readout
 from emocircuits.activations import capture, forget_captures
 from emocircuits.cli import main
+from emocircuits.personas import persona_activations, persona_directions, persona_replies
 
 
 def _pairs(n=40, d=32, shift=1.5, seed=0):
@@ -27,9 +29,9 @@ def _pairs(n=40, d=32, shift=1.5, seed=0):
 
 def test_mean_diff_recovers_the_planted_direction_and_metrics_agree_with_sklearn():
     pos, neg, true = _pairs()
-    d = P.mean_diff(pos[:30], neg[:30])
+    d = readout.mean_diff(pos[:30], neg[:30])
     assert np.linalg.norm(d) == pytest.approx(1.0) and d @ true > 0.9
-    det = P.evaluate_direction(d, pos[30:], neg[30:], threshold=P.midpoint(d, pos[:30], neg[:30]))
+    det = readout.evaluate_direction(d, pos[30:], neg[30:], threshold=readout.midpoint(d, pos[:30], neg[:30]))
     s = np.r_[pos[30:] @ d, neg[30:] @ d]
     assert det.auroc == pytest.approx(roc_auc_score(np.r_[np.ones(10), np.zeros(10)], s))
     assert det.auroc_ci[0] <= det.auroc <= det.auroc_ci[1]
@@ -37,22 +39,22 @@ def test_mean_diff_recovers_the_planted_direction_and_metrics_agree_with_sklearn
     assert det.cohens_d > 2
     # the vectorised bootstrap AUROC is the Mann-Whitney count sklearn computes
     rows_p, rows_n = np.random.default_rng(1).standard_normal((2, 5, 7))
-    np.testing.assert_allclose(P._auroc_rows(rows_p, rows_n),
+    np.testing.assert_allclose(readout._auroc_rows(rows_p, rows_n),
                                [roc_auc_score(np.r_[np.ones(7), np.zeros(7)], np.r_[a, b])
                                 for a, b in zip(rows_p, rows_n)])
 
 
 def test_baselines_sit_near_chance_when_there_is_no_signal():
     pos, neg, _ = _pairs(shift=0.0, seed=2)
-    rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
-    sb = P.shuffled_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=50, seed=0)
+    rb = readout.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
+    sb = readout.shuffled_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=50, seed=0)
     assert 0.35 < rb["mean"] < 0.65 and 0.35 < sb["mean"] < 0.65
     assert rb["p95"] < 0.9
     # with signal, the probe is far above the random directions' 95th percentile
     pos, neg, _ = _pairs(seed=3)
-    d = P.mean_diff(pos[:30], neg[:30])
-    rb = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
-    det = P.evaluate_direction(d, pos[30:], neg[30:])
+    d = readout.mean_diff(pos[:30], neg[:30])
+    rb = readout.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0)
+    det = readout.evaluate_direction(d, pos[30:], neg[30:])
     assert det.auroc > max(rb["p95"], 0.95)
     # Cohen's d of every random direction, as evaluate_direction computes it for one
     k = int(np.argmax(rb["ds"]))
@@ -60,41 +62,41 @@ def test_baselines_sit_near_chance_when_there_is_no_signal():
     D = rng.standard_normal((200, pos.shape[1]))
     D /= np.linalg.norm(D, axis=1, keepdims=True)
     v = D[k] * np.sign((pos[:30] @ D[k]).mean() - (neg[:30] @ D[k]).mean())
-    assert P.evaluate_direction(v, pos[30:], neg[30:]).cohens_d == pytest.approx(rb["ds"][k], rel=1e-9)
+    assert readout.evaluate_direction(v, pos[30:], neg[30:]).cohens_d == pytest.approx(rb["ds"][k], rel=1e-9)
     assert rb["d_p95"] == pytest.approx(np.quantile(rb["ds"], 0.95)) and det.cohens_d > rb["d_p95"]
     # paired test sides: the share of pairs the direction puts the right way round, per direction
     assert rb["paired"][k] == pytest.approx(np.mean(pos[30:] @ v > neg[30:] @ v))
     assert rb["paired_p95"] == pytest.approx(np.quantile(rb["paired"], 0.95))
-    assert "paired" not in P.random_baseline(pos[:30], neg[:30], pos[30:], neg[31:], n=5)  # unpaired sides
+    assert "paired" not in readout.random_baseline(pos[:30], neg[:30], pos[30:], neg[31:], n=5)  # unpaired sides
     # paper A's unsigned directions: the same draws, centred on chance even where the data separate,
     # so their percentile sits below the oriented one
-    ru = P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0, oriented=False)
+    ru = readout.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], n=200, seed=0, oriented=False)
     assert abs(ru["mean"] - 0.5) < 0.06 and rb["mean"] > ru["mean"] and ru["p95"] <= rb["p95"]
     with pytest.raises(TypeError, match="oriented="):
-        P.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], oriented="yes")
+        readout.random_baseline(pos[:30], neg[:30], pos[30:], neg[30:], oriented="yes")
 
 
 def test_pc_baseline_tells_a_dominant_contrast_from_a_minor_one():
     pos, neg, true = _pairs(seed=5)
-    pc = P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
+    pc = readout.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
     assert pc["auroc"][0] > 0.95 and pc["explained_variance"][0] > pc["explained_variance"][1]
     # the same contrast beside an axis that both sides of a pair share, with ten times the spread:
     # the first component is that axis and knows nothing of the contrast; the second is the contrast
     shared = np.zeros_like(pos)
     shared[:, 0] = 10 * np.random.default_rng(6).standard_normal(len(pos))
     pos, neg = pos + shared, neg + shared
-    pc = P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
+    pc = readout.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=2)
     assert 0.2 < pc["auroc"][0] < 0.8 and pc["auroc"][1] > 0.9
     assert pc["explained_variance"][0] > 0.5
-    d = P.mean_diff(pos[:30], neg[:30])
-    assert P.evaluate_direction(d, pos[30:], neg[30:]).auroc > 0.95
+    d = readout.mean_diff(pos[:30], neg[:30])
+    assert readout.evaluate_direction(d, pos[30:], neg[30:]).auroc > 0.95
     with pytest.raises(ValueError, match="k=0"):
-        P.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=0)
+        readout.pc_baseline(pos[:30], neg[:30], pos[30:], neg[30:], k=0)
 
 
 def test_logistic_direction_finds_the_signal_too():
     pos, neg, true = _pairs(seed=4)
-    assert P.logistic_direction(pos, neg) @ true > 0.5
+    assert readout.logistic_direction(pos, neg) @ true > 0.5
 
 
 def test_centred_centroids_remove_what_the_context_adds():
@@ -109,15 +111,15 @@ def test_centred_centroids_remove_what_the_context_adds():
             X.append(ctx + cls[c] + 0.1 * rng.standard_normal(d))
             labels.append(c)
             groups.append(f"g{g}")
-    D = P.centred_centroids(np.array(X), labels, groups, classes)
+    D = readout.centred_centroids(np.array(X), labels, groups, classes)
     centred = np.stack([cls[c] for c in classes])
     centred = centred - centred.mean(0)
     centred /= np.linalg.norm(centred, axis=1, keepdims=True)
     assert (np.sum(D * centred, 1) > 0.97).all()
     with pytest.raises(ValueError, match="group 'g0' lacks classes"):
-        P.centred_centroids(np.array(X[1:]), labels[1:], groups[1:], classes)
+        readout.centred_centroids(np.array(X[1:]), labels[1:], groups[1:], classes)
     with pytest.raises(ValueError, match="not in classes"):
-        P.centred_centroids(np.array(X), ["z"] + labels[1:], groups, classes)
+        readout.centred_centroids(np.array(X), ["z"] + labels[1:], groups, classes)
 
 
 def test_procrustes_alignment_undoes_a_rotation_between_spaces():
@@ -126,32 +128,32 @@ def test_procrustes_alignment_undoes_a_rotation_between_spaces():
     A = low @ rng.standard_normal((8, 30)) + 1.0
     Q, _ = np.linalg.qr(rng.standard_normal((30, 30)))
     B = np.hstack([A @ Q * 2.0, np.zeros((200, 6))]) - 3.0  # rotated, scaled, wider, shifted
-    align = P.align_procrustes(A[:150], B[:150], k=8)
+    align = readout.align_procrustes(A[:150], B[:150], k=8)
     mapped = align(B[150:])
     assert np.abs(mapped - A[150:]).max() < 1e-6 * np.abs(A).max() * 100
     with pytest.raises(ValueError, match="same texts"):
-        P.align_procrustes(A[:10], B[:11])
+        readout.align_procrustes(A[:10], B[:11])
 
 
 def test_auroc_ci_resamples_each_group_and_agrees_with_sklearn():
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 50)
-    est, lo, hi = P.auroc_ci(pos, neg, seed=1)
+    est, lo, hi = readout.auroc_ci(pos, neg, seed=1)
     assert est == pytest.approx(roc_auc_score(np.r_[np.ones(30), np.zeros(50)], np.r_[pos, neg]))
     assert lo < est < hi and 0.5 < lo and hi - lo < 0.3  # a real but modest separation
-    assert P.auroc_ci(pos, neg, seed=1) == (est, lo, hi)  # seeded
-    assert P.auroc_ci(neg, neg + 0.0)[0] == 0.5
+    assert readout.auroc_ci(pos, neg, seed=1) == (est, lo, hi)  # seeded
+    assert readout.auroc_ci(neg, neg + 0.0)[0] == 0.5
     with pytest.raises(ValueError, match="at least 2 scores in each group, got 1 positive"):
-        P.auroc_ci([1.0], neg)
+        readout.auroc_ci([1.0], neg)
 
 
 def test_bad_inputs_name_what_is_accepted():
     with pytest.raises(ValueError, match="X_pos must be a non-empty 2-D array"):
-        P.mean_diff(np.zeros(3), np.zeros((2, 3)))
+        readout.mean_diff(np.zeros(3), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="widths differ"):
-        P.mean_diff(np.zeros((2, 3)), np.zeros((2, 4)))
+        readout.mean_diff(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="identical means"):
-        P.mean_diff(np.ones((2, 3)), np.ones((2, 3)))
+        readout.mean_diff(np.ones((2, 3)), np.ones((2, 3)))
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,7 @@ def test_evaluate_pairs_scores_other_pairs_with_the_fitted_threshold(smol):
     pos, neg, starts = P.pair_texts(smol, lex, scen)
     X = capture(smol, pos + neg, ["resid_post.5"], pooling="mean_response", response_starts=starts + starts,
                 progress=False)["resid_post.5"].double().numpy()
-    ref = P.evaluate_direction(probe.directions[5], X[:6], X[6:], threshold=probe.thresholds[5])
+    ref = readout.evaluate_direction(probe.directions[5], X[:6], X[6:], threshold=probe.thresholds[5])
     for key, val in ref.as_dict().items():
         assert got[5].as_dict()[key] == pytest.approx(val, abs=1e-9), key
     assert set(P.evaluate_pairs(smol, probe, lex[:2], scen)) == {3, 5}  # every fitted layer by default
@@ -207,7 +209,7 @@ def test_evaluate_pairs_scores_other_pairs_with_the_fitted_threshold(smol):
     with pytest.raises(ds.DataError, match="need at least 2 pairs"):
         P.evaluate_pairs(smol, probe, lex[:1], scen)
     at5 = probe.at(5)  # the typed view of the saved metrics, keyed by int layer
-    assert isinstance(at5, P.Detection)
+    assert isinstance(at5, readout.Detection)
     assert at5.as_dict() == {k: v for k, v in probe.metrics["layers"]["5"].items() if k != "cv_auroc"}
     assert at5.auroc == probe.metrics["layers"]["5"]["auroc"] and at5.auroc_ci == tuple(
         probe.metrics["layers"]["5"]["auroc_ci"])
@@ -239,7 +241,7 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
         return X[:len(recs)], X[len(recs):]
 
     (Ptr, Ntr), (Pte, Nte) = sides([p for p in pairs if p.split == "train"]), sides(matched)
-    ref = P.random_baseline(Ptr, Ntr, Pte, Nte, n=50, seed=0)
+    ref = readout.random_baseline(Ptr, Ntr, Pte, Nte, n=50, seed=0)
     np.testing.assert_allclose(r["random"]["aurocs"], ref["aurocs"], rtol=1e-6)
     d = probe.directions[20]
     wins = int((Pte @ d > Nte @ d).sum())
@@ -309,7 +311,7 @@ def test_cv_layer_auroc_scores_layers_on_the_train_split_alone(smol, monkeypatch
     Xp, Xn, games = X[:40], X[40:], np.array([r.scenario for r in train])
     by_hand = []
     for g in sorted(set(games)):
-        d = P.mean_diff(Xp[games != g], Xn[games != g])
+        d = readout.mean_diff(Xp[games != g], Xn[games != g])
         by_hand.append(roc_auc_score(np.r_[np.ones(8), np.zeros(8)], np.r_[Xp[games == g] @ d, Xn[games == g] @ d]))
     assert cv[24] == pytest.approx(np.mean(by_hand), rel=1e-9)
     with pytest.raises(ds.DataError, match="at least 2 scenarios"):
@@ -348,10 +350,10 @@ def test_probe_errors(smol, smol_probe_dir, tmp_path, capsys):
 
 def test_centre_by_group_removes_each_groups_mean():
     X = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [12.0, 2.0]])
-    C = P.centre_by_group(X, ["a", "a", "b", "b"])
+    C = readout.centre_by_group(X, ["a", "a", "b", "b"])
     np.testing.assert_allclose(C, [[-1, -1], [1, 1], [-1, -1], [1, 1]])
     with pytest.raises(ValueError, match="groups has 3"):
-        P.centre_by_group(X, ["a", "a", "b"])
+        readout.centre_by_group(X, ["a", "a", "b"])
 
 
 def test_reply_texts_put_the_reply_in_the_assistant_turn(smol):
@@ -367,7 +369,7 @@ def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_re
 
     personas = ds.load_named("persona_pairs")[:2]
     questions = [q for q in ds.load_named("persona_questions") if q.split == "extract"][:2]
-    R = P.persona_replies(smol, personas, questions, max_new_tokens=6)
+    R = persona_replies(smol, personas, questions, max_new_tokens=6)
     assert len(R) == 4 and R.question == [q.text for q in questions] * 2
     assert R.persona == [personas[0].id] * 2 + [personas[1].id] * 2
     assert R.negative_system[3] == personas[1].negative
@@ -378,7 +380,7 @@ def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_re
                                      repetition_penalty=1.2)[0]
     assert R.positive != R.negative
 
-    dirs = P.persona_directions(smol, R, [2, 5])
+    dirs = persona_directions(smol, R, [2, 5])
     assert sorted(dirs) == [2, 5] and all(np.linalg.norm(v) == pytest.approx(1.0) for v in dirs.values())
 
     def by_hand(system, reply, question, layer=5):
@@ -392,26 +394,26 @@ def test_persona_directions_are_the_mean_difference_of_the_models_own_replies_re
     keep = np.array([True, False, False, True])
     pos = np.stack([by_hand(R.positive_system[i], R.positive[i], R.question[i]) for i in (0, 3)])
     neg = np.stack([by_hand(R.negative_system[i], R.negative[i], R.question[i]) for i in (0, 3)])
-    np.testing.assert_allclose(P.persona_directions(smol, R, [5], keep=keep)[5], P.mean_diff(pos, neg), atol=1e-4)
-    assert abs(P.persona_directions(smol, R, [5], keep=keep)[5] @ dirs[5]) < 0.999  # keep changes the answer
+    np.testing.assert_allclose(persona_directions(smol, R, [5], keep=keep)[5], readout.mean_diff(pos, neg), atol=1e-4)
+    assert abs(persona_directions(smol, R, [5], keep=keep)[5] @ dirs[5]) < 0.999  # keep changes the answer
     # the control reads each reply after its question alone
-    alone = P.persona_activations(smol, R, [5], system=False)[0][5][0]
+    alone = persona_activations(smol, R, [5], system=False)[0][5][0]
     np.testing.assert_allclose(alone, by_hand(None, R.positive[0], R.question[0]), atol=1e-4)
     assert not np.allclose(alone, pos[0], atol=1e-2)
 
     with pytest.raises(ValueError, match="keep: expected 4 booleans"):
-        P.persona_directions(smol, R, [5], keep=[True, False])
+        persona_directions(smol, R, [5], keep=[True, False])
     with pytest.raises(ValueError, match="keep selects no row"):
-        P.persona_directions(smol, R, [5], keep=np.zeros(4, bool))
+        persona_directions(smol, R, [5], keep=np.zeros(4, bool))
     # a row with an empty reply has nothing to average: it is left out, as if not kept
     blank = dataclasses.replace(R, negative=[R.negative[0], "", " ", R.negative[3]])
-    np.testing.assert_allclose(P.persona_directions(smol, blank, [5])[5], P.mean_diff(pos, neg), atol=1e-4)
+    np.testing.assert_allclose(persona_directions(smol, blank, [5])[5], readout.mean_diff(pos, neg), atol=1e-4)
     assert blank.complete.tolist() == keep.tolist() and blank.select([3]).negative == [R.negative[3]]
     with pytest.raises(ValueError, match="no tokens after their response_starts"):
-        P.persona_activations(smol, blank, [5])
+        persona_activations(smol, blank, [5])
     with pytest.raises(ValueError, match=r"layers \[99\]"):
-        P.persona_directions(smol, R, [99])
+        persona_directions(smol, R, [99])
     with pytest.raises(ValueError, match="personas: expected .* records with a non-empty 'positive'"):
-        P.persona_replies(smol, ["be kind"], questions)
+        persona_replies(smol, ["be kind"], questions)
     with pytest.raises(ValueError, match="questions: expected .*got an empty one"):
-        P.persona_replies(smol, personas, [])
+        persona_replies(smol, personas, [])

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from emocircuits import attribution as A
+from emocircuits import fidelity
 from emocircuits import published as P
+from emocircuits import training
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
 from emocircuits.interventions import Transcode
@@ -33,8 +35,8 @@ def _inputs(lm, site):
 
 @pytest.fixture
 def trained(tiny_llama, tmp_path):
-    st = T.TrainSettings(n_features=96, k=8, epochs=2, batch_size=8, skip=True)
-    tset = T.train(tiny_llama, CORPUS, st, folder=tmp_path / "ours", progress=False)
+    st = training.TrainSettings(n_features=96, k=8, epochs=2, batch_size=8, skip=True)
+    tset = training.train(tiny_llama, CORPUS, st, folder=tmp_path / "ours", progress=False)
     for tc in tset.values():  # circuit-tracer's TopK keeps signs; ours take the ReLU
         tc.cfg.topk_relu = False
     return tset
@@ -50,8 +52,8 @@ def test_our_set_written_in_circuit_tracer_format_loads_back_exactly(tiny_llama,
     for la, tc in loaded.items():
         assert tc.cfg.activation == "topk" and tc.cfg.skip and not tc.cfg.topk_relu
         torch.testing.assert_close(tc(xs[la]), trained[la](xs[la]))
-    q_ours = T.quality(tiny_llama, trained, CORPUS[:10])
-    q_loaded = T.quality(tiny_llama, loaded, CORPUS[:10])
+    q_ours = fidelity.quality(tiny_llama, trained, CORPUS[:10])
+    q_loaded = fidelity.quality(tiny_llama, loaded, CORPUS[:10])
     for la in trained:  # the loaded set reproduces the MLP outputs exactly as well as the set it was written from
         assert q_loaded[la]["fve"] == pytest.approx(q_ours[la]["fve"], abs=1e-5)
         assert q_ours[la]["fve"] > 0.15  # trained: it explains part of the MLP (a random set explains none)
@@ -107,7 +109,7 @@ def test_cross_layer_set_reconstructs_splices_and_clamps_as_written(tiny_llama, 
     torch.testing.assert_close(got["mlp_out.0"][0][1:], ys[0], rtol=1e-4, atol=1e-5)
     moved = (3.0 - f[0][:, feat])[:, None] * raw[0]["W_dec_0"][feat, 1]
     torch.testing.assert_close(got["mlp_out.1"][0][1:], ys[1] + moved, rtol=1e-4, atol=1e-4)
-    losses = T.splice_losses(tiny_llama, clt, CORPUS[:4], batch_size=4)
+    losses = fidelity.splice_losses(tiny_llama, clt, CORPUS[:4], batch_size=4)
     assert set(losses["each"]) == set(range(L)) and losses["all"] > 0
 
 

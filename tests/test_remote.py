@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from emocircuits import attribution as A
+from emocircuits import training
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
 from emocircuits.cli import main
@@ -50,7 +51,7 @@ def test_remote_path_gives_what_the_local_run_gives(pair):
 
 def test_transcoder_interventions_ship_with_the_remote_request(pair, tmp_path):
     lm, sim = pair
-    tset = T.train(lm, CORPUS, T.TrainSettings(n_features=32, k=4, epochs=1, batch_size=8), folder=tmp_path,
+    tset = training.train(lm, CORPUS, training.TrainSettings(n_features=32, k=4, epochs=1, batch_size=8), folder=tmp_path,
                    progress=False)
     clamp = [Transcode(tset[1], clamp={0: 5.0})]
     a = capture(lm, CORPUS[:2], ["mlp_out.1"], pooling="none", progress=False, interventions=clamp)

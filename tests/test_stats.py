@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emocircuits.probes import centroid_separability
+from emocircuits.readout import centroid_separability
 from emocircuits.stats import bootstrap_ci
 
 

@@ -5,8 +5,10 @@ signal downstream."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+
 import numpy as np
 import torch
+
 from .activations import capture, check_batch_size
 from .circuits import Circuit, ablation, random_like
 from .contributions import as_directions
@@ -14,7 +16,6 @@ from .interventions import apply_all, resolve
 from .profiling import timed
 from .sites import parse_site, parse_sites, read_site, write_site
 from .stats import bootstrap_ci
-
 
 SUBLAYERS = ("attn", "mlp")
 

@@ -6,6 +6,7 @@ refuse a test record (:func:`emocircuits.protocol.refuse_test_records`)."""
 from __future__ import annotations
 
 from typing import Sequence
+
 from .protocol import refuse_test_records
 
 

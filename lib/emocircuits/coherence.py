@@ -9,8 +9,8 @@ import math
 import re
 from collections import Counter
 from typing import Sequence
-from .profiling import timed
 
+from .profiling import timed
 
 COHERENCE_THRESHOLDS = {
     "min_words": 3,  # fewer words is treated as empty

@@ -4,6 +4,7 @@ contributions through the frozen post-norm scale, their per-emotion scores and h
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+
 import numpy as np
 import torch
 

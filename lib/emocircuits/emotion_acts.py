@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Sequence
+
 import numpy as np
 import torch
+
 from . import datasets as ds
 from .activations import capture
-from .probes import centred_centroids
+from .readout import centred_centroids
 from .sites import all_layers
 
 

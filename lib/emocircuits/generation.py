@@ -8,9 +8,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from typing import Sequence
+
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
+
 from .activations import check_batch_size
 from .datasets import EMOTIONS, DataError, GenerationRecord, write_jsonl
 from .interventions import apply_all, resolve

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from typing import Sequence
-import numpy as np
 
+import numpy as np
 
 # The start of each emotion's word family ("ang" for anger, angry, angrily).
 EMOTION_STEMS = {"anger": "ang", "sadness": "sad", "happiness": "happ", "fear": "fear", "surprise": "surpris",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -146,3 +146,13 @@ def site_width(lm, site: Site) -> int:
     if site.kind == "attn_z":
         return lm.n_heads * lm.head_dim
     return lm.d_model
+
+
+def model_layers(lm, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` as ints (all of ``lm``'s when None), refused by name when empty or out of range."""
+    layers = list(range(lm.n_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < lm.n_layers]
+    if bad or not layers:
+        what = f"layers {bad} out of range" if bad else "layers is empty"
+        raise ValueError(f"{what}: {lm.name} has layers 0..{lm.n_layers - 1}")
+    return layers

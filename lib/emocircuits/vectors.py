@@ -4,6 +4,7 @@ control-vector GGUF (one direction per block output)."""
 from __future__ import annotations
 
 import torch
+
 from .cache import atomic_write
 
 
