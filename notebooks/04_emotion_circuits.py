@@ -84,7 +84,7 @@ from emocircuits import load_model
 from emocircuits.book import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.coherence import coherence
-from emocircuits.generation import generate, generate_grid, next_token_logits
+from emocircuits.generation import Decoding, generate, generate_grid, next_token_logits
 from emocircuits.lexical import EMOTION_STEMS, names_emotion
 from emocircuits.page import result
 from emocircuits.plots import neuron_token_values, neuron_view, setup_style
@@ -679,8 +679,8 @@ c_means = C.group_centred_means({k: v for k, v in acts.items() if k.split(".")[0
 
 
 steer_layers = list(range(L // 3, 2 * L // 3))
-DECODE = dict(repetition_penalty=REP_PENALTY, no_repeat_ngram_size=NO_REPEAT_NGRAM)  # every reply in this section
-GREEDY = dict(repetition_penalty=1.0, no_repeat_ngram_size=0)  # plain greedy decoding, for the table's last rows
+DECODE = Decoding(repetition_penalty=REP_PENALTY, no_repeat_ngram_size=NO_REPEAT_NGRAM)  # every reply in this section
+GREEDY = Decoding()  # plain greedy decoding, for the table's last rows
 rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_layers}
 
 
@@ -705,22 +705,22 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
     ``scale`` = alpha in RMS units); ``scale`` is one strength for every
     emotion or a dict {emotion: strength}. With ``scale=0`` the model is unchanged,
     so one set of replies serves as the baseline for every target emotion.
-    ``decode`` is the decoding's repetition penalty and n-gram block (``GREEDY``: plain greedy).
+    ``decode`` is how replies are decoded, with ``n_tokens`` new tokens (``GREEDY``: plain greedy).
     ``circs`` replaces the emotions' circuits (a baseline of random components), ``means`` their group-centred
     means (section 8's variant).
     """
     prompts = ds.sev_prompts(recs, emotions=None, valences=("neutral",))
     users, record_ids = [p["user"] for p in prompts], [p["record_id"] for p in prompts]
-    kw = dict(max_new_tokens=n_tokens, **decode)
+    dec = decode.replace(max_new_tokens=n_tokens)
     per = scale if isinstance(scale, dict) else dict.fromkeys(EMO, scale)  # {emotion: strength}
     if not any(per.values()):
-        replies = [generate(lm, users, batch_size=8, **kw)] * len(EMO)
+        replies = [generate(lm, users, decoding=dec, batch_size=8)] * len(EMO)
     else:  # one batched call: each row carries its own target emotion's interventions
         push = [C.modulation((circs or circuits)[emo], c_means if means is None else means, EMO, per[emo],
                              head_positions=HEAD_POSITIONS)
                 if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
                 for emo in EMO]
-        replies = generate_grid(lm, users, push, batch_size=32, **kw)
+        replies = generate_grid(lm, users, push, decoding=dec, batch_size=32)
     df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "record_id": r, "user": u, "text": t}
                        for emo, texts in zip(EMO, replies) for r, u, t in zip(record_ids, users, texts)])
     df["judged"], df["coherent"], df["reported"] = judged(df.text, df.user)
@@ -840,8 +840,8 @@ mod_random = toward(held, scale, new_tokens, circs=random_circuits)
 mod_greedy = toward(held, scale, new_tokens, decode=GREEDY)
 plain_greedy = toward(held, 0.0, new_tokens, decode=GREEDY)
 tp = ds.sev_prompts(held, emotions=EMO, valences=("neutral",))
-asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], max_new_tokens=new_tokens,
-                 batch_size=8, **DECODE)
+asked = generate(lm, [p["user"] for p in tp], system=[p["system"] for p in tp], decoding=DECODE,
+                 max_new_tokens=new_tokens, batch_size=8)
 asked_labels, asked_coh, asked_reported = judged(asked, [p["user"] for p in tp], [p["system"] for p in tp])
 asked_hit = [lab == p["emotion"] for lab, p in zip(asked_labels, tp)]
 asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked, "emotion": [p["emotion"] for p in tp],

@@ -77,6 +77,7 @@ from emocircuits import vectors
 from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.coherence import coherence
+from emocircuits.generation import Decoding
 from emocircuits.lexical import keyword_success
 from emocircuits.page import result
 from emocircuits.personas import persona_activations, persona_directions, persona_replies
@@ -166,13 +167,14 @@ ALPHAS = size([-1, 0, 1], [-2, -1, -0.5, 0, 0.5, 1, 2], [-2, -1, -0.5, 0, 0.5, 1
 POSITIONS = size(["generated"], ["generated", "last:4"], ["generated", "last:4", "last:1"])
 SEEDS = [SEED + i for i in range(size(1, 2, 3))]
 NEW_TOKENS = size(24, 32, 40)
+SAMPLED = Decoding(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=0.7)  # every sweep's replies
 prompts = [{"id": f"sit-{i}", "user": s} for i, s in enumerate(situations)]
 settings = ([("all", "unit", UNIT_LAYERS, PAPER_A_ALPHAS)] if UNIT_LAYERS else []) + [
     ("all", "rms", RMS_LAYERS, ALPHAS)] + [(p, "rms", [n // 2], [a for a in ALPHAS if a and abs(a) <= 1])
                                            for p in POSITIONS]
 records = [r for pos, scale, layers, alphas in settings
            for r in S.sweep(lm, prompts, fit.directions, layers, alphas, scale=scale, positions=pos, seeds=SEEDS,
-                            sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
+                            decoding=SAMPLED)]
 grid = pd.DataFrame(records).groupby(["layer", "positions", "scale"]).alpha.agg(["unique", "size"]).reset_index()
 show(grid.assign(unique=[", ".join(f"{a:g}" for a in u) for u in grid["unique"]],
                  scale=grid.scale.map({"rms": "residual RMS", "unit": "unit vector"})),
@@ -222,8 +224,7 @@ def judge(recs, situations_by_id):
 def judged_sweep(prompts_, dirs_, layers_, alphas_, seeds=None, **kw):
     """Section 1's sampled sweep of ``prompts_`` along ``dirs_`` (``seeds``: SEEDS unless given), judged:
     ``(records, scores, coherent)``."""
-    recs = S.sweep(lm, prompts_, dirs_, layers_, alphas_, seeds=seeds or SEEDS, sample=True, temperature=0.7,
-                   max_new_tokens=NEW_TOKENS, **kw)
+    recs = S.sweep(lm, prompts_, dirs_, layers_, alphas_, seeds=seeds or SEEDS, decoding=SAMPLED, **kw)
     by_id = {p["id"]: p["user"] for p in prompts_}
     recs = [{**r, "user": by_id[r["id"]]} for r in recs]  # each reply with its situation, for either judge
     return (recs, *judge(recs, by_id))
@@ -572,7 +573,7 @@ P_ALPHAS = [a for a in ALPHAS if a and abs(a) <= 1]
 P_POSITIONS = size(["generated"], ["all", "generated"], ["all", "generated"])
 persona_records = [r for pos in P_POSITIONS
                    for r in S.sweep(lm, prompts, persona_dirs, [MID], P_ALPHAS, scale="rms", positions=pos,
-                                    seeds=SEEDS, sample=True, temperature=0.7, max_new_tokens=NEW_TOKENS)]
+                                    seeds=SEEDS, decoding=SAMPLED)]
 p_judged = (persona_records, *judge(persona_records, {p["id"]: p["user"] for p in prompts}))
 persona_goal = S.both_ways(*with_unpushed(p_judged, (records, scores, coherent)), seed=SEED)  # alpha 0: section 1's
 probe_rows = goal[(goal.layer == MID) & (goal.scale == "rms") & goal.positions.isin(P_POSITIONS)
@@ -955,7 +956,7 @@ game_prompts = [{"id": g.id, "user": ds.eia_prompt(g)} for g in games]
 GAME_ALPHAS = size([-20, 0, 20], PAPER_A_ALPHAS, PAPER_A_ALPHAS)
 GAME_SEEDS = [SEED + i for i in range(size(2, 4, 6))]
 game_records = S.sweep(lm, game_prompts, fit.directions, [game_layer], GAME_ALPHAS, scale="unit", positions="all",
-                       seeds=GAME_SEEDS, sample=True, temperature=0.7, max_new_tokens=size(32, 48, 64))
+                       seeds=GAME_SEEDS, decoding=SAMPLED.replace(max_new_tokens=size(32, 48, 64)))
 rubric = J.RubricJudge(seed=SEED)
 game_texts = [r["text"] for r in game_records]
 game_level = rubric.score(game_texts)  # expected rubric level, 0-2

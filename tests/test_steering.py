@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from emocircuits.activations import capture
-from emocircuits.generation import _strip_after_eos, forward, generate, generate_grid, next_token_logits
+from emocircuits.generation import Decoding, _strip_after_eos, forward, generate, generate_grid, next_token_logits
 from emocircuits.interventions import Add, Scale, Set
+from emocircuits.steering import sweep
 
 from testkit import hand_run_from
 
@@ -259,3 +260,26 @@ def test_next_token_logits_name_the_token_each_push_promotes_beyond_the_others(s
             next_token_logits(lm, PROMPTS, batch_size=bad)
         with pytest.raises(ValueError, match="batch_size="):
             generate(lm, PROMPTS, max_new_tokens=1, batch_size=bad)
+
+
+def test_a_decoding_is_checked_once_and_gives_what_its_settings_by_name_give(smol):
+    """A Decoding refuses bad settings by name when it is made; generate, generate_grid and sweep decode
+    the same with it as with the same settings given by name, and a setting given by name overrides it."""
+    for bad, match in [(dict(max_new_tokens=0), "max_new_tokens=0"), (dict(do_sample=True, temperature=0), "temperature=0"),
+                       (dict(top_p=1.5), "top_p=1.5"), (dict(repetition_penalty=-1), "repetition_penalty=-1"),
+                       (dict(no_repeat_ngram_size=2.5), "no_repeat_ngram_size=2.5"), (dict(seed="a"), "seed='a'")]:
+        with pytest.raises(ValueError, match=match):
+            Decoding(**bad)
+    with pytest.raises(TypeError, match="unknown decoding setting.*max_tokens"):
+        Decoding().replace(max_tokens=3)
+    with pytest.raises(TypeError, match="unknown decoding setting"):
+        generate(smol, PROMPTS, max_tokens=3)
+    assert Decoding(max_new_tokens=np.int64(5)).max_new_tokens == 5 and type(Decoding(seed=np.int64(2)).seed) is int
+    dec = Decoding(max_new_tokens=12, do_sample=True, temperature=0.8, seed=4, repetition_penalty=1.2)
+    by_name = generate(smol, PROMPTS, max_new_tokens=12, do_sample=True, temperature=0.8, seed=4, repetition_penalty=1.2)
+    assert generate(smol, PROMPTS, decoding=dec) == by_name
+    assert generate(smol, PROMPTS, decoding=dec.replace(max_new_tokens=40), max_new_tokens=12) == by_name
+    assert generate_grid(smol, PROMPTS, [[]], decoding=dec)[0] == by_name
+    recs = sweep(smol, [{"id": str(i), "user": u} for i, u in enumerate(PROMPTS)], torch.ones(smol.d_model), [0], [0],
+                 seeds=[4], decoding=dec.replace(seed=0))  # a sweep puts each of its seeds in
+    assert [r["text"] for r in recs] == by_name

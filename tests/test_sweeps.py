@@ -47,7 +47,7 @@ def test_sweep_rejects_bad_settings(tiny_llama):
     v = torch.ones(tiny_llama.d_model)
     with pytest.raises(ValueError, match="scale='db'"):
         S.sweep(tiny_llama, PROMPTS, v, [0], [1], scale="db")
-    with pytest.raises(ValueError, match="pass sample=True"):
+    with pytest.raises(ValueError, match="pass do_sample=True"):
         S.sweep(tiny_llama, PROMPTS, v, [0], [1], seeds=[0, 1])
     with pytest.raises(ValueError, match="positions='middle'"):
         S.sweep(tiny_llama, PROMPTS, v, [0], [1], positions="middle")

@@ -261,7 +261,7 @@ def _cmd_steer(args) -> int:
 
     from .cache import atomic_write_text
     from .models import load_model
-    from .generation import generate
+    from .generation import Decoding, generate
     from .interventions import Add
     from .steering import sweep
 
@@ -279,20 +279,17 @@ def _cmd_steer(args) -> int:
     else:
         dirs, setting = _vector_for(args)
     lm = load_model(args.model, device=args.device, remote=args.remote)
-    sampling = dict(seed=args.seed, max_new_tokens=args.max_new_tokens, sample=args.temperature > 0,
-                    temperature=args.temperature if args.temperature > 0 else 1.0)
+    decoding = Decoding(seed=args.seed, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                        temperature=args.temperature if args.temperature > 0 else 1.0)
     alpha = setting["alpha"]
     if setting["scale"] == "gguf":  # llama.cpp's rule: each listed block's output gets alpha x its direction
         ivs = [Add(f"resid_post.{la}", v, alpha=alpha, positions=setting["positions"]) for la, v in dirs.items()]
-        texts = generate(lm, [it["user"] for it in items], ivs, system=[it["system"] for it in items],
-                         seed=sampling["seed"], max_new_tokens=sampling["max_new_tokens"],
-                         do_sample=sampling["sample"], temperature=sampling["temperature"])
+        texts = generate(lm, [it["user"] for it in items], ivs, decoding, system=[it["system"] for it in items])
         recs = [{"id": it["id"], "alpha": alpha, "layer": sorted(dirs), "text": t} for it, t in zip(items, texts)]
     else:
         (layer, vec), = dirs.items()
         recs = sweep(lm, items, vec, [layer], [alpha], scale=setting["scale"], positions=setting["positions"],
-                     seeds=[sampling["seed"]], sample=sampling["sample"], temperature=sampling["temperature"],
-                     max_new_tokens=sampling["max_new_tokens"], site_kind=setting["site"])
+                     seeds=[decoding.seed], decoding=decoding, site_kind=setting["site"])
     lines = [json.dumps({"id": r["id"], "alpha": r["alpha"], "layer": r["layer"], "text": r["text"]}) for r in recs]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"steered {len(lines)} replies at layer {sorted(dirs)}, alpha {alpha} ({setting['scale']}, "

@@ -5,8 +5,11 @@ records that keep everything needed to redo a reply. The interventions themselve
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import warnings
 from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -64,30 +67,93 @@ def next_token_logits(lm, prompts: Sequence[str], interventions: Sequence = (), 
     return total / len(texts)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How replies are decoded, checked once when made, shared by :func:`generate`, :func:`generate_grid`,
+    :func:`elicit`, :func:`emocircuits.steering.sweep` and the chapters.
+
+    Greedy by default. ``do_sample=True`` draws each row's tokens from its own
+    random stream keyed by ``seed`` (see :func:`generate`), at ``temperature``
+    and within the ``top_p`` nucleus. ``repetition_penalty`` > 1 lowers the
+    logit of every token already in the row, prompt included (CTRL's penalty, as
+    transformers' ``generate``); ``no_repeat_ngram_size`` = n > 0 never picks a
+    token that would repeat an n-gram already in the row. 1 and 0 leave
+    decoding untouched. ``replace(**changes)`` gives a copy with some settings
+    changed, checked again.
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self):
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"max_new_tokens={n!r}: expected an int >= 1")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature}: expected > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: expected a number in (0, 1]")
+        penalty = self.repetition_penalty
+        if isinstance(penalty, bool) or not (isinstance(penalty, (int, float)) and 0 < penalty < float("inf")):
+            raise ValueError(f"repetition_penalty={penalty!r}: expected a number > 0 (1 = no penalty)")
+        block = self.no_repeat_ngram_size
+        if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 0:
+            raise ValueError(f"no_repeat_ngram_size={block!r}: expected an int >= 0 (0 = no block)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed={self.seed!r}: expected an int")
+        for name in ("max_new_tokens", "seed", "no_repeat_ngram_size"):  # numpy ints become ints
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "do_sample", bool(self.do_sample))
+
+    def replace(self, **changes) -> "Decoding":
+        """A copy with ``changes`` (names of this class's fields), checked again."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"unknown decoding setting(s) {', '.join(unknown)}; expected "
+                            f"{', '.join(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, decoding: "Decoding | None" = None, **settings) -> "Decoding":
+        """``decoding`` (the defaults when None) with any ``settings`` given by name put in."""
+        if decoding is not None and not isinstance(decoding, Decoding):
+            raise TypeError(f"decoding={decoding!r:.80}: expected a Decoding (or None for the defaults)")
+        return (decoding or cls()).replace(**settings) if settings else (decoding or cls())
+
+    def _generate_kwargs(self, pad_token_id) -> dict:
+        # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)
+        return dict(max_new_tokens=self.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    pad_token_id=pad_token_id, repetition_penalty=float(self.repetition_penalty),
+                    no_repeat_ngram_size=int(self.no_repeat_ngram_size))
+
+
 @timed("generation")
 def generate(
     lm,
     prompts: Sequence[str],
     interventions: Sequence = (),
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    decoding: Decoding | None = None,
+    *,
     batch_size: int = 8,
     chat: bool = True,
     system: str | Sequence[str | None] | None = None,
     progress: bool = False,
     return_ids: bool = False,
     interventions_each: Sequence[Sequence] | None = None,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
+    **settings,
 ):
     """Generate replies, optionally with interventions, and return the new text.
 
     ``prompts`` are user messages; with ``chat=True`` each is wrapped by
     :meth:`LoadedModel.chat_prompt` with ``system`` (one string for all, or
-    one per prompt), otherwise used as is.
+    one per prompt), otherwise used as is. ``decoding`` says how
+    (:class:`Decoding`); settings given by name (``max_new_tokens=32``)
+    change it for this call.
     Greedy by default. With ``do_sample=True`` every row draws its tokens
     from its own random stream, keyed by ``seed``, its text and (when the
     same text and interventions occur more than once) its occurrence: the
@@ -100,17 +166,11 @@ def generate(
     sampling noise.
     With ``return_ids=True`` returns a list of generated token-id lists instead.
 
-    ``repetition_penalty`` > 1 lowers the logit of every token already in
-    the row (prompt included) before the token is chosen, as in
-    transformers' ``generate`` (CTRL's penalty; 1.2 is its authors'
-    suggestion for greedy decoding). 1 leaves decoding untouched. Small
-    models decoded greedily fall into loops ("I'm so sorry to hear that.
-    I'm so sorry to hear that."), which the coherence checks fail whatever
-    was pushed; a mild penalty keeps those loops from hiding the effect
-    of an intervention. ``no_repeat_ngram_size`` = n > 0 never picks a token
-    that would repeat an n-gram already in the row, prompt included (as
-    transformers' ``generate``; paper B's generation script uses 3 with a
-    penalty of 1.1); 0 leaves decoding untouched.
+    A mild ``repetition_penalty`` (1.2 is CTRL's authors' suggestion for
+    greedy decoding) keeps a small model's greedy loops ("I'm so sorry to
+    hear that. I'm so sorry to hear that."), which the coherence checks fail
+    whatever was pushed, from hiding the effect of an intervention; paper B's
+    generation script uses ``no_repeat_ngram_size=3`` with a penalty of 1.1.
 
     ``interventions_each`` (instead of ``interventions``) gives each prompt its
     own list of interventions, e.g. one alpha or one target emotion per row:
@@ -125,18 +185,8 @@ def generate(
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+    dec = Decoding.of(decoding, **settings)
     check_batch_size(batch_size)
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature={temperature}: expected > 0 when sampling")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p}: expected a number in (0, 1]")
-    if isinstance(repetition_penalty, bool) or not (isinstance(repetition_penalty, (int, float))
-                                                    and 0 < repetition_penalty < float("inf")):
-        raise ValueError(f"repetition_penalty={repetition_penalty!r}: expected a number > 0 (1 = no penalty)")
-    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size!r}: expected an int >= 0 (0 = no block)")
     if interventions_each is not None:
         if interventions:
             raise ValueError("give interventions (the same for every prompt) or interventions_each, not both")
@@ -150,11 +200,8 @@ def generate(
     if len(systems) != len(prompts):
         raise ValueError(f"system has {len(systems)} entries for {len(prompts)} prompts")
     texts = [lm.chat_prompt(p, s) for p, s in zip(prompts, systems)] if chat else prompts
-    # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                      pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=float(repetition_penalty),
-                      no_repeat_ngram_size=int(no_repeat_ngram_size))
-    keys = _row_keys(texts, per_row, seed) if do_sample else None
+    gen_kwargs = dec._generate_kwargs(lm.tokenizer.pad_token_id)
+    keys = _row_keys(texts, per_row, dec.seed) if dec.do_sample else None
 
     results: list = []
     starts = range(0, len(texts), batch_size)
@@ -165,8 +212,8 @@ def generate(
         enc.pop("position_ids")  # generate derives positions from the mask itself
         enc = {k: v.to(lm.device) for k, v in enc.items()}
         kwargs = gen_kwargs
-        if do_sample:
-            sampler = _RowSampler(keys[j:j + batch_size], temperature, top_p)
+        if dec.do_sample:
+            sampler = _RowSampler(keys[j:j + batch_size], dec.temperature, dec.top_p)
             kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList([sampler])}
         if not items and not lm.remote:
             with torch.inference_mode():
@@ -282,14 +329,17 @@ def _strip_after_eos(row: list[int], lm) -> list[int]:
     return row
 
 
-def elicit(lm, prompts: list[dict], max_new_tokens: int = 100, seed: int = 0, do_sample: bool = False,
-           temperature: float = 1.0, judge=None, batch_size: int = 8, out: str | Path | None = None,
-           progress: bool = True) -> list[GenerationRecord]:
+ELICIT = Decoding(max_new_tokens=100)  # paper B's setting: greedy decoding of 100 tokens
+
+
+def elicit(lm, prompts: list[dict], decoding: Decoding | None = None, *, judge=None, batch_size: int = 8,
+           out: str | Path | None = None, progress: bool = True, **settings) -> list[GenerationRecord]:
     """Generate a reply to every prompt and keep it with everything needed to redo it.
 
     ``prompts`` are dicts with ``id``, ``user`` and optionally ``system`` and
-    ``emotion`` (as :func:`datasets.sev_prompts` makes). Paper B's setting is greedy
-    decoding of 100 tokens. With a ``judge`` (a callable taking a list of
+    ``emotion`` (as :func:`datasets.sev_prompts` makes). ``decoding`` defaults to
+    paper B's setting, greedy decoding of 100 tokens (:data:`ELICIT`); settings
+    given by name change it. With a ``judge`` (a callable taking a list of
     replies and returning one dict per reply with a ``label``), each record
     stores the verdict and ``accepted`` = the judged label equals the
     instructed emotion, the filter paper B applies before computing
@@ -303,10 +353,10 @@ def elicit(lm, prompts: list[dict], max_new_tokens: int = 100, seed: int = 0, do
             raise DataError(f"prompt {p.get('id', '?')!r}: missing {', '.join(missing)}")
         if p.get("emotion") is not None and p["emotion"] not in EMOTIONS:
             raise DataError(f"prompt {p['id']!r}: unknown emotion {p['emotion']!r}; expected one of {', '.join(EMOTIONS)}")
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                "temperature": temperature if do_sample else None, "batch_size": batch_size}
-    texts = generate(lm, [p["user"] for p in prompts], system=[p.get("system") for p in prompts],
-                     max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, seed=seed,
+    dec = Decoding.of(decoding or ELICIT, **settings)
+    kept = {"max_new_tokens": dec.max_new_tokens, "do_sample": dec.do_sample,
+            "temperature": dec.temperature if dec.do_sample else None, "batch_size": batch_size}
+    texts = generate(lm, [p["user"] for p in prompts], decoding=dec, system=[p.get("system") for p in prompts],
                      batch_size=batch_size, progress=progress)
     verdicts = judge(texts) if judge is not None else [None] * len(texts)
     records = []
@@ -316,7 +366,7 @@ def elicit(lm, prompts: list[dict], max_new_tokens: int = 100, seed: int = 0, do
             accepted = v.get("label") == p["emotion"]
         records.append(GenerationRecord(id=f"{lm.name}:{p['id']}", model=lm.name, prompt_id=p["id"],
                                         emotion=p.get("emotion"), system=p.get("system"), user=p["user"],
-                                        text=text, seed=seed, settings=settings, judge=v, accepted=accepted))
+                                        text=text, seed=dec.seed, settings=kept, judge=v, accepted=accepted))
     if out is not None:
         write_jsonl(out, records)
     return records

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .activations import capture
-from .generation import generate_grid
+from .generation import Decoding, generate_grid
 from .interventions import Add, check_positions
 from .stats import bootstrap_ci
 
@@ -29,19 +29,23 @@ def residual_rms(lm, texts: Sequence[str], layer: int, site_kind: str = "resid_p
     return float(x.pow(2).mean().sqrt())
 
 
+SWEEP = Decoding(max_new_tokens=48, temperature=0.7)  # a sweep's decoding unless told: greedy, 48 tokens
+
+
 def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas: Sequence[float] = ALPHAS,
-          scale: str = "unit", positions: str = "all", seeds: Sequence[int] = (0,), sample: bool = False,
-          temperature: float = 0.7, max_new_tokens: int = 48, site_kind: str = "resid_post", batch_size: int = 32,
-          progress: bool = False) -> list[dict]:
+          scale: str = "unit", positions: str = "all", seeds: Sequence[int] = (0,), decoding: Decoding | None = None,
+          site_kind: str = "resid_post", batch_size: int = 32, progress: bool = False, **settings) -> list[dict]:
     """Generate a reply to every prompt at every (layer, alpha, seed), adding ``alpha x direction``.
 
     ``prompts`` are dicts with ``id``, ``user`` and optionally ``system``.
     ``direction`` is one vector for every layer or a dict ``{layer: vector}``;
     it is normalised to unit length. With ``scale="rms"`` alpha is in units
     of the site's residual RMS on the prompts (paper B); with ``"unit"`` it
-    multiplies the unit vector (paper A). Several ``seeds`` only make sense
-    with ``sample=True`` (greedy decoding ignores the seed); they give the
-    seed-to-seed noise that :func:`steering_success` compares against.
+    multiplies the unit vector (paper A). ``decoding`` (:data:`SWEEP` when
+    None; settings given by name change it) says how replies are decoded; its
+    seed is replaced by each of ``seeds`` in turn. Several ``seeds`` only make
+    sense with ``do_sample=True`` (greedy decoding ignores the seed); they give
+    the seed-to-seed noise that :func:`steering_success` compares against.
     Each record: ``id, layer, alpha, scale, coef, seed, positions, text``,
     where ``coef`` is the multiplier actually applied to the unit vector.
     All settings' replies for one seed share batches of ``batch_size`` rows,
@@ -49,8 +53,9 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
     """
     if scale not in ("unit", "rms"):
         raise ValueError(f"scale={scale!r}: expected 'unit' or 'rms'")
-    if len(set(seeds)) > 1 and not sample:
-        raise ValueError("several seeds with greedy decoding give identical replies; pass sample=True")
+    dec = Decoding.of(decoding or SWEEP, **settings)
+    if len(set(seeds)) > 1 and not dec.do_sample:
+        raise ValueError("several seeds with greedy decoding give identical replies; pass do_sample=True")
     check_positions(positions)
     prompts = list(prompts)
     if not prompts:
@@ -68,9 +73,8 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
             coef = float(alpha) * unit
             ivs = [Add(f"{site_kind}.{layer}", vec, alpha=coef, positions=positions)] if alpha != 0 else []
             grid.append((int(layer), float(alpha), coef, ivs))
-    texts = {seed: generate_grid(lm, users, [g[3] for g in grid], system=systems, max_new_tokens=max_new_tokens,
-                                 do_sample=sample, temperature=temperature, seed=seed, batch_size=batch_size,
-                                 progress=progress)
+    texts = {seed: generate_grid(lm, users, [g[3] for g in grid], system=systems, decoding=dec.replace(seed=seed),
+                                 batch_size=batch_size, progress=progress)
              for seed in seeds}  # seed -> [setting][prompt]
     out = []
     for g, (layer, alpha, coef, _) in enumerate(grid):
