@@ -27,7 +27,7 @@ help:
 	@echo "make test   - set up .venv and run the tests"
 	@echo "make test-archs - every chapter (QUICK) on a tiny model of each architecture (a few minutes)"
 	@echo "make bench  - benchmarks (ratios measured side by side)"
-	@echo "make sync   - re-pair notebooks/*.py with their .ipynb"
+	@echo "make sync   - write the shared chapter opening, re-pair notebooks/*.py with their .ipynb"
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,7 +82,9 @@ test-archs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_capture.py --out _build/bench.json
 
+# the chapters' shared opening (lib/emocircuits/sources.py) written into each, then each .py paired with its .ipynb
 sync: $(STAMP)
+	$(BIN)/python -m emocircuits.sources .
 	$(BIN)/jupytext --sync notebooks/*.py
 
 clean:

@@ -55,9 +55,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # ```
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"
-QUICK = False
-FULL = False  # True: the largest samples (for a GPU)
+MODEL = "smollm2-135m"  # any name from `emocircuits models`
+QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 
 # %%
@@ -665,35 +665,29 @@ display(result(
 # %%
 held, chat, fresh = acc_of["held-out corpus texts"], acc_of[chat_sets[0]], acc_of[chat_sets[1]]
 headline = record(
-    emotion_judge_accuracy=held["tuning judge"]["accuracy"][0],
-    emotion_judge_accuracy_lo=held["tuning judge"]["accuracy"][1],
-    emotion_judge_accuracy_hi=held["tuning judge"]["accuracy"][2], emotion_judge_majority=1 / len(J.LABELS),
-    emotion_judge_chat_accuracy=chat["tuning judge"]["accuracy"][0],
-    emotion_judge_chat_accuracy_lo=chat["tuning judge"]["accuracy"][1],
-    emotion_judge_chat_accuracy_hi=chat["tuning judge"]["accuracy"][2],
+    emotion_judge_accuracy=held["tuning judge"]["accuracy"], emotion_judge_majority=1 / len(J.LABELS),
+    emotion_judge_chat_accuracy=chat["tuning judge"]["accuracy"],
     emotion_judge_chat_min_emotion=min(chat["tuning judge"][e][0] for e in ds.EMOTIONS),
-    emotion_judge_fresh_accuracy=fresh["tuning judge"]["accuracy"][0],
-    emotion_judge_fresh_accuracy_lo=fresh["tuning judge"]["accuracy"][1],
-    emotion_judge_fresh_accuracy_hi=fresh["tuning judge"]["accuracy"][2],
+    emotion_judge_fresh_accuracy=fresh["tuning judge"]["accuracy"],
     emotion_report_chat_accuracy=chat["reporting judge"]["accuracy"][0],
     emotion_report_fresh_accuracy=fresh["reporting judge"]["accuracy"][0],
     emotion_judges_chat_kappa=agree_of[chat_sets[0]]["kappa"],
     emotion_judge_bundled_accuracy=acc_of[bundled]["tuning judge"]["accuracy"][0],
     emotion_report_bundled_accuracy=acc_of[bundled]["reporting judge"]["accuracy"][0],
-    empathy_judge_rho=rho, empathy_judge_rho_lo=rho_ci[1], empathy_judge_rho_hi=rho_ci[2],
+    empathy_judge_rho=(rho, rho_ci[1], rho_ci[2]),
     empathy_judge_other_rho=dev_rho["NgramEmpathyJudge"]["judge_empathy_heldout"],
     empathy_judge_other_rho_report=dev_rho["EmbeddingEmpathyJudge"]["judge_empathy_heldout"],
-    empathy_judge_fresh_rho=fresh_rho["n-grams (tunes)"], empathy_report_fresh_rho=fresh_rho["embeddings (reports)"][0],
-    empathy_judges_fresh_rho=rho_judges_fresh, empathy_fresh_length_rho=fresh_rho["reply length in words"][0],
+    empathy_judge_fresh_rho=fresh_rho["n-grams (tunes)"],
+    empathy_report_fresh_rho=fresh_rho["embeddings (reports)"][0], empathy_judges_fresh_rho=rho_judges_fresh,
+    empathy_fresh_length_rho=fresh_rho["reply length in words"][0],
     empathy_fresh_writer_rho=fresh_rho["the writer's intended level"][0],
     empathy_judge_test_rho=test_rho["n-grams (tunes)"], empathy_report_test_rho=test_rho["embeddings (reports)"][0],
     empathy_judges_test_rho=rho_judges_test, empathy_test_length_rho=test_rho["reply length in words"][0],
     empathy_test_writer_rho=test_rho["the writer's intended level"][0],
-    empathy_judge_test_pairs=warm_above_cold(emp_all.score([r.reply for r in test_emp], [r.situation for r in test_emp]),
-                                             test_emp).mean(),
+    empathy_judge_test_pairs=warm_above_cold(emp_all.score([r.reply for r in test_emp],
+                                                           [r.situation for r in test_emp]), test_emp).mean(),
     rubric_judge_accuracy=float(np.mean(ways["RubricJudge (trained on the rubric)"][0] == y_game)),
-    rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)),
-)
+    rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)))
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]

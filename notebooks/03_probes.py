@@ -49,13 +49,13 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # ```
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"
-QUICK = False
+MODEL = "smollm2-135m"  # any name from `emocircuits models`
+QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
+SEED = 0
 # True: MODEL runs on NDIF, nnsight's remote service, for a hub model it hosts (the key from the environment
 # variable NDIF_API_KEY, never from a cell); this chapter's probes need traces only
 REMOTE = False
-FULL = False  # True: the largest samples (for a GPU)
-SEED = 0
 
 # %%
 import re
@@ -992,7 +992,7 @@ display(result(
 # %%
 def best_of(fit, prefix, random_key):
     b = fit.at(fit.best_layer)
-    return {prefix: b.auroc, f"{prefix}_lo": b.auroc_ci[0], f"{prefix}_hi": b.auroc_ci[1],
+    return {prefix: (b.auroc, *b.auroc_ci),
             f"{prefix}_layer": fit.best_layer, random_key: fit.metrics["random_baseline"]["p95"],
             f"{random_key}_unoriented": fit.metrics["random_baseline_unoriented"]["p95"],
             f"{prefix}_d": b.cohens_d, f"{random_key}_d": fit.metrics["random_baseline"]["d_p95"],
@@ -1004,55 +1004,37 @@ headline = record(
     **best_of(fits["mean_all"], "auroc_mean_all", "random_p95_mean_all"),
     **best_of(fits[POOL], "auroc_response", "random_p95_response"),
     **best_of(fit_o, "other_auroc", "other_random_p95"),
-    matched_auroc=transfer[best]["detection"].auroc, matched_auroc_lo=transfer[best]["detection"].auroc_ci[0],
-    matched_auroc_hi=transfer[best]["detection"].auroc_ci[1], matched_random_p95=transfer[best]["random"]["p95"],
-    matched_paired=transfer[best]["paired"], matched_paired_lo=transfer[best]["paired_ci"][0],
-    matched_paired_hi=transfer[best]["paired_ci"][1],
+    matched_auroc=(transfer[best]["detection"].auroc, *transfer[best]["detection"].auroc_ci),
+    matched_random_p95=transfer[best]["random"]["p95"],
+    matched_paired=(transfer[best]["paired"], *transfer[best]["paired_ci"]),
     matched_random_paired_p95=transfer[best]["random"]["paired_p95"],
-    matched_peak_auroc=transfer[peak]["detection"].auroc, matched_peak_auroc_lo=transfer[peak]["detection"].auroc_ci[0],
-    matched_peak_auroc_hi=transfer[peak]["detection"].auroc_ci[1], matched_peak_layer=peak,
-    matched_peak_random_p95=transfer[peak]["random"]["p95"], matched_peak_paired=transfer[peak]["paired"],
-    matched_peak_d=transfer[peak]["detection"].cohens_d, matched_peak_random_d_p95=transfer[peak]["random"]["d_p95"],
-    bow_auroc=bow_stored, bow_matched_auroc=bow_matched["detection"].auroc,
-    bow_matched_auroc_lo=bow_matched["detection"].auroc_ci[0],
-    bow_matched_auroc_hi=bow_matched["detection"].auroc_ci[1],
-    other_matched_auroc=tr_o["detection"].auroc, other_matched_auroc_lo=tr_o["detection"].auroc_ci[0],
-    other_matched_auroc_hi=tr_o["detection"].auroc_ci[1], other_matched_random_p95=tr_o["random"]["p95"],
+    matched_peak_auroc=(transfer[peak]["detection"].auroc, *transfer[peak]["detection"].auroc_ci),
+    matched_peak_layer=peak, matched_peak_random_p95=transfer[peak]["random"]["p95"],
+    matched_peak_paired=transfer[peak]["paired"], matched_peak_d=transfer[peak]["detection"].cohens_d,
+    matched_peak_random_d_p95=transfer[peak]["random"]["d_p95"], bow_auroc=bow_stored,
+    bow_matched_auroc=(bow_matched["detection"].auroc, *bow_matched["detection"].auroc_ci),
+    other_matched_auroc=(tr_o["detection"].auroc, *tr_o["detection"].auroc_ci),
+    other_matched_random_p95=tr_o["random"]["p95"],
     matched_fit_auroc=(fit_m.at(best_m).auroc, *fit_m.at(best_m).auroc_ci), matched_fit_layer=best_m,
     matched_fit_random_p95=m_tr[best_m]["random"]["p95"], matched_fit_random_d_p95=m_tr[best_m]["random"]["d_p95"],
     matched_fit_d=fit_m.at(best_m).cohens_d, matched_fit_paired=m_tr[best_m]["paired"],
     matched_fit_cv_layer=cv_best, matched_fit_cv_auroc=(fit_m.at(cv_best).auroc, *fit_m.at(cv_best).auroc_ci),
     matched_fit_cv_random_p95=m_tr[cv_best]["random"]["p95"],
-    matched_fit_bow_auroc=bow_m_tr["detection"].auroc, matched_fit_bow_auroc_lo=bow_m_tr["detection"].auroc_ci[0],
-    matched_fit_bow_auroc_hi=bow_m_tr["detection"].auroc_ci[1], matched_fit_pronoun_auroc=pron_auc[0],
-    matched_fit_pronoun_auroc_lo=pron_auc[1], matched_fit_pronoun_auroc_hi=pron_auc[2],
-    matched_fit_on_stored_auroc=on_stored.auroc,
+    matched_fit_bow_auroc=(bow_m_tr["detection"].auroc, *bow_m_tr["detection"].auroc_ci),
+    matched_fit_pronoun_auroc=pron_auc, matched_fit_on_stored_auroc=on_stored.auroc,
     other_matched_fit_auroc=(om.auroc, *om.auroc_ci), other_matched_fit_layer=peak_om,
     other_matched_fit_random_p95=fit_om.metrics["random_baseline"]["p95"], other_matched_fit_bow_auroc=bow_om.auroc,
     other_matched_fit_cv_layer=cv_o, other_matched_fit_cv_auroc=om_cv.auroc,
-    ablated_auroc=abl_best.ablated, ablated_auroc_lo=abl_best.ablated_lo, ablated_auroc_hi=abl_best.ablated_hi,
-    graded_auroc=gr_auc[0], graded_auroc_lo=gr_auc[1], graded_auroc_hi=gr_auc[2], graded_keyword_auroc=gr_kw_auc[0],
-    graded_task_auroc=gr_task[0], graded_task_auroc_lo=gr_task[1], graded_task_auroc_hi=gr_task[2],
-    graded_dismissive_auroc=gr_cold[0], graded_dismissive_auroc_lo=gr_cold[1],
-    graded_dismissive_auroc_hi=gr_cold[2],
-    graded_personal_auroc=gr_personal[0], graded_personal_auroc_lo=gr_personal[1],
-    graded_personal_auroc_hi=gr_personal[2],
-    care_words_auroc=stress_at.loc[("care_words", "original"), "probe AUROC"],
-    care_words_ablated_auroc=stress_at.loc[("care_words", "ablated"), "probe AUROC"],
-    care_words_ablated_auroc_lo=stress_at.loc[("care_words", "ablated"), "lo"],
-    care_words_ablated_auroc_hi=stress_at.loc[("care_words", "ablated"), "hi"],
-    polite_task_auroc=stress_at.loc[("polite_task", "original"), "probe AUROC"],
-    polite_task_auroc_lo=stress_at.loc[("polite_task", "original"), "lo"],
-    polite_task_auroc_hi=stress_at.loc[("polite_task", "original"), "hi"],
+    ablated_auroc=(abl_best.ablated, abl_best.ablated_lo, abl_best.ablated_hi), graded_auroc=gr_auc,
+    graded_keyword_auroc=gr_kw_auc[0], graded_task_auroc=gr_task, graded_dismissive_auroc=gr_cold,
+    graded_personal_auroc=gr_personal, care_words_auroc=stress_at.loc[("care_words", "original"), "probe AUROC"],
+    care_words_ablated_auroc=tuple(stress_at.loc[("care_words", "ablated"), ["probe AUROC", "lo", "hi"]]),
+    polite_task_auroc=tuple(stress_at.loc[("polite_task", "original"), ["probe AUROC", "lo", "hi"]]),
     polite_task_ablated_auroc=stress_at.loc[("polite_task", "ablated"), "probe AUROC"],
-    emotion_accuracy=e_best.accuracy, emotion_accuracy_lo=e_best.lo, emotion_accuracy_hi=e_best.hi,
-    emotion_test_accuracy=emo_test[0], emotion_test_accuracy_lo=emo_test[1], emotion_test_accuracy_hi=emo_test[2],
-    cross_r_raw=raw_ci[0], cross_r_raw_lo=raw_ci[1], cross_r_raw_hi=raw_ci[2],
-    cross_r_raw_null_p95=np.quantile(null_raw, .95),
-    cross_r_aligned=al_ci[0], cross_r_aligned_lo=al_ci[1], cross_r_aligned_hi=al_ci[2],
-    cross_r_aligned_null_p95=np.quantile(null_al, .95),
-    behaviour_r=r_est, behaviour_r_lo=r_lo, behaviour_r_hi=r_hi, behaviour_r_null_p95=np.quantile(null_gen, .95),
-)
+    emotion_accuracy=(e_best.accuracy, e_best.lo, e_best.hi), emotion_test_accuracy=emo_test, cross_r_raw=raw_ci,
+    cross_r_raw_null_p95=np.quantile(null_raw, .95), cross_r_aligned=al_ci,
+    cross_r_aligned_null_p95=np.quantile(null_al, .95), behaviour_r=(r_est, r_lo, r_hi),
+    behaviour_r_null_p95=np.quantile(null_gen, .95))
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]

@@ -56,9 +56,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # ```
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"
-QUICK = False
-FULL = False  # True: the largest samples (for a GPU)
+MODEL = "smollm2-135m"  # any name from `emocircuits models`
+QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 # section 7's decoding and where its heads are pushed (paper B's released code: 1.1, 3, "all"; see there)
 REP_PENALTY = 1.2
@@ -1500,50 +1500,36 @@ headline = record(
     emotions_ratio_ge_3=passing.loc[1.0],
     emotions_ratio_ge_3_top50=passing.loc[0.5],
     **({"emotions_ratio_ge_3_top25": passing.loc[0.25]} if 0.25 in SHARES else {}),  # QUICK runs skip it
-    modulation_accuracy=res.loc["circuit modulation", "accuracy"],
     modulation_coherent=res.loc["circuit modulation", "coherent"],
-    modulation_on_target_coherent=res.loc["circuit modulation", "on target and coherent"],
-    modulation_on_target_coherent_lo=res.loc["circuit modulation", "both lo"],
-    modulation_on_target_coherent_hi=res.loc["circuit modulation", "both hi"],
+    modulation_on_target_coherent=tuple(res.loc["circuit modulation", ["on target and coherent", "both lo", "both hi"]]),
     modulation_names_target=res.loc["circuit modulation", "names the target"],
-    modulation_greedy_accuracy=res.loc["circuit modulation, plain greedy", "accuracy"],
     modulation_greedy_coherent=res.loc["circuit modulation, plain greedy", "coherent"],
     plain_greedy_coherent=res.loc["no intervention, plain greedy", "coherent"],
     plain_coherent=res.loc["no intervention", "coherent"],
     steering_on_target_coherent=res.loc["steering vector (directions)", "on target and coherent"],
-    plain_accuracy=res.loc["no intervention", "accuracy"], prompting_accuracy=res.loc["prompting (instruction)", "accuracy"],
-    steering_accuracy=res.loc["steering vector (directions)", "accuracy"],
     steering_coherent=res.loc["steering vector (directions)", "coherent"], alpha=alpha,
     equal_coherence_gap_min=gap.min() if len(gap) else float("nan"), equal_coherence_levels=len(gap),
     heldout_equal_coherence_gap_min=held_gap.min() if len(held_gap) else float("nan"),
     heldout_equal_coherence_levels=len(held_gap),
     scale=scale,
-    modulation_per_emotion_accuracy=res.loc["circuit modulation, a scale per emotion", "accuracy"],
     modulation_per_emotion_coherent=res.loc["circuit modulation, a scale per emotion", "coherent"],
-    steering_per_emotion_accuracy=res.loc["steering vector, an alpha per emotion", "accuracy"],
     steering_per_emotion_coherent=res.loc["steering vector, an alpha per emotion", "coherent"],
-    random_modulation_accuracy=res.loc["modulation of random components (same layers, same rule)", "accuracy"],
     random_modulation_coherent=res.loc["modulation of random components (same layers, same rule)", "coherent"],
     **{f"scale_{emo}": s_ for emo, s_ in scale_by.items()}, **{f"alpha_{emo}": a_ for emo, a_ in alpha_by.items()},
     # section 8's variant: circuits from text that expresses the emotion
-    text_scale=t_scale, text_modulation_accuracy=t_res.loc["circuit modulation, circuits from text", "accuracy"],
-    text_modulation_accuracy_lo=t_res.loc["circuit modulation, circuits from text", "acc lo"],
-    text_modulation_accuracy_hi=t_res.loc["circuit modulation, circuits from text", "acc hi"],
+    text_scale=t_scale,
+    text_modulation_accuracy=tuple(t_res.loc["circuit modulation, circuits from text", ["accuracy", "acc lo", "acc hi"]]),
     text_modulation_coherent=t_res.loc["circuit modulation, circuits from text", "coherent"],
     text_modulation_on_target_coherent=t_res.loc["circuit modulation, circuits from text", "on target and coherent"],
     text_modulation_names_target=t_res.loc["circuit modulation, circuits from text", "names the target"],
     text_random_modulation_accuracy=t_res.loc["same push on random components (same layers)", "accuracy"],
     # section 9: each emotion's way picked on discovery prompts, tested on fresh prompts
     pick_text_emotions=sum(w == "circuits from text" for w in way_by.values()),
-    pick_modulation_accuracy=f_res.loc[PICK, "accuracy"],
-    pick_modulation_accuracy_lo=f_res.loc[PICK, "acc lo"],
-    pick_modulation_accuracy_hi=f_res.loc[PICK, "acc hi"],
+    pick_modulation_accuracy=tuple(f_res.loc[PICK, ["accuracy", "acc lo", "acc hi"]]),
     pick_modulation_coherent=f_res.loc[PICK, "coherent"],
     pick_modulation_on_target_coherent=f_res.loc[PICK, "on target and coherent"],
     pick_modulation_names_target=f_res.loc[PICK, "names the target"],
-    pick_random_accuracy=f_res.loc["same push on random components (same layers)", "accuracy"],
-    pick_all_accuracy=m_res.loc[ALL, "accuracy"], pick_all_accuracy_lo=m_res.loc[ALL, "acc lo"],
-    pick_all_accuracy_hi=m_res.loc[ALL, "acc hi"], pick_all_coherent=m_res.loc[ALL, "coherent"],
+    pick_all_accuracy=tuple(m_res.loc[ALL, ["accuracy", "acc lo", "acc hi"]]), pick_all_coherent=m_res.loc[ALL, "coherent"],
     pick_all_on_target_coherent=m_res.loc[ALL, "on target and coherent"],
     pick_all_names_target=m_res.loc[ALL, "names the target"],
     pick_all_plain_accuracy=m_res.loc[NONE, "accuracy"], pick_all_replies=len(f_pick) + len(m_pick),
@@ -1556,23 +1542,20 @@ headline = record(
         ("fresh_plain_accuracy", f_res, "no intervention"))},
     modulation_judges_kappa=res.loc["circuit modulation", "kappa"],
     pick_judges_kappa=f_res.loc[PICK, "kappa"],
-    fresh_modulation_accuracy=f_res.loc["paper B's way", "accuracy"],
-    fresh_text_modulation_accuracy=f_res.loc["circuits from text", "accuracy"],
-    fresh_plain_accuracy=f_res.loc["no intervention", "accuracy"],
     fresh_modulation_coherent=f_res.loc["paper B's way", "coherent"],
     fresh_text_modulation_coherent=f_res.loc["circuits from text", "coherent"],
-    **{f"{key}_{end}": f_res.loc[row, f"acc {end}"] for key, row in (
+    # accuracies with their intervals over replies
+    **{key: tuple(f_res.loc[row, ["accuracy", "acc lo", "acc hi"]]) for key, row in (
         ("fresh_modulation_accuracy", "paper B's way"), ("fresh_text_modulation_accuracy", "circuits from text"),
         ("pick_random_accuracy", "same push on random components (same layers)"),
-        ("fresh_plain_accuracy", "no intervention")) for end in ("lo", "hi")},
-    **{f"{key}_{end}": res.loc[row, f"acc {end}"] for key, row in (
+        ("fresh_plain_accuracy", "no intervention"))},
+    **{key: tuple(res.loc[row, ["accuracy", "acc lo", "acc hi"]]) for key, row in (
         ("modulation_accuracy", "circuit modulation"), ("steering_accuracy", "steering vector (directions)"),
         ("modulation_per_emotion_accuracy", "circuit modulation, a scale per emotion"),
         ("steering_per_emotion_accuracy", "steering vector, an alpha per emotion"),
         ("random_modulation_accuracy", "modulation of random components (same layers, same rule)"),
         ("prompting_accuracy", "prompting (instruction)"), ("plain_accuracy", "no intervention"),
-        ("modulation_greedy_accuracy", "circuit modulation, plain greedy"))
-       for end in ("lo", "hi")},
+        ("modulation_greedy_accuracy", "circuit modulation, plain greedy"))},
     # the whole-circuit drops' mean over emotions, with an interval over held-out scenarios
     **{f"{mode}_drop_{who}_{end}": v for (mode, who), drops in whole_by_scenario.items()
        for end, v in zip(("lo", "hi"), bootstrap_ci(np.mean(drops, 0), seed=SEED)[1:])},

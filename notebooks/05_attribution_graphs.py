@@ -53,9 +53,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # ```
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"
-QUICK = False
-FULL = False  # True: the largest samples (for a GPU)
+MODEL = "smollm2-135m"  # any name from `emocircuits models`
+QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 # "trained": train transcoders here (offline). Or a circuit-tracer-format set, per-layer or cross-layer:
 # a local folder or a hub id such as "mntss/clt-gemma-2-2b-426k" (README: which set fits which model)
@@ -709,22 +709,20 @@ final_token = ~clamp_table.index.str.endswith("every position")
 best_clamp = clamp_table[clamp_table.index.str.startswith("circuit = ") & final_token]
 headline = record(
     fve_mean=qual.fve.mean(), fve_min=qual.fve.min(), linear_fve_mean=qual.linear_fve.mean(),
-    l0_mean=qual.l0.mean(), dead_mean=qual.dead.mean(), dense_mean=qual.dense.mean(),
-    loss_clean=losses["clean"], loss_all_spliced=losses["all"], loss_increase=losses["all"] - losses["clean"],
-    n_persistent=len(persist), graph_seconds=graph.seconds, graph40_seconds=graph40_seconds,
-    graph_check=graph.check["max_abs_error"], error_influence_share=share_err,
-    circuit_size=len(circuit_feats), prompt_circuit_size=float(np.mean(sizes)), union_size=len(union_feats),
-    intersection_size=len(inter_feats), kl_circuit_4x=kl_circuit4, kl_control_4x=kl_control4,
-    empathy_unmodified=clamp_table.loc["unmodified", "empathy (1-5)"],
+    l0_mean=qual.l0.mean(), dead_mean=qual.dead.mean(), dense_mean=qual.dense.mean(), loss_clean=losses["clean"],
+    loss_all_spliced=losses["all"], loss_increase=losses["all"] - losses["clean"], n_persistent=len(persist),
+    graph_seconds=graph.seconds, graph40_seconds=graph40_seconds, graph_check=graph.check["max_abs_error"],
+    error_influence_share=share_err, circuit_size=len(circuit_feats), prompt_circuit_size=float(np.mean(sizes)),
+    union_size=len(union_feats), intersection_size=len(inter_feats), kl_circuit_4x=kl_circuit4,
+    kl_control_4x=kl_control4,
+    empathy_unmodified=tuple(clamp_table.loc["unmodified", ["empathy (1-5)", "lo", "hi"]]),
     empathy_best_clamp=best_clamp["empathy (1-5)"].max(),
     coherent_unmodified=clamp_table.loc["unmodified", "coherent"],
-    empathy_unmodified_lo=clamp_table.loc["unmodified", "lo"], empathy_unmodified_hi=clamp_table.loc["unmodified", "hi"],
-    empathy_unmodified_report=clamp_table.loc["unmodified", "reporting judge"], clamp_judges_rho=clamp_judges_rho,
-)
+    empathy_unmodified_report=clamp_table.loc["unmodified", "reporting judge"], clamp_judges_rho=clamp_judges_rho)
 for name, r in clamp_table.drop(index="unmodified").iterrows():  # "control = 4x its max, every position" -> clamp_control_4x_every_...
     slug = "clamp_" + name.replace(" its max", "").replace(", every position", " every").replace(" = ", "_").replace(" ", "_")
-    record(**{f"{slug}_empathy": r["empathy (1-5)"], f"{slug}_empathy_lo": r["lo"], f"{slug}_empathy_hi": r["hi"],
-              f"{slug}_empathy_report": r["reporting judge"], f"{slug}_coherent": r["coherent"]})
+    record(**{f"{slug}_empathy": tuple(r[["empathy (1-5)", "lo", "hi"]]), f"{slug}_empathy_report": r["reporting judge"],
+              f"{slug}_coherent": r["coherent"]})
 show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in headline.values()]}))
 
 # %% [markdown]

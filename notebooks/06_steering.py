@@ -54,9 +54,9 @@ if "google.colab" in sys.modules:  # pragma: no cover
 # ```
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"
-QUICK = False
-FULL = False  # True: the largest samples (for a GPU)
+MODEL = "smollm2-135m"  # any name from `emocircuits models`
+QUICK = False  # True: fewer items, for the test suite
+FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 
 # %%
@@ -422,19 +422,16 @@ unit_best = choosing.best_setting(unit_goal, chosen_on) if len(unit_goal) else p
 kw_top = kw[(kw.layer == top.layer) & (kw.positions == top.positions) & (kw.scale == top.scale)
             & (kw.alpha.abs() == a_top)]
 headline = record(
-    both_ways_best=top.share, both_ways_best_lo=top.share_lo, both_ways_best_hi=top.share_hi,
-    both_ways_best_coherent=top.coherent_share, both_ways_best_layer=top.layer, both_ways_best_alpha=a_top,
-    both_ways_best_chance=top.chance,
-    both_ways_confirmed=confirmed.share, both_ways_confirmed_lo=confirmed.share_lo,
-    both_ways_confirmed_hi=confirmed.share_hi, both_ways_confirmed_coherent=confirmed.coherent_share,
-    both_ways_confirmed_chance=confirmed.chance, both_ways_confirmed_report=confirmed_report,
-    both_ways_confirmed_judges_rho=confirmed_judges_rho,
+    both_ways_best=(top.share, top.share_lo, top.share_hi), both_ways_best_coherent=top.coherent_share,
+    both_ways_best_layer=top.layer, both_ways_best_alpha=a_top, both_ways_best_chance=top.chance,
+    both_ways_confirmed=(confirmed.share, confirmed.share_lo, confirmed.share_hi),
+    both_ways_confirmed_coherent=confirmed.coherent_share, both_ways_confirmed_chance=confirmed.chance,
+    both_ways_confirmed_report=confirmed_report, both_ways_confirmed_judges_rho=confirmed_judges_rho,
     keyword_success_best=kw_top["keyword success (paper A)"].mean(),
     coherent_alpha0=df[df.alpha == 0].coherent.mean(),
-    paper_a_grid_best=unit_best.share, paper_a_grid_best_lo=unit_best.share_lo,
-    paper_a_grid_best_hi=unit_best.share_hi, paper_a_grid_best_chance=unit_best.chance,
-    paper_a_grid_best_coherent=unit_best.coherent_share, paper_a_grid_best_alpha=unit_best.alpha,
-)
+    paper_a_grid_best=(unit_best.share, unit_best.share_lo, unit_best.share_hi),
+    paper_a_grid_best_chance=unit_best.chance, paper_a_grid_best_coherent=unit_best.coherent_share,
+    paper_a_grid_best_alpha=unit_best.alpha)
 pd.Series(headline).to_frame("value")
 
 # %% [markdown]
@@ -648,19 +645,15 @@ show_confirm(confirm)
 # %%
 pc = confirm.loc["persona direction"]
 persona_headline = record(
-    persona_gap=gap[0], persona_gap_lo=gap[1], persona_gap_hi=gap[2], persona_follows=follows[0],
-    persona_kept=kept.mean(), persona_eval_auroc=det.auroc, persona_eval_auroc_lo=det.auroc_ci[0],
-    persona_eval_auroc_hi=det.auroc_ci[1], persona_eval_auroc_alone=det_alone.auroc,
-    persona_eval_auroc_alone_lo=det_alone.auroc_ci[0], persona_eval_auroc_alone_hi=det_alone.auroc_ci[1],
-    persona_both_ways_best=p_top.share, persona_both_ways_best_lo=p_top.share_lo,
-    persona_both_ways_best_hi=p_top.share_hi, persona_both_ways_best_chance=p_top.chance,
-    persona_both_ways_best_coherent=p_top.coherent_share, persona_both_ways_best_alpha=p_a,
-    persona_confirmed=pc["moved both ways"], persona_confirmed_lo=pc.lo, persona_confirmed_hi=pc.hi,
+    persona_gap=gap, persona_follows=follows[0], persona_kept=kept.mean(),
+    persona_eval_auroc=(det.auroc, *det.auroc_ci), persona_eval_auroc_alone=(det_alone.auroc, *det_alone.auroc_ci),
+    persona_both_ways_best=(p_top.share, p_top.share_lo, p_top.share_hi),
+    persona_both_ways_best_chance=p_top.chance, persona_both_ways_best_coherent=p_top.coherent_share,
+    persona_both_ways_best_alpha=p_a, persona_confirmed=(pc["moved both ways"], pc.lo, pc.hi),
     persona_confirmed_chance=pc.chance, persona_confirmed_coherent=pc["coherent share"],
     persona_confirmed_report=pc["reporting judge"], persona_confirmed_judges_rho=pc["judges' rho"],
-    persona_confirmed_up=pc["success at +alpha"], persona_confirmed_up_lo=pc["+ lo"],
-    persona_confirmed_up_hi=pc["+ hi"], persona_confirmed_down=pc["success at -alpha"],
-    persona_confirmed_down_lo=pc["- lo"], persona_confirmed_down_hi=pc["- hi"],
+    persona_confirmed_up=(pc["success at +alpha"], pc["+ lo"], pc["+ hi"]),
+    persona_confirmed_down=(pc["success at -alpha"], pc["- lo"], pc["- hi"]),
     probe_same_setting_up=confirm.loc["probe direction", "success at +alpha"],
     probe_same_setting_down=confirm.loc["probe direction", "success at -alpha"],
     probe_same_setting_both=confirm.loc["probe direction", "moved both ways"])
@@ -815,14 +808,12 @@ for t in broken.text.head(3):
 # %%
 bs = b_rows.loc["sum of both"]
 sum_headline = record(
-    sum_cosine=sum_cosine, sum_best=b_top.share, sum_best_lo=b_top.share_lo, sum_best_hi=b_top.share_hi,
+    sum_cosine=sum_cosine, sum_best=(b_top.share, b_top.share_lo, b_top.share_hi),
     sum_best_coherent=b_top.coherent_share, sum_best_alpha=b_a, sum_best_chance=b_top.chance,
-    sum_confirmed=bs["moved both ways"], sum_confirmed_lo=bs.lo, sum_confirmed_hi=bs.hi,
-    sum_confirmed_chance=bs.chance, sum_confirmed_coherent=bs["coherent share"],
-    sum_confirmed_report=bs["reporting judge"], sum_confirmed_judges_rho=bs["judges' rho"],
-    sum_confirmed_up=bs["success at +alpha"], sum_confirmed_up_lo=bs["+ lo"], sum_confirmed_up_hi=bs["+ hi"],
-    sum_confirmed_down=bs["success at -alpha"], sum_confirmed_down_lo=bs["- lo"],
-    sum_confirmed_down_hi=bs["- hi"],
+    sum_confirmed=(bs["moved both ways"], bs.lo, bs.hi), sum_confirmed_chance=bs.chance,
+    sum_confirmed_coherent=bs["coherent share"], sum_confirmed_report=bs["reporting judge"],
+    sum_confirmed_judges_rho=bs["judges' rho"], sum_confirmed_up=(bs["success at +alpha"], bs["+ lo"], bs["+ hi"]),
+    sum_confirmed_down=(bs["success at -alpha"], bs["- lo"], bs["- hi"]),
     sum_probe_alone=b_rows.loc["probe direction alone", "moved both ways"],
     sum_probe_alone_coherent=b_rows.loc["probe direction alone", "coherent share"],
     sum_persona_alone=b_rows.loc["persona direction alone", "moved both ways"],
@@ -1058,10 +1049,10 @@ game_headline = record(
     game_layer=game_layer, game_success_pro=pro, game_success_anti=anti,
     game_success_both=float(game_success[game_success.alpha != 0].success.mean()),
     game_success_both_report=float(game_success_1to5[game_success_1to5.alpha != 0].success.mean()),
-    game_judges_rho=game_judges_rho,
-    game_level_top=top_row.score, game_level_0=base_row.score, game_level_bottom=low_row.score,
-    game_coherent_top=top_row.coherent_share, game_coherent_bottom=low_row.coherent_share,
-    game_probe_r=(game_r, *game_r_ci[1:]), game_probe_r_null=game_r_null)
+    game_judges_rho=game_judges_rho, game_level_top=top_row.score, game_level_0=base_row.score,
+    game_level_bottom=low_row.score, game_coherent_top=top_row.coherent_share,
+    game_coherent_bottom=low_row.coherent_share, game_probe_r=(game_r, *game_r_ci[1:]),
+    game_probe_r_null=game_r_null)
 
 # %% tags=["remove-input"]
 display(result(

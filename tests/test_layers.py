@@ -14,7 +14,7 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # must name it.
 LAYERS = (
     ("cache", "lexical", "page", "sites", "stats", "tables"),
-    ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
+    ("contributions", "datasets", "interventions", "sources", "models", "profiling", "readout", "results", "vectors"),
     ("activations", "circuits", "coherence", "judges", "protocol", "transcoders"),
     ("attribution", "causal", "choosing", "fidelity", "generation", "plots", "published", "staging", "training"),
     ("book", "clamping", "emotion_acts", "personas", "probes", "steering"),

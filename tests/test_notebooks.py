@@ -37,6 +37,34 @@ def test_pair_in_sync_and_without_outputs(src):
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_every_chapter_opens_with_the_shared_opening(src):
+    """The Colab cell, the GPU note and the common parameters are written once (emocircuits.sources) and
+    put into every chapter by `make sync`; a chapter edited by hand away from them fails here."""
+    from emocircuits.sources import with_opening
+
+    assert with_opening(src.read_text(), src.name) == src.read_text(), \
+        f"{src.name}: its opening differs from lib/emocircuits/sources.py: run `make sync`"
+
+
+def test_make_sync_writes_the_opening_and_keeps_the_chapters_own_parameters(tmp_path):
+    from emocircuits.sources import COLAB_CELL, COMMON_PARAMETERS, SourceError, with_opening, write_openings
+
+    text = (SOURCES[3].read_text().replace("work from the clone", "work from a clone")
+            .replace(COMMON_PARAMETERS, 'MODEL = "x"\nQUICK = False\n# the own knob\nKNOB = 3\nFULL = False\nSEED = 1\n'))
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "03_x.py").write_text(text)
+    assert write_openings(tmp_path) == [tmp_path / "notebooks" / "03_x.py"]
+    fixed = (tmp_path / "notebooks" / "03_x.py").read_text()
+    assert COLAB_CELL in fixed and COMMON_PARAMETERS + "# the own knob\nKNOB = 3\n" in fixed
+    assert 'MODEL = "x"' not in fixed and "SEED = 1" not in fixed
+    assert write_openings(tmp_path) == []  # written once: a second pass changes nothing
+    with pytest.raises(SourceError, match="03_y.py: its first cell is not the Colab cell"):
+        with_opening(fixed.replace("google.colab", "elsewhere"), "03_y.py")
+    with pytest.raises(SourceError, match="one GPU-note cell and one parameters cell, found 0 and 1"):
+        with_opening(fixed.replace("{include} ../book/_gpu.md", "{include} x.md"), "03_y.py")
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
 def test_parameters_cell(src):
     nb = jupytext.read(src)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
