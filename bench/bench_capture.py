@@ -394,7 +394,7 @@ def _env(name: str, value: str):
 def load_item(model: str, device: torch.device, warm_repeats: int = 3) -> dict:
     """Cold GGUF load (once, empty cache folder) and warm loads from that cache."""
     from emocircuits import load_model
-    from emocircuits.models import get_spec
+    from emocircuits.registry import get_spec
 
     def timed_load() -> tuple[float, float]:
         with PeakMemory(device) as mem:

@@ -75,6 +75,7 @@ from scipy.stats import spearmanr
 from emocircuits import attribution as A
 from emocircuits import clamping as C
 from emocircuits import datasets as ds
+from emocircuits import features
 from emocircuits import fidelity
 from emocircuits import judges as J
 from emocircuits import load_model
@@ -86,7 +87,7 @@ from emocircuits.coherence import coherence
 from emocircuits.datasets import DATA_DIR
 from emocircuits.generation import generate
 from emocircuits.page import result
-from emocircuits.plots import setup_style
+from emocircuits.plots import plot_graph, setup_style
 from emocircuits.results import PAPER_C_CLAMP
 from emocircuits.stats import bootstrap_ci
 from emocircuits.tables import interval, show
@@ -272,9 +273,9 @@ emp_ids = generate(lm, [u for _, u in pairs], system=[s for s, _ in pairs], max_
                    seed=SEED, return_ids=True, batch_size=16)
 neu_prompts = [lm.chat_prompt(u, NEUTRAL) for u in SITUATIONS]
 neu_ids = generate(lm, SITUATIONS, system=NEUTRAL, max_new_tokens=new_tok, seed=SEED, return_ids=True)
-emp_act = A.step_activity(lm, tset, emp_prompts, emp_ids)
-neu_act = A.step_activity(lm, tset, neu_prompts, neu_ids)
-persist = A.persistent(emp_act, threshold=1.0)
+emp_act = features.step_activity(lm, tset, emp_prompts, emp_ids)
+neu_act = features.step_activity(lm, tset, neu_prompts, neu_ids)
+persist = features.persistent(emp_act, threshold=1.0)
 print(f"{len(pairs)} empathetic replies, {sum(map(len, emp_ids))} generation steps; "
       f"features on at every step of every reply: {len(persist)}")
 rows = []
@@ -307,11 +308,11 @@ for (s, u), ids in list(zip(pairs, emp_ids))[:3]:
 
 # %%
 chosen = [tuple(map(int, n)) for n in persist_table.head(3)[["layer", "feature"]].to_numpy()]
-contexts = A.top_contexts(lm, tset, chosen, held + [lm.chat_prompt(u) for u in SITUATIONS], top=3)
+contexts = features.top_contexts(lm, tset, chosen, held + [lm.chat_prompt(u) for u in SITUATIONS], top=3)
 
 
 def card(la, f):
-    lens = A.token_lens(lm, tset[la], f, top=6)
+    lens = features.token_lens(lm, tset[la], f, top=6)
     ctx = contexts[(la, f)]
     return {"feature": f"L{la}/F{f}", "reads": " ".join(repr(t) for t, _ in lens["reads"]),
             "writes": " ".join(repr(t) for t, _ in lens["writes"]),
@@ -384,8 +385,8 @@ share_err = graph.influence[len(graph.features):graph.token_index(0)].sum() / gr
 print(f"share of influence on the logit through error nodes: {share_err:.1%} "
       f"(the part of the computation the transcoders do not explain)")
 top_nodes = sorted(range(len(graph.features)), key=lambda i: -graph.influence[i])[:8]
-names = A.feature_labels(lm, tset, [graph.features[i][::2] for i in top_nodes], held)  # (layer, feature) pairs
-A.plot_graph(graph, kept, labels=names)
+names = features.feature_labels(lm, tset, [graph.features[i][::2] for i in top_nodes], held)  # (layer, feature) pairs
+plot_graph(graph, kept, labels=names)
 plt.tight_layout()
 plt.show()
 
@@ -443,7 +444,7 @@ if circuit0.seeded_by == "graph":
 rows = []
 for step, nodes in enumerate(grown):
     for la, p, f, eff in nodes:
-        lens = A.token_lens(lm, tset[la], f, top=3)
+        lens = features.token_lens(lm, tset[la], f, top=3)
         rows.append({"step": step, "node": f"L{la}/F{f}@{p}", "token": ctx0.tokens[p],
                      "share of its input from previous step": eff if step else float("nan"),
                      "writes": " ".join(repr(t) for t, _ in lens["writes"])})

@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from emocircuits.models import load_model  # noqa: E402
+from emocircuits.models import load_model
 
 from testkit import TINY_KINDS, make_tiny  # noqa: E402
 

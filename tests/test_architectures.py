@@ -14,11 +14,12 @@ import json
 import pytest
 import torch
 
-from emocircuits import models
+from emocircuits import registry
 from emocircuits.activations import capture
 from emocircuits.generation import forward, generate
 from emocircuits.interventions import Add, Scale, Set
-from emocircuits.models import ModelError, load_model
+from emocircuits.models import load_model
+from emocircuits.registry import ModelError
 
 from testkit import TINY_KINDS, hand_run_from, make_tiny
 
@@ -129,8 +130,8 @@ def test_a_saved_model_folder_loads_with_its_layout_read_from_its_class(kind, tm
     want = {"phi3": "phi3", "gemma": "gemma", "gemma2": "gemma"}.get(kind, "llama")
     assert lm.arch == want and lm.name == str(tmp_path / kind) and lm.n_layers == 3
     assert lm.logit_softcap == (2.0 if kind == "gemma2" else None)
-    models.REGISTRY.pop(str(tmp_path / kind))
-    models.REGISTRY.pop(f"registered-{kind}")
+    registry.REGISTRY.pop(str(tmp_path / kind))
+    registry.REGISTRY.pop(f"registered-{kind}")
 
 
 def test_models_that_cannot_load_are_named_with_what_is_accepted(tmp_path):
@@ -147,11 +148,11 @@ def test_models_that_cannot_load_are_named_with_what_is_accepted(tmp_path):
         load_model("nope", device="cpu")
     # a registry entry whose declared layout disagrees with the class it loads is refused
     make_tiny(tmp_path / "phi", "phi3", name="mislabelled")
-    models.register_model(models.ModelSpec("mislabelled", "hub", str(tmp_path / "phi"), "llama", 3, 64, 1e-4, True))
+    registry.register_model(registry.ModelSpec("mislabelled", "hub", str(tmp_path / "phi"), "llama", 3, 64, 1e-4, True))
     with pytest.raises(ModelError, match=r"is a Phi3ForCausalLM, whose layout is phi3; its entry says 'llama'"):
         load_model("mislabelled", device="cpu")
-    models.REGISTRY.pop("mislabelled")
-    models.REGISTRY.pop(str(tmp_path / "phi"), None)
+    registry.REGISTRY.pop("mislabelled")
+    registry.REGISTRY.pop(str(tmp_path / "phi"), None)
 
 
 @pytest.mark.parametrize("kind", ["phi3", "gemma2"])
@@ -167,5 +168,5 @@ def test_the_probe_command_takes_a_model_folder(kind, tmp_path):
     probe = load_probe(out)
     assert probe.model == str(tmp_path / kind) and set(probe.layers) == {0, 2}
     assert json.loads((out / "metrics.json").read_text())["best_layer"] in (0, 2)
-    models.REGISTRY.pop(str(tmp_path / kind), None)
-    models.REGISTRY.pop(f"cli-{kind}", None)
+    registry.REGISTRY.pop(str(tmp_path / kind), None)
+    registry.REGISTRY.pop(f"cli-{kind}", None)

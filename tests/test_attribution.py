@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from emocircuits import attribution as A
+from emocircuits import features
 from emocircuits import fidelity
+from emocircuits import plots
 from emocircuits import training
 from emocircuits import transcoders as T
 from emocircuits.activations import capture
@@ -270,7 +272,7 @@ def test_step_activity_and_persistence(tiny_llama, tmp_path):
     ts = training.train(tiny_llama, CORPUS, training.TrainSettings(**SETTINGS), folder=tmp_path / "tc", progress=False)
     prompts = [CORPUS[0], CORPUS[1]]
     replies = [tiny_llama.tokenizer.encode(" and more", add_special_tokens=False)] * 2
-    act = A.step_activity(tiny_llama, ts, prompts, replies)
+    act = features.step_activity(tiny_llama, ts, prompts, replies)
     assert set(act) == {0, 1, 2} and act[0].shape == (2, 96)
     assert np.all((act[1] >= 0) & (act[1] <= 1))
     # the feature of highest share: recomputed by hand at the steps of reply 0
@@ -279,7 +281,7 @@ def test_step_activity_and_persistence(tiny_llama, tmp_path):
     full = capture(tiny_llama, [prompts[0] + " and more"], ["mlp_in.1"], pooling="none", progress=False)["mlp_in.1"][0]
     f = ts[1].encode(full[n - 1:n - 1 + len(replies[0])])
     np.testing.assert_allclose(act[1][0], (f > 0).float().mean(0).numpy(), atol=1e-6)
-    rows = A.persistent(act, threshold=1.0)
+    rows = features.persistent(act, threshold=1.0)
     for la, feat, lo, mean in rows:
         assert lo == pytest.approx(1.0) and act[la][:, feat].min() == pytest.approx(1.0)
 
@@ -290,15 +292,15 @@ def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
     acts = capture(tiny_llama, texts, ["mlp_in.1"], pooling="none", progress=False)["mlp_in.1"]
     f = [ts[1].encode(x)[1:] for x in acts]  # first token left out
     feat = int(torch.stack([a.max(0).values for a in f]).max(0).values.argmax())
-    got = A.top_contexts(tiny_llama, ts, [(1, feat)], texts, top=2)[(1, feat)]
+    got = features.top_contexts(tiny_llama, ts, [(1, feat)], texts, top=2)[(1, feat)]
     best = sorted((float(a[:, feat].max()), i) for i, a in enumerate(f))[::-1][:2]
     assert [g["text_index"] for g in got] == [i for _, i in best]
     assert got[0]["activation"] == pytest.approx(best[0][0], rel=1e-4)
-    lens = A.token_lens(tiny_llama, ts[1], feat, top=3)
+    lens = features.token_lens(tiny_llama, ts[1], feat, top=3)
     assert set(lens) == {"reads", "writes", "suppresses"} and len(lens["writes"]) == 3
     assert lens["writes"][0][1] >= lens["writes"][-1][1]
     with pytest.raises(A.AttributionError, match="not in the transcoder set"):
-        A.top_contexts(tiny_llama, ts, [(7, 0)], texts)
+        features.top_contexts(tiny_llama, ts, [(7, 0)], texts)
 
 
 def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_llama, tmp_path):
@@ -334,9 +336,9 @@ def test_the_graph_picture_draws_kept_positions_sums_errors_per_layer_and_names_
     feats = [i for i in np.nonzero(kept["nodes"][:nf])[0]]
     top = max(feats, key=lambda i: g.influence[i])
     la, _, f, _ = g.features[top]
-    labels = A.feature_labels(tiny_llama, ts, [(la, f)], CORPUS[:6])
+    labels = features.feature_labels(tiny_llama, ts, [(la, f)], CORPUS[:6])
     assert labels[(la, f)].startswith(f"L{la} F{f}: ")
-    ax = A.plot_graph(g, kept, labels=labels)
+    ax = plots.plot_graph(g, kept, labels=labels)
     positions = {g.node_xy(int(i))[0] for i in np.nonzero(kept["nodes"])[0] if not nf <= i < nf + g.n_layers * g.n_tok}
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert len(ticks) == len(positions) + 1 and ticks[-1] == "errors, summed"  # one column per kept position

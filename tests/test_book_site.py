@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from emocircuits import colab
-from emocircuits.models import bundled_packages
+from emocircuits.registry import bundled_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -127,7 +127,7 @@ def test_every_chapter_includes_the_gpu_admonition_which_names_every_hub_model()
         assert any("{include} ../book/_gpu.md" in s for s in md[:3]), f"{src.name} lacks the GPU admonition"
     text = (ROOT / "book" / "_gpu.md").read_text()
     # the registry as a fresh import ships it (tests register tiny models of their own)
-    shipped = subprocess.run([sys.executable, "-c", "from emocircuits.models import REGISTRY; "
+    shipped = subprocess.run([sys.executable, "-c", "from emocircuits.registry import REGISTRY; "
                               "print(*[n for n, s in REGISTRY.items() if s.source == 'hub'])"],
                              capture_output=True, text=True, check=True).stdout.split()
     assert shipped, "the registry names no hub model"

@@ -9,6 +9,7 @@ import torch
 
 from emocircuits import attribution as A
 from emocircuits import clamping as C
+from emocircuits import features
 from emocircuits import training
 from emocircuits.activations import capture
 from emocircuits.generation import forward, generate
@@ -114,7 +115,7 @@ class _StubJudge:
 
 def test_about_feelings_keeps_features_whose_top_windows_read_as_emotional(tiny_llama, tset):
     feats = [(1, f) for f in range(12)]
-    ctxs = A.top_contexts(tiny_llama, tset, feats, CORPUS, top=3, width=12)
+    ctxs = features.top_contexts(tiny_llama, tset, feats, CORPUS, top=3, width=12)
     word = next(c["token"].strip() for n in feats for c in ctxs[n] if c["token"].strip())
     kept = C.about_feelings(tiny_llama, tset, feats, CORPUS, _StubJudge(word), top=3, width=12, threshold=0.5)
     want = [n for n in feats if ctxs[n] and np.mean([word in (c["before"] + c["token"]) for c in ctxs[n]]) >= 0.5]

@@ -12,7 +12,8 @@ import torch
 from emocircuits.activations import all_layers, capture
 from emocircuits.generation import forward, generate
 from emocircuits.interventions import Add
-from emocircuits.models import REGISTRY, load_model
+from emocircuits.models import load_model
+from emocircuits.registry import REGISTRY
 
 from testkit import hand_run_from, make_tiny
 

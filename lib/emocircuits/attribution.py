@@ -1,4 +1,4 @@
-"""Attribution graphs over transcoder features, persistent features, circuit growth (chapter 05).
+"""Attribution graphs over transcoder features, and circuits grown through them (chapter 05).
 
 The *replacement model* runs one prompt with every MLP replaced by its
 transcoder plus an error term (what the transcoder misses), with the
@@ -15,26 +15,29 @@ Nodes: active features at positions 1.. (position 0, the BOS token, is left
 whole to its error node, as in the transcoder-circuits literature), one error
 node per (layer, position), one node per input token, and the target logit
 (the logit of a token minus the mean logit).
+
+Reading features (top contexts, token lens, labels, persistence) is in :mod:`.features`; drawing a graph
+is :func:`emocircuits.plots.plot_graph`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .transcoders import TranscoderSet, first_left_out, mlp_io
+from .transcoders import TranscoderSet
 
 
 class AttributionError(ValueError):
     pass
 
 
-def _norm_weight(lm, norm) -> torch.Tensor:
+def norm_weight(lm, norm) -> torch.Tensor:
     """The effective elementwise weight of an RMSNorm module (the layout's ``norm_offset + weight``: Gemma
     stores ``weight - 1``)."""
     return lm.layout.norm_offset + norm.weight.detach().float()
@@ -180,9 +183,9 @@ def _weights(ctx: Context):
         if lay.v_fused:
             Wv, bv = Wv[-n_v:], None if bv is None else bv[-n_v:]
         ws.append(dict(
-            w_in=_norm_weight(lm, b.input_layernorm),
-            w_mid=_norm_weight(lm, lm.hf_part(la, lay.mlp_in_norm)),
-            w_attn=_norm_weight(lm, lm.hf_part(la, lay.attn_out_norm)) if lay.attn_out_norm else None,
+            w_in=norm_weight(lm, b.input_layernorm),
+            w_mid=norm_weight(lm, lm.hf_part(la, lay.mlp_in_norm)),
+            w_attn=norm_weight(lm, lm.hf_part(la, lay.attn_out_norm)) if lay.attn_out_norm else None,
             Wv=Wv, bv=bv,
             Wo=op.weight.detach().float().cpu(),
             bo=None if op.bias is None else op.bias.detach().float().cpu(),
@@ -192,7 +195,7 @@ def _weights(ctx: Context):
             bias=_bias_rows(ctx.tset[la], ctx.n_tok),
             W_skip=None if ctx.tset[la].W_skip is None else ctx.tset[la].W_skip.detach().float()))
     W_U = lm.hf.get_output_embeddings().weight.detach().float().cpu()
-    ctx._w = dict(layers=ws, w_fin=_norm_weight(lm, lm.hf.model.norm).cpu(), W_U=W_U,
+    ctx._w = dict(layers=ws, w_fin=norm_weight(lm, lm.hf.model.norm).cpu(), W_U=W_U,
                   reads_resid=ctx.tset.input_site == "resid_mid")
     return ctx._w
 
@@ -547,204 +550,3 @@ def grow(ctx: Context, seed: tuple[int, int, int], k: int = 5, steps: int = 3,
         frontier = [n for n, _ in picks]
         chosen.update(frontier)
     return out
-
-
-# ---------------------------------------------------------------------------
-# features across generation steps, and what a feature reads and writes
-
-
-def step_activity(lm, tset: TranscoderSet, prompts: Sequence[str], replies_ids: Sequence[Sequence[int]],
-                  batch_size: int = 8) -> dict[int, np.ndarray]:
-    """For each layer, ``[n_replies, n_features]``: the share of a reply's generation steps where a feature
-    is active. A step is the position whose output chose the next reply token (the last prompt token,
-    then every reply token but the last)."""
-    if len(prompts) != len(replies_ids):
-        raise AttributionError(f"{len(prompts)} prompts for {len(replies_ids)} replies")
-    layers = sorted(tset)
-    out = {la: np.zeros((len(prompts), tset[la].cfg.n_features), dtype=np.float32) for la in layers}
-    tok = lm.tokenizer
-    for j in range(0, len(prompts), batch_size):
-        texts, spans = [], []
-        for prompt, rid in zip(prompts[j:j + batch_size], replies_ids[j:j + batch_size]):
-            n_prompt = len(lm.encode([prompt])["input_ids"][0])
-            texts.append(prompt + tok.decode(list(rid)))
-            spans.append((n_prompt - 1, n_prompt - 1 + max(len(rid), 1)))
-        xin, _, mask, ids = mlp_io(lm, texts, layers, max_length=None, input_site=tset.input_site)
-        for la in layers:
-            for r, (a, b) in enumerate(spans):
-                b = min(b, int(mask[r].sum()))
-                with torch.no_grad():
-                    f = tset[la].encode(xin[la][r, a:b].float().cpu())
-                out[la][j + r] = (f > 0).float().mean(0).numpy()
-    return out
-
-
-def persistent(activity: dict[int, np.ndarray], threshold: float = 1.0) -> list[tuple[int, int, float, float]]:
-    """Features active in at least ``threshold`` of the steps of *every* reply, as
-    ``(layer, feature, min share over replies, mean share)``, most persistent first."""
-    rows = []
-    for la, a in activity.items():
-        lo = a.min(0)
-        for f in np.nonzero(lo >= threshold - 1e-9)[0]:
-            rows.append((la, int(f), float(lo[f]), float(a[:, f].mean())))
-    return sorted(rows, key=lambda r: (-r[2], -r[3], r[0], r[1]))
-
-
-def token_lens(lm, tc, feature: int, top: int = 8) -> dict[str, list[tuple[str, float]]]:
-    """Top tokens a feature reads from the embedding directly and writes toward the unembedding.
-
-    De-embedding: ``W_enc[f] . (w_norm * e_t / rms(e_t))`` over the vocabulary (the direct path from a
-    token's embedding, ignoring attention and earlier layers). Unembedding: ``(w_final * W_dec[f]) @ W_U.T``
-    (a cross-layer feature: its decoder into its own layer).
-    """
-    if not 0 <= feature < tc.cfg.n_features:
-        raise AttributionError(f"feature {feature} out of range 0..{tc.cfg.n_features - 1}")
-    hf = lm.hf
-    E = hf.get_input_embeddings().weight.detach().float().cpu()
-    if lm.layout.embed_scale:
-        E = E * float(lm.d_model) ** 0.5
-    if tc.cfg.input_site == "resid_mid":  # the transcoder reads the residual stream itself
-        e_n = E
-    else:
-        mid = lm.hf_part(tc.cfg.layer, lm.layout.mlp_in_norm)
-        e_n = E * torch.rsqrt(E.pow(2).mean(-1, keepdim=True) + 1e-6) * _norm_weight(lm, mid).cpu()
-    de = e_n @ tc.W_enc[feature].detach().float()
-    W_U = hf.get_output_embeddings().weight.detach().float().cpu()
-    un = W_U @ (tc.W_dec[feature].detach().float() * _norm_weight(lm, hf.model.norm).cpu())
-    tok = lm.tokenizer
-
-    def best(v):
-        idx = torch.topk(v, top).indices
-        return [(tok.decode([int(i)]), float(v[i])) for i in idx]
-
-    return {"reads": best(de), "writes": best(un), "suppresses": best(-un)}
-
-
-def top_contexts(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], texts: Sequence[str], top: int = 5,
-                 width: int = 8, batch_size: int = 16) -> dict[tuple[int, int], list[dict]]:
-    """For each ``(layer, feature)``, the ``top`` texts where it is most active (one position per text, the
-    first token left out), with ``width`` tokens of context before it. One pass over ``texts`` for all."""
-    nodes = [(int(la), int(f)) for la, f in nodes]
-    for la, f in nodes:
-        if la not in tset or not 0 <= f < tset[la].cfg.n_features:
-            raise AttributionError(f"node (layer {la}, feature {f}) is not in the transcoder set")
-    layers = sorted({la for la, _ in nodes})
-    best: dict = {n: [] for n in nodes}
-    toks: dict[int, list[int]] = {}
-    for j in range(0, len(texts), batch_size):
-        xin, _, mask, ids = mlp_io(lm, list(texts[j:j + batch_size]), layers, max_length=128,
-                                   input_site=tset.input_site)
-        keep = first_left_out(mask).cpu()
-        for r in range(ids.shape[0]):
-            toks[j + r] = ids[r][mask[r]].tolist()
-        for la in layers:
-            with torch.no_grad():
-                acts = tset[la].encode(xin[la].float().cpu())
-            for n in (n for n in nodes if n[0] == la):
-                a = acts[..., n[1]].masked_fill(~keep, 0.0)
-                v, p = a.max(1)
-                best[n] += [(float(v[r]), j + r, int(p[r])) for r in range(a.shape[0]) if float(v[r]) > 0]
-    out = {}
-    for n, rows in best.items():
-        rows.sort(key=lambda t: -t[0])
-        out[n] = [{"activation": v, "before": lm.tokenizer.decode(toks[r][max(0, p - width):p]),
-                   "token": lm.tokenizer.decode([toks[r][p]]), "text_index": r} for v, r, p in rows[:top]]
-    return out
-
-
-# ---------------------------------------------------------------------------
-# picture
-
-
-def feature_labels(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], texts: Sequence[str],
-                   top: int = 3) -> dict[tuple[int, int], str]:
-    """``{(layer, feature): "L3 F120: ' sorry' / ' feel'"}``: each feature named by the distinct tokens it is
-    most active on in ``texts`` (:func:`top_contexts`, one pass for all), for labelling a graph."""
-    out = {}
-    for (la, f), rows in top_contexts(lm, tset, nodes, texts, top=top).items():
-        toks = list(dict.fromkeys(repr(r["token"]) for r in rows))
-        out[(la, f)] = f"L{la} F{f}: " + (" / ".join(toks) if toks else "(inactive)")
-    return out
-
-
-def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300,
-               labels: Mapping[tuple[int, int], str] | None = None, n_labels: int = 8):
-    """Draw the pruned graph, readable at a glance.
-
-    Only the token positions that hold a kept node are drawn, one column each, with their tokens as labels;
-    layers go up. Feature nodes are violet, sized by influence on the logit, and the ``n_labels`` most
-    influential are numbered and named, beside the picture, by ``labels`` (``{(layer, feature): text}``, e.g.
-    :func:`feature_labels`). Error
-    nodes, what the transcoders miss, are summed per layer into one grey diamond in the right-hand column,
-    sized by their share of influence; the edges into and out of them are not drawn. Edge width follows
-    |direct effect|, orange positive and blue negative; a legend says so.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    ax = ax or plt.subplots(figsize=(12, 7))[1]
-    nf, L, T = len(graph.features), graph.n_layers, graph.n_tok
-    nodes = [int(i) for i in np.nonzero(kept["nodes"])[0]]
-    is_error = [nf <= i < nf + L * T for i in nodes]
-    drawn = [i for i, e in zip(nodes, is_error) if not e]
-    columns = sorted({graph.node_xy(i)[0] for i in drawn})
-    col = {p: c for c, p in enumerate(columns)}
-    slot: dict = {}
-    xy = {}
-    for i in drawn:  # spread the nodes that share a (position, layer) cell
-        x, y = graph.node_xy(i)
-        n = slot.get((x, y), 0)
-        slot[(x, y)] = n + 1
-        xy[i] = (col[x] + 0.14 * n - 0.3 * (n > 0), y + 0.1 * (n % 3))
-    t, s = np.nonzero(kept["edges"])
-    w = graph.adjacency[t, s]
-    order = [j for j in np.argsort(-np.abs(w)) if int(s[j]) in xy and int(t[j]) in xy][:max_edges]
-    wmax = float(np.abs(w[order]).max()) if order else 1.0
-    for j in order[::-1]:
-        (xa, ya), (xb, yb) = xy[int(s[j])], xy[int(t[j])]
-        ax.plot([xa, xb], [ya, yb], color="#d95f02" if w[j] > 0 else "#1f78b4",
-                lw=0.3 + 3 * abs(w[j]) / wmax, alpha=0.25 + 0.6 * abs(w[j]) / wmax, zorder=1)
-    infl = graph.influence
-    imax = float(infl[:nf].max()) if nf and infl[:nf].max() > 0 else 1.0
-    feats = [i for i in drawn if i < nf]
-    for i in feats:
-        ax.scatter(*xy[i], s=20 + 180 * infl[i] / imax, color="#7570b3", zorder=3)
-    named = []
-    for k, i in enumerate(sorted(feats, key=lambda i: -infl[i])[:n_labels if labels else 0], start=1):
-        la, _, f, _ = graph.features[i]  # a number by the node, its name in the list beside the picture
-        ax.annotate(str(k), xy[i], xytext=(-9 if k % 2 else 5, 2), textcoords="offset points", fontsize=8,
-                    fontweight="bold", color="#3f3a7a", zorder=4)
-        named.append(f"{k}  {labels.get((la, f), f'L{la} F{f}')}")
-    if named:
-        ax.text(1.03, 1.0, "most influential features\n(tokens they fire on most)\n\n" + "\n".join(named),
-                transform=ax.transAxes, va="top", ha="left", fontsize=8, color="#3f3a7a")
-    for i in drawn:
-        if i == graph.logit_index:
-            ax.scatter(*xy[i], s=180, marker="*", color="#e7298a", zorder=3)
-            ax.annotate(f"logit {graph.target!r}", xy[i], xytext=(5, 5), textcoords="offset points", fontsize=9)
-        elif i >= nf:
-            ax.scatter(*xy[i], s=40, marker="s", color="#1b9e77", zorder=3)
-    err = np.array([infl[nf + la * T: nf + (la + 1) * T].sum() for la in range(L)]) if len(infl) else np.zeros(L)
-    total = float(infl.sum()) or 1.0
-    x_err = len(columns) + 0.5
-    for la in range(L):
-        if err[la] > 0:
-            ax.scatter(x_err, la, s=20 + 400 * err[la] / total, marker="D", color="#999999", zorder=3)
-    ax.axvline(len(columns) - 0.25, color="#dddddd", lw=1, zorder=0)
-    ax.set_xticks(list(range(len(columns))) + [x_err])
-    ax.set_xticklabels([repr(graph.tokens[p])[1:-1][:14] for p in columns] + ["errors, summed"],
-                       rotation=45, ha="right", fontsize=9)
-    ax.set_xlim(-0.8, x_err + 0.8)
-    ax.set_ylabel("layer (tokens at -1)")
-    ax.set_ylim(-1.6, L + 0.8)
-    share = float(err.sum()) / total
-    ax.set_title(f"Attribution graph for {graph.target!r}: {len(feats)} features, {len(order)} edges drawn; "
-                 f"error nodes carry {share:.0%} of the influence")
-    handles = [Line2D([], [], color="#d95f02", lw=2, label="edge: raises its target"),
-               Line2D([], [], color="#1f78b4", lw=2, label="edge: lowers its target"),
-               Line2D([], [], ls="", marker="o", color="#7570b3", label="feature (size: influence)"),
-               Line2D([], [], ls="", marker="D", color="#999999", label="error nodes of a layer, summed"),
-               Line2D([], [], ls="", marker="s", color="#1b9e77", label="input token"),
-               Line2D([], [], ls="", marker="*", color="#e7298a", ms=10, label="target logit")]
-    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
-    return ax

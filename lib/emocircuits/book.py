@@ -48,7 +48,8 @@ from typing import Sequence
 
 from . import profiling
 from .cache import atomic_write_text, file_lock, stable_hash
-from .models import DEFAULT_MODEL, bundled_packages, load_model
+from .models import load_model
+from .registry import DEFAULT_MODEL, bundled_packages
 from .staging import stage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ def chapters(root: Path = ROOT) -> list[Path]:
 
 
 # The packages whose version can change a chapter's output (the bundled models' and the encoder's are added
-# from models.bundled_packages, which pins them).
+# from registry.bundled_packages, which pins them).
 KEY_PACKAGES = ("torch", "transformers", "nnsight", "sentence-transformers", "scikit-learn", "numpy", "safetensors")
 
 

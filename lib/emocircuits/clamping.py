@@ -16,10 +16,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .attribution import AttributionError, Context, attribution_graph, grow, prepare, top_contexts
+from .attribution import AttributionError, Context, attribution_graph, grow, prepare
+from .features import top_contexts
 from .interventions import Transcode, check_positions
-from .judges import LABELS
 from .generation import forward
+from .judges import LABELS
 from .transcoders import TranscoderSet
 
 Feature = tuple[int, int]  # (layer, feature)

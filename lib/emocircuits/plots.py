@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
 from .activations import capture
+from .attribution import Graph
 
 PALETTE = "colorblind"
 
@@ -144,3 +146,86 @@ def neuron_view(lm, texts: Sequence[str], neurons: Sequence[tuple[int, int]], la
     tokens, values = neuron_token_values(lm, texts, neurons, clip_quantile)
     labels = list(labels) if labels is not None else [f"L{layer} N{index}" for layer, index in neurons]
     return HTML(cv.tokens.colored_tokens_multi(tokens, values, labels=labels).local_src)
+
+
+def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300,
+               labels: Mapping[tuple[int, int], str] | None = None, n_labels: int = 8):
+    """Draw the pruned graph, readable at a glance.
+
+    Only the token positions that hold a kept node are drawn, one column each, with their tokens as labels;
+    layers go up. Feature nodes are violet, sized by influence on the logit, and the ``n_labels`` most
+    influential are numbered and named, beside the picture, by ``labels`` (``{(layer, feature): text}``, e.g.
+    :func:`feature_labels`). Error
+    nodes, what the transcoders miss, are summed per layer into one grey diamond in the right-hand column,
+    sized by their share of influence; the edges into and out of them are not drawn. Edge width follows
+    |direct effect|, orange positive and blue negative; a legend says so.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    ax = ax or plt.subplots(figsize=(12, 7))[1]
+    nf, L, T = len(graph.features), graph.n_layers, graph.n_tok
+    nodes = [int(i) for i in np.nonzero(kept["nodes"])[0]]
+    is_error = [nf <= i < nf + L * T for i in nodes]
+    drawn = [i for i, e in zip(nodes, is_error) if not e]
+    columns = sorted({graph.node_xy(i)[0] for i in drawn})
+    col = {p: c for c, p in enumerate(columns)}
+    slot: dict = {}
+    xy = {}
+    for i in drawn:  # spread the nodes that share a (position, layer) cell
+        x, y = graph.node_xy(i)
+        n = slot.get((x, y), 0)
+        slot[(x, y)] = n + 1
+        xy[i] = (col[x] + 0.14 * n - 0.3 * (n > 0), y + 0.1 * (n % 3))
+    t, s = np.nonzero(kept["edges"])
+    w = graph.adjacency[t, s]
+    order = [j for j in np.argsort(-np.abs(w)) if int(s[j]) in xy and int(t[j]) in xy][:max_edges]
+    wmax = float(np.abs(w[order]).max()) if order else 1.0
+    for j in order[::-1]:
+        (xa, ya), (xb, yb) = xy[int(s[j])], xy[int(t[j])]
+        ax.plot([xa, xb], [ya, yb], color="#d95f02" if w[j] > 0 else "#1f78b4",
+                lw=0.3 + 3 * abs(w[j]) / wmax, alpha=0.25 + 0.6 * abs(w[j]) / wmax, zorder=1)
+    infl = graph.influence
+    imax = float(infl[:nf].max()) if nf and infl[:nf].max() > 0 else 1.0
+    feats = [i for i in drawn if i < nf]
+    for i in feats:
+        ax.scatter(*xy[i], s=20 + 180 * infl[i] / imax, color="#7570b3", zorder=3)
+    named = []
+    for k, i in enumerate(sorted(feats, key=lambda i: -infl[i])[:n_labels if labels else 0], start=1):
+        la, _, f, _ = graph.features[i]  # a number by the node, its name in the list beside the picture
+        ax.annotate(str(k), xy[i], xytext=(-9 if k % 2 else 5, 2), textcoords="offset points", fontsize=8,
+                    fontweight="bold", color="#3f3a7a", zorder=4)
+        named.append(f"{k}  {labels.get((la, f), f'L{la} F{f}')}")
+    if named:
+        ax.text(1.03, 1.0, "most influential features\n(tokens they fire on most)\n\n" + "\n".join(named),
+                transform=ax.transAxes, va="top", ha="left", fontsize=8, color="#3f3a7a")
+    for i in drawn:
+        if i == graph.logit_index:
+            ax.scatter(*xy[i], s=180, marker="*", color="#e7298a", zorder=3)
+            ax.annotate(f"logit {graph.target!r}", xy[i], xytext=(5, 5), textcoords="offset points", fontsize=9)
+        elif i >= nf:
+            ax.scatter(*xy[i], s=40, marker="s", color="#1b9e77", zorder=3)
+    err = np.array([infl[nf + la * T: nf + (la + 1) * T].sum() for la in range(L)]) if len(infl) else np.zeros(L)
+    total = float(infl.sum()) or 1.0
+    x_err = len(columns) + 0.5
+    for la in range(L):
+        if err[la] > 0:
+            ax.scatter(x_err, la, s=20 + 400 * err[la] / total, marker="D", color="#999999", zorder=3)
+    ax.axvline(len(columns) - 0.25, color="#dddddd", lw=1, zorder=0)
+    ax.set_xticks(list(range(len(columns))) + [x_err])
+    ax.set_xticklabels([repr(graph.tokens[p])[1:-1][:14] for p in columns] + ["errors, summed"],
+                       rotation=45, ha="right", fontsize=9)
+    ax.set_xlim(-0.8, x_err + 0.8)
+    ax.set_ylabel("layer (tokens at -1)")
+    ax.set_ylim(-1.6, L + 0.8)
+    share = float(err.sum()) / total
+    ax.set_title(f"Attribution graph for {graph.target!r}: {len(feats)} features, {len(order)} edges drawn; "
+                 f"error nodes carry {share:.0%} of the influence")
+    handles = [Line2D([], [], color="#d95f02", lw=2, label="edge: raises its target"),
+               Line2D([], [], color="#1f78b4", lw=2, label="edge: lowers its target"),
+               Line2D([], [], ls="", marker="o", color="#7570b3", label="feature (size: influence)"),
+               Line2D([], [], ls="", marker="D", color="#999999", label="error nodes of a layer, summed"),
+               Line2D([], [], ls="", marker="s", color="#1b9e77", label="input token"),
+               Line2D([], [], ls="", marker="*", color="#e7298a", ms=10, label="target logit")]
+    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    return ax

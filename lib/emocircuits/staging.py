@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from .cache import atomic_write_text
-from .models import DEFAULT_MODEL
+from .registry import DEFAULT_MODEL
 from .results import findings
 
 
