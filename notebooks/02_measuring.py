@@ -80,7 +80,7 @@ from emocircuits.generation import elicit
 from emocircuits.lexical import keyword_judge, keyword_success
 from emocircuits.page import result
 from emocircuits.plots import setup_style
-from emocircuits.stats import bootstrap_ci
+from emocircuits.stats import bootstrap_ci, correlation_ci
 from emocircuits.tables import interval, show
 
 setup_style()
@@ -323,27 +323,11 @@ emp = J.EmpathyJudge(seed=SEED)
 emp_split_report = J.ReportingEmpathyJudge(seed=SEED)
 held = emp.test
 s_held = emp.score([r["reply"] for r in held], [r["situation"] for r in held])
-rho = spearmanr(s_held, [r["score"] for r in held])[0]
-rho_ci = bootstrap_ci(np.arange(len(held)), stat=lambda i: spearmanr(s_held[i.astype(int)],
-                      np.array([held[int(k)]["score"] for k in i]))[0], n_boot=500, seed=SEED)
-
-
-def pair_wins(score_fn):  # every level-4/5 reply against every level-1/2 reply to the same situation
-    by = {}
-    for r, x in zip(held, score_fn([r["reply"] for r in held], [r["situation"] for r in held])):
-        by.setdefault(r["situation"], []).append((r["score"], x))
-    return np.array([xh > xl for d in by.values() for sh, xh in d for sl, xl in d if sh >= 4 and sl <= 2], float)
-
-
+rho = correlation_ci(s_held, np.array([r["score"] for r in held]), seed=SEED)
+held_args = ([r["reply"] for r in held], [r["situation"] for r in held])
 pairs = ds.load_named("eia_pairs")
 scen = {s.id: s for s in ds.load_named("eia_scenarios")}
 ctx = [ds.eia_prompt(scen[p.scenario]) for p in pairs]
-
-
-def eia_wins(score_fn):
-    a = np.asarray(score_fn([p.positive for p in pairs], ctx))
-    b = np.asarray(score_fn([p.negative for p in pairs], ctx))
-    return (a > b).astype(float)
 
 
 judges = {
@@ -354,9 +338,12 @@ judges = {
 }
 rows = []
 for name, fn in judges.items():
-    rows.append({"judge": name, "held-out situations: empathic side higher": interval(*bootstrap_ci(pair_wins(fn),
-                 seed=SEED)), "EIA pairs: empathic side higher": interval(*bootstrap_ci(eia_wins(fn), seed=SEED))})
-print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {interval(rho, *rho_ci[1:])}")
+    # every level-4/5 reply against every level-1/2 reply to the same situation; each EIA pair's two sides
+    held_wins = J.warm_above_cold(fn(*held_args), [r["score"] for r in held], held_args[1])
+    eia_wins = (np.asarray(fn([p.positive for p in pairs], ctx)) > np.asarray(fn([p.negative for p in pairs], ctx)))
+    rows.append({"judge": name, "held-out situations: empathic side higher": interval(*bootstrap_ci(held_wins, seed=SEED)),
+                 "EIA pairs: empathic side higher": interval(*bootstrap_ci(eia_wins.astype(float), seed=SEED))})
+print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {interval(*rho)}")
 show(pd.DataFrame(rows))
 
 # %% [markdown]
@@ -401,40 +388,28 @@ emp_all = J.EmpathyJudge(use_all=True, seed=SEED)
 emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)
 
 
-def rho_with_ci(x, y):
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ci = bootstrap_ci(np.arange(len(y)), stat=lambda i: spearmanr(x[i.astype(int)], y[i.astype(int)])[0],
-                      n_boot=500, seed=SEED)
-    return spearmanr(x, y)[0], ci[1], ci[2]
-
-
-def warm_above_cold(x, recs):
-    by = {}
-    for r, v in zip(recs, x):
-        by.setdefault(r.situation, []).append((r.score, v))
-    return np.array([vh > vl for d in by.values() for sh, vh in d for sl, vl in d if sh >= 4 and sl <= 2], float)
-
-
-def labelled_set_readings(recs):
-    """Each reading's rho with the labeller (95% CI) and its share of warm-above-cold pairs on one set."""
-    y = np.array([r.score for r in recs])
+def labelled_set_readings(recs, tuning, reporting, seed):
+    """Each reading's rho with the labeller (95% CI) and its share of warm-above-cold pairs on one set, the
+    judges' readings by the ``tuning`` and the ``reporting`` empathy judge."""
+    y = np.array([r.score for r in recs], float)
     args = ([r.reply for r in recs], [r.situation for r in recs])
-    readings = {"n-grams (tunes)": emp_all.score(*args), "embeddings (reports)": emp_report.score(*args),
+    readings = {"n-grams (tunes)": tuning.score(*args), "embeddings (reports)": reporting.score(*args),
                 "reply length in words": [len(r.reply.split()) for r in recs],
                 "the writer's intended level": [r.intended for r in recs]}
-    rhos = {k: rho_with_ci(v, y) for k, v in readings.items()}
+    rhos = {k: correlation_ci(np.asarray(v, float), y, seed=seed) for k, v in readings.items()}
+    warm = {k: J.warm_above_cold(v, y, args[1]) for k, v in readings.items()}
     table = pd.DataFrame({"Spearman rho with the labeller [95% CI]": {k: interval(*v) for k, v in rhos.items()},
                           "a level-4/5 reply above a level-1/2 reply to the same message": {
-                              k: interval(*bootstrap_ci(warm_above_cold(v, recs), seed=SEED))
-                              for k, v in readings.items()}}).rename_axis("reading").reset_index()
+                              k: interval(*bootstrap_ci(w, seed=seed)) for k, w in warm.items()}}
+                         ).rename_axis("reading").reset_index()
     return rhos, spearmanr(readings["n-grams (tunes)"], readings["embeddings (reports)"])[0], table
 
 
 test_emp = ds.load_named(J.EMPATHY_TEST)
-test_rho, rho_judges_test, test_table = labelled_set_readings(test_emp)
+test_rho, rho_judges_test, test_table = labelled_set_readings(test_emp, emp_all, emp_report, SEED)
 display(show(test_table, caption=f"test set: {len(test_emp)} chat-assistant replies, read once"))
 fresh_emp = ds.load_named("judge_empathy_fresh")
-fresh_rho, rho_judges_fresh, fresh_table = labelled_set_readings(fresh_emp)
+fresh_rho, rho_judges_fresh, fresh_table = labelled_set_readings(fresh_emp, emp_all, emp_report, SEED)
 display(show(fresh_table, caption=f"development set: {len(fresh_emp)} forum replies (the first test set)"))
 
 # %% [markdown]
@@ -674,7 +649,7 @@ headline = record(
     emotion_judges_chat_kappa=agree_of[chat_sets[0]]["kappa"],
     emotion_judge_bundled_accuracy=acc_of[bundled]["tuning judge"]["accuracy"][0],
     emotion_report_bundled_accuracy=acc_of[bundled]["reporting judge"]["accuracy"][0],
-    empathy_judge_rho=(rho, rho_ci[1], rho_ci[2]),
+    empathy_judge_rho=rho,
     empathy_judge_other_rho=dev_rho["NgramEmpathyJudge"]["judge_empathy_heldout"],
     empathy_judge_other_rho_report=dev_rho["EmbeddingEmpathyJudge"]["judge_empathy_heldout"],
     empathy_judge_fresh_rho=fresh_rho["n-grams (tunes)"],
@@ -684,8 +659,8 @@ headline = record(
     empathy_judge_test_rho=test_rho["n-grams (tunes)"], empathy_report_test_rho=test_rho["embeddings (reports)"][0],
     empathy_judges_test_rho=rho_judges_test, empathy_test_length_rho=test_rho["reply length in words"][0],
     empathy_test_writer_rho=test_rho["the writer's intended level"][0],
-    empathy_judge_test_pairs=warm_above_cold(emp_all.score([r.reply for r in test_emp],
-                                                           [r.situation for r in test_emp]), test_emp).mean(),
+    empathy_judge_test_pairs=J.warm_above_cold(emp_all.score([r.reply for r in test_emp], [r.situation for r in test_emp]),
+                                               [r.score for r in test_emp], [r.situation for r in test_emp]).mean(),
     rubric_judge_accuracy=float(np.mean(ways["RubricJudge (trained on the rubric)"][0] == y_game)),
     rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)))
 pd.Series(headline).to_frame("value")

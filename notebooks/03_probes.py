@@ -84,7 +84,7 @@ from emocircuits.book import record, sizer
 from emocircuits.generation import elicit
 from emocircuits.page import result
 from emocircuits.plots import band, setup_style
-from emocircuits.stats import bootstrap_ci
+from emocircuits.stats import bootstrap_ci, correlation_ci
 from emocircuits.tables import interval, show as show_table  # `show` names a list of layers below
 
 setup_style()
@@ -291,8 +291,7 @@ bow_stored = bow.at(0).auroc
 bow_matched = P.transfer_pairs(lm, bow, matched, scen, seed=SEED)[0]
 
 
-def transfer_row(what, l, r=None):
-    r = transfer[l] if r is None else r
+def transfer_row(what, l, r):
     det, rb = r["detection"], r["random"]
     return {"layer": f"{l} ({what})", "AUROC [95% CI]": interval(det.auroc, *det.auroc_ci),
             "pairs the right way round [95% CI]": interval(r["paired"], *r["paired_ci"]),
@@ -302,8 +301,8 @@ def transfer_row(what, l, r=None):
 
 
 print(f"bag of words (resid_pre.0): AUROC {bow_stored:.2f} on the stored test pairs")
-show_table(pd.DataFrame([transfer_row("best on the stored pairs", best),
-                         transfer_row("peak on the matched pairs", peak),
+show_table(pd.DataFrame([transfer_row("best on the stored pairs", best, transfer[best]),
+                         transfer_row("peak on the matched pairs", peak, transfer[peak]),
                          transfer_row("bag of words: input embeddings, resid_pre", 0, bow_matched)]))
 
 # %% [markdown]
@@ -416,7 +415,7 @@ print(f"pronoun count (no model): AUROC {interval(*pron_auc)}; the probe trained
 show_table(pd.DataFrame([
     transfer_row("trained on matched pairs; best on the test pairs", best_m, m_tr[best_m]),
     transfer_row("trained on matched pairs; chosen on the train pairs alone", cv_best, m_tr[cv_best]),
-    transfer_row("trained on the stored pairs", best_m),
+    transfer_row("trained on the stored pairs", best_m, transfer[best_m]),
     transfer_row("bag of words trained on matched pairs", 0, bow_m_tr)]))
 
 # %% [markdown]
@@ -800,19 +799,19 @@ emp_recs, align_texts = emp_recs[:: size(6, 4, 1)], align_texts[:: size(10, 6, 1
 la, lo_ = fit_a.best_layer, fit_o.best_layer
 
 
-def reply_acts(model, layer, users, replies):
+def reply_acts(model, layer, users, replies, pooling):
     """Pooled over the reply, given as the assistant's answer to its user message."""
     texts, starts = P.reply_texts(model, users, replies)
     site = f"resid_post.{layer}"
-    return capture(model, texts, [site], pooling=POOL, response_starts=starts, progress=False)[site].double().numpy()
+    return capture(model, texts, [site], pooling=pooling, response_starts=starts, progress=False)[site].double().numpy()
 
 
 users = [r["situation"] for r in emp_recs]
 replies = [r["reply"] for r in emp_recs]
-A_rep, B_rep = reply_acts(lm, la, users, replies), reply_acts(other, lo_, users, replies)
+A_rep, B_rep = reply_acts(lm, la, users, replies, POOL), reply_acts(other, lo_, users, replies, POOL)
 # the alignment set: the emotion corpus's texts as replies to one fixed message
-A_al = reply_acts(lm, la, ["Say something."] * len(align_texts), align_texts)
-B_al = reply_acts(other, lo_, ["Say something."] * len(align_texts), align_texts)
+A_al = reply_acts(lm, la, ["Say something."] * len(align_texts), align_texts, POOL)
+B_al = reply_acts(other, lo_, ["Say something."] * len(align_texts), align_texts, POOL)
 s_a = A_rep @ fit_a.directions[la]
 s_b = B_rep @ fit_o.directions[lo_]
 raw_r = pearsonr(s_a, s_b)[0]
@@ -824,12 +823,7 @@ null_al = [pearsonr(s_a, readout.align_procrustes(A_al, B_al[rng.permutation(len
                     @ fit_a.directions[la])[0] for _ in range(size(20, 50, 50))]
 
 
-def r_ci(x, y):
-    return bootstrap_ci(np.arange(len(x)), stat=lambda i: pearsonr(x[i.astype(int)], y[i.astype(int)])[0],
-                        n_boot=500, seed=SEED)
-
-
-raw_ci, al_ci = r_ci(s_a, s_b), r_ci(s_a, align(B_rep) @ fit_a.directions[la])
+raw_ci, al_ci = (correlation_ci(s_a, y, "pearson", seed=SEED) for y in (s_b, align(B_rep) @ fit_a.directions[la]))
 show_table(pd.DataFrame([
     {"comparison": f"{MODEL} probe vs {OTHER} probe (own spaces)", "Pearson r [95% CI]": interval(*raw_ci),
      "baseline (mean / 95th pct)": f"permuted texts: {np.mean(null_raw):+.2f} / {np.quantile(null_raw, .95):+.2f}"},
@@ -952,7 +946,7 @@ g_starts = [len(lm.chat_prompt(g.user, system=g.system)) for g in gens]
 keep = [i for i, g in enumerate(gens) if g.text.strip()]
 probe_s = P.score_texts(lm, fits[POOL], [full[i] for i in keep], response_starts=[g_starts[i] for i in keep])
 judge_s = J.EmpathyJudge(use_all=True, seed=SEED).score([gens[i].text for i in keep], [gens[i].user for i in keep])
-r_est, r_lo, r_hi = r_ci(probe_s, judge_s)
+r_est, r_lo, r_hi = correlation_ci(probe_s, judge_s, "pearson", seed=SEED)
 null_gen = [pearsonr(probe_s, rng.permutation(judge_s))[0] for _ in range(1000)]
 print(f"{len(keep)} replies: Pearson r(probe, judge) = {interval(r_est, r_lo, r_hi)}; "
       f"permutation 95th percentile {np.quantile(null_gen, .95):+.2f}")

@@ -308,20 +308,8 @@ for (s, u), ids in list(zip(pairs, emp_ids))[:3]:
 
 # %%
 chosen = [tuple(map(int, n)) for n in persist_table.head(3)[["layer", "feature"]].to_numpy()]
-contexts = features.top_contexts(lm, tset, chosen, held + [lm.chat_prompt(u) for u in SITUATIONS], top=3)
-
-
-def card(la, f):
-    lens = features.token_lens(lm, tset[la], f, top=6)
-    ctx = contexts[(la, f)]
-    return {"feature": f"L{la}/F{f}", "reads": " ".join(repr(t) for t, _ in lens["reads"]),
-            "writes": " ".join(repr(t) for t, _ in lens["writes"]),
-            "suppresses": " ".join(repr(t) for t, _ in lens["suppresses"]),
-            "top contexts": " | ".join(f"…{c['before'][-40:]}[{c['token']}] ({c['activation']:.1f})" for c in ctx)}
-
-
-cards = pd.DataFrame([card(la, f) for la, f in chosen])
-display(show(cards))
+cards = features.feature_cards(lm, tset, chosen, held + [lm.chat_prompt(u) for u in SITUATIONS], top=6, contexts=3)
+display(show(pd.DataFrame(cards)))
 
 # %% [markdown]
 # With the default book's small dictionaries no feature is on at every

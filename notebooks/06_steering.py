@@ -60,6 +60,8 @@ FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 
 # %%
+from functools import partial
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -76,14 +78,14 @@ from emocircuits import steering as S
 from emocircuits import vectors
 from emocircuits.book import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
-from emocircuits.coherence import coherence
+from emocircuits.coherence import coherence, judged
 from emocircuits.generation import Decoding
 from emocircuits.lexical import keyword_success
 from emocircuits.page import result
 from emocircuits.personas import persona_activations, persona_directions, persona_replies
 from emocircuits.plots import band, setup_style
 from emocircuits.stats import bootstrap_ci
-from emocircuits.tables import interval, show
+from emocircuits.tables import interval, push_label, show
 
 setup_style()
 size = sizer(QUICK, FULL)  # size(quick, book, full): this run's value of a sample size
@@ -205,49 +207,20 @@ emp = J.EmpathyJudge(use_all=True, seed=SEED)  # the judge the settings are chos
 emp_report = J.ReportingEmpathyJudge(use_all=True, seed=SEED)  # reads the confirmations beside it (chapter 02); chooses nothing
 
 
-def reported(judged_):
-    """The reporting empathy judge on judged replies ``(records, scores, coherent)``: the share of situations
-    it sees moved both ways, and its agreement with the tuning judge (Spearman rho over the replies)."""
-    recs_, sc_, coh_ = judged_
-    rs = emp_report.score([r["text"] for r in recs_], [r["user"] for r in recs_])  # it reads the situation too
-    return S.both_ways(recs_, rs, coh_, seed=SEED).iloc[0].share, float(spearmanr(rs, sc_)[0])
-
-
-def judge(recs, situations_by_id):
-    """Each reply's empathy score given its situation, and whether it is coherent (perplexity given its prompt)."""
-    texts = [r["text"] for r in recs]
-    users = [situations_by_id[r["id"]] for r in recs]
-    checks = coherence(texts, lm=lm, contexts=[lm.chat_prompt(u) for u in users])
-    return emp.score(texts, users), [c["coherent"] for c in checks]
-
-
-def judged_sweep(prompts_, dirs_, layers_, alphas_, seeds=None, **kw):
-    """Section 1's sampled sweep of ``prompts_`` along ``dirs_`` (``seeds``: SEEDS unless given), judged:
-    ``(records, scores, coherent)``."""
-    recs = S.sweep(lm, prompts_, dirs_, layers_, alphas_, seeds=seeds or SEEDS, decoding=SAMPLED, **kw)
-    by_id = {p["id"]: p["user"] for p in prompts_}
-    recs = [{**r, "user": by_id[r["id"]]} for r in recs]  # each reply with its situation, for either judge
-    return (recs, *judge(recs, by_id))
-
-
-scores, coherent = judge(records, {p["id"]: p["user"] for p in prompts})
+# replies' empathy scores given their situations, and whether each is coherent (perplexity given its prompt)
+judge = partial(judged, lm, emp.score)
+# section 1's sampled sweep along a direction, read by the tuning judge: (records, scores, coherent)
+judged_sweep = partial(S.judged_sweep, lm, judge=judge, decoding=SAMPLED, seeds=SEEDS)
+# the reporting judge's reading of a judged sweep: the share moved both ways, and its rho with the tuning judge
+reported = partial(S.second_reading, score=emp_report.score, seed=SEED)
+situation_of = {p["id"]: p["user"] for p in prompts}
+scores, coherent = judge([r["text"] for r in records], [situation_of[r["id"]] for r in records])
 table = S.steering_success(records, scores, coherent, seed=SEED)
 # every push in one unit, for the figures: paper A's unit alphas divided by the layer's RMS
 table.insert(4, "alpha_rms", np.where(table.scale == "unit", table.alpha / table.layer.map(rms), table.alpha))
 
 
-def push_label(alpha, scale, layer, both=False):
-    """A push as the tables print it: "+0.5 x RMS", or on paper A's grid "+5 x unit vector (+0.75 x RMS)";
-    ``both``: a setting pushed both ways, "±0.5 x RMS"."""
-    if alpha == 0:
-        return "0 (unpushed)"
-    sign = "±" if both else "+" if alpha > 0 else "-"
-    if scale != "unit":
-        return f"{sign}{abs(alpha):g} x RMS"
-    return f"{sign}{abs(alpha):g} x unit vector ({sign}{abs(alpha) / rms[layer]:.2f} x RMS)"
-
-
-show(table.assign(push=[push_label(a, s_, l) for a, s_, l in zip(table.alpha, table.scale, table.layer)]),
+show(table.assign(push=[push_label(a, s_, rms[l]) for a, s_, l in zip(table.alpha, table.scale, table.layer)]),
      columns={"layer": "layer", "positions": "positions", "push": "push (alpha)",
               "score": "judged empathy [95% CI]", "coherent_share": "coherent share", "threshold": "threshold",
               "success": "honest success [95% CI]"}, intervals=["score", "success"])
@@ -313,7 +286,7 @@ for (layer, pos, scale, alpha), g in df[df.alpha != 0].groupby(["layer", "positi
                  "keyword success (paper A)": round(kw, 2),
                  "honest success": round(honest, 2), "coherent share": round(g.coherent.mean(), 2)})
 kw = pd.DataFrame(rows)
-show(kw.assign(push=[push_label(a, s_, l) for a, s_, l in zip(kw.alpha, kw.scale, kw.layer)]),
+show(kw.assign(push=[push_label(a, s_, rms[l]) for a, s_, l in zip(kw.alpha, kw.scale, kw.layer)]),
      columns={"layer": "layer", "positions": "positions", "push": "push (alpha)",
               "keyword success (paper A)": "keyword success (paper A)", "honest success": "honest success",
               "coherent share": "coherent share"})
@@ -358,21 +331,21 @@ display(result(
 goal = S.both_ways(records, scores, coherent, seed=SEED)
 
 
-def goal_cells(r):
-    """One row of a both-ways table (``steering.both_ways``) as the tables print it."""
+def goal_cells(r, rms):
+    """One row of a both-ways table (``steering.both_ways``) as the tables print it (``rms``: each layer's)."""
     return {"layer": int(r.layer), "positions": r.positions,
-            "push": push_label(r.alpha, r.scale, r.layer, both=True),
+            "push": push_label(r.alpha, r.scale, rms[r.layer], both=True),
             "situations": int(r.prompts), "moved both ways [95% CI]": interval(r.share, r.share_lo, r.share_hi),
             "chance": f"{r.chance:.2f}", "coherent share": f"{r.coherent_share:.2f}",
             "judged empathy at -alpha / 0 / +alpha": f"{r.score_down:.2f} / {r.score_0:.2f} / {r.score_up:.2f}",
             "meets the goal": "yes" if r.meets_goal else "no"}
 
 
-def show_goal(g, first=None, drop=(), where=""):
-    """A both-ways table as the page prints it: one row per setting (``first``: a column of ``g`` to put first,
-    such as the direction; ``drop``: columns left out, such as a layer named in ``where``, the caption's start),
+def show_goal(g, rms, first=None, drop=(), where=""):
+    """A both-ways table as the page prints it (``rms``: each layer's residual RMS): one row per setting
+    (``first``: a column of ``g`` to put first, such as the direction; ``drop``: columns left out, such as a layer named in ``where``, the caption's start),
     with the number of situations and of settings that meet the goal in the caption."""
-    view = pd.DataFrame([goal_cells(r) for _, r in g.iterrows()])
+    view = pd.DataFrame([goal_cells(r, rms) for _, r in g.iterrows()])
     if first:
         view.insert(0, first, g[first].to_numpy())
     caption = (f"{where}{' / '.join(str(int(n_)) for n_ in g.prompts.unique())} situations; settings that meet "
@@ -381,7 +354,7 @@ def show_goal(g, first=None, drop=(), where=""):
     return show(view.drop(columns=["situations", "meets the goal", *drop]), caption=caption)
 
 
-show_goal(goal)
+show_goal(goal, rms)
 
 # %% [markdown]
 # The best setting is chosen from this table: among settings that keep at
@@ -403,7 +376,7 @@ confirmed = S.both_ways(*conf_judged, seed=SEED).iloc[0]
 confirmed_report, confirmed_judges_rho = reported(conf_judged)
 print(f"confirmed on fresh situations, read by the reporting judge: {confirmed_report:.2f} moved both ways "
       f"(tuning judge {confirmed.share:.2f}); the judges' scores agree with rho {confirmed_judges_rho:.2f}")
-show(pd.DataFrame({"chosen on": goal_cells(top), "confirmed on fresh situations": goal_cells(confirmed)})
+show(pd.DataFrame({"chosen on": goal_cells(top, rms), "confirmed on fresh situations": goal_cells(confirmed, rms)})
      .rename_axis("setting and result").reset_index())
 
 # %% [markdown]
@@ -477,7 +450,7 @@ def box_vs_chance(lo, hi, chance):
 
 box_moved = interval(confirmed.share, confirmed.share_lo, confirmed.share_hi)
 display(result(
-    f"The setting chosen on {int(top.prompts)} situations ({push_label(top.alpha, top.scale, top.layer, both=True)} "
+    f"The setting chosen on {int(top.prompts)} situations ({push_label(top.alpha, top.scale, rms[top.layer], both=True)} "
     f"at {top.positions} positions of layer {int(top.layer)}) moves {box_moved} of {int(confirmed.prompts)} fresh "
     f"situations both ways, {box_vs_chance(confirmed.share_lo, confirmed.share_hi, confirmed.chance)}, with "
     f"{confirmed.coherent_share:.2f} of replies coherent: the goal (0.80 moved, 0.90 coherent) is "
@@ -571,7 +544,7 @@ P_POSITIONS = size(["generated"], ["all", "generated"], ["all", "generated"])
 persona_records = [r for pos in P_POSITIONS
                    for r in S.sweep(lm, prompts, persona_dirs, [MID], P_ALPHAS, scale="rms", positions=pos,
                                     seeds=SEEDS, decoding=SAMPLED)]
-p_judged = (persona_records, *judge(persona_records, {p["id"]: p["user"] for p in prompts}))
+p_judged = (persona_records, *judge([r["text"] for r in persona_records], [situation_of[r["id"]] for r in persona_records]))
 persona_goal = S.both_ways(*with_unpushed(p_judged, (records, scores, coherent)), seed=SEED)  # alpha 0: section 1's
 probe_rows = goal[(goal.layer == MID) & (goal.scale == "rms") & goal.positions.isin(P_POSITIONS)
                   & goal.alpha.isin([abs(a) for a in P_ALPHAS])]
@@ -579,7 +552,7 @@ cols = ["positions", "alpha", "share", "share_lo", "share_hi", "chance", "cohere
         "score_0", "score_up"]
 compare = pd.concat({"persona direction": persona_goal[cols], "probe direction": probe_rows[cols]})
 show_goal(pd.concat([persona_goal.assign(direction="persona direction"),
-                     probe_rows.assign(direction="probe direction")]), first="direction", drop=["layer"],
+                     probe_rows.assign(direction="probe direction")]), rms, first="direction", drop=["layer"],
           where=f"layer {MID}; ")
 
 # %% [markdown]
@@ -597,17 +570,13 @@ p_top = choosing.best_setting(persona_goal, chosen_on)
 p_a = float(p_top.alpha)
 
 
-def on_fresh(dirs_, alphas_):
-    """Judged replies to the fresh situations at the chosen setting, pushed along ``dirs_`` by each alpha."""
-    return judged_sweep(fresh, dirs_, [int(p_top.layer)], alphas_, scale=p_top.scale, positions=p_top.positions)
-
-
-def confirm_row(judged_, a):
+def confirm_row(judged_, a, second_reading, seed):
     """One direction's row of a confirmation table at +-``a``: the share moved both ways and each sign's honest
-    success rate, with intervals over situations, and the mean judged score at -a, 0 and +a."""
-    bw = S.both_ways(*judged_, seed=SEED).iloc[0]
-    ss = S.steering_success(*judged_, seed=SEED).set_index("alpha")
-    rep_share, judges_rho = reported(judged_)
+    success rate, with intervals over situations, the mean judged score at -a, 0 and +a, and
+    ``second_reading(judged_)``: the reporting judge's share and the judges' rho."""
+    bw = S.both_ways(*judged_, seed=seed).iloc[0]
+    ss = S.steering_success(*judged_, seed=seed).set_index("alpha")
+    rep_share, judges_rho = second_reading(judged_)
     return {"moved both ways": bw.share, "lo": bw.share_lo, "hi": bw.share_hi, "chance": bw.chance,
             "reporting judge": rep_share, "judges' rho": judges_rho,
             "coherent share": bw.coherent_share, "success at +alpha": ss.success[a], "+ lo": ss.success_lo[a],
@@ -633,8 +602,10 @@ def show_confirm(rows):
                              "score at +alpha": "at +alpha"}, intervals=["up", "down"]))
 
 
-unpushed = on_fresh(persona_dirs, [0])  # nothing acts at alpha = 0: one set serves both directions
-confirm = pd.DataFrame({name: confirm_row(with_unpushed(on_fresh(dirs_, [-p_a, p_a]), unpushed), p_a)
+at_p_top = dict(scale=p_top.scale, positions=p_top.positions)  # the chosen setting, on the fresh situations
+unpushed = judged_sweep(fresh, persona_dirs, [int(p_top.layer)], [0], **at_p_top)  # alpha 0: serves both directions
+confirm = pd.DataFrame({name: confirm_row(with_unpushed(judged_sweep(fresh, dirs_, [int(p_top.layer)], [-p_a, p_a],
+                                                                     **at_p_top), unpushed), p_a, reported, SEED)
                         for name, dirs_ in (("persona direction", persona_dirs),
                                             ("probe direction", fit.directions))}).T
 print(f"chosen on the first situations: layer {int(p_top.layer)}, positions {p_top.positions}, alpha {p_a:g} x RMS "
@@ -776,7 +747,7 @@ b_top = choosing.best_setting(b_goal, [r.id for r in heldout][len(situations):][
 b_a = float(b_top.alpha)
 print(f"cosine of the probe and persona directions at layer {MID}: {sum_cosine:+.2f}; "
       f"{len(B_SEEDS)} seeds per situation")
-show_goal(b_goal)
+show_goal(b_goal, rms)
 
 # %%
 at_top = dict(seeds=B_SEEDS, scale=b_top.scale, positions=b_top.positions)  # the chosen setting
@@ -784,8 +755,8 @@ b_judged = judged_sweep(confirm_set, both_dir, [MID], [-b_a, 0, b_a], **at_top)
 alone = {name: with_unpushed(judged_sweep(confirm_set, dirs_, [MID], [-b_a, b_a], **at_top), b_judged)
          for name, dirs_ in (("probe direction alone", fit.directions),
                              ("persona direction alone", persona_dirs))}
-b_rows = pd.DataFrame({"sum of both": confirm_row(b_judged, b_a),
-                       **{name: confirm_row(j, b_a) for name, j in alone.items()}}).T
+b_rows = pd.DataFrame({"sum of both": confirm_row(b_judged, b_a, reported, SEED),
+                       **{name: confirm_row(j, b_a, reported, SEED) for name, j in alone.items()}}).T
 print(f"chosen on {len(choice)} situations of situations_heldout: alpha {b_a:g} x RMS at {b_top.positions} "
       f"positions of layer {MID} (moved both ways there: {b_top.share:.2f} [{b_top.share_lo:.2f}, "
       f"{b_top.share_hi:.2f}], coherent {b_top.coherent_share:.3f}); {len(confirm_set)} confirmation situations "

@@ -71,6 +71,8 @@ FULL = False  # True: the largest samples (for a GPU; hours on a CPU)
 SEED = 0
 
 # %%
+from functools import partial
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -79,7 +81,6 @@ from IPython.display import Markdown, display
 from emocircuits import results as R
 from emocircuits.book import recorded
 from emocircuits.plots import setup_style
-from emocircuits.tables import interval
 
 setup_style()
 pd.set_option("display.max_colwidth", 120)
@@ -91,8 +92,8 @@ if not rec:
 tables = R.comparison(rec)
 
 
-def show(paper, steering=None):
-    """One paper's table; ``steering`` True or False keeps only its steering rows or only the others."""
+def show(tables, paper, steering=None):
+    """One paper's table of ``tables``; ``steering`` True or False keeps only its steering rows or only the others."""
     table = tables[paper]
     if steering is not None:
         table = table[table.measurement.str.contains("steer") == steering]
@@ -118,10 +119,7 @@ def show(paper, steering=None):
 # section 5). In this build:
 
 # %% tags=["remove-input"]
-def n(chapter, key):
-    """A recorded number as the tables print it, with its interval; "not run" when this build lacks it."""
-    got = R.value(rec.get(chapter, {}), key)
-    return "not run" if got is None else interval(*got)
+n = partial(R.recorded_text, rec)  # n(chapter, key): a recorded number with its interval, or "not run"
 
 
 display(Markdown(
@@ -146,10 +144,10 @@ display(Markdown(
 # Detection first (chapter 03), then steering (chapter 06).
 
 # %%
-show("A", steering=False)
+show(tables, "A", steering=False)
 
 # %%
-show("A", steering=True)
+show(tables, "A", steering=True)
 
 # %% [markdown]
 # ## Paper B: emotion circuits
@@ -162,7 +160,7 @@ show("A", steering=True)
 # prompting scores low here, no higher than no intervention.
 
 # %%
-show("B")
+show(tables, "B")
 
 # %% [markdown]
 # ## Paper C: the empathy circuit from attribution graphs
@@ -175,7 +173,7 @@ show("B")
 # beside a random control circuit clamped the same way.
 
 # %%
-show("C")
+show(tables, "C")
 
 # %% [markdown]
 # ## The instruments
@@ -185,7 +183,7 @@ show("C")
 # precisely those numbers can be compared.
 
 # %%
-show("judges")
+show(tables, "judges")
 
 # %% [markdown]
 # ## The same comparisons as a picture
@@ -200,13 +198,7 @@ show("judges")
 # as a red cross where it reported the same quantity.
 
 # %% tags=["landing-figure"]
-def pick(chapter, key):
-    """(value, low, high) as recorded; NaN when not run, the value itself when no interval was recorded."""
-    got = R.value(rec.get(chapter, {}), key)
-    if got is None:
-        return np.nan, np.nan, np.nan
-    v, lo, hi = got
-    return v, v if lo is None else lo, v if hi is None else hi
+pick = partial(R.recorded_triple, rec)  # pick(chapter, key): (value, low, high) as recorded, NaNs when not run
 
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.1, 1, 1.3]})

@@ -301,6 +301,9 @@ def test_top_contexts_and_token_lens(tiny_llama, tmp_path):
     assert lens["writes"][0][1] >= lens["writes"][-1][1]
     with pytest.raises(A.AttributionError, match="not in the transcoder set"):
         features.top_contexts(tiny_llama, ts, [(7, 0)], texts)
+    card, = features.feature_cards(tiny_llama, ts, [(1, feat)], texts, top=3, contexts=2)
+    assert card["feature"] == f"L1/F{feat}" and card["writes"] == " ".join(repr(t) for t, _ in lens["writes"])
+    assert card["top contexts"].count(" | ") == 1 and f"({got[0]['activation']:.1f})" in card["top contexts"]
 
 
 def test_project_corpus_shapes_each_file_and_leaves_out_the_stress_pairs(tiny_llama, tmp_path):

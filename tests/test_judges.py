@@ -13,7 +13,7 @@ from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import protocol
 from emocircuits.cli import main
-from emocircuits.coherence import COHERENCE_THRESHOLDS, coherence, perplexity
+from emocircuits.coherence import COHERENCE_THRESHOLDS, coherence, judged, perplexity
 from emocircuits.lexical import keyword_judge, keyword_success, names_emotion, paper_a_keywords
 
 
@@ -520,3 +520,22 @@ def test_read_corpus_takes_a_name_or_a_path_and_names_a_missing_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="read_corpus\\('judge_nothing'\\)"):
         J.read_corpus("judge_nothing")
     assert paper_a_keywords("Sorry, I understand; the task and the goal.") == (2, 2)
+
+
+def test_warm_above_cold_pairs_each_warm_reply_with_each_cold_reply_to_the_same_situation():
+    # situation a: the level-5 reply scores above the level-1 one; situation b: the level-4 reply (score 3)
+    # above the level-2 one (score 2) and below nothing else; the level-3 reply takes part in no pair
+    wins = J.warm_above_cold([5.0, 1.0, 3.0, 2.0, 9.0], [5, 1, 4, 2, 3], ["a", "a", "b", "b", "b"])
+    assert wins.tolist() == [1.0, 1.0]
+    assert J.warm_above_cold([1.0, 5.0, 2.0], [5, 1, 4], ["a", "a", "b"]).tolist() == [0.0]  # no cold reply in b
+    with pytest.raises(ValueError, match="same length"):
+        J.warm_above_cold([1.0], [5, 1], ["a", "a"])
+
+
+def test_judged_gives_the_judges_scores_and_each_replys_coherence_given_its_prompt(smol):
+    texts, users = [" I'm sorry, that sounds hard.", " the the the the the the"], ["My dog died.", "Hi."]
+    scores, coherent = judged(smol, lambda t, u: [len(x) + len(y) for x, y in zip(t, u)], texts, users)
+    assert scores == [len(texts[0]) + len(users[0]), len(texts[1]) + len(users[1])]
+    assert coherent == [c["coherent"] for c in coherence(texts, lm=smol, contexts=[smol.chat_prompt(u) for u in users])]
+    with pytest.raises(ValueError, match="2 replies for 1 user messages"):
+        judged(smol, lambda t, u: t, texts, users[:1])

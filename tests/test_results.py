@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import html as htmllib
 import json
 import re
@@ -221,3 +222,13 @@ def test_a_finding_appears_only_with_its_numbers_and_its_wording_follows_them():
     assert findings({"03_probes": {**probe, "graded_task_auroc": 0.9}}) == []  # a number missing: no sentence
     with pytest.raises(TypeError, match="recorded must be a dict"):
         findings([apart])
+
+
+def test_recorded_numbers_read_by_chapter_and_key_for_the_results_page():
+    records = {"03_probes": {"auroc": 0.9, "auroc_lo": 0.8, "auroc_hi": 0.95, "layer": 12.0}}
+    assert R.recorded_text(records, "03_probes", "auroc") == "0.90 [0.80, 0.95]"
+    assert R.recorded_text(records, "03_probes", "layer", digits=0) == "12"
+    assert R.recorded_text(records, "06_steering", "share") == "not run"
+    assert R.recorded_triple(records, "03_probes", "auroc") == (0.9, 0.8, 0.95)
+    assert R.recorded_triple(records, "03_probes", "layer") == (12.0, 12.0, 12.0)
+    assert all(math.isnan(x) for x in R.recorded_triple(records, "03_probes", "missing"))

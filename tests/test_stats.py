@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emocircuits.readout import centroid_separability
-from emocircuits.stats import bootstrap_ci
+from emocircuits.stats import bootstrap_ci, correlation_ci
 
 
 def test_bootstrap_ci_covers_the_mean_and_is_reproducible():
@@ -40,3 +40,21 @@ def test_centroid_separability_separates_signal_from_noise():
 def test_centroid_separability_checks_lengths():
     with pytest.raises(ValueError, match="same length"):
         centroid_separability(np.zeros((4, 2)), [0, 1, 0], [0, 1, 2, 3])
+
+
+def test_correlation_ci_is_the_correlation_with_a_bootstrap_interval_over_pairs():
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    for method, corr in (("spearman", spearmanr), ("pearson", pearsonr)):
+        r, lo, hi = correlation_ci(x, y, method, seed=1)
+        assert r == pytest.approx(corr(x, y)[0]) and lo < r < hi
+        assert correlation_ci(x, y, method, seed=1) == (r, lo, hi)  # seeded
+    wide = correlation_ci(x[:10], y[:10], seed=1)
+    assert wide[2] - wide[1] > hi - lo  # fewer pairs, a wider interval
+    with pytest.raises(ValueError, match="method='kendall'"):
+        correlation_ci(x, y, "kendall")
+    with pytest.raises(ValueError, match="paired"):
+        correlation_ci(x, y[:-1])

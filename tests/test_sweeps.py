@@ -257,3 +257,20 @@ def test_both_ways_chance_is_one_in_six_without_an_effect():
     assert t.share_lo.iat[0] < 1 / 6 < t.share_hi.iat[0]
     again = S.both_ways(*_both_records(rows), n_perm=40, seed=3)
     assert again.equals(t)
+
+
+def test_a_judged_sweep_carries_each_prompt_and_the_judges_reading(tiny_llama):
+    from scipy.stats import spearmanr
+
+    v = torch.ones(tiny_llama.d_model)
+    judge = lambda texts, users: ([float(len(t)) for t in texts], [True] * len(texts))  # noqa: E731
+    recs, scores, coherent = S.judged_sweep(tiny_llama, PROMPTS, v, [0], [-4, 0, 4], judge, max_new_tokens=5)
+    plain = S.sweep(tiny_llama, PROMPTS, v, [0], [-4, 0, 4], max_new_tokens=5)
+    assert [r["text"] for r in recs] == [r["text"] for r in plain]
+    assert [r["user"] for r in recs] == [{p["id"]: p["user"] for p in PROMPTS}[r["id"]] for r in recs]
+    assert scores == [float(len(r["text"])) for r in recs] and coherent == [True] * len(recs)
+    again = lambda texts, users: [-float(len(t)) + len(u) for t, u in zip(texts, users)]  # noqa: E731
+    share, rho = S.second_reading((recs, scores, coherent), again, seed=3)
+    second = again([r["text"] for r in recs], [r["user"] for r in recs])
+    assert share == S.both_ways(recs, second, coherent, seed=3).iloc[0].share
+    assert np.isclose(rho, spearmanr(second, scores)[0], equal_nan=True)

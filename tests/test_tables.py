@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from emocircuits.tables import interval, show
+from emocircuits.tables import interval, push_label, show
 
 
 def test_interval_prints_an_estimate_with_its_interval_or_alone():
@@ -50,3 +50,10 @@ def test_a_section_result_is_one_boxed_admonition():
         result(" ")
     with pytest.raises(ValueError, match="must not contain ':::'"):
         result("a ::: b")
+
+
+def test_push_labels_say_the_strength_in_the_units_it_was_given_in():
+    assert push_label(0, "rms") == "0 (unpushed)"
+    assert push_label(0.5, "rms") == "+0.5 x RMS" and push_label(-0.5, "rms", both=True) == "±0.5 x RMS"
+    assert push_label(-5, "unit", rms=6.25) == "-5 x unit vector (-0.80 x RMS)"
+    assert push_label(5, "unit") == "+5 x unit vector"

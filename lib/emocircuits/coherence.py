@@ -236,3 +236,13 @@ def _perplexity_shared(lm, context: str, txt: list[str], batch_size: int) -> lis
             logits = torch.cat([pre.logits.expand(b, -1, -1), logits[:, :-1]], 1)
             out += _exp_mean_nll(logits, ids[rows, n_pre:width], in_text[rows, n_pre - 1:width - 1])
     return out
+
+
+def judged(lm, score, texts: Sequence[str], users: Sequence[str]) -> tuple[list[float], list[bool]]:
+    """``(scores, coherent)``: ``score(texts, users)``, a judge's reading of replies given their user messages,
+    and whether each reply is coherent given its chat prompt (:func:`coherence` with ``lm``)."""
+    texts, users = list(texts), list(users)
+    if len(texts) != len(users):
+        raise ValueError(f"{len(texts)} replies for {len(users)} user messages")
+    checks = coherence(texts, lm=lm, contexts=[lm.chat_prompt(u) for u in users])
+    return list(score(texts, users)), [c["coherent"] for c in checks]

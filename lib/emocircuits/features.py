@@ -121,3 +121,19 @@ def feature_labels(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], te
         toks = list(dict.fromkeys(repr(r["token"]) for r in rows))
         out[(la, f)] = f"L{la} F{f}: " + (" / ".join(toks) if toks else "(inactive)")
     return out
+
+
+def feature_cards(lm, tset: TranscoderSet, nodes: Sequence[tuple[int, int]], texts: Sequence[str], top: int = 6,
+                  contexts: int = 3) -> list[dict[str, str]]:
+    """One row per ``(layer, feature)`` for a table: the tokens its encoder reads most, the tokens its decoder
+    writes and suppresses most (:func:`token_lens`, ``top`` each), and its ``contexts`` most active places in
+    ``texts`` (:func:`top_contexts`), each as ``…text before[token] (activation)``."""
+    found = top_contexts(lm, tset, nodes, texts, top=contexts)
+    rows = []
+    for la, f in nodes:
+        lens = token_lens(lm, tset[la], f, top=top)
+        rows.append({"feature": f"L{la}/F{f}", **{k: " ".join(repr(t) for t, _ in lens[k])
+                                                  for k in ("reads", "writes", "suppresses")},
+                     "top contexts": " | ".join(f"…{c['before'][-40:]}[{c['token']}] ({c['activation']:.1f})"
+                                                for c in found[(la, f)])})
+    return rows

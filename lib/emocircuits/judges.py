@@ -527,6 +527,18 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> dict:
 # the empathy judge
 
 
+def warm_above_cold(scores: Sequence[float], levels: Sequence[float], situations: Sequence[str]) -> np.ndarray:
+    """Every pair of a warm reply (level 4 or 5) and a cold one (level 1 or 2) to the same situation: 1 where
+    ``scores`` rank the warm one higher, else 0. ``levels`` are the labelled 1-5 levels, in the same order."""
+    if not len(scores) == len(levels) == len(situations):
+        raise ValueError(f"scores, levels and situations must have the same length, got {len(scores)}, "
+                         f"{len(levels)}, {len(situations)}")
+    by: dict = {}
+    for s, level, situation in zip(scores, levels, situations):
+        by.setdefault(situation, []).append((level, s))
+    return np.array([sh > sl for d in by.values() for lh, sh in d for ll, sl in d if lh >= 4 and ll <= 2], float)
+
+
 def _check_pairing(replies: Sequence[str], situations: Sequence[str]) -> None:
     """Refuse situations that do not pair one to one with the replies (every empathy judge's check)."""
     if len(situations) != len(replies):

@@ -13,6 +13,7 @@ full run has) is shown as "not run in this build", never filled in.
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 from typing import Callable
@@ -70,6 +71,21 @@ def _num(rec: dict, key: str, digits: int = 2) -> str | None:
     """A recorded number as the tables print it (:func:`tables.interval`); None if absent."""
     got = value(rec, key)
     return None if got is None else interval(*got, digits=digits)
+
+
+def recorded_text(records: dict[str, dict], chapter: str, key: str, digits: int = 2) -> str:
+    """A chapter's recorded number as the tables print it, with its interval; "not run" when the build lacks it."""
+    return _num(records.get(chapter, {}), key, digits) or "not run"
+
+
+def recorded_triple(records: dict[str, dict], chapter: str, key: str) -> tuple[float, float, float]:
+    """``(value, low, high)`` as recorded for a figure: NaNs when the chapter or number is absent, the value itself
+    for a bound that was not recorded."""
+    got = value(records.get(chapter, {}), key)
+    if got is None:
+        return math.nan, math.nan, math.nan
+    v, lo, hi = got
+    return v, v if lo is None else lo, v if hi is None else hi
 
 
 def _base(template: str, *keys: str | tuple[str, int], digits: int = 2) -> Getter:

@@ -85,6 +85,29 @@ def sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas:
     return out
 
 
+def judged_sweep(lm, prompts: Sequence[dict], direction, layers: Sequence[int], alphas: Sequence[float], judge,
+                 **sweep_kwargs) -> tuple[list[dict], list[float], list[bool]]:
+    """A :func:`sweep` read by a judge: ``(records, scores, coherent)``, what :func:`steering_success` and
+    :func:`both_ways` take. Each record carries its prompt's ``user`` message; ``judge(texts, users)`` returns
+    the replies' scores and coherence flags (e.g. ``functools.partial(coherence.judged, lm, judge.score)``)."""
+    records = sweep(lm, prompts, direction, layers, alphas, **sweep_kwargs)
+    users = {p["id"]: p["user"] for p in prompts}
+    records = [{**r, "user": users[r["id"]]} for r in records]
+    scores, coherent = judge([r["text"] for r in records], [r["user"] for r in records])
+    return records, list(scores), list(coherent)
+
+
+def second_reading(judged, score, seed: int = 0) -> tuple[float, float]:
+    """Another judge's reading of a judged sweep ``(records, scores, coherent)`` whose records carry ``user``:
+    the share of prompts it sees moved both ways (the first row of :func:`both_ways`) and the Spearman rho of
+    its scores, ``score(texts, users)``, with the first judge's."""
+    from scipy.stats import spearmanr
+
+    records, first, coherent = judged
+    again = score([r["text"] for r in records], [r["user"] for r in records])
+    return float(both_ways(records, again, coherent, seed=seed).iloc[0].share), float(spearmanr(again, first)[0])
+
+
 def _judged_frame(records: Sequence[dict], scores: Sequence[float], coherent: Sequence[bool]):
     """Sweep records with their judged score and coherence as a DataFrame, checked for a baseline.
 

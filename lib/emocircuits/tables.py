@@ -63,3 +63,15 @@ def show(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | None = N
     if caption:
         style = style.set_caption(caption)
     return style
+
+
+def push_label(alpha: float, scale: str, rms: float | None = None, both: bool = False) -> str:
+    """A steering push as the tables print it: ``"+0.5 x RMS"`` (``scale`` "rms"), or on paper A's grid of a
+    unit vector ``"+5 x unit vector (+0.75 x RMS)"`` given the layer's residual ``rms``; ``both``: a setting
+    pushed both ways, ``"±0.5 x RMS"``; alpha 0 is ``"0 (unpushed)"``."""
+    if alpha == 0:
+        return "0 (unpushed)"
+    sign = "±" if both else "+" if alpha > 0 else "-"
+    if scale != "unit":
+        return f"{sign}{abs(alpha):g} x RMS"
+    return f"{sign}{abs(alpha):g} x unit vector" + ("" if rms is None else f" ({sign}{abs(alpha) / rms:.2f} x RMS)")
