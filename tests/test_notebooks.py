@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -50,7 +51,8 @@ def test_make_sync_writes_the_opening_and_keeps_the_chapters_own_parameters(tmp_
     from emocircuits.sources import COLAB_CELL, COMMON_PARAMETERS, SourceError, with_opening, write_openings
 
     text = (SOURCES[3].read_text().replace("work from the clone", "work from a clone")
-            .replace(COMMON_PARAMETERS, 'MODEL = "x"\nQUICK = False\n# the own knob\nKNOB = 3\nFULL = False\nSEED = 1\n'))
+            .replace(COMMON_PARAMETERS, 'MODEL = "x"\nQUICK = False\n# the own knob\nKNOB = 3\n'
+                                        'FULL = False\nSEED = 1\n'))
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks" / "03_x.py").write_text(text)
     assert write_openings(tmp_path) == [tmp_path / "notebooks" / "03_x.py"]
@@ -619,3 +621,47 @@ def test_a_kernel_that_dies_before_its_first_reply_is_started_once_more(tmp_path
         with pytest.raises(RuntimeError, match=fail[-1]):
             book.run_chapter(src, tmp_path / f"b{len(fail)}", {"MODEL": "x"}, code_hash="t")
         assert len(calls) == len(fail)
+
+
+# Chapter 04's helpers that still read notebook state; they move into the library with the chapter's split
+# (issue 41). The list must shrink, never grow: a new chapter function reads only what it is passed.
+READS_NOTEBOOK_STATE = {"04_emotion_circuits": {"influence", "assemble_all", "chance_overlap", "per_kind_matrix",
+                                                "judged", "toward", "choose", "scored", "promoted", "per_way", "ci",
+                                                "goal"}}
+
+
+def _functions_reading_state(tree: ast.Module) -> set[str]:
+    """Top-level functions of a chapter that read a name they were not passed: not a parameter, a local, an
+    import, a builtin or another of the chapter's functions."""
+    import builtins
+
+    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree)
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    known = imported | set(dir(builtins)) | {f.name for f in funcs}
+    out = set()
+    for fn in funcs:
+        bound = set()
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+                a = node.args
+                bound |= {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x}
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                bound.add(node.id)
+        loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        if loaded - bound - known:
+            out.add(fn.name)
+    return out
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_chapter_functions_read_only_what_they_are_passed(src):
+    got = _functions_reading_state(ast.parse(src.read_text()))
+    assert got == READS_NOTEBOOK_STATE.get(src.stem, set()), \
+        f"{src.name}: functions reading notebook variables they were not passed: {sorted(got)}"
+
+
+def test_the_state_check_sees_a_function_that_reads_a_notebook_variable():
+    tree = ast.parse("import numpy as np\nSEED = 0\n\ndef ok(x, seed):\n    return np.mean(x) + seed\n\n"
+                     "def bad(x):\n    return x + SEED\n")
+    assert _functions_reading_state(tree) == {"bad"}

@@ -79,10 +79,19 @@ def _clamp_keys(src: str) -> set[str]:
         elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "slug":
             slug_rule = node.value
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "record":
-            key_exprs += [k for kw in node.keywords if kw.arg is None and isinstance(kw.value, ast.Dict)
-                          for k in kw.value.keys if isinstance(k, ast.JoinedStr)]
+            key_exprs += [(k, _is_interval(v)) for kw in node.keywords
+                          if kw.arg is None and isinstance(kw.value, ast.Dict)
+                          for k, v in zip(kw.value.keys, kw.value.values) if isinstance(k, ast.JoinedStr)]
     assert names and slug_rule is not None and key_exprs, "chapter 05 builds its clamp keys another way: update this"
-    return {ev(k, slug=ev(slug_rule, name=n)) for n in names for k in key_exprs}
+    keys = {(ev(k, slug=ev(slug_rule, name=n)), interval) for n in names for k, interval in key_exprs}
+    # record() writes an estimate given with its interval, (est, lo, hi), as key, key_lo and key_hi
+    return {name + end for name, interval in keys for end in (("", "_lo", "_hi") if interval else ("",))}
+
+
+def _is_interval(value: ast.expr) -> bool:
+    """Whether a recorded value is written as an interval: a 3-tuple, or ``tuple(...)`` of one."""
+    return (isinstance(value, ast.Tuple) and len(value.elts) == 3) or (
+        isinstance(value, ast.Call) and getattr(value.func, "id", None) == "tuple")
 
 
 def test_every_row_reads_a_number_its_chapter_records():
