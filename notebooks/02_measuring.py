@@ -341,7 +341,8 @@ for name, fn in judges.items():
     # every level-4/5 reply against every level-1/2 reply to the same situation; each EIA pair's two sides
     held_wins = J.warm_above_cold(fn(*held_args), [r["score"] for r in held], held_args[1])
     eia_wins = (np.asarray(fn([p.positive for p in pairs], ctx)) > np.asarray(fn([p.negative for p in pairs], ctx)))
-    rows.append({"judge": name, "held-out situations: empathic side higher": interval(*bootstrap_ci(held_wins, seed=SEED)),
+    rows.append({"judge": name,
+                 "held-out situations: empathic side higher": interval(*bootstrap_ci(held_wins, seed=SEED)),
                  "EIA pairs: empathic side higher": interval(*bootstrap_ci(eia_wins.astype(float), seed=SEED))})
 print(f"tuning judge: Spearman rho with the labels on {len(held)} held-out replies: {interval(*rho)}")
 show(pd.DataFrame(rows))
@@ -659,8 +660,9 @@ headline = record(
     empathy_judge_test_rho=test_rho["n-grams (tunes)"], empathy_report_test_rho=test_rho["embeddings (reports)"][0],
     empathy_judges_test_rho=rho_judges_test, empathy_test_length_rho=test_rho["reply length in words"][0],
     empathy_test_writer_rho=test_rho["the writer's intended level"][0],
-    empathy_judge_test_pairs=J.warm_above_cold(emp_all.score([r.reply for r in test_emp], [r.situation for r in test_emp]),
-                                               [r.score for r in test_emp], [r.situation for r in test_emp]).mean(),
+    empathy_judge_test_pairs=J.warm_above_cold(
+        emp_all.score([r.reply for r in test_emp], [r.situation for r in test_emp]), [r.score for r in test_emp],
+        [r.situation for r in test_emp]).mean(),
     rubric_judge_accuracy=float(np.mean(ways["RubricJudge (trained on the rubric)"][0] == y_game)),
     rubric_from_score_accuracy=float(np.mean(ways["EmpathyJudge score, cut at 2.5 / 3.5"][0] == y_game)))
 pd.Series(headline).to_frame("value")

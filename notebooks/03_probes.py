@@ -220,7 +220,8 @@ tr = np.array([p.split == "train" for p in pairs])
 Xp, Xn = X[:n], X[n:]
 shuf = readout.shuffled_baseline(Xp[tr], Xn[tr], Xp[~tr], Xn[~tr], n=100, seed=SEED)
 logit = readout.logistic_direction(Xp[tr], Xn[tr], seed=SEED)
-det_logit = readout.evaluate_direction(logit, Xp[~tr], Xn[~tr], threshold=readout.midpoint(logit, Xp[tr], Xn[tr]), seed=SEED)
+det_logit = readout.evaluate_direction(logit, Xp[~tr], Xn[~tr], threshold=readout.midpoint(logit, Xp[tr], Xn[tr]),
+                                      seed=SEED)
 print(f"layer {best}, {POOL}: mean-difference AUROC "
       f"{interval(fits[POOL].metrics['layers'][str(best)]['auroc'], *fits[POOL].metrics['layers'][str(best)]['auroc_ci'])}")
 print(f"logistic-regression probe AUROC {interval(det_logit.auroc, *det_logit.auroc_ci)}")
@@ -885,7 +886,8 @@ gr_kw = ds.keyword_counts([r["reply"] for r in graded])
 gr_kw_auc = readout.auroc_ci(gr_kw[high], gr_kw[low], seed=SEED)
 game = np.array([r["setting"] == "game" for r in graded])  # other games told by an agent: the pairs' genre
 gr_personal = readout.auroc_ci(gr_score[high & ~game], gr_score[low & ~game], seed=SEED)
-gr_task = readout.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)  # empathic vs task-focused: the pairs' contrast
+# empathic vs task-focused: the pairs' contrast
+gr_task = readout.auroc_ci(gr_score[high], gr_score[grade == 2], seed=SEED)
 gr_cold = readout.auroc_ci(gr_score[high], gr_score[grade == 1], seed=SEED)  # empathic vs dismissive
 print(f"{high.sum()} replies graded 4-5 vs {low.sum()} graded 1-2, {len({r['situation'] for r in graded})} "
       f"situations: probe AUROC {interval(*gr_auc)}; keyword count {interval(*gr_kw_auc)}; chance 0.50")

@@ -1501,7 +1501,8 @@ headline = record(
     emotions_ratio_ge_3_top50=passing.loc[0.5],
     **({"emotions_ratio_ge_3_top25": passing.loc[0.25]} if 0.25 in SHARES else {}),  # QUICK runs skip it
     modulation_coherent=res.loc["circuit modulation", "coherent"],
-    modulation_on_target_coherent=tuple(res.loc["circuit modulation", ["on target and coherent", "both lo", "both hi"]]),
+    modulation_on_target_coherent=tuple(
+        res.loc["circuit modulation", ["on target and coherent", "both lo", "both hi"]]),
     modulation_names_target=res.loc["circuit modulation", "names the target"],
     modulation_greedy_coherent=res.loc["circuit modulation, plain greedy", "coherent"],
     plain_greedy_coherent=res.loc["no intervention, plain greedy", "coherent"],
@@ -1518,7 +1519,8 @@ headline = record(
     **{f"scale_{emo}": s_ for emo, s_ in scale_by.items()}, **{f"alpha_{emo}": a_ for emo, a_ in alpha_by.items()},
     # section 8's variant: circuits from text that expresses the emotion
     text_scale=t_scale,
-    text_modulation_accuracy=tuple(t_res.loc["circuit modulation, circuits from text", ["accuracy", "acc lo", "acc hi"]]),
+    text_modulation_accuracy=tuple(
+        t_res.loc["circuit modulation, circuits from text", ["accuracy", "acc lo", "acc hi"]]),
     text_modulation_coherent=t_res.loc["circuit modulation, circuits from text", "coherent"],
     text_modulation_on_target_coherent=t_res.loc["circuit modulation, circuits from text", "on target and coherent"],
     text_modulation_names_target=t_res.loc["circuit modulation, circuits from text", "names the target"],
@@ -1529,7 +1531,8 @@ headline = record(
     pick_modulation_coherent=f_res.loc[PICK, "coherent"],
     pick_modulation_on_target_coherent=f_res.loc[PICK, "on target and coherent"],
     pick_modulation_names_target=f_res.loc[PICK, "names the target"],
-    pick_all_accuracy=tuple(m_res.loc[ALL, ["accuracy", "acc lo", "acc hi"]]), pick_all_coherent=m_res.loc[ALL, "coherent"],
+    pick_all_accuracy=tuple(m_res.loc[ALL, ["accuracy", "acc lo", "acc hi"]]),
+    pick_all_coherent=m_res.loc[ALL, "coherent"],
     pick_all_on_target_coherent=m_res.loc[ALL, "on target and coherent"],
     pick_all_names_target=m_res.loc[ALL, "names the target"],
     pick_all_plain_accuracy=m_res.loc[NONE, "accuracy"], pick_all_replies=len(f_pick) + len(m_pick),

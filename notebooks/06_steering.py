@@ -343,7 +343,8 @@ def goal_cells(r, rms):
 
 def show_goal(g, rms, first=None, drop=(), where=""):
     """A both-ways table as the page prints it (``rms``: each layer's residual RMS): one row per setting
-    (``first``: a column of ``g`` to put first, such as the direction; ``drop``: columns left out, such as a layer named in ``where``, the caption's start),
+    (``first``: a column of ``g`` to put first, such as the direction; ``drop``: columns left out, such as a
+    layer named in ``where``, the caption's start),
     with the number of situations and of settings that meet the goal in the caption."""
     view = pd.DataFrame([goal_cells(r, rms) for _, r in g.iterrows()])
     if first:
@@ -449,8 +450,9 @@ def box_vs_chance(lo, hi, chance):
 
 
 box_moved = interval(confirmed.share, confirmed.share_lo, confirmed.share_hi)
+top_push = push_label(top.alpha, top.scale, rms[top.layer], both=True)
 display(result(
-    f"The setting chosen on {int(top.prompts)} situations ({push_label(top.alpha, top.scale, rms[top.layer], both=True)} "
+    f"The setting chosen on {int(top.prompts)} situations ({top_push} "
     f"at {top.positions} positions of layer {int(top.layer)}) moves {box_moved} of {int(confirmed.prompts)} fresh "
     f"situations both ways, {box_vs_chance(confirmed.share_lo, confirmed.share_hi, confirmed.chance)}, with "
     f"{confirmed.coherent_share:.2f} of replies coherent: the goal (0.80 moved, 0.90 coherent) is "
@@ -544,7 +546,8 @@ P_POSITIONS = size(["generated"], ["all", "generated"], ["all", "generated"])
 persona_records = [r for pos in P_POSITIONS
                    for r in S.sweep(lm, prompts, persona_dirs, [MID], P_ALPHAS, scale="rms", positions=pos,
                                     seeds=SEEDS, decoding=SAMPLED)]
-p_judged = (persona_records, *judge([r["text"] for r in persona_records], [situation_of[r["id"]] for r in persona_records]))
+p_judged = (persona_records,
+            *judge([r["text"] for r in persona_records], [situation_of[r["id"]] for r in persona_records]))
 persona_goal = S.both_ways(*with_unpushed(p_judged, (records, scores, coherent)), seed=SEED)  # alpha 0: section 1's
 probe_rows = goal[(goal.layer == MID) & (goal.scale == "rms") & goal.positions.isin(P_POSITIONS)
                   & goal.alpha.isin([abs(a) for a in P_ALPHAS])]

@@ -170,7 +170,7 @@ def assemble(emotion: str, model: str, neuron_scores: dict[int, np.ndarray], hea
     ``neuron_scores[layer]`` / ``head_scores[layer]`` are one emotion's mean
     contributions (:func:`scores_by_emotion`); ``attn_influence`` and
     ``mlp_influence`` are that emotion's per-layer influences
-    (:func:`sublayer_influence`).
+    (:func:`emocircuits.causal.sublayer_influence`).
     """
     layers = sorted(neuron_scores)
     if sorted(head_scores) != layers or len(attn_influence) != len(layers) or len(mlp_influence) != len(layers):

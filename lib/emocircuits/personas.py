@@ -111,7 +111,8 @@ def persona_activations(lm, replies: PersonaReplies, layers: Sequence[int], site
 
 def persona_directions(lm, replies: PersonaReplies, layers: Sequence[int], keep=None, site_kind: str = "resid_post",
                        system: bool = True, progress: bool = False) -> dict[int, np.ndarray]:
-    """Persona Vectors' trait direction per layer: :func:`mean_diff` of the model's own replies under the two prompts.
+    """Persona Vectors' trait direction per layer: :func:`emocircuits.readout.mean_diff` of the model's own
+    replies under the two prompts.
 
     ``keep`` (one bool per row of ``replies``) restricts the difference to
     the rows where the prompts worked, e.g. where a judge scored the

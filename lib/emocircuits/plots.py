@@ -155,7 +155,7 @@ def plot_graph(graph: Graph, kept: dict, ax=None, max_edges: int = 300,
     Only the token positions that hold a kept node are drawn, one column each, with their tokens as labels;
     layers go up. Feature nodes are violet, sized by influence on the logit, and the ``n_labels`` most
     influential are numbered and named, beside the picture, by ``labels`` (``{(layer, feature): text}``, e.g.
-    :func:`feature_labels`). Error
+    :func:`emocircuits.features.feature_labels`). Error
     nodes, what the transcoders miss, are summed per layer into one grey diamond in the right-hand column,
     sized by their share of influence; the edges into and out of them are not drawn. Edge width follows
     |direct effect|, orange positive and blue negative; a legend says so.

@@ -214,7 +214,7 @@ def transfer_pairs(lm, probe: PairProbe, records, scenarios: dict | None = None,
     unit directions oriented on the pairs the probe was trained on, then
     scored on ``records``). Orienting needs only the sign of each random
     direction's dot product with the training sides' mean difference, and
-    the probe's direction is that difference normalised (:func:`mean_diff`),
+    the probe's direction is that difference normalised (:func:`emocircuits.readout.mean_diff`),
     so the training texts need no second forward pass.
     """
     from scipy.stats import binomtest
