@@ -66,6 +66,8 @@ NO_REPEAT_NGRAM = 0
 HEAD_POSITIONS = "last:1"
 
 # %%
+from functools import partial
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -269,15 +271,18 @@ rand_u = rng.normal(size=lm.d_model)
 alphas = size((1.0,), (0.5, 2.0), (0.5, 1.0, 2.0))
 
 
-def influence(dirs):
+def sublayer_influences(lm, dirs, random_push, texts, alphas, emotions, batch_size):
     """I per layer and emotion for ``dirs``, plus the random push (last column) read on happiness's direction."""
-    local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], rand_u]) for l in range(L) for k in ("attn_out", "mlp_out")}
-    ref = np.vstack([dirs[f"resid_post.{L - 1}"], dirs[f"resid_post.{L - 1}"][EMO.index("happiness")]])
-    # one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes
-    return causal.sublayer_influence(lm, neutral_texts, local, ref, alphas=alphas, batch_size=size(4, 2, 2),
-                                progress=False)
+    last = lm.n_layers - 1
+    local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], random_push]) for l in range(lm.n_layers)
+             for k in ("attn_out", "mlp_out")}
+    ref = np.vstack([dirs[f"resid_post.{last}"], dirs[f"resid_post.{last}"][emotions.index("happiness")]])
+    return causal.sublayer_influence(lm, texts, local, ref, alphas=alphas, batch_size=batch_size, progress=False)
 
 
+# one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes
+influence = partial(sublayer_influences, lm, random_push=rand_u, texts=neutral_texts, alphas=alphas, emotions=EMO,
+                    batch_size=size(4, 2, 2))
 infl = influence(dirs)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
@@ -327,18 +332,18 @@ print(f"budget: {budget['n_neurons']} neurons and {budget['n_heads']} heads, at 
 out_dir = cache_dir("circuits") / lm.name / size.name  # "quick", "book" or "full"
 
 
-def assemble_all(neuron_scores, head_scores, infl, suffix=""):
+def assemble_all(lm, emotions, budget, out_dir, neuron_scores, head_scores, infl, suffix=""):
     """Each emotion's circuit under ``budget``, written to ``out_dir / {emotion}{suffix}.json``."""
     out = {}
-    for e, emo in enumerate(EMO):
-        out[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(L)},
-                              {l: head_scores[l][e] for l in range(L)},
+    for e, emo in enumerate(emotions):
+        out[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(lm.n_layers)},
+                              {l: head_scores[l][e] for l in range(lm.n_layers)},
                               attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
         out[emo].to_json(out_dir / f"{emo}{suffix}.json")
     return out
 
 
-circuits = assemble_all(neuron_scores, head_scores, infl)
+circuits = assemble_all(lm, EMO, budget, out_dir, neuron_scores, head_scores, infl)
 print(f"wrote {len(circuits)} circuits to {out_dir}")
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
@@ -354,21 +359,21 @@ def common(a, b):
                       & {(c.layer, c.index) for c in b.components if c.kind == kind}) / len(a) for kind in C.KINDS}
 
 
-def chance_overlap(a, b):
+def chance_overlap(lm, a, b):
     """{kind: the share of circuit a's components that b would have too, were both drawn at random within each
     layer with their counts per layer}: the baseline of :func:`common`."""
-    ca, cb = a.counts(L), b.counts(L)
+    ca, cb = a.counts(lm.n_layers), b.counts(lm.n_layers)
     return {kind: (ca[:, k] * cb[:, k]).sum() / width / len(a)
             for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
 
 
-def per_kind_matrix(f):
+def per_kind_matrix(f, circuits, emotions):
     """{kind: [a, b] matrix of ``f(circuits[a], circuits[b])[kind]``} over the emotions."""
-    vals = {(a, b): f(circuits[a], circuits[b]) for a in EMO for b in EMO}
-    return {kind: np.array([[vals[a, b][kind] for b in EMO] for a in EMO]) for kind in C.KINDS}
+    vals = {(a, b): f(circuits[a], circuits[b]) for a in emotions for b in emotions}
+    return {kind: np.array([[vals[a, b][kind] for b in emotions] for a in emotions]) for kind in C.KINDS}
 
 
-shared, chance = per_kind_matrix(common), per_kind_matrix(chance_overlap)
+shared, chance = (per_kind_matrix(f, circuits, EMO) for f in (common, partial(chance_overlap, lm)))
 overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
 display(show(overlap.rename_axis("circuit").reset_index(), caption="share of components two circuits have in common"))
 off = ~np.eye(len(EMO), dtype=bool)
@@ -684,7 +689,7 @@ GREEDY = Decoding()  # plain greedy decoding, for the table's last rows
 rms = {la: float(acts[f"resid_post.{la}"].pow(2).mean().sqrt()) for la in steer_layers}
 
 
-def judged(texts, users, systems=None):
+def judged_by(lm, judge, reporter, texts, users, systems=None):
     """The emotion judge's label, the coherence verdict (perplexity under the unmodified model given the
     prompt included) and the reporting judge's label of each reply; each distinct (prompt, reply) is
     scored once."""
@@ -698,7 +703,8 @@ def judged(texts, users, systems=None):
     return list(labels), list(coherent), list(reported)
 
 
-def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, means=None):
+def pushed_replies(recs, scale, n_tokens, how="modulation", decode=None, circs=None, means=None, *, lm, emotions,
+                   circuits, c_means, dirs, rms, steer_layers, head_positions, judged):
     """Replies to neutral-valence prompts without instruction, pushed toward each emotion in turn.
 
     ``how`` is "modulation" (circuits, ``scale``) or "steering" (directions,
@@ -707,28 +713,32 @@ def toward(recs, scale, n_tokens, how="modulation", decode=DECODE, circs=None, m
     so one set of replies serves as the baseline for every target emotion.
     ``decode`` is how replies are decoded, with ``n_tokens`` new tokens (``GREEDY``: plain greedy).
     ``circs`` replaces the emotions' circuits (a baseline of random components), ``means`` their group-centred
-    means (section 8's variant).
+    means (section 8's variant). The keyword arguments are what the pushes are made of, and ``judged``
+    reads the replies.
     """
     prompts = ds.sev_prompts(recs, emotions=None, valences=("neutral",))
     users, record_ids = [p["user"] for p in prompts], [p["record_id"] for p in prompts]
     dec = decode.replace(max_new_tokens=n_tokens)
-    per = scale if isinstance(scale, dict) else dict.fromkeys(EMO, scale)  # {emotion: strength}
+    per = scale if isinstance(scale, dict) else dict.fromkeys(emotions, scale)  # {emotion: strength}
     if not any(per.values()):
-        replies = [generate(lm, users, decoding=dec, batch_size=8)] * len(EMO)
+        replies = [generate(lm, users, decoding=dec, batch_size=8)] * len(emotions)
     else:  # one batched call: each row carries its own target emotion's interventions
-        push = [C.modulation((circs or circuits)[emo], c_means if means is None else means, EMO, per[emo],
-                             head_positions=HEAD_POSITIONS)
-                if how == "modulation" else C.direction_steering(dirs, EMO, emo, per[emo], rms, steer_layers)
-                for emo in EMO]
+        push = [C.modulation((circs or circuits)[emo], c_means if means is None else means, emotions, per[emo],
+                             head_positions=head_positions)
+                if how == "modulation" else C.direction_steering(dirs, emotions, emo, per[emo], rms, steer_layers)
+                for emo in emotions]
         replies = generate_grid(lm, users, push, decoding=dec, batch_size=32)
     df = pd.DataFrame([{"emotion": emo, "scale": per[emo], "record_id": r, "user": u, "text": t}
-                       for emo, texts in zip(EMO, replies) for r, u, t in zip(record_ids, users, texts)])
+                       for emo, texts in zip(emotions, replies) for r, u, t in zip(record_ids, users, texts)])
     df["judged"], df["coherent"], df["reported"] = judged(df.text, df.user)
     df["hit"] = df.judged == df.emotion
     return df
 
 
-tuned, tunes = {}, {}
+judged = partial(judged_by, lm, judge, reporter)
+# replies pushed toward each emotion by this chapter's circuits or directions, judged
+toward = partial(pushed_replies, decode=DECODE, lm=lm, emotions=EMO, circuits=circuits, c_means=c_means, dirs=dirs,
+                 rms=rms, steer_layers=steer_layers, head_positions=HEAD_POSITIONS, judged=judged)
 
 
 def declared(experiment):
@@ -745,19 +755,17 @@ def strengths(t):
     return out
 
 
-def choose(how, grid, name=None, **kw):
-    """Run every strength in ``grid`` on the discovery prompts; return the one strength for all emotions
-    and the {emotion: strength} that the same rule picks from each emotion's own replies. ``kw`` goes to
-    ``toward``. With a ``name`` (a variant, section 8) the table is captioned with it and not kept in
-    ``tunes`` / ``tuned``, which hold paper B's two methods for this section's comparisons."""
-    tune = pd.concat([toward(disc[: size(1, 4, 6)], s, new_tokens, how, **kw) for s in grid])
+def choose(toward, prompts, n_tokens, how, grid, name=None, **kw):
+    """Run every strength in ``grid`` on the discovery ``prompts`` (``toward``: replies pushed toward each
+    emotion); return the replies, the one strength for all emotions and the {emotion: strength} that the same
+    rule picks from each emotion's own replies. ``kw`` goes to ``toward``. ``name`` captions a variant's table
+    (section 8)."""
+    tune = pd.concat([toward(prompts, s, n_tokens, how, **kw) for s in grid])
     table = tune.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
-    if name is None:
-        tunes[how], tuned[how] = tune, table
     display(show(strengths(table), columns={"scale": "strength", "accuracy": "judged as the target",
                                             "coherent": "coherent"},
                  caption=f"{name or how}: choosing the scale on discovery prompts"))
-    return choosing.choose_strength(tune), choosing.choose_strength(tune, by="emotion")
+    return tune, choosing.choose_strength(tune), choosing.choose_strength(tune, by="emotion")
 
 
 SCALES = size((8.0,), (6.0, 8.0, 10.0, 12.0), (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0))
@@ -768,8 +776,12 @@ display(declared(Experiment(
     rule="choosing.choose_strength: the smallest strength with the best share judged as the target among those "
          "keeping >= 90% of replies coherent (pooled; and per emotion)",
     test=f"sev_test, {size(2, 16, 16)} held-out scenarios' neutral events, judged once")))
-scale, scale_by = choose("modulation", SCALES)
-alpha, alpha_by = choose("steering", ALPHAS)
+tune_prompts = disc[: size(1, 4, 6)]
+tunes = {}  # each method's discovery replies, kept for this section's comparisons
+tunes["modulation"], scale, scale_by = choose(toward, tune_prompts, new_tokens, "modulation", SCALES)
+tunes["steering"], alpha, alpha_by = choose(toward, tune_prompts, new_tokens, "steering", ALPHAS)
+tuned = {how: t.groupby("scale").agg(accuracy=("hit", "mean"), coherent=("coherent", "mean"))
+         for how, t in tunes.items()}
 print(f"chosen: modulation scale {scale}, steering alpha {alpha} x RMS over layers "
       f"{steer_layers[0]}-{steer_layers[-1]}")
 per_emotion = pd.concat({how: t.groupby(["emotion", "scale"]).agg(accuracy=("hit", "mean"),
@@ -848,23 +860,26 @@ asked_df = pd.DataFrame({"hit": asked_hit, "coherent": asked_coh, "text": asked,
                          "judged": asked_labels, "reported": asked_reported})
 
 
-def scored(runs):
+def scored_runs(runs, seed):
     """One row per run (replies with ``hit``, ``coherent``, ``text``, ``emotion``, ``judged`` and ``reported``):
     its shares, with bootstrap intervals over replies; ``reported`` is the share the reporting judge reads as
     the target, ``kappa`` the two judges' agreement on these replies."""
     out = {}
     for name, df in runs.items():
         hit, coh = df.hit.to_numpy(bool), df.coherent.to_numpy(bool)
-        a, c, b = (bootstrap_ci(x.astype(float), seed=SEED) for x in (hit, coh, hit & coh))
-        n = bootstrap_ci(names_emotion(list(df.text), list(df.emotion)).astype(float), seed=SEED)
+        a, c, b = (bootstrap_ci(x.astype(float), seed=seed) for x in (hit, coh, hit & coh))
+        n = bootstrap_ci(names_emotion(list(df.text), list(df.emotion)).astype(float), seed=seed)
         rep = list(df.reported)
-        r = bootstrap_ci((df.reported == df.emotion).to_numpy(float), seed=SEED)
+        r = bootstrap_ci((df.reported == df.emotion).to_numpy(float), seed=seed)
         out[name] = {"accuracy": a[0], "acc lo": a[1], "acc hi": a[2], "reported": r[0], "rep lo": r[1],
                      "rep hi": r[2], "kappa": J.agreement(list(df.judged), rep)["kappa"],
                      "coherent": c[0], "coh lo": c[1],
                      "coh hi": c[2], "on target and coherent": b[0], "both lo": b[1], "both hi": b[2],
                      "names the target": n[0], "names lo": n[1], "names hi": n[2]}
     return pd.DataFrame(out).T
+
+
+scored = partial(scored_runs, seed=SEED)
 
 
 def show_scored(t, caption):
@@ -1023,19 +1038,20 @@ show_replies(mod.groupby("emotion").head(2))
 first_users = [p["user"] for p in ds.sev_prompts(held, emotions=None, valences=("neutral",))]
 
 
-def promoted(circs, k=8):
+def promoted(lm, users, circs, c_means, emotions, scale, head_positions, k=8):
     """Each emotion's top ``k`` tokens by next-token logits under its modulation, minus the six's mean (the
     unmodified model's logits cancel in that difference, so they are not computed)."""
-    means = torch.stack([next_token_logits(lm, first_users, C.modulation(circs[e], c_means, EMO, scale,
-                                                                         head_positions=HEAD_POSITIONS))
-                         for e in EMO])
+    means = torch.stack([next_token_logits(lm, users, C.modulation(circs[e], c_means, emotions, scale,
+                                                                   head_positions=head_positions))
+                         for e in emotions])
     specific = means - means.mean(0)
     return {e: ", ".join(repr(lm.tokenizer.decode([int(i)])) for i in specific[j].topk(k).indices)
-            for j, e in enumerate(EMO)}
+            for j, e in enumerate(emotions)}
 
 
-display(show(pd.DataFrame({"the emotion's circuit": promoted(circuits),
-                           "random components, same layers (baseline)": promoted(random_circuits)})
+display(show(pd.DataFrame({name: promoted(lm, first_users, circs, c_means, EMO, scale, HEAD_POSITIONS)
+                           for name, circs in (("the emotion's circuit", circuits),
+                                               ("random components, same layers (baseline)", random_circuits))})
              .rename_axis("emotion").reset_index(),
              caption=f"tokens each push promotes more than the six pushes' mean, first reply token of "
                      f"{len(first_users)} held-out prompts, scale {scale:g}"))
@@ -1137,23 +1153,24 @@ print(f"{len(reply_recs)} replies ({len(reply_recs) // len(EMO)} per emotion); t
 t_dirs = emotion_acts.directions(t_acts, t_labels, t_groups, EMO)
 t_neurons, t_heads = contributions.component_scores(lm, t_acts, t_dirs, t_labels, t_groups, EMO)
 t_infl = influence(t_dirs)
-t_circuits = assemble_all(t_neurons, t_heads, t_infl, suffix="_from_text")
+t_circuits = assemble_all(lm, EMO, budget, out_dir, t_neurons, t_heads, t_infl, suffix="_from_text")
 t_means = C.group_centred_means({k: v for k, v in t_acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
                                 t_labels, t_groups, EMO)
 site_cos = pd.DataFrame({emo: [float(t_dirs[f"resid_post.{l}"][e] @ dirs[f"resid_post.{l}"][e]) for l in range(L)]
                          for e, emo in enumerate(EMO)})
 kept = {emo: sum(common(t_circuits[emo], circuits[emo]).values()) for emo in EMO}
+kept_by_chance = {emo: sum(chance_overlap(lm, t_circuits[emo], circuits[emo]).values()) for emo in EMO}
 display(pd.DataFrame({"cosine with paper B's direction, mean over layers": site_cos.mean(),
                       "... at the last layer": site_cos.iloc[-1],
                       "share of components also in paper B's circuit": pd.Series(kept),
-                      "... at random within layers (baseline)": {
-                          emo: sum(chance_overlap(t_circuits[emo], circuits[emo]).values()) for emo in EMO}}).loc[EMO]
+                      "... at random within layers (baseline)": kept_by_chance}).loc[EMO]
         .rename_axis("emotion").reset_index().pipe(show, caption=(
             f"the variant against paper B's way, per emotion (directions: residual stream after each layer; two "
             f"random unit directions in {lm.d_model} dimensions: |cosine| about {1 / np.sqrt(lm.d_model):.2f})")))
 
-t_scale, _ = choose("modulation", size((4.0,), (2.0, 3.0, 4.0, 5.0, 6.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)),
-                    name="modulation, circuits from text", circs=t_circuits, means=t_means)
+_, t_scale, _ = choose(toward, tune_prompts, new_tokens, "modulation",
+                       size((4.0,), (2.0, 3.0, 4.0, 5.0, 6.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)),
+                       name="modulation, circuits from text", circs=t_circuits, means=t_means)
 t_mod = toward(held, t_scale, new_tokens, circs=t_circuits, means=t_means)
 t_random = {e: C.random_like(t_circuits[e], lm, seed=SEED) for e in EMO}
 t_mod_random = toward(held, t_scale, new_tokens, circs=t_random, means=t_means)
@@ -1272,10 +1289,10 @@ pick["way"] = pd.Categorical(pick.way, categories=list(WAYS), ordered=True)
 way_by = choosing.choose_strength(pick, by="emotion", option="way")
 
 
-def per_way(runs, caption):
+def per_way(runs, caption, way_by, emotions):
     """Each emotion's share judged as the target and share coherent under each way, and the way picked."""
     t = pd.concat({way: r.groupby("emotion").agg(on_target=("hit", "mean"), coherent=("coherent", "mean"))
-                   for way, r in runs.items()}, axis=1).loc[EMO]
+                   for way, r in runs.items()}, axis=1).loc[emotions]
     t[("picked", "")] = pd.Series(way_by)
     view = t.copy()
     view.columns = [f"{way}: {m.replace('_', ' ')}" if m else way for way, m in t.columns]
@@ -1283,7 +1300,7 @@ def per_way(runs, caption):
 
 
 per_way({way: pick[pick.way == way] for way in WAYS},
-        f"discovery prompts, {n_pick} replies per emotion and way, and the way the rule picks")
+        f"discovery prompts, {n_pick} replies per emotion and way, and the way the rule picks", way_by, EMO)
 
 step = max(1, len(all_test) // size(4, n_held, n_held))
 fresh = all_test[step // 2:: step][:n_held]  # halfway between the held-out scenarios
@@ -1302,7 +1319,8 @@ f_res = scored({PICK: f_pick, **f_runs,
 show_scored(f_res, (
     f"fresh test prompts ({len(fresh)} scenarios), {len(f_pick)} replies per row (goal: accuracy >= 0.80 with "
     ">= 0.90 coherent)"))
-per_way(f_runs, f"fresh prompts, {len(f_pick) // len(EMO)} replies per emotion and way, and the way picked")
+per_way(f_runs, f"fresh prompts, {len(f_pick) // len(EMO)} replies per emotion and way, and the way picked", way_by,
+        EMO)
 show_replies(f_pick.groupby("emotion").head(1))
 
 # %% [markdown]
@@ -1633,14 +1651,17 @@ from IPython.display import Markdown
 h = headline  # this run's recorded numbers (Headline numbers, above)
 
 
-def ci(key):
+def recorded_ci(h, key):
     """A recorded number with its 95% interval, as "0.79 [0.71, 0.86]"."""
     return f"{h[key]:.2f} [{h[key + '_lo']:.2f}, {h[key + '_hi']:.2f}]"
 
 
-def goal(key):
+def goal_word(h, key):
     """Whether a row's share on target and share coherent meet the goal (0.80 with at least 0.90)."""
     return "meets" if h[f"{key}_accuracy"] >= 0.8 and h[f"{key}_coherent"] >= 0.9 else "misses"
+
+
+ci, goal = partial(recorded_ci, h), partial(goal_word, h)
 
 
 findings = [
