@@ -84,7 +84,7 @@ from emocircuits.lexical import keyword_success
 from emocircuits.page import result
 from emocircuits.personas import persona_activations, persona_directions, persona_replies
 from emocircuits.plots import band, setup_style
-from emocircuits.stats import bootstrap_ci
+from emocircuits.stats import bootstrap_ci, correlation_ci
 from emocircuits.tables import interval, push_label, show
 
 setup_style()
@@ -997,12 +997,11 @@ plt.show()
 # %%
 g_texts, g_starts = P.reply_texts(lm, [ds.eia_prompt(scen[r["id"]]) for r in game_records], game_texts)
 g_proj = P.score_texts(lm, fit, g_texts, layer=game_layer, response_starts=g_starts)
-game_r = float(np.corrcoef(g_proj, game_level)[0, 1])
+game_r_ci = correlation_ci(g_proj, game_level, "pearson", seed=SEED)
+game_r = game_r_ci[0]
 rng_ = np.random.default_rng(SEED)
 game_r_null = float(np.quantile([abs(np.corrcoef(g_proj, rng_.permutation(game_level))[0, 1]) for _ in range(1000)],
                                 0.95))
-game_r_ci = bootstrap_ci(np.arange(len(g_proj)), stat=lambda i: np.corrcoef(g_proj[i.astype(int)],
-                         game_level[i.astype(int)])[0, 1], n_boot=500, seed=SEED)
 print(f"probe projection vs rubric level over {len(g_proj)} replies: r = {interval(game_r, *game_r_ci[1:])}; "
       f"shuffled levels' 95th percentile of |r|: {game_r_null:.2f}; paper A (Phi-3): 0.71")
 

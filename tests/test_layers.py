@@ -14,8 +14,8 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # must name it.
 LAYERS = (
     ("cache", "lexical", "page", "registry", "sites", "stats", "tables"),
-    ("contributions", "datasets", "interventions", "sources", "models", "profiling", "readout", "results", "vectors"),
-    ("activations", "circuits", "coherence", "judges", "protocol", "transcoders"),
+    ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
+    ("activations", "circuits", "coherence", "sources", "judges", "protocol", "transcoders"),
     ("attribution", "causal", "choosing", "fidelity", "generation", "published", "staging", "training"),
     ("book", "emotion_acts", "features", "personas", "plots", "probes", "steering"),
     ("clamping",),

@@ -50,9 +50,8 @@ from . import profiling
 from .cache import atomic_write_text, file_lock, stable_hash
 from .models import load_model
 from .registry import DEFAULT_MODEL, bundled_packages
+from .sources import ROOT, chapters
 from .staging import stage
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class ChapterError(RuntimeError):
@@ -82,10 +81,6 @@ def sizer(quick: bool = False, full: bool = False):
 
     size.name = SIZES[i]
     return size
-
-
-def chapters(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
 # The packages whose version can change a chapter's output (the bundled models' and the encoder's are added

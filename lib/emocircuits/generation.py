@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import warnings
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -123,7 +123,8 @@ class Decoding:
         """``decoding`` (the defaults when None) with any ``settings`` given by name put in."""
         if decoding is not None and not isinstance(decoding, Decoding):
             raise TypeError(f"decoding={decoding!r:.80}: expected a Decoding (or None for the defaults)")
-        return (decoding or cls()).replace(**settings) if settings else (decoding or cls())
+        base = decoding or cls()
+        return base.replace(**settings) if settings else base
 
     def _generate_kwargs(self, pad_token_id) -> dict:
         # decoding is greedy; sampling is greedy on Gumbel-perturbed logits (_RowSampler)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .cache import atomic_write_text
+from .datasets import ROOT
 
 COLAB_CELL = '''# %% tags=["remove-cell"]
 # On Colab only (elsewhere this does nothing): clone the book's repository,
@@ -97,14 +98,15 @@ def with_opening(text: str, name: str = "chapter") -> str:
     return header + "".join(cells)
 
 
-def chapter_sources(root: Path) -> list[Path]:
+def chapters(root: Path = ROOT) -> list[Path]:
+    """The chapters' sources, ``notebooks/NN_slug.py``, in book order."""
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
 def write_openings(root: Path) -> list[Path]:
     """Rewrite every chapter whose opening differs from the shared one (written atomically); returns them."""
     changed = []
-    for path in chapter_sources(root):
+    for path in chapters(root):
         old = path.read_text()
         new = with_opening(old, path.name)
         if new != old:
