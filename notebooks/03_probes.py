@@ -213,7 +213,8 @@ POOL = "mean_response"
 best = fits[POOL].best_layer
 pos_t, neg_t, starts = P.pair_texts(lm, pairs, scen)
 site = f"resid_post.{best}"
-X = capture(lm, pos_t + neg_t, [site], pooling=POOL, response_starts=starts + starts, progress=False)[site]
+X = capture(lm, pos_t + neg_t, [site], pooling=POOL, response_starts=starts + starts, progress=False,
+            cache="memory")[site]  # read when the probes were fitted: kept, not run again
 X = X.double().numpy()
 n = len(pairs)
 tr = np.array([p.split == "train" for p in pairs])

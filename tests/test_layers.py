@@ -70,9 +70,11 @@ def test_every_module_imports_only_from_the_layers_below_it():
     layer_of = {m: i for i, names in enumerate(LAYERS) for m in names}
     unplaced = sorted(set(top) - set(layer_of) - set(TOP))
     assert not unplaced, f"modules {unplaced} have no layer in tests/test_layers.py: LAYERS"
+    _, inner = _graph()
     for name, deps in top.items():
         if name in TOP:
             continue
+        deps = deps | inner[name]  # an import inside a function obeys the layers too
         upward = sorted(d for d in deps if d in top and layer_of.get(d, len(LAYERS)) >= layer_of[name])
         assert not upward, f"{name}.py (layer {layer_of[name]}) imports {upward}, of its own layer or above"
 
@@ -88,3 +90,21 @@ def test_the_analysis_modules_import_nothing_of_the_package_inside_functions():
     top, inner = _graph()
     for name in NO_INNER_IMPORTS:
         assert not inner[name], f"{name}.py imports {sorted(inner[name])} inside a function"
+
+
+def test_importing_the_package_loads_no_model_code_until_a_name_asks_for_it():
+    """Every chapter's kernel imports the package first (to note the data files it reads): that import stays
+    light, and the package's names still resolve, each from its own module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emocircuits\n"
+            "assert 'torch' not in sys.modules, 'import emocircuits loaded torch'\n"
+            "from emocircuits import DEFAULT_MODEL, load_model\n"
+            "from emocircuits.models import load_model as home\n"
+            "assert load_model is home and 'torch' in sys.modules and DEFAULT_MODEL\n"
+            "assert set(emocircuits.__all__) <= set(dir(emocircuits))\n"
+            "try:\n    emocircuits.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=LIB.parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "module 'emocircuits' has no attribute 'no_such_name'"

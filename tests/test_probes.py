@@ -233,11 +233,12 @@ def test_transfer_pairs_scores_new_pairs_beside_random_directions_oriented_on_th
     assert r["paired"] >= 0.9 and r["paired_ci"][0] <= r["paired"] <= r["paired_ci"][1]
     assert r["detection"].auroc > r["random"]["p95"] + 0.1 and r["paired"] > r["random"]["paired_p95"]
     assert len(r["random"]["aurocs"]) == 50
-    # the random directions are oriented on the train split only, as if its texts were run again
+    # the random directions are oriented on the train split only: the baseline recomputed from the train and test
+    # activations (kept in memory from the fit and the transfer above, so not run again) is the one reported
     def sides(recs):
         pos, neg, starts = P.pair_texts(smol, recs, scen)
         X = capture(smol, pos + neg, ["resid_post.20"], pooling="mean_response", response_starts=starts + starts,
-                    progress=False)["resid_post.20"].double().numpy()
+                    progress=False, cache="memory")["resid_post.20"].double().numpy()
         return X[:len(recs)], X[len(recs):]
 
     (Ptr, Ntr), (Pte, Nte) = sides([p for p in pairs if p.split == "train"]), sides(matched)

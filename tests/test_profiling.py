@@ -73,11 +73,21 @@ def test_the_build_adds_up_what_a_chapter_and_a_process_it_starts_measured(tmp_p
 
 
 def test_the_reference_figure_is_plain_generation_of_a_fixed_size():
-    from emocircuits.book import reference_speed
+    from emocircuits.generation import reference_speed
 
     ref = reference_speed(n_prompts=2, new_tokens=4)
     assert ref["model"] == "smollm2-135m" and ref["prompts"] * ref["new_tokens"] == 8
     assert ref["tokens_per_s"] == pytest.approx(8 / ref["seconds"]) and ref["tokens_per_s"] > 0
+
+
+def test_the_build_measures_its_reference_in_a_fresh_process_on_one_thread():
+    """The book's yardstick runs as a chapter does, in its own process on one thread, so a build process that
+    has loaded models or set its threads does not move it."""
+    from emocircuits import book
+
+    ref = book.reference_speed()
+    assert ref["model"] == "smollm2-135m" and ref["threads"] == 1 and (ref["prompts"], ref["new_tokens"]) == (8, 32)
+    assert ref["tokens_per_s"] == pytest.approx(256 / ref["seconds"])
 
 
 def test_the_bench_reads_the_books_generation_speed_against_the_same_builds_reference(tmp_path, capsys):

@@ -48,7 +48,6 @@ from typing import Sequence
 
 from . import profiling
 from .cache import atomic_write_text, file_lock, stable_hash
-from .models import load_model
 from .registry import DEFAULT_MODEL, bundled_packages
 from .sources import ROOT, chapters
 from .staging import stage
@@ -407,32 +406,16 @@ TIMINGS = "timings.json"
 PROFILE = "profile.json"
 
 
-def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: int = 32, threads: int = 1) -> dict:
-    """A fixed yardstick for the machine: plain transformers ``generate`` on ``model`` (the default),
-    ``n_prompts`` short prompts in one batch, greedy, exactly ``new_tokens`` new tokens each, on
-    ``threads`` CPU threads. Returns ``{"model", "tokens_per_s", "seconds", "threads"}``; a slow machine
-    shows here as well as in the chapters' times, a slower book only in the chapters'."""
-    import torch
-
-    lm = load_model(model or DEFAULT_MODEL)
-    prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
-    enc = lm.encode(prompts, padding_side="left")
-    enc.pop("position_ids")  # generate derives positions from the mask, as generation.generate lets it
-    enc = {k: v.to(lm.device) for k, v in enc.items()}
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                      pad_token_id=lm.tokenizer.pad_token_id)
-        with torch.inference_mode():
-            lm.hf.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-            t0 = time.perf_counter()
-            lm.hf.generate(**enc, **kwargs)
-            seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(old)
-    return {"model": lm.name, "tokens_per_s": n_prompts * new_tokens / seconds, "seconds": seconds,
-            "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}
+def reference_speed() -> dict:
+    """The machine's yardstick (:func:`generation.reference_speed`, on the default model), measured in a
+    fresh process on one thread, as each chapter runs: this module, which every chapter's kernel imports,
+    loads no model code itself."""
+    code = "import json; from emocircuits.generation import reference_speed; print(json.dumps(reference_speed()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"the reference measurement failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_profile(executed: Path, stems: Sequence[str], timings: dict[str, float], reference: dict | None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import time
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +20,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from .activations import check_batch_size
 from .datasets import EMOTIONS, DataError, GenerationRecord, write_jsonl
 from .interventions import apply_all, resolve
+from .models import load_model
 from .profiling import count, timed
+from .registry import DEFAULT_MODEL
 
 
 def forward(lm, texts: Sequence[str], interventions: Sequence = (), padding_side: str = "left",
@@ -371,3 +374,29 @@ def elicit(lm, prompts: list[dict], decoding: Decoding | None = None, *, judge=N
     if out is not None:
         write_jsonl(out, records)
     return records
+
+
+def reference_speed(model: str | None = None, n_prompts: int = 8, new_tokens: int = 32, threads: int = 1) -> dict:
+    """A fixed yardstick for the machine: plain transformers ``generate`` on ``model`` (the default),
+    ``n_prompts`` short prompts in one batch, greedy, exactly ``new_tokens`` new tokens each, on
+    ``threads`` CPU threads. Returns ``{"model", "tokens_per_s", "seconds", "threads"}``; a slow machine
+    shows here as well as in the chapters' times, a slower book only in the chapters'."""
+    lm = load_model(model or DEFAULT_MODEL)
+    prompts = [lm.chat_prompt(f"Tell me about day {i} of a trip to the coast.") for i in range(n_prompts)]
+    enc = lm.encode(prompts, padding_side="left")
+    enc.pop("position_ids")  # generate derives positions from the mask, as generation.generate lets it
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=lm.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            lm.hf.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+            t0 = time.perf_counter()
+            lm.hf.generate(**enc, **kwargs)
+            seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+    return {"model": lm.name, "tokens_per_s": n_prompts * new_tokens / seconds, "seconds": seconds,
+            "threads": threads, "prompts": n_prompts, "new_tokens": new_tokens}

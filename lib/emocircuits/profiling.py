@@ -4,7 +4,7 @@ The book runner (:func:`emocircuits.book.run_chapter`) names a file prefix in ``
 every process of the chapter that imports emocircuits (its kernel, and a CLI it starts) then writes
 ``<prefix>.<pid>.json`` with what it measured, and the runner adds them up. Outside the runner the
 counters still run (:func:`snapshot` reads them) and nothing is written. The build's reference figure
-is :func:`emocircuits.book.reference_speed`.
+is :func:`emocircuits.generation.reference_speed`, measured by :func:`emocircuits.book.reference_speed`.
 
 Phases: ``generation`` (:func:`generation.generate`), ``capture`` (forward passes that read a model's
 internals: :func:`activations.capture`, circuits' ``LastToken`` passes and
