@@ -248,6 +248,16 @@ def test_quality_and_losses_are_measured(tiny_llama, tmp_path):
         assert float(q[la]["max_act"].max()) > 0
     with pytest.raises(TypeError, match="with_max"):
         fidelity.quality(tiny_llama, ts, CORPUS[:2], with_max="yes")
+    # a second held-out slice, read in the same passes, measures as it would alone, with the same linear map
+    both = fidelity.quality(tiny_llama, ts, CORPUS[:10], baseline_texts=CORPUS[10:60], fresh_texts=CORPUS[60:70])
+    alone = fidelity.quality(tiny_llama, ts, CORPUS[60:70], baseline_texts=CORPUS[10:60])
+    for la in ts:
+        assert both[la]["fresh_fve"] == pytest.approx(alone[la]["fve"], abs=1e-5)
+        assert both[la]["fresh_linear_fve"] == pytest.approx(alone[la]["linear_fve"], abs=1e-5)
+        assert both[la]["fve"] == pytest.approx(q[la]["fve"], abs=1e-5) and both[la]["tokens"] == q[la]["tokens"]
+        assert np.isnan(q[la]["fresh_fve"]) and np.isnan(q[la]["fresh_linear_fve"])
+    with pytest.raises(ValueError, match="texts is empty"):
+        fidelity.quality(tiny_llama, ts, [], fresh_texts=CORPUS[:2])
 
 
 def test_splice_losses_reuse_the_clean_run_below_the_layer(tiny, tset):

@@ -16,7 +16,8 @@ DENSE = 0.1  # a feature on at more than this share of tokens counts as dense in
 
 
 def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
-            progress: bool = False, baseline_texts: Sequence[str] = (), with_max: bool = False) -> dict[int, dict]:
+            progress: bool = False, baseline_texts: Sequence[str] = (), with_max: bool = False,
+            fresh_texts: Sequence[str] = ()) -> dict[int, dict]:
     """Per layer on held-out ``texts`` (first tokens left out): variance explained, mean L0, the share of
     features never on (``dead``) and on at more than :data:`DENSE` of the tokens (``dense``).
 
@@ -26,56 +27,74 @@ def quality(lm, tset: TranscoderSet, texts: Sequence[str], batch_size: int = 16,
     texts; without them, no baseline). ``with_max=True`` adds ``"max_act"``:
     every feature's largest activation on ``texts`` (a tensor, what
     :func:`max_activations` gives), from the same forward passes.
+
+    ``fresh_texts``, a second held-out slice (texts no choice of the training recipe read), adds
+    ``fresh_fve`` and ``fresh_linear_fve``: the same two measurements on them, from the same passes and the
+    same linear map, so that a recipe tuned on ``texts`` can be read on text it was not tuned on. Without
+    them both are NaN.
     """
     layers = sorted(tset)
     if not isinstance(with_max, bool):
         raise TypeError(f"with_max={with_max!r}: expected True or False")
-    sums = {la: {"sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features),
-                 "max": torch.zeros(tset[la].cfg.n_features), "y": [], "x": [], "half": []} for la in layers}
-    tagged = [(t, 0) for t in baseline_texts] + [(t, 1) for t in texts]
+    if not texts:
+        raise ValueError("texts is empty: expected held-out texts to measure on")
+    sums = {la: {"sse": 0.0, "fresh_sse": 0.0, "l0": 0.0, "n": 0, "fired": torch.zeros(tset[la].cfg.n_features),
+                 "max": torch.zeros(tset[la].cfg.n_features), "y": [], "x": [], "part": []} for la in layers}
+    # each text's part: 0 fits the linear map, 1 is measured (and feeds the feature statistics), 2 is fresh
+    tagged = [(t, 0) for t in baseline_texts] + [(t, 1) for t in texts] + [(t, 2) for t in fresh_texts]
     for batch in tqdm(text_batches(tagged, batch_size, 0), desc="transcoder quality", disable=not progress):
         xin, xout, mask, _ = mlp_io(lm, [t for t, _ in batch], layers, max_length, tset.input_site)
         keep = first_left_out(mask)
         m = keep.reshape(-1)
-        half = torch.tensor([h for _, h in batch])[:, None].expand_as(keep).reshape(-1)[m.cpu()]
+        part = torch.tensor([h for _, h in batch])[:, None].expand_as(keep).reshape(-1)[m.cpu()]
         x_all = {la: xin[la].reshape(-1, lm.d_model)[m].float().cpu() for la in layers}
         y_all = {la: xout[la].reshape(-1, lm.d_model)[m].float().cpu() for la in layers}
-        if half.any():
-            with torch.no_grad():
-                feats = {la: tset[la].encode(x_all[la][half.bool()]) for la in layers}
         for la in layers:
-            s = sums[la]
-            if not half.any():
-                s["x"].append(x_all[la])
-                s["y"].append(y_all[la])
-                s["half"].append(half)
+            sums[la]["x"].append(x_all[la])
+            sums[la]["y"].append(y_all[la])
+            sums[la]["part"].append(part)
+        for which in (1, 2):
+            sel = part == which
+            if not sel.any():
                 continue
-            x, y, f = x_all[la][half.bool()], y_all[la][half.bool()], feats[la]
-            with torch.no_grad():
-                y_hat = tset.reconstruct(la, feats, x)
-            s["sse"] += float((y_hat - y).pow(2).sum())
-            s["l0"] += float((f != 0).sum())
-            s["n"] += y.shape[0]
-            s["fired"] += (f != 0).sum(0)
-            s["max"] = torch.maximum(s["max"], f.max(0).values) if len(f) else s["max"]
-            s["y"].append(y_all[la])
-            s["x"].append(x_all[la])
-            s["half"].append(half)
+            with torch.no_grad():  # every layer's features first: a cross-layer set reconstructs from them all
+                feats = {la: tset[la].encode(x_all[la][sel]) for la in layers}
+                y_hat = {la: tset.reconstruct(la, feats, x_all[la][sel]) for la in layers}
+            for la in layers:
+                s, f, sse = sums[la], feats[la], float((y_hat[la] - y_all[la][sel]).pow(2).sum())
+                if which == 2:
+                    s["fresh_sse"] += sse
+                    continue
+                s["sse"] += sse
+                s["l0"] += float((f != 0).sum())
+                s["n"] += f.shape[0]
+                s["fired"] += (f != 0).sum(0)
+                s["max"] = torch.maximum(s["max"], f.max(0).values)
     out = {}
     for la in layers:
         s = sums[la]
         y = torch.cat(s["y"]).double()
         x = torch.cat(s["x"]).double()
-        h = torch.cat(s["half"]).bool()
-        yt = y[h]
-        sst = float((yt - yt.mean(0)).pow(2).sum())
-        lin = float("nan")
-        if (~h).any():
+        part = torch.cat(s["part"])
+        sol = None
+        if (part == 0).any():
             X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-            sol = torch.linalg.lstsq(X[~h], y[~h]).solution
-            lin = 1 - float((X[h] @ sol - yt).pow(2).sum()) / sst
-        out[la] = {"fve": 1 - s["sse"] / sst, "l0": s["l0"] / s["n"], "dead": float((s["fired"] == 0).float().mean()),
-                   "dense": float((s["fired"] > DENSE * s["n"]).float().mean()), "linear_fve": lin, "tokens": s["n"]}
+            sol = torch.linalg.lstsq(X[part == 0], y[part == 0]).solution
+
+        def explained(which: int, sse: float) -> tuple[float, float]:
+            """(FVE of the transcoder, FVE of the linear map) on one part's tokens."""
+            sel = part == which
+            if not sel.any():
+                return float("nan"), float("nan")
+            yt = y[sel]
+            sst = float((yt - yt.mean(0)).pow(2).sum())
+            lin = float("nan") if sol is None else 1 - float((X[sel] @ sol - yt).pow(2).sum()) / sst
+            return 1 - sse / sst, lin
+
+        (fve, lin), (fresh, fresh_lin) = explained(1, s["sse"]), explained(2, s["fresh_sse"])
+        out[la] = {"fve": fve, "l0": s["l0"] / s["n"], "dead": float((s["fired"] == 0).float().mean()),
+                   "dense": float((s["fired"] > DENSE * s["n"]).float().mean()), "linear_fve": lin, "tokens": s["n"],
+                   "fresh_fve": fresh, "fresh_linear_fve": fresh_lin}
         if with_max:
             out[la]["max_act"] = s["max"]
     return out
