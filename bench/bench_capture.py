@@ -329,17 +329,18 @@ def judges_item(n_texts: int, repeats: int) -> dict:
     coherence, the encoder's one pass serving the reporting emotion judge (goal: at least 200 texts/s)."""
     from emocircuits import judges as J
     from emocircuits.coherence import coherence
+    from emocircuits.embeddings import embed
 
     emo, rep, emp = J.EmotionJudge(use_all=True), J.ReportingEmotionJudge(use_all=True), J.EmpathyJudge(use_all=True)
     texts = emo.corpus_texts
     texts = (texts * (n_texts // len(texts) + 1))[:n_texts]
 
     def encoder() -> int:
-        J.embed(texts)
+        embed(texts)
         return len(texts)
 
     def all_four() -> int:
-        E = J.embed(texts)
+        E = embed(texts)
         emo(texts), rep.predict_proba(texts, E), emp.score(texts), coherence(texts)
         return len(texts)
 

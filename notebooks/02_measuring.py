@@ -71,6 +71,7 @@ from IPython.display import display
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix
 
+from emocircuits import corpora
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
@@ -106,7 +107,7 @@ pd.set_option("display.max_colwidth", 110)
 #
 # 20% of each corpus (per label, seeded) is held out; the judges below are
 # trained on the rest. Each judge's one setting, the regularisation C, is
-# chosen by a rule fixed in code (`judges.choose_c`). The rule leaves one
+# chosen by a rule fixed in code (`classifiers.choose_c`). The rule leaves one
 # register out at a time and takes the C with the best mean accuracy on the
 # register left out. The probabilities are then calibrated by a temperature
 # fitted on those left-out predictions.
@@ -167,7 +168,7 @@ pd.DataFrame({name: {"model": j.name, "C chosen": j.model.C, "temperature": roun
 
 # %%
 sets = {"held-out corpus texts": (emo.test_texts, emo.test_labels),
-        **{name: J.emotion_validation(name) for name in J.EMOTION_VALIDATION}}
+        **{name: corpora.emotion_validation(name) for name in corpora.EMOTION_VALIDATION}}
 labels_of = {s: {k: j.labels(texts) for k, j in kinds.items()} for s, (texts, _) in sets.items()}
 acc_of = {s: J.accuracy_by_label(labels_of[s], truth, seed=SEED) for s, (_, truth) in sets.items()}
 agree_of = {s: J.agreement(*labels_of[s].values()) for s in sets}
@@ -184,17 +185,17 @@ show(pd.DataFrame(rows))
 # (30 or 60 each, so the intervals are wide):
 
 # %%
-chat_sets = list(J.EMOTION_VALIDATION)[:2]
+chat_sets = list(corpora.EMOTION_VALIDATION)[:2]
 pd.DataFrame({(s, k): {e: interval(*acc_of[s][k][e]) for e in ds.EMOTIONS} for s in chat_sets for k in kinds})
 
 # %%
-bundled = list(J.EMOTION_VALIDATION)[2]
+bundled = list(corpora.EMOTION_VALIDATION)[2]
 fig, axes = plt.subplots(2, 2, figsize=(11, 9.2))
 for ax, s in zip(axes.flat, ["held-out corpus texts", *chat_sets, bundled]):
-    cm = confusion_matrix(sets[s][1], labels_of[s]["tuning judge"], labels=list(J.LABELS), normalize="true")
-    keep = [i for i, l in enumerate(J.LABELS) if l in sets[s][1]]
-    sns.heatmap(cm[keep], annot=True, fmt=".2f", cmap="Blues", xticklabels=J.LABELS,
-                yticklabels=[J.LABELS[i] for i in keep], ax=ax, cbar=False)
+    cm = confusion_matrix(sets[s][1], labels_of[s]["tuning judge"], labels=list(corpora.LABELS), normalize="true")
+    keep = [i for i, l in enumerate(corpora.LABELS) if l in sets[s][1]]
+    sns.heatmap(cm[keep], annot=True, fmt=".2f", cmap="Blues", xticklabels=corpora.LABELS,
+                yticklabels=[corpora.LABELS[i] for i in keep], ax=ax, cbar=False)
     ax.set(xlabel="judged", ylabel="written as", title=f"Tuning judge: {s}")
 plt.tight_layout()
 plt.show()
@@ -406,7 +407,7 @@ def labelled_set_readings(recs, tuning, reporting, seed):
     return rhos, spearmanr(readings["n-grams (tunes)"], readings["embeddings (reports)"])[0], table
 
 
-test_emp = ds.load_named(J.EMPATHY_TEST)
+test_emp = ds.load_named(corpora.EMPATHY_TEST)
 test_rho, rho_judges_test, test_table = labelled_set_readings(test_emp, emp_all, emp_report, SEED)
 display(show(test_table, caption=f"test set: {len(test_emp)} chat-assistant replies, read once"))
 fresh_emp = ds.load_named("judge_empathy_fresh")
@@ -553,8 +554,8 @@ show(pd.DataFrame([{"text": t, "perplexity": c["perplexity"], "distinct-2": roun
                     "coherent": c["coherent"]} for t, c in zip(examples, coh)]))
 
 # %% tags=["remove-input"]
-box_people = [r["text"] for r in J.read_corpus("judge_emotion")] + \
-             [r["reply"] for r in J.read_corpus("judge_empathy")]
+box_people = [r["text"] for r in corpora.read_corpus("judge_emotion")] + \
+             [r["reply"] for r in corpora.read_corpus("judge_empathy")]
 box_passed = sum(c["coherent"] for c in coherence(box_people))
 display(result(
     f"The coherence gate passes {box_passed} of the {len(box_people)} texts people wrote for the judges' first two "
@@ -641,7 +642,7 @@ display(result(
 # %%
 held, chat, fresh = acc_of["held-out corpus texts"], acc_of[chat_sets[0]], acc_of[chat_sets[1]]
 headline = record(
-    emotion_judge_accuracy=held["tuning judge"]["accuracy"], emotion_judge_majority=1 / len(J.LABELS),
+    emotion_judge_accuracy=held["tuning judge"]["accuracy"], emotion_judge_majority=1 / len(corpora.LABELS),
     emotion_judge_chat_accuracy=chat["tuning judge"]["accuracy"],
     emotion_judge_chat_min_emotion=min(chat["tuning judge"][e][0] for e in ds.EMOTIONS),
     emotion_judge_fresh_accuracy=fresh["tuning judge"]["accuracy"],

@@ -73,6 +73,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from emocircuits import corpora
 from emocircuits import datasets as ds
 from emocircuits import emotion_acts
 from emocircuits import judges as J
@@ -795,8 +796,8 @@ print(f"{OTHER} trained on the matched pairs: test-peak layer {peak_om}, AUROC {
       f"{interval(om_cv.auroc, *om_cv.auroc_ci)}")
 
 # %%
-emp_recs = J.read_corpus("judge_empathy")
-align_texts = [r["text"] for r in J.read_corpus("judge_emotion")]
+emp_recs = corpora.read_corpus("judge_empathy")
+align_texts = [r["text"] for r in corpora.read_corpus("judge_emotion")]
 emp_recs, align_texts = emp_recs[:: size(6, 4, 1)], align_texts[:: size(10, 6, 1)]
 la, lo_ = fit_a.best_layer, fit_o.best_layer
 
@@ -875,7 +876,7 @@ display(result(
 # %%
 # the judge's first two graded corpora, checked as the judge reads them (the third has a blind labeller's
 # grades, not one reply per grade)
-graded, _ = J.empathy_corpus([J.DATA_DIR / f"{n}.jsonl" for n in J.EMPATHY_CORPORA[:2]])
+graded, _ = corpora.empathy_corpus([ds.DATA_DIR / f"{n}.jsonl" for n in corpora.EMPATHY_CORPORA[:2]])
 kept = sorted({r["situation"] for r in graded})[:: size(6, 1, 1)]  # QUICK: every sixth situation, all five grades
 graded = [r for r in graded if r["situation"] in kept]
 gr_texts, gr_starts = P.reply_texts(lm, [r["situation"] for r in graded], [r["reply"] for r in graded])

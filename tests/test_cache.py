@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emocircuits import activations, judges, training
+from emocircuits import activations, cache, classifiers, embeddings, training
 from emocircuits.cache import code_version
 
 
@@ -53,11 +53,13 @@ def test_judge_fits_and_embeddings_cached_before_a_code_change_are_recomputed(tm
 
     path = tmp_path / "judges" / "probe.safetensors"
     for _ in range(2):
-        assert judges._cached_arrays(path, compute)["x"].tolist() == [0.0, 1.0, 2.0]
+        assert embeddings.store(path, compute, code=classifiers.CODE)["x"].tolist() == [0.0, 1.0, 2.0]
     assert len(calls) == 1  # the second read the file
-    _edited(monkeypatch, judges)
-    judges._cached_arrays(path, compute)
+    _edited(monkeypatch, cache)
+    embeddings.store(path, compute, code=classifiers.CODE)
     assert len(calls) == 2
+    # a fitted judge's weights name the whole judging stack's code; the embeddings name their own module's
+    assert set(classifiers.CODE) == {"classifiers", "corpora", "embeddings", "judges"}
 
 
 def test_transcoders_trained_before_a_code_change_are_trained_again(tiny_llama, tmp_path, monkeypatch):

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from emocircuits import corpora
+from emocircuits import classifiers
 from emocircuits import datasets as ds
+from emocircuits import embeddings
 from emocircuits import judges as J
 from emocircuits import protocol
 from emocircuits.cli import main
@@ -28,12 +31,12 @@ def empathy_judge():
 
 
 def test_emotion_corpora_are_balanced_and_split_per_file_and_label():
-    recs, test = J.emotion_corpus()
+    recs, test = corpora.emotion_corpus()
     for source, per_label in (("judge_emotion", 110), ("judge_emotion_registers", 360)):
         labels = [r["label"] for r in recs if r["source"] == source]
-        assert {l: labels.count(l) for l in J.LABELS} == {l: per_label for l in J.LABELS}, source
+        assert {l: labels.count(l) for l in corpora.LABELS} == {l: per_label for l in corpora.LABELS}, source
     old = [r for r in recs if r["source"] == "judge_emotion"]
-    for lab in J.LABELS:  # the first corpus: half replies, half statements, no label words
+    for lab in corpora.LABELS:  # the first corpus: half replies, half statements, no label words
         styles = [r["style"] for r in old if r["label"] == lab]
         assert styles.count("reply") == styles.count("statement") == 55
     banned = ("anger", "angr", "sad", "happ", "fear", "afraid", "surpris", "disgust", "neutral", "emotion")
@@ -44,11 +47,11 @@ def test_emotion_corpora_are_balanced_and_split_per_file_and_label():
         ("assistant", "hard", "casual", "formal", "in_role", "dialogue"), 420)
     assert sum(names_emotion([r["text"]], [r["label"]])[0] for r in regs if r["label"] != "neutral") > 100
     assert test.sum() == 7 * 22 + 7 * 72  # 20% of each file's texts per label, seeded
-    assert np.array_equal(test, J.emotion_corpus()[1])
+    assert np.array_equal(test, corpora.emotion_corpus()[1])
     texts = [r["text"].lower() for r in recs]
     assert len(set(texts)) == len(texts)
-    chat, _ = J.emotion_validation("chat replies to SEV prompts")
-    fresh, _ = J.emotion_validation("fresh chat replies")
+    chat, _ = corpora.emotion_validation("chat replies to SEV prompts")
+    fresh, _ = corpora.emotion_validation("fresh chat replies")
     assert not {t.lower() for t in chat + fresh} & set(texts), "validation texts are never trained on"
 
 
@@ -57,11 +60,11 @@ def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(e
     corpus) and on its corpora's held-out texts; the reporting judge, a different kind of model, is above
     chance by far on both and agrees with it well beyond chance."""
     report = J.ReportingEmotionJudge()
-    recs, test = J.emotion_corpus()
+    recs, test = corpora.emotion_corpus()
     train_texts = {r["text"] for r, t in zip(recs, test) if not t}
     assert not train_texts & set(emotion_judge.test_texts)
     assert set(emotion_judge.train_texts) == train_texts
-    texts, labels = J.emotion_validation("chat replies to SEV prompts")
+    texts, labels = corpora.emotion_validation("chat replies to SEV prompts")
     truth = np.array(labels)
     for judge, overall, each in ((emotion_judge, 0.85, 0.8), (report, 0.72, 0.6)):
         pred = np.array(judge.labels(texts))
@@ -71,7 +74,7 @@ def test_both_emotion_judges_hold_on_chat_replies_and_on_held_out_corpus_texts(e
         assert np.mean(held == np.array(judge.test_labels)) >= 0.83
     verdicts = emotion_judge(emotion_judge.test_texts[:5])
     for v in verdicts:
-        assert set(v["probs"]) == set(J.LABELS) and abs(sum(v["probs"].values()) - 1) < 1e-6
+        assert set(v["probs"]) == set(corpora.LABELS) and abs(sum(v["probs"].values()) - 1) < 1e-6
         assert v["label"] == max(v["probs"], key=v["probs"].get)
     both = J.agreement(emotion_judge.labels(texts), report.labels(texts))
     assert both["kappa"] >= 0.6 and both["n"] == len(texts)  # 0.69 measured
@@ -85,16 +88,16 @@ def test_emotion_judges_choose_their_setting_by_leaving_registers_out():
     y = np.repeat(np.arange(3), 40)
     X = rng.normal(size=(120, 5)) + np.eye(3, 5)[y] * 1.5
     groups = np.tile(["a", "b", "c", "d"], 30)
-    c, oof, scores = J.choose_c(X, y, groups, candidates=(0.5, 1.0, 2.0))
+    c, oof, scores = classifiers.choose_c(X, y, groups, candidates=(0.5, 1.0, 2.0))
     assert set(scores) == {0.5, 1.0, 2.0} and scores[c] == max(scores.values())
     assert c == min(k for k, v in scores.items() if v == scores[c])
-    assert oof.shape == (120, len(J.LABELS)) and (oof[:, 3:] == 0).all()
-    t = J.fit_temperature(oof[:, :3], y)
+    assert oof.shape == (120, len(corpora.LABELS)) and (oof[:, 3:] == 0).all()
+    t = classifiers.fit_temperature(oof[:, :3], y)
     from scipy.special import log_softmax
     nll = lambda T: -np.mean(log_softmax(oof[:, :3] / T, axis=1)[np.arange(120), y])
     assert nll(t) <= nll(1.0) and nll(t) <= nll(t * 1.5) and nll(t) <= nll(t / 1.5)
     with pytest.raises(J.JudgeError, match="at least two groups"):
-        J.choose_c(X, y, ["a"] * 120)
+        classifiers.choose_c(X, y, ["a"] * 120)
 
 
 def test_agreement_counts_equal_labels_and_kappa():
@@ -106,9 +109,9 @@ def test_agreement_counts_equal_labels_and_kappa():
 
 
 def test_empathy_judge_ranks_held_out_replies(empathy_judge):
-    recs, test = J.empathy_corpus()
+    recs, test = corpora.empathy_corpus()
     held = [r for r, t in zip(recs, test) if t]
-    clusters = np.array(J.situation_clusters([r["situation"] for r in recs]))
+    clusters = np.array(corpora.situation_clusters([r["situation"] for r in recs]))
     train_clusters, held_clusters = set(clusters[~test]), set(clusters[test])
     assert not train_clusters & held_clusters  # whole clusters of situations are held out
     s = empathy_judge.score([r["reply"] for r in held], [r["situation"] for r in held])
@@ -175,15 +178,14 @@ def test_the_rule_chose_which_empathy_judge_tunes_and_the_two_are_different_inst
     follow it; the tuning (n-gram) judge never calls the sentence encoder when it scores (so its errors are not the
     reporting judge's); both rank each warm reply written here above the dismissive one to the same message."""
     rhos = J.empathy_development_rhos()
-    assert set(rhos["NgramEmpathyJudge"]) == {*J.EMPATHY_DEVELOPMENT, "mean"}
+    assert set(rhos["NgramEmpathyJudge"]) == {*corpora.EMPATHY_DEVELOPMENT, "mean"}
     assert rhos["NgramEmpathyJudge"]["mean"] > rhos["EmbeddingEmpathyJudge"]["mean"] + 0.1
     assert J.EmpathyJudge is J.NgramEmpathyJudge and J.ReportingEmpathyJudge is J.EmbeddingEmpathyJudge
     report = J.ReportingEmpathyJudge(use_all=True)
     r_warm = report.score([w for _, w, _ in RUBRIC_PAIRS])
     r_cold = report.score([c for _, _, c in RUBRIC_PAIRS])
     judge = J.EmpathyJudge(use_all=True)
-    monkeypatch.setattr(J, "embed", lambda *a, **k: pytest.fail("the n-gram judge embedded a text"))
-    monkeypatch.setattr(J, "embed_cached", lambda *a, **k: pytest.fail("the n-gram judge embedded a text"))
+    monkeypatch.setattr(embeddings, "embedder", lambda: pytest.fail("the n-gram judge ran the sentence encoder"))
     warm = judge.score([w for _, w, _ in RUBRIC_PAIRS])
     cold = judge.score([c for _, _, c in RUBRIC_PAIRS])
     assert ((warm >= 1) & (warm <= 5)).all()
@@ -205,7 +207,7 @@ def test_empathy_judges_on_their_first_test_set_now_a_development_set():
 
     fresh = ds.load_named("judge_empathy_fresh")
     assert len(fresh) == 180 and all(r.id in protocol.test_ids() for r in fresh)
-    assert "judge_empathy_fresh" in J.EMPATHY_DEVELOPMENT and "judge_empathy_fresh" not in J.EMPATHY_CORPORA
+    assert "judge_empathy_fresh" in corpora.EMPATHY_DEVELOPMENT and "judge_empathy_fresh" not in corpora.EMPATHY_CORPORA
     y = [r.score for r in fresh]
     args = ([r.reply for r in fresh], [r.situation for r in fresh])
     assert 0.63 <= rho_of(J.EmpathyJudge(use_all=True).score(*args), y)[0] <= 0.73
@@ -216,13 +218,13 @@ def test_empathy_judges_on_their_first_test_set_now_a_development_set():
 def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
     texts = ["I am sitting with you; tell me what happened.", "Deliver the cargo first."]
-    small = J.DATA_DIR / "judge_empathy.jsonl"  # the first corpus alone keeps the fit quick
+    small = ds.DATA_DIR / "judge_empathy.jsonl"  # the first corpus alone keeps the fit quick
     fresh = J.EmpathyJudge(corpus=small).score(texts)
     files = list((tmp_path / "judges").iterdir())
     assert files and {f.suffix for f in files} == {".safetensors"}  # idf table and model: nothing pickled
     again = J.EmpathyJudge(corpus=small).score(texts)
     np.testing.assert_array_equal(fresh, again)
-    recs = J.read_corpus("judge_emotion")  # 15 texts per label and style keep the fit quick
+    recs = corpora.read_corpus("judge_emotion")  # 15 texts per label and style keep the fit quick
     kept, seen = [], Counter()
     for r in recs:
         if seen[(r["label"], r["style"])] < 15:
@@ -232,11 +234,11 @@ def test_classifiers_are_cached_as_safetensors_and_reload_identically(tmp_path, 
     corpus[0].write_text("".join(json.dumps(r) + "\n" for r in kept))
     first = J.EmotionJudge(corpus=corpus).predict_proba(texts)
     calls = []
-    monkeypatch.setattr(J, "choose_c", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(classifiers, "choose_c", lambda *a, **k: calls.append(1))
     reloaded = J.EmotionJudge(corpus=corpus)
     np.testing.assert_allclose(reloaded.predict_proba(texts), first, rtol=1e-6)
     assert not calls, "the second judge loads its C, temperature and weights instead of choosing again"
-    assert reloaded.model.C in J.C_CANDIDATES and reloaded.model.temperature > 0
+    assert reloaded.model.C in classifiers.C_CANDIDATES and reloaded.model.temperature > 0
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp*"))
 
 
@@ -244,12 +246,17 @@ def test_the_reporting_judge_embeds_the_corpus_once_for_both_of_its_variants(tmp
     """The reporting judge fitted on the training part and the one fitted on everything embed the corpus in
     one pass between them; given embeddings, it and the empathy judge do not run the encoder again."""
     monkeypatch.setenv("EMOCIRCUITS_CACHE", str(tmp_path))
-    corpus = [J.DATA_DIR / "judge_emotion.jsonl"]
+    corpus = [ds.DATA_DIR / "judge_emotion.jsonl"]
     calls = []
-    real = J.embed
-    monkeypatch.setattr(J, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
+    real = embeddings.embed
+    def counted(texts, **kw):
+        calls.append(len(texts))
+        return real(texts, **kw)
+
+    for home in (embeddings, J):  # the corpus is embedded through embeddings' cache, new texts by the judge
+        monkeypatch.setattr(home, "embed", counted)
     split, full = J.ReportingEmotionJudge(corpus=corpus), J.ReportingEmotionJudge(corpus=corpus, use_all=True)
-    recs, test = J.emotion_corpus(corpus, 0)
+    recs, test = corpora.emotion_corpus(corpus, 0)
     assert calls == [len({r["text"] for r in recs})], "one pass over the distinct corpus texts"
     assert len(list((tmp_path / "embeddings").iterdir())) == 1
     assert not np.allclose(split.model.coef, full.model.coef), "the two variants are fitted on different texts"
@@ -313,8 +320,8 @@ def test_coherence_flags_repetition_symbols_and_empty_output():
 
 def test_top_word_and_fragment_checks_pass_the_written_corpora():
     """The written replies and emotion texts (985 texts) are coherent by these checks, bar one emphatic 'nope'."""
-    texts = [r["reply"] for r in J.read_corpus("judge_empathy")]
-    texts += [r["text"] for r in J.read_corpus("judge_emotion")]
+    texts = [r["reply"] for r in corpora.read_corpus("judge_empathy")]
+    texts += [r["text"] for r in corpora.read_corpus("judge_emotion")]
     checked = coherence(texts)
     failed = [t for t, c in zip(texts, checked) if not c["checks"]["top_word"]]
     assert failed == ["Used plasters floating in the swimming pool? Nope, nope, nope."]
@@ -455,8 +462,8 @@ def test_judge_cli_writes_every_field_in_order(tmp_path):
     assert [g["id"] for g in got] == ["a", "b", "c"]
     for g in got:
         assert list(g) == ["id", "emotion", "emotion_probs", "empathy", "coherence", "coherent", "emotion_report"]
-        assert g["emotion"] in J.LABELS and 1 <= g["empathy"] <= 5 and 0 <= g["coherence"] <= 1
-        assert g["emotion_report"] in J.LABELS
+        assert g["emotion"] in corpora.LABELS and 1 <= g["empathy"] <= 5 and 0 <= g["coherence"] <= 1
+        assert g["emotion_report"] in corpora.LABELS
     assert got[0]["emotion"] == got[0]["emotion_report"] == "surprise"
     assert got[1]["empathy"] > got[0]["empathy"]
     assert got[2]["coherent"] is False
@@ -501,7 +508,7 @@ def test_names_emotion_finds_each_word_family():
 
 
 def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
-    recs, _ = J.empathy_corpus()
+    recs, _ = corpora.empathy_corpus()
     prefix = {"judge_empathy": "emp-", "judge_empathy_registers": "empr-", "judge_empathy_voices": "empw-"}
     for name, counts in (("judge_empathy", [("game", 15), ("personal", 28)]),  # the dataset cards' counts
                          ("judge_empathy_registers", [("game", 22), ("personal", 62)]),
@@ -511,14 +518,14 @@ def test_empathy_corpus_marks_each_situation_personal_or_game(tmp_path):
     bad = tmp_path / "judge_empathy.jsonl"
     bad.write_text("".join(json.dumps({**r, "setting": "work"}) + "\n" for r in recs[:5]))
     with pytest.raises(J.JudgeError, match="setting is not 'personal' or 'game'"):
-        J.empathy_corpus(bad)
+        corpora.empathy_corpus(bad)
 
 
 def test_read_corpus_takes_a_name_or_a_path_and_names_a_missing_one(tmp_path):
-    by_name = J.read_corpus("judge_empathy")
-    assert by_name == J.read_corpus(J.DATA_DIR / "judge_empathy.jsonl") and {"situation", "reply"} <= set(by_name[0])
+    by_name = corpora.read_corpus("judge_empathy")
+    assert by_name == corpora.read_corpus(ds.DATA_DIR / "judge_empathy.jsonl") and {"situation", "reply"} <= set(by_name[0])
     with pytest.raises(FileNotFoundError, match="read_corpus\\('judge_nothing'\\)"):
-        J.read_corpus("judge_nothing")
+        corpora.read_corpus("judge_nothing")
     assert paper_a_keywords("Sorry, I understand; the task and the goal.") == (2, 2)
 
 

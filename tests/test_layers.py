@@ -15,10 +15,10 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 LAYERS = (
     ("cache", "lexical", "page", "registry", "sites", "stats", "tables"),
     ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
-    ("activations", "circuits", "coherence", "sources", "judges", "protocol", "transcoders"),
-    ("attribution", "causal", "choosing", "fidelity", "generation", "published", "staging", "training"),
-    ("book", "emotion_acts", "features", "personas", "plots", "probes", "steering"),
-    ("clamping",),
+    ("activations", "circuits", "coherence", "embeddings", "protocol", "sources", "transcoders"),
+    ("attribution", "causal", "choosing", "corpora", "fidelity", "generation", "published", "staging", "training"),
+    ("book", "classifiers", "emotion_acts", "features", "personas", "plots", "probes", "steering"),
+    ("clamping", "judges"),
 )
 TOP = ("__init__", "cli", "colab")
 # every module but two imports the package at its top: cli's lazy imports keep `emocircuits --help` quick, and

