@@ -58,7 +58,7 @@ from IPython.display import display
 
 from emocircuits import load_model, capture
 from emocircuits.activations import SITE_KINDS, all_layers
-from emocircuits.book import sizer
+from emocircuits.records import sizer
 from emocircuits.generation import generate, generate_grid
 from emocircuits.interventions import Add
 from emocircuits.models import model_table

@@ -61,7 +61,7 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 
 from emocircuits import datasets as ds
 from emocircuits import load_model
-from emocircuits.book import sizer
+from emocircuits.records import sizer
 from emocircuits.generation import elicit
 from emocircuits.judges import EmotionJudge
 from emocircuits.lexical import names_emotion

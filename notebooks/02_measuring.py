@@ -75,7 +75,7 @@ from emocircuits import corpora
 from emocircuits import datasets as ds
 from emocircuits import judges as J
 from emocircuits import load_model
-from emocircuits.book import record, sizer
+from emocircuits.records import record, sizer
 from emocircuits.coherence import COHERENCE_THRESHOLDS, coherence
 from emocircuits.generation import elicit
 from emocircuits.lexical import keyword_judge, keyword_success

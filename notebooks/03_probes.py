@@ -81,7 +81,7 @@ from emocircuits import load_model
 from emocircuits import probes as P
 from emocircuits import readout
 from emocircuits.activations import capture
-from emocircuits.book import record, sizer
+from emocircuits.records import record, sizer
 from emocircuits.generation import elicit
 from emocircuits.page import result
 from emocircuits.plots import band, setup_style

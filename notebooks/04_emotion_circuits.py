@@ -83,7 +83,7 @@ from emocircuits import datasets as ds
 from emocircuits import emotion_acts
 from emocircuits import judges as J
 from emocircuits import load_model
-from emocircuits.book import record, sizer
+from emocircuits.records import record, sizer
 from emocircuits.cache import cache_dir
 from emocircuits.coherence import coherence
 from emocircuits.generation import Decoding, generate, generate_grid, next_token_logits

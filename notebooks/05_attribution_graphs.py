@@ -82,7 +82,7 @@ from emocircuits import load_model
 from emocircuits import published as P
 from emocircuits import training
 from emocircuits import transcoders as T
-from emocircuits.book import record, sizer
+from emocircuits.records import record, sizer
 from emocircuits.coherence import coherence
 from emocircuits.datasets import DATA_DIR
 from emocircuits.generation import generate

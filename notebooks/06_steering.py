@@ -76,7 +76,7 @@ from emocircuits import probes as P
 from emocircuits import readout
 from emocircuits import steering as S
 from emocircuits import vectors
-from emocircuits.book import model_slug, record, sizer
+from emocircuits.records import model_slug, record, sizer
 from emocircuits.cache import cache_dir, stable_hash
 from emocircuits.coherence import coherence, judged
 from emocircuits.generation import Decoding

@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:  # pragma: no cover
 #   are findings.
 #
 # Nothing here is computed afresh: each chapter records its headline
-# numbers when it runs (`emocircuits.book.record`), and this page reads the
+# numbers when it runs (`emocircuits.records.record`), and this page reads the
 # records of the same build. A QUICK build (what `make test` runs) records
 # QUICK numbers from fewer items, so read its intervals, not its digits.
 # The published book is the default size (`make book`, about 35 minutes
@@ -79,7 +79,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from emocircuits import results as R
-from emocircuits.book import recorded
+from emocircuits.records import recorded
 from emocircuits.plots import setup_style
 
 setup_style()
@@ -257,7 +257,7 @@ plt.show()
 # ## Summary
 #
 # - `emocircuits.results.comparison` builds these tables from the numbers
-#   each chapter records; `emocircuits.book.recorded()` reads them.
+#   each chapter records; `emocircuits.records.recorded()` reads them.
 # - Read each row against its baseline first and against the paper
 #   second: the baseline says whether an effect is specific, the paper's
 #   number says how far a model of this size is from theirs.

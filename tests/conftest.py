@@ -69,7 +69,8 @@ def quick_book():
     """The QUICK book as ``make book-quick`` builds it: every chapter executed by
     papermill into ``_build/executed-quick`` (a chapter whose source, parameters
     and library code are unchanged is reused) and rendered to ``_build/html-quick``."""
-    from emocircuits.book import DEFAULT_MODEL, ROOT, build, executed_dir, html_dir
+    from emocircuits.book import DEFAULT_MODEL, ROOT, build
+    from emocircuits.records import executed_dir, html_dir
 
     build(quick=True, model=DEFAULT_MODEL, seed=0)
     return SimpleNamespace(root=ROOT, executed=executed_dir(ROOT, quick=True), html=html_dir(ROOT, quick=True),

@@ -16,7 +16,8 @@ LAYERS = (
     ("cache", "lexical", "page", "registry", "sites", "stats", "tables"),
     ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
     ("activations", "circuits", "coherence", "embeddings", "protocol", "sources", "transcoders"),
-    ("attribution", "causal", "choosing", "corpora", "fidelity", "generation", "published", "staging", "training"),
+    ("attribution", "causal", "choosing", "corpora", "fidelity", "generation", "published", "records", "staging",
+     "training"),
     ("book", "classifiers", "emotion_acts", "features", "personas", "plots", "probes", "steering"),
     ("clamping", "judges"),
 )

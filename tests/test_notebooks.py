@@ -202,10 +202,10 @@ def test_two_builds_of_one_folder_at_once_run_a_chapter_once_and_keep_its_record
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from emocircuits.book import recorded
+    from emocircuits.records import recorded
 
     (tmp_path / "90_rec.py").write_text('# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\n'
-                                        "import os, time\nfrom emocircuits.book import record\ntime.sleep(1)\n"
+                                        "import os, time\nfrom emocircuits.records import record\ntime.sleep(1)\n"
                                         "record(pid=os.getpid())\n")
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         ran = list(pool.map(_run_recording_chapter, [tmp_path, tmp_path]))
@@ -236,7 +236,7 @@ EXPECTED = sorted((ROOT / "tests" / "expected").glob("*.quick.json"))
 @pytest.mark.parametrize("expected", EXPECTED, ids=lambda p: p.name.split(".")[0])
 def test_chapter_headline_numbers_within_tolerance(expected, quick_book):
     """Regression: a QUICK run's recorded headline numbers stay near the stored ones."""
-    from emocircuits.book import results_path
+    from emocircuits.records import results_path
 
     stem = expected.name.split(".")[0]
     got = json.loads(results_path(quick_book.executed, stem).read_text())
@@ -305,7 +305,8 @@ def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, o
     """A chapter given a local model folder (as a reader's own model would be) runs to its last cell and
     draws its figures; its numbers mean nothing on random weights. The run goes to its own folder
     (``_build/executed-quick-<model>``), leaving the default model's QUICK book alone."""
-    from emocircuits.book import build, chapters, executed_dir
+    from emocircuits.book import build, chapters
+    from emocircuits.records import executed_dir
 
     folder = _book_tiny(kind)  # made once: a fixed path, so a re-run reuses the chapters
     build(quick=True, model=str(folder), only=only, render=False)
@@ -324,7 +325,8 @@ def test_chapters_run_to_the_end_on_a_tiny_model_of_another_architecture(kind, o
 def test_chapter_05_runs_on_a_published_set_in_circuit_tracers_format(kind, hook, tmp_path):
     """Chapter 05 with ``TRANSCODERS`` naming a folder in circuit-tracer's format, per-layer and cross-layer,
     on a tiny Gemma 2 (random weights: its numbers mean nothing), runs to its end with an exact graph."""
-    from emocircuits.book import _code_hash, results_path, run_chapter
+    from emocircuits.book import _code_hash, run_chapter
+    from emocircuits.records import results_path
     from emocircuits.models import load_model
     from testkit import write_tiny_set
 
@@ -346,7 +348,7 @@ def test_every_number_the_results_chapter_shows_has_an_expectation(quick_book):
     """Each number the comparison tables show (a row's number, its reporting judge's reading, its baseline's
     numbers), when a QUICK run records it, is checked in tests/expected/ or listed under ``_unchecked`` with
     a reason; a new record cannot go unchecked silently."""
-    from emocircuits.book import results_path
+    from emocircuits.records import results_path
     from emocircuits.results import shown_keys
 
     missing = []
@@ -363,7 +365,7 @@ def test_every_number_the_results_chapter_shows_has_an_expectation(quick_book):
 
 
 def test_record_writes_only_under_the_runner(tmp_path, monkeypatch):
-    from emocircuits.book import RESULTS_ENV, record
+    from emocircuits.records import RESULTS_ENV, record
 
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     assert record(a=1) == {"a": 1.0}
@@ -381,7 +383,7 @@ def test_record_writes_only_under_the_runner(tmp_path, monkeypatch):
 
 
 def test_sizer_picks_one_value_per_run_size_and_rejects_quick_with_full(tmp_path):
-    from emocircuits.book import executed_dir, html_dir, sizer
+    from emocircuits.records import executed_dir, html_dir, sizer
 
     assert [sizer(q, f)(1, 2, 3) for q, f in [(True, False), (False, False), (False, True)]] == [1, 2, 3]
     assert [sizer(q, f).name for q, f in [(True, False), (False, False), (False, True)]] == ["quick", "book", "full"]
@@ -428,17 +430,18 @@ def test_schedule_starts_the_longest_chapter_first_and_holds_back_a_reader(tmp_p
 def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_path):
     """Two chapters at a time: independent chapters overlap, a chapter reading
     the records waits for all earlier ones, and each kernel gets one CPU thread."""
-    from emocircuits.book import ChapterError, build, recorded
+    from emocircuits.book import ChapterError, build
+    from emocircuits.records import recorded
 
     head = '# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nFULL = False\nSEED = 0\n\n# %%\n'
-    body = ("import os, time\nfrom emocircuits.book import record\nt0 = time.time()\ntime.sleep({s})\n"
+    body = ("import os, time\nfrom emocircuits.records import record\nt0 = time.time()\ntime.sleep({s})\n"
             "record(start=t0, end=time.time(), threads=float(os.environ.get('OMP_NUM_THREADS', 0)))\n")
     nb = tmp_path / "notebooks"
     nb.mkdir()
     (nb / "00_a.py").write_text(head + body.format(s=2.5))
     (nb / "01_b.py").write_text(head + body.format(s=2.5))
     (nb / "02_c.py").write_text(head + body.format(s=0.3))
-    (nb / "03_d.py").write_text(head + "from emocircuits.book import recorded, record\nimport time\n"
+    (nb / "03_d.py").write_text(head + "from emocircuits.records import recorded, record\nimport time\n"
                                 "record(n=len(recorded()), start=time.time())\n")
     executed = build(quick=True, model="x", root=tmp_path, render=False, jobs=2)
     rec = recorded(executed)
@@ -462,7 +465,7 @@ def test_parallel_build_keeps_the_order_that_matters_and_names_a_failure(tmp_pat
 
 def _stage_one(tmp_path, nb, stem="05_x", records=None):
     """Stage one executed notebook (and its records) as the renderer would; returns the staged folder."""
-    from emocircuits.book import recorded
+    from emocircuits.records import recorded
     from emocircuits.staging import stage
 
     for name in ("_config.yml", "_toc.yml"):
@@ -602,7 +605,7 @@ def test_a_kernel_that_dies_before_its_first_reply_is_started_once_more(tmp_path
     from emocircuits import book
 
     src = tmp_path / "00_x.py"
-    src.write_text('# %% tags=["parameters"]\nMODEL = "x"\n\n# %%\nfrom emocircuits.book import record\n'
+    src.write_text('# %% tags=["parameters"]\nMODEL = "x"\n\n# %%\nfrom emocircuits.records import record\n'
                    'record(ran=1)\n')
     real, calls = pm.execute_notebook, []
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from emocircuits import book
+from emocircuits import book, records
 from emocircuits import results as R
 
 
@@ -154,16 +154,16 @@ def test_recorded_reads_the_build_folder_and_a_reader_reruns_when_records_change
     out = tmp_path / "out"
     out.mkdir()
     (out / "03_probes.results.json").write_text(json.dumps({"auroc_response": 0.99}))
-    assert book.recorded(out) == {"03_probes": {"auroc_response": 0.99}}
-    monkeypatch.setenv(book.RESULTS_ENV, str(out / ".07_results.results.json"))
-    assert book.recorded() == {"03_probes": {"auroc_response": 0.99}}
+    assert records.recorded(out) == {"03_probes": {"auroc_response": 0.99}}
+    monkeypatch.setenv(records.RESULTS_ENV, str(out / ".07_results.results.json"))
+    assert records.recorded() == {"03_probes": {"auroc_response": 0.99}}
     with pytest.raises(NotADirectoryError, match="expected a build folder"):
-        book.recorded(out / "03_probes.results.json")
-    monkeypatch.delenv(book.RESULTS_ENV)
+        records.recorded(out / "03_probes.results.json")
+    monkeypatch.delenv(records.RESULTS_ENV)
 
     reader = tmp_path / "07_results.py"
     reader.write_text('# %% tags=["parameters"]\nMODEL = "x"\nQUICK = True\nSEED = 0\n\n# %%\n'
-                      'from emocircuits.book import recorded, record\n'
+                      'from emocircuits.records import recorded, record\n'
                       'record(seen=recorded()["03_probes"]["auroc_response"])\n')
     params = {"MODEL": "x", "QUICK": True, "SEED": 0}
     _, ran = book.run_chapter(reader, out, params, code_hash="t")
@@ -178,7 +178,7 @@ def test_results_chapter_of_the_quick_book_shows_the_recorded_numbers(quick_book
     """End to end: the rendered table carries chapter 04's recorded modulation accuracy, formatted."""
     import nbformat
 
-    rec = book.recorded(quick_book.executed)
+    rec = records.recorded(quick_book.executed)
     assert {"03_probes", "04_emotion_circuits", "05_attribution_graphs", "06_steering"} <= set(rec)
     nb = nbformat.read(quick_book.executed / "07_results.ipynb", as_version=4)
     html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"

@@ -1,6 +1,6 @@
 """The three papers' numbers beside this book's: the tables of the results chapter.
 
-Each chapter records its headline numbers with :func:`emocircuits.book.record`
+Each chapter records its headline numbers with :func:`emocircuits.records.record`
 (``NN_slug.results.json`` beside the executed notebook). :func:`comparison`
 turns those records into one table per paper: what the paper reported, on
 which model, what this build measured (with its 95% interval where the

@@ -23,7 +23,7 @@ def stage(root: Path, executed: Path, staging: Path, records: dict[str, dict]) -
     front end shows them (:func:`tidy_streams`), each figure with its alt text and caption
     (:func:`describe_figures`), its plumbing folded away (:func:`present_code`), and the landing page's
     findings and chapter list from this build's ``records`` (:func:`write_landing`; ``{stem: {name: value}}``, as
-    :func:`emocircuits.book.recorded` reads them)."""
+    :func:`emocircuits.records.recorded` reads them)."""
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
