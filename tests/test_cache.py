@@ -21,7 +21,7 @@ def test_code_version_follows_the_source_of_the_named_modules(tmp_path):
         code_version("c", folder=tmp_path)
     # the real modules are found, and each cache names the modules that compute what it stores
     assert len(code_version(*activations.CACHE_CODE)) == 12
-    assert set(activations.CACHE_CODE) == {"activations", "sites", "models"}
+    assert set(activations.CACHE_CODE) == {"activations", "sites", "models", "bundled"}
 
 
 def _edited(monkeypatch, module) -> None:

@@ -14,8 +14,8 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "emocircuits"
 # must name it.
 LAYERS = (
     ("cache", "lexical", "page", "registry", "sites", "stats", "tables"),
-    ("contributions", "datasets", "interventions", "models", "profiling", "readout", "results", "vectors"),
-    ("activations", "circuits", "coherence", "embeddings", "protocol", "sources", "transcoders"),
+    ("bundled", "contributions", "datasets", "interventions", "profiling", "readout", "results", "vectors"),
+    ("activations", "circuits", "coherence", "embeddings", "models", "protocol", "sources", "transcoders"),
     ("attribution", "causal", "choosing", "corpora", "fidelity", "generation", "published", "records", "staging",
      "training"),
     ("book", "classifiers", "emotion_acts", "features", "personas", "plots", "probes", "steering"),

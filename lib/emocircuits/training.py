@@ -304,7 +304,7 @@ def train(lm, texts: Sequence[str], settings: TrainSettings | None = None, folde
         raise TranscoderError(f"layers={st.layers}: expected values in 0..{lm.n_layers - 1}")
     corpus_hash = stable_hash(list(texts))
     key = stable_hash({"model": lm.name, "corpus": corpus_hash, "settings": asdict(st),
-                       "code": code_version("transcoders", "training", "activations", "sites", "models")})
+                       "code": code_version("transcoders", "training", "activations", "sites", "models", "bundled")})
     folder = Path(folder) if folder is not None else cache_dir("transcoders") / lm.name / key
     if (folder / "config.json").is_file():
         return TranscoderSet.load(folder)
