@@ -332,18 +332,7 @@ print(f"budget: {budget['n_neurons']} neurons and {budget['n_heads']} heads, at 
 out_dir = cache_dir("circuits") / lm.name / size.name  # "quick", "book" or "full"
 
 
-def assemble_all(lm, emotions, budget, out_dir, neuron_scores, head_scores, infl, suffix=""):
-    """Each emotion's circuit under ``budget``, written to ``out_dir / {emotion}{suffix}.json``."""
-    out = {}
-    for e, emo in enumerate(emotions):
-        out[emo] = C.assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(lm.n_layers)},
-                              {l: head_scores[l][e] for l in range(lm.n_layers)},
-                              attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
-        out[emo].to_json(out_dir / f"{emo}{suffix}.json")
-    return out
-
-
-circuits = assemble_all(lm, EMO, budget, out_dir, neuron_scores, head_scores, infl)
+circuits = C.assemble_each(lm, EMO, neuron_scores, head_scores, infl, budget, out_dir=out_dir)
 print(f"wrote {len(circuits)} circuits to {out_dir}")
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
@@ -353,27 +342,8 @@ for ax, k, kind in zip(axes, (0, 1), ("neurons", "heads")):
     ax.set(title=f"{kind} per layer", ylabel="layer" if k == 0 else "")
 fig.suptitle("Where each emotion's circuit lives")
 plt.show()
-def common(a, b):
-    """{kind: the share of circuit a's components (of all of them) that circuit b has too}."""
-    return {kind: len({(c.layer, c.index) for c in a.components if c.kind == kind}
-                      & {(c.layer, c.index) for c in b.components if c.kind == kind}) / len(a) for kind in C.KINDS}
-
-
-def chance_overlap(lm, a, b):
-    """{kind: the share of circuit a's components that b would have too, were both drawn at random within each
-    layer with their counts per layer}: the baseline of :func:`common`."""
-    ca, cb = a.counts(lm.n_layers), b.counts(lm.n_layers)
-    return {kind: (ca[:, k] * cb[:, k]).sum() / width / len(a)
-            for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))}
-
-
-def per_kind_matrix(f, circuits, emotions):
-    """{kind: [a, b] matrix of ``f(circuits[a], circuits[b])[kind]``} over the emotions."""
-    vals = {(a, b): f(circuits[a], circuits[b]) for a in emotions for b in emotions}
-    return {kind: np.array([[vals[a, b][kind] for b in emotions] for a in emotions]) for kind in C.KINDS}
-
-
-shared, chance = (per_kind_matrix(f, circuits, EMO) for f in (common, partial(chance_overlap, lm)))
+shared = C.pairwise(C.Circuit.shared_with, circuits, EMO)  # {kind: [emotion, emotion] shares in common}
+chance = C.pairwise(lambda a, b: a.chance_shared_with(b, lm), circuits, EMO)  # drawn at random within layers
 overlap = pd.DataFrame(sum(shared.values()), index=EMO, columns=EMO)
 display(show(overlap.rename_axis("circuit").reset_index(), caption="share of components two circuits have in common"))
 off = ~np.eye(len(EMO), dtype=bool)
@@ -1153,13 +1123,13 @@ print(f"{len(reply_recs)} replies ({len(reply_recs) // len(EMO)} per emotion); t
 t_dirs = emotion_acts.directions(t_acts, t_labels, t_groups, EMO)
 t_neurons, t_heads = contributions.component_scores(lm, t_acts, t_dirs, t_labels, t_groups, EMO)
 t_infl = influence(t_dirs)
-t_circuits = assemble_all(lm, EMO, budget, out_dir, t_neurons, t_heads, t_infl, suffix="_from_text")
+t_circuits = C.assemble_each(lm, EMO, t_neurons, t_heads, t_infl, budget, out_dir=out_dir, suffix="_from_text")
 t_means = C.group_centred_means({k: v for k, v in t_acts.items() if k.split(".")[0] in ("mlp_act", "attn_z")},
                                 t_labels, t_groups, EMO)
 site_cos = pd.DataFrame({emo: [float(t_dirs[f"resid_post.{l}"][e] @ dirs[f"resid_post.{l}"][e]) for l in range(L)]
                          for e, emo in enumerate(EMO)})
-kept = {emo: sum(common(t_circuits[emo], circuits[emo]).values()) for emo in EMO}
-kept_by_chance = {emo: sum(chance_overlap(lm, t_circuits[emo], circuits[emo]).values()) for emo in EMO}
+kept = {emo: sum(t_circuits[emo].shared_with(circuits[emo]).values()) for emo in EMO}
+kept_by_chance = {emo: sum(t_circuits[emo].chance_shared_with(circuits[emo], lm).values()) for emo in EMO}
 display(pd.DataFrame({"cosine with paper B's direction, mean over layers": site_cos.mean(),
                       "... at the last layer": site_cos.iloc[-1],
                       "share of components also in paper B's circuit": pd.Series(kept),

@@ -158,6 +158,53 @@ def test_assemble_random_like_and_json(tiny_llama, tmp_path):
         C.Circuit.from_json(tmp_path / "bad.json")
 
 
+def test_two_circuits_share_components_by_kind_against_random_draws_within_their_layers(tiny_llama):
+    """shared_with counts the components both circuits hold, as shares of the first's size by kind;
+    chance_shared_with is what random draws with the same counts per layer share on average."""
+    N = C.Component
+    a = C.Circuit("joy", "m", [N(0, "neuron", 1), N(0, "neuron", 2), N(1, "neuron", 3), N(1, "head", 0)])
+    b = C.Circuit("fear", "m", [N(0, "neuron", 2), N(1, "neuron", 3), N(1, "neuron", 4), N(1, "head", 0),
+                                N(1, "head", 1), N(0, "head", 1)])
+    assert a.shared_with(b) == {"neuron": 0.5, "head": 0.25} and b.shared_with(a) == {"neuron": 2 / 6, "head": 1 / 6}
+    assert sum(a.shared_with(a).values()) == 1.0
+    lm = tiny_llama
+    ca, cb = a.counts(lm.n_layers), b.counts(lm.n_layers)
+    chance = a.chance_shared_with(b, lm)
+    assert chance["neuron"] == pytest.approx((2 * 1 + 1 * 2) / lm.d_mlp / 4)
+    assert chance["head"] == pytest.approx((0 * 1 + 1 * 2) / lm.n_heads / 4)
+    # the formula is the mean overlap of circuits drawn uniformly at random within the same layers
+    rng = np.random.default_rng(0)
+
+    def drawn(counts, name):
+        return C.Circuit(name, "m", [N(layer, kind, int(i)) for layer, row in enumerate(counts)
+                                     for k, (kind, width) in enumerate(zip(C.KINDS, (lm.d_mlp, lm.n_heads)))
+                                     for i in rng.choice(width, size=row[k], replace=False)])
+
+    draws = [drawn(ca, "a").shared_with(drawn(cb, "b")) for _ in range(4000)]
+    for kind in C.KINDS:
+        assert np.mean([d[kind] for d in draws]) == pytest.approx(chance[kind], abs=0.01)
+    assert (ca.sum(0) == [3, 1]).all() and (cb.sum(0) == [3, 3]).all()
+    m = C.pairwise(C.Circuit.shared_with, {"joy": a, "fear": b}, ["joy", "fear"])
+    assert m["neuron"].tolist() == [[0.75, 0.5], [2 / 6, 0.5]] and m["head"][0, 1] == 0.25
+
+
+def test_assemble_each_gives_every_emotion_its_circuit_from_its_own_row(tiny_llama, tmp_path):
+    L = tiny_llama.n_layers
+    rng = np.random.default_rng(0)
+    ns = {l: rng.normal(size=(2, tiny_llama.d_mlp)) for l in range(L)}
+    hs = {l: rng.normal(size=(2, tiny_llama.n_heads)) for l in range(L)}
+    infl = {"attn": rng.uniform(size=(L, 2)), "mlp": rng.uniform(size=(L, 2))}
+    budget = dict(n_neurons=12, n_heads=3, min_neurons=1, min_heads=1, cap=0.6)
+    got = C.assemble_each(tiny_llama, ["joy", "fear"], ns, hs, infl, budget, out_dir=tmp_path, suffix="_x")
+    for e, emo in enumerate(["joy", "fear"]):
+        alone = C.assemble(emo, tiny_llama.name, {l: ns[l][e] for l in range(L)}, {l: hs[l][e] for l in range(L)},
+                           attn_influence=infl["attn"][:, e], mlp_influence=infl["mlp"][:, e], **budget)
+        assert got[emo].components == alone.components
+        assert C.Circuit.from_json(tmp_path / f"{emo}_x.json").components == alone.components
+    assert got["joy"].components != got["fear"].components
+    assert C.assemble_each(tiny_llama, ["joy"], ns, hs, infl, budget)["joy"].components == got["joy"].components
+
+
 def test_modulation_adds_centred_means_at_components(tiny_llama):
     labels = ["a", "b"] * 2
     groups = ["g1", "g1", "g2", "g2"]

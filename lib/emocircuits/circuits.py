@@ -87,6 +87,21 @@ class Circuit:
             keep += own[: math.ceil(round(share * len(own), 9))]
         return Circuit(self.emotion, self.model, keep, {"share": float(share), "of": len(self.components)})
 
+    def shared_with(self, other: "Circuit") -> dict[str, float]:
+        """``{kind: the share of this circuit's components (of all of them) that other has too}``; the kinds'
+        shares add up to the share of all components in common."""
+        return {kind: len({(c.layer, c.index) for c in self.components if c.kind == kind}
+                          & {(c.layer, c.index) for c in other.components if c.kind == kind}) / len(self)
+                for kind in KINDS}
+
+    def chance_shared_with(self, other: "Circuit", lm) -> dict[str, float]:
+        """The baseline of :meth:`shared_with`: the share this circuit would have in common with ``other``,
+        by kind, were both drawn at random within each layer with their counts per layer (the expected
+        overlap of two random draws of a and b of n components is a * b / n)."""
+        ca, cb = self.counts(lm.n_layers), other.counts(lm.n_layers)
+        return {kind: float((ca[:, k] * cb[:, k]).sum() / width / len(self))
+                for k, (kind, width) in enumerate(zip(KINDS, (lm.d_mlp, lm.n_heads)))}
+
     def to_json(self, path) -> Path:
         d = {"emotion": self.emotion, "model": self.model, "meta": self.meta,
              "components": [asdict(c) for c in self.components]}
@@ -188,6 +203,31 @@ def assemble(emotion: str, model: str, neuron_scores: dict[int, np.ndarray], hea
     meta = {"n_neurons": int(n_neurons), "n_heads": int(n_heads), "min_neurons": min_neurons,
             "min_heads": min_heads, "cap": cap}
     return Circuit(emotion, model, comps, meta)
+
+
+def assemble_each(lm, emotions: Sequence[str], neuron_scores: dict[int, np.ndarray],
+                  head_scores: dict[int, np.ndarray], influence: dict[str, np.ndarray], budget: dict,
+                  out_dir: str | Path | None = None, suffix: str = "") -> dict[str, Circuit]:
+    """Each emotion's circuit (:func:`assemble`) from scores per layer with one row per emotion
+    (``neuron_scores[layer][e]``, in ``emotions`` order) and influences per layer and emotion
+    (``influence["attn"][:, e]``, ``influence["mlp"][:, e]``, as :func:`.causal.sublayer_influence` gives
+    them), under ``budget`` (:func:`default_budget`). With ``out_dir`` each is written to
+    ``out_dir / {emotion}{suffix}.json``."""
+    out = {}
+    for e, emo in enumerate(emotions):
+        out[emo] = assemble(emo, lm.name, {l: neuron_scores[l][e] for l in range(lm.n_layers)},
+                            {l: head_scores[l][e] for l in range(lm.n_layers)},
+                            attn_influence=influence["attn"][:, e], mlp_influence=influence["mlp"][:, e], **budget)
+        if out_dir is not None:
+            out[emo].to_json(Path(out_dir) / f"{emo}{suffix}.json")
+    return out
+
+
+def pairwise(measure, circuits: dict[str, Circuit], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{kind: matrix}`` with ``matrix[i, j] = measure(circuits[names[i]], circuits[names[j]])[kind]``, for a
+    measure by kind such as :meth:`Circuit.shared_with` or :meth:`Circuit.chance_shared_with`."""
+    vals = {(a, b): measure(circuits[a], circuits[b]) for a in names for b in names}
+    return {kind: np.array([[vals[a, b][kind] for b in names] for a in names]) for kind in KINDS}
 
 
 def top_components(emotion: str, model: str, neuron_scores: dict[int, np.ndarray],
