@@ -271,18 +271,10 @@ rand_u = rng.normal(size=lm.d_model)
 alphas = size((1.0,), (0.5, 2.0), (0.5, 1.0, 2.0))
 
 
-def sublayer_influences(lm, dirs, random_push, texts, alphas, emotions, batch_size):
-    """I per layer and emotion for ``dirs``, plus the random push (last column) read on happiness's direction."""
-    last = lm.n_layers - 1
-    local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], random_push]) for l in range(lm.n_layers)
-             for k in ("attn_out", "mlp_out")}
-    ref = np.vstack([dirs[f"resid_post.{last}"], dirs[f"resid_post.{last}"][emotions.index("happiness")]])
-    return causal.sublayer_influence(lm, texts, local, ref, alphas=alphas, batch_size=batch_size, progress=False)
-
-
-# one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost); 2 at the larger sizes
-influence = partial(sublayer_influences, lm, random_push=rand_u, texts=neutral_texts, alphas=alphas, emotions=EMO,
-                    batch_size=size(4, 2, 2))
+# I per layer and emotion for a set of directions, plus a random push (last column) read on happiness's
+# direction; one batch of QUICK's 4 prompts (a forward per sublayer is mostly fixed cost), 2 at the larger sizes
+influence = partial(emotion_acts.sublayer_influences, lm, texts=neutral_texts, emotions=EMO, random_push=rand_u,
+                    alphas=alphas, batch_size=size(4, 2, 2))
 infl = influence(dirs)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)

@@ -327,6 +327,28 @@ def test_influence_matches_a_full_forward_with_the_push(tiny):
         assert infl["mlp"][layer, e] == pytest.approx(want, rel=1e-3, abs=1e-4)
 
 
+def test_chapter_04s_sublayer_influences_read_each_emotion_and_a_random_push_on_their_own_directions(tiny_llama):
+    """Each emotion's own sublayer directions read on its last-layer direction, and a last column for the random
+    push read on the reference emotion's: what sublayer_influence gives for those directions by hand."""
+    emotions, L = ["happiness", "sadness"], tiny_llama.n_layers
+    rng = np.random.default_rng(3)
+    dirs = {f"{k}.{l}": rng.normal(size=(2, tiny_llama.d_model)) for l in range(L)
+            for k in ("attn_out", "mlp_out", "resid_post")}
+    push = rng.normal(size=tiny_llama.d_model)
+    got = emotion_acts.sublayer_influences(tiny_llama, dirs, TEXTS[:2], emotions, push, alphas=(1.0,), batch_size=2,
+                                           reference="sadness")
+    assert got["attn"].shape == got["mlp"].shape == (L, 3)
+    last = dirs[f"resid_post.{L - 1}"]
+    for l in (0, L - 1):
+        local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], push]) for k in ("attn_out", "mlp_out")}
+        want = causal.sublayer_influence(tiny_llama, TEXTS[:2], local, np.vstack([last, last[1]]), alphas=(1.0,),
+                                         layers=[l], batch_size=2, progress=False)
+        for kind in ("attn", "mlp"):
+            np.testing.assert_allclose(got[kind][l], want[kind][l], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reference='fear'"):
+        emotion_acts.sublayer_influences(tiny_llama, dirs, TEXTS[:2], emotions, push, reference="fear")
+
+
 def test_circuit_ablation_beats_random_on_smollm2(smol):
     """On the bundled model: knocking out the neurons that write most along a direction lowers it more than random ones."""
     texts = [smol.chat_prompt(t) for t in TEXTS]

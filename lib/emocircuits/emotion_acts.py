@@ -11,6 +11,7 @@ import torch
 
 from . import datasets as ds
 from .activations import capture
+from .causal import sublayer_influence
 from .readout import centred_centroids
 from .sites import all_layers
 
@@ -139,3 +140,20 @@ def directions(acts: dict[str, torch.Tensor], labels: Sequence[str], groups: Seq
             continue
         out[site] = centred_centroids(torch.as_tensor(x).double().numpy(), labels, groups, emotions)
     return out
+
+
+def sublayer_influences(lm, dirs: dict[str, np.ndarray], texts: Sequence[str], emotions: Sequence[str],
+                        random_push: np.ndarray, alphas: Sequence[float] = (0.5, 1.0, 2.0), batch_size: int = 8,
+                        reference: str = "happiness") -> dict:
+    """Paper B's sublayer influence (:func:`.causal.sublayer_influence`) of each emotion's own direction at
+    every attention and MLP sublayer (``dirs["attn_out.L"][e]``, ``dirs["mlp_out.L"][e]``), read on that
+    emotion's direction at the last layer, plus one more column: a push along ``random_push`` (the same at
+    every sublayer), read on the ``reference`` emotion's last-layer direction, as the baseline.
+    Returns ``{"attn": [n_layers, E + 1], "mlp": [n_layers, E + 1], "sigma": ...}``."""
+    if reference not in emotions:
+        raise ValueError(f"reference={reference!r}: expected one of {list(emotions)}")
+    last = lm.n_layers - 1
+    local = {f"{k}.{l}": np.vstack([dirs[f"{k}.{l}"], random_push]) for l in range(lm.n_layers)
+             for k in ("attn_out", "mlp_out")}
+    ref = np.vstack([dirs[f"resid_post.{last}"], dirs[f"resid_post.{last}"][list(emotions).index(reference)]])
+    return sublayer_influence(lm, texts, local, ref, alphas=alphas, batch_size=batch_size, progress=False)
