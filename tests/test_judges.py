@@ -185,7 +185,12 @@ def test_the_rule_chose_which_empathy_judge_tunes_and_the_two_are_different_inst
     r_warm = report.score([w for _, w, _ in RUBRIC_PAIRS])
     r_cold = report.score([c for _, _, c in RUBRIC_PAIRS])
     judge = J.EmpathyJudge(use_all=True)
-    monkeypatch.setattr(embeddings, "embedder", lambda: pytest.fail("the n-gram judge ran the sentence encoder"))
+    def refuse(*a, **k):
+        pytest.fail("the n-gram judge read a sentence embedding")
+
+    for home, name in ((embeddings, "embedder"), (embeddings, "embed"), (embeddings, "embed_cached"), (J, "embed"),
+                       (J, "embed_cached"), (corpora, "embed_cached")):  # the encoder, and every cached route to it
+        monkeypatch.setattr(home, name, refuse)
     warm = judge.score([w for _, w, _ in RUBRIC_PAIRS])
     cold = judge.score([c for _, _, c in RUBRIC_PAIRS])
     assert ((warm >= 1) & (warm <= 5)).all()

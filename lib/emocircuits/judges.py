@@ -62,8 +62,6 @@ class EmotionVerdict:
         return {"label": self.label, "probs": self.probs}
 
 
-# The settings both emotion judges choose among, by one rule (see :func:`choose_c`).
-
 class _EmotionJudgeBase:
     """What both emotion judges share: the corpus, its split, the verdict format."""
 
@@ -106,7 +104,7 @@ class EmotionJudge(_EmotionJudgeBase):
 
     ``EmotionJudge()`` trains on the training part of the corpora (the test part is chapter 02's held-out
     set); ``EmotionJudge(use_all=True)`` trains on all of them, for use after validation. The validation
-    sets (:data:`EMOTION_VALIDATION`) are never trained on. Chapters choose settings with this judge;
+    sets (:data:`.corpora.EMOTION_VALIDATION`) are never trained on. Chapters choose settings with this judge;
     :class:`ReportingEmotionJudge`, a judge of another kind, reports beside it and chooses nothing.
     Why this one tunes: it read the first chat-reply validation set better (0.89 against 0.79); on the
     register left out of the training corpora the two kinds were within 0.01 (chapter 02).
@@ -322,7 +320,7 @@ ReportingEmpathyJudge = EmbeddingEmpathyJudge  # reports beside it, chooses noth
 
 def empathy_development_rhos(seed: int = 0) -> dict[str, dict[str, float]]:
     """:data:`EMPATHY_ROLE_RULE`'s reading: ``{kind: {development set: Spearman rho, ..., "mean": their
-    mean}}`` for each kind of empathy judge, trained on every record of :data:`EMPATHY_CORPORA`."""
+    mean}}`` for each kind of empathy judge, trained on every record of :data:`.corpora.EMPATHY_CORPORA`."""
     from scipy.stats import spearmanr
 
     out = {}

@@ -53,7 +53,7 @@ def record(**numbers) -> dict:
     """Store a chapter's headline numbers; returns them.
 
     A number is a float, or an estimate with its interval ``(est, lo, hi)`` (what :func:`stats.bootstrap_ci`
-    returns), stored as ``key``, ``key_lo`` and ``key_hi``. Under :func:`run_chapter` they are merged into
+    returns), stored as ``key``, ``key_lo`` and ``key_hi``. Under :func:`.book.run_chapter` they are merged into
     the chapter's results file (named by the environment variable ``EMOCIRCUITS_RESULTS``); in an
     interactive session nothing is written.
     """
@@ -95,7 +95,7 @@ def recorded(folder: str | Path | None = None, root: Path = ROOT) -> dict[str, d
     """Every chapter's recorded numbers, ``{stem: {name: value}}``.
 
     ``folder`` defaults to the build this chapter runs in (under
-    :func:`run_chapter`), else the first of ``_build/executed-full``,
+    :func:`.book.run_chapter`), else the first of ``_build/executed-full``,
     ``_build/executed`` and ``_build/executed-quick`` that holds records.
     A folder without records gives ``{}``.
     """
