@@ -766,14 +766,14 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #   the clamping control says whether pushing *any* features that hard has
 #   the same effect.
 # - **One training run.** Every circuit here is grown through one set of
-#   transcoders. Retraining them with the same seed but the float sums in
-#   another order (two CPU threads instead of one) left their FVE, L0 and
-#   losses unchanged to three digits. But it changed which features the
-#   circuits hold, and the clamp comparison with them: circuits at 4x
-#   scored 3.36 [3.10, 3.67] against 2.94 [2.56, 3.23] for their controls,
-#   where this book's run gives 3.53 against 3.56. Read the clamps, either
-#   way, as one draw of the transcoders. A claim about them needs the
-#   comparison repeated over several trainings.
+#   transcoders. We trained them a second time, with the same seed and
+#   recipe but on two CPU threads instead of one, so with float sums in
+#   another order. Their FVE, L0 and losses were unchanged to three digits.
+#   The clamp comparison was not: circuits at 4x scored 3.36 [3.10, 3.67]
+#   against 2.94 [2.56, 3.23] for their controls, where this book's run
+#   gives 3.53 against 3.56. Read the clamps, either way, as one draw of
+#   the transcoders. A claim about them needs the comparison repeated over
+#   several trainings.
 # - **The judge.** Empathy is read by chapter 02's two empathy judges, not
 #   by Claude. They are classifiers trained on this project's 1,035 graded
 #   replies, one on the reply's n-grams, one on sentence embeddings. So
