@@ -103,11 +103,11 @@ def file_lock(path: str | Path) -> Iterator[None]:
 def cached_arrays(path: str | Path, compute: Callable[[], dict], code: Sequence[str]) -> dict:
     """The arrays stored at ``path`` (safetensors), or ``compute()``'s, stored there first.
 
-    The file's name gains the version of the source of the ``code`` modules and of this one (which stores
-    them) (:func:`code_version`), so a change to the code that made or stored the arrays is a miss. Parallel chapters that need the same entry take turns
-    under a lock (kept apart from the cache entries): the first computes, the others load. Arrays are made
-    C-contiguous before writing, since safetensors writes memory as it lies (scikit-learn's ``coef_`` is
-    Fortran-ordered and would reload scrambled).
+    The file's name gains the version of the source of the ``code`` modules and of this one, which stores
+    them (:func:`code_version`), so a change to the code that made or stored the arrays is a miss. Parallel
+    chapters that need the same entry take turns under a lock (kept apart from the cache entries): the first
+    computes, the others load. Arrays are made C-contiguous before writing, since safetensors writes memory
+    as it lies (scikit-learn's ``coef_`` is Fortran-ordered and would reload scrambled).
     """
     import numpy as np
     from safetensors.numpy import load_file, save_file

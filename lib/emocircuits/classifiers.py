@@ -12,6 +12,9 @@ from .cache import cache_dir, stable_hash
 from .corpora import LABELS
 from .embeddings import JudgeError, store
 
+# the judging stack's code, part of every stored fit's file name: a change to any of it refits
+CODE = ("classifiers", "corpora", "embeddings", "judges")
+
 
 def fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
     """Fit (or load) a multinomial logistic regression; cached as safetensors, never pickled."""
@@ -28,9 +31,6 @@ def fit_cached(name: str, key: dict, X_fn, y: np.ndarray, C: float, seed: int):
     return clf
 
 
-
-# the judging stack's code, part of every stored fit's file name: a change to any of it refits
-CODE = ("classifiers", "corpora", "embeddings", "judges")
 # The settings both emotion judges choose among, by one rule (see :func:`choose_c`).
 C_CANDIDATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # How a calibrated linear judge is fitted; part of every such judge's cache key, so that changing the code's

@@ -45,7 +45,6 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                              show_progress_bar=False, convert_to_numpy=True)
 
 
-
 # the judges' arrays, computed once and cached: embeddings here, fitted weights in :mod:`.classifiers`
 store = timed("judge_fitting")(cached_arrays)
 
