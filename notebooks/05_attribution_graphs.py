@@ -771,8 +771,9 @@ show(pd.DataFrame({"recorded as": list(headline), "value": [f"{v:.4g}" for v in 
 #   another order. Their FVE, L0 and losses were unchanged to three digits.
 #   The clamp comparison was not: circuits at 4x scored 3.36 [3.10, 3.67]
 #   against 2.94 [2.56, 3.23] for their controls, where this book's run
-#   gives 3.53 against 3.56. Read the clamps, either way, as one draw of
-#   the transcoders. A claim about them needs the comparison repeated over
+#   gives 3.53 against 3.56. The reporting judge did not see that gap
+#   (3.13 against 3.08; the judges' rank agreement over those replies was
+#   0.06). Read the clamps, either way, as one draw of the transcoders. A claim about them needs the comparison repeated over
 #   several trainings.
 # - **The judge.** Empathy is read by chapter 02's two empathy judges, not
 #   by Claude. They are classifiers trained on this project's 1,035 graded
